@@ -1,0 +1,41 @@
+"""ltt: see how information flows through a Hugging Face causal LM, exactly, from a C core.
+
+>>> import ltt
+>>> float(ltt.contributions([[1.0, 0.0], [0.0, 1.0]], [1.0, 1.0]).sum())
+1.0
+
+Model loading (``ltt.load``) imports torch and transformers on first use only.
+"""
+
+from __future__ import annotations
+
+try:
+    from ltt import _core
+except ImportError as exc:  # pragma: no cover - exercised only on a broken build
+    raise ImportError(
+        "ltt's C extension (ltt._core) is not built or failed to load: "
+        f"{exc}.\nBuild it from the source tree with `pip install -e .` "
+        "(or `make test`, which creates a virtual environment and installs everything)."
+    ) from exc
+
+from ltt.attribution import contributions
+
+__version__ = "0.1.0"
+__all__ = ["contributions", "load", "Graph", "Trace", "__version__"]
+
+
+def __getattr__(name: str):
+    # Heavy modules (torch, transformers) load only when a model is asked for.
+    if name == "load":
+        from ltt.models import load
+
+        return load
+    if name == "Trace":
+        from ltt.trace import Trace
+
+        return Trace
+    if name == "Graph":
+        from ltt.graph import Graph
+
+        return Graph
+    raise AttributeError(f"module 'ltt' has no attribute {name!r}")

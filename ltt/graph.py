@@ -1,0 +1,377 @@
+"""The contribution graph: attribute every layer of a Trace, then prune to a prediction's routes.
+
+Two steps, both in the C core:
+
+1. :func:`attribute` scores every part of every state of a trace (per head and source token,
+   residual, bias, FFN) into compact per-layer arrays, a :class:`FullGraph`. It runs once per
+   trace and norm and is cached on the trace.
+2. :func:`build_graph` applies a threshold mode (DESIGN.md) and prunes backwards from the chosen
+   target tokens, giving a :class:`Graph` of named nodes (``X0_t``, ``A{l}_t``, ``M{l}_t``,
+   ``I{l}_t``) and weighted edges, exportable as JSON or networkx.
+
+>>> import ltt                                           # doctest: +SKIP
+>>> trace = ltt.load("smollm2-135m").trace("The capital of France is")   # doctest: +SKIP
+>>> g = trace.graph(threshold=0.04)                      # doctest: +SKIP
+>>> len(g.edges) > 0                                     # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from ltt import attribution
+
+# Edge kinds, as the networkx export keys them.
+ATTENTION, RESIDUAL, FFN = "attention", "residual", "ffn"
+
+
+@dataclass
+class FullGraph:
+    """Every contribution of a trace, unpruned, as compact arrays (L layers, H heads, T tokens).
+
+    * ``heads [L, H, T, T]``: per-head share of source s in the state after attention of target
+      t (in the layer output for a parallel layer);
+    * ``attn [L, T, T]``: the same summed over heads (the attention edge weights);
+    * ``attn_resid [L, T]``, ``attn_bias [L, T]``: residual and bias shares of that state;
+    * ``ffn [L, T]``, ``ffn_resid [L, T]``: FFN and residual shares of the layer output (for a
+      parallel layer ``ffn`` is the FFN output's share of the one-step decomposition and
+      ``ffn_resid`` is unused, zero);
+    * ``attn_total [L, T]``: the normalisers, to recompute any head's shares on demand;
+    * ``parallel [L]``.
+    """
+
+    heads: np.ndarray
+    attn: np.ndarray
+    attn_resid: np.ndarray
+    attn_bias: np.ndarray
+    ffn: np.ndarray
+    ffn_resid: np.ndarray
+    attn_total: np.ndarray
+    parallel: np.ndarray
+    norm: int = 1
+
+
+def attribute(trace: Any, norm: int = 1) -> FullGraph:
+    """Score every layer of ``trace`` with the C core (cached on the trace per ``norm``).
+
+    >>> full = attribute(trace)                              # doctest: +SKIP
+    >>> np.allclose(full.attn.sum(-1) + full.attn_resid + full.attn_bias, 1, atol=1e-4)  # doctest: +SKIP
+    True
+    """
+    if norm not in (1, 2):
+        raise ValueError(f"norm must be 1 or 2, got {norm!r}")
+    cache = trace.__dict__.setdefault("_full_graphs", {})
+    if norm in cache:
+        return cache[norm]
+    layers = trace.layers
+    L = len(layers)
+    H, T = layers[0].attn.shape[0], layers[0].attn.shape[1]
+    heads = np.zeros((L, H, T, T), np.float32)
+    attn = np.zeros((L, T, T), np.float32)
+    attn_resid = np.zeros((L, T), np.float32)
+    attn_bias = np.zeros((L, T), np.float32)
+    ffn = np.zeros((L, T), np.float32)
+    ffn_resid = np.zeros((L, T), np.float32)
+    attn_total = np.zeros((L, T), np.float64)
+    parallel = np.array([bool(lb.parallel) for lb in layers])
+    for l, lb in enumerate(layers):
+        whole = lb.resid_post if lb.parallel else lb.resid_mid
+        out = attribution.attn_contrib(
+            lb.resid_pre,
+            whole,
+            lb.attn,
+            lb.values,
+            lb.w_o,
+            bias=lb.attn_bias,
+            extra=lb.ffn_out[None] if lb.parallel else None,
+            row_scale=lb.attn_row_scale,
+            col_scale=lb.attn_col_scale,
+            center=lb.attn_center,
+            norm=norm,
+            keep_heads=True,
+        )
+        heads[l] = out["heads"]
+        attn[l] = out["edges"]
+        attn_resid[l] = out["resid"]
+        attn_bias[l] = out["bias"]
+        attn_total[l] = out["total"]
+        if lb.parallel:
+            ffn[l] = out["extra"][0]
+        else:
+            block = attribution.contributions(
+                np.stack([lb.resid_mid, lb.ffn_out]), lb.resid_post, norm=norm
+            )
+            ffn_resid[l], ffn[l] = block[0], block[1]
+    full = FullGraph(heads, attn, attn_resid, attn_bias, ffn, ffn_resid, attn_total, parallel, norm)
+    cache[norm] = full
+    return full
+
+
+class Node(NamedTuple):
+    """A state or block of the graph: ``name`` is ``X0_t``, ``A{l}_t``, ``M{l}_t`` or ``I{l}_t``.
+
+    ``layer`` is -1 for embeddings; ``kind`` is the name's letter; ``bias`` is the share of the
+    state that no edge carries (a bias), 0 where there is none."""
+
+    name: str
+    layer: int
+    token: int
+    kind: str
+    bias: float = 0.0
+
+
+class Edge(NamedTuple):
+    """A weighted edge ``source -> target`` of ``kind`` attention, residual or ffn, in ``layer``."""
+
+    source: str
+    target: str
+    kind: str
+    weight: float
+    layer: int
+
+
+def node_name(kind: str, layer: int, token: int) -> str:
+    """``node_name("I", 3, 5) == "I3_5"``; the embeddings are ``X0_t`` (layer -1)."""
+    return f"X0_{token}" if kind == "X" else f"{kind}{layer}_{token}"
+
+
+def _input_name(layer: int, token: int) -> str:
+    return node_name("X", -1, token) if layer == 0 else node_name("I", layer - 1, token)
+
+
+@dataclass
+class Graph:
+    """A pruned contribution graph: the routes to the chosen target tokens.
+
+    >>> g = trace.graph(threshold=0.04, targets=[-1])        # doctest: +SKIP
+    >>> g.nodes[0].name, g.edges[0].kind                     # doctest: +SKIP
+    ('X0_0', 'attention')
+    """
+
+    tokens: list[str]
+    token_ids: list[int]
+    model_name: str
+    n_layers: int
+    threshold: float
+    renormalize: bool
+    targets: list[int]
+    norm: int
+    nodes: list[Node] = field(default_factory=list)
+    edges: list[Edge] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The graph as plain Python data (what :meth:`to_json` writes)."""
+        return {
+            "model": self.model_name,
+            "n_layers": self.n_layers,
+            "tokens": list(self.tokens),
+            "token_ids": [int(i) for i in self.token_ids],
+            "settings": {
+                "threshold": self.threshold,
+                "renormalize": self.renormalize,
+                "targets": list(self.targets),
+                "norm": self.norm,
+            },
+            "nodes": [n._asdict() for n in self.nodes],
+            "edges": [e._asdict() for e in self.edges],
+        }
+
+    def to_json(self, path: str | None = None, indent: int | None = None) -> str:
+        """The graph as JSON text; also written to ``path`` when given.
+
+        >>> data = json.loads(g.to_json())                   # doctest: +SKIP
+        """
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        return text
+
+    def to_networkx(self):
+        """A ``networkx.MultiDiGraph``: nodes with ``layer``, ``token``, ``kind``, ``bias``;
+        edges keyed by kind with ``weight`` and ``kind`` (needs the ``networkx`` extra).
+
+        >>> G = g.to_networkx()                              # doctest: +SKIP
+        >>> G.edges["I0_1", "A1_1", "residual"]["weight"]    # doctest: +SKIP
+        """
+        try:
+            import networkx as nx
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "Graph.to_networkx needs networkx: pip install 'ltt[networkx]'"
+            ) from exc
+        G = nx.MultiDiGraph(model=self.model_name, tokens=list(self.tokens), threshold=self.threshold)
+        for n in self.nodes:
+            G.add_node(n.name, layer=n.layer, token=n.token, kind=n.kind, bias=n.bias)
+        for e in self.edges:
+            G.add_edge(e.source, e.target, key=e.kind, weight=e.weight, kind=e.kind, layer=e.layer)
+        return G
+
+    def __repr__(self) -> str:
+        return (
+            f"Graph({self.model_name!r}, tokens={len(self.tokens)}, layers={self.n_layers}, "
+            f"nodes={len(self.nodes)}, edges={len(self.edges)}, threshold={self.threshold}, "
+            f"renormalize={self.renormalize}, targets={self.targets})"
+        )
+
+
+def resolve_targets(targets: Sequence[int] | str | int | None, n_tokens: int) -> list[int]:
+    """Token positions from ``targets``: None (the last token), ``"all"``, an int or a list of ints
+    (negative counts from the end); out-of-range positions raise a ValueError naming them."""
+    if targets is None:
+        return [n_tokens - 1]
+    if isinstance(targets, str):
+        if targets != "all":
+            raise ValueError(f"targets must be a list of token positions or 'all', got {targets!r}")
+        return list(range(n_tokens))
+    if isinstance(targets, (int, np.integer)):
+        targets = [int(targets)]
+    out: list[int] = []
+    for t in targets:
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+            raise TypeError(f"targets must hold integer token positions, got {t!r}")
+        p = int(t) + n_tokens if t < 0 else int(t)
+        if not 0 <= p < n_tokens:
+            raise ValueError(f"targets holds {int(t)}, outside the {n_tokens} tokens of the prompt")
+        if p not in out:
+            out.append(p)
+    if not out:
+        raise ValueError("targets is empty: give at least one token position")
+    return sorted(out)
+
+
+def _check_threshold(threshold: float) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)):
+        raise TypeError(f"threshold must be a number in [0, 1), got {threshold!r}")
+    t = float(threshold)
+    if not (0.0 <= t < 1.0):  # also refuses NaN
+        raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
+    return t
+
+
+@dataclass
+class EdgeWeights:
+    """The edge weights of one threshold mode, before pruning (same layout as :class:`FullGraph`)."""
+
+    attn: np.ndarray
+    attn_resid: np.ndarray
+    attn_bias: np.ndarray
+    ffn: np.ndarray
+    ffn_resid: np.ndarray
+
+
+def edge_weights(full: FullGraph, threshold: float, renormalize: bool) -> EdgeWeights:
+    """Edge weights of a threshold mode: the raw head-summed shares (``renormalize=False``), or
+    per state: drop every part below ``threshold``, rescale the rest to 1, then sum heads."""
+    if not renormalize:
+        return EdgeWeights(full.attn, full.attn_resid, full.attn_bias, full.ffn, full.ffn_resid)
+    L, T = full.attn_resid.shape
+    attn = np.empty_like(full.attn)
+    attn_resid = np.empty_like(full.attn_resid)
+    attn_bias = np.empty_like(full.attn_bias)
+    ffn = np.empty_like(full.ffn)
+    ffn_resid = np.zeros_like(full.ffn_resid)
+    for l in range(L):
+        if full.parallel[l]:
+            single = np.stack([full.attn_resid[l], full.attn_bias[l], full.ffn[l]])
+        else:
+            single = np.stack([full.attn_resid[l], full.attn_bias[l]])
+        r = attribution.renormalize(full.heads[l], single, threshold)
+        attn[l], attn_resid[l], attn_bias[l] = r["edges"], r["single"][0], r["single"][1]
+        if full.parallel[l]:
+            ffn[l] = r["single"][2]
+        else:
+            b = attribution.renormalize(
+                full.ffn[l][None, :, None], full.ffn_resid[l][None], threshold
+            )
+            ffn[l], ffn_resid[l] = b["edges"][:, 0], b["single"][0]
+    return EdgeWeights(attn, attn_resid, attn_bias, ffn, ffn_resid)
+
+
+def build_graph(
+    trace: Any,
+    threshold: float = 0.04,
+    renormalize: bool = True,
+    targets: Sequence[int] | str | int | None = None,
+    norm: int = 1,
+) -> Graph:
+    """The pruned contribution graph of ``trace`` for the predictions at ``targets``.
+
+    Every edge reachable backwards from the outputs ``I{L-1}_t`` of the targets through edges of
+    weight ``>= threshold`` is kept (DESIGN.md). With ``threshold=0.0, renormalize=False`` every
+    edge is kept with its raw contribution.
+
+    >>> g = build_graph(trace, threshold=0.04, renormalize=True, targets=[-1])  # doctest: +SKIP
+    """
+    threshold = _check_threshold(threshold)
+    if not isinstance(renormalize, (bool, np.bool_)):
+        raise TypeError(f"renormalize must be True or False, got {renormalize!r}")
+    T = len(trace.token_ids)
+    tgt = resolve_targets(targets, T)
+    full = attribute(trace, norm)
+    w = edge_weights(full, threshold, bool(renormalize))
+    kept = attribution.prune(
+        w.attn, w.attn_resid, w.ffn, w.ffn_resid, full.parallel, np.array(tgt, np.int64), threshold
+    )
+    return _assemble(trace, full, w, kept, threshold, bool(renormalize), tgt, norm)
+
+
+def _assemble(trace, full, w, kept, threshold, renormalize, targets, norm) -> Graph:
+    L = len(full.parallel)
+    edges: list[Edge] = []
+    nodes: dict[str, Node] = {}
+
+    def add_node(kind: str, layer: int, token: int, bias: float = 0.0) -> str:
+        name = node_name(kind, layer, token)
+        if name not in nodes:
+            nodes[name] = Node(name, layer, token, kind, bias)
+        return name
+
+    def attn_state(l: int, t: int) -> str:
+        # The state the attention edges of layer l enter: A{l}_t, or I{l}_t in a parallel layer.
+        bias = float(w.attn_bias[l, t])
+        return add_node("I" if full.parallel[l] else "A", l, t, bias)
+
+    def add_input(l: int, t: int) -> str:
+        return add_node("X", -1, t) if l == 0 else add_node("I", l - 1, t)
+
+    for l, t, s in kept["attn_edges"].tolist():
+        edges.append(Edge(add_input(l, s), attn_state(l, t), ATTENTION, float(w.attn[l, t, s]), l))
+    for l, t in zip(*np.nonzero(kept["attn_resid"])):
+        l, t = int(l), int(t)
+        edges.append(Edge(add_input(l, t), attn_state(l, t), RESIDUAL, float(w.attn_resid[l, t]), l))
+    for l, t in zip(*np.nonzero(kept["ffn"])):
+        l, t = int(l), int(t)
+        src = add_input(l, t) if full.parallel[l] else attn_state(l, t)
+        out = add_node("I", l, t, float(w.attn_bias[l, t]) if full.parallel[l] else 0.0)
+        mid = add_node("M", l, t)
+        weight = float(w.ffn[l, t])
+        edges.append(Edge(src, mid, FFN, weight, l))
+        edges.append(Edge(mid, out, FFN, weight, l))
+    for l, t in zip(*np.nonzero(kept["ffn_resid"])):
+        l, t = int(l), int(t)
+        edges.append(Edge(attn_state(l, t), add_node("I", l, t), RESIDUAL, float(w.ffn_resid[l, t]), l))
+    for t in targets:
+        add_node("I", L - 1, t, float(w.attn_bias[L - 1, t]) if full.parallel[L - 1] else 0.0)
+
+    kind_order = {"X": 0, "A": 1, "M": 2, "I": 3}
+    node_list = sorted(nodes.values(), key=lambda n: (n.layer, kind_order[n.kind], n.token))
+    edges.sort(key=lambda e: (e.layer, e.target, e.source, e.kind))
+    model = getattr(trace, "model", None)
+    return Graph(
+        tokens=list(trace.tokens),
+        token_ids=[int(i) for i in trace.token_ids],
+        model_name=str(getattr(model, "name", "model")),
+        n_layers=L,
+        threshold=threshold,
+        renormalize=renormalize,
+        targets=targets,
+        norm=norm,
+        nodes=node_list,
+        edges=edges,
+    )

@@ -1,0 +1,655 @@
+"""Load a Hugging Face causal LM and record traces of it: ``ltt.load`` and :class:`Model`.
+
+``load`` accepts a hub id, a local directory (safetensors only), an embedded model name
+(``"smollm2-135m"``) or a transformers model already in memory. :meth:`Model.trace` runs one
+forward pass with hooks on every layer (the module paths come from :mod:`ltt.models.families`)
+and returns a :class:`ltt.trace.Trace` of float32 NumPy buffers on the CPU.
+
+>>> import ltt                                                       # doctest: +SKIP
+>>> model = ltt.load("smollm2-135m")                                 # doctest: +SKIP
+>>> trace = model.trace("The capital of France is")                  # doctest: +SKIP
+>>> trace.top_prediction()[0][0]                                     # doctest: +SKIP
+' Paris'
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ltt.models.embedded import EMBEDDED, is_embedded, load_embedded
+from ltt.models.families import Family, _heads, family_for, get_module, split_values, supported
+from ltt.trace import LayerBuffers, Trace
+
+__all__ = ["load", "Model", "FrozenNorm", "supported", "EMBEDDED"]
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _to_numpy(t: Any) -> np.ndarray:
+    """A float32 CPU copy of a tensor (a copy: some models add in place to their outputs)."""
+    import torch
+
+    return t.detach().to(device="cpu", dtype=torch.float32, copy=True).numpy()
+
+
+def _param_numpy(p: Any) -> np.ndarray:
+    """A parameter as float32 NumPy: a view when it already is float32 on the CPU."""
+    import torch
+
+    if p.device.type == "meta":
+        raise ValueError(
+            "a weight is offloaded (on the meta device); ltt needs every weight in memory: "
+            "load without disk offload"
+        )
+    t = p.detach()
+    if t.dtype == torch.float32 and t.device.type == "cpu":
+        return t.numpy()
+    return t.to(device="cpu", dtype=torch.float32).numpy()
+
+
+def _is_conv1d(module: Any) -> bool:
+    # transformers' Conv1D (GPT-2) keeps its weight as [in, out], the transpose of nn.Linear.
+    return type(module).__name__ == "Conv1D"
+
+
+def _linear_in_out(module: Any) -> np.ndarray:
+    """The weight of a linear map as ``[in, out]`` (a view where possible)."""
+    w = _param_numpy(module.weight)
+    return w if _is_conv1d(module) else w.T
+
+
+def _bias(module: Any) -> np.ndarray | None:
+    b = getattr(module, "bias", None)
+    return None if b is None else _param_numpy(b)
+
+
+def _first(x: Any) -> Any:
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def _rows(x: np.ndarray, T: int) -> np.ndarray:
+    """Drop the batch dimension (or un-flatten OPT's [B*T, d]) to ``[T, ...]``."""
+    if x.ndim >= 3:
+        x = x[0]
+    return np.ascontiguousarray(x.reshape(T, -1))
+
+
+def _quiet() -> bool:
+    if os.environ.get("LTT_QUIET") or "pytest" in sys.modules:
+        return True
+    try:
+        return not sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return True
+
+
+# --------------------------------------------------------------------------------------------
+# norms
+
+
+@dataclass
+class NormParams:
+    """A LayerNorm (``kind="layer"``) or RMSNorm (``kind="rms"``): effective gamma, beta, eps."""
+
+    kind: str
+    gamma: np.ndarray | None
+    beta: np.ndarray | None
+    eps: float
+
+    @classmethod
+    def of(cls, module: Any, offset: float = 0.0) -> "NormParams":
+        import torch
+
+        kind = "layer" if isinstance(module, torch.nn.LayerNorm) else "rms"
+        eps = None
+        for key in ("eps", "variance_epsilon", "epsilon"):
+            if getattr(module, key, None) is not None:
+                eps = float(getattr(module, key))
+                break
+        if eps is None:
+            raise ValueError(f"cannot find the epsilon of norm module {type(module).__name__}")
+        w = getattr(module, "weight", None)
+        gamma = None if w is None else _param_numpy(w).astype(np.float32) + np.float32(offset)
+        beta = _bias(module) if kind == "layer" else None
+        return cls(kind, gamma, beta, eps)
+
+    def scale(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-row ``(1/rms or 1/std, mean or None)`` of ``x [..., d]``, in float64."""
+        x = np.asarray(x, dtype=np.float64)
+        if self.kind == "layer":
+            mean = x.mean(axis=-1)
+            var = ((x - mean[..., None]) ** 2).mean(axis=-1)
+            return 1.0 / np.sqrt(var + self.eps), mean
+        return 1.0 / np.sqrt((x * x).mean(axis=-1) + self.eps), None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        r, mean = self.scale(x)
+        y = np.asarray(x, dtype=np.float64)
+        if mean is not None:
+            y = y - mean[..., None]
+        y = y * r[..., None]
+        if self.gamma is not None:
+            y = y * self.gamma
+        if self.beta is not None:
+            y = y + self.beta
+        return y.astype(np.float32)
+
+
+@dataclass
+class FrozenNorm:
+    """A norm linearised at given states: ``norm(x) ~ gamma * scale * (x - center?) + beta``
+    with ``scale`` (and ``mean``) frozen per state, so the direct effect of an update ``u`` is
+    :meth:`linear` ``(u)`` (centred for a LayerNorm).
+
+    >>> fz = model.final_norm_scale(trace.layers[-1].resid_post)      # doctest: +SKIP
+    >>> fz.linear(update).shape                                        # doctest: +SKIP
+    """
+
+    kind: str  # "rms" or "layer"
+    scale: np.ndarray  # [...] 1/rms (RMSNorm) or 1/std (LayerNorm) per state
+    mean: np.ndarray | None  # [...] per-state mean (LayerNorm)
+    gamma: np.ndarray | None  # [d] effective weight (Gemma: 1 + weight)
+    beta: np.ndarray | None  # [d]
+    center: bool
+
+    def linear(self, update: np.ndarray) -> np.ndarray:
+        """The frozen norm's linear part applied to ``update [..., d]`` (no beta), float32."""
+        u = np.asarray(update, dtype=np.float64)
+        if self.center:
+            u = u - u.mean(axis=-1, keepdims=True)
+        u = u * np.asarray(self.scale)[..., None]
+        if self.gamma is not None:
+            u = u * self.gamma
+        return u.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# the model
+
+
+class Model:
+    """A traceable causal LM: a transformers model, its tokenizer and its family's hook points.
+
+    Attributes: ``name``, ``family`` (name), ``n_layers``, ``n_heads``, ``n_kv_heads``,
+    ``d_model``, ``d_head``, ``d_ffn``, ``vocab_size``, ``parallel`` (per layer), ``hf_model``,
+    ``tokenizer``, ``max_tokens`` (the longest prompt :meth:`trace` accepts, or None).
+
+    >>> model = ltt.load("smollm2-135m")                  # doctest: +SKIP
+    >>> model.n_layers, model.n_heads, model.n_kv_heads    # doctest: +SKIP
+    (30, 9, 3)
+    """
+
+    def __init__(self, hf_model: Any, tokenizer: Any, name: str | None = None,
+                 max_tokens: int | None = None):
+        config = hf_model.config
+        fam = family_for(config)
+        self._family: Family = fam
+        self.family: str = fam.name
+        self.hf_model = hf_model
+        self.tokenizer = tokenizer
+        self.name = name or getattr(config, "name_or_path", None) or type(hf_model).__name__
+        self._layers = get_module(hf_model, fam.layers)
+        if self._layers is None:
+            raise ValueError(
+                f"{type(hf_model).__name__} (model_type={config.model_type!r}) has no layer list at "
+                f"{fam.layers!r}; ltt expects the causal-LM class (e.g. AutoModelForCausalLM)"
+            )
+        self.n_layers = len(self._layers)
+        self.n_heads = _heads(config)
+        self.n_kv_heads = fam.n_kv_heads(config)
+        layer0 = self._layers[0]
+        o_w = _linear_in_out(self._sub(layer0, fam.o_proj))  # [H*d_h, d]
+        self.d_head = o_w.shape[0] // self.n_heads
+        self.d_model = o_w.shape[1]
+        self.d_ffn = _linear_in_out(self._sub(layer0, fam.down)).shape[0]
+        self.parallel = [bool(fam.parallel(config))] * self.n_layers
+        head = hf_model.get_output_embeddings()
+        if head is None:
+            raise ValueError(f"{type(hf_model).__name__} has no output embeddings (lm_head)")
+        self._lm_head = head
+        self.vocab_size = int(head.weight.shape[0])
+        self._final_norm_module = get_module(hf_model, fam.final_norm)
+        self._final_norm = (
+            None if self._final_norm_module is None
+            else NormParams.of(self._final_norm_module, fam.norm_offset)
+        )
+        pre = get_module(hf_model, fam.unembed_pre)
+        self._unembed_pre = None if pre is None else _linear_in_out(pre)
+        self._softcap = getattr(config, "final_logit_softcapping", None)
+        self.max_tokens = self._context_limit(max_tokens)
+        self._weights: dict[int, dict[str, Any]] = {}
+
+    # -- structure ---------------------------------------------------------------------------
+
+    def _sub(self, layer: Any, path: str) -> Any:
+        mod = get_module(layer, path)
+        if mod is None:
+            raise ValueError(
+                f"{type(layer).__name__} has no module {path!r}; the {self.family} adapter does not "
+                "match this model's layout"
+            )
+        return mod
+
+    def _context_limit(self, max_tokens: int | None) -> int | None:
+        cfg = self.hf_model.config
+        ctx = None
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(cfg, key, None)
+            if isinstance(value, int) and value > 0:
+                ctx = value
+                break
+        if max_tokens is not None:
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)):
+                raise TypeError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+            if max_tokens < 1:
+                raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+            return int(max_tokens) if ctx is None else min(int(max_tokens), ctx)
+        return ctx
+
+    def layer_weights(self, layer: int) -> dict[str, Any]:
+        """The cached float32 weights of a layer: ``w_o [H, d_h, d]`` (C-contiguous), ``b_o``,
+        ``w_down [F, d]`` (a view of the weight where possible), ``b_down``, and the post-branch
+        norms (:class:`NormParams` or None)."""
+        cached = self._weights.get(layer)
+        if cached is None:
+            fam = self._family
+            mod = self._layers[layer]
+            o = self._sub(mod, fam.o_proj)
+            down = self._sub(mod, fam.down)
+            w_o = np.ascontiguousarray(
+                _linear_in_out(o).reshape(self.n_heads, self.d_head, self.d_model), dtype=np.float32
+            )
+            post_a = get_module(mod, fam.attn_post_norm)
+            post_f = get_module(mod, fam.ffn_post_norm)
+            cached = {
+                "w_o": w_o,
+                "b_o": _bias(o),
+                "w_down": _linear_in_out(down),
+                "b_down": _bias(down),
+                "attn_post_norm": None if post_a is None else NormParams.of(post_a, fam.norm_offset),
+                "ffn_post_norm": None if post_f is None else NormParams.of(post_f, fam.norm_offset),
+            }
+            self._weights[layer] = cached
+        return cached
+
+    # -- the final norm and unembedding ----------------------------------------------------
+
+    def final_norm(self, x: np.ndarray) -> np.ndarray:
+        """The model's final norm applied to states ``x [..., d]`` (float32 NumPy).
+
+        >>> model.final_norm(trace.layers[-1].resid_post).shape          # doctest: +SKIP
+        """
+        x = np.asarray(x, dtype=np.float32)
+        return x.copy() if self._final_norm is None else self._final_norm(x)
+
+    def final_norm_scale(self, x: np.ndarray) -> FrozenNorm:
+        """The final norm frozen at states ``x [..., d]``: per-state 1/rms (RMSNorm) or 1/std
+        and mean (LayerNorm), gamma and beta, for the direct-effect linearisation.
+
+        >>> model.final_norm_scale(trace.layers[-1].resid_post).scale.shape   # doctest: +SKIP
+        """
+        if self._final_norm is None:
+            shape = np.shape(x)[:-1]
+            return FrozenNorm("none", np.ones(shape), None, None, None, False)
+        p = self._final_norm
+        r, mean = p.scale(x)
+        return FrozenNorm(p.kind, r, mean, p.gamma, p.beta, p.kind == "layer")
+
+    @property
+    def unembedding(self) -> np.ndarray:
+        """``[d, V]`` float32: the map from normalised states to logits (before any bias and
+        softcapping; OPT's project_out folded in lazily by :meth:`unembed`)."""
+        return _param_numpy(self._lm_head.weight).T
+
+    def unembed(self, x: np.ndarray, softcap: bool = True) -> np.ndarray:
+        """Logits ``[..., V]`` of normalised states ``x [..., d]``: lm_head (with its bias where
+        it has one) and the family's final logit softcapping.
+
+        >>> logits = model.unembed(model.final_norm(trace.layers[-1].resid_post[-1]))  # doctest: +SKIP
+        """
+        x = np.asarray(x, dtype=np.float32)
+        if self._unembed_pre is not None:
+            x = x @ self._unembed_pre
+        logits = x @ self.unembedding
+        b = _bias(self._lm_head)
+        if b is not None:
+            logits = logits + b
+        if softcap and self._softcap:
+            logits = np.tanh(logits / self._softcap) * self._softcap
+        return logits.astype(np.float32)
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def _encode(self, prompt: Any, argname: str = "prompt") -> list[int]:
+        if not isinstance(prompt, str):
+            raise TypeError(f"{argname} must be a string (or a list of strings), got "
+                            f"{type(prompt).__name__}: {prompt!r}"[:300])
+        if prompt == "":
+            raise ValueError(f"{argname} is empty (''): give at least one character of text")
+        ids = list(self.tokenizer(prompt)["input_ids"])
+        if not ids:
+            raise ValueError(f"{argname} {prompt!r} produced no tokens")
+        if self.max_tokens is not None and len(ids) > self.max_tokens:
+            raise ValueError(
+                f"{argname} is {len(ids)} tokens long, more than the limit of {self.max_tokens} "
+                f"tokens (the model's context or max_tokens); {argname}={prompt[:80]!r}..."
+            )
+        return [int(i) for i in ids]
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        """Readable strings of token ids: each token's text as it appears in the decoded prompt
+        (leading spaces kept; BOS and other specials as their names).
+
+        >>> model.token_strings([504, 3575])                # doctest: +SKIP
+        ['The', ' capital']
+        """
+        tok = self.tokenizer
+        ids = [int(i) for i in ids]
+        pieces = tok.convert_ids_to_tokens(ids)
+        out = []
+        for i in range(len(ids)):
+            lo = max(0, i - 4)
+            before = tok.decode(ids[lo:i], clean_up_tokenization_spaces=False) if i > lo else ""
+            full = tok.decode(ids[lo: i + 1], clean_up_tokenization_spaces=False)
+            if full.startswith(before) and len(full) > len(before) and "\ufffd" not in full[len(before):]:
+                out.append(full[len(before):])
+            else:  # a partial UTF-8 sequence or a decoder that rewrites: show the raw piece
+                out.append(str(pieces[i]))
+        return out
+
+    # -- tracing -------------------------------------------------------------------------------
+
+    def trace(self, prompt: str | Sequence[str], all_logits: bool = False) -> Trace | list[Trace]:
+        """Record one forward pass of ``prompt``: a :class:`ltt.trace.Trace` (a list of them for a
+        list of prompts, each traced on its own).
+
+        >>> trace = model.trace("The capital of France is")  # doctest: +SKIP
+        >>> traces = model.trace(["Hello", "World"])          # doctest: +SKIP
+        """
+        if isinstance(prompt, (list, tuple)):
+            if not prompt:
+                raise ValueError("prompt is an empty list: give at least one string")
+            for i, p in enumerate(prompt):
+                self._encode(p, argname=f"prompt[{i}]")
+            return [self._trace_one(p, all_logits) for p in prompt]
+        return self._trace_one(prompt, all_logits)
+
+    def _trace_one(self, prompt: str, all_logits: bool) -> Trace:
+        import torch
+
+        ids = self._encode(prompt)
+        T = len(ids)
+        hf = self.hf_model
+        config = hf.config
+        records: list[dict[str, Any]] = [dict() for _ in range(self.n_layers)]
+        handles = self._register(records, T)
+        saved_impl = getattr(config, "_attn_implementation_internal", None)
+        saved_modes = [(m, m.training) for m in hf.modules()]
+        emb = hf.get_input_embeddings()
+        device = emb.weight.device if emb is not None and emb.weight.device.type != "meta" else None
+        bar = None
+        try:
+            if not _quiet() and self.n_layers * T >= 2048:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=self.n_layers, desc=f"tracing {T} tokens", unit="layer", leave=False)
+                for r in records:
+                    r["_bar"] = bar
+            config._attn_implementation_internal = "eager"
+            hf.eval()
+            with torch.no_grad():
+                out = hf(input_ids=torch.tensor([ids], device=device), use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+            config._attn_implementation_internal = saved_impl
+            for m, mode in saved_modes:
+                m.training = mode
+            if bar is not None:
+                bar.close()
+        logits_all = out.logits[0]
+        layers = [self._buffers(l, records[l], T) for l in range(self.n_layers)]
+        return Trace(
+            prompt=prompt,
+            tokens=self.token_strings(ids),
+            pieces=[str(p) for p in self.tokenizer.convert_ids_to_tokens(ids)],
+            token_ids=np.asarray(ids, dtype=np.int64),
+            logits=_to_numpy(logits_all[-1]),
+            layers=layers,
+            model=self,
+            all_logits=_to_numpy(logits_all) if all_logits else None,
+        )
+
+    def _register(self, records: list[dict[str, Any]], T: int) -> list[Any]:
+        """Hooks on every layer; each writes float32 CPU copies into ``records[layer]``."""
+        fam = self._family
+        config = self.hf_model.config
+        H, G, dh = self.n_heads, self.n_kv_heads, self.d_head
+        handles: list[Any] = []
+
+        def pre(rec, key):
+            def hook(module, args, kwargs):
+                x = args[0] if args else kwargs.get("hidden_states")
+                rec[key] = _rows(_to_numpy(x), T)
+            return hook
+
+        def post(rec, key, fn=None):
+            def hook(module, args, output):
+                rec[key] = fn(output) if fn else _rows(_to_numpy(_first(output)), T)
+            return hook
+
+        def probs(rec):
+            def fn(output):
+                p = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+                return None if p is None else np.ascontiguousarray(_to_numpy(p)[0])
+            return fn
+
+        def values(rec):
+            def fn(output):
+                full = _rows(_to_numpy(_first(output)), T)
+                return np.ascontiguousarray(split_values(fam, config, full, H, G, dh))
+            return fn
+
+        def layer_out(rec):
+            def fn(output):
+                bar = rec.get("_bar")
+                if bar is not None:
+                    bar.update(1)
+                return _rows(_to_numpy(_first(output)), T)
+            return fn
+
+        try:
+            for l, layer in enumerate(self._layers):
+                rec = records[l]
+                handles.append(layer.register_forward_pre_hook(pre(rec, "x"), with_kwargs=True))
+                handles.append(layer.register_forward_hook(post(rec, "y", layer_out(rec))))
+                handles.append(self._sub(layer, fam.attn).register_forward_hook(post(rec, "probs", probs(rec))))
+                handles.append(self._sub(layer, fam.qkv).register_forward_hook(post(rec, "values", values(rec))))
+                handles.append(self._sub(layer, fam.o_proj).register_forward_hook(post(rec, "o")))
+                down = self._sub(layer, fam.down)
+                handles.append(down.register_forward_pre_hook(pre(rec, "act"), with_kwargs=True))
+                handles.append(down.register_forward_hook(post(rec, "down")))
+                if fam.ffn_post_norm:
+                    handles.append(self._sub(layer, fam.ffn_post_norm).register_forward_hook(post(rec, "ffn")))
+                if not self.parallel[l]:
+                    handles.append(self._sub(layer, fam.ffn_norm).register_forward_pre_hook(
+                        pre(rec, "mid"), with_kwargs=True))
+        except BaseException:
+            for h in handles:
+                h.remove()
+            raise
+        return handles
+
+    def _buffers(self, l: int, rec: dict[str, Any], T: int) -> LayerBuffers:
+        for key in ("x", "y", "probs", "values", "o", "act", "down"):
+            if rec.get(key) is None:
+                what = "attention probabilities" if key == "probs" else f"the {key!r} tensor"
+                raise RuntimeError(
+                    f"layer {l} of {self.name!r} did not produce {what} during the trace; the "
+                    f"{self.family} adapter could not hook it (attention implementation "
+                    f"{getattr(self.hf_model.config, '_attn_implementation', None)!r}, expected 'eager')"
+                )
+        w = self.layer_weights(l)
+        parallel = self.parallel[l]
+
+        def branch(raw: np.ndarray, bias: np.ndarray | None, norm: NormParams | None):
+            # (row_scale, col_scale, center, bias [T, d]) of a branch, post-norm linearised.
+            if norm is None:
+                b = None if bias is None else np.ascontiguousarray(np.broadcast_to(bias, (T, self.d_model)),
+                                                                   dtype=np.float32)
+                return None, None, False, b
+            r, _ = norm.scale(raw)
+            center = norm.kind == "layer"
+            b = np.zeros((T, self.d_model)) if bias is None else np.broadcast_to(
+                np.asarray(bias, np.float64), (T, self.d_model))
+            if center:
+                b = b - b.mean(axis=-1, keepdims=True)
+            b = b * r[:, None]
+            if norm.gamma is not None:
+                b = b * norm.gamma
+            if norm.beta is not None:
+                b = b + norm.beta
+            has_bias = bias is not None or norm.beta is not None
+            gamma = None if norm.gamma is None else np.ascontiguousarray(norm.gamma, dtype=np.float32)
+            return (r.astype(np.float32), gamma, center,
+                    np.ascontiguousarray(b, dtype=np.float32) if has_bias else None)
+
+        a_row, a_col, a_center, a_bias = branch(rec["o"], w["b_o"], w["attn_post_norm"])
+        f_row, f_col, f_center, f_bias = branch(rec["down"], w["b_down"], w["ffn_post_norm"])
+        ffn_out = rec["ffn"] if w["ffn_post_norm"] is not None else rec["down"]
+        mid = None
+        if not parallel:
+            mid = rec.get("mid")
+            if mid is None:
+                raise RuntimeError(f"layer {l}: the state after attention was not captured")
+        return LayerBuffers(
+            parallel=parallel,
+            resid_pre=rec["x"],
+            resid_mid=mid,
+            resid_post=rec["y"],
+            attn=rec["probs"],
+            values=rec["values"],
+            w_o=w["w_o"],
+            attn_bias=a_bias,
+            attn_row_scale=a_row,
+            attn_col_scale=a_col,
+            attn_center=a_center,
+            ffn_out=np.ascontiguousarray(ffn_out, dtype=np.float32),
+            act=rec["act"],
+            w_down=w["w_down"],
+            ffn_bias=f_bias,
+            ffn_row_scale=f_row,
+            ffn_col_scale=f_col,
+            ffn_center=f_center,
+        )
+
+    def __repr__(self) -> str:
+        kind = "parallel" if all(self.parallel) else "sequential"
+        return (
+            f"Model({self.name!r}, family={self.family}, layers={self.n_layers}, heads={self.n_heads}"
+            f"/{self.n_kv_heads} kv, d={self.d_model}, d_head={self.d_head}, ffn={self.d_ffn}, "
+            f"vocab={self.vocab_size}, {kind})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def load(
+    name_or_path: Any,
+    *,
+    tokenizer: Any = None,
+    dtype: Any = None,
+    device: Any = None,
+    device_map: Any = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    max_tokens: int | None = None,
+) -> Model:
+    """Load a causal LM for tracing.
+
+    * ``name_or_path``: a hub id, a local directory (safetensors weights only), an embedded
+      model name (``"smollm2-135m"``, offline), or a transformers model already in memory
+      (wrapped without copying; pass its ``tokenizer``).
+    * ``dtype``: torch dtype or its name (default float32); ``device`` / ``device_map``: where the
+      weights live (``device_map`` goes to transformers/accelerate); buffers always come back to
+      the CPU as float32.
+    * ``trust_remote_code``: off unless asked; ``max_tokens``: the longest prompt accepted (default
+      the model's context).
+
+    >>> model = ltt.load("smollm2-135m")                          # doctest: +SKIP
+    >>> model = ltt.load("gpt2", dtype="float32")                 # doctest: +SKIP
+    >>> model = ltt.load(hf_model, tokenizer=tok)                 # doctest: +SKIP
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        return _wrap(name_or_path, tokenizer, max_tokens)
+    import torch
+
+    torch_dtype = _dtype(dtype)
+    name = os.fspath(name_or_path)
+    if is_embedded(name) and not os.path.isdir(name):
+        if device_map is not None:
+            raise ValueError(f"device_map is not supported for the embedded model {name!r}; use device")
+        hf_model, tok = load_embedded(name, dtype=torch_dtype, device=device)
+        return Model(hf_model, tokenizer if tokenizer is not None else tok, name=name.lower(),
+                     max_tokens=max_tokens)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not name:
+        raise ValueError("name_or_path is empty: give a hub id, a local directory or 'smollm2-135m'")
+    config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    family_for(config)  # refuse unsupported or post-LN models before downloading weights
+    kwargs: dict[str, Any] = dict(
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        dtype=torch_dtype,
+        attn_implementation="eager",
+        use_safetensors=True,
+    )
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    hf_model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    if device is not None and device_map is None:
+        hf_model = hf_model.to(device)
+    hf_model.eval()
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    return Model(hf_model, tokenizer, name=name, max_tokens=max_tokens)
+
+
+def _dtype(dtype: Any):
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        value = getattr(torch, dtype.replace("torch.", ""), None)
+        if isinstance(value, torch.dtype) and value.is_floating_point:
+            return value
+    raise ValueError(f"dtype must be a floating torch dtype or its name (e.g. 'float32', 'bfloat16'), got {dtype!r}")
+
+
+def _wrap(hf_model: Any, tokenizer: Any, max_tokens: int | None) -> Model:
+    import torch
+
+    if not isinstance(hf_model, torch.nn.Module) or not hasattr(hf_model, "config"):
+        raise TypeError(
+            "name_or_path must be a hub id, a local directory, an embedded model name "
+            f"({', '.join(EMBEDDED)}) or a transformers model, got {type(hf_model).__name__}: {hf_model!r}"[:400]
+        )
+    if tokenizer is None:
+        raise ValueError(
+            f"ltt.load({type(hf_model).__name__}) needs its tokenizer: ltt.load(model, tokenizer=tok)"
+        )
+    return Model(hf_model, tokenizer, name=getattr(hf_model.config, "name_or_path", None) or None,
+                 max_tokens=max_tokens)

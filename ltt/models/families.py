@@ -1,0 +1,208 @@
+"""Where each supported architecture family keeps the modules ltt hooks: one table, few functions.
+
+A :class:`Family` names, by dotted path, the modules a trace needs: the layer list, the final
+norm, and inside one layer the attention module (its output tuple carries the probabilities),
+the module whose output holds the values (a v projection or a fused qkv projection, with the
+layout that splits the values out of it), the output projection, the down projection, the norm
+whose input is the after-attention state (sequential blocks), and the post-branch norms where
+the family has them. Everything else in :mod:`ltt.models` is written once for all families.
+
+>>> from ltt.models.families import FAMILIES, supported
+>>> FAMILIES["llama"].o_proj
+'self_attn.o_proj'
+>>> "gpt2" in supported()
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+# How to cut the values [T, G, d_h] out of the ``qkv`` module's output [T, n].
+# ``split``: a plain v projection; ``gpt2``: Conv1D c_attn, q|k|v blocks of d each;
+# ``neox``: per head [q_h, k_h, v_h]; ``phi3``: q block (H*d_h) | k block (G*d_h) | v block;
+# ``falcon``: one of Falcon's three fused layouts, chosen from the config.
+VALUE_LAYOUTS = ("split", "gpt2", "neox", "phi3", "falcon")
+
+
+def _never(config: Any) -> bool:
+    return False
+
+
+def _always(config: Any) -> bool:
+    return True
+
+
+def _neox_parallel(config: Any) -> bool:
+    return bool(getattr(config, "use_parallel_residual", True))
+
+
+def _falcon_parallel(config: Any) -> bool:
+    # FalconDecoderLayer: the new architecture always adds attention and MLP to the same input.
+    return bool(config.new_decoder_architecture or config.parallel_attn)
+
+
+def _heads(config: Any) -> int:
+    for key in ("num_attention_heads", "n_head", "num_heads"):
+        value = getattr(config, key, None)
+        if value:
+            return int(value)
+    raise ValueError(f"cannot find the number of attention heads in {type(config).__name__}")
+
+
+def _kv_heads(config: Any) -> int:
+    return int(getattr(config, "num_key_value_heads", None) or _heads(config))
+
+
+def _falcon_kv_heads(config: Any) -> int:
+    if config.new_decoder_architecture:
+        return int(config.num_kv_heads)
+    return 1 if config.multi_query else _heads(config)
+
+
+def _opt_refusal(config: Any) -> str | None:
+    if not getattr(config, "do_layer_norm_before", True):
+        return (
+            "this OPT model applies LayerNorm after each residual add (post-LN, "
+            "do_layer_norm_before=False, e.g. facebook/opt-350m): the residual stream is "
+            "renormalised inside every layer, so a layer's output is not the sum of its input and "
+            "its branches and has no exact additive decomposition. Pre-LN OPT sizes are supported."
+        )
+    return None
+
+
+def _no_refusal(config: Any) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Family:
+    """Module paths of one architecture family (dotted, relative to the model or to one layer)."""
+
+    name: str
+    model_types: tuple[str, ...]
+    layers: str  # the ModuleList of decoder layers, from the CausalLM
+    final_norm: str | None  # from the CausalLM
+    attn: str  # from a layer: returns (output, probabilities [B, H, T, T])
+    qkv: str  # from a layer: its output holds the values
+    o_proj: str  # from a layer: input = concatenated head outputs
+    down: str  # from a layer: input = neuron activations [T, F]
+    ffn_norm: str | None  # from a layer: input = after-attention state (sequential blocks)
+    values: str = "split"
+    attn_post_norm: str | None = None  # applied to the attention branch before the add
+    ffn_post_norm: str | None = None  # applied to the FFN branch before the add
+    parallel: Callable[[Any], bool] = _never
+    n_kv_heads: Callable[[Any], int] = _kv_heads
+    norm_offset: float = 0.0  # Gemma RMSNorms scale by (1 + weight)
+    unembed_pre: str | None = None  # from the CausalLM: a linear map before lm_head (OPT)
+    refuse: Callable[[Any], str | None] = _no_refusal
+
+
+_LLAMA = dict(
+    layers="model.layers",
+    final_norm="model.norm",
+    attn="self_attn",
+    qkv="self_attn.v_proj",
+    o_proj="self_attn.o_proj",
+    down="mlp.down_proj",
+    ffn_norm="post_attention_layernorm",
+)
+_GEMMA2 = dict(
+    _LLAMA,
+    ffn_norm="pre_feedforward_layernorm",
+    attn_post_norm="post_attention_layernorm",
+    ffn_post_norm="post_feedforward_layernorm",
+    norm_offset=1.0,
+)
+
+_TABLE = [
+    Family("gpt2", ("gpt2",), "transformer.h", "transformer.ln_f", "attn", "attn.c_attn",
+           "attn.c_proj", "mlp.c_proj", "ln_2", values="gpt2"),
+    Family("gpt_neo", ("gpt_neo",), "transformer.h", "transformer.ln_f", "attn.attention",
+           "attn.attention.v_proj", "attn.attention.out_proj", "mlp.c_proj", "ln_2"),
+    Family("gpt_neox", ("gpt_neox",), "gpt_neox.layers", "gpt_neox.final_layer_norm", "attention",
+           "attention.query_key_value", "attention.dense", "mlp.dense_4h_to_h",
+           "post_attention_layernorm", values="neox", parallel=_neox_parallel),
+    Family("gptj", ("gptj",), "transformer.h", "transformer.ln_f", "attn", "attn.v_proj",
+           "attn.out_proj", "mlp.fc_out", None, parallel=_always),
+    Family("opt", ("opt",), "model.decoder.layers", "model.decoder.final_layer_norm", "self_attn",
+           "self_attn.v_proj", "self_attn.out_proj", "fc2", "final_layer_norm",
+           unembed_pre="model.decoder.project_out", refuse=_opt_refusal),
+    Family("llama", ("llama",), **_LLAMA),
+    Family("mistral", ("mistral",), **_LLAMA),
+    Family("qwen2", ("qwen2",), **_LLAMA),
+    Family("qwen3", ("qwen3",), **_LLAMA),
+    Family("gemma", ("gemma",), **dict(_LLAMA, norm_offset=1.0)),
+    Family("gemma2", ("gemma2",), **_GEMMA2),
+    Family("gemma3", ("gemma3_text",), **_GEMMA2),
+    Family("phi", ("phi",), "model.layers", "model.final_layernorm", "self_attn",
+           "self_attn.v_proj", "self_attn.dense", "mlp.fc2", None, parallel=_always),
+    Family("phi3", ("phi3",), **dict(_LLAMA, qkv="self_attn.qkv_proj", values="phi3")),
+    Family("falcon", ("falcon",), "transformer.h", "transformer.ln_f", "self_attention",
+           "self_attention.query_key_value", "self_attention.dense", "mlp.dense_4h_to_h",
+           "post_attention_layernorm", values="falcon", parallel=_falcon_parallel,
+           n_kv_heads=_falcon_kv_heads),
+]
+
+#: Family by config.model_type.
+FAMILIES: dict[str, Family] = {mt: fam for fam in _TABLE for mt in fam.model_types}
+
+
+def supported() -> list[str]:
+    """The ``config.model_type`` values ltt can trace, sorted."""
+    return sorted(FAMILIES)
+
+
+def family_for(config: Any) -> Family:
+    """The :class:`Family` of a transformers config, or a ValueError listing the supported ones
+    (or saying why a supported family's variant is refused)."""
+    model_type = getattr(config, "model_type", None)
+    fam = FAMILIES.get(model_type)
+    if fam is None:
+        raise ValueError(
+            f"unsupported architecture: config.model_type={model_type!r} "
+            f"({', '.join(getattr(config, 'architectures', None) or []) or 'no architectures listed'}); "
+            f"ltt supports the model types: {', '.join(supported())}"
+        )
+    reason = fam.refuse(config)
+    if reason:
+        raise ValueError(f"cannot trace model_type={model_type!r}: {reason}")
+    return fam
+
+
+def get_module(root: Any, path: str | None) -> Any:
+    """``root`` followed along a dotted ``path`` (None when the path is None or a step is None)."""
+    if path is None:
+        return None
+    mod = root
+    for step in path.split("."):
+        mod = getattr(mod, step, None)
+        if mod is None:
+            return None
+    return mod
+
+
+def split_values(family: Family, config: Any, out: np.ndarray, n_heads: int, n_kv: int,
+                 d_head: int) -> np.ndarray:
+    """The values ``[T, G, d_h]`` inside the ``qkv`` module's output ``out [T, n]`` (a view)."""
+    T = out.shape[0]
+    layout = family.values
+    if layout == "split":
+        return out.reshape(T, n_kv, d_head)
+    if layout == "gpt2":
+        d = n_heads * d_head
+        return out[:, 2 * d: 3 * d].reshape(T, n_heads, d_head)
+    if layout == "neox":
+        return out.reshape(T, n_heads, 3 * d_head)[:, :, 2 * d_head:]
+    if layout == "phi3":
+        return out[:, (n_heads + n_kv) * d_head:].reshape(T, n_kv, d_head)
+    if layout == "falcon":
+        if config.new_decoder_architecture:
+            return out.reshape(T, n_kv, n_heads // n_kv + 2, d_head)[:, :, -1, :]
+        if config.multi_query:
+            return out.reshape(T, n_heads + 2, d_head)[:, -1:, :]
+        return out.reshape(T, n_heads, 3, d_head)[:, :, 2, :]
+    raise ValueError(f"unknown value layout {layout!r}; expected one of {VALUE_LAYOUTS}")

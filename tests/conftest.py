@@ -1,0 +1,162 @@
+"""Shared fixtures: tiny randomly initialised models of every supported family, saved to disk.
+
+Each tiny model is built from a transformers config (2-3 layers, width 32, GQA where the family
+has it, biases, post-branch norms and softcapping where it has them), given non-trivial norm
+weights and biases, saved as safetensors with a small byte-level BPE tokenizer trained here (no
+hub access), and loaded back through ``ltt.load(path)``: the real loading path.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("LTT_QUIET", "1")
+
+VOCAB = 320
+CORPUS = [
+    "The capital of France is Paris, and the capital of Italy is Rome.",
+    "When Mary and John went to the store, John gave a drink to Mary.",
+    "A quick brown fox jumps over the lazy dog; the dog sleeps.",
+    "Tracing a language model shows where information flows, token by token.",
+    "1 2 3 4 5 6 7 8 9 10, <img src=x onerror=alert(1)> and unicode: café, naïve, 東京.",
+]
+
+
+def pytest_report_header(config):
+    try:
+        import ltt
+
+        info = ltt._core.build_info()
+    except Exception as exc:  # the core may not be built yet; say so instead of failing here
+        info = f"unavailable ({type(exc).__name__}: {exc})"
+    return f"ltt._core.build_info(): {info}"
+
+
+def _make_tokenizer(bos: bool):
+    """A byte-level BPE tokenizer trained on CORPUS, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB - 16,
+        special_tokens=["<bos>", "<eos>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(CORPUS * 4, trainer=trainer)
+    if bos:
+        tk.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", tk.token_to_id("<bos>"))]
+        )
+    else:
+        tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    )
+
+
+def tiny_configs() -> dict:
+    """Family key -> (config, tokenizer adds BOS). Widths are tiny; every quirk is switched on."""
+    import transformers as tf
+
+    common = dict(vocab_size=VOCAB, initializer_range=0.1, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    llama_like = dict(common, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return {
+        "gpt2": (tf.GPT2Config(n_positions=64, n_embd=32, n_layer=2, n_head=4, **common), False),
+        "gpt_neo": (tf.GPTNeoConfig(max_position_embeddings=64, hidden_size=32, num_layers=2,
+                                    num_heads=4, attention_types=[[["global", "local"], 1]],
+                                    window_size=3, intermediate_size=64, **common), False),
+        "gpt_neox": (tf.GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=64,
+                                      use_parallel_residual=True, **common), False),
+        "gpt_neox_seq": (tf.GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=64, max_position_embeddings=64,
+                                          use_parallel_residual=False, **common), False),
+        "gptj": (tf.GPTJConfig(n_positions=64, n_embd=32, n_layer=2, n_head=4, rotary_dim=4,
+                               n_inner=64, **common), False),
+        "opt": (tf.OPTConfig(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+                             max_position_embeddings=64, word_embed_proj_dim=16,
+                             do_layer_norm_before=True, **common), True),
+        "llama": (tf.LlamaConfig(**llama_like), True),
+        "mistral": (tf.MistralConfig(sliding_window=4, **llama_like), True),
+        "qwen2": (tf.Qwen2Config(**llama_like), False),
+        "qwen3": (tf.Qwen3Config(head_dim=8, **llama_like), False),
+        "gemma": (tf.GemmaConfig(head_dim=8, **llama_like), True),
+        "gemma2": (tf.Gemma2Config(head_dim=8, query_pre_attn_scalar=8, sliding_window=4,
+                                   attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+                                   attention_bias=True, **llama_like), True),
+        "gemma3": (tf.Gemma3TextConfig(head_dim=8, query_pre_attn_scalar=8, sliding_window=4,
+                                       final_logit_softcapping=3.0, sliding_window_pattern=2,
+                                       **llama_like), True),
+        "phi": (tf.PhiConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=64, **common), False),
+        "phi3": (tf.Phi3Config(**llama_like), True),
+        "falcon": (tf.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                   num_kv_heads=2, new_decoder_architecture=True, bias=False,
+                                   max_position_embeddings=64, **common), False),
+        "falcon_seq": (tf.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                       new_decoder_architecture=False, multi_query=False,
+                                       parallel_attn=False, bias=True,
+                                       max_position_embeddings=64, **common), False),
+        "falcon_mq": (tf.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      new_decoder_architecture=False, multi_query=True,
+                                      parallel_attn=True, alibi=True, bias=True,
+                                      max_position_embeddings=64, **common), False),
+    }
+
+
+def build_tiny(key: str, seed: int = 0):
+    """The tiny model and tokenizer of a family key (in memory, eval mode)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config, bos = tiny_configs()[key]
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:  # biases and norm weights: make them matter
+                p.add_(0.1 * torch.randn_like(p))
+    model.eval()
+    return model, _make_tokenizer(bos)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """``tiny_dir(key)`` -> a directory holding that family's tiny model and tokenizer."""
+    import torch
+
+    torch.set_num_threads(1)
+    made: dict[str, str] = {}
+
+    def get(key: str) -> str:
+        if key not in made:
+            model, tok = build_tiny(key)
+            path = tmp_path_factory.mktemp(f"tiny_{key}")
+            model.save_pretrained(path)
+            tok.save_pretrained(path)
+            made[key] = str(path)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir):
+    """``tiny_model(key)`` -> ``ltt.load(tiny_dir(key))``, cached for the session."""
+    import ltt
+
+    loaded: dict = {}
+
+    def get(key: str):
+        if key not in loaded:
+            loaded[key] = ltt.load(tiny_dir(key))
+        return loaded[key]
+
+    return get

@@ -1,0 +1,907 @@
+/* binding.c: the ltt._core Python module; the only file that includes Python.h and NumPy. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <numpy/arrayobject.h>
+
+#include "ltt_blas.h"
+#include "ltt_core.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifndef LTT_BLAS_NAME
+#define LTT_BLAS_NAME "unknown"
+#endif
+#ifndef LTT_CFLAGS
+#define LTT_CFLAGS "unknown"
+#endif
+
+/* ---- argument helpers (each returns 0 on success, -1 with a Python exception set) -------- */
+
+/* repr of a double into buf (PyErr_Format has no %g). */
+static const char *fmt_double(char *buf, size_t size, double x)
+{
+    char *r = PyOS_double_to_string(x, 'r', 0, 0, NULL);
+    snprintf(buf, size, "%s", r ? r : "?");
+    PyMem_Free(r);
+    return buf;
+}
+
+static void fmt_shape(char *buf, size_t size, int ndim, const npy_intp *dims)
+{
+    size_t len = 0;
+    len += (size_t)snprintf(buf + len, size - len, "(");
+    for (int i = 0; i < ndim && len < size; i++)
+        len += (size_t)snprintf(buf + len, size - len, "%s%lld", i ? ", " : "",
+                                (long long)dims[i]);
+    if (len < size)
+        snprintf(buf + len, size - len, ndim == 1 ? ",)" : ")");
+}
+
+/* Whether an array's dtype is a real floating type (the only kind the core accepts). */
+static int require_float_kind(PyArrayObject *a, const char *name)
+{
+    const char kind = PyArray_DESCR(a)->kind;
+    if (kind != 'f') {
+        PyErr_Format(PyExc_TypeError,
+                     "%s must be an array of floats (float16/32/64 are cast to float32), "
+                     "got dtype %S",
+                     name, (PyObject *)PyArray_DESCR(a));
+        return -1;
+    }
+    return 0;
+}
+
+static int require_finite(PyArrayObject *a, const char *name)
+{
+    const npy_intp n = PyArray_SIZE(a);
+    if (PyArray_TYPE(a) == NPY_FLOAT64) {
+        const double *x = (const double *)PyArray_DATA(a);
+        for (npy_intp i = 0; i < n; i++)
+            if (!isfinite(x[i])) {
+                char v[64];
+                PyErr_Format(PyExc_ValueError, "%s contains NaN or inf (flat index %zd: %s)",
+                             name, (Py_ssize_t)i, fmt_double(v, sizeof v, x[i]));
+                return -1;
+            }
+        return 0;
+    }
+    const float *x = (const float *)PyArray_DATA(a);
+    for (npy_intp i = 0; i < n; i++)
+        if (!isfinite(x[i])) {
+            char v[64];
+            PyErr_Format(PyExc_ValueError,
+                         "%s contains NaN or inf after the cast to float32 (flat index %zd: %s)",
+                         name, (Py_ssize_t)i, fmt_double(v, sizeof v, (double)x[i]));
+            return -1;
+        }
+    return 0;
+}
+
+/*
+ * obj -> C-contiguous aligned float32 (or float64 when dtype is NPY_FLOAT64) array, finite.
+ * None gives *out = NULL when optional, a TypeError otherwise.
+ */
+static int to_array(PyObject *obj, const char *name, int optional, int dtype,
+                    PyArrayObject **out)
+{
+    *out = NULL;
+    if (obj == NULL || obj == Py_None) {
+        if (optional)
+            return 0;
+        PyErr_Format(PyExc_TypeError, "%s is required, got None", name);
+        return -1;
+    }
+    PyArrayObject *raw = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (raw == NULL) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s must be an array of floats, got %.100s", name,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (require_float_kind(raw, name) < 0) {
+        Py_DECREF(raw);
+        return -1;
+    }
+    PyArrayObject *a =
+        (PyArrayObject *)PyArray_FROM_OTF((PyObject *)raw, dtype, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    Py_DECREF(raw);
+    if (a == NULL)
+        return -1;
+    if (require_finite(a, name) < 0) {
+        Py_DECREF(a);
+        return -1;
+    }
+    *out = a;
+    return 0;
+}
+
+/* Check a's shape against want (a -1 entry matches any size); sym names the dimensions. */
+static int check_shape(PyArrayObject *a, const char *name, const char *sym, int ndim,
+                       const npy_intp *want)
+{
+    int ok = PyArray_NDIM(a) == ndim;
+    for (int i = 0; ok && i < ndim; i++)
+        if (want[i] >= 0 && PyArray_DIM(a, i) != want[i])
+            ok = 0;
+    if (!ok) {
+        char got[160], exp[160];
+        fmt_shape(got, sizeof got, PyArray_NDIM(a), PyArray_DIMS(a));
+        fmt_shape(exp, sizeof exp, ndim, want);
+        PyErr_Format(PyExc_ValueError, "%s must have shape %s = %s, got %s", name, sym, exp,
+                     got);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_nonempty(PyArrayObject *a, const char *name)
+{
+    if (PyArray_SIZE(a) == 0) {
+        char got[160];
+        fmt_shape(got, sizeof got, PyArray_NDIM(a), PyArray_DIMS(a));
+        PyErr_Format(PyExc_ValueError, "%s must not be empty, got shape %s", name, got);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_norm(int norm)
+{
+    if (norm != 1 && norm != 2) {
+        PyErr_Format(PyExc_ValueError, "norm must be 1 or 2, got %d", norm);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_threshold(double threshold)
+{
+    if (!(threshold >= 0.0 && threshold < 1.0)) {
+        char v[64];
+        PyErr_Format(PyExc_ValueError, "threshold must be in [0, 1), got %s",
+                     fmt_double(v, sizeof v, threshold));
+        return -1;
+    }
+    return 0;
+}
+
+/* Python-style index (negative counts from the end) into [0, n). */
+static int fix_index(long long *idx, long long n, const char *name)
+{
+    long long i = *idx;
+    if (i < -n || i >= n) {
+        PyErr_Format(PyExc_ValueError, "%s must be in [-%lld, %lld), got %lld", name, n, n, i);
+        return -1;
+    }
+    *idx = i < 0 ? i + n : i;
+    return 0;
+}
+
+static int check_status(ltt_status st, const char *fn)
+{
+    if (st == LTT_OK)
+        return 0;
+    if (st == LTT_ERR_NOMEM)
+        PyErr_Format(PyExc_MemoryError, "%s: %s", fn, ltt_status_str(st));
+    else
+        PyErr_Format(PyExc_ValueError, "%s: %s", fn, ltt_status_str(st));
+    return -1;
+}
+
+static const float *fdata(PyArrayObject *a)
+{
+    return a == NULL ? NULL : (const float *)PyArray_DATA(a);
+}
+
+static PyArrayObject *zeros(int ndim, const npy_intp *dims, int type)
+{
+    return (PyArrayObject *)PyArray_ZEROS(ndim, (npy_intp *)dims, type, 0);
+}
+
+/* Shared validation of the head-vector inputs: attn [H,T,T], values [T,G,d_h], w_o [H,d_h,d]. */
+typedef struct {
+    npy_intp T, H, G, dh, d;
+} attn_dims;
+
+static int check_attn_inputs(attn_dims *D, PyArrayObject *whole, PyArrayObject *attn,
+                             PyArrayObject *values, PyArrayObject *w_o, PyArrayObject *row_scale,
+                             PyArrayObject *col_scale)
+{
+    if (check_nonempty(whole, "whole") < 0)
+        return -1;
+    npy_intp any2[2] = {-1, -1};
+    if (check_shape(whole, "whole", "(T, d)", 2, any2) < 0)
+        return -1;
+    D->T = PyArray_DIM(whole, 0);
+    D->d = PyArray_DIM(whole, 1);
+    if (PyArray_NDIM(attn) != 3 || PyArray_DIM(attn, 0) == 0) {
+        npy_intp w[3] = {-1, D->T, D->T};
+        if (check_shape(attn, "attn", "(H, T, T)", 3, w) < 0)
+            return -1;
+        return check_nonempty(attn, "attn");
+    }
+    D->H = PyArray_DIM(attn, 0);
+    npy_intp wa[3] = {D->H, D->T, D->T};
+    if (check_shape(attn, "attn", "(H, T, T)", 3, wa) < 0)
+        return -1;
+    npy_intp wv[3] = {D->T, -1, -1};
+    if (check_shape(values, "values", "(T, G, d_h)", 3, wv) < 0 ||
+        check_nonempty(values, "values") < 0)
+        return -1;
+    D->G = PyArray_DIM(values, 1);
+    D->dh = PyArray_DIM(values, 2);
+    if (D->H % D->G != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "the number of heads H=%zd (attn.shape[0]) must be a multiple of the "
+                     "number of kv groups G=%zd (values.shape[1])",
+                     (Py_ssize_t)D->H, (Py_ssize_t)D->G);
+        return -1;
+    }
+    npy_intp wo[3] = {D->H, D->dh, D->d};
+    if (check_shape(w_o, "w_o", "(H, d_h, d)", 3, wo) < 0)
+        return -1;
+    npy_intp wr[1] = {D->T}, wc[1] = {D->d};
+    if (row_scale != NULL && check_shape(row_scale, "row_scale", "(T,)", 1, wr) < 0)
+        return -1;
+    if (col_scale != NULL && check_shape(col_scale, "col_scale", "(d,)", 1, wc) < 0)
+        return -1;
+    return 0;
+}
+
+/* bias: [d] (row stride 0) or [n, d]. */
+static int check_bias(PyArrayObject *bias, npy_intp n, npy_intp d, const char *nsym,
+                      int64_t *row_stride)
+{
+    *row_stride = 0;
+    if (bias == NULL)
+        return 0;
+    if (PyArray_NDIM(bias) == 1) {
+        npy_intp w[1] = {d};
+        return check_shape(bias, "bias", "(d,)", 1, w);
+    }
+    npy_intp w[2] = {n, d};
+    char sym[32];
+    snprintf(sym, sizeof sym, "(%s, d)", nsym);
+    if (check_shape(bias, "bias", sym, 2, w) < 0)
+        return -1;
+    *row_stride = d;
+    return 0;
+}
+
+static int check_total(PyArrayObject *total, npy_intp T)
+{
+    npy_intp w[1] = {T};
+    if (check_shape(total, "total", "(T,)", 1, w) < 0)
+        return -1;
+    const double *z = (const double *)PyArray_DATA(total);
+    for (npy_intp i = 0; i < T; i++)
+        if (!(z[i] > 0.0)) {
+            char v[64];
+            PyErr_Format(PyExc_ValueError, "total must be positive, got %s at index %zd",
+                         fmt_double(v, sizeof v, z[i]), (Py_ssize_t)i);
+            return -1;
+        }
+    return 0;
+}
+
+/* ---- entry points -------------------------------------------------------------------------- */
+
+PyDoc_STRVAR(contributions_doc,
+             "contributions(parts, whole, norm=1)\n--\n\n"
+             "Proximity shares of parts [K, ..., d] in whole [..., d] -> float32 [K, ...].\n"
+             "See ltt._reference.contributions.");
+
+static PyObject *py_contributions(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"parts", "whole", "norm", NULL};
+    PyObject *parts_o = NULL, *whole_o = NULL, *ret = NULL;
+    PyArrayObject *parts = NULL, *whole = NULL, *out = NULL;
+    int norm = 1;
+    ltt_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|i:contributions", kwlist, &parts_o,
+                                     &whole_o, &norm))
+        return NULL;
+    if (to_array(parts_o, "parts", 0, NPY_FLOAT32, &parts) < 0 ||
+        to_array(whole_o, "whole", 0, NPY_FLOAT32, &whole) < 0 || check_norm(norm) < 0)
+        goto done;
+    const int wd = PyArray_NDIM(whole);
+    int ok = wd >= 1 && PyArray_NDIM(parts) == wd + 1;
+    for (int i = 0; ok && i < wd; i++)
+        ok = PyArray_DIM(parts, i + 1) == PyArray_DIM(whole, i);
+    if (!ok) {
+        char gp[160], gw[160];
+        fmt_shape(gp, sizeof gp, PyArray_NDIM(parts), PyArray_DIMS(parts));
+        fmt_shape(gw, sizeof gw, wd, PyArray_DIMS(whole));
+        PyErr_Format(PyExc_ValueError,
+                     "parts must have shape (K, *whole.shape) with whole of shape (..., d); "
+                     "got parts %s and whole %s",
+                     gp, gw);
+        goto done;
+    }
+    if (check_nonempty(parts, "parts") < 0)
+        goto done;
+    const int64_t K = PyArray_DIM(parts, 0), d = PyArray_DIM(whole, wd - 1);
+    const int64_t M = PyArray_SIZE(whole) / d;
+    out = zeros(wd, PyArray_DIMS(parts), NPY_FLOAT32);
+    if (out == NULL)
+        goto done;
+    Py_BEGIN_ALLOW_THREADS;
+    st = ltt_contributions_f32(K, M, d, norm, (float *)PyArray_DATA(out), fdata(parts),
+                               fdata(whole));
+    Py_END_ALLOW_THREADS;
+    if (check_status(st, "contributions") < 0)
+        goto done;
+    ret = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(parts);
+    Py_XDECREF(whole);
+    Py_XDECREF(out);
+    return ret;
+}
+
+/* Builds a dict from (key, array) pairs, stealing the arrays; NULL on failure. */
+static PyObject *make_dict(int n, const char **keys, PyArrayObject **vals)
+{
+    PyObject *d = PyDict_New();
+    for (int i = 0; i < n; i++) {
+        if (d != NULL && PyDict_SetItemString(d, keys[i], (PyObject *)vals[i]) < 0) {
+            Py_DECREF(d);
+            d = NULL;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        Py_DECREF(vals[i]);
+        vals[i] = NULL;
+    }
+    return d;
+}
+
+PyDoc_STRVAR(attn_contrib_doc,
+             "attn_contrib(resid, whole, attn, values, w_o, bias=None, extra=None, "
+             "row_scale=None, col_scale=None, center=False, norm=1, keep_heads=False)\n--\n\n"
+             "Contributions of one attention layer. See ltt._reference.attn_contrib.");
+
+static PyObject *py_attn_contrib(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"resid",     "whole",     "attn",   "values", "w_o",
+                             "bias",      "extra",     "row_scale", "col_scale",
+                             "center",    "norm",      "keep_heads", NULL};
+    PyObject *o[9] = {NULL};
+    int center = 0, norm = 1, keep_heads = 0;
+    PyArrayObject *resid = NULL, *whole = NULL, *attn = NULL, *values = NULL, *w_o = NULL,
+                  *bias = NULL, *extra = NULL, *row_scale = NULL, *col_scale = NULL;
+    PyArrayObject *outs[6] = {NULL};
+    PyObject *ret = NULL;
+    ltt_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|OOOOpip:attn_contrib", kwlist, &o[0],
+                                     &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                                     &center, &norm, &keep_heads))
+        return NULL;
+    if (to_array(o[0], "resid", 0, NPY_FLOAT32, &resid) < 0 ||
+        to_array(o[1], "whole", 0, NPY_FLOAT32, &whole) < 0 ||
+        to_array(o[2], "attn", 0, NPY_FLOAT32, &attn) < 0 ||
+        to_array(o[3], "values", 0, NPY_FLOAT32, &values) < 0 ||
+        to_array(o[4], "w_o", 0, NPY_FLOAT32, &w_o) < 0 ||
+        to_array(o[5], "bias", 1, NPY_FLOAT32, &bias) < 0 ||
+        to_array(o[6], "extra", 1, NPY_FLOAT32, &extra) < 0 ||
+        to_array(o[7], "row_scale", 1, NPY_FLOAT32, &row_scale) < 0 ||
+        to_array(o[8], "col_scale", 1, NPY_FLOAT32, &col_scale) < 0 || check_norm(norm) < 0)
+        goto done;
+    attn_dims D;
+    if (check_attn_inputs(&D, whole, attn, values, w_o, row_scale, col_scale) < 0)
+        goto done;
+    npy_intp wr[2] = {D.T, D.d};
+    if (check_shape(resid, "resid", "(T, d)", 2, wr) < 0)
+        goto done;
+    int64_t bias_stride = 0, E = 0;
+    if (check_bias(bias, D.T, D.d, "T", &bias_stride) < 0)
+        goto done;
+    if (extra != NULL) {
+        npy_intp we[3] = {-1, D.T, D.d};
+        if (check_shape(extra, "extra", "(E, T, d)", 3, we) < 0 ||
+            check_nonempty(extra, "extra") < 0)
+            goto done;
+        E = PyArray_DIM(extra, 0);
+    }
+    npy_intp dT[1] = {D.T}, dTT[2] = {D.T, D.T}, dET[2] = {E, D.T}, dHTT[3] = {D.H, D.T, D.T};
+    outs[0] = zeros(2, dTT, NPY_FLOAT32);
+    outs[1] = zeros(1, dT, NPY_FLOAT32);
+    outs[2] = zeros(1, dT, NPY_FLOAT32);
+    outs[3] = zeros(2, dET, NPY_FLOAT32);
+    outs[4] = zeros(1, dT, NPY_FLOAT64);
+    if (keep_heads)
+        outs[5] = zeros(3, dHTT, NPY_FLOAT32);
+    if (!outs[0] || !outs[1] || !outs[2] || !outs[3] || !outs[4] || (keep_heads && !outs[5]))
+        goto done;
+    ltt_norm_fix fix = {fdata(row_scale), fdata(col_scale), center};
+    Py_BEGIN_ALLOW_THREADS;
+    st = ltt_attn_contrib_f32(
+        D.T, D.H, D.G, D.dh, D.d, E, bias_stride, norm, (float *)PyArray_DATA(outs[0]),
+        (float *)PyArray_DATA(outs[1]), (float *)PyArray_DATA(outs[2]),
+        (float *)PyArray_DATA(outs[3]), (double *)PyArray_DATA(outs[4]),
+        keep_heads ? (float *)PyArray_DATA(outs[5]) : NULL, fdata(resid), fdata(whole),
+        fdata(attn), fdata(values), fdata(w_o), fdata(bias), fdata(extra), fix);
+    Py_END_ALLOW_THREADS;
+    if (check_status(st, "attn_contrib") < 0)
+        goto done;
+    {
+        const char *keys[6] = {"edges", "resid", "bias", "extra", "total", "heads"};
+        ret = make_dict(keep_heads ? 6 : 5, keys, outs);
+    }
+done:
+    Py_XDECREF(resid);
+    Py_XDECREF(whole);
+    Py_XDECREF(attn);
+    Py_XDECREF(values);
+    Py_XDECREF(w_o);
+    Py_XDECREF(bias);
+    Py_XDECREF(extra);
+    Py_XDECREF(row_scale);
+    Py_XDECREF(col_scale);
+    for (int i = 0; i < 6; i++)
+        Py_XDECREF(outs[i]);
+    return ret;
+}
+
+PyDoc_STRVAR(attn_head_map_doc,
+             "attn_head_map(head, whole, attn, values, w_o, total, row_scale=None, "
+             "col_scale=None, center=False, norm=1)\n--\n\n"
+             "One head's share map [T, T]. See ltt._reference.attn_head_map.");
+
+PyDoc_STRVAR(attn_edge_heads_doc,
+             "attn_edge_heads(target, source, whole, attn, values, w_o, total, row_scale=None, "
+             "col_scale=None, center=False, norm=1)\n--\n\n"
+             "Every head's share [H] of one edge. See ltt._reference.attn_edge_heads.");
+
+/* attn_head_map and attn_edge_heads share everything after their index arguments. */
+static PyObject *head_run(int edge, long long i0, long long i1, PyObject **o, int center,
+                          int norm)
+{
+    PyArrayObject *whole = NULL, *attn = NULL, *values = NULL, *w_o = NULL, *total = NULL,
+                  *row_scale = NULL, *col_scale = NULL, *out = NULL;
+    PyObject *ret = NULL;
+    ltt_status st;
+    const char *fn = edge ? "attn_edge_heads" : "attn_head_map";
+    if (to_array(o[0], "whole", 0, NPY_FLOAT32, &whole) < 0 ||
+        to_array(o[1], "attn", 0, NPY_FLOAT32, &attn) < 0 ||
+        to_array(o[2], "values", 0, NPY_FLOAT32, &values) < 0 ||
+        to_array(o[3], "w_o", 0, NPY_FLOAT32, &w_o) < 0 ||
+        to_array(o[4], "total", 0, NPY_FLOAT64, &total) < 0 ||
+        to_array(o[5], "row_scale", 1, NPY_FLOAT32, &row_scale) < 0 ||
+        to_array(o[6], "col_scale", 1, NPY_FLOAT32, &col_scale) < 0 || check_norm(norm) < 0)
+        goto done;
+    attn_dims D;
+    if (check_attn_inputs(&D, whole, attn, values, w_o, row_scale, col_scale) < 0 ||
+        check_total(total, D.T) < 0)
+        goto done;
+    ltt_norm_fix fix = {fdata(row_scale), fdata(col_scale), center};
+    if (edge) {
+        if (fix_index(&i0, D.T, "target") < 0 || fix_index(&i1, D.T, "source") < 0)
+            goto done;
+        if (i1 > i0) {
+            PyErr_Format(PyExc_ValueError,
+                         "source must be <= target (future positions are masked), got "
+                         "target=%lld, source=%lld",
+                         i0, i1);
+            goto done;
+        }
+        npy_intp dH[1] = {D.H};
+        if ((out = zeros(1, dH, NPY_FLOAT32)) == NULL)
+            goto done;
+        Py_BEGIN_ALLOW_THREADS;
+        st = ltt_attn_edge_heads_f32(D.T, D.H, D.G, D.dh, D.d, i0, i1, norm,
+                                     (float *)PyArray_DATA(out), fdata(whole), fdata(attn),
+                                     fdata(values), fdata(w_o),
+                                     (const double *)PyArray_DATA(total), fix);
+        Py_END_ALLOW_THREADS;
+    } else {
+        if (fix_index(&i0, D.H, "head") < 0)
+            goto done;
+        npy_intp dTT[2] = {D.T, D.T};
+        if ((out = zeros(2, dTT, NPY_FLOAT32)) == NULL)
+            goto done;
+        Py_BEGIN_ALLOW_THREADS;
+        st = ltt_attn_head_map_f32(D.T, D.H, D.G, D.dh, D.d, i0, norm,
+                                   (float *)PyArray_DATA(out), fdata(whole), fdata(attn),
+                                   fdata(values), fdata(w_o),
+                                   (const double *)PyArray_DATA(total), fix);
+        Py_END_ALLOW_THREADS;
+    }
+    if (check_status(st, fn) < 0)
+        goto done;
+    ret = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(whole);
+    Py_XDECREF(attn);
+    Py_XDECREF(values);
+    Py_XDECREF(w_o);
+    Py_XDECREF(total);
+    Py_XDECREF(row_scale);
+    Py_XDECREF(col_scale);
+    Py_XDECREF(out);
+    return ret;
+}
+
+static PyObject *py_attn_head_map(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"head",      "whole",     "attn",   "values", "w_o", "total",
+                             "row_scale", "col_scale", "center", "norm",   NULL};
+    long long head = 0;
+    PyObject *o[7] = {NULL};
+    int center = 0, norm = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LOOOOO|OOpi:attn_head_map", kwlist, &head,
+                                     &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &center,
+                                     &norm))
+        return NULL;
+    return head_run(0, head, 0, o, center, norm);
+}
+
+static PyObject *py_attn_edge_heads(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"target", "source",    "whole",     "attn",   "values", "w_o",
+                             "total",  "row_scale", "col_scale", "center", "norm",   NULL};
+    long long target = 0, source = 0;
+    PyObject *o[7] = {NULL};
+    int center = 0, norm = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LLOOOOO|OOpi:attn_edge_heads", kwlist,
+                                     &target, &source, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
+                                     &o[6], &center, &norm))
+        return NULL;
+    return head_run(1, target, source, o, center, norm);
+}
+
+PyDoc_STRVAR(ffn_neuron_contrib_doc,
+             "ffn_neuron_contrib(act, w_down, resid, whole, bias=None, row_scale=None, "
+             "col_scale=None, center=False, norm=1)\n--\n\n"
+             "Per-neuron FFN contributions. See ltt._reference.ffn_neuron_contrib.");
+
+static PyObject *py_ffn_neuron_contrib(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"act",       "w_down",    "resid",  "whole", "bias",
+                             "row_scale", "col_scale", "center", "norm",  NULL};
+    PyObject *o[7] = {NULL};
+    int center = 0, norm = 1;
+    PyArrayObject *act = NULL, *wd = NULL, *resid = NULL, *whole = NULL, *bias = NULL,
+                  *row_scale = NULL, *col_scale = NULL, *raw = NULL;
+    PyArrayObject *outs[4] = {NULL};
+    PyObject *ret = NULL;
+    ltt_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|OOOpi:ffn_neuron_contrib", kwlist,
+                                     &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &center,
+                                     &norm))
+        return NULL;
+    if (to_array(o[0], "act", 0, NPY_FLOAT32, &act) < 0)
+        goto done;
+    /* w_down: keep a [F, d] C-contiguous array or the .T view of a [d, F] one without a copy. */
+    if (o[1] == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "w_down is required, got None");
+        goto done;
+    }
+    if ((raw = (PyArrayObject *)PyArray_FROM_O(o[1])) == NULL) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "w_down must be an array of floats, got %.100s",
+                     Py_TYPE(o[1])->tp_name);
+        goto done;
+    }
+    if (require_float_kind(raw, "w_down") < 0)
+        goto done;
+    wd = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)raw, NPY_FLOAT32, NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
+    if (wd == NULL)
+        goto done;
+    if (to_array(o[2], "resid", 0, NPY_FLOAT32, &resid) < 0 ||
+        to_array(o[3], "whole", 0, NPY_FLOAT32, &whole) < 0 ||
+        to_array(o[4], "bias", 1, NPY_FLOAT32, &bias) < 0 ||
+        to_array(o[5], "row_scale", 1, NPY_FLOAT32, &row_scale) < 0 ||
+        to_array(o[6], "col_scale", 1, NPY_FLOAT32, &col_scale) < 0 || check_norm(norm) < 0)
+        goto done;
+    npy_intp any2[2] = {-1, -1};
+    if (check_shape(whole, "whole", "(N, d)", 2, any2) < 0 || check_nonempty(whole, "whole") < 0)
+        goto done;
+    const npy_intp N = PyArray_DIM(whole, 0), d = PyArray_DIM(whole, 1);
+    npy_intp wa[2] = {N, -1};
+    if (check_shape(act, "act", "(N, F)", 2, wa) < 0 || check_nonempty(act, "act") < 0)
+        goto done;
+    const npy_intp F = PyArray_DIM(act, 1);
+    npy_intp ww[2] = {F, d}, wr[2] = {N, d}, wn[1] = {N}, wc[1] = {d};
+    if (check_shape(wd, "w_down", "(F, d)", 2, ww) < 0 ||
+        check_shape(resid, "resid", "(N, d)", 2, wr) < 0)
+        goto done;
+    int64_t bias_stride = 0;
+    if (check_bias(bias, N, d, "N", &bias_stride) < 0)
+        goto done;
+    if (row_scale != NULL && check_shape(row_scale, "row_scale", "(N,)", 1, wn) < 0)
+        goto done;
+    if (col_scale != NULL && check_shape(col_scale, "col_scale", "(d,)", 1, wc) < 0)
+        goto done;
+    int64_t si, sj;
+    const npy_intp s0 = PyArray_STRIDE(wd, 0), s1 = PyArray_STRIDE(wd, 1), fs = sizeof(float);
+    if ((d == 1 || s1 == fs) && (F == 1 || s0 == fs * d)) {
+        si = d; /* [F, d] C-contiguous */
+        sj = 1;
+    } else if ((F == 1 || s0 == fs) && (d == 1 || s1 == fs * F)) {
+        si = 1; /* the .T view of a [d, F] C-contiguous weight */
+        sj = F;
+    } else {
+        PyArrayObject *c = (PyArrayObject *)PyArray_NewCopy(wd, NPY_CORDER);
+        if (c == NULL)
+            goto done;
+        Py_SETREF(wd, c);
+        si = d;
+        sj = 1;
+    }
+    {
+        /* Both layouts are one dense block of F * d floats. */
+        const float *x = fdata(wd);
+        for (npy_intp k = 0; k < F * d; k++)
+            if (!isfinite(x[k])) {
+                PyErr_Format(PyExc_ValueError,
+                             "w_down contains NaN or inf after the cast to float32 (neuron "
+                             "%zd, coordinate %zd)",
+                             (Py_ssize_t)(si == 1 ? k % F : k / d),
+                             (Py_ssize_t)(si == 1 ? k / F : k % d));
+                goto done;
+            }
+    }
+    npy_intp dNF[2] = {N, F};
+    outs[0] = zeros(2, dNF, NPY_FLOAT32);
+    outs[1] = zeros(1, wn, NPY_FLOAT32);
+    outs[2] = zeros(1, wn, NPY_FLOAT32);
+    outs[3] = zeros(1, wn, NPY_FLOAT64);
+    if (!outs[0] || !outs[1] || !outs[2] || !outs[3])
+        goto done;
+    ltt_norm_fix fix = {fdata(row_scale), fdata(col_scale), center};
+    Py_BEGIN_ALLOW_THREADS;
+    st = ltt_ffn_neuron_contrib_f32(N, F, d, si, sj, bias_stride, norm,
+                                    (float *)PyArray_DATA(outs[0]),
+                                    (float *)PyArray_DATA(outs[1]),
+                                    (float *)PyArray_DATA(outs[2]),
+                                    (double *)PyArray_DATA(outs[3]), fdata(act), fdata(wd),
+                                    fdata(resid), fdata(whole), fdata(bias), fix);
+    Py_END_ALLOW_THREADS;
+    if (check_status(st, "ffn_neuron_contrib") < 0)
+        goto done;
+    {
+        const char *keys[4] = {"neurons", "resid", "bias", "total"};
+        ret = make_dict(4, keys, outs);
+    }
+done:
+    Py_XDECREF(raw);
+    Py_XDECREF(act);
+    Py_XDECREF(wd);
+    Py_XDECREF(resid);
+    Py_XDECREF(whole);
+    Py_XDECREF(bias);
+    Py_XDECREF(row_scale);
+    Py_XDECREF(col_scale);
+    for (int i = 0; i < 4; i++)
+        Py_XDECREF(outs[i]);
+    return ret;
+}
+
+PyDoc_STRVAR(renormalize_doc,
+             "renormalize(heads, single, threshold)\n--\n\n"
+             "The renormalize=True threshold mode. See ltt._reference.renormalize.");
+
+static PyObject *py_renormalize(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"heads", "single", "threshold", NULL};
+    PyObject *ho = NULL, *so = NULL, *ret = NULL;
+    double threshold = 0.0;
+    PyArrayObject *heads = NULL, *single = NULL;
+    PyArrayObject *outs[2] = {NULL};
+    ltt_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOd:renormalize", kwlist, &ho, &so,
+                                     &threshold))
+        return NULL;
+    if (to_array(ho, "heads", 0, NPY_FLOAT32, &heads) < 0 ||
+        to_array(so, "single", 0, NPY_FLOAT32, &single) < 0 || check_threshold(threshold) < 0)
+        goto done;
+    npy_intp w3[3] = {-1, -1, -1};
+    if (check_shape(heads, "heads", "(K, T, S)", 3, w3) < 0 || check_nonempty(heads, "heads") < 0)
+        goto done;
+    const npy_intp K = PyArray_DIM(heads, 0), T = PyArray_DIM(heads, 1),
+                   S = PyArray_DIM(heads, 2);
+    npy_intp ws[2] = {-1, T};
+    if (check_shape(single, "single", "(E, T)", 2, ws) < 0)
+        goto done;
+    const npy_intp E = PyArray_DIM(single, 0);
+    npy_intp dTS[2] = {T, S}, dET[2] = {E, T};
+    outs[0] = zeros(2, dTS, NPY_FLOAT32);
+    outs[1] = zeros(2, dET, NPY_FLOAT32);
+    if (!outs[0] || !outs[1])
+        goto done;
+    Py_BEGIN_ALLOW_THREADS;
+    st = ltt_renormalize_f32(K, T, S, E, threshold, (float *)PyArray_DATA(outs[0]),
+                             (float *)PyArray_DATA(outs[1]), fdata(heads), fdata(single));
+    Py_END_ALLOW_THREADS;
+    if (check_status(st, "renormalize") < 0)
+        goto done;
+    {
+        const char *keys[2] = {"edges", "single"};
+        ret = make_dict(2, keys, outs);
+    }
+done:
+    Py_XDECREF(heads);
+    Py_XDECREF(single);
+    Py_XDECREF(outs[0]);
+    Py_XDECREF(outs[1]);
+    return ret;
+}
+
+PyDoc_STRVAR(prune_doc,
+             "prune(attn, attn_resid, ffn, ffn_resid, parallel, targets, threshold)\n--\n\n"
+             "Backward pruning of the full graph. See ltt._reference.prune.");
+
+static PyObject *py_prune(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"attn",     "attn_resid", "ffn",      "ffn_resid",
+                             "parallel", "targets",    "threshold", NULL};
+    PyObject *o[6] = {NULL}, *ret = NULL;
+    double threshold = 0.0;
+    PyArrayObject *attn = NULL, *ar = NULL, *ffn = NULL, *fr = NULL, *par = NULL, *tg = NULL,
+                  *tmp = NULL;
+    PyArrayObject *outs[4] = {NULL};
+    int64_t *edges = NULL, n_edges = 0;
+    ltt_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOd:prune", kwlist, &o[0], &o[1], &o[2],
+                                     &o[3], &o[4], &o[5], &threshold))
+        return NULL;
+    if (to_array(o[0], "attn", 0, NPY_FLOAT32, &attn) < 0 ||
+        to_array(o[1], "attn_resid", 0, NPY_FLOAT32, &ar) < 0 ||
+        to_array(o[2], "ffn", 0, NPY_FLOAT32, &ffn) < 0 ||
+        to_array(o[3], "ffn_resid", 0, NPY_FLOAT32, &fr) < 0 || check_threshold(threshold) < 0)
+        goto done;
+    npy_intp w3[3] = {-1, -1, -1};
+    if (check_shape(attn, "attn", "(L, T, T)", 3, w3) < 0 || check_nonempty(attn, "attn") < 0)
+        goto done;
+    const npy_intp L = PyArray_DIM(attn, 0), T = PyArray_DIM(attn, 1);
+    npy_intp wa[3] = {L, T, T}, wlt[2] = {L, T}, wl[1] = {L};
+    if (check_shape(attn, "attn", "(L, T, T)", 3, wa) < 0 ||
+        check_shape(ar, "attn_resid", "(L, T)", 2, wlt) < 0 ||
+        check_shape(ffn, "ffn", "(L, T)", 2, wlt) < 0 ||
+        check_shape(fr, "ffn_resid", "(L, T)", 2, wlt) < 0)
+        goto done;
+    /* parallel: bool or integer flags; targets: integer positions. */
+    if ((tmp = (PyArrayObject *)PyArray_FROM_O(o[4])) == NULL)
+        goto done;
+    if (PyArray_DESCR(tmp)->kind != 'b' && PyArray_DESCR(tmp)->kind != 'i' &&
+        PyArray_DESCR(tmp)->kind != 'u') {
+        PyErr_Format(PyExc_TypeError, "parallel must be an array of bools, got dtype %S",
+                     (PyObject *)PyArray_DESCR(tmp));
+        goto done;
+    }
+    par = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_BOOL, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    Py_CLEAR(tmp);
+    if (par == NULL || check_shape(par, "parallel", "(L,)", 1, wl) < 0)
+        goto done;
+    if ((tmp = (PyArrayObject *)PyArray_FROM_O(o[5])) == NULL)
+        goto done;
+    if (PyArray_DESCR(tmp)->kind != 'i' && PyArray_DESCR(tmp)->kind != 'u') {
+        PyErr_Format(PyExc_TypeError, "targets must be integer token positions, got dtype %S",
+                     (PyObject *)PyArray_DESCR(tmp));
+        goto done;
+    }
+    tg = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_INT64,
+                                           NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY | NPY_ARRAY_FORCECAST);
+    Py_CLEAR(tmp);
+    if (tg == NULL)
+        goto done;
+    if (PyArray_NDIM(tg) > 1) {
+        PyErr_Format(PyExc_ValueError, "targets must be a 1-d list of positions, got %d dims",
+                     PyArray_NDIM(tg));
+        goto done;
+    }
+    const npy_intp nt = PyArray_SIZE(tg);
+    int64_t *tv = (int64_t *)PyArray_DATA(tg);
+    for (npy_intp i = 0; i < nt; i++) {
+        long long v = tv[i];
+        if (fix_index(&v, T, "targets") < 0)
+            goto done;
+        tv[i] = v;
+    }
+    outs[1] = zeros(2, wlt, NPY_BOOL);
+    outs[2] = zeros(2, wlt, NPY_BOOL);
+    outs[3] = zeros(2, wlt, NPY_BOOL);
+    if (!outs[1] || !outs[2] || !outs[3])
+        goto done;
+    Py_BEGIN_ALLOW_THREADS;
+    st = ltt_prune_f32(L, T, nt, threshold, (uint8_t *)PyArray_DATA(outs[1]),
+                       (uint8_t *)PyArray_DATA(outs[2]), (uint8_t *)PyArray_DATA(outs[3]), &edges,
+                       &n_edges, fdata(attn), fdata(ar), fdata(ffn), fdata(fr),
+                       (const uint8_t *)PyArray_DATA(par), tv);
+    Py_END_ALLOW_THREADS;
+    if (check_status(st, "prune") < 0)
+        goto done;
+    npy_intp de[2] = {n_edges, 3};
+    if ((outs[0] = zeros(2, de, NPY_INT64)) == NULL)
+        goto done;
+    if (n_edges > 0)
+        memcpy(PyArray_DATA(outs[0]), edges, (size_t)n_edges * 3 * sizeof(int64_t));
+    {
+        const char *keys[4] = {"attn_edges", "attn_resid", "ffn", "ffn_resid"};
+        ret = make_dict(4, keys, outs);
+    }
+done:
+    free(edges);
+    Py_XDECREF(attn);
+    Py_XDECREF(ar);
+    Py_XDECREF(ffn);
+    Py_XDECREF(fr);
+    Py_XDECREF(par);
+    Py_XDECREF(tg);
+    Py_XDECREF(tmp);
+    for (int i = 0; i < 4; i++)
+        Py_XDECREF(outs[i]);
+    return ret;
+}
+
+/* ---- build information --------------------------------------------------------------------- */
+
+PyDoc_STRVAR(build_info_doc, "build_info()\n--\n\n"
+                             "How ltt._core was built: BLAS, OpenMP, NumPy, flags, SIMD variant.");
+
+static PyObject *py_build_info(PyObject *self, PyObject *unused)
+{
+    const char *config = "";
+    int blas_threads = -1;
+#ifdef LTT_BLAS_CONFIG
+    config = LTT_BLAS_CONFIG();
+    blas_threads = LTT_BLAS_THREADS();
+#endif
+    int omp = 0, omp_threads = 1;
+#ifdef _OPENMP
+    omp = 1;
+    omp_threads = omp_get_max_threads();
+#endif
+    PyObject *np_version = NULL, *np = PyImport_ImportModule("numpy");
+    if (np != NULL) {
+        np_version = PyObject_GetAttrString(np, "__version__");
+        Py_DECREF(np);
+    }
+    if (np_version == NULL)
+        return NULL;
+    PyObject *info = Py_BuildValue(
+        "{s:{s:s,s:s,s:i},s:{s:O,s:i},s:O,s:s,s:s,s:s}", "blas", "name", LTT_BLAS_NAME, "config",
+        config ? config : "", "threads", blas_threads, "openmp", "enabled",
+        omp ? Py_True : Py_False, "max_threads", omp_threads, "numpy", np_version,
+        "numpy_build_api", NPY_FEATURE_VERSION_STRING, "cflags", LTT_CFLAGS, "simd",
+        ltt_simd_variant());
+    Py_DECREF(np_version);
+    return info;
+}
+
+static PyMethodDef methods[] = {
+    {"contributions", (PyCFunction)(void (*)(void))py_contributions,
+     METH_VARARGS | METH_KEYWORDS, contributions_doc},
+    {"attn_contrib", (PyCFunction)(void (*)(void))py_attn_contrib, METH_VARARGS | METH_KEYWORDS,
+     attn_contrib_doc},
+    {"attn_head_map", (PyCFunction)(void (*)(void))py_attn_head_map,
+     METH_VARARGS | METH_KEYWORDS, attn_head_map_doc},
+    {"attn_edge_heads", (PyCFunction)(void (*)(void))py_attn_edge_heads,
+     METH_VARARGS | METH_KEYWORDS, attn_edge_heads_doc},
+    {"ffn_neuron_contrib", (PyCFunction)(void (*)(void))py_ffn_neuron_contrib,
+     METH_VARARGS | METH_KEYWORDS, ffn_neuron_contrib_doc},
+    {"renormalize", (PyCFunction)(void (*)(void))py_renormalize, METH_VARARGS | METH_KEYWORDS,
+     renormalize_doc},
+    {"prune", (PyCFunction)(void (*)(void))py_prune, METH_VARARGS | METH_KEYWORDS, prune_doc},
+    {"build_info", py_build_info, METH_NOARGS, build_info_doc},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_core",
+                                       "ltt's C attribution core (see ltt/_reference.py).", -1,
+                                       methods};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    import_array();
+    return PyModule_Create(&moduledef);
+}

@@ -1,0 +1,31 @@
+/* contrib.c: the proximity primitive, shares of K parts in M wholes. */
+#include <stdlib.h>
+
+#include "ltt_internal.h"
+
+ltt_status ltt_contributions_f32(int64_t K, int64_t M, int64_t d, int norm, float *restrict out,
+                                 const float *restrict parts, const float *restrict whole)
+{
+    if (K <= 0 || M < 0 || d <= 0)
+        return LTT_ERR_SIZE;
+    if (norm != 1 && norm != 2)
+        return LTT_ERR_NORM;
+    if (out == NULL || parts == NULL || whole == NULL)
+        return M == 0 ? LTT_OK : LTT_ERR_NULL;
+    double *raw = malloc((size_t)K * sizeof(double));
+    if (raw == NULL)
+        return LTT_ERR_NOMEM;
+    for (int64_t m = 0; m < M; m++) {
+        const float *w = whole + m * d;
+        const double nw = ltt__norm(d, w, norm);
+        double z = 0.0;
+        for (int64_t k = 0; k < K; k++) {
+            raw[k] = ltt__raw(nw, ltt__dist(d, w, parts + (k * M + m) * d, 1.0, norm));
+            z += raw[k];
+        }
+        for (int64_t k = 0; k < K; k++)
+            out[k * M + m] = (float)(raw[k] / z);
+    }
+    free(raw);
+    return LTT_OK;
+}

@@ -1,0 +1,118 @@
+/* ltt_core.h: public API of the ltt attribution core (plain C11, no Python). */
+#ifndef LTT_CORE_H
+#define LTT_CORE_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Every core function returns one of these. */
+typedef enum {
+    LTT_OK = 0,
+    LTT_ERR_SIZE,      /* a size is negative or zero where it must be positive, or H % G != 0 */
+    LTT_ERR_NORM,      /* norm is not 1 or 2 */
+    LTT_ERR_THRESHOLD, /* threshold is not in [0, 1) or not finite */
+    LTT_ERR_INDEX,     /* an index (head, target, source) is out of range */
+    LTT_ERR_NOMEM,     /* an allocation failed */
+    LTT_ERR_OVERFLOW,  /* an intermediate float32 value (a head vector) overflowed */
+    LTT_ERR_NULL       /* a required pointer is NULL */
+} ltt_status;
+
+/* A short English description of a status code. */
+const char *ltt_status_str(ltt_status status);
+
+/* The SIMD variant the hot loops run with on this CPU: "avx512", "avx2" or "scalar". */
+const char *ltt_simd_variant(void);
+
+/* Floor of a raw contribution: raw = max(||w|| - ||w - p||, LTT_EPS). */
+#define LTT_EPS 1e-5
+
+/* Optional post-branch norm applied to head vectors / neuron vectors (NULL / 0 when absent). */
+typedef struct {
+    const float *row_scale; /* [T] (or [N]): per-target factor on every part, or NULL */
+    const float *col_scale; /* [d]: per-coordinate factor, or NULL */
+    int center;             /* remove each vector's mean before col_scale */
+} ltt_norm_fix;
+
+/* Proximity shares of parts [K, M, d] in wholes [M, d] -> out [K, M], summing to 1 over K. */
+ltt_status ltt_contributions_f32(int64_t K, int64_t M, int64_t d, int norm, float *restrict out,
+                                 const float *restrict parts, const float *restrict whole);
+
+/*
+ * One attention layer's contributions (see ltt/_reference.py attn_contrib).
+ *   resid [T, d], whole [T, d], attn [H, T, T], values [T, G, d_h], w_o [H, d_h, d],
+ *   bias [T, d] rows with stride bias_row_stride (0 for a [d] bias) or NULL,
+ *   extra [E, T, d] or NULL (E = 0).
+ * Outputs: edges [T, T], resid_out [T], bias_out [T], extra_out [E, T], total [T] (double),
+ *   heads [H, T, T] or NULL (not kept).
+ */
+ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
+                                int64_t E, int64_t bias_row_stride, int norm,
+                                float *restrict edges, float *restrict resid_out,
+                                float *restrict bias_out, float *restrict extra_out,
+                                double *restrict total, float *restrict heads,
+                                const float *restrict resid, const float *restrict whole,
+                                const float *restrict attn, const float *restrict values,
+                                const float *restrict w_o, const float *restrict bias,
+                                const float *restrict extra, ltt_norm_fix fix);
+
+/* One head's share map out [T, T] (zero above the diagonal) from kept normalisers total [T]. */
+ltt_status ltt_attn_head_map_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
+                                 int64_t head, int norm, float *restrict out,
+                                 const float *restrict whole, const float *restrict attn,
+                                 const float *restrict values, const float *restrict w_o,
+                                 const double *restrict total, ltt_norm_fix fix);
+
+/* Every head's share out [H] of the edge source -> target (source <= target). */
+ltt_status ltt_attn_edge_heads_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
+                                   int64_t target, int64_t source, int norm, float *restrict out,
+                                   const float *restrict whole, const float *restrict attn,
+                                   const float *restrict values, const float *restrict w_o,
+                                   const double *restrict total, ltt_norm_fix fix);
+
+/*
+ * Per-neuron contributions of N tokens' FFN blocks (see ltt/_reference.py ffn_neuron_contrib).
+ *   act [N, F], w_down: neuron i's coordinate j at w_down[i * wd_stride_i + j * wd_stride_j]
+ *   (element strides; one of them must be 1), resid [N, d], whole [N, d],
+ *   bias rows with stride bias_row_stride (0 for a [d] bias) or NULL.
+ * Outputs: neurons [N, F], resid_out [N], bias_out [N], total [N] (double).
+ */
+ltt_status ltt_ffn_neuron_contrib_f32(int64_t N, int64_t F, int64_t d, int64_t wd_stride_i,
+                                      int64_t wd_stride_j, int64_t bias_row_stride, int norm,
+                                      float *restrict neurons, float *restrict resid_out,
+                                      float *restrict bias_out, double *restrict total,
+                                      const float *restrict act, const float *restrict w_down,
+                                      const float *restrict resid, const float *restrict whole,
+                                      const float *restrict bias, ltt_norm_fix fix);
+
+/*
+ * Threshold mode renormalize=True: heads [K, T, S], single [E, T] -> edges [T, S], single_out
+ * [E, T]. threshold in [0, 1).
+ */
+ltt_status ltt_renormalize_f32(int64_t K, int64_t T, int64_t S, int64_t E, double threshold,
+                               float *restrict edges, float *restrict single_out,
+                               const float *restrict heads, const float *restrict single);
+
+/*
+ * Backward pruning from targets (see ltt/_reference.py prune).
+ *   attn [L, T, T], attn_resid [L, T], ffn [L, T], ffn_resid [L, T], parallel [L] (0/1),
+ *   targets [n_targets] in [0, T).
+ * Outputs: keep_attn_resid, keep_ffn, keep_ffn_resid [L, T] (0/1 bytes, zeroed by the callee),
+ *   *edges_out: a malloc'ed array of n_edges * 3 int64 rows (l, t, s) sorted; the caller frees it
+ *   with free().
+ */
+ltt_status ltt_prune_f32(int64_t L, int64_t T, int64_t n_targets, double threshold,
+                         uint8_t *restrict keep_attn_resid, uint8_t *restrict keep_ffn,
+                         uint8_t *restrict keep_ffn_resid, int64_t **edges_out,
+                         int64_t *restrict n_edges, const float *restrict attn,
+                         const float *restrict attn_resid, const float *restrict ffn,
+                         const float *restrict ffn_resid, const uint8_t *restrict parallel,
+                         const int64_t *restrict targets);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LTT_CORE_H */

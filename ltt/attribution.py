@@ -1,0 +1,252 @@
+"""Attribution: validated public wrappers over the C core (``ltt._core``).
+
+Every function here has the same name, arguments and semantics as its slow twin in
+:mod:`ltt._reference` (read that file for the exact definitions) and runs in C with the GIL
+released.
+
+Dtype policy: arrays of any floating dtype (float16, float32, float64) and nested lists of
+numbers are accepted and cast to float32 on purpose, because the core computes in float32
+with float64 accumulation. Integer, bool, complex, object and string arrays raise
+``TypeError`` rather than being cast silently. NaN or inf (also after the cast) raise
+``ValueError``; so do wrong shapes, empty arrays, ``norm`` other than 1 or 2, and a
+``threshold`` outside ``[0, 1)``. Inputs are never modified. torch tensors on the CPU work
+through ``np.asarray``; torch itself is never imported here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ltt import _core
+
+ArrayLike = Any
+
+__all__ = [
+    "contributions",
+    "attn_contrib",
+    "attn_head_map",
+    "attn_edge_heads",
+    "ffn_neuron_contrib",
+    "renormalize",
+    "prune",
+    "build_info",
+]
+
+
+def _arr(x: ArrayLike) -> ArrayLike:
+    """Pass arrays through; turn tensors and other array-likes into NumPy without a copy."""
+    if x is None or isinstance(x, (np.ndarray, list, tuple)):
+        return x
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _int(x: Any, name: str) -> int:
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(x).__name__} {x!r}")
+    return int(x)
+
+
+def _norm(norm: Any) -> int:
+    n = _int(norm, "norm")
+    if n not in (1, 2):
+        raise ValueError(f"norm must be 1 or 2, got {norm!r}")
+    return n
+
+
+def contributions(parts: ArrayLike, whole: ArrayLike, norm: int = 1) -> np.ndarray:
+    """Proximity shares of ``parts [K, ..., d]`` in ``whole [..., d]``: float32 ``[K, ...]``.
+
+    ``raw_k = max(||whole|| - ||whole - parts[k]||, 1e-5)``, shares ``raw_k / sum_j raw_j``.
+
+    >>> import ltt
+    >>> ltt.contributions([[1.0, 0.0], [0.0, 1.0]], [1.0, 1.0]).tolist()
+    [0.5, 0.5]
+    """
+    return _core.contributions(_arr(parts), _arr(whole), norm=_norm(norm))
+
+
+def attn_contrib(
+    resid: ArrayLike,
+    whole: ArrayLike,
+    attn: ArrayLike,
+    values: ArrayLike,
+    w_o: ArrayLike,
+    bias: ArrayLike | None = None,
+    extra: ArrayLike | None = None,
+    row_scale: ArrayLike | None = None,
+    col_scale: ArrayLike | None = None,
+    center: bool = False,
+    norm: int = 1,
+    keep_heads: bool = False,
+) -> dict[str, np.ndarray]:
+    """Contributions of one attention layer (or parallel block) to its output states.
+
+    Shapes: ``resid, whole [T, d]``, ``attn [H, T, T]``, ``values [T, G, d_h]``,
+    ``w_o [H, d_h, d]``; see :func:`ltt._reference.attn_contrib` for the optional parts.
+    Returns ``edges [T, T]``, ``resid [T]``, ``bias [T]``, ``extra [E, T]`` (float32 shares),
+    ``total [T]`` (float64) and, with ``keep_heads``, ``heads [H, T, T]``.
+
+    >>> import numpy as np
+    >>> from ltt.attribution import attn_contrib
+    >>> rng = np.random.default_rng(0)
+    >>> T, H, G, dh, d = 3, 2, 1, 2, 4
+    >>> x = rng.normal(size=(T, d)); v = rng.normal(size=(T, G, dh)); wo = rng.normal(size=(H, dh, d))
+    >>> a = np.tril(np.ones((H, T, T))) / np.arange(1, T + 1)[None, :, None]
+    >>> m = x + np.einsum("hts,shd->td", a, np.einsum("sgk,hkd->shd", v[:, [0, 0]], wo))
+    >>> out = attn_contrib(x, m, a, v, wo)
+    >>> bool(np.allclose(out["edges"].sum(1) + out["resid"], 1, atol=1e-5))
+    True
+    """
+    return _core.attn_contrib(
+        _arr(resid), _arr(whole), _arr(attn), _arr(values), _arr(w_o),
+        bias=_arr(bias), extra=_arr(extra), row_scale=_arr(row_scale),
+        col_scale=_arr(col_scale), center=bool(center), norm=_norm(norm),
+        keep_heads=bool(keep_heads),
+    )  # fmt: skip
+
+
+def attn_head_map(
+    head: int,
+    whole: ArrayLike,
+    attn: ArrayLike,
+    values: ArrayLike,
+    w_o: ArrayLike,
+    total: ArrayLike,
+    row_scale: ArrayLike | None = None,
+    col_scale: ArrayLike | None = None,
+    center: bool = False,
+    norm: int = 1,
+) -> np.ndarray:
+    """One head's share map ``[T, T]``, from the normalisers ``total`` of :func:`attn_contrib`.
+
+    >>> import numpy as np
+    >>> from ltt.attribution import attn_contrib, attn_head_map
+    >>> rng = np.random.default_rng(0)
+    >>> x, m = rng.normal(size=(2, 3, 4)); a = np.tril(np.full((2, 3, 3), 0.5))
+    >>> v, wo = rng.normal(size=(3, 1, 2)), rng.normal(size=(2, 2, 4))
+    >>> out = attn_contrib(x, m, a, v, wo, keep_heads=True)
+    >>> bool(np.allclose(attn_head_map(1, m, a, v, wo, out["total"]), out["heads"][1], atol=1e-6))
+    True
+    """
+    return _core.attn_head_map(
+        _int(head, "head"), _arr(whole), _arr(attn), _arr(values), _arr(w_o), _arr(total),
+        row_scale=_arr(row_scale), col_scale=_arr(col_scale), center=bool(center),
+        norm=_norm(norm),
+    )  # fmt: skip
+
+
+def attn_edge_heads(
+    target: int,
+    source: int,
+    whole: ArrayLike,
+    attn: ArrayLike,
+    values: ArrayLike,
+    w_o: ArrayLike,
+    total: ArrayLike,
+    row_scale: ArrayLike | None = None,
+    col_scale: ArrayLike | None = None,
+    center: bool = False,
+    norm: int = 1,
+) -> np.ndarray:
+    """Every head's share ``[H]`` of the edge ``source -> target`` (``source <= target``).
+
+    >>> import numpy as np
+    >>> from ltt.attribution import attn_contrib, attn_edge_heads
+    >>> rng = np.random.default_rng(0)
+    >>> x, m = rng.normal(size=(2, 3, 4)); a = np.tril(np.full((2, 3, 3), 0.5))
+    >>> v, wo = rng.normal(size=(3, 1, 2)), rng.normal(size=(2, 2, 4))
+    >>> out = attn_contrib(x, m, a, v, wo)
+    >>> s = attn_edge_heads(2, 1, m, a, v, wo, out["total"])
+    >>> bool(np.isclose(s.sum(), out["edges"][2, 1], atol=1e-6))
+    True
+    """
+    return _core.attn_edge_heads(
+        _int(target, "target"), _int(source, "source"), _arr(whole), _arr(attn),
+        _arr(values), _arr(w_o), _arr(total), row_scale=_arr(row_scale),
+        col_scale=_arr(col_scale), center=bool(center), norm=_norm(norm),
+    )  # fmt: skip
+
+
+def ffn_neuron_contrib(
+    act: ArrayLike,
+    w_down: ArrayLike,
+    resid: ArrayLike,
+    whole: ArrayLike,
+    bias: ArrayLike | None = None,
+    row_scale: ArrayLike | None = None,
+    col_scale: ArrayLike | None = None,
+    center: bool = False,
+    norm: int = 1,
+) -> dict[str, np.ndarray]:
+    """Per-neuron contributions of FFN blocks for N tokens.
+
+    ``act [N, F]``, ``w_down [F, d]`` (a float32 ``[d, F]`` torch Linear weight's ``.T`` view
+    is used in place, without a copy), ``resid, whole [N, d]``. Returns ``neurons [N, F]``,
+    ``resid [N]``, ``bias [N]`` float32 shares and ``total [N]`` float64.
+
+    >>> import numpy as np
+    >>> from ltt.attribution import ffn_neuron_contrib
+    >>> rng = np.random.default_rng(0)
+    >>> act, wd, x = rng.normal(size=(2, 5)), rng.normal(size=(5, 3)), rng.normal(size=(2, 3))
+    >>> out = ffn_neuron_contrib(act, wd, x, x + act @ wd)
+    >>> bool(np.allclose(out["neurons"].sum(1) + out["resid"], 1, atol=1e-5))
+    True
+    """
+    return _core.ffn_neuron_contrib(
+        _arr(act), _arr(w_down), _arr(resid), _arr(whole), bias=_arr(bias),
+        row_scale=_arr(row_scale), col_scale=_arr(col_scale), center=bool(center),
+        norm=_norm(norm),
+    )  # fmt: skip
+
+
+def renormalize(heads: ArrayLike, single: ArrayLike, threshold: float) -> dict[str, np.ndarray]:
+    """The ``renormalize=True`` threshold mode: drop parts below ``threshold``, rescale to 1.
+
+    >>> from ltt.attribution import renormalize
+    >>> r = renormalize([[[0.05, 0.15], [0.05, 0.05]]], [[0.8, 0.9]], 0.1)
+    >>> [round(float(x), 6) for x in r["edges"][0]], [round(float(x), 6) for x in r["single"][0]]
+    ([0.0, 0.157895], [0.842105, 1.0])
+    """
+    return _core.renormalize(_arr(heads), _arr(single), float(threshold))
+
+
+def prune(
+    attn: ArrayLike,
+    attn_resid: ArrayLike,
+    ffn: ArrayLike,
+    ffn_resid: ArrayLike,
+    parallel: ArrayLike,
+    targets: ArrayLike,
+    threshold: float,
+) -> dict[str, np.ndarray]:
+    """Keep the edges reachable backwards from ``targets`` through weights ``>= threshold``.
+
+    Returns ``attn_edges [n, 3]`` int64 rows ``(l, t, s)`` sorted, and bool masks
+    ``attn_resid``, ``ffn``, ``ffn_resid`` of shape ``[L, T]``.
+
+    >>> import numpy as np
+    >>> from ltt.attribution import prune
+    >>> L, T = 1, 2
+    >>> a = np.array([[[0.0, 0.0], [0.7, 0.1]]]); ar = np.array([[1.0, 0.2]])
+    >>> f = np.full((L, T), 0.3); fr = np.full((L, T), 0.7)
+    >>> prune(a, ar, f, fr, [False], [1], 0.5)["attn_edges"].tolist()
+    [[0, 1, 0]]
+    """
+    return _core.prune(
+        _arr(attn), _arr(attn_resid), _arr(ffn), _arr(ffn_resid),
+        np.asarray(_arr(parallel)), np.atleast_1d(np.asarray(_arr(targets))), float(threshold),
+    )  # fmt: skip
+
+
+def build_info() -> dict[str, Any]:
+    """How the C core was built (BLAS, OpenMP, NumPy, flags) and the SIMD variant in use.
+
+    >>> from ltt.attribution import build_info
+    >>> sorted(build_info())[:3]
+    ['blas', 'cflags', 'numpy']
+    """
+    return _core.build_info()

@@ -212,6 +212,28 @@ class Graph:
             G.add_edge(e.source, e.target, key=e.kind, weight=e.weight, kind=e.kind, layer=e.layer)
         return G
 
+    def flow(self) -> dict[str, float]:
+        """How much of the targets' output states each node carries, through the kept edges.
+
+        Each target's output has flow 1 (split evenly over several targets); a node's flow is
+        the sum over its outgoing edges of the edge weight times the flow of the edge's end.
+        ``X0_t`` flows say how much each input token feeds the prediction.
+
+        >>> flows = g.flow(); max(flows, key=flows.get)      # doctest: +SKIP
+        """
+        out_edges: dict[str, list[Edge]] = {}
+        for e in self.edges:
+            out_edges.setdefault(e.source, []).append(e)
+        flow: dict[str, float] = {}
+        order = {"X": 0, "A": 1, "M": 2, "I": 3}
+        last = self.n_layers - 1
+        for n in sorted(self.nodes, key=lambda n: (n.layer, order[n.kind]), reverse=True):
+            if n.kind == "I" and n.layer == last and n.token in self.targets:
+                flow[n.name] = 1.0 / len(self.targets)
+            else:
+                flow[n.name] = sum(e.weight * flow.get(e.target, 0.0) for e in out_edges.get(n.name, ()))
+        return flow
+
     def __repr__(self) -> str:
         return (
             f"Graph({self.model_name!r}, tokens={len(self.tokens)}, layers={self.n_layers}, "

@@ -1,0 +1,167 @@
+"""The ``ltt`` command: trace a prompt from the terminal, print the routes, write the graph.
+
+    ltt demo                                   # the embedded SmolLM2-135M on a default prompt
+    ltt trace --model gpt2 --prompt "..." --json graph.json
+    ltt models                                 # supported families and how each is decomposed
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+DEMO_MODEL = "smollm2-135m"
+DEMO_PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def _fmt_token(tok: str) -> str:
+    return repr(tok)[1:-1] if tok else "''"
+
+
+def routes_report(trace, graph, k: int = 5) -> str:
+    """Plain-text summary of a pruned graph: the prediction, the input tokens and layers that
+    carry the most flow to it, and the heads on the strongest attention edges.
+
+    >>> print(routes_report(trace, trace.graph()))           # doctest: +SKIP
+    """
+    import numpy as np
+
+    from ltt.graph import attribute
+
+    lines: list[str] = []
+    logits = np.asarray(trace.logits, dtype=np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    top = np.argsort(-probs)[:k]
+    tok = trace.model.tokenizer
+    lines.append(f"model: {graph.model_name}   tokens: {len(trace.tokens)}   layers: {graph.n_layers}")
+    lines.append(f"prompt: {trace.prompt!r}")
+    lines.append("prediction: " + ", ".join(f"{tok.decode([int(i)])!r} {probs[i]:.3f}" for i in top))
+    mode = "renormalized" if graph.renormalize else "raw"
+    lines.append(
+        f"graph: {len(graph.nodes)} nodes, {len(graph.edges)} edges "
+        f"(threshold {graph.threshold}, {mode}, targets {graph.targets})"
+    )
+    flow = graph.flow()
+    token_flow = sorted(
+        ((flow.get(n.name, 0.0), n.token) for n in graph.nodes if n.kind == "X"), reverse=True
+    )
+    lines.append("input tokens carrying the most flow to the prediction:")
+    for f, t in token_flow[:k]:
+        lines.append(f"  {f:6.3f}  [{t}] {_fmt_token(trace.tokens[t])}")
+    # Flow through each layer's cross-token attention edges and FFN blocks.
+    attn_flow: dict[int, float] = {}
+    ffn_flow: dict[int, float] = {}
+    edge_flow = []
+    for e in graph.edges:
+        f = e.weight * flow.get(e.target, 0.0)
+        if e.kind == "attention":
+            attn_flow[e.layer] = attn_flow.get(e.layer, 0.0) + f
+            edge_flow.append((f, e))
+        elif e.kind == "ffn" and e.target.startswith("I"):
+            ffn_flow[e.layer] = ffn_flow.get(e.layer, 0.0) + f
+    lines.append("layers whose attention moves the most flow:")
+    for l, f in sorted(attn_flow.items(), key=lambda kv: -kv[1])[:k]:
+        lines.append(f"  layer {l:3d}  attention {f:6.3f}   ffn {ffn_flow.get(l, 0.0):6.3f}")
+    full = attribute(trace, graph.norm)
+    lines.append("strongest attention edges and their top heads:")
+    for f, e in sorted(edge_flow, key=lambda fe: -fe[0])[:k]:
+        s = int(e.source.split("_")[1])
+        t = int(e.target.split("_")[1])
+        shares = full.heads[e.layer, :, t, s]
+        heads = np.argsort(-shares)[:3]
+        head_txt = ", ".join(f"h{h} {shares[h]:.3f}" for h in heads)
+        lines.append(
+            f"  {e.source:>8} -> {e.target:<8} flow {f:6.3f}  "
+            f"{_fmt_token(trace.tokens[s])!s:>12} -> {_fmt_token(trace.tokens[t])!s:<12} heads: {head_txt}"
+        )
+    return "\n".join(lines)
+
+
+def _run_trace(args: argparse.Namespace) -> int:
+    import ltt
+
+    model = ltt.load(args.model, trust_remote_code=args.trust_remote_code)
+    trace = model.trace(args.prompt)
+    targets = None if args.target is None else [args.target]
+    graph = trace.graph(threshold=args.threshold, renormalize=not args.no_renormalize, targets=targets)
+    print(routes_report(trace, graph, k=args.top))
+    if args.json:
+        graph.to_json(args.json)
+        print(f"graph JSON written to {args.json}")
+    if args.out:
+        if not hasattr(trace, "to_html"):
+            raise RuntimeError("the HTML report is not available in this version of ltt")
+        trace.to_html(args.out, threshold=args.threshold, renormalize=not args.no_renormalize, targets=targets)
+        print(f"HTML report written to {args.out}")
+    return 0
+
+
+def _check_writable(path: str | None, option: str) -> None:
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ValueError(f"{option} {path!r}: cannot write there (folder missing or not writable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ltt",
+        description="See how information flows through a Hugging Face causal LM for a prompt.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_graph_options(p: argparse.ArgumentParser, json_default: str | None) -> None:
+        p.add_argument("--target", type=int, default=None,
+                       help="token position whose prediction to explain (negative counts from the end; default: the last)")
+        p.add_argument("--threshold", type=float, default=0.04,
+                       help="prune edges whose contribution is below this share, in [0, 1) (default 0.04)")
+        p.add_argument("--no-renormalize", action="store_true",
+                       help="keep raw shares instead of dropping parts below the threshold and rescaling the rest")
+        p.add_argument("--json", default=json_default, metavar="PATH", help="write the pruned graph as JSON here")
+        p.add_argument("--out", default=None, metavar="PATH", help="write the standalone HTML report here")
+        p.add_argument("--top", type=int, default=5, help="how many tokens, layers and edges to print (default 5)")
+        p.add_argument("--trust-remote-code", action="store_true",
+                       help="allow the model repository's own code to run (off by default)")
+
+    t = sub.add_parser("trace", help="trace a prompt through a model and print the routes to its prediction")
+    t.add_argument("--model", required=True, help="hub id, local directory, or 'smollm2-135m' (the embedded model)")
+    t.add_argument("--prompt", required=True, help="the text to run through the model")
+    add_graph_options(t, None)
+
+    d = sub.add_parser("demo", help=f"trace {DEMO_PROMPT!r} on the embedded {DEMO_MODEL}")
+    d.add_argument("--prompt", default=DEMO_PROMPT, help="the text to run (default: an indirect-object sentence)")
+    add_graph_options(d, "ltt-demo.json")
+
+    sub.add_parser("models", help="list the supported model families and how each is decomposed")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "models":
+            from ltt.models import describe_families
+
+            print(describe_families())
+            return 0
+        if args.command == "demo":
+            args.model = DEMO_MODEL
+        if args.top <= 0:
+            raise ValueError(f"--top must be a positive integer, got {args.top}")
+        _check_writable(args.json, "--json")
+        _check_writable(args.out, "--out")
+        return _run_trace(args)
+    except KeyboardInterrupt:
+        print("ltt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line, non-zero exit: the CLI's contract
+        print(f"ltt: error: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

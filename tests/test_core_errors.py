@@ -28,9 +28,10 @@ def _print_build_info(pytestconfig):
     if not getattr(pytestconfig, "_ltt_build_info_shown", False):
         pytestconfig._ltt_build_info_shown = True
         line = f"ltt._core.build_info(): {_core.build_info()}"
-        reporter = pytestconfig.pluginmanager.getplugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(line)
+        capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+        if capture is not None:
+            with capture.global_and_fixture_disabled():
+                print("\n" + line)
         else:
             print(line)
 

@@ -343,9 +343,11 @@ class Model:
             )
         return [int(i) for i in ids]
 
-    def token_strings(self, ids: Sequence[int]) -> list[str]:
+    def token_strings(self, ids: Sequence[int], prompt: str | None = None) -> list[str]:
         """Readable strings of token ids: each token's text as it appears in the decoded prompt
-        (leading spaces kept; BOS and other specials as their names).
+        (leading spaces kept; BOS and other specials as their names). A token holding part of
+        a multi-byte character shows that character (from the tokenizer's offsets into
+        ``prompt`` when given), or else its raw piece.
 
         >>> model.token_strings([504, 3575])                # doctest: +SKIP
         ['The', ' capital']
@@ -353,14 +355,25 @@ class Model:
         tok = self.tokenizer
         ids = [int(i) for i in ids]
         pieces = tok.convert_ids_to_tokens(ids)
+        spans = None
+        if prompt is not None:
+            try:
+                enc = tok(prompt, return_offsets_mapping=True)
+                if [int(i) for i in enc["input_ids"]] == ids:
+                    spans = [tuple(o) for o in enc["offset_mapping"]]
+            except (NotImplementedError, TypeError, ValueError, KeyError):
+                spans = None  # a slow tokenizer: no offsets
         out = []
         for i in range(len(ids)):
             lo = max(0, i - 4)
             before = tok.decode(ids[lo:i], clean_up_tokenization_spaces=False) if i > lo else ""
             full = tok.decode(ids[lo: i + 1], clean_up_tokenization_spaces=False)
-            if full.startswith(before) and len(full) > len(before) and "\ufffd" not in full[len(before):]:
-                out.append(full[len(before):])
-            else:  # a partial UTF-8 sequence or a decoder that rewrites: show the raw piece
+            text = full[len(before):] if full.startswith(before) else ""
+            if text and "\ufffd" not in text:
+                out.append(text)
+            elif spans is not None and spans[i][1] > spans[i][0]:
+                out.append(prompt[spans[i][0]: spans[i][1]])  # part of a multi-byte character
+            else:
                 out.append(str(pieces[i]))
         return out
 
@@ -418,7 +431,7 @@ class Model:
         layers = [self._buffers(l, records[l], T) for l in range(self.n_layers)]
         return Trace(
             prompt=prompt,
-            tokens=self.token_strings(ids),
+            tokens=self.token_strings(ids, prompt),
             pieces=[str(p) for p in self.tokenizer.convert_ids_to_tokens(ids)],
             token_ids=np.asarray(ids, dtype=np.int64),
             logits=_to_numpy(logits_all[-1]),

@@ -1,0 +1,366 @@
+"""Model adapters on tiny random models of every family: exact decompositions, loading, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import ltt  # noqa: E402
+from ltt import _reference  # noqa: E402
+
+# Family key (tests/conftest.py) -> (ltt family name, parallel blocks)
+FAMILIES = {
+    "gpt2": ("gpt2", False),
+    "gpt_neo": ("gpt_neo", False),
+    "gpt_neox": ("gpt_neox", True),
+    "gpt_neox_seq": ("gpt_neox", False),
+    "gptj": ("gptj", True),
+    "opt": ("opt", False),
+    "llama": ("llama", False),
+    "mistral": ("mistral", False),
+    "qwen2": ("qwen2", False),
+    "qwen3": ("qwen3", False),
+    "gemma": ("gemma", False),
+    "gemma2": ("gemma2", False),
+    "gemma3": ("gemma3", False),
+    "phi": ("phi", True),
+    "phi3": ("phi3", False),
+    "falcon": ("falcon", True),
+    "falcon_seq": ("falcon", False),
+    "falcon_mq": ("falcon", True),
+}
+POST_NORM = {"gemma2", "gemma3"}
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+TOL = 1e-4
+
+
+def _has_core() -> bool:
+    return importlib.util.find_spec("ltt.attribution") is not None and hasattr(ltt, "_core")
+
+
+@pytest.fixture(scope="module")
+def traced(tiny_model):
+    cache: dict = {}
+
+    def get(key: str):
+        if key not in cache:
+            model = tiny_model(key)
+            cache[key] = (model, model.trace(PROMPT))
+        return cache[key]
+
+    return get
+
+
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float((np.abs(a - b).max(axis=-1) / (np.abs(b).max(axis=-1) + 1e-12)).max())
+
+
+# --------------------------------------------------------------------------------------------
+# exactness, per family
+
+
+@pytest.mark.parametrize("key", list(FAMILIES))
+def test_buffers_shapes_and_layout(key, traced):
+    model, trace = traced(key)
+    family, parallel = FAMILIES[key]
+    assert model.family == family
+    assert model.parallel == [parallel] * model.n_layers
+    T, H, G, dh, d, F = (trace.n_tokens, model.n_heads, model.n_kv_heads, model.d_head,
+                         model.d_model, model.d_ffn)
+    assert trace.token_ids.dtype == np.int64 and trace.token_ids.shape == (T,)
+    assert trace.logits.dtype == np.float32 and trace.logits.shape == (model.vocab_size,)
+    assert len(trace.layers) == model.n_layers and trace.model is model
+    for lb in trace.layers:
+        assert lb.parallel is parallel
+        expect = {
+            "resid_pre": (T, d), "resid_post": (T, d), "attn": (H, T, T), "values": (T, G, dh),
+            "w_o": (H, dh, d), "ffn_out": (T, d), "act": (T, F), "w_down": (F, d),
+        }
+        if not parallel:
+            expect["resid_mid"] = (T, d)
+        else:
+            assert lb.resid_mid is None
+        for name, shape in expect.items():
+            arr = getattr(lb, name)
+            assert arr.dtype == np.float32 and arr.shape == shape, (name, arr.shape)
+            if name != "w_down":
+                assert arr.flags.c_contiguous, name
+        # causal probabilities: rows sum to 1, nothing above the diagonal
+        np.testing.assert_allclose(lb.attn.sum(-1), 1.0, atol=1e-5)
+        assert np.abs(np.triu(lb.attn, k=1)).max() == 0.0
+        if key in POST_NORM:
+            assert lb.attn_row_scale.shape == (T,) and lb.attn_col_scale.shape == (d,)
+            assert lb.ffn_row_scale.shape == (T,) and lb.ffn_col_scale.shape == (d,)
+        else:
+            assert lb.attn_row_scale is None and lb.ffn_row_scale is None
+        for bias in (lb.attn_bias, lb.ffn_bias):
+            assert bias is None or (bias.shape == (T, d) and bias.dtype == np.float32)
+    # the cached weights are shared by every trace, not copied
+    again = model.trace("John gave")
+    assert again.layers[0].w_o is trace.layers[0].w_o
+    assert again.layers[0].w_down is trace.layers[0].w_down
+
+
+@pytest.mark.parametrize("key", list(FAMILIES))
+def test_exact_decomposition(key, traced):
+    """resid_pre + heads + bias (+ ffn for parallel) == the state; ffn = neurons + bias."""
+    model, trace = traced(key)
+    for l, lb in enumerate(trace.layers):
+        a = lb.attn.astype(np.float64)
+        if lb.attn_row_scale is not None:
+            a = a * lb.attn_row_scale[None, :, None]
+        u = _reference.head_vectors(lb.values, lb.w_o, lb.attn_col_scale, lb.attn_center)
+        attn = np.einsum("hts,hsd->td", a, u) + (0 if lb.attn_bias is None else lb.attn_bias)
+        wd = lb.w_down.astype(np.float64)
+        if lb.ffn_center:
+            wd = wd - wd.mean(-1, keepdims=True)
+        if lb.ffn_col_scale is not None:
+            wd = wd * lb.ffn_col_scale
+        ffn = lb.act @ wd
+        if lb.ffn_row_scale is not None:
+            ffn = ffn * lb.ffn_row_scale[:, None]
+        ffn = ffn + (0 if lb.ffn_bias is None else lb.ffn_bias)
+        assert _rel(ffn, lb.ffn_out) < TOL, (l, "neurons")
+        if lb.parallel:
+            assert _rel(lb.resid_pre + attn + lb.ffn_out, lb.resid_post) < TOL, (l, "parallel")
+        else:
+            assert _rel(lb.resid_pre + attn, lb.resid_mid) < TOL, (l, "attn")
+            assert _rel(lb.resid_mid + lb.ffn_out, lb.resid_post) < TOL, (l, "ffn")
+    checks = trace.check()
+    assert max(checks.values()) < TOL, checks
+
+
+@pytest.mark.parametrize("key", list(FAMILIES))
+def test_states_and_logits_match_the_model(key, traced):
+    """The hooked layer inputs are transformers' hidden states; the last state, through the final
+    norm and unembedding, gives the model's logits."""
+    model, trace = traced(key)
+    ids = torch.tensor(trace.token_ids[None])
+    with torch.no_grad():
+        out = model.hf_model(input_ids=ids, output_hidden_states=True, use_cache=False)
+    hidden = [h[0].float().numpy() for h in out.hidden_states]
+    for l, lb in enumerate(trace.layers):
+        assert _rel(lb.resid_pre, hidden[l]) < TOL, l
+        if l + 1 < len(trace.layers):
+            np.testing.assert_array_equal(lb.resid_post, trace.layers[l + 1].resid_pre)
+    np.testing.assert_allclose(trace.logits, out.logits[0, -1].numpy(), rtol=0, atol=1e-5)
+    last = trace.layers[-1].resid_post[-1]
+    rebuilt = model.unembed(model.final_norm(last))
+    assert _rel(rebuilt, trace.logits) < TOL
+    # frozen-scale linearisation of the final norm is exact at the state it was frozen at
+    fz = model.final_norm_scale(last)
+    lin = fz.linear(last) + (0 if fz.beta is None else fz.beta)  # linear() centres for LayerNorm
+    assert _rel(lin, model.final_norm(last)) < TOL
+
+
+@pytest.mark.parametrize("key", list(FAMILIES))
+def test_attribution_on_traced_buffers(key, traced):
+    """Per layer, the C core's shares sum to 1 and agree with the NumPy reference."""
+    if not _has_core():
+        pytest.skip("ltt.attribution / the C core is not built yet")
+    from ltt import attribution
+
+    model, trace = traced(key)
+    for lb in trace.layers[:2]:
+        whole = lb.resid_post if lb.parallel else lb.resid_mid
+        kw = dict(
+            bias=lb.attn_bias, extra=lb.ffn_out[None] if lb.parallel else None,
+            row_scale=lb.attn_row_scale, col_scale=lb.attn_col_scale, center=lb.attn_center,
+        )
+        got = attribution.attn_contrib(lb.resid_pre, whole, lb.attn, lb.values, lb.w_o, **kw)
+        ref = _reference.attn_contrib(lb.resid_pre, whole, lb.attn, lb.values, lb.w_o, **kw)
+        total = got["edges"].sum(-1) + got["resid"] + got["bias"] + got["extra"].sum(0)
+        np.testing.assert_allclose(total, 1.0, atol=1e-4)
+        for name in ("edges", "resid", "bias", "extra"):
+            np.testing.assert_allclose(got[name], ref[name], atol=2e-5, err_msg=name)
+        resid = lb.resid_post - lb.ffn_out if lb.parallel else lb.resid_mid
+        fkw = dict(bias=lb.ffn_bias, row_scale=lb.ffn_row_scale, col_scale=lb.ffn_col_scale,
+                   center=lb.ffn_center)
+        got = attribution.ffn_neuron_contrib(lb.act, lb.w_down, resid, lb.resid_post, **fkw)
+        ref = _reference.ffn_neuron_contrib(lb.act, lb.w_down, resid, lb.resid_post, **fkw)
+        np.testing.assert_allclose(got["neurons"].sum(-1) + got["resid"] + got["bias"], 1.0, atol=1e-4)
+        np.testing.assert_allclose(got["neurons"], ref["neurons"], atol=2e-5)
+        if not lb.parallel:
+            block = ltt.contributions(np.stack([lb.resid_mid, lb.ffn_out]), lb.resid_post)
+            np.testing.assert_allclose(block.sum(0), 1.0, atol=1e-5)
+
+
+def test_graph_builds(traced):
+    if not _has_core() or importlib.util.find_spec("ltt.graph") is None:
+        pytest.skip("the C core or ltt.graph is not available yet")
+    model, trace = traced("llama")
+    g = trace.graph(threshold=0.0, renormalize=False)
+    assert g.edges and g.tokens == trace.tokens
+
+
+# --------------------------------------------------------------------------------------------
+# tokens, prompts
+
+
+def test_tokens_readable_and_bos(traced):
+    model, trace = traced("llama")  # this tokenizer adds <bos>
+    assert trace.tokens[0] == "<bos>" and trace.token_ids[0] == model.tokenizer.bos_token_id
+    assert "".join(trace.tokens[1:]) == PROMPT
+    assert trace.pieces == model.tokenizer.convert_ids_to_tokens(trace.token_ids.tolist())
+    _, trace = traced("gpt2")  # no BOS
+    assert "".join(trace.tokens) == PROMPT
+    assert any(t.startswith(" ") for t in trace.tokens)
+
+
+def test_trace_list_and_all_logits(tiny_model):
+    model = tiny_model("gpt2")
+    traces = model.trace(["Mary went", "the store, café"])
+    assert [t.prompt for t in traces] == ["Mary went", "the store, café"]
+    tr = model.trace("Mary went home", all_logits=True)
+    assert tr.all_logits.shape == (tr.n_tokens, model.vocab_size)
+    np.testing.assert_array_equal(tr.all_logits[-1], tr.logits)
+    # a multi-byte character split over several byte tokens shows the character on each
+    tokens = model.trace("東京 café").tokens
+    assert "東" in tokens and " ca" in tokens and "\ufffd" not in "".join(tokens)
+
+
+@pytest.mark.parametrize(
+    "prompt, exc, words",
+    [
+        ("", ValueError, ["prompt", "empty"]),
+        (123, TypeError, ["prompt", "int", "123"]),
+        (None, TypeError, ["prompt", "None"]),
+        (b"bytes", TypeError, ["prompt", "bytes"]),
+        ([], ValueError, ["prompt", "empty list"]),
+        (["ok", 5], TypeError, ["prompt[1]", "5"]),
+        (["ok", ""], ValueError, ["prompt[1]", "empty"]),
+        ("word " * 200, ValueError, ["prompt", "tokens long", "64"]),
+    ],
+)
+def test_bad_prompts(tiny_model, prompt, exc, words):
+    model = tiny_model("gpt2")
+    with pytest.raises(exc) as info:
+        model.trace(prompt)
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_max_tokens(tiny_dir):
+    model = ltt.load(tiny_dir("llama"), max_tokens=5)
+    assert model.max_tokens == 5
+    model.trace("Mary")
+    with pytest.raises(ValueError, match=r"prompt is \d+ tokens long, more than the limit of 5"):
+        model.trace(PROMPT)
+    with pytest.raises(ValueError, match="max_tokens"):
+        ltt.load(tiny_dir("llama"), max_tokens=0)
+
+
+# --------------------------------------------------------------------------------------------
+# wrapping a model in memory; hooks
+
+
+def _hook_count(module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
+def test_wrap_in_memory_leaves_model_as_found():
+    from conftest import build_tiny
+
+    hf, tok = build_tiny("qwen2")
+    hf.set_attn_implementation("sdpa")
+    hf.train()
+    hf.model.layers[0].eval()  # a mixed train/eval state must come back as it was
+    modes = [m.training for m in hf.modules()]
+    ptrs = [p.data_ptr() for p in hf.parameters()]
+    ids = torch.tensor([tok(PROMPT)["input_ids"]])
+    hf.eval()
+    with torch.no_grad():
+        expected = hf(input_ids=ids).logits[0, -1].numpy()
+    hf.train()
+    hf.model.layers[0].eval()
+
+    model = ltt.load(hf, tokenizer=tok)
+    assert model.hf_model is hf and model.tokenizer is tok
+    trace = model.trace(PROMPT)
+    assert hf.config._attn_implementation == "sdpa"
+    assert [m.training for m in hf.modules()] == modes
+    assert [p.data_ptr() for p in hf.parameters()] == ptrs
+    assert _hook_count(hf) == 0
+    assert np.shares_memory(trace.layers[0].w_down, hf.model.layers[0].mlp.down_proj.weight.detach().numpy())
+    np.testing.assert_allclose(trace.logits, expected, atol=1e-5)
+    assert max(trace.check().values()) < TOL
+
+
+def test_wrap_errors():
+    from conftest import build_tiny
+
+    hf, tok = build_tiny("gpt2")
+    with pytest.raises(ValueError, match="tokenizer"):
+        ltt.load(hf)
+    with pytest.raises(TypeError, match="name_or_path"):
+        ltt.load(42)
+    with pytest.raises(ValueError, match="dtype"):
+        ltt.load("some/model", dtype="int8")
+
+
+def test_hooks_removed_after_failing_forward(tiny_dir):
+    model = ltt.load(tiny_dir("llama"))
+    hf = model.hf_model
+    before = hf.config._attn_implementation
+
+    def boom(module, args):
+        raise RuntimeError("boom in the MLP")
+
+    handle = hf.model.layers[1].mlp.register_forward_pre_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            model.trace(PROMPT)
+    finally:
+        handle.remove()
+    assert _hook_count(hf) == 0
+    assert hf.config._attn_implementation == before
+    assert max(model.trace(PROMPT).check().values()) < TOL  # still traceable
+
+
+# --------------------------------------------------------------------------------------------
+# refusals
+
+
+def test_post_ln_opt_refused(tmp_path):
+    import transformers as tf
+
+    cfg = tf.OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
+                       num_attention_heads=2, max_position_embeddings=32, do_layer_norm_before=False)
+    hf = tf.AutoModelForCausalLM.from_config(cfg)
+    hf.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="post-LN") as info:
+        ltt.load(str(tmp_path))
+    assert "do_layer_norm_before=False" in str(info.value)
+    with pytest.raises(ValueError, match="post-LN"):
+        ltt.load(hf, tokenizer=object())
+
+
+def test_unsupported_architecture_lists_families(tmp_path):
+    import transformers as tf
+
+    cfg = tf.BloomConfig(vocab_size=64, hidden_size=16, n_layer=1, n_head=2)
+    tf.AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="unsupported architecture") as info:
+        ltt.load(str(tmp_path))
+    msg = str(info.value)
+    assert "'bloom'" in msg
+    for fam in ("gpt2", "llama", "gemma2", "falcon", "phi3", "gpt_neox"):
+        assert fam in msg
+
+
+def test_safetensors_only(tmp_path):
+    """A directory with only a pickled checkpoint is not loaded (no unpickling of weights)."""
+    from conftest import build_tiny
+
+    hf, tok = build_tiny("gpt2")
+    hf.config.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="safetensors"):
+        ltt.load(str(tmp_path))

@@ -25,6 +25,7 @@ SOURCES = [
     "csrc/binding.c",
     "csrc/status.c",
     "csrc/simd.c",
+    "csrc/gemm.c",
     "csrc/contrib.c",
     "csrc/attn.c",
     "csrc/ffn.c",

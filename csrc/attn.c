@@ -27,8 +27,7 @@ static ltt_status head_vectors(int64_t T, int64_t H, int64_t G, int64_t d_h, int
                                const float *restrict w_o, ltt_norm_fix fix)
 {
     const int64_t g = h / (H / G);
-    LTT_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)d, (int)d_h, 1.0f,
-              values + g * d_h, (int)(G * d_h), w_o + h * d_h * d, (int)d, 0.0f, u, (int)d);
+    ltt__sgemm(0, T, d, d_h, values + g * d_h, G * d_h, w_o + h * d_h * d, d, u, d);
     int bad = 0;
 #pragma omp parallel for schedule(static) reduction(| : bad) if (T * d > 65536)
     for (int64_t s = 0; s < T; s++) {
@@ -71,8 +70,8 @@ static void dist_l1(int64_t T, int64_t d, double *restrict dist, const float *re
     if (D > d)
         D = d;
     const int64_t nblk = (T + LTT_TILE_R - 1) / LTT_TILE_R;
-    for (int64_t t = 0; t < T; t++)
-        memset(dist + t * T, 0, (size_t)(t + 1) * sizeof(double));
+    /* Entries above the diagonal near it are computed too (harmless scratch), so zero all. */
+    memset(dist, 0, (size_t)(T * T) * sizeof(double));
 #pragma omp parallel
     {
         for (int64_t j0 = 0; j0 < d; j0 += D) {
@@ -83,26 +82,13 @@ static void dist_l1(int64_t T, int64_t d, double *restrict dist, const float *re
                 const int64_t t0 = (nblk - 1 - bi) * LTT_TILE_R;
                 const int nr = (int)((T - t0 < LTT_TILE_R) ? T - t0 : LTT_TILE_R);
                 const float *w[LTT_TILE_R];
-                for (int r = 0; r < nr; r++)
+                float rs[LTT_TILE_R];
+                for (int r = 0; r < nr; r++) {
                     w[r] = whole + (t0 + r) * d + j0;
-                const int64_t smax = t0 + nr; /* sources 0 .. t0 + nr - 1 */
-                for (int64_t s0 = 0; s0 < smax; s0 += LTT_TILE_Q) {
-                    const int nq = (int)((smax - s0 < LTT_TILE_Q) ? smax - s0 : LTT_TILE_Q);
-                    const float *uq[LTT_TILE_Q];
-                    float a[LTT_TILE_R * LTT_TILE_Q];
-                    double acc[LTT_TILE_R * LTT_TILE_Q] = {0.0};
-                    for (int q = 0; q < nq; q++)
-                        uq[q] = u + (s0 + q) * d + j0;
-                    for (int r = 0; r < nr; r++)
-                        for (int q = 0; q < nq; q++)
-                            a[r * nq + q] =
-                                (s0 + q <= t0 + r) ? coef(a_h, row_scale, T, t0 + r, s0 + q) : 0.0f;
-                    ltt__l1_tile(n, nr, nq, acc, w, uq, a);
-                    for (int r = 0; r < nr; r++)
-                        for (int q = 0; q < nq; q++)
-                            if (s0 + q <= t0 + r)
-                                dist[(t0 + r) * T + s0 + q] += acc[r * nq + q];
+                    rs[r] = row_scale != NULL ? row_scale[t0 + r] : 1.0f;
                 }
+                /* sources 0 .. t0 + nr - 1 */
+                ltt__l1_rows(n, nr, t0 + nr, dist + t0 * T, T, w, u + j0, d, a_h + t0 * T, T, rs);
             }
         }
     }
@@ -118,8 +104,7 @@ static void dist_l2(int64_t T, int64_t d, double *restrict dist, float *restrict
                     const float *restrict u, const float *restrict a_h,
                     const float *restrict row_scale)
 {
-    LTT_SGEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)d, 1.0f, whole,
-              (int)d, u, (int)d, 0.0f, dots, (int)T);
+    ltt__sgemm(1, T, T, d, whole, d, u, d, dots, T);
 #pragma omp parallel for schedule(static)
     for (int64_t s = 0; s < T; s++) {
         const double n = ltt__norm(d, u + s * d, 2);

@@ -47,21 +47,8 @@ static void dist_l1_rows(int64_t N, int64_t F, int64_t d, double *restrict dist,
                 const float *w[LTT_TILE_R];
                 for (int r = 0; r < nr; r++)
                     w[r] = whole + (t0 + r) * d + j0;
-                for (int64_t i0 = 0; i0 < F; i0 += LTT_TILE_Q) {
-                    const int nq = (int)((F - i0 < LTT_TILE_Q) ? F - i0 : LTT_TILE_Q);
-                    const float *mq[LTT_TILE_Q];
-                    float a[LTT_TILE_R * LTT_TILE_Q];
-                    double acc[LTT_TILE_R * LTT_TILE_Q] = {0.0};
-                    for (int q = 0; q < nq; q++)
-                        mq[q] = m + (i0 + q) * d + j0;
-                    for (int r = 0; r < nr; r++)
-                        for (int q = 0; q < nq; q++)
-                            a[r * nq + q] = c[(t0 + r) * F + i0 + q];
-                    ltt__l1_tile(n, nr, nq, acc, w, mq, a);
-                    for (int r = 0; r < nr; r++)
-                        for (int q = 0; q < nq; q++)
-                            dist[(t0 + r) * F + i0 + q] += acc[r * nq + q];
-                }
+                const float ones[LTT_TILE_R] = {1.0f, 1.0f, 1.0f, 1.0f};
+                ltt__l1_rows(n, nr, F, dist + t0 * F, F, w, m + j0, d, c + t0 * F, F, ones);
             }
         }
     }
@@ -162,8 +149,7 @@ ltt_status ltt_ffn_neuron_contrib_f32(int64_t N, int64_t F, int64_t d, int64_t w
             st = LTT_ERR_NOMEM;
             goto done;
         }
-        LTT_SGEMM(CblasRowMajor, CblasNoTrans, rows ? CblasTrans : CblasNoTrans, (int)N, (int)F,
-                  (int)d, 1.0f, whole, (int)d, m, rows ? (int)d : (int)F, 0.0f, dots, (int)F);
+        ltt__sgemm(rows, N, F, d, whole, d, m, rows ? d : F, dots, F);
         for (int64_t i = 0; i < F; i++)
             un2[i] = 0.0;
         for (int64_t j = 0; j < d; j++) /* row-major walk in either layout */

@@ -12,14 +12,23 @@
 #endif
 
 /*
- * Row tile of the L1 proximity kernel: for r < nr, q < nq,
- *   acc[r * nq + q] += sum_{j < n} |w[r][j] - a[r * nq + q] * u[q][j]|   (in double)
- * with nr <= LTT_TILE_R, nq <= LTT_TILE_Q. Dispatched at run time to AVX-512 / AVX2 / scalar.
+ * Row block of the L1 proximity kernel: for r < nr (<= LTT_TILE_R) and q < ns,
+ *   acc[r * ldacc + q] += sum_{j < n} |w[r][j] - a[r * lda + q] * rs[r] * u[q * ldu + j]|
+ * in double (float partial sums, flushed). Each u load feeds nr rows; sources go LTT_TILE_Q at
+ * a time. Dispatched at run time to AVX-512 / AVX2 / scalar.
  */
 #define LTT_TILE_R 4
 #define LTT_TILE_Q 2
-void ltt__l1_tile(int64_t n, int nr, int nq, double *restrict acc, const float *const *w,
-                  const float *const *u, const float *restrict a);
+void ltt__l1_rows(int64_t n, int nr, int64_t ns, double *restrict acc, int64_t ldacc,
+                  const float *const *w, const float *restrict u, int64_t ldu,
+                  const float *restrict a, int64_t lda, const float *restrict rs);
+
+/*
+ * C = A B^T (trans_b) or A B for row-major float matrices, rows of C split across OpenMP
+ * threads with OpenBLAS single-threaded inside each (no OpenBLAS pool fighting OpenMP).
+ */
+void ltt__sgemm(int trans_b, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                const float *B, int64_t ldb, float *C, int64_t ldc);
 
 /*
  * Column kernel of the L1 proximity for a neuron matrix stored [d, F] (neurons contiguous):

@@ -61,17 +61,18 @@ const char *ltt_simd_variant(void)
 
 /* ---- scalar ------------------------------------------------------------------------------ */
 
-static void l1_tile_scalar(int64_t n, int nr, int nq, double *restrict acc, const float *const *w,
-                           const float *const *u, const float *restrict a)
+static void l1_rows_scalar(int64_t n, int nr, int64_t ns, double *restrict acc, int64_t ldacc,
+                           const float *const *w, const float *restrict u, int64_t ldu,
+                           const float *restrict a, int64_t lda, const float *restrict rs)
 {
     for (int r = 0; r < nr; r++) {
-        for (int q = 0; q < nq; q++) {
-            const float *wr = w[r], *uq = u[q];
-            const double aq = a[r * nq + q];
+        for (int64_t q = 0; q < ns; q++) {
+            const float *wr = w[r], *uq = u + q * ldu;
+            const double aq = (double)(a[r * lda + q] * rs[r]);
             double s = 0.0;
             for (int64_t j = 0; j < n; j++)
                 s += fabs((double)wr[j] - aq * (double)uq[j]);
-            acc[r * nq + q] += s;
+            acc[r * ldacc + q] += s;
         }
     }
 }
@@ -93,48 +94,59 @@ static void l1_cols_scalar(int64_t n, int64_t nf, int64_t ld, double *restrict a
 /* ---- AVX-512 ----------------------------------------------------------------------------- */
 
 __attribute__((target("avx512f"))) static void
-l1_tile_avx512(int64_t n, int nr, int nq, double *restrict acc, const float *const *w,
-               const float *const *u, const float *restrict a)
+l1_rows_avx512(int64_t n, int nr, int64_t ns, double *restrict acc, int64_t ldacc,
+               const float *const *w, const float *restrict u, int64_t ldu,
+               const float *restrict a, int64_t lda, const float *restrict rs)
 {
-    /* Pad the tile to 4 x 2 by repeating the last row / vector; only valid pairs are stored. */
-    const float *wp[LTT_TILE_R], *up[LTT_TILE_Q];
-    __m512 av[LTT_TILE_R][LTT_TILE_Q];
-    double tot[LTT_TILE_R][LTT_TILE_Q] = {{0.0}};
+    /* Pad the block to LTT_TILE_R rows by repeating the last one; only real rows are stored. */
+    const float *wp[LTT_TILE_R];
     for (int r = 0; r < LTT_TILE_R; r++)
         wp[r] = w[r < nr ? r : nr - 1];
-    for (int q = 0; q < LTT_TILE_Q; q++)
-        up[q] = u[q < nq ? q : nq - 1];
-    for (int r = 0; r < LTT_TILE_R; r++)
-        for (int q = 0; q < LTT_TILE_Q; q++)
-            av[r][q] = _mm512_set1_ps(a[(r < nr ? r : nr - 1) * nq + (q < nq ? q : nq - 1)]);
     const int64_t nv = n - n % 16;
-    int64_t j = 0;
-    while (j < nv) {
-        const int64_t end = (nv - j > FLUSH * 16) ? j + FLUSH * 16 : nv;
-        __m512 s[LTT_TILE_R][LTT_TILE_Q];
+    for (int64_t q0 = 0; q0 < ns; q0 += LTT_TILE_Q) {
+        const int nq = (ns - q0 < LTT_TILE_Q) ? (int)(ns - q0) : LTT_TILE_Q;
+        const float *up[LTT_TILE_Q];
+        float af[LTT_TILE_R][LTT_TILE_Q];
+        for (int q = 0; q < LTT_TILE_Q; q++)
+            up[q] = u + (q0 + (q < nq ? q : nq - 1)) * ldu;
         for (int r = 0; r < LTT_TILE_R; r++)
-            for (int q = 0; q < LTT_TILE_Q; q++)
-                s[r][q] = _mm512_setzero_ps();
-        for (; j < end; j += 16) {
-            const __m512 x0 = _mm512_loadu_ps(up[0] + j);
-            const __m512 x1 = _mm512_loadu_ps(up[1] + j);
-            for (int r = 0; r < LTT_TILE_R; r++) {
-                const __m512 y = _mm512_loadu_ps(wp[r] + j);
-                s[r][0] = _mm512_add_ps(s[r][0], _mm512_abs_ps(_mm512_fnmadd_ps(av[r][0], x0, y)));
-                s[r][1] = _mm512_add_ps(s[r][1], _mm512_abs_ps(_mm512_fnmadd_ps(av[r][1], x1, y)));
+            for (int q = 0; q < LTT_TILE_Q; q++) {
+                const int rr = r < nr ? r : nr - 1;
+                af[r][q] = a[rr * lda + q0 + (q < nq ? q : nq - 1)] * rs[rr];
             }
+        double tot[LTT_TILE_R][LTT_TILE_Q] = {{0.0}};
+        int64_t j = 0;
+        while (j < nv) {
+            const int64_t end = (nv - j > FLUSH * 16) ? j + FLUSH * 16 : nv;
+            __m512 s[LTT_TILE_R][LTT_TILE_Q], av[LTT_TILE_R][LTT_TILE_Q];
+            for (int r = 0; r < LTT_TILE_R; r++)
+                for (int q = 0; q < LTT_TILE_Q; q++) {
+                    s[r][q] = _mm512_setzero_ps();
+                    av[r][q] = _mm512_set1_ps(af[r][q]);
+                }
+            for (; j < end; j += 16) {
+                __m512 x[LTT_TILE_Q];
+                for (int q = 0; q < LTT_TILE_Q; q++)
+                    x[q] = _mm512_loadu_ps(up[q] + j);
+                for (int r = 0; r < LTT_TILE_R; r++) {
+                    const __m512 y = _mm512_loadu_ps(wp[r] + j);
+                    for (int q = 0; q < LTT_TILE_Q; q++)
+                        s[r][q] = _mm512_add_ps(
+                            s[r][q], _mm512_abs_ps(_mm512_fnmadd_ps(av[r][q], x[q], y)));
+                }
+            }
+            for (int r = 0; r < LTT_TILE_R; r++)
+                for (int q = 0; q < LTT_TILE_Q; q++)
+                    tot[r][q] += (double)_mm512_reduce_add_ps(s[r][q]);
         }
-        for (int r = 0; r < LTT_TILE_R; r++)
-            for (int q = 0; q < LTT_TILE_Q; q++)
-                tot[r][q] += (double)_mm512_reduce_add_ps(s[r][q]);
-    }
-    for (int r = 0; r < nr; r++) {
-        for (int q = 0; q < nq; q++) {
-            double t = tot[r][q];
-            const double aq = a[r * nq + q];
-            for (int64_t k = nv; k < n; k++) /* scalar tail */
-                t += fabs((double)w[r][k] - aq * (double)u[q][k]);
-            acc[r * nq + q] += t;
+        for (int r = 0; r < nr; r++) {
+            for (int q = 0; q < nq; q++) {
+                double t = tot[r][q];
+                const double aq = af[r][q];
+                for (int64_t k = nv; k < n; k++) /* scalar tail */
+                    t += fabs((double)w[r][k] - aq * (double)up[q][k]);
+                acc[r * ldacc + q0 + q] += t;
+            }
         }
     }
 }
@@ -191,49 +203,57 @@ __attribute__((target("avx2,fma"))) static inline double hsum256(__m256 x)
 }
 
 __attribute__((target("avx2,fma"))) static void
-l1_tile_avx2(int64_t n, int nr, int nq, double *restrict acc, const float *const *w,
-             const float *const *u, const float *restrict a)
+l1_rows_avx2(int64_t n, int nr, int64_t ns, double *restrict acc, int64_t ldacc,
+             const float *const *w, const float *restrict u, int64_t ldu,
+             const float *restrict a, int64_t lda, const float *restrict rs)
 {
-    const float *wp[LTT_TILE_R], *up[LTT_TILE_Q];
-    float af[LTT_TILE_R][LTT_TILE_Q];
-    double tot[LTT_TILE_R][LTT_TILE_Q] = {{0.0}};
+    const float *wp[LTT_TILE_R];
     for (int r = 0; r < LTT_TILE_R; r++)
         wp[r] = w[r < nr ? r : nr - 1];
-    for (int q = 0; q < LTT_TILE_Q; q++)
-        up[q] = u[q < nq ? q : nq - 1];
-    for (int r = 0; r < LTT_TILE_R; r++)
-        for (int q = 0; q < LTT_TILE_Q; q++)
-            af[r][q] = a[(r < nr ? r : nr - 1) * nq + (q < nq ? q : nq - 1)];
     const int64_t nv = n - n % 8;
-    int64_t j = 0;
-    while (j < nv) {
-        const int64_t end = (nv - j > FLUSH * 8) ? j + FLUSH * 8 : nv;
-        __m256 s[LTT_TILE_R][LTT_TILE_Q];
+    for (int64_t q0 = 0; q0 < ns; q0 += LTT_TILE_Q) {
+        const int nq = (ns - q0 < LTT_TILE_Q) ? (int)(ns - q0) : LTT_TILE_Q;
+        const float *up[LTT_TILE_Q];
+        float af[LTT_TILE_R][LTT_TILE_Q];
+        for (int q = 0; q < LTT_TILE_Q; q++)
+            up[q] = u + (q0 + (q < nq ? q : nq - 1)) * ldu;
         for (int r = 0; r < LTT_TILE_R; r++)
-            for (int q = 0; q < LTT_TILE_Q; q++)
-                s[r][q] = _mm256_setzero_ps();
-        for (; j < end; j += 8) {
-            const __m256 x0 = _mm256_loadu_ps(up[0] + j);
-            const __m256 x1 = _mm256_loadu_ps(up[1] + j);
-            for (int r = 0; r < LTT_TILE_R; r++) {
-                const __m256 y = _mm256_loadu_ps(wp[r] + j);
-                s[r][0] = _mm256_add_ps(
-                    s[r][0], abs256(_mm256_fnmadd_ps(_mm256_set1_ps(af[r][0]), x0, y)));
-                s[r][1] = _mm256_add_ps(
-                    s[r][1], abs256(_mm256_fnmadd_ps(_mm256_set1_ps(af[r][1]), x1, y)));
+            for (int q = 0; q < LTT_TILE_Q; q++) {
+                const int rr = r < nr ? r : nr - 1;
+                af[r][q] = a[rr * lda + q0 + (q < nq ? q : nq - 1)] * rs[rr];
             }
+        double tot[LTT_TILE_R][LTT_TILE_Q] = {{0.0}};
+        int64_t j = 0;
+        while (j < nv) {
+            const int64_t end = (nv - j > FLUSH * 8) ? j + FLUSH * 8 : nv;
+            __m256 s[LTT_TILE_R][LTT_TILE_Q];
+            for (int r = 0; r < LTT_TILE_R; r++)
+                for (int q = 0; q < LTT_TILE_Q; q++)
+                    s[r][q] = _mm256_setzero_ps();
+            for (; j < end; j += 8) {
+                __m256 x[LTT_TILE_Q];
+                for (int q = 0; q < LTT_TILE_Q; q++)
+                    x[q] = _mm256_loadu_ps(up[q] + j);
+                for (int r = 0; r < LTT_TILE_R; r++) {
+                    const __m256 y = _mm256_loadu_ps(wp[r] + j);
+                    for (int q = 0; q < LTT_TILE_Q; q++)
+                        s[r][q] = _mm256_add_ps(
+                            s[r][q],
+                            abs256(_mm256_fnmadd_ps(_mm256_set1_ps(af[r][q]), x[q], y)));
+                }
+            }
+            for (int r = 0; r < LTT_TILE_R; r++)
+                for (int q = 0; q < LTT_TILE_Q; q++)
+                    tot[r][q] += hsum256(s[r][q]);
         }
-        for (int r = 0; r < LTT_TILE_R; r++)
-            for (int q = 0; q < LTT_TILE_Q; q++)
-                tot[r][q] += hsum256(s[r][q]);
-    }
-    for (int r = 0; r < nr; r++) {
-        for (int q = 0; q < nq; q++) {
-            double t = tot[r][q];
-            const double aq = a[r * nq + q];
-            for (int64_t k = nv; k < n; k++) /* scalar tail */
-                t += fabs((double)w[r][k] - aq * (double)u[q][k]);
-            acc[r * nq + q] += t;
+        for (int r = 0; r < nr; r++) {
+            for (int q = 0; q < nq; q++) {
+                double t = tot[r][q];
+                const double aq = af[r][q];
+                for (int64_t k = nv; k < n; k++) /* scalar tail */
+                    t += fabs((double)w[r][k] - aq * (double)up[q][k]);
+                acc[r * ldacc + q0 + q] += t;
+            }
         }
     }
 }
@@ -274,22 +294,23 @@ l1_cols_avx2(int64_t n, int64_t nf, int64_t ld, double *restrict acc, const floa
 }
 #endif /* LTT_X86 */
 
-void ltt__l1_tile(int64_t n, int nr, int nq, double *restrict acc, const float *const *w,
-                  const float *const *u, const float *restrict a)
+void ltt__l1_rows(int64_t n, int nr, int64_t ns, double *restrict acc, int64_t ldacc,
+                  const float *const *w, const float *restrict u, int64_t ldu,
+                  const float *restrict a, int64_t lda, const float *restrict rs)
 {
 #ifdef LTT_X86
     switch (pick_variant()) {
     case V_AVX512:
-        l1_tile_avx512(n, nr, nq, acc, w, u, a);
+        l1_rows_avx512(n, nr, ns, acc, ldacc, w, u, ldu, a, lda, rs);
         return;
     case V_AVX2:
-        l1_tile_avx2(n, nr, nq, acc, w, u, a);
+        l1_rows_avx2(n, nr, ns, acc, ldacc, w, u, ldu, a, lda, rs);
         return;
     default:
         break;
     }
 #endif
-    l1_tile_scalar(n, nr, nq, acc, w, u, a);
+    l1_rows_scalar(n, nr, ns, acc, ldacc, w, u, ldu, a, lda, rs);
 }
 
 void ltt__l1_cols(int64_t n, int64_t nf, int64_t ld, double *restrict acc,

@@ -216,7 +216,9 @@ class Graph:
         """How much of the targets' output states each node carries, through the kept edges.
 
         Each target's output has flow 1 (split evenly over several targets); a node's flow is
-        the sum over its outgoing edges of the edge weight times the flow of the edge's end.
+        the sum over its outgoing edges of the edge weight times the flow of the edge's end. The
+        FFN share is counted once on the route ``-> M -> I``: an edge into an FFN block passes
+        the block's flow on unscaled.
         ``X0_t`` flows say how much each input token feeds the prediction.
 
         >>> flows = g.flow(); max(flows, key=flows.get)      # doctest: +SKIP
@@ -231,7 +233,10 @@ class Graph:
             if n.kind == "I" and n.layer == last and n.token in self.targets:
                 flow[n.name] = 1.0 / len(self.targets)
             else:
-                flow[n.name] = sum(e.weight * flow.get(e.target, 0.0) for e in out_edges.get(n.name, ()))
+                flow[n.name] = sum(
+                    (1.0 if e.target.startswith("M") else e.weight) * flow.get(e.target, 0.0)
+                    for e in out_edges.get(n.name, ())
+                )
         return flow
 
     def __repr__(self) -> str:

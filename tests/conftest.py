@@ -83,7 +83,7 @@ def tiny_configs() -> dict:
         "opt": (tf.OPTConfig(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
                              max_position_embeddings=64, word_embed_proj_dim=16,
                              do_layer_norm_before=True, **common), True),
-        "llama": (tf.LlamaConfig(**llama_like), True),
+        "llama": (tf.LlamaConfig(attention_bias=True, mlp_bias=True, **llama_like), True),
         "mistral": (tf.MistralConfig(sliding_window=4, **llama_like), True),
         "qwen2": (tf.Qwen2Config(**llama_like), False),
         "qwen3": (tf.Qwen3Config(head_dim=8, **llama_like), False),

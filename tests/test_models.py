@@ -94,6 +94,8 @@ def test_buffers_shapes_and_layout(key, traced):
         # causal probabilities: rows sum to 1, nothing above the diagonal
         np.testing.assert_allclose(lb.attn.sum(-1), 1.0, atol=1e-5)
         assert np.abs(np.triu(lb.attn, k=1)).max() == 0.0
+        uniform = np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None]
+        assert np.abs(lb.attn - uniform).max() > 0.02  # the random model attends selectively
         if key in POST_NORM:
             assert lb.attn_row_scale.shape == (T,) and lb.attn_col_scale.shape == (d,)
             assert lb.ffn_row_scale.shape == (T,) and lb.ffn_col_scale.shape == (d,)
@@ -290,6 +292,18 @@ def test_wrap_in_memory_leaves_model_as_found():
     assert np.shares_memory(trace.layers[0].w_down, hf.model.layers[0].mlp.down_proj.weight.detach().numpy())
     np.testing.assert_allclose(trace.logits, expected, atol=1e-5)
     assert max(trace.check().values()) < TOL
+
+
+def test_bfloat16_and_tokenizer_path(tiny_dir):
+    """Weights in bfloat16: buffers still come back float32; the decomposition holds to bf16
+    precision. A tokenizer given as a path is loaded from it."""
+    path = tiny_dir("llama")
+    model = ltt.load(path, dtype="bfloat16", tokenizer=path)
+    assert model.hf_model.dtype == torch.bfloat16
+    trace = model.trace(PROMPT)
+    lb = trace.layers[0]
+    assert lb.resid_pre.dtype == np.float32 and lb.w_o.dtype == np.float32
+    assert max(trace.check().values()) < 0.05
 
 
 def test_wrap_errors():

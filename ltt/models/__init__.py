@@ -304,9 +304,14 @@ class Model:
 
     @property
     def unembedding(self) -> np.ndarray:
-        """``[d, V]`` float32: the map from normalised states to logits (before any bias and
-        softcapping; OPT's project_out folded in lazily by :meth:`unembed`)."""
-        return _param_numpy(self._lm_head.weight).T
+        """``[d, V]`` float32: the lm_head weight as a map from normalised states to logits
+        (before its bias and any softcapping; OPT's project_out is applied first by
+        :meth:`unembed`). A view of the weight when it is float32 on the CPU, else a cached copy."""
+        cached = self.__dict__.get("_w_unembed")
+        if cached is None:
+            cached = (_param_numpy(self._lm_head.weight).T, _bias(self._lm_head))
+            self.__dict__["_w_unembed"] = cached
+        return cached[0]
 
     def unembed(self, x: np.ndarray, softcap: bool = True) -> np.ndarray:
         """Logits ``[..., V]`` of normalised states ``x [..., d]``: lm_head (with its bias where
@@ -318,7 +323,7 @@ class Model:
         if self._unembed_pre is not None:
             x = x @ self._unembed_pre
         logits = x @ self.unembedding
-        b = _bias(self._lm_head)
+        b = self.__dict__["_w_unembed"][1]
         if b is not None:
             logits = logits + b
         if softcap and self._softcap:
@@ -591,7 +596,8 @@ def load(
 
     * ``name_or_path``: a hub id, a local directory (safetensors weights only), an embedded
       model name (``"smollm2-135m"``, offline), or a transformers model already in memory
-      (wrapped without copying; pass its ``tokenizer``).
+      (wrapped without copying; pass its ``tokenizer``). ``tokenizer``: a tokenizer object or
+      a hub id / directory to load one from (default: the model's own).
     * ``dtype``: torch dtype or its name (default float32); ``device`` / ``device_map``: where the
       weights live (``device_map`` goes to transformers/accelerate); buffers always come back to
       the CPU as float32.
@@ -602,6 +608,12 @@ def load(
     >>> model = ltt.load("gpt2", dtype="float32")                 # doctest: +SKIP
     >>> model = ltt.load(hf_model, tokenizer=tok)                 # doctest: +SKIP
     """
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            os.fspath(tokenizer), revision=revision, trust_remote_code=trust_remote_code
+        )
     if not isinstance(name_or_path, (str, os.PathLike)):
         return _wrap(name_or_path, tokenizer, max_tokens)
     import torch

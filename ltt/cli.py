@@ -80,6 +80,32 @@ def routes_report(trace, graph, k: int = 5) -> str:
     return "\n".join(lines)
 
 
+def describe_families() -> str:
+    """The supported families, one line each: model types and how a layer is decomposed.
+
+    >>> "llama" in describe_families()
+    True
+    """
+    from ltt.models import families as fam
+
+    lines = [f"{'family':<10} {'model_type':<12} decomposition"]
+    for f in fam._TABLE:
+        if f.parallel is fam._always:
+            block = "parallel block: x + attention + FFN in one step"
+        elif f.parallel is fam._never:
+            block = "sequential: attention, then FFN"
+        else:
+            block = "parallel or sequential, as the config says"
+        notes = []
+        if f.attn_post_norm:
+            notes.append("post-branch norms linearised with the frozen scale")
+        if f.refuse is not fam._no_refusal:
+            notes.append("post-LN variants refused")
+        extra = f" ({'; '.join(notes)})" if notes else ""
+        lines.append(f"{f.name:<10} {','.join(f.model_types):<12} {block}{extra}")
+    return "\n".join(lines)
+
+
 def _run_trace(args: argparse.Namespace) -> int:
     import ltt
 
@@ -144,8 +170,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "models":
-            from ltt.models import describe_families
-
             print(describe_families())
             return 0
         if args.command == "demo":

@@ -194,6 +194,79 @@ class Trace:
 
         return build_graph(self, threshold=threshold, renormalize=renormalize, targets=targets, norm=norm)
 
+    # -- interpretation (ltt.interpret) ---------------------------------------------------------
+
+    def top_tokens(self, node: str, k: int = 10, normalize: bool = True):
+        """Logit lens of a state node (``X0_t``, ``A{l}_t``, ``I{l}_t``): its top-k tokens with
+        logits, probabilities and rank changes (:func:`ltt.interpret.top_tokens`).
+
+        >>> trace.top_tokens("I29_5", k=5).tokens[0].token   # doctest: +SKIP
+        ' Paris'
+        """
+        from ltt import interpret
+
+        return interpret.top_tokens(self, node, k=k, normalize=normalize)
+
+    def promoted(self, layer: int, token: int, block: str = "attn", head: int | None = None,
+                 neuron: int | None = None, k: int = 10, raw: bool = False):
+        """Tokens an update (attention block, one head, FFN block, one neuron) promotes and
+        suppresses at ``token`` (:func:`ltt.interpret.promoted`).
+
+        >>> trace.promoted(20, -1, block="attn", head=3, k=5)   # doctest: +SKIP
+        """
+        from ltt import interpret
+
+        return interpret.promoted(self, layer, token, block=block, head=head, neuron=neuron, k=k, raw=raw)
+
+    def head_shares(self, layer: int, target: int, source: int) -> np.ndarray:
+        """Each head's share ``[H]`` of the attention edge ``source -> target`` of ``layer``
+        (:func:`ltt.interpret.head_shares`).
+
+        >>> trace.head_shares(5, -1, 0).argmax()             # doctest: +SKIP
+        """
+        from ltt import interpret
+
+        return interpret.head_shares(self, layer, target, source)
+
+    def edge_heads(self, layer: int, target: int, source: int):
+        """Every head's share of an attention edge, largest first (:func:`ltt.interpret.edge_heads`).
+
+        >>> trace.edge_heads(5, -1, 0).heads[0]              # doctest: +SKIP
+        """
+        from ltt import interpret
+
+        return interpret.edge_heads(self, layer, target, source)
+
+    def head_view(self, layer: int, head: int, target: int | None = None, k: int = 10):
+        """One head: contribution map, attention pattern, output and promoted tokens at ``target``
+        (:func:`ltt.interpret.head_view`).
+
+        >>> trace.head_view(5, 2).contribution.shape         # doctest: +SKIP
+        """
+        from ltt import interpret
+
+        return interpret.head_view(self, layer, head, target=target, k=k)
+
+    def neuron_shares(self, layer: int, token: int) -> np.ndarray:
+        """Each neuron's share ``[F]`` of the FFN output state at ``token``
+        (:func:`ltt.interpret.neuron_shares`).
+
+        >>> trace.neuron_shares(5, -1).argmax()              # doctest: +SKIP
+        """
+        from ltt import interpret
+
+        return interpret.neuron_shares(self, layer, token)
+
+    def top_neurons(self, layer: int, token: int, k: int = 10):
+        """The FFN node's top-k neurons with activation, share and promoted tokens
+        (:func:`ltt.interpret.top_neurons`).
+
+        >>> trace.top_neurons(5, -1, k=5).neurons[0].neuron  # doctest: +SKIP
+        """
+        from ltt import interpret
+
+        return interpret.top_neurons(self, layer, token, k=k)
+
     def __repr__(self) -> str:
         name = getattr(self.model, "name", "?")
         shown = "".join(self.tokens)

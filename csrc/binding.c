@@ -88,8 +88,8 @@ static int require_finite(PyArrayObject *a, const char *name)
  * obj -> C-contiguous aligned float32 (or float64 when dtype is NPY_FLOAT64) array, finite.
  * None gives *out = NULL when optional, a TypeError otherwise.
  */
-static int to_array(PyObject *obj, const char *name, int optional, int dtype,
-                    PyArrayObject **out)
+static int to_array_checked(PyObject *obj, const char *name, int optional, int dtype,
+                            int check_finite, PyArrayObject **out)
 {
     *out = NULL;
     if (obj == NULL || obj == Py_None) {
@@ -114,12 +114,18 @@ static int to_array(PyObject *obj, const char *name, int optional, int dtype,
     Py_DECREF(raw);
     if (a == NULL)
         return -1;
-    if (require_finite(a, name) < 0) {
+    if (check_finite && require_finite(a, name) < 0) {
         Py_DECREF(a);
         return -1;
     }
     *out = a;
     return 0;
+}
+
+static int to_array(PyObject *obj, const char *name, int optional, int dtype,
+                    PyArrayObject **out)
+{
+    return to_array_checked(obj, name, optional, dtype, 1, out);
 }
 
 /* Check a's shape against want (a -1 entry matches any size); sym names the dimensions. */
@@ -755,7 +761,8 @@ static PyObject *py_prune(PyObject *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOd:prune", kwlist, &o[0], &o[1], &o[2],
                                      &o[3], &o[4], &o[5], &threshold))
         return NULL;
-    if (to_array(o[0], "attn", 0, NPY_FLOAT32, &attn) < 0 ||
+    /* attn [L, T, T] can be huge: the core checks finiteness of the rows it scans only. */
+    if (to_array_checked(o[0], "attn", 0, NPY_FLOAT32, 0, &attn) < 0 ||
         to_array(o[1], "attn_resid", 0, NPY_FLOAT32, &ar) < 0 ||
         to_array(o[2], "ffn", 0, NPY_FLOAT32, &ffn) < 0 ||
         to_array(o[3], "ffn_resid", 0, NPY_FLOAT32, &fr) < 0 || check_threshold(threshold) < 0)
@@ -819,6 +826,11 @@ static PyObject *py_prune(PyObject *self, PyObject *args, PyObject *kwds)
                        &n_edges, fdata(attn), fdata(ar), fdata(ffn), fdata(fr),
                        (const uint8_t *)PyArray_DATA(par), tv);
     Py_END_ALLOW_THREADS;
+    if (st == LTT_ERR_NONFINITE) {
+        PyErr_SetString(PyExc_ValueError,
+                        "attn contains NaN or inf in a row reached by the pruning");
+        goto done;
+    }
     if (check_status(st, "prune") < 0)
         goto done;
     npy_intp de[2] = {n_edges, 3};

@@ -1,4 +1,5 @@
 /* graph.c: threshold renormalisation and backward pruning of the contribution graph. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -102,13 +103,17 @@ static int push_edge(edge_list *e, int64_t l, int64_t t, int64_t s)
 /*
  * Keep the incoming edges of one reached node: residual weight r (flag *kr), an optional FFN
  * weight f (flag *kf, has_f), attention weights row[0..ns). Marks reached sources in `in`.
- * Returns -1 on allocation failure.
+ * Returns -1 on allocation failure, -2 when the row holds NaN or inf (only scanned rows are
+ * checked, so a huge attention tensor is never read in full).
  */
 static int keep_incoming(double threshold, int64_t l, int64_t t, double r, uint8_t *kr,
                          int has_f, double f, uint8_t *kf, const float *row, int64_t ns,
                          uint8_t *in, edge_list *edges)
 {
     int any = 0;
+    for (int64_t s = 0; s < ns; s++)
+        if (!isfinite(row[s]))
+            return -2;
     if (r >= threshold) {
         *kr = 1;
         in[t] = 1;
@@ -196,10 +201,10 @@ ltt_status ltt_prune_f32(int64_t L, int64_t T, int64_t n_targets, double thresho
         for (int64_t t = 0; t < T; t++) {
             if (!out[t])
                 continue;
+            int rc;
             if (parallel[l]) {
-                if (keep_incoming(threshold, l, t, attn_resid[o + t], &keep_attn_resid[o + t], 1,
-                                  ffn[o + t], &keep_ffn[o + t], al + t * T, t + 1, in, &e) < 0)
-                    st = LTT_ERR_NOMEM;
+                rc = keep_incoming(threshold, l, t, attn_resid[o + t], &keep_attn_resid[o + t], 1,
+                                   ffn[o + t], &keep_ffn[o + t], al + t * T, t + 1, in, &e);
             } else {
                 /* I{l}_t <- A{l}_t by the residual and/or the FFN route (A{l}_t is reached either
                  * way), then A{l}_t's own incoming edges. */
@@ -212,12 +217,13 @@ ltt_status ltt_prune_f32(int64_t L, int64_t T, int64_t n_targets, double thresho
                 } else {
                     keep_ffn[o + t] = 1;
                 }
-                if (keep_incoming(threshold, l, t, attn_resid[o + t], &keep_attn_resid[o + t], 0,
-                                  0.0, NULL, al + t * T, t + 1, in, &e) < 0)
-                    st = LTT_ERR_NOMEM;
+                rc = keep_incoming(threshold, l, t, attn_resid[o + t], &keep_attn_resid[o + t], 0,
+                                   0.0, NULL, al + t * T, t + 1, in, &e);
             }
-            if (st != LTT_OK)
+            if (rc < 0) {
+                st = rc == -1 ? LTT_ERR_NOMEM : LTT_ERR_NONFINITE;
                 goto done;
+            }
         }
         uint8_t *tmp = out;
         out = in;

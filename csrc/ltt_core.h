@@ -17,7 +17,8 @@ typedef enum {
     LTT_ERR_INDEX,     /* an index (head, target, source) is out of range */
     LTT_ERR_NOMEM,     /* an allocation failed */
     LTT_ERR_OVERFLOW,  /* an intermediate float32 value (a head vector) overflowed */
-    LTT_ERR_NULL       /* a required pointer is NULL */
+    LTT_ERR_NULL,      /* a required pointer is NULL */
+    LTT_ERR_NONFINITE  /* an input value read by the kernel is NaN or inf */
 } ltt_status;
 
 /* A short English description of a status code. */

@@ -20,6 +20,8 @@ const char *ltt_status_str(ltt_status status)
         return "a float32 intermediate (head vector) overflowed; inputs are too large";
     case LTT_ERR_NULL:
         return "a required array is missing (NULL pointer)";
+    case LTT_ERR_NONFINITE:
+        return "an input contains NaN or inf";
     }
     return "unknown status";
 }

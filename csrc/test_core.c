@@ -1,0 +1,326 @@
+/* test_core.c: C test driver of the core on hand-checked cases (run it under the sanitizers). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ltt_core.h"
+
+static int failures = 0;
+
+#define CHECK(cond)                                                                            \
+    do {                                                                                       \
+        if (!(cond)) {                                                                         \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);           \
+            failures++;                                                                        \
+        }                                                                                      \
+    } while (0)
+
+#define NEAR(x, y, tol)                                                                        \
+    do {                                                                                       \
+        const double x_ = (x), y_ = (y);                                                       \
+        if (!(fabs(x_ - y_) <= (tol))) {                                                       \
+            fprintf(stderr, "%s:%d: %s = %.9g, expected %.9g (tol %g)\n", __FILE__, __LINE__,  \
+                    #x, x_, y_, (double)(tol));                                                \
+            failures++;                                                                        \
+        }                                                                                      \
+    } while (0)
+
+static const ltt_norm_fix NOFIX = {NULL, NULL, 0};
+
+/* Figure (a): L2, whole [2,2], resid [2,1], parts [1,1] and [-1,0]. */
+static void test_contributions_figure(void)
+{
+    const float parts[3 * 2] = {2, 1, 1, 1, -1, 0};
+    const float whole[2] = {2, 2};
+    float out[3];
+    CHECK(ltt_contributions_f32(3, 1, 2, 2, out, parts, whole) == LTT_OK);
+    NEAR(out[0], 0.56387, 1e-5);
+    NEAR(out[1], 0.43613, 1e-5);
+    CHECK(out[2] > 0.0f && out[2] < 1e-5f);
+    NEAR(out[0] + out[1] + out[2], 1.0, 1e-6);
+    /* L1: ||w|| = 4; raws 3, 2, eps. */
+    CHECK(ltt_contributions_f32(3, 1, 2, 1, out, parts, whole) == LTT_OK);
+    NEAR(out[0], 3.0 / (5.0 + 1e-5), 1e-6);
+    NEAR(out[1], 2.0 / (5.0 + 1e-5), 1e-6);
+    NEAR(out[2], 1e-5 / (5.0 + 1e-5), 1e-9);
+    CHECK(ltt_contributions_f32(3, 1, 2, 3, out, parts, whole) == LTT_ERR_NORM);
+    CHECK(ltt_contributions_f32(0, 1, 2, 1, out, parts, whole) == LTT_ERR_SIZE);
+    CHECK(ltt_contributions_f32(3, 1, 2, 1, NULL, parts, whole) == LTT_ERR_NULL);
+}
+
+/* The same figure as one attention layer: one token, one head, u = [1,1], extra [-1,0]. */
+static void test_attn_figure(void)
+{
+    const float resid[2] = {2, 1}, whole[2] = {2, 2}, attn[1] = {1}, values[1] = {1};
+    const float w_o[2] = {1, 1}, extra[2] = {-1, 0};
+    float edges[1], r[1], b[1], ex[1], heads[1];
+    double total[1];
+    for (int norm = 1; norm <= 2; norm++) {
+        CHECK(ltt_attn_contrib_f32(1, 1, 1, 1, 2, 1, 0, norm, edges, r, b, ex, total, heads, resid,
+                                   whole, attn, values, w_o, NULL, extra, NOFIX) == LTT_OK);
+        if (norm == 2) {
+            NEAR(edges[0], 0.43613, 1e-5);
+            NEAR(r[0], 0.56387, 1e-5);
+        } else {
+            NEAR(edges[0], 2.0 / (5.0 + 1e-5), 1e-6);
+            NEAR(r[0], 3.0 / (5.0 + 1e-5), 1e-6);
+            NEAR(total[0], 5.0 + 1e-5, 1e-9);
+        }
+        CHECK(ex[0] > 0.0f && ex[0] < 1e-5f);
+        NEAR(b[0], 0.0, 0.0);
+        NEAR(heads[0], edges[0], 1e-7);
+        float map[1], eh[1];
+        CHECK(ltt_attn_head_map_f32(1, 1, 1, 1, 2, 0, norm, map, whole, attn, values, w_o, total,
+                                    NOFIX) == LTT_OK);
+        NEAR(map[0], edges[0], 1e-6);
+        CHECK(ltt_attn_edge_heads_f32(1, 1, 1, 1, 2, 0, 0, norm, eh, whole, attn, values, w_o,
+                                      total, NOFIX) == LTT_OK);
+        NEAR(eh[0], edges[0], 1e-6);
+    }
+}
+
+/* Naive double L1/L2 distance of whole[t] - a * (values[s, g] @ w_o[h]). */
+static double naive_dist(int64_t H, int64_t G, int64_t dh, int64_t d, int64_t t, int64_t s,
+                         int64_t h, double a, const float *whole, const float *values,
+                         const float *w_o, int norm)
+{
+    const int64_t g = h / (H / G);
+    double acc = 0.0;
+    for (int64_t j = 0; j < d; j++) {
+        double u = 0.0;
+        for (int64_t k = 0; k < dh; k++)
+            u += (double)values[(s * G + g) * dh + k] * (double)w_o[(h * dh + k) * d + j];
+        const double e = (double)whole[t * d + j] - a * u;
+        acc += norm == 1 ? fabs(e) : e * e;
+    }
+    return norm == 1 ? acc : sqrt(acc);
+}
+
+static double wnorm(int64_t d, const float *w, int norm)
+{
+    double s = 0.0;
+    for (int64_t j = 0; j < d; j++)
+        s += norm == 1 ? fabs((double)w[j]) : (double)w[j] * w[j];
+    return norm == 1 ? s : sqrt(s);
+}
+
+static float frand(unsigned *state)
+{
+    *state = *state * 1664525u + 1013904223u;
+    return (float)((*state >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+/* A GQA layer with odd sizes against a naive double computation. */
+static void test_attn_random(void)
+{
+    const int64_t T = 19, H = 4, G = 2, dh = 3, d = 37, E = 1;
+    unsigned st = 12345u;
+    float *resid = malloc(T * d * sizeof(float)), *whole = malloc(T * d * sizeof(float));
+    float *attn = malloc(H * T * T * sizeof(float)), *values = malloc(T * G * dh * sizeof(float));
+    float *w_o = malloc(H * dh * d * sizeof(float)), *extra = malloc(E * T * d * sizeof(float));
+    float *bias = malloc(d * sizeof(float)), *rs = malloc(T * sizeof(float));
+    float *edges = malloc(T * T * sizeof(float)), *heads = malloc(H * T * T * sizeof(float));
+    float *r = malloc(T * sizeof(float)), *b = malloc(T * sizeof(float));
+    float *ex = malloc(E * T * sizeof(float)), *map = malloc(T * T * sizeof(float));
+    double *total = malloc(T * sizeof(double));
+    for (int64_t i = 0; i < T * d; i++) {
+        resid[i] = frand(&st);
+        whole[i] = resid[i] + frand(&st);
+        extra[i] = 0.5f * frand(&st);
+    }
+    for (int64_t i = 0; i < H * T * T; i++)
+        attn[i] = 0.5f + 0.5f * frand(&st);
+    for (int64_t i = 0; i < T * G * dh; i++)
+        values[i] = frand(&st);
+    for (int64_t i = 0; i < H * dh * d; i++)
+        w_o[i] = frand(&st);
+    for (int64_t i = 0; i < d; i++)
+        bias[i] = 0.1f * frand(&st);
+    for (int64_t t = 0; t < T; t++)
+        rs[t] = 1.0f + 0.25f * frand(&st);
+    const ltt_norm_fix fix = {rs, NULL, 0};
+    for (int norm = 1; norm <= 2; norm++) {
+        CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, E, 0, norm, edges, r, b, ex, total, heads,
+                                   resid, whole, attn, values, w_o, bias, extra,
+                                   fix) == LTT_OK);
+        double worst = 0.0;
+        for (int64_t t = 0; t < T; t++) {
+            const double nw = wnorm(d, whole + t * d, norm);
+            double sum = r[t] + b[t] + ex[t];
+            for (int64_t s = 0; s < T; s++) {
+                double e = 0.0;
+                for (int64_t h = 0; h < H; h++) {
+                    const double a = (double)(attn[(h * T + t) * T + s] * rs[t]);
+                    double raw = 0.0;
+                    if (s <= t) {
+                        raw = nw - naive_dist(H, G, dh, d, t, s, h, a, whole, values, w_o, norm);
+                        raw = raw > LTT_EPS ? raw : LTT_EPS;
+                    }
+                    const double want = raw / total[t];
+                    const double got = heads[(h * T + t) * T + s];
+                    worst = fmax(worst, fabs(got - want));
+                    e += want;
+                }
+                worst = fmax(worst, fabs(edges[t * T + s] - e));
+                sum += edges[t * T + s];
+            }
+            NEAR(sum, 1.0, 1e-5);
+        }
+        NEAR(worst, 0.0, 2e-6);
+        for (int64_t h = 0; h < H; h++) {
+            CHECK(ltt_attn_head_map_f32(T, H, G, dh, d, h, norm, map, whole, attn, values, w_o,
+                                        total, fix) == LTT_OK);
+            for (int64_t i = 0; i < T * T; i++)
+                NEAR(map[i], heads[h * T * T + i], 1e-6);
+        }
+        float eh[4];
+        CHECK(ltt_attn_edge_heads_f32(T, H, G, dh, d, T - 1, 3, norm, eh, whole, attn, values,
+                                      w_o, total, fix) == LTT_OK);
+        for (int64_t h = 0; h < H; h++)
+            NEAR(eh[h], heads[(h * T + T - 1) * T + 3], 1e-6);
+    }
+    /* Bad arguments. */
+    CHECK(ltt_attn_contrib_f32(T, 3, 2, dh, d, 0, 0, 1, edges, r, b, ex, total, NULL, resid,
+                               whole, attn, values, w_o, NULL, NULL, NOFIX) == LTT_ERR_SIZE);
+    CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, 0, 0, 3, edges, r, b, ex, total, NULL, resid,
+                               whole, attn, values, w_o, NULL, NULL, NOFIX) == LTT_ERR_NORM);
+    CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, 0, 0, 1, edges, r, b, ex, total, NULL, NULL,
+                               whole, attn, values, w_o, NULL, NULL, NOFIX) == LTT_ERR_NULL);
+    CHECK(ltt_attn_head_map_f32(T, H, G, dh, d, H, 1, map, whole, attn, values, w_o, total,
+                                NOFIX) == LTT_ERR_INDEX);
+    CHECK(ltt_attn_edge_heads_f32(T, H, G, dh, d, 2, 3, 1, map, whole, attn, values, w_o, total,
+                                  NOFIX) == LTT_ERR_INDEX);
+    CHECK(ltt_attn_edge_heads_f32(T, H, G, dh, d, T, 0, 1, map, whole, attn, values, w_o, total,
+                                  NOFIX) == LTT_ERR_INDEX);
+    /* A head vector that overflows float32. */
+    float big_v[1] = {3e38f}, big_w[2] = {10.0f, 1.0f}, w1[2] = {1, 1}, a1[1] = {1};
+    float e1[1], r1[1], b1[1];
+    double z1[1];
+    CHECK(ltt_attn_contrib_f32(1, 1, 1, 1, 2, 0, 0, 1, e1, r1, b1, NULL, z1, NULL, w1, w1, a1,
+                               big_v, big_w, NULL, NULL, NOFIX) == LTT_ERR_OVERFLOW);
+    free(resid);
+    free(whole);
+    free(attn);
+    free(values);
+    free(w_o);
+    free(extra);
+    free(bias);
+    free(rs);
+    free(edges);
+    free(heads);
+    free(r);
+    free(b);
+    free(ex);
+    free(map);
+    free(total);
+}
+
+/* The figure as an FFN: neurons [1,1] and [-1,0] with activations 1, in both weight layouts. */
+static void test_ffn_figure(void)
+{
+    const float act[2] = {1, 1}, resid[2] = {2, 1}, whole[2] = {2, 2};
+    const float rows[4] = {1, 1, -1, 0}; /* [F=2, d=2] */
+    const float cols[4] = {1, -1, 1, 0}; /* the same, stored [d, F] */
+    float neurons[2], r[1], b[1];
+    double total[1];
+    for (int layout = 0; layout < 2; layout++) {
+        const float *wd = layout ? cols : rows;
+        const int64_t si = layout ? 1 : 2, sj = layout ? 2 : 1;
+        CHECK(ltt_ffn_neuron_contrib_f32(1, 2, 2, si, sj, 0, 2, neurons, r, b, total, act, wd,
+                                         resid, whole, NULL, NOFIX) == LTT_OK);
+        NEAR(neurons[0], 0.43613, 1e-5);
+        NEAR(r[0], 0.56387, 1e-5);
+        CHECK(neurons[1] > 0.0f && neurons[1] < 1e-5f);
+        CHECK(ltt_ffn_neuron_contrib_f32(1, 2, 2, si, sj, 0, 1, neurons, r, b, total, act, wd,
+                                         resid, whole, NULL, NOFIX) == LTT_OK);
+        NEAR(neurons[0], 2.0 / (5.0 + 1e-5), 1e-6);
+        NEAR(r[0], 3.0 / (5.0 + 1e-5), 1e-6);
+    }
+    CHECK(ltt_ffn_neuron_contrib_f32(1, 2, 2, 2, 2, 0, 1, neurons, r, b, total, act, rows, resid,
+                                     whole, NULL, NOFIX) == LTT_ERR_SIZE);
+    CHECK(ltt_ffn_neuron_contrib_f32(1, 2, 2, 2, 1, 0, 0, neurons, r, b, total, act, rows, resid,
+                                     whole, NULL, NOFIX) == LTT_ERR_NORM);
+}
+
+/* Figure (b): threshold 0.1 on parts [[0.05, 0.15], [0.05, 0.05]] and residuals [0.8, 0.9]. */
+static void test_renormalize_figure(void)
+{
+    const float heads[4] = {0.05f, 0.15f, 0.05f, 0.05f}, single[2] = {0.8f, 0.9f};
+    float edges[4], out[2];
+    CHECK(ltt_renormalize_f32(1, 2, 2, 1, 0.1, edges, out, heads, single) == LTT_OK);
+    NEAR(edges[0], 0.0, 0.0);
+    NEAR(edges[1], 0.157894, 1e-6);
+    NEAR(edges[2], 0.0, 0.0);
+    NEAR(edges[3], 0.0, 0.0);
+    NEAR(out[0], 0.842105, 1e-6);
+    NEAR(out[1], 1.0, 1e-7);
+    /* Everything below the threshold: the largest part alone, at share 1. */
+    const float low[4] = {0.01f, 0.03f, 0.02f, 0.02f}, low1[2] = {0.02f, 0.01f};
+    CHECK(ltt_renormalize_f32(1, 2, 2, 1, 0.5, edges, out, low, low1) == LTT_OK);
+    NEAR(edges[1], 1.0, 0.0);
+    NEAR(edges[0] + out[0], 0.0, 0.0);
+    NEAR(edges[2], 1.0, 0.0); /* tie 0.02 / 0.02 / 0.01: the first head part wins */
+    NEAR(edges[3] + out[1], 0.0, 0.0);
+    CHECK(ltt_renormalize_f32(1, 2, 2, 1, 1.0, edges, out, heads, single) == LTT_ERR_THRESHOLD);
+    CHECK(ltt_renormalize_f32(1, 2, 2, 1, NAN, edges, out, heads, single) == LTT_ERR_THRESHOLD);
+}
+
+static void test_prune(void)
+{
+    /* One sequential layer, two tokens (the wrapper's docstring example). */
+    const float attn[4] = {0.0f, 0.0f, 0.7f, 0.1f}, ar[2] = {1.0f, 0.2f};
+    const float ffn[2] = {0.3f, 0.3f}, fr[2] = {0.7f, 0.7f};
+    const uint8_t seq[1] = {0}, par[1] = {1};
+    const int64_t tg[1] = {1};
+    uint8_t kar[2], kf[2], kfr[2];
+    int64_t *edges = NULL, n = -1;
+    CHECK(ltt_prune_f32(1, 2, 1, 0.5, kar, kf, kfr, &edges, &n, attn, ar, ffn, fr, seq, tg) ==
+          LTT_OK);
+    CHECK(n == 1 && edges != NULL && edges[0] == 0 && edges[1] == 1 && edges[2] == 0);
+    CHECK(kar[0] == 0 && kar[1] == 0 && kf[1] == 0 && kfr[1] == 1 && kfr[0] == 0);
+    free(edges);
+    /* Parallel: nothing reaches 0.8, the largest incoming edge (attention 0.7) is kept. */
+    CHECK(ltt_prune_f32(1, 2, 1, 0.8, kar, kf, kfr, &edges, &n, attn, ar, ffn, fr, par, tg) ==
+          LTT_OK);
+    CHECK(n == 1 && edges[0] == 0 && edges[1] == 1 && edges[2] == 0);
+    CHECK(kar[1] == 0 && kf[1] == 0 && kfr[1] == 0);
+    free(edges);
+    /* No targets: nothing kept. */
+    CHECK(ltt_prune_f32(1, 2, 0, 0.5, kar, kf, kfr, &edges, &n, attn, ar, ffn, fr, seq, tg) ==
+          LTT_OK);
+    CHECK(n == 0 && edges == NULL);
+    const int64_t bad[1] = {2};
+    CHECK(ltt_prune_f32(1, 2, 1, 0.5, kar, kf, kfr, &edges, &n, attn, ar, ffn, fr, seq, bad) ==
+          LTT_ERR_INDEX);
+    const float nan_attn[4] = {0.0f, 0.0f, NAN, 0.1f};
+    CHECK(ltt_prune_f32(1, 2, 1, 0.5, kar, kf, kfr, &edges, &n, nan_attn, ar, ffn, fr, seq, tg) ==
+          LTT_ERR_NONFINITE);
+    free(edges);
+}
+
+static void test_status(void)
+{
+    for (int s = LTT_OK; s <= LTT_ERR_NONFINITE; s++)
+        CHECK(strlen(ltt_status_str((ltt_status)s)) > 0);
+    CHECK(strcmp(ltt_status_str((ltt_status)999), "unknown status") == 0);
+    const char *v = ltt_simd_variant();
+    CHECK(strcmp(v, "avx512") == 0 || strcmp(v, "avx2") == 0 || strcmp(v, "scalar") == 0);
+}
+
+int main(void)
+{
+    test_contributions_figure();
+    test_attn_figure();
+    test_attn_random();
+    test_ffn_figure();
+    test_renormalize_figure();
+    test_prune();
+    test_status();
+    if (failures) {
+        fprintf(stderr, "test_core (%s): %d failure(s)\n", ltt_simd_variant(), failures);
+        return 1;
+    }
+    printf("test_core (%s): all passed\n", ltt_simd_variant());
+    return 0;
+}

@@ -81,7 +81,10 @@ def main() -> None:
     i = int(np.argmax(np.abs(trace.layers[l].act[t])))
     print(f"model {model!r}")
     print(f"T={T} tokens; one-off: load {load_s:.2f} s, trace {trace_s:.2f} s, attribute "
-          f"{attr_s:.2f} s, output head {head_s * 1e3:.0f} ms; build {ltt._core.build_info()}")
+          f"{attr_s:.2f} s, output head {head_s * 1e3:.0f} ms")
+    info = ltt._core.build_info()
+    print(f"core: simd {info.get('simd')}, blas {info.get('blas', {}).get('name')}, "
+          f"openmp {info.get('openmp')}")
 
     answers = [
         ("edge -> heads (edge_heads)", lambda: interpret.edge_heads(trace, l, t, s)),

@@ -448,7 +448,9 @@ class OutputHead:
             else:
                 text = str(self.tokenizer.decode([token_id]))
                 if not text or "\ufffd" in text:  # a partial UTF-8 sequence: the tokenizer's piece
-                    text = str(self.tokenizer.convert_ids_to_tokens(token_id))
+                    piece = self.tokenizer.convert_ids_to_tokens(token_id)
+                    # ids past the tokenizer's vocabulary (a padded embedding) have no piece
+                    text = f"<{token_id}>" if piece is None else str(piece)
             self._decoded[token_id] = text
         return text
 
@@ -858,7 +860,7 @@ def head_view(trace: Any, layer: int, head: int, target: int | None = None, k: i
     prom = Promoted(layer, target, str(trace.tokens[target]), "attn", head, None, False, up, down)
     return HeadView(
         layer=layer, head=head, target=target, target_token=str(trace.tokens[target]),
-        tokens=[str(t) for t in trace.tokens], contribution=full.heads[layer, head],
+        tokens=[str(t) for t in trace.tokens], contribution=np.array(full.heads[layer, head]),
         pattern=np.tril(np.asarray(lb.attn[head], dtype=np.float32)), output=out, promoted=prom,
     )
 

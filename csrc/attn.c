@@ -129,8 +129,7 @@ static void dist_l2(int64_t T, int64_t d, double *restrict dist, float *restrict
 }
 
 /* Per-target norms of the wholes: wn[t] = ||w_t||; wn2[t] = ||w_t||^2 (L2 mode). */
-static void whole_norms(int64_t T, int64_t d, int norm, double *wn, double *wn2,
-                        const float *whole)
+static void whole_norms(int64_t T, int64_t d, int norm, double *wn, double *wn2, const float *whole)
 {
 #pragma omp parallel for schedule(static) if (T * d > 65536)
     for (int64_t t = 0; t < T; t++) {
@@ -142,12 +141,12 @@ static void whole_norms(int64_t T, int64_t d, int norm, double *wn, double *wn2,
 
 /* Workspace of one head's distances. */
 typedef struct {
-    float *u;      /* [T, d] */
-    double *dist;  /* [T, T] */
-    float *dots;   /* [T, T], L2 only */
-    double *un2;   /* [T], L2 only */
-    double *wn;    /* [T] */
-    double *wn2;   /* [T] */
+    float *u;     /* [T, d] */
+    double *dist; /* [T, T] */
+    float *dots;  /* [T, T], L2 only */
+    double *un2;  /* [T], L2 only */
+    double *wn;   /* [T] */
+    double *wn2;  /* [T] */
 } workspace;
 
 static void ws_free(workspace *w)
@@ -179,8 +178,8 @@ static ltt_status ws_alloc(workspace *w, int64_t T, int64_t d, int norm)
 }
 
 /* Distances of head h into ws->dist (s <= t). */
-static ltt_status head_dists(workspace *ws, int64_t T, int64_t H, int64_t G, int64_t d_h,
-                             int64_t d, int64_t h, int norm, const float *whole, const float *attn,
+static ltt_status head_dists(workspace *ws, int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
+                             int64_t h, int norm, const float *whole, const float *attn,
                              const float *values, const float *w_o, ltt_norm_fix fix)
 {
     ltt_status st = head_vectors(T, H, G, d_h, d, h, ws->u, values, w_o, fix);
@@ -194,15 +193,15 @@ static ltt_status head_dists(workspace *ws, int64_t T, int64_t H, int64_t G, int
     return LTT_OK;
 }
 
-ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
-                                int64_t E, int64_t bias_row_stride, int norm,
-                                float *restrict edges, float *restrict resid_out,
-                                float *restrict bias_out, float *restrict extra_out,
-                                double *restrict total, float *restrict heads,
-                                const float *restrict resid, const float *restrict whole,
-                                const float *restrict attn, const float *restrict values,
-                                const float *restrict w_o, const float *restrict bias,
-                                const float *restrict extra, ltt_norm_fix fix)
+ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d, int64_t E,
+                                int64_t bias_row_stride, int norm, float *restrict edges,
+                                float *restrict resid_out, float *restrict bias_out,
+                                float *restrict extra_out, double *restrict total,
+                                float *restrict heads, const float *restrict resid,
+                                const float *restrict whole, const float *restrict attn,
+                                const float *restrict values, const float *restrict w_o,
+                                const float *restrict bias, const float *restrict extra,
+                                ltt_norm_fix fix)
 {
     ltt_status st = check_sizes(T, H, G, d_h, d, norm);
     if (st != LTT_OK)
@@ -264,8 +263,7 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
     for (int64_t t = 0; t < T; t++) {
         const double inv = 1.0 / total[t];
         const float *w = whole + t * d;
-        resid_out[t] =
-            (float)(ltt__raw(ws.wn[t], ltt__dist(d, w, resid + t * d, 1.0, norm)) * inv);
+        resid_out[t] = (float)(ltt__raw(ws.wn[t], ltt__dist(d, w, resid + t * d, 1.0, norm)) * inv);
         if (bias != NULL)
             bias_out[t] =
                 (float)(ltt__raw(ws.wn[t], ltt__dist(d, w, bias + t * bias_row_stride, 1.0, norm)) *

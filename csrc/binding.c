@@ -38,8 +38,9 @@ static void fmt_shape(char *buf, size_t size, int ndim, const npy_intp *dims)
     size_t len = 0;
     len += (size_t)snprintf(buf + len, size - len, "(");
     for (int i = 0; i < ndim && len < size; i++)
-        len += (size_t)snprintf(buf + len, size - len, "%s%lld", i ? ", " : "",
-                                (long long)dims[i]);
+        len += dims[i] < 0 ? (size_t)snprintf(buf + len, size - len, "%s*", i ? ", " : "")
+                           : (size_t)snprintf(buf + len, size - len, "%s%lld", i ? ", " : "",
+                                              (long long)dims[i]);
     if (len < size)
         snprintf(buf + len, size - len, ndim == 1 ? ",)" : ")");
 }
@@ -66,8 +67,8 @@ static int require_finite(PyArrayObject *a, const char *name)
         for (npy_intp i = 0; i < n; i++)
             if (!isfinite(x[i])) {
                 char v[64];
-                PyErr_Format(PyExc_ValueError, "%s contains NaN or inf (flat index %zd: %s)",
-                             name, (Py_ssize_t)i, fmt_double(v, sizeof v, x[i]));
+                PyErr_Format(PyExc_ValueError, "%s contains NaN or inf (flat index %zd: %s)", name,
+                             (Py_ssize_t)i, fmt_double(v, sizeof v, x[i]));
                 return -1;
             }
         return 0;
@@ -109,8 +110,8 @@ static int to_array_checked(PyObject *obj, const char *name, int optional, int d
         Py_DECREF(raw);
         return -1;
     }
-    PyArrayObject *a =
-        (PyArrayObject *)PyArray_FROM_OTF((PyObject *)raw, dtype, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)raw, dtype,
+                                                         NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
     Py_DECREF(raw);
     if (a == NULL)
         return -1;
@@ -122,8 +123,7 @@ static int to_array_checked(PyObject *obj, const char *name, int optional, int d
     return 0;
 }
 
-static int to_array(PyObject *obj, const char *name, int optional, int dtype,
-                    PyArrayObject **out)
+static int to_array(PyObject *obj, const char *name, int optional, int dtype, PyArrayObject **out)
 {
     return to_array_checked(obj, name, optional, dtype, 1, out);
 }
@@ -140,8 +140,7 @@ static int check_shape(PyArrayObject *a, const char *name, const char *sym, int 
         char got[160], exp[160];
         fmt_shape(got, sizeof got, PyArray_NDIM(a), PyArray_DIMS(a));
         fmt_shape(exp, sizeof exp, ndim, want);
-        PyErr_Format(PyExc_ValueError, "%s must have shape %s = %s, got %s", name, sym, exp,
-                     got);
+        PyErr_Format(PyExc_ValueError, "%s must have shape %s = %s, got %s", name, sym, exp, got);
         return -1;
     }
     return 0;
@@ -311,8 +310,8 @@ static PyObject *py_contributions(PyObject *self, PyObject *args, PyObject *kwds
     PyArrayObject *parts = NULL, *whole = NULL, *out = NULL;
     int norm = 1;
     ltt_status st;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|i:contributions", kwlist, &parts_o,
-                                     &whole_o, &norm))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|i:contributions", kwlist, &parts_o, &whole_o,
+                                     &norm))
         return NULL;
     if (to_array(parts_o, "parts", 0, NPY_FLOAT32, &parts) < 0 ||
         to_array(whole_o, "whole", 0, NPY_FLOAT32, &whole) < 0 || check_norm(norm) < 0)
@@ -377,9 +376,9 @@ PyDoc_STRVAR(attn_contrib_doc,
 
 static PyObject *py_attn_contrib(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"resid",     "whole",     "attn",   "values", "w_o",
-                             "bias",      "extra",     "row_scale", "col_scale",
-                             "center",    "norm",      "keep_heads", NULL};
+    static char *kwlist[] = {"resid", "whole",      "attn",      "values",    "w_o",
+                             "bias",  "extra",      "row_scale", "col_scale", "center",
+                             "norm",  "keep_heads", NULL};
     PyObject *o[9] = {NULL};
     int center = 0, norm = 1, keep_heads = 0;
     PyArrayObject *resid = NULL, *whole = NULL, *attn = NULL, *values = NULL, *w_o = NULL,
@@ -387,9 +386,9 @@ static PyObject *py_attn_contrib(PyObject *self, PyObject *args, PyObject *kwds)
     PyArrayObject *outs[6] = {NULL};
     PyObject *ret = NULL;
     ltt_status st;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|OOOOpip:attn_contrib", kwlist, &o[0],
-                                     &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
-                                     &center, &norm, &keep_heads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|OOOOpip:attn_contrib", kwlist, &o[0], &o[1],
+                                     &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &center,
+                                     &norm, &keep_heads))
         return NULL;
     if (to_array(o[0], "resid", 0, NPY_FLOAT32, &resid) < 0 ||
         to_array(o[1], "whole", 0, NPY_FLOAT32, &whole) < 0 ||
@@ -433,8 +432,8 @@ static PyObject *py_attn_contrib(PyObject *self, PyObject *args, PyObject *kwds)
         D.T, D.H, D.G, D.dh, D.d, E, bias_stride, norm, (float *)PyArray_DATA(outs[0]),
         (float *)PyArray_DATA(outs[1]), (float *)PyArray_DATA(outs[2]),
         (float *)PyArray_DATA(outs[3]), (double *)PyArray_DATA(outs[4]),
-        keep_heads ? (float *)PyArray_DATA(outs[5]) : NULL, fdata(resid), fdata(whole),
-        fdata(attn), fdata(values), fdata(w_o), fdata(bias), fdata(extra), fix);
+        keep_heads ? (float *)PyArray_DATA(outs[5]) : NULL, fdata(resid), fdata(whole), fdata(attn),
+        fdata(values), fdata(w_o), fdata(bias), fdata(extra), fix);
     Py_END_ALLOW_THREADS;
     if (check_status(st, "attn_contrib") < 0)
         goto done;
@@ -468,8 +467,7 @@ PyDoc_STRVAR(attn_edge_heads_doc,
              "Every head's share [H] of one edge. See ltt._reference.attn_edge_heads.");
 
 /* attn_head_map and attn_edge_heads share everything after their index arguments. */
-static PyObject *head_run(int edge, long long i0, long long i1, PyObject **o, int center,
-                          int norm)
+static PyObject *head_run(int edge, long long i0, long long i1, PyObject **o, int center, int norm)
 {
     PyArrayObject *whole = NULL, *attn = NULL, *values = NULL, *w_o = NULL, *total = NULL,
                   *row_scale = NULL, *col_scale = NULL, *out = NULL;
@@ -503,10 +501,9 @@ static PyObject *head_run(int edge, long long i0, long long i1, PyObject **o, in
         if ((out = zeros(1, dH, NPY_FLOAT32)) == NULL)
             goto done;
         Py_BEGIN_ALLOW_THREADS;
-        st = ltt_attn_edge_heads_f32(D.T, D.H, D.G, D.dh, D.d, i0, i1, norm,
-                                     (float *)PyArray_DATA(out), fdata(whole), fdata(attn),
-                                     fdata(values), fdata(w_o),
-                                     (const double *)PyArray_DATA(total), fix);
+        st = ltt_attn_edge_heads_f32(
+            D.T, D.H, D.G, D.dh, D.d, i0, i1, norm, (float *)PyArray_DATA(out), fdata(whole),
+            fdata(attn), fdata(values), fdata(w_o), (const double *)PyArray_DATA(total), fix);
         Py_END_ALLOW_THREADS;
     } else {
         if (fix_index(&i0, D.H, "head") < 0)
@@ -515,9 +512,8 @@ static PyObject *head_run(int edge, long long i0, long long i1, PyObject **o, in
         if ((out = zeros(2, dTT, NPY_FLOAT32)) == NULL)
             goto done;
         Py_BEGIN_ALLOW_THREADS;
-        st = ltt_attn_head_map_f32(D.T, D.H, D.G, D.dh, D.d, i0, norm,
-                                   (float *)PyArray_DATA(out), fdata(whole), fdata(attn),
-                                   fdata(values), fdata(w_o),
+        st = ltt_attn_head_map_f32(D.T, D.H, D.G, D.dh, D.d, i0, norm, (float *)PyArray_DATA(out),
+                                   fdata(whole), fdata(attn), fdata(values), fdata(w_o),
                                    (const double *)PyArray_DATA(total), fix);
         Py_END_ALLOW_THREADS;
     }
@@ -544,9 +540,8 @@ static PyObject *py_attn_head_map(PyObject *self, PyObject *args, PyObject *kwds
     long long head = 0;
     PyObject *o[7] = {NULL};
     int center = 0, norm = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LOOOOO|OOpi:attn_head_map", kwlist, &head,
-                                     &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &center,
-                                     &norm))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LOOOOO|OOpi:attn_head_map", kwlist, &head, &o[0],
+                                     &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &center, &norm))
         return NULL;
     return head_run(0, head, 0, o, center, norm);
 }
@@ -558,9 +553,9 @@ static PyObject *py_attn_edge_heads(PyObject *self, PyObject *args, PyObject *kw
     long long target = 0, source = 0;
     PyObject *o[7] = {NULL};
     int center = 0, norm = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LLOOOOO|OOpi:attn_edge_heads", kwlist,
-                                     &target, &source, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
-                                     &o[6], &center, &norm))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LLOOOOO|OOpi:attn_edge_heads", kwlist, &target,
+                                     &source, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6],
+                                     &center, &norm))
         return NULL;
     return head_run(1, target, source, o, center, norm);
 }
@@ -581,9 +576,8 @@ static PyObject *py_ffn_neuron_contrib(PyObject *self, PyObject *args, PyObject 
     PyArrayObject *outs[4] = {NULL};
     PyObject *ret = NULL;
     ltt_status st;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|OOOpi:ffn_neuron_contrib", kwlist,
-                                     &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &center,
-                                     &norm))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|OOOpi:ffn_neuron_contrib", kwlist, &o[0],
+                                     &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &center, &norm))
         return NULL;
     if (to_array(o[0], "act", 0, NPY_FLOAT32, &act) < 0)
         goto done;
@@ -600,7 +594,8 @@ static PyObject *py_ffn_neuron_contrib(PyObject *self, PyObject *args, PyObject 
     }
     if (require_float_kind(raw, "w_down") < 0)
         goto done;
-    wd = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)raw, NPY_FLOAT32, NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
+    wd = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)raw, NPY_FLOAT32,
+                                           NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
     if (wd == NULL)
         goto done;
     if (to_array(o[2], "resid", 0, NPY_FLOAT32, &resid) < 0 ||
@@ -667,11 +662,10 @@ static PyObject *py_ffn_neuron_contrib(PyObject *self, PyObject *args, PyObject 
     ltt_norm_fix fix = {fdata(row_scale), fdata(col_scale), center};
     Py_BEGIN_ALLOW_THREADS;
     st = ltt_ffn_neuron_contrib_f32(N, F, d, si, sj, bias_stride, norm,
-                                    (float *)PyArray_DATA(outs[0]),
-                                    (float *)PyArray_DATA(outs[1]),
-                                    (float *)PyArray_DATA(outs[2]),
-                                    (double *)PyArray_DATA(outs[3]), fdata(act), fdata(wd),
-                                    fdata(resid), fdata(whole), fdata(bias), fix);
+                                    (float *)PyArray_DATA(outs[0]), (float *)PyArray_DATA(outs[1]),
+                                    (float *)PyArray_DATA(outs[2]), (double *)PyArray_DATA(outs[3]),
+                                    fdata(act), fdata(wd), fdata(resid), fdata(whole), fdata(bias),
+                                    fix);
     Py_END_ALLOW_THREADS;
     if (check_status(st, "ffn_neuron_contrib") < 0)
         goto done;
@@ -705,8 +699,7 @@ static PyObject *py_renormalize(PyObject *self, PyObject *args, PyObject *kwds)
     PyArrayObject *heads = NULL, *single = NULL;
     PyArrayObject *outs[2] = {NULL};
     ltt_status st;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOd:renormalize", kwlist, &ho, &so,
-                                     &threshold))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOd:renormalize", kwlist, &ho, &so, &threshold))
         return NULL;
     if (to_array(ho, "heads", 0, NPY_FLOAT32, &heads) < 0 ||
         to_array(so, "single", 0, NPY_FLOAT32, &single) < 0 || check_threshold(threshold) < 0)
@@ -714,8 +707,7 @@ static PyObject *py_renormalize(PyObject *self, PyObject *args, PyObject *kwds)
     npy_intp w3[3] = {-1, -1, -1};
     if (check_shape(heads, "heads", "(K, T, S)", 3, w3) < 0 || check_nonempty(heads, "heads") < 0)
         goto done;
-    const npy_intp K = PyArray_DIM(heads, 0), T = PyArray_DIM(heads, 1),
-                   S = PyArray_DIM(heads, 2);
+    const npy_intp K = PyArray_DIM(heads, 0), T = PyArray_DIM(heads, 1), S = PyArray_DIM(heads, 2);
     npy_intp ws[2] = {-1, T};
     if (check_shape(single, "single", "(E, T)", 2, ws) < 0)
         goto done;
@@ -749,7 +741,7 @@ PyDoc_STRVAR(prune_doc,
 
 static PyObject *py_prune(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"attn",     "attn_resid", "ffn",      "ffn_resid",
+    static char *kwlist[] = {"attn",     "attn_resid", "ffn",       "ffn_resid",
                              "parallel", "targets",    "threshold", NULL};
     PyObject *o[6] = {NULL}, *ret = NULL;
     double threshold = 0.0;
@@ -786,7 +778,8 @@ static PyObject *py_prune(PyObject *self, PyObject *args, PyObject *kwds)
                      (PyObject *)PyArray_DESCR(tmp));
         goto done;
     }
-    par = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_BOOL, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    par = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_BOOL,
+                                            NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
     Py_CLEAR(tmp);
     if (par == NULL || check_shape(par, "parallel", "(L,)", 1, wl) < 0)
         goto done;
@@ -798,7 +791,8 @@ static PyObject *py_prune(PyObject *self, PyObject *args, PyObject *kwds)
         goto done;
     }
     tg = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_INT64,
-                                           NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY | NPY_ARRAY_FORCECAST);
+                                           NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY |
+                                               NPY_ARRAY_FORCECAST);
     Py_CLEAR(tmp);
     if (tg == NULL)
         goto done;
@@ -881,23 +875,23 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused)
     }
     if (np_version == NULL)
         return NULL;
-    PyObject *info = Py_BuildValue(
-        "{s:{s:s,s:s,s:i},s:{s:O,s:i},s:O,s:s,s:s,s:s}", "blas", "name", LTT_BLAS_NAME, "config",
-        config ? config : "", "threads", blas_threads, "openmp", "enabled",
-        omp ? Py_True : Py_False, "max_threads", omp_threads, "numpy", np_version,
-        "numpy_build_api", NPY_FEATURE_VERSION_STRING, "cflags", LTT_CFLAGS, "simd",
-        ltt_simd_variant());
+    PyObject *info =
+        Py_BuildValue("{s:{s:s,s:s,s:i},s:{s:O,s:i},s:O,s:s,s:s,s:s}", "blas", "name",
+                      LTT_BLAS_NAME, "config", config ? config : "", "threads", blas_threads,
+                      "openmp", "enabled", omp ? Py_True : Py_False, "max_threads", omp_threads,
+                      "numpy", np_version, "numpy_build_api", NPY_FEATURE_VERSION_STRING, "cflags",
+                      LTT_CFLAGS, "simd", ltt_simd_variant());
     Py_DECREF(np_version);
     return info;
 }
 
 static PyMethodDef methods[] = {
-    {"contributions", (PyCFunction)(void (*)(void))py_contributions,
-     METH_VARARGS | METH_KEYWORDS, contributions_doc},
+    {"contributions", (PyCFunction)(void (*)(void))py_contributions, METH_VARARGS | METH_KEYWORDS,
+     contributions_doc},
     {"attn_contrib", (PyCFunction)(void (*)(void))py_attn_contrib, METH_VARARGS | METH_KEYWORDS,
      attn_contrib_doc},
-    {"attn_head_map", (PyCFunction)(void (*)(void))py_attn_head_map,
-     METH_VARARGS | METH_KEYWORDS, attn_head_map_doc},
+    {"attn_head_map", (PyCFunction)(void (*)(void))py_attn_head_map, METH_VARARGS | METH_KEYWORDS,
+     attn_head_map_doc},
     {"attn_edge_heads", (PyCFunction)(void (*)(void))py_attn_edge_heads,
      METH_VARARGS | METH_KEYWORDS, attn_edge_heads_doc},
     {"ffn_neuron_contrib", (PyCFunction)(void (*)(void))py_ffn_neuron_contrib,

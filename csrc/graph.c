@@ -106,9 +106,9 @@ static int push_edge(edge_list *e, int64_t l, int64_t t, int64_t s)
  * Returns -1 on allocation failure, -2 when the row holds NaN or inf (only scanned rows are
  * checked, so a huge attention tensor is never read in full).
  */
-static int keep_incoming(double threshold, int64_t l, int64_t t, double r, uint8_t *kr,
-                         int has_f, double f, uint8_t *kf, const float *row, int64_t ns,
-                         uint8_t *in, edge_list *edges)
+static int keep_incoming(double threshold, int64_t l, int64_t t, double r, uint8_t *kr, int has_f,
+                         double f, uint8_t *kf, const float *row, int64_t ns, uint8_t *in,
+                         edge_list *edges)
 {
     int any = 0;
     for (int64_t s = 0; s < ns; s++)
@@ -168,10 +168,9 @@ ltt_status ltt_prune_f32(int64_t L, int64_t T, int64_t n_targets, double thresho
         return LTT_ERR_SIZE;
     if (!(threshold >= 0.0 && threshold < 1.0))
         return LTT_ERR_THRESHOLD;
-    if (edges_out == NULL || n_edges == NULL || attn == NULL || attn_resid == NULL ||
-        ffn == NULL || ffn_resid == NULL || parallel == NULL ||
-        (n_targets > 0 && targets == NULL) || keep_attn_resid == NULL || keep_ffn == NULL ||
-        keep_ffn_resid == NULL)
+    if (edges_out == NULL || n_edges == NULL || attn == NULL || attn_resid == NULL || ffn == NULL ||
+        ffn_resid == NULL || parallel == NULL || (n_targets > 0 && targets == NULL) ||
+        keep_attn_resid == NULL || keep_ffn == NULL || keep_ffn_resid == NULL)
         return LTT_ERR_NULL;
     *edges_out = NULL;
     *n_edges = 0;

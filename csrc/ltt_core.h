@@ -49,15 +49,15 @@ ltt_status ltt_contributions_f32(int64_t K, int64_t M, int64_t d, int norm, floa
  * Outputs: edges [T, T], resid_out [T], bias_out [T], extra_out [E, T], total [T] (double),
  *   heads [H, T, T] or NULL (not kept).
  */
-ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
-                                int64_t E, int64_t bias_row_stride, int norm,
-                                float *restrict edges, float *restrict resid_out,
-                                float *restrict bias_out, float *restrict extra_out,
-                                double *restrict total, float *restrict heads,
-                                const float *restrict resid, const float *restrict whole,
-                                const float *restrict attn, const float *restrict values,
-                                const float *restrict w_o, const float *restrict bias,
-                                const float *restrict extra, ltt_norm_fix fix);
+ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d, int64_t E,
+                                int64_t bias_row_stride, int norm, float *restrict edges,
+                                float *restrict resid_out, float *restrict bias_out,
+                                float *restrict extra_out, double *restrict total,
+                                float *restrict heads, const float *restrict resid,
+                                const float *restrict whole, const float *restrict attn,
+                                const float *restrict values, const float *restrict w_o,
+                                const float *restrict bias, const float *restrict extra,
+                                ltt_norm_fix fix);
 
 /* One head's share map out [T, T] (zero above the diagonal) from kept normalisers total [T]. */
 ltt_status ltt_attn_head_map_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,

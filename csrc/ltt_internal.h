@@ -34,8 +34,8 @@ void ltt__sgemm(int trans_b, int64_t M, int64_t N, int64_t K, const float *A, in
  * Column kernel of the L1 proximity for a neuron matrix stored [d, F] (neurons contiguous):
  *   acc[i] += sum_{j < n} |w[j] - c[i] * m[j * ld + i]|  for i < nf   (in double)
  */
-void ltt__l1_cols(int64_t n, int64_t nf, int64_t ld, double *restrict acc,
-                  const float *restrict w, const float *restrict m, const float *restrict c);
+void ltt__l1_cols(int64_t n, int64_t nf, int64_t ld, double *restrict acc, const float *restrict w,
+                  const float *restrict m, const float *restrict c);
 
 /* Norm of a float vector in double: sum |x| (norm 1) or sqrt(sum x^2) (norm 2). */
 double ltt__norm(int64_t n, const float *restrict x, int norm);

@@ -95,8 +95,8 @@ static void l1_cols_scalar(int64_t n, int64_t nf, int64_t ld, double *restrict a
 
 __attribute__((target("avx512f"))) static void
 l1_rows_avx512(int64_t n, int nr, int64_t ns, double *restrict acc, int64_t ldacc,
-               const float *const *w, const float *restrict u, int64_t ldu,
-               const float *restrict a, int64_t lda, const float *restrict rs)
+               const float *const *w, const float *restrict u, int64_t ldu, const float *restrict a,
+               int64_t lda, const float *restrict rs)
 {
     /* Pad the block to LTT_TILE_R rows by repeating the last one; only real rows are stored. */
     const float *wp[LTT_TILE_R];
@@ -131,8 +131,8 @@ l1_rows_avx512(int64_t n, int nr, int64_t ns, double *restrict acc, int64_t ldac
                 for (int r = 0; r < LTT_TILE_R; r++) {
                     const __m512 y = _mm512_loadu_ps(wp[r] + j);
                     for (int q = 0; q < LTT_TILE_Q; q++)
-                        s[r][q] = _mm512_add_ps(
-                            s[r][q], _mm512_abs_ps(_mm512_fnmadd_ps(av[r][q], x[q], y)));
+                        s[r][q] = _mm512_add_ps(s[r][q],
+                                                _mm512_abs_ps(_mm512_fnmadd_ps(av[r][q], x[q], y)));
                 }
             }
             for (int r = 0; r < LTT_TILE_R; r++)
@@ -204,8 +204,8 @@ __attribute__((target("avx2,fma"))) static inline double hsum256(__m256 x)
 
 __attribute__((target("avx2,fma"))) static void
 l1_rows_avx2(int64_t n, int nr, int64_t ns, double *restrict acc, int64_t ldacc,
-             const float *const *w, const float *restrict u, int64_t ldu,
-             const float *restrict a, int64_t lda, const float *restrict rs)
+             const float *const *w, const float *restrict u, int64_t ldu, const float *restrict a,
+             int64_t lda, const float *restrict rs)
 {
     const float *wp[LTT_TILE_R];
     for (int r = 0; r < LTT_TILE_R; r++)
@@ -238,8 +238,7 @@ l1_rows_avx2(int64_t n, int nr, int64_t ns, double *restrict acc, int64_t ldacc,
                     const __m256 y = _mm256_loadu_ps(wp[r] + j);
                     for (int q = 0; q < LTT_TILE_Q; q++)
                         s[r][q] = _mm256_add_ps(
-                            s[r][q],
-                            abs256(_mm256_fnmadd_ps(_mm256_set1_ps(af[r][q]), x[q], y)));
+                            s[r][q], abs256(_mm256_fnmadd_ps(_mm256_set1_ps(af[r][q]), x[q], y)));
                 }
             }
             for (int r = 0; r < LTT_TILE_R; r++)
@@ -313,8 +312,8 @@ void ltt__l1_rows(int64_t n, int nr, int64_t ns, double *restrict acc, int64_t l
     l1_rows_scalar(n, nr, ns, acc, ldacc, w, u, ldu, a, lda, rs);
 }
 
-void ltt__l1_cols(int64_t n, int64_t nf, int64_t ld, double *restrict acc,
-                  const float *restrict w, const float *restrict m, const float *restrict c)
+void ltt__l1_cols(int64_t n, int64_t nf, int64_t ld, double *restrict acc, const float *restrict w,
+                  const float *restrict m, const float *restrict c)
 {
 #ifdef LTT_X86
     switch (pick_variant()) {

@@ -8,22 +8,22 @@
 
 static int failures = 0;
 
-#define CHECK(cond)                                                                            \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);           \
-            failures++;                                                                        \
-        }                                                                                      \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
-#define NEAR(x, y, tol)                                                                        \
-    do {                                                                                       \
-        const double x_ = (x), y_ = (y);                                                       \
-        if (!(fabs(x_ - y_) <= (tol))) {                                                       \
-            fprintf(stderr, "%s:%d: %s = %.9g, expected %.9g (tol %g)\n", __FILE__, __LINE__,  \
-                    #x, x_, y_, (double)(tol));                                                \
-            failures++;                                                                        \
-        }                                                                                      \
+#define NEAR(x, y, tol)                                                                            \
+    do {                                                                                           \
+        const double x_ = (x), y_ = (y);                                                           \
+        if (!(fabs(x_ - y_) <= (tol))) {                                                           \
+            fprintf(stderr, "%s:%d: %s = %.9g, expected %.9g (tol %g)\n", __FILE__, __LINE__, #x,  \
+                    x_, y_, (double)(tol));                                                        \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
 static const ltt_norm_fix NOFIX = {NULL, NULL, 0};
@@ -141,9 +141,8 @@ static void test_attn_random(void)
         rs[t] = 1.0f + 0.25f * frand(&st);
     const ltt_norm_fix fix = {rs, NULL, 0};
     for (int norm = 1; norm <= 2; norm++) {
-        CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, E, 0, norm, edges, r, b, ex, total, heads,
-                                   resid, whole, attn, values, w_o, bias, extra,
-                                   fix) == LTT_OK);
+        CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, E, 0, norm, edges, r, b, ex, total, heads, resid,
+                                   whole, attn, values, w_o, bias, extra, fix) == LTT_OK);
         double worst = 0.0;
         for (int64_t t = 0; t < T; t++) {
             const double nw = wnorm(d, whole + t * d, norm);
@@ -175,18 +174,18 @@ static void test_attn_random(void)
                 NEAR(map[i], heads[h * T * T + i], 1e-6);
         }
         float eh[4];
-        CHECK(ltt_attn_edge_heads_f32(T, H, G, dh, d, T - 1, 3, norm, eh, whole, attn, values,
-                                      w_o, total, fix) == LTT_OK);
+        CHECK(ltt_attn_edge_heads_f32(T, H, G, dh, d, T - 1, 3, norm, eh, whole, attn, values, w_o,
+                                      total, fix) == LTT_OK);
         for (int64_t h = 0; h < H; h++)
             NEAR(eh[h], heads[(h * T + T - 1) * T + 3], 1e-6);
     }
     /* Bad arguments. */
-    CHECK(ltt_attn_contrib_f32(T, 3, 2, dh, d, 0, 0, 1, edges, r, b, ex, total, NULL, resid,
-                               whole, attn, values, w_o, NULL, NULL, NOFIX) == LTT_ERR_SIZE);
-    CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, 0, 0, 3, edges, r, b, ex, total, NULL, resid,
-                               whole, attn, values, w_o, NULL, NULL, NOFIX) == LTT_ERR_NORM);
-    CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, 0, 0, 1, edges, r, b, ex, total, NULL, NULL,
-                               whole, attn, values, w_o, NULL, NULL, NOFIX) == LTT_ERR_NULL);
+    CHECK(ltt_attn_contrib_f32(T, 3, 2, dh, d, 0, 0, 1, edges, r, b, ex, total, NULL, resid, whole,
+                               attn, values, w_o, NULL, NULL, NOFIX) == LTT_ERR_SIZE);
+    CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, 0, 0, 3, edges, r, b, ex, total, NULL, resid, whole,
+                               attn, values, w_o, NULL, NULL, NOFIX) == LTT_ERR_NORM);
+    CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, 0, 0, 1, edges, r, b, ex, total, NULL, NULL, whole,
+                               attn, values, w_o, NULL, NULL, NOFIX) == LTT_ERR_NULL);
     CHECK(ltt_attn_head_map_f32(T, H, G, dh, d, H, 1, map, whole, attn, values, w_o, total,
                                 NOFIX) == LTT_ERR_INDEX);
     CHECK(ltt_attn_edge_heads_f32(T, H, G, dh, d, 2, 3, 1, map, whole, attn, values, w_o, total,

@@ -21,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken buil
 from ltt.attribution import contributions
 
 __version__ = "0.1.0"
-__all__ = ["contributions", "load", "Graph", "Trace", "__version__"]
+__all__ = ["contributions", "load", "Graph", "GraphWidget", "Trace", "__version__"]
 
 
 def __getattr__(name: str):
@@ -38,4 +38,12 @@ def __getattr__(name: str):
         from ltt.graph import Graph
 
         return Graph
+    if name == "GraphWidget":  # anywidget is imported only when the widget is asked for
+        from ltt.widget import GraphWidget
+
+        return GraphWidget
+    if name == "export":
+        import importlib
+
+        return importlib.import_module("ltt.export")
     raise AttributeError(f"module 'ltt' has no attribute {name!r}")

@@ -1,0 +1,316 @@
+"""The Jupyter widget: a trace's contribution graph with its controls and panels, on anywidget.
+
+``GraphWidget(trace)`` (or ``trace.show()``) shows the pruned graph as a token x layer grid.
+Changing the threshold, the threshold mode or the target tokens re-prunes through the C core
+(``trace.graph(...)``) and the view updates in place; clicking a state, an attention edge or an
+FFN block fills the side panel (top tokens, heads, neurons) from :mod:`ltt.interpret`. The front
+end is one plain ES module and a stylesheet shipped in ``ltt/widget/static/`` (no build step);
+heatmaps travel as float32 bytes with their shape.
+
+>>> import ltt                                               # doctest: +SKIP
+>>> model = ltt.load("smollm2-135m")                         # doctest: +SKIP
+>>> w = ltt.GraphWidget(model.trace("The capital of France is"), threshold=0.04)  # doctest: +SKIP
+>>> w.threshold = 0.08; len(w.graph["edges"])                # doctest: +SKIP
+>>> w.selection = {"node": "I29_5"}; w.panel["tokens"][0]   # doctest: +SKIP
+>>> ltt.GraphWidget(["The cat", "The dog"], model=model)    # a prompt picker  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any, Sequence
+
+import anywidget
+import numpy as np
+import traitlets as tl
+
+from ltt.widget import panels
+
+STATIC = pathlib.Path(__file__).parent / "static"
+
+__all__ = ["GraphWidget", "STATIC"]
+
+
+class GraphWidget(anywidget.AnyWidget):
+    """The explorer widget for one trace, or a list of traces / prompts (with a prompt picker).
+
+    Synced state (set from Python or from the page):
+
+    * ``threshold`` (float in [0, 1)), ``renormalize`` (bool), ``targets`` (token positions):
+      the pruning settings; ``graph`` holds ``trace.graph(...).to_dict()`` for them (plus
+      ``parallel`` per layer and the targets' ``predictions``);
+    * ``normalize``: apply the final norm before unembedding in the top-token panels;
+    * ``selection``: ``{"node": "I3_5"}``, ``{"edge": "I2_1|A3_5|attention", "head": 2}`` or
+      ``{}``; ``panel`` holds the clicked thing's data, ``panel_maps`` (float32 bytes) and
+      ``panel_maps_shape`` its heatmaps;
+    * ``prompts`` / ``prompt_index``: the prompt picker; the page's prompt box runs a new prompt
+      through ``model.trace`` (``model=`` or the trace's own model).
+
+    Bad values raise ``traitlets.TraitError`` naming the trait and the value.
+    """
+
+    _esm = STATIC / "graph.js"
+    _css = STATIC / "graph.css"
+
+    graph = tl.Dict().tag(sync=True)
+    threshold = tl.Float(0.04).tag(sync=True)
+    renormalize = tl.Bool(True).tag(sync=True)
+    normalize = tl.Bool(True).tag(sync=True)
+    targets = tl.List(tl.Int()).tag(sync=True)
+    selection = tl.Dict().tag(sync=True)
+    panel = tl.Dict().tag(sync=True)
+    panel_maps = tl.Bytes(b"").tag(sync=True)
+    panel_maps_shape = tl.List(tl.Int()).tag(sync=True)
+    prompts = tl.List(tl.Unicode()).tag(sync=True)
+    prompt_index = tl.Int(0).tag(sync=True)
+    model_info = tl.Dict().tag(sync=True)
+    status = tl.Unicode("").tag(sync=True)
+    error = tl.Unicode("").tag(sync=True)
+    notice = tl.Unicode("").tag(sync=True)
+    live = tl.Bool(True).tag(sync=True)
+    slider = tl.List(tl.Float(), default_value=[0.01, 0.10], minlen=2, maxlen=2).tag(sync=True)
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        model: Any = None,
+        threshold: float = 0.04,
+        renormalize: bool = True,
+        targets: Sequence[int] | int | str | None = None,
+        normalize: bool = True,
+        k: int = 10,
+        slider: Sequence[float] = (0.01, 0.10),
+        **kwargs: Any,
+    ):
+        items = list(source) if isinstance(source, (list, tuple)) else [source]
+        if not items:
+            raise ValueError("GraphWidget needs a trace, a prompt, or a non-empty list of them, got []")
+        self._traces: list[Any] = []
+        names: list[str] = []
+        for i, it in enumerate(items):
+            if isinstance(it, str):
+                if model is None:
+                    raise ValueError(f"source[{i}] is a prompt ({it!r}): pass model= to trace it")
+                self._traces.append(None)
+                names.append(it)
+            elif hasattr(it, "layers") and hasattr(it, "tokens"):
+                self._traces.append(it)
+                names.append(str(getattr(it, "prompt", "")) or "".join(it.tokens))
+            else:
+                raise TypeError(f"source[{i}] must be a Trace or a prompt string, got {type(it).__name__}")
+        self._model = model
+        self._k = int(k)
+        self._quiet = 0
+        super().__init__(**kwargs)
+        self._quiet += 1
+        try:
+            self.slider = [float(slider[0]), float(slider[1])]
+            self.threshold = threshold
+            self.renormalize = renormalize
+            self.normalize = normalize
+            self.prompts = names
+            self.prompt_index = 0
+            trace = self.trace
+            self.targets = self._resolve(targets, trace)
+        finally:
+            self._quiet -= 1
+        self._show_trace()
+        self.on_msg(self._on_msg)
+
+    # -- the current trace ---------------------------------------------------------------------
+
+    @property
+    def trace(self) -> Any:
+        """The trace shown now (traced on first use when the widget was made from prompts)."""
+        i = self.prompt_index
+        if self._traces[i] is None:
+            self._traces[i] = self._model.trace(self.prompts[i])
+        return self._traces[i]
+
+    @staticmethod
+    def _resolve(targets: Any, trace: Any) -> list[int]:
+        from ltt.graph import resolve_targets
+
+        try:
+            return resolve_targets(targets, len(trace.token_ids))
+        except (TypeError, ValueError) as exc:
+            raise tl.TraitError(f"targets: {exc}") from None
+
+    def _show_trace(self) -> None:
+        trace = self.trace
+        with self.hold_sync():
+            self._quiet += 1
+            try:
+                self.selection = {}
+                self.panel = {}
+                self.panel_maps = b""
+                self.panel_maps_shape = []
+            finally:
+                self._quiet -= 1
+            self._refresh_graph()
+            self.model_info = panels.model_info(trace, self.graph)
+
+    # -- validation: every message names the trait and the value --------------------------------
+
+    @tl.validate("threshold")
+    def _valid_threshold(self, proposal):
+        v = proposal["value"]
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v < 1.0):
+            raise tl.TraitError(f"threshold must be a number in [0, 1), got {v!r}")
+        return float(v)
+
+    @tl.validate("slider")
+    def _valid_slider(self, proposal):
+        lo, hi = proposal["value"]
+        if not (0.0 <= lo < hi < 1.0):
+            raise tl.TraitError(f"slider must be [min, max] with 0 <= min < max < 1, got {proposal['value']!r}")
+        return [float(lo), float(hi)]
+
+    @tl.validate("targets")
+    def _valid_targets(self, proposal):
+        v = proposal["value"]
+        if any(isinstance(t, bool) for t in v):
+            raise tl.TraitError(f"targets must hold integer token positions, got {v!r}")
+        if not self._traces:  # during construction
+            return list(v)
+        return self._resolve(list(v), self.trace)
+
+    @tl.validate("prompt_index")
+    def _valid_prompt_index(self, proposal):
+        v = proposal["value"]
+        n = len(self._traces)
+        if not 0 <= v < n:
+            raise tl.TraitError(f"prompt_index must be in [0, {n}), got {v!r}")
+        return v
+
+    @tl.validate("selection")
+    def _valid_selection(self, proposal):
+        sel = dict(proposal["value"])
+        if not sel:
+            return {}
+        unknown = set(sel) - {"node", "edge", "head"}
+        if unknown or ("node" in sel) == ("edge" in sel):
+            raise tl.TraitError(
+                f"selection must be {{}}, {{'node': name}} or {{'edge': 'source|target|kind', 'head': h}}, got {sel!r}"
+            )
+        T, L = len(self.trace.token_ids), len(self.trace.layers)
+        try:
+            names = [sel["node"]] if "node" in sel else list(panels.parse_edge(sel["edge"])[:2])
+            for name in names:
+                kind, layer, token = panels.parse_node(name)
+                if token >= T or layer >= L:
+                    raise ValueError(f"{name!r} is outside the trace ({T} tokens, {L} layers)")
+        except ValueError as exc:
+            raise tl.TraitError(f"selection: {exc}") from None
+        if "head" in sel and sel["head"] is not None:
+            H = int(self.trace.layers[0].attn.shape[0])
+            h = sel["head"]
+            if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < H:
+                raise tl.TraitError(f"selection: head must be an integer in [0, {H}), got {h!r}")
+        return sel
+
+    # -- reactions -------------------------------------------------------------------------------
+
+    @tl.observe("threshold", "renormalize", "targets")
+    def _on_settings(self, change):
+        if not self._quiet:
+            self._guard(self._refresh_graph)
+
+    @tl.observe("selection", "normalize")
+    def _on_selection(self, change):
+        if not self._quiet:
+            self._guard(self._refresh_panel)
+
+    @tl.observe("prompt_index")
+    def _on_prompt(self, change):
+        if not self._quiet:
+            self._guard(self._switch)
+
+    def _switch(self) -> None:
+        trace = self.trace  # traces a prompt on first use
+        self._quiet += 1
+        try:
+            self.targets = [len(trace.token_ids) - 1]
+        finally:
+            self._quiet -= 1
+        self._show_trace()
+
+    def _guard(self, fn) -> None:
+        self.status = "working…"
+        try:
+            fn()
+            self.error = ""
+        except Exception as exc:  # shown in the page; the kernel keeps running
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.status = ""
+
+    def _refresh_graph(self) -> None:
+        trace = self.trace
+        g = trace.graph(threshold=self.threshold, renormalize=self.renormalize, targets=list(self.targets))
+        self.graph = panels.graph_payload(trace, g)
+
+    def _edge_weight(self, key: str) -> float | None:
+        src, dst, kind = panels.parse_edge(key)
+        for e in self.graph.get("edges", ()):
+            if e["source"] == src and e["target"] == dst and e["kind"] == kind:
+                return float(e["weight"])
+        return None
+
+    def _refresh_panel(self) -> None:
+        sel, trace = self.selection, self.trace
+        maps = None
+        if not sel:
+            panel: dict[str, Any] = {}
+        elif "node" in sel:
+            kind = sel["node"][0]
+            if kind == "M":
+                w = self._edge_weight(f"{sel['node']}|I{sel['node'][1:]}|ffn")
+                panel = panels.ffn_panel(trace, sel["node"], weight=w, k=self._k)
+            else:
+                panel = panels.state_panel(trace, sel["node"], normalize=self.normalize, k=self._k)
+        else:
+            src, dst, kind = panels.parse_edge(sel["edge"])
+            weight = self._edge_weight(sel["edge"])
+            if kind == "attention":
+                panel, maps = panels.attention_panel(trace, sel["edge"], weight, sel.get("head"), k=self._k)
+            elif kind == "ffn":
+                mid = src if src.startswith("M") else dst
+                panel = panels.ffn_panel(trace, mid, weight=weight, k=self._k)
+            else:
+                panel = panels.residual_panel(sel["edge"], weight if weight is not None else float("nan"))
+        with self.hold_sync():
+            if maps is not None:
+                maps = np.ascontiguousarray(maps, dtype=np.float32)
+                if not np.all(np.isfinite(maps)):
+                    raise ValueError("head maps hold NaN or inf")
+                self.panel_maps = maps.tobytes()
+                self.panel_maps_shape = list(maps.shape)
+            else:
+                self.panel_maps = b""
+                self.panel_maps_shape = []
+            self.panel = panel
+
+    # -- messages from the page ------------------------------------------------------------------
+
+    def _on_msg(self, widget, content, buffers) -> None:
+        if isinstance(content, dict) and content.get("type") == "run":
+            self._guard(lambda: self.run(str(content.get("prompt", ""))))
+
+    def run(self, prompt: str) -> None:
+        """Trace a new prompt with the widget's model and show it (the page's prompt box)."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+        model = self._model or getattr(self.trace, "model", None)
+        if model is None:
+            raise ValueError("this widget has no model to trace a new prompt: pass model=")
+        trace = model.trace(prompt)
+        self._traces.append(trace)
+        self._quiet += 1
+        try:
+            self.prompts = self.prompts + [prompt]
+        finally:
+            self._quiet -= 1
+        self.prompt_index = len(self._traces) - 1

@@ -1,0 +1,144 @@
+"""What the explorer's panels show, as plain JSON-ready data: one function per panel.
+
+The widget calls these for whatever is clicked; the HTML report calls them for everything in
+the exported graph. Heatmaps come back as a separate float32 array ``[2, T, T]`` (attention
+pattern, contribution map) so they can travel as bytes.
+
+>>> from ltt.widget.panels import state_panel               # doctest: +SKIP
+>>> state_panel(trace, "I1_3", normalize=True)["tokens"][0]["token"]   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from ltt import interpret
+
+MAP_NAMES = ["attention pattern", "contribution map"]
+NODE_RE = re.compile(r"^([XAMI])(\d+)_(\d+)$")
+EDGE_KINDS = ("attention", "residual", "ffn")
+
+
+def parse_node(name: str) -> tuple[str, int, int]:
+    """``(kind, layer, token)`` of a node name; layer -1 for ``X0_t``. ValueError if malformed."""
+    m = NODE_RE.match(name) if isinstance(name, str) else None
+    if m is None:
+        raise ValueError(f"not a node name (X0_t, A{{l}}_t, M{{l}}_t, I{{l}}_t): {name!r}")
+    kind = m.group(1)
+    return kind, (-1 if kind == "X" else int(m.group(2))), int(m.group(3))
+
+
+def parse_edge(key: str) -> tuple[str, str, str]:
+    """``(source, target, kind)`` of an edge key ``"source|target|kind"``."""
+    parts = key.split("|") if isinstance(key, str) else []
+    if len(parts) != 3 or parts[2] not in EDGE_KINDS:
+        raise ValueError(f"not an edge key 'source|target|kind' (kind one of {EDGE_KINDS}): {key!r}")
+    parse_node(parts[0])
+    parse_node(parts[1])
+    return parts[0], parts[1], parts[2]
+
+
+def graph_payload(trace: Any, graph: Any) -> dict[str, Any]:
+    """``graph.to_dict()`` plus what the view needs: per-layer ``parallel`` flags and each target's
+    top prediction (``predictions``: position -> token string)."""
+    data = graph.to_dict()
+    data["parallel"] = [bool(lb.parallel) for lb in trace.layers]
+    preds: dict[str, str] = {}
+    L = len(trace.layers)
+    for t in graph.targets:
+        try:
+            top = interpret.top_tokens(trace, f"I{L - 1}_{t}", k=1, normalize=True)
+            preds[str(t)] = top.tokens[0].token
+        except Exception:  # no model attached (synthetic traces): no predictions shown
+            break
+    data["predictions"] = preds
+    return data
+
+
+def model_info(trace: Any, graph: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Model facts shown in the header: name, family, layers, heads, d_model, vocabulary."""
+    m = getattr(trace, "model", None)
+    lb = trace.layers[0]
+    info = {
+        "name": str(getattr(m, "name", None) or (graph or {}).get("model", "model")),
+        "family": getattr(m, "family", None),
+        "n_layers": len(trace.layers),
+        "n_heads": int(lb.attn.shape[0]),
+        "n_kv_heads": int(lb.values.shape[1]),
+        "d_model": int(lb.resid_pre.shape[1]),
+        "d_ffn": int(lb.act.shape[1]),
+        "vocab_size": getattr(m, "vocab_size", None),
+    }
+    return {k: v for k, v in info.items() if v is not None}
+
+
+def state_panel(trace: Any, node: str, normalize: bool = True, k: int = 10) -> dict[str, Any]:
+    """Top tokens of a residual state (``X0_t``, ``A{l}_t``, ``I{l}_t``) with rank changes."""
+    out = interpret.top_tokens(trace, node, k=k, normalize=bool(normalize)).to_dict()
+    out["type"] = "state"
+    return out
+
+
+def effects(p: Any) -> dict[str, Any]:
+    d = p.to_dict()
+    return {"promoted": d["promoted"], "suppressed": d["suppressed"]}
+
+
+def head_view(trace: Any, layer: int, head: int, target: int, k: int = 10) -> tuple[dict[str, Any], np.ndarray]:
+    """One head at one target: its promoted/suppressed tokens, and its maps ``[2, T, T]``."""
+    hv = interpret.head_view(trace, layer, head, target, k=k)
+    maps = np.stack([np.asarray(hv.pattern, np.float32), np.asarray(hv.contribution, np.float32)])
+    view = effects(hv.promoted)
+    view["head"] = int(head)
+    view["share_of_state"] = float(np.asarray(hv.contribution)[target].sum())
+    return view, maps
+
+
+def attention_panel(
+    trace: Any, edge: str, weight: float | None = None, head: int | None = None, k: int = 10,
+    with_head: bool = True,
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The heads panel of an attention edge: each head's share, the selected head (default: the
+    largest) with its maps and promoted tokens, and the whole attention block's view."""
+    src, dst, kind = parse_edge(edge)
+    if kind != "attention":
+        raise ValueError(f"not an attention edge: {edge!r}")
+    _, _, s = parse_node(src)
+    tkind, layer, t = parse_node(dst)
+    eh = interpret.edge_heads(trace, layer, t, s)
+    heads = [{"head": int(h.head), "share": float(h.share)} for h in eh.heads]
+    if head is None:
+        head = heads[0]["head"]
+    panel = {
+        "type": "attention", "edge": edge, "layer": layer, "source": s, "target": t,
+        "source_node": src, "target_node": dst, "source_token": eh.source_token,
+        "target_token": eh.target_token, "weight": float(eh.weight if weight is None else weight),
+        "raw_weight": float(eh.weight), "heads": heads, "head": int(head), "maps": list(MAP_NAMES),
+        "block": effects(interpret.promoted(trace, layer, t, block="attn", k=k)),
+    }
+    maps = None
+    if with_head:
+        panel["head_view"], maps = head_view(trace, layer, int(head), t, k)
+    return panel, maps
+
+
+def ffn_panel(trace: Any, node: str, weight: float | None = None, k: int = 10, k_tokens: int = 5) -> dict[str, Any]:
+    """The neurons panel of an FFN node ``M{l}_t``: top neurons by share with their promoted and
+    suppressed tokens, and the whole block's direct effect."""
+    kind, layer, t = parse_node(node)
+    if kind != "M":
+        raise ValueError(f"not an FFN node (M{{l}}_t): {node!r}")
+    out = interpret.top_neurons(trace, layer, t, k=k, k_tokens=k_tokens).to_dict()
+    out.update(type="ffn", node=node, block=effects(interpret.promoted(trace, layer, t, block="ffn", k=k)))
+    if weight is not None:
+        out["weight"] = float(weight)
+    return out
+
+
+def residual_panel(edge: str, weight: float) -> dict[str, Any]:
+    src, dst, _ = parse_edge(edge)
+    layer = parse_node(dst)[1]
+    return {"type": "residual", "edge": edge, "source": src, "target": dst, "layer": layer, "weight": float(weight)}

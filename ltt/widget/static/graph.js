@@ -1,0 +1,1195 @@
+// ltt graph view: a trace's pruned contribution graph as a token x layer grid, its controls and its
+// panels (top tokens, heads, neurons). One self-contained ES module with anywidget's
+// render({ model, el }) contract; the standalone HTML report inlines this same file and drives it
+// with createModelShim() + offlineKernel(). Token strings only ever reach the page as textContent.
+
+const SVGNS = "http://www.w3.org/2000/svg";
+const NODE_RE = /^([XAMI])(\d+)_(\d+)$/;
+const KIND_LABEL = { X: "embedding", A: "after attention", M: "FFN block", I: "after FFN" };
+
+// Pure helpers (named exports, testable on their own) ----------------------------------------
+
+/** Grid unit sizes of the layout, in model units (one column per token, one row per layer). */
+export const GRID = { col: 36, row: 60 };
+
+/** {kind, layer, token} of a node name ("X0_3", "A2_5", "M2_5", "I2_5"), or null. */
+export function parseNode(name) {
+  const m = NODE_RE.exec(String(name));
+  if (!m) return null;
+  return { kind: m[1], layer: m[1] === "X" ? -1 : Number(m[2]), token: Number(m[3]) };
+}
+
+/** The key of an edge, as the data-edge attribute shows it: "source|target|kind". */
+export function edgeKey(e) {
+  return `${e.source}|${e.target}|${e.kind}`;
+}
+
+/** Position of a node in model units, y pointing down (row 0 = top layer output). */
+export function nodeXY(kind, layer, token, parallel, nLayers, grid = GRID) {
+  const { col, row } = grid;
+  let x = (token + 0.5) * col;
+  let up;
+  if (kind === "X") up = 0;
+  else if (kind === "I") up = (layer + 1) * row;
+  else if (kind === "A") up = (layer + 1) * row - 0.6 * row;
+  else {
+    x += 0.3 * col;
+    up = (layer + 1) * row - (parallel ? 0.5 : 0.3) * row;
+  }
+  return [x, nLayers * row - up];
+}
+
+/** SVG path data of an edge between two positions: residual and FFN edges are straight,
+ *  attention edges S-curves (self-attention bows to the left of the column). */
+export function edgePath(kind, a, b, grid = GRID) {
+  const f = (v) => Math.round(v * 100) / 100;
+  const [x1, y1] = a;
+  const [x2, y2] = b;
+  if (kind !== "attention") return `M${f(x1)} ${f(y1)}L${f(x2)} ${f(y2)}`;
+  const ym = (y1 + y2) / 2;
+  if (Math.abs(x1 - x2) < 1e-6) {
+    return `M${f(x1)} ${f(y1)}Q${f(x1 - 0.42 * grid.col)} ${f(ym)} ${f(x2)} ${f(y2)}`;
+  }
+  return `M${f(x1)} ${f(y1)}C${f(x1)} ${f(ym)} ${f(x2)} ${f(ym)} ${f(x2)} ${f(y2)}`;
+}
+
+/** Stroke width (screen px) and opacity of an edge of the given weight in [0, 1]. */
+export function edgeStyle(weight) {
+  const w = Math.min(1, Math.max(0, Number(weight) || 0));
+  return { width: 0.6 + 5.4 * w, opacity: 0.3 + 0.7 * Math.sqrt(w) };
+}
+
+/** Lay a graph out: node positions, edges with their end points, the model-space size. */
+export function layoutGraph(graph, grid = GRID) {
+  const L = graph.n_layers;
+  const T = graph.tokens.length;
+  const par = graph.parallel || [];
+  const pos = new Map();
+  for (const n of graph.nodes) {
+    pos.set(n.name, nodeXY(n.kind, n.layer, n.token, !!par[n.layer], L, grid));
+  }
+  const edges = [];
+  for (const e of graph.edges) {
+    const a = pos.get(e.source);
+    const b = pos.get(e.target);
+    if (!a || !b) continue;
+    edges.push({ source: e.source, target: e.target, kind: e.kind, weight: e.weight, layer: e.layer, key: edgeKey(e), a, b });
+  }
+  return { width: T * grid.col, height: L * grid.row, pos, edges };
+}
+
+/** Text shown for a token: newlines and tabs made visible, an all-blank token shown as ␣. */
+export function visibleToken(s) {
+  let t = String(s).replace(/\r/g, "\u240d").replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5");
+  if (t.length && t.trim() === "") t = t.replace(/ /g, "\u2423");
+  return t;
+}
+
+/** A sequential colour (white -> hue) for v in [0, 1], as [r, g, b]. */
+export function colorRamp(v, rgb = [47, 111, 223]) {
+  const t = Math.min(1, Math.max(0, Number(v) || 0));
+  return rgb.map((c) => Math.round(255 + (c - 255) * t));
+}
+
+/** Bytes as they come from a model (DataView, ArrayBuffer, typed array, base64 string) to a
+ *  Float32Array. */
+export function toFloat32(bytes) {
+  if (bytes == null) return new Float32Array(0);
+  if (typeof bytes === "string") {
+    const bin = atob(bytes);
+    const u8 = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) u8[i] = bin.charCodeAt(i);
+    return new Float32Array(u8.buffer, 0, u8.length >> 2);
+  }
+  if (bytes instanceof ArrayBuffer) return new Float32Array(bytes.slice(0));
+  if (ArrayBuffer.isView(bytes)) {
+    const u8 = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    return new Float32Array(u8.slice().buffer, 0, u8.length >> 2);
+  }
+  return new Float32Array(0);
+}
+
+/** Token positions from a text such as "-1, 5" for T tokens; throws on a bad entry. */
+export function parseTargets(text, T) {
+  const out = [];
+  for (const part of String(text).split(/[\s,]+/).filter(Boolean)) {
+    if (!/^-?\d+$/.test(part)) throw new Error(`targets: ${JSON.stringify(part)} is not a token position`);
+    let p = Number(part);
+    if (p < 0) p += T;
+    if (p < 0 || p >= T) throw new Error(`targets: ${part} is outside the ${T} tokens`);
+    if (!out.includes(p)) out.push(p);
+  }
+  if (!out.length) throw new Error("targets: give at least one token position");
+  return out.sort((a, b) => a - b);
+}
+
+// Client-side pruning (the report's offline threshold) ---------------------------------------
+
+/** The method's renormalize mode for one state: parts >= tau kept (or only the largest, first on
+ *  ties, when none is), rescaled to sum to 1. parts: {heads: [[s, k, share]...] in (k, s) order,
+ *  single: [resid, bias, ffn?]} -> {edges: Map s -> weight, single: [...]} */
+export function renormalizeState(parts, tau) {
+  const heads = parts.heads || [];
+  const single = parts.single || [];
+  const all = heads.map((h) => h[2]).concat(single);
+  let keep = all.map((v) => v >= tau);
+  if (!keep.some(Boolean)) {
+    let best = 0;
+    for (let i = 1; i < all.length; i++) if (all[i] > all[best]) best = i;
+    keep = all.map((_, i) => i === best);
+  }
+  let z = 0;
+  all.forEach((v, i) => { if (keep[i]) z += v; });
+  const scale = z > 0 ? 1 / z : 1;
+  const edges = new Map();
+  heads.forEach((h, i) => {
+    if (keep[i]) edges.set(h[0], (edges.get(h[0]) || 0) + h[2] * scale);
+  });
+  const out = single.map((v, i) => (keep[heads.length + i] ? v * scale : 0));
+  return { edges, single: out };
+}
+
+/** Backward reachability from the targets' outputs through edges of weight >= tau; a reached
+ *  state with no such edge keeps its largest incoming one (ties: residual, FFN, sources by s).
+ *  `w` answers, per layer l and token t: attnIn(l, t) -> [[s, weight]...], resid(l, t),
+ *  ffn(l, t), ffnResid(l, t) (undefined when unknown). Returns {edges, missing}. */
+export function pruneGraph(L, parallel, targets, tau, w) {
+  const edges = [];
+  let missing = false;
+  const inName = (l, t) => (l === 0 ? `X0_${t}` : `I${l - 1}_${t}`);
+  const pick = (cand) => {
+    const kept = cand.filter((c) => c[1] >= tau);
+    if (kept.length) return kept;
+    let best = null;
+    for (const c of cand) if (best === null || c[1] > best[1]) best = c;
+    return best ? [best] : [];
+  };
+  let reachedOut = new Set(targets);
+  for (let l = L - 1; l >= 0; l--) {
+    const reachedIn = new Set();
+    const attnStep = (t, stateName, extra) => {
+      const ar = w.resid(l, t);
+      const at = w.attnIn(l, t);
+      if (ar === undefined || at === undefined) { missing = true; return; }
+      const cand = [["r", ar]].concat(extra).concat(at.map(([s, v]) => [s, v]));
+      for (const [k, v] of pick(cand)) {
+        if (k === "r") {
+          edges.push({ source: inName(l, t), target: stateName, kind: "residual", weight: v, layer: l });
+          reachedIn.add(t);
+        } else if (k === "f") {
+          edges.push({ source: inName(l, t), target: `M${l}_${t}`, kind: "ffn", weight: v, layer: l });
+          edges.push({ source: `M${l}_${t}`, target: `I${l}_${t}`, kind: "ffn", weight: v, layer: l });
+          reachedIn.add(t);
+        } else {
+          edges.push({ source: inName(l, k), target: stateName, kind: "attention", weight: v, layer: l });
+          reachedIn.add(k);
+        }
+      }
+    };
+    if (parallel[l]) {
+      for (const t of reachedOut) {
+        const f = w.ffn(l, t);
+        if (f === undefined) { missing = true; continue; }
+        attnStep(t, `I${l}_${t}`, [["f", f]]);
+      }
+    } else {
+      const reachedMid = [];
+      for (const t of reachedOut) {
+        const fr = w.ffnResid(l, t);
+        const f = w.ffn(l, t);
+        if (fr === undefined || f === undefined) { missing = true; continue; }
+        for (const [k, v] of pick([["r", fr], ["f", f]])) {
+          if (k === "r") {
+            edges.push({ source: `A${l}_${t}`, target: `I${l}_${t}`, kind: "residual", weight: v, layer: l });
+          } else {
+            edges.push({ source: `A${l}_${t}`, target: `M${l}_${t}`, kind: "ffn", weight: v, layer: l });
+            edges.push({ source: `M${l}_${t}`, target: `I${l}_${t}`, kind: "ffn", weight: v, layer: l });
+          }
+        }
+        reachedMid.push(t);
+      }
+      for (const t of reachedMid) attnStep(t, `A${l}_${t}`, []);
+    }
+    reachedOut = reachedIn;
+  }
+  return { edges, missing };
+}
+
+/** Nodes of a pruned edge list, in the order Python's Graph keeps them. */
+export function nodesOf(edges, L, targets, biasOf) {
+  const seen = new Map();
+  const add = (name) => {
+    if (seen.has(name)) return;
+    const p = parseNode(name);
+    seen.set(name, { name, layer: p.layer, token: p.token, kind: p.kind, bias: biasOf ? biasOf(name) : 0 });
+  };
+  for (const e of edges) { add(e.source); add(e.target); }
+  for (const t of targets) add(`I${L - 1}_${t}`);
+  const order = { X: 0, A: 1, M: 2, I: 3 };
+  return [...seen.values()].sort((a, b) => a.layer - b.layer || order[a.kind] - order[b.kind] || a.token - b.token);
+}
+
+/** The report's "kernel": answers setting changes from the data embedded in the page. */
+export function offlineKernel(store) {
+  const exp = store.exported;
+  const L = store.n_layers;
+  const parallel = store.parallel;
+  const parts = store.parts || {};
+  const rawEdges = new Map(); // "l,t" -> {attn: [[s, w]], resid, ffn, ffnResid}
+  const slot = (l, t) => {
+    const k = `${l},${t}`;
+    if (!rawEdges.has(k)) rawEdges.set(k, { attn: [] });
+    return rawEdges.get(k);
+  };
+  for (const e of store.graphs.raw.edges) {
+    const tn = parseNode(e.target);
+    const sn = parseNode(e.source);
+    if (e.kind === "attention") slot(e.layer, tn.token).attn.push([sn.token, e.weight]);
+    else if (e.kind === "residual" && (tn.kind === "A" || parallel[e.layer])) slot(e.layer, tn.token).resid = e.weight;
+    else if (e.kind === "residual") slot(e.layer, tn.token).ffnResid = e.weight;
+    else if (tn.kind === "M") slot(e.layer, tn.token).ffn = e.weight;
+  }
+  const rawBias = new Map(store.graphs.raw.nodes.map((n) => [n.name, n.bias]));
+  // The raw graph holds every edge >= the exported threshold into each state it reaches, and
+  // the largest one where none is: an edge absent from a reached state weighs less than both.
+  const rawW = {
+    attnIn: (l, t) => (rawEdges.has(`${l},${t}`) ? rawEdges.get(`${l},${t}`).attn : undefined),
+    resid: (l, t) => (rawEdges.has(`${l},${t}`) ? (rawEdges.get(`${l},${t}`).resid ?? -1) : undefined),
+    ffn: (l, t) => (rawEdges.has(`${l},${t}`) ? (rawEdges.get(`${l},${t}`).ffn ?? -1) : undefined),
+    ffnResid: (l, t) => (rawEdges.has(`${l},${t}`) ? (rawEdges.get(`${l},${t}`).ffnResid ?? -1) : undefined),
+  };
+  const renormW = (tau) => {
+    const cache = new Map();
+    const state = (l, t) => {
+      const k = `${l},${t}`;
+      if (!cache.has(k)) cache.set(k, parts.attn && parts.attn[k] ? renormalizeState(parts.attn[k], tau) : null);
+      return cache.get(k);
+    };
+    const ffnState = (l, t) => {
+      const p = parts.ffn && parts.ffn[`${l},${t}`];
+      return p ? renormalizeState({ heads: [], single: p }, tau).single : null;
+    };
+    return {
+      state,
+      attnIn: (l, t) => { const s = state(l, t); return s ? [...s.edges].sort((a, b) => a[0] - b[0]) : undefined; },
+      resid: (l, t) => { const s = state(l, t); return s ? s.single[0] : undefined; },
+      ffn: (l, t) => {
+        if (parallel[l]) { const s = state(l, t); return s ? s.single[2] : undefined; }
+        const f = ffnState(l, t); return f ? f[0] : undefined;
+      },
+      ffnResid: (l, t) => { const f = ffnState(l, t); return f ? f[1] : undefined; },
+    };
+  };
+  const graphAt = (tau, renormalize, targets) => {
+    const base = renormalize ? store.graphs.renorm : store.graphs.raw;
+    if (tau === exp.threshold && targets.join() === exp.targets.join()) return { graph: base, missing: false };
+    const w = renormalize ? renormW(tau) : rawW;
+    const { edges, missing } = pruneGraph(L, parallel, targets, tau, w);
+    const order = (e) => [e.layer, e.target, e.source, e.kind];
+    edges.sort((a, b) => {
+      const x = order(a), y = order(b);
+      for (let i = 0; i < 4; i++) if (x[i] !== y[i]) return x[i] < y[i] ? -1 : 1;
+      return 0;
+    });
+    const biasOf = (name) => {
+      const p = parseNode(name);
+      if (!(p.kind === "A" || (p.kind === "I" && parallel[p.layer]))) return 0;
+      if (!renormalize) return rawBias.get(name) || 0;
+      const s = w.state(p.layer, p.token);
+      return s ? s.single[1] : 0;
+    };
+    const nodes = nodesOf(edges, L, targets, biasOf);
+    const settings = { ...base.settings, threshold: tau, renormalize, targets };
+    return { graph: { ...base, settings, nodes, edges }, missing };
+  };
+  const panelFor = (sel, normalize) => {
+    const P = store.panels;
+    if (!sel || (!sel.node && !sel.edge)) return [{}, null];
+    if (sel.node) {
+      const p = parseNode(sel.node);
+      if (p && p.kind === "M") return [P[`ffn:${sel.node}`] || needsKernel(sel.node), null];
+      return [P[`state:${sel.node}:${normalize ? 1 : 0}`] || needsKernel(sel.node), null];
+    }
+    const [src, dst, kind] = String(sel.edge).split("|");
+    if (kind === "ffn") return panelFor({ node: parseNode(src).kind === "M" ? src : dst }, normalize);
+    const base = P[`edge:${sel.edge}`];
+    if (!base) return [needsKernel(sel.edge), null];
+    if (base.type !== "attention") return [base, null];
+    const head = Number.isInteger(sel.head) && sel.head >= 0 ? sel.head : base.heads[0].head;
+    const hv = P[`hv:${base.layer}:${head}:${base.target}`];
+    const maps = store.maps[`${base.layer}:${head}`];
+    const panel = { ...base, head, head_view: hv || null, maps: maps ? base.maps : [] };
+    return [panel, maps ? { b64: maps, shape: store.map_shape } : null];
+  };
+  const needsKernel = (what) => ({ type: "offline", what, message: `${what} is not in the exported graph: its panel needs a live kernel` });
+
+  return {
+    handle(model, changed) {
+      const out = {};
+      if ("threshold" in changed || "renormalize" in changed || "targets" in changed) {
+        const tau = Number(model.get("threshold"));
+        const renorm = !!model.get("renormalize");
+        const targets = [...model.get("targets")].sort((a, b) => a - b);
+        const notes = [];
+        let useTau = tau;
+        if (!(tau >= exp.threshold)) {
+          notes.push(`threshold ${tau} is below the exported ${exp.threshold}: needs a live kernel (showing ${exp.threshold})`);
+          useTau = exp.threshold;
+        }
+        let useTargets = targets.filter((t) => exp.targets.includes(t));
+        if (useTargets.length !== targets.length) {
+          notes.push(`targets outside the exported ones (${exp.targets.join(", ")}) need a live kernel`);
+          if (!useTargets.length) useTargets = exp.targets.slice();
+        }
+        const { graph, missing } = graphAt(useTau, renorm, useTargets);
+        if (missing) notes.push("parts of this graph were not exported: it needs a live kernel to be exact");
+        out.graph = graph;
+        out.notice = notes.join(" · ");
+      }
+      if ("selection" in changed || "normalize" in changed) {
+        const [panel, maps] = panelFor(model.get("selection"), !!model.get("normalize"));
+        out.panel = panel;
+        out.panel_maps = maps ? maps.b64 : new DataView(new ArrayBuffer(0));
+        out.panel_maps_shape = maps ? maps.shape : [];
+      }
+      return out;
+    },
+    message(model, msg) {
+      if (msg && msg.type === "run") {
+        return { notice: "running a new prompt needs a live kernel (this is an offline report)" };
+      }
+      return {};
+    },
+  };
+}
+
+/** A tiny in-page stand-in for an anywidget model: get / set / on / off / save_changes / send.
+ *  Changes travel to `kernel` over a MessageChannel and its answers come back as change events,
+ *  so render() runs unchanged in the report. */
+export function createModelShim(initial, kernel) {
+  const state = { ...initial };
+  const handlers = new Map();
+  let pending = {};
+  const channel = new MessageChannel();
+  const model = {
+    get: (k) => state[k],
+    set: (k, v) => { state[k] = v; pending[k] = true; },
+    on: (ev, cb) => { if (!handlers.has(ev)) handlers.set(ev, new Set()); handlers.get(ev).add(cb); },
+    off: (ev, cb) => { if (!ev) handlers.clear(); else if (handlers.has(ev)) { if (cb) handlers.get(ev).delete(cb); else handlers.delete(ev); } },
+    save_changes: () => {
+      const changed = pending;
+      pending = {};
+      for (const k of Object.keys(changed)) emit(`change:${k}`);
+      channel.port1.postMessage({ kind: "changes", changed });
+    },
+    send: (msg) => channel.port1.postMessage({ kind: "msg", msg }),
+  };
+  function emit(ev) {
+    for (const cb of handlers.get(ev) || []) cb();
+    if (ev.startsWith("change:")) for (const cb of handlers.get("change") || []) cb();
+  }
+  channel.port2.onmessage = (ev) => {
+    const { kind, changed, msg } = ev.data;
+    const updates = kind === "changes" ? kernel.handle(model, changed) : kernel.message(model, msg);
+    for (const [k, v] of Object.entries(updates || {})) { state[k] = v; }
+    for (const k of Object.keys(updates || {})) emit(`change:${k}`);
+  };
+  channel.port1.start && channel.port1.start();
+  return model;
+}
+
+// DOM helpers -----------------------------------------------------------------------------------
+
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+
+function s(tag, attrs = {}) {
+  const node = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs)) if (v !== undefined && v !== null) node.setAttribute(k, String(v));
+  return node;
+}
+
+const fmt = (v, d = 4) => (v === null || v === undefined || Number.isNaN(v) ? "—" : Number(v).toFixed(d));
+const quoted = (t) => `“${visibleToken(t)}”`;
+
+// The view --------------------------------------------------------------------------------------
+
+const MARGIN = { left: 46, right: 12, top: 34, bottom: 78 };
+const ELEMENT_LIMIT = 4000; // above this many edges, edges and nodes are drawn on a canvas
+
+export function render({ model, el }) {
+  const root = h("div", { class: "ltt-root" });
+  el.append(root);
+  const listeners = [];
+  const on = (ev, cb) => { model.on(ev, cb); listeners.push([ev, cb]); };
+  const commit = (changes) => {
+    for (const [k, v] of Object.entries(changes)) model.set(k, v);
+    model.save_changes();
+  };
+
+  // -- header: model facts, prompt box and picker, notices
+  const facts = h("div", { class: "ltt-facts" });
+  const promptInput = h("input", { class: "ltt-prompt", type: "text", placeholder: "a new prompt…", "aria-label": "prompt" });
+  const runBtn = h("button", { class: "ltt-run", text: "Run" });
+  const picker = h("select", { class: "ltt-picker", "aria-label": "prompt picker" });
+  const status = h("span", { class: "ltt-status" });
+  const notice = h("div", { class: "ltt-notice" });
+  const errorBox = h("div", { class: "ltt-error" });
+  root.append(h("div", { class: "ltt-header" }, facts, h("div", { class: "ltt-promptbar" }, picker, promptInput, runBtn, status)), notice, errorBox);
+
+  // -- controls
+  const slider = h("input", { class: "ltt-threshold-slider", type: "range", step: "0.005", "aria-label": "threshold" });
+  const thrBox = h("input", { class: "ltt-threshold", type: "number", step: "0.001", min: "0", max: "0.999", "aria-label": "threshold value" });
+  const renormBox = h("input", { class: "ltt-renormalize", type: "checkbox" });
+  const normBox = h("input", { class: "ltt-normalize", type: "checkbox" });
+  const targetBox = h("input", { class: "ltt-targets", type: "text", size: "10", "aria-label": "targets", title: "token positions, e.g. -1, 5 (negative counts from the end)" });
+  const fromBox = h("input", { class: "ltt-from", type: "number", min: "0", "aria-label": "focus from" });
+  const toBox = h("input", { class: "ltt-to", type: "number", min: "0", "aria-label": "focus to" });
+  const focusBtn = h("button", { class: "ltt-focus", text: "Focus" });
+  const fitBtn = h("button", { class: "ltt-fit", text: "Fit" });
+  root.append(
+    h("div", { class: "ltt-controls" },
+      h("label", { class: "ltt-ctl" }, h("span", { text: "threshold" }), slider, thrBox),
+      h("label", { class: "ltt-ctl" }, renormBox, h("span", { text: "renormalize" })),
+      h("label", { class: "ltt-ctl", title: "apply the final norm before unembedding in the top-token panels" }, normBox, h("span", { text: "normalize before unembedding" })),
+      h("label", { class: "ltt-ctl" }, h("span", { text: "targets" }), targetBox),
+      h("span", { class: "ltt-ctl" }, h("span", { text: "tokens" }), fromBox, h("span", { text: "–" }), toBox, focusBtn, fitBtn)),
+  );
+
+  // -- main: graph and side panel
+  const graphBox = h("div", { class: "ltt-graph" });
+  const panel = h("div", { class: "ltt-panel" });
+  const tooltip = h("div", { class: "ltt-tooltip" });
+  root.append(h("div", { class: "ltt-main" }, graphBox, panel), tooltip, legend());
+
+  const svg = s("svg", { class: "ltt-svg" });
+  const plot = s("svg", { class: "ltt-plot", overflow: "hidden" });
+  const bg = s("rect", { class: "ltt-bg", x: 0, y: 0, width: "100%", height: "100%" });
+  const content = s("g", { class: "ltt-content" });
+  const gBands = s("g", { class: "ltt-bands" });
+  const gEdges = s("g", { class: "ltt-edges" });
+  const gHi = s("g", { class: "ltt-highlight" });
+  const gNodes = s("g", { class: "ltt-nodes" });
+  content.append(gBands, gEdges, gHi, gNodes);
+  plot.append(bg, content);
+  const axisX = s("g", { class: "ltt-axis-x" });
+  const axisY = s("g", { class: "ltt-axis-y" });
+  const axisTop = s("g", { class: "ltt-axis-top" });
+  svg.append(plot, axisX, axisY, axisTop);
+  const canvas = h("canvas", { class: "ltt-canvas" });
+  graphBox.append(canvas, svg);
+
+  let lay = null; // current layout
+  let graph = null;
+  let view = { kx: 1, ky: 1, tx: 0, ty: 0 };
+  let size = { w: 600, h: 400 };
+  let batched = false;
+  let canvasBuckets = [];
+  let canvasNodes = null;
+  let byKey = new Map(); // edge key -> edge (with d)
+  let nodeByName = new Map();
+
+  const plotW = () => Math.max(50, size.w - MARGIN.left - MARGIN.right);
+  const plotH = () => Math.max(50, size.h - MARGIN.top - MARGIN.bottom);
+
+  function facts_() {
+    const info = model.get("model_info") || {};
+    const g = model.get("graph") || {};
+    facts.replaceChildren();
+    const items = [
+      ["model", info.name ?? g.model],
+      ["layers", info.n_layers ?? g.n_layers],
+      ["heads", info.n_heads],
+      ["d_model", info.d_model],
+      ["vocabulary", info.vocab_size],
+      ["tokens", g.tokens ? g.tokens.length : undefined],
+    ];
+    for (const [k, v] of items) {
+      if (v === undefined || v === null) continue;
+      facts.append(h("span", { class: "ltt-fact" }, h("b", { text: k }), " ", String(v)));
+    }
+    if (model.get("live") === false) facts.append(h("span", { class: "ltt-offline", text: "offline report" }));
+  }
+
+  function prompts_() {
+    const list = model.get("prompts") || [];
+    picker.replaceChildren();
+    list.forEach((p, i) => picker.append(h("option", { value: String(i), text: p.length > 60 ? p.slice(0, 57) + "…" : p })));
+    picker.value = String(model.get("prompt_index") || 0);
+    picker.style.display = list.length > 1 ? "" : "none";
+    const live = model.get("live") !== false;
+    promptInput.disabled = !live;
+    runBtn.disabled = !live;
+    promptInput.placeholder = live ? "a new prompt…" : "new prompts need a live kernel";
+  }
+
+  function controls_() {
+    const [lo, hi] = model.get("slider") || [0.01, 0.1];
+    slider.min = String(lo);
+    slider.max = String(hi);
+    const thr = Number(model.get("threshold"));
+    slider.value = String(Math.min(hi, Math.max(lo, thr)));
+    thrBox.value = String(thr);
+    renormBox.checked = !!model.get("renormalize");
+    normBox.checked = !!model.get("normalize");
+    const T = graph ? graph.tokens.length : 0;
+    targetBox.value = (model.get("targets") || []).join(", ");
+    fromBox.max = toBox.max = String(Math.max(0, T - 1));
+  }
+
+  // -- drawing
+  function draw() {
+    graph = model.get("graph");
+    if (!graph || !graph.tokens) return;
+    const t0 = performance.now();
+    lay = layoutGraph(graph);
+    byKey = new Map(lay.edges.map((e) => [e.key, e]));
+    nodeByName = new Map(graph.nodes.map((n) => [n.name, n]));
+    batched = lay.edges.length > ELEMENT_LIMIT;
+    gBands.replaceChildren();
+    gEdges.replaceChildren();
+    gNodes.replaceChildren();
+    // alternate layer bands
+    for (let l = 0; l < graph.n_layers; l += 2) {
+      gBands.append(s("rect", { x: 0, y: (graph.n_layers - l - 1) * GRID.row, width: lay.width, height: GRID.row, class: "ltt-band" }));
+    }
+    for (const t of (graph.settings.targets || []).length <= 32 ? graph.settings.targets : []) {
+      gBands.append(s("rect", { x: t * GRID.col, y: 0, width: GRID.col, height: lay.height, class: "ltt-target-col" }));
+    }
+    const order = { residual: 0, ffn: 1, attention: 2 };
+    const edges = batched ? lay.edges : lay.edges.slice().sort((a, b) => order[a.kind] - order[b.kind] || a.weight - b.weight);
+    if (!batched) {
+      const frag = document.createDocumentFragment();
+      for (const e of edges) {
+        const st = edgeStyle(e.weight);
+        e.d = edgePath(e.kind, e.a, e.b);
+        frag.append(s("path", {
+          class: `ltt-edge ltt-${e.kind}`, d: e.d, "data-edge": e.key, "data-weight": e.weight,
+          "stroke-width": st.width.toFixed(2), "stroke-opacity": st.opacity.toFixed(3),
+        }));
+      }
+      gEdges.append(frag);
+      const nfrag = document.createDocumentFragment();
+      for (const n of graph.nodes) {
+        const [x, y] = lay.pos.get(n.name);
+        nfrag.append(s("path", { class: `ltt-node ltt-node-${n.kind}`, d: `M${x} ${y}h0`, "data-node": n.name }));
+      }
+      gNodes.append(nfrag);
+    } else {
+      // canvas: one stroke per (kind, weight bucket), whatever the graph's size
+      const B = 8;
+      const buckets = new Map();
+      for (const e of edges) {
+        const b = Math.min(B - 1, Math.floor(Math.min(1, Math.max(0, e.weight)) * B));
+        const k = `${e.kind}:${b}`;
+        if (!buckets.has(k)) buckets.set(k, { kind: e.kind, style: edgeStyle((b + 0.5) / B), list: [] });
+        buckets.get(k).list.push(e);
+      }
+      const order2 = ["residual", "ffn", "attention"];
+      canvasBuckets = [...buckets.values()].sort((x, y) => order2.indexOf(x.kind) - order2.indexOf(y.kind) || x.style.width - y.style.width);
+      canvasNodes = { X: [], A: [], M: [], I: [] };
+      for (const n of graph.nodes) canvasNodes[n.kind].push(lay.pos.get(n.name));
+    }
+    canvas.style.display = batched ? "block" : "none";
+    gBands.style.display = batched ? "none" : "";
+    bg.style.fill = batched ? "transparent" : "";
+    svg.dataset.nodes = String(graph.nodes.length);
+    svg.dataset.edges = String(lay.edges.length);
+    svg.dataset.mode = batched ? "batched" : "elements";
+    svg.dataset.threshold = String(graph.settings.threshold);
+    highlight();
+    applyView();
+    svg.dataset.renderMs = (performance.now() - t0).toFixed(1);
+  }
+
+  function fit(from = 0, to = null) {
+    if (!graph) return;
+    const T = graph.tokens.length;
+    const a = Math.max(0, Math.min(T - 1, from));
+    const b = Math.max(a, Math.min(T - 1, to === null ? T - 1 : to));
+    const span = (b - a + 1) * GRID.col;
+    const kx = Math.min(plotW() / span, 2.2);
+    const ky = Math.min(plotH() / (lay.height + 18), 1.6);
+    const tx = -a * GRID.col * kx + Math.max(0, (plotW() - span * kx) / 2);
+    const ty = 10 * ky + Math.max(0, (plotH() - (lay.height + 18) * ky) / 2);
+    view = { kx, ky, tx, ty };
+    applyView();
+  }
+
+  let rafPending = false;
+  function applyView() {
+    if (rafPending) return;
+    rafPending = true;
+    requestAnimationFrame(() => { rafPending = false; applyViewNow(); });
+  }
+
+  function applyViewNow() {
+    svg.setAttribute("width", String(size.w));
+    svg.setAttribute("height", String(size.h));
+    plot.setAttribute("x", String(MARGIN.left));
+    plot.setAttribute("y", String(MARGIN.top));
+    plot.setAttribute("width", String(plotW()));
+    plot.setAttribute("height", String(plotH()));
+    content.setAttribute("transform", `matrix(${view.kx} 0 0 ${view.ky} ${view.tx} ${view.ty})`);
+    if (batched) drawCanvas();
+    axes();
+  }
+
+  const COLORS = { attention: "#2f6fdf", residual: "#8d96a3", ffn: "#e8891c", X: "#9ca3af", A: "#2f6fdf", I: "#1f2937", M: "#e8891c" };
+
+  function drawCanvas() {
+    const tStart = performance.now();
+    const dpr = window.devicePixelRatio || 1;
+    const W = plotW(), H = plotH();
+    canvas.style.left = `${MARGIN.left}px`;
+    canvas.style.top = `${MARGIN.top}px`;
+    canvas.style.width = `${W}px`;
+    canvas.style.height = `${H}px`;
+    if (canvas.width !== Math.round(W * dpr) || canvas.height !== Math.round(H * dpr)) {
+      canvas.width = Math.round(W * dpr);
+      canvas.height = Math.round(H * dpr);
+    }
+    const ctx = canvas.getContext("2d");
+    if (!ctx) return;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, W, H);
+    const { kx, ky, tx, ty } = view;
+    const x0 = -tx / kx, x1 = (W - tx) / kx, y0 = -ty / ky, y1 = (H - ty) / ky;
+    ctx.globalAlpha = 1;
+    ctx.fillStyle = "#f6f7f9";
+    for (let l = 0; l < graph.n_layers; l += 2) ctx.fillRect(tx, ty + (graph.n_layers - l - 1) * GRID.row * ky, lay.width * kx, GRID.row * ky);
+    ctx.fillStyle = "rgba(255, 243, 214, 0.7)";
+    for (const t of (graph.settings.targets || []).length <= 32 ? graph.settings.targets : []) ctx.fillRect(tx + t * GRID.col * kx, ty, GRID.col * kx, lay.height * ky);
+    ctx.lineCap = "butt";
+    const selfBow = 0.42 * GRID.col;
+    for (const bucket of canvasBuckets) {
+      ctx.strokeStyle = COLORS[bucket.kind];
+      ctx.globalAlpha = bucket.style.opacity;
+      ctx.lineWidth = Math.min(bucket.style.width, Math.max(0.8, GRID.col * kx * 0.5));
+      ctx.beginPath();
+      for (const e of bucket.list) {
+        const a = e.a, b = e.b;
+        const lo = Math.min(a[0], b[0]) - selfBow, hi = Math.max(a[0], b[0]);
+        if (hi < x0 || lo > x1 || a[1] < y0 || b[1] > y1) continue; // a is below b
+        const ax = tx + a[0] * kx, ay = ty + a[1] * ky, bx = tx + b[0] * kx, by = ty + b[1] * ky;
+        ctx.moveTo(ax, ay);
+        // an attention curve flatter than a few pixels is drawn as the line it looks like
+        if (bucket.kind !== "attention" || (ay - by < 10 && a[0] !== b[0])) ctx.lineTo(bx, by);
+        else if (a[0] === b[0]) ctx.quadraticCurveTo(ax - selfBow * kx, (ay + by) / 2, bx, by);
+        else ctx.bezierCurveTo(ax, (ay + by) / 2, bx, (ay + by) / 2, bx, by);
+      }
+      ctx.stroke();
+    }
+    ctx.globalAlpha = 1;
+    const r = Math.max(1.2, Math.min(5, GRID.col * kx * 0.3, GRID.row * ky * 0.12));
+    for (const kind of ["X", "A", "M", "I"]) {
+      ctx.fillStyle = COLORS[kind];
+      ctx.beginPath();
+      for (const [x, y] of canvasNodes[kind]) {
+        if (x < x0 - 1 || x > x1 + 1 || y < y0 - 1 || y > y1 + 1) continue;
+        const px = tx + x * kx, py = ty + y * ky;
+        if (kind === "M") ctx.rect(px - r * 0.85, py - r * 0.85, r * 1.7, r * 1.7);
+        else { ctx.moveTo(px + r, py); ctx.arc(px, py, r, 0, 2 * Math.PI); }
+      }
+      ctx.fill();
+    }
+    svg.dataset.canvasMs = (performance.now() - tStart).toFixed(1);
+  }
+
+  const sx = (x) => MARGIN.left + view.tx + x * view.kx;
+  const sy = (y) => MARGIN.top + view.ty + y * view.ky;
+
+  function axes() {
+    if (!graph) return;
+    axisX.replaceChildren();
+    axisY.replaceChildren();
+    axisTop.replaceChildren();
+    const T = graph.tokens.length;
+    const colW = GRID.col * view.kx;
+    const first = Math.max(0, Math.floor(-view.tx / colW));
+    const last = Math.min(T - 1, Math.ceil((plotW() - view.tx) / colW));
+    const rotated = colW < 52;
+    const stride = rotated ? Math.max(1, Math.ceil(13 / colW)) : 1;
+    const baseY = MARGIN.top + plotH() + 6;
+    const targets = new Set(graph.settings.targets || []);
+    const fewTargets = targets.size <= 16;
+    for (let t = first; t <= last; t++) {
+      const x = sx((t + 0.5) * GRID.col);
+      if (x < MARGIN.left - 2 || x > MARGIN.left + plotW() + 2) continue;
+      if (t % stride === 0 || (fewTargets && targets.has(t))) {
+        const label = s("text", { class: `ltt-token${targets.has(t) ? " ltt-is-target" : ""}`, "data-token": t });
+        let text = visibleToken(graph.tokens[t]);
+        if (!rotated && text.length * 6.5 > colW) text = text.slice(0, Math.max(1, Math.floor(colW / 6.5) - 1)) + "…";
+        if (rotated && text.length > 14) text = text.slice(0, 13) + "…";
+        label.textContent = text;
+        if (rotated) {
+          label.setAttribute("transform", `translate(${x + 3},${baseY}) rotate(-55)`);
+          label.setAttribute("text-anchor", "end");
+        } else {
+          label.setAttribute("x", String(x));
+          label.setAttribute("y", String(baseY + 10));
+          label.setAttribute("text-anchor", "middle");
+        }
+        axisX.append(label);
+      }
+      // output markers along the top: click picks the target, shift/ctrl-click adds or removes
+      const mk = s("rect", {
+        class: `ltt-out${targets.has(t) ? " ltt-is-target" : ""}`, "data-output": t,
+        x: x - Math.min(7, colW * 0.4), y: MARGIN.top - 13, width: Math.max(2, Math.min(14, colW * 0.8)), height: 10, rx: 2,
+      });
+      axisTop.append(mk);
+    }
+    const preds = graph.predictions || {};
+    let lastEnd = -Infinity;
+    for (const t of [...targets].sort((a, b) => a - b)) {
+      const x = sx((t + 0.5) * GRID.col);
+      if (x < MARGIN.left || x > MARGIN.left + plotW()) continue;
+      const approx = 7 * (2 + String(preds[String(t)] ?? t).length);
+      if (x - approx / 2 < lastEnd) continue; // no room: the marker stays, the label goes
+      lastEnd = x + approx / 2;
+      const p = preds[String(t)];
+      const label = s("text", { class: "ltt-pred", x: x, y: MARGIN.top - 17, "text-anchor": "middle" });
+      label.textContent = p !== undefined ? `→ ${visibleToken(p)}` : `#${t}`;
+      axisTop.append(label);
+    }
+    const L = graph.n_layers;
+    const rowH = GRID.row * view.ky;
+    const lstride = Math.max(1, Math.ceil(14 / rowH));
+    for (let l = -1; l < L; l++) {
+      if (l >= 0 && (L - 1 - l) % lstride !== 0) continue;
+      const y = sy(l < 0 ? lay.height : (L - l - 1) * GRID.row);
+      if (y < MARGIN.top - 4 || y > MARGIN.top + plotH() + 4) continue;
+      const label = s("text", { class: "ltt-layer", x: MARGIN.left - 6, y: y + 4, "text-anchor": "end" });
+      label.textContent = l < 0 ? "emb" : `L${l}`;
+      axisY.append(label);
+    }
+  }
+
+  function highlight() {
+    gHi.replaceChildren();
+    const sel = model.get("selection") || {};
+    if (sel.edge && byKey.has(sel.edge)) {
+      const e = byKey.get(sel.edge);
+      gHi.append(s("path", { class: "ltt-hi-edge", d: e.d || edgePath(e.kind, e.a, e.b) }));
+    }
+    const name = sel.node || (sel.edge ? null : null);
+    if (name && lay && lay.pos.has(name)) {
+      const [x, y] = lay.pos.get(name);
+      gHi.append(s("path", { class: "ltt-hi-node", d: `M${x} ${y}h0` }));
+    }
+  }
+
+  // -- hit testing (batched mode and hover); coordinates in screen px relative to the svg
+  function toModel(px, py) {
+    return [(px - MARGIN.left - view.tx) / view.kx, (py - MARGIN.top - view.ty) / view.ky];
+  }
+
+  function hitNode(px, py) {
+    let best = null;
+    let bd = 8;
+    for (const n of graph.nodes) {
+      const [x, y] = lay.pos.get(n.name);
+      const d = Math.hypot(sx(x) - px, sy(y) - py);
+      if (d < bd) { bd = d; best = n.name; }
+    }
+    return best;
+  }
+
+  function hitEdge(px, py) {
+    // sample each edge's path in model space; fine for a click, a few ms for 50k edges
+    const [mx, my] = toModel(px, py);
+    const tol = 5;
+    let best = null;
+    let bd = tol;
+    for (const e of lay.edges) {
+      const a = e.a;
+      const b = e.b;
+      const xmin = Math.min(a[0], b[0]) - GRID.col * 0.5, xmax = Math.max(a[0], b[0]) + GRID.col * 0.5;
+      if (mx < xmin || mx > xmax || my < Math.min(a[1], b[1]) - 2 || my > Math.max(a[1], b[1]) + 2) continue;
+      for (let i = 0; i <= 16; i++) {
+        const u = i / 16;
+        const [x, y] = pointOn(e, a, b, u);
+        const d = Math.hypot((x - mx) * view.kx, (y - my) * view.ky);
+        if (d < bd) { bd = d; best = e.key; }
+      }
+    }
+    return best;
+  }
+
+  function pointOn(e, a, b, u) {
+    if (e.kind !== "attention") return [a[0] + (b[0] - a[0]) * u, a[1] + (b[1] - a[1]) * u];
+    const ym = (a[1] + b[1]) / 2;
+    if (Math.abs(a[0] - b[0]) < 1e-6) {
+      const cx = a[0] - 0.42 * GRID.col;
+      const v = 1 - u;
+      return [v * v * a[0] + 2 * v * u * cx + u * u * b[0], v * v * a[1] + 2 * v * u * ym + u * u * b[1]];
+    }
+    const v = 1 - u;
+    const x = v * v * v * a[0] + 3 * v * v * u * a[0] + 3 * v * u * u * b[0] + u * u * u * b[0];
+    const y = v * v * v * a[1] + 3 * v * v * u * ym + 3 * v * u * u * ym + u * u * u * b[1];
+    return [x, y];
+  }
+
+  function targetOf(ev) {
+    const t = ev.target;
+    if (t && t.dataset) {
+      if (t.dataset.node) return { node: t.dataset.node };
+      if (t.dataset.edge) return { edge: t.dataset.edge };
+    }
+    if (batched && graph) {
+      const r = svg.getBoundingClientRect();
+      const px = ev.clientX - r.left, py = ev.clientY - r.top;
+      const n = hitNode(px, py);
+      if (n) return { node: n };
+      const e = hitEdge(px, py);
+      if (e) return { edge: e };
+    }
+    return null;
+  }
+
+  // -- interaction: pan, zoom, click, hover
+  let drag = null;
+  function onDown(ev) {
+    if (ev.button !== 0) return;
+    drag = { x: ev.clientX, y: ev.clientY, tx: view.tx, ty: view.ty, moved: false };
+  }
+  function onMove(ev) {
+    if (drag) {
+      const dx = ev.clientX - drag.x, dy = ev.clientY - drag.y;
+      if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
+      if (drag.moved) {
+        view.tx = drag.tx + dx;
+        view.ty = drag.ty + dy;
+        applyView();
+        tooltip.style.display = "none";
+        return;
+      }
+    }
+    if (!hoverPending) {
+      hoverPending = true;
+      const e2 = { target: ev.target, clientX: ev.clientX, clientY: ev.clientY };
+      requestAnimationFrame(() => { hoverPending = false; hover(e2); });
+    }
+  }
+  let hoverPending = false;
+  function onUp(ev) {
+    const wasDrag = drag && drag.moved;
+    drag = null;
+    if (wasDrag) return;
+    const out = ev.target && ev.target.dataset && ev.target.dataset.output;
+    if (out !== undefined) return pickTarget(Number(out), ev.shiftKey || ev.ctrlKey || ev.metaKey);
+    const hit = targetOf(ev);
+    if (hit) select(hit);
+  }
+  function onWheel(ev) {
+    ev.preventDefault();
+    const r = svg.getBoundingClientRect();
+    const px = ev.clientX - r.left - MARGIN.left, py = ev.clientY - r.top - MARGIN.top;
+    const f = Math.exp(-ev.deltaY * 0.0015);
+    const zx = ev.altKey ? 1 : f;
+    const zy = ev.shiftKey ? 1 : f;
+    view.tx = px - (px - view.tx) * zx;
+    view.ty = py - (py - view.ty) * zy;
+    view.kx *= zx;
+    view.ky *= zy;
+    applyView();
+  }
+  function hover(ev) {
+    if (!graph) return;
+    const hit = targetOf(ev);
+    const out = ev.target && ev.target.dataset && ev.target.dataset.output;
+    const tok = ev.target && ev.target.dataset && ev.target.dataset.token;
+    let lines = null;
+    if (out !== undefined || tok !== undefined) {
+      const t = Number(out ?? tok);
+      lines = [`token ${t}: ${quoted(graph.tokens[t])}`, out !== undefined ? "click: target · shift-click: add/remove" : null];
+    } else if (hit && hit.node) {
+      const n = nodeByName.get(hit.node);
+      const p = parseNode(hit.node);
+      lines = [`${hit.node} · ${KIND_LABEL[p.kind]}`, `layer ${p.layer < 0 ? "emb" : p.layer} · token ${p.token} ${quoted(graph.tokens[p.token])}`];
+      if (n && n.bias) lines.push(`bias share ${fmt(n.bias, 5)}`);
+    } else if (hit && hit.edge) {
+      const e = byKey.get(hit.edge);
+      if (e) {
+        const a = parseNode(e.source), b = parseNode(e.target);
+        lines = [`${e.kind} edge · layer ${e.layer}`, `${e.source} ${quoted(graph.tokens[a.token])} → ${e.target} ${quoted(graph.tokens[b.token])}`, `weight ${fmt(e.weight, 6)}`];
+      }
+    }
+    if (!lines) { tooltip.style.display = "none"; return; }
+    tooltip.replaceChildren(...lines.filter(Boolean).map((l) => h("div", { text: l })));
+    const r = root.getBoundingClientRect();
+    tooltip.style.display = "block";
+    tooltip.style.left = `${ev.clientX - r.left + 14}px`;
+    tooltip.style.top = `${ev.clientY - r.top + 12}px`;
+  }
+
+  function select(hit) {
+    const cur = model.get("selection") || {};
+    const sel = hit.edge ? { edge: hit.edge } : { node: hit.node };
+    if (hit.edge && cur.edge === hit.edge && Number.isInteger(cur.head)) sel.head = cur.head;
+    commit({ selection: sel });
+  }
+
+  function pickTarget(t, add) {
+    let tg = (model.get("targets") || []).slice();
+    if (add) {
+      tg = tg.includes(t) ? tg.filter((x) => x !== t) : tg.concat([t]);
+      if (!tg.length) tg = [t];
+    } else tg = [t];
+    commit({ targets: tg.sort((a, b) => a - b) });
+  }
+
+  svg.addEventListener("pointerdown", onDown);
+  svg.addEventListener("pointermove", onMove);
+  svg.addEventListener("pointerup", onUp);
+  svg.addEventListener("pointerleave", () => { tooltip.style.display = "none"; drag = null; });
+  svg.addEventListener("wheel", onWheel, { passive: false });
+  svg.addEventListener("dblclick", () => fit());
+
+  // -- controls wiring
+  slider.addEventListener("input", () => { thrBox.value = slider.value; });
+  slider.addEventListener("change", () => setThreshold(slider.value));
+  thrBox.addEventListener("change", () => setThreshold(thrBox.value));
+  function setThreshold(v) {
+    const x = Number(v);
+    if (!(x >= 0 && x < 1)) { showError(`threshold must be a number in [0, 1), got ${JSON.stringify(v)}`); controls_(); return; }
+    showError("");
+    commit({ threshold: x });
+  }
+  renormBox.addEventListener("change", () => commit({ renormalize: renormBox.checked }));
+  normBox.addEventListener("change", () => commit({ normalize: normBox.checked }));
+  targetBox.addEventListener("change", () => {
+    try {
+      const tg = parseTargets(targetBox.value, graph ? graph.tokens.length : 0);
+      showError("");
+      commit({ targets: tg });
+    } catch (err) { showError(err.message); controls_(); }
+  });
+  focusBtn.addEventListener("click", () => fit(Number(fromBox.value || 0), toBox.value === "" ? null : Number(toBox.value)));
+  fitBtn.addEventListener("click", () => { fromBox.value = ""; toBox.value = ""; fit(); });
+  const run = () => {
+    const p = promptInput.value;
+    if (!p.trim()) { showError("prompt: type a prompt first"); return; }
+    showError("");
+    model.send({ type: "run", prompt: p });
+  };
+  runBtn.addEventListener("click", run);
+  promptInput.addEventListener("keydown", (ev) => { if (ev.key === "Enter") run(); });
+  picker.addEventListener("change", () => commit({ prompt_index: Number(picker.value) }));
+
+  function showError(msg) {
+    errorBox.textContent = msg || "";
+    errorBox.style.display = msg ? "block" : "none";
+  }
+
+  // -- panels
+  function renderPanel() {
+    const p = model.get("panel") || {};
+    panel.replaceChildren();
+    if (!p.type) {
+      panel.append(h("div", { class: "ltt-help" },
+        h("p", { text: "Click a state (circle) for its top tokens, an attention edge for its heads, an FFN block (square) for its neurons." }),
+        h("p", { text: "Drag to pan, wheel to zoom (shift: tokens only, alt: layers only), double-click to fit. Click a marker above the graph to pick the target token; shift-click adds one." })));
+      return;
+    }
+    if (p.type === "state") panelState(p);
+    else if (p.type === "attention") panelAttention(p);
+    else if (p.type === "ffn") panelFfn(p);
+    else if (p.type === "residual") panelResidual(p);
+    else panel.append(h("div", { class: "ltt-panel-note", text: p.message || "" }));
+  }
+
+  function title(text, sub) {
+    panel.append(h("div", { class: "ltt-panel-title", text }));
+    if (sub) panel.append(h("div", { class: "ltt-panel-sub", text: sub }));
+  }
+
+  function tokenTable(rows, cols) {
+    const table = h("table", { class: "ltt-table" });
+    table.append(h("tr", {}, ...cols.map((c) => h("th", { text: c[0] }))));
+    for (const r of rows) table.append(h("tr", {}, ...cols.map((c) => c[1](r))));
+    return table;
+  }
+
+  function panelState(p) {
+    const what = KIND_LABEL[parseNode(p.node).kind];
+    title(`${p.node} · ${what}`, `layer ${p.layer < 0 ? "emb" : p.layer} · token ${p.position} ${quoted(p.position_token)} · ${p.normalize ? "final norm applied" : "no final norm"}${p.predecessor ? ` · rank change vs ${p.predecessor}` : ""}`);
+    panel.append(tokenTable(p.tokens || [], [
+      ["rank", (r) => h("td", { class: "ltt-num", text: String(r.rank) })],
+      ["token", (r) => h("td", { class: "ltt-tok", text: visibleToken(r.token) })],
+      ["prob", (r) => h("td", { class: "ltt-num" }, bar(r.prob, 1, "#2f6fdf"), h("span", { text: fmt(r.prob, 3) }))],
+      ["logit", (r) => h("td", { class: "ltt-num", text: fmt(r.logit, 2) })],
+      ["Δrank", (r) => h("td", { class: `ltt-num ${r.rank_change > 0 ? "ltt-up" : r.rank_change < 0 ? "ltt-down" : ""}`, text: r.rank_change === null || r.rank_change === undefined ? "" : r.rank_change > 0 ? `▲${r.rank_change}` : r.rank_change < 0 ? `▼${-r.rank_change}` : "=" })],
+    ]));
+  }
+
+  function bar(v, max, color) {
+    const w = Math.max(0, Math.min(1, (Number(v) || 0) / (max || 1)));
+    const b = h("span", { class: "ltt-bar" });
+    b.style.width = `${(w * 60).toFixed(1)}px`;
+    b.style.background = color;
+    return b;
+  }
+
+  function effects(label, p) {
+    const box = h("div", { class: "ltt-effects" });
+    box.append(h("div", { class: "ltt-sub", text: label }));
+    const col = (name, items, cls) => h("div", { class: `ltt-effect-col ${cls}` }, h("div", { class: "ltt-effect-head", text: name }),
+      ...(items || []).map((t) => h("div", { class: "ltt-effect", title: `effect ${fmt(t.effect, 4)}` }, h("span", { class: "ltt-tok", text: visibleToken(t.token) }), h("span", { class: "ltt-num", text: fmt(t.effect, 2) }))));
+    box.append(h("div", { class: "ltt-effect-cols" }, col("promoted", p && p.promoted, "ltt-up"), col("suppressed", p && p.suppressed, "ltt-down")));
+    return box;
+  }
+
+  function panelAttention(p) {
+    title(`attention edge · layer ${p.layer}`, `${p.source_node} ${quoted(p.source_token)} → ${p.target_node} ${quoted(p.target_token)} · weight ${fmt(p.weight, 4)}${p.raw_weight !== undefined ? ` (before threshold ${fmt(p.raw_weight, 4)})` : ""}`);
+    const heads = (p.heads || []).slice().sort((a, b) => a.head - b.head);
+    const max = Math.max(1e-9, ...heads.map((x) => x.share));
+    const chart = h("div", { class: "ltt-heads" });
+    for (const x of heads) {
+      const row = h("div", { class: `ltt-head${x.head === p.head ? " ltt-head-selected" : ""}`, "data-head": x.head, title: `head ${x.head}: share ${x.share}` },
+        h("span", { class: "ltt-head-label", text: `h${x.head}` }), bar(x.share, max, "#2f6fdf"), h("span", { class: "ltt-num ltt-head-share", text: fmt(x.share, 4) }));
+      row.addEventListener("click", () => commit({ selection: { ...(model.get("selection") || {}), head: x.head } }));
+      chart.append(row);
+    }
+    panel.append(h("div", { class: "ltt-sub", text: "heads by their share of this edge (click one)" }), chart);
+    if (p.head !== undefined && p.head !== null) {
+      panel.append(h("div", { class: "ltt-sub ltt-head-title", text: `head ${p.head}` }));
+      const maps = toFloat32(model.get("panel_maps"));
+      const shape = model.get("panel_maps_shape") || [];
+      if (shape.length === 3 && maps.length === shape[0] * shape[1] * shape[2]) {
+        const row = h("div", { class: "ltt-maps" });
+        const names = p.maps || [];
+        for (let i = 0; i < shape[0]; i++) {
+          row.append(heatmap(maps.subarray(i * shape[1] * shape[2], (i + 1) * shape[1] * shape[2]), shape[1], shape[2], names[i] || `map ${i}`, p.target, p.source, i === 0 ? [47, 111, 223] : [232, 137, 28]));
+        }
+        panel.append(row);
+      } else if (model.get("live") === false) {
+        panel.append(h("div", { class: "ltt-panel-note", text: "this head's maps were not exported: they need a live kernel" }));
+      }
+      if (p.head_view) panel.append(effects("this head's output at the target: direct effect on the logits", p.head_view));
+      else if (model.get("live") === false) panel.append(h("div", { class: "ltt-panel-note", text: "this head's promoted tokens need a live kernel" }));
+    }
+    if (p.block) panel.append(effects("the whole attention block at the target", p.block));
+  }
+
+  function heatmap(data, R, C, name, target, source, rgb) {
+    const box = h("div", { class: "ltt-heatmap" });
+    let max = 0;
+    for (let i = 0; i < data.length; i++) if (data[i] > max) max = data[i];
+    const cv = h("canvas", { width: C, height: R, class: "ltt-heatmap-canvas", "data-map": name });
+    const ctx = cv.getContext("2d");
+    if (ctx) {
+      const img = ctx.createImageData(C, R);
+      for (let i = 0; i < R * C; i++) {
+        const [r, g, b] = colorRamp(max > 0 ? data[i] / max : 0, rgb);
+        img.data[4 * i] = r; img.data[4 * i + 1] = g; img.data[4 * i + 2] = b; img.data[4 * i + 3] = 255;
+      }
+      ctx.putImageData(img, 0, 0);
+    }
+    const px = Math.max(1, Math.floor(150 / Math.max(R, C)));
+    cv.style.width = `${C * px}px`;
+    cv.style.height = `${R * px}px`;
+    const readout = h("div", { class: "ltt-map-readout", text: `max ${fmt(max, 4)} · row = target, column = source` });
+    cv.addEventListener("mousemove", (ev) => {
+      const r = cv.getBoundingClientRect();
+      const c = Math.floor(((ev.clientX - r.left) / r.width) * C), rr = Math.floor(((ev.clientY - r.top) / r.height) * R);
+      if (c < 0 || rr < 0 || c >= C || rr >= R) return;
+      readout.textContent = `${rr} ${quoted(graph.tokens[rr] ?? "")} ← ${c} ${quoted(graph.tokens[c] ?? "")}: ${fmt(data[rr * C + c], 5)}`;
+    });
+    const wrap = h("div", { class: "ltt-heatmap-wrap" }, cv);
+    if (target !== undefined && target < R) {
+      const mark = h("div", { class: "ltt-map-row" });
+      mark.style.top = `${target * px}px`;
+      mark.style.height = `${px}px`;
+      wrap.append(mark);
+    }
+    box.append(h("div", { class: "ltt-sub", text: name }), wrap, readout);
+    return box;
+  }
+
+  function panelFfn(p) {
+    title(`${p.node} · FFN block`, `layer ${p.layer} · token ${p.position} ${quoted(p.position_token)}${p.weight !== undefined ? ` · FFN share ${fmt(p.weight, 4)}` : ""} · residual ${fmt(p.resid_share, 4)} · bias ${fmt(p.bias_share, 4)}`);
+    const neurons = p.neurons || [];
+    const max = Math.max(1e-9, ...neurons.map((n) => n.share));
+    const list = h("div", { class: "ltt-neurons" });
+    for (const n of neurons) {
+      const row = h("div", { class: "ltt-neuron", "data-neuron": n.neuron },
+        h("div", { class: "ltt-neuron-head" }, h("b", { text: `n${n.neuron}` }), bar(n.share, max, "#e8891c"), h("span", { class: "ltt-num", text: `share ${fmt(n.share, 4)}` }), h("span", { class: "ltt-num", text: `act ${fmt(n.activation, 3)}` })),
+        h("div", { class: "ltt-neuron-tokens" },
+          h("span", { class: "ltt-up", text: "▲ " }), ...(n.promoted || []).map((t) => h("span", { class: "ltt-chip", text: visibleToken(t.token), title: `effect ${fmt(t.effect, 4)}` })),
+          h("span", { class: "ltt-down", text: " ▼ " }), ...(n.suppressed || []).map((t) => h("span", { class: "ltt-chip", text: visibleToken(t.token), title: `effect ${fmt(t.effect, 4)}` }))));
+      list.append(row);
+    }
+    panel.append(h("div", { class: "ltt-sub", text: "top neurons by share of the FFN output state" }), list);
+    if (p.block) panel.append(effects("the whole FFN block (direct effect on the logits)", p.block));
+  }
+
+  function panelResidual(p) {
+    title(`residual edge · layer ${p.layer}`, `${p.source} → ${p.target} · weight ${fmt(p.weight, 4)}`);
+    panel.append(h("div", { class: "ltt-panel-note", text: "The residual stream carried this share of the state unchanged. Click either end for its top tokens." }));
+  }
+
+  function legend() {
+    const lg = h("div", { class: "ltt-legend" });
+    const item = (cls, text) => h("span", { class: "ltt-legend-item" }, h("span", { class: `ltt-swatch ${cls}` }), text);
+    lg.append(item("ltt-sw-I", "after FFN (I)"), item("ltt-sw-A", "after attention (A)"), item("ltt-sw-M", "FFN block (M)"), item("ltt-sw-X", "embedding"),
+      item("ltt-sw-attention", "attention"), item("ltt-sw-residual", "residual"), item("ltt-sw-ffn", "FFN"));
+    return lg;
+  }
+
+  // -- model events
+  const onGraph = () => { const first = !lay; const prevT = graph ? graph.tokens.length : -1; draw(); controls_(); facts_(); if (first || graph.tokens.length !== prevT) fit(); };
+  on("change:graph", onGraph);
+  on("change:threshold", controls_);
+  on("change:renormalize", controls_);
+  on("change:normalize", controls_);
+  on("change:targets", controls_);
+  on("change:slider", controls_);
+  on("change:selection", highlight);
+  on("change:panel", renderPanel);
+  on("change:panel_maps", renderPanel);
+  on("change:model_info", facts_);
+  on("change:prompts", prompts_);
+  on("change:prompt_index", prompts_);
+  on("change:live", prompts_);
+  on("change:status", () => { status.textContent = model.get("status") || ""; root.classList.toggle("ltt-busy", !!model.get("status")); });
+  on("change:error", () => showError(model.get("error")));
+  on("change:notice", () => { notice.textContent = model.get("notice") || ""; notice.style.display = model.get("notice") ? "block" : "none"; });
+
+  const ro = typeof ResizeObserver !== "undefined" ? new ResizeObserver(() => {
+    const w = Math.floor(graphBox.clientWidth);
+    if (w > 0 && Math.abs(w - size.w) > 2) { size.w = w; if (graph) fit(); }
+  }) : null;
+  if (ro) ro.observe(graphBox);
+
+  size.w = Math.max(320, Math.floor(el.clientWidth * 0.66) || 640);
+  const L0 = (model.get("graph") || {}).n_layers || 12;
+  size.h = Math.max(380, Math.min(720, L0 * 22 + MARGIN.top + MARGIN.bottom + 40));
+  facts_();
+  prompts_();
+  draw();
+  controls_();
+  renderPanel();
+  showError(model.get("error"));
+  notice.textContent = model.get("notice") || "";
+  notice.style.display = model.get("notice") ? "block" : "none";
+  requestAnimationFrame(() => { const w = Math.floor(graphBox.clientWidth); if (w > 0) size.w = w; fit(); });
+
+  return () => {
+    for (const [ev, cb] of listeners) model.off(ev, cb);
+    if (ro) ro.disconnect();
+    root.remove();
+  };
+}
+
+export default { render };

@@ -267,6 +267,25 @@ class Trace:
 
         return interpret.top_neurons(self, layer, token, k=k)
 
+    def show(self, **kw):
+        """The Jupyter widget of this trace (:class:`ltt.widget.GraphWidget`; ``kw``: threshold,
+        renormalize, targets, normalize, k, model).
+
+        >>> trace.show(threshold=0.05)                     # doctest: +SKIP
+        """
+        from ltt.widget import GraphWidget
+
+        return GraphWidget(self, **kw)
+
+    def to_html(self, path, **kw):
+        """Write the standalone offline HTML report of this trace (:func:`ltt.export.to_html`).
+
+        >>> trace.to_html("report.html", threshold=0.04)   # doctest: +SKIP
+        """
+        from ltt.export import to_html
+
+        return to_html(self, path, **kw)
+
     def __repr__(self) -> str:
         name = getattr(self.model, "name", "?")
         shown = "".join(self.tokens)

@@ -403,7 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         import ltt._core
 
         print(f"ltt._core.build_info(): {ltt._core.build_info()}")
-        print(f"cpus: {os.cpu_count()}, MemAvailable: {gib(mem_available())}, "
+        load0 = os.getloadavg()[0]
+        print(f"cpus: {os.cpu_count()}, load average (1 min): {load0:.2f}, "
+              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+              f"MemAvailable: {gib(mem_available())}, "
               f"repeats: {args.repeats} (a side stops after {MAX_SIDE_SECONDS:.0f} s)")
         print("memory: peak RSS (ru_maxrss) of a fresh worker process minus its RSS just before "
               "the timed calls\n")
@@ -477,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         print("note:", n)
     print("\nG el/s: attention L1 elements T(T+1)/2*H*d per layer (one coordinate of one (t,s,h) "
           "distance) over the attention-contribution time only.")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus; "
+          "other processes on a shared machine slow both sides and distort ratios.")
     print("Targets (not asserted): SmolLM2 graph T=128 >= 50x; 7B T=512 >= 15 G el/s; "
           "7B T=2048 C peak <= 4 GB; prune 32x2048 < 50 ms.")
     return 0

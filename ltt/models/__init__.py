@@ -399,6 +399,16 @@ class Model:
             return [self._trace_one(p, all_logits) for p in prompt]
         return self._trace_one(prompt, all_logits)
 
+    def trace_many(self, prompts: Any, **kwargs: Any):
+        """Trace many prompts, keeping only each one's component importance: a
+        :class:`ltt.routes.RouteSet` (see :func:`ltt.routes.trace_many` for the options).
+
+        >>> routes = model.trace_many(["Hello", "World"], out="routes.jsonl")   # doctest: +SKIP
+        """
+        from ltt.routes import trace_many
+
+        return trace_many(self, prompts, **kwargs)
+
     def _trace_one(self, prompt: str, all_logits: bool) -> Trace:
         import torch
 

@@ -1,0 +1,962 @@
+"""Routes at scale: which heads and FFN blocks carry the predictions of a whole set of prompts.
+
+One graph explains one prediction. :func:`trace_many` streams many prompts through
+``trace -> graph -> summary`` and keeps only a small per-prompt summary (:class:`PromptRoutes`):
+how much of the prediction flows through each attention head and each FFN block, and how much
+comes from each input token. :class:`RouteSet` aggregates the summaries: how often each head or
+FFN block is on the route and how much it carries when it is, which source-position pattern its
+edges follow, and the prompts where it mattered most.
+
+The importance measures, for one prompt's pruned graph ``g`` (threshold, threshold mode and
+targets as in :func:`ltt.graph.build_graph`) with ``flow = g.flow()``:
+
+* **head share** of head h in layer l: the sum over the kept attention edges ``e = (s -> t)``
+  of layer l of ``frac_h(e) * weight(e) * flow(target(e))`` (``weighting="flow"``, the default)
+  or ``frac_h(e) * weight(e)`` (``weighting="edge"``). ``frac_h(e)`` is head h's fraction of
+  the edge's weight: with ``renormalize=False`` it is ``heads[l,h,t,s] / sum_h' heads[l,h',t,s]``;
+  with ``renormalize=True`` only the head parts that survived the threshold count
+  (``heads[l,h,t,s] >= threshold``, or the state's single largest part when none did), so it is
+  that head's renormalised part over the edge's. With flow weighting, a head's share is the
+  fraction of the targets' output that passes through that head on the pruned routes; the shares
+  of one layer's heads, its residual edges and its bias add up to at most 1.
+* **FFN share** of layer l: the sum over the kept FFN edges ``M{l}_t -> I{l}_t`` of
+  ``weight(e) * flow(I{l}_t)`` (= the flow through the layer's FFN blocks), or of ``weight(e)``
+  with ``weighting="edge"``.
+* **source shares** ``[T]``: ``flow(X0_t)``, how much of the prediction each input token feeds
+  (always flow, whatever the weighting).
+* **source-position pattern** of a kept attention edge ``s -> t``: ``"same"`` (s = t),
+  ``"previous"`` (s = t-1), ``"first"`` (s = 0), ``"other"``, first match in that order. Each
+  head share is split over the four patterns (``PromptRoutes.patterns [L, H, 4]``).
+* **prediction**: the model's most likely next token after the prompt and its probability
+  (the last position, whatever the targets).
+
+A head (FFN block) is *on the route* of a prompt when its share is > 0.
+
+Prompts are traced one at a time: the hooks of :mod:`ltt.models` record batch row 0 and padding
+would have to be threaded through every family's masks and positions; the attribution, not the
+forward pass, dominates the time per prompt on small models anyway.
+
+>>> import ltt                                                        # doctest: +SKIP
+>>> model = ltt.load("smollm2-135m")                                  # doctest: +SKIP
+>>> routes = model.trace_many(["The capital of France is", "2 + 2 ="], out="routes.jsonl")  # doctest: +SKIP
+>>> routes.head_frequency.shape, routes.top_prompts(12, 3, k=1)      # doctest: +SKIP
+>>> merged = ltt.routes.merge_shards("routes.jsonl")                 # after a sharded run  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ltt.graph import ATTENTION, FFN, Graph, _check_threshold, attribute, build_graph, resolve_targets
+
+__all__ = [
+    "PATTERNS",
+    "PromptRoutes",
+    "RouteSet",
+    "summarize",
+    "trace_many",
+    "load_routes",
+    "merge_shards",
+    "shard_path",
+    "shard_from_env",
+]
+
+#: Source-position patterns of an attention edge ``s -> t``, in the order they are tested.
+PATTERNS = ("same", "previous", "first", "other")
+FORMAT = "ltt-routes"
+VERSION = 1
+_WEIGHTINGS = ("flow", "edge")
+
+
+def prompt_key(prompt: str) -> str:
+    """The first 16 hex digits of the prompt's SHA-1: with its index, a record's resume key."""
+    return hashlib.sha1(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _pattern(t: int, s: int) -> int:
+    if s == t:
+        return 0
+    if s == t - 1:
+        return 1
+    if s == 0:
+        return 2
+    return 3
+
+
+# --------------------------------------------------------------------------------------------
+# one prompt
+
+
+@dataclass
+class PromptRoutes:
+    """The routes of one prompt reduced to component importance (see the module docstring).
+
+    * ``index``: the prompt's position in the input; ``key``: :func:`prompt_key`;
+    * ``patterns [L, H, 4]``: each head's share split by source-position pattern
+      (:data:`PATTERNS`); ``heads [L, H]`` is their sum;
+    * ``ffn [L]``: each FFN block's share; ``sources [T]``: the flow reaching each ``X0_t``;
+    * ``prediction``: ``{"token", "id", "prob"}`` of the most likely next token.
+    """
+
+    index: int
+    prompt: str
+    key: str
+    tokens: list[str]
+    patterns: np.ndarray
+    ffn: np.ndarray
+    sources: np.ndarray
+    prediction: dict[str, Any]
+
+    @property
+    def heads(self) -> np.ndarray:
+        return self.patterns.sum(axis=-1)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    def to_record(self) -> dict[str, Any]:
+        """Plain JSON data; heads are stored sparsely as ``[layer, head, same, previous, first,
+        other]`` rows for the heads on the route."""
+        rows = [
+            [int(l), int(h)] + [float(v) for v in self.patterns[l, h]]
+            for l, h in zip(*np.nonzero(self.patterns.sum(axis=-1) > 0))
+        ]
+        return {
+            "index": int(self.index),
+            "key": self.key,
+            "prompt": self.prompt,
+            "tokens": list(self.tokens),
+            "prediction": dict(self.prediction),
+            "heads": rows,
+            "ffn": [float(v) for v in self.ffn],
+            "sources": [float(v) for v in self.sources],
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any], n_layers: int, n_heads: int) -> "PromptRoutes":
+        patterns = np.zeros((n_layers, n_heads, len(PATTERNS)))
+        for row in rec["heads"]:
+            patterns[int(row[0]), int(row[1])] = row[2:]
+        return cls(
+            index=int(rec["index"]),
+            prompt=str(rec["prompt"]),
+            key=str(rec["key"]),
+            tokens=[str(t) for t in rec["tokens"]],
+            patterns=patterns,
+            ffn=np.asarray(rec["ffn"], dtype=np.float64),
+            sources=np.asarray(rec["sources"], dtype=np.float64),
+            prediction=dict(rec["prediction"]),
+        )
+
+    def __repr__(self) -> str:
+        text = self.prompt if len(self.prompt) <= 40 else self.prompt[:37] + "..."
+        return (f"PromptRoutes(index={self.index}, prompt={text!r}, heads_on_route="
+                f"{int((self.heads > 0).sum())}, prediction={self.prediction.get('token')!r})")
+
+
+def _head_fractions(heads_lts: np.ndarray, threshold: float, renormalize: bool) -> np.ndarray:
+    """``[H]``: each head's fraction of one attention edge's weight (see the module docstring)."""
+    parts = np.asarray(heads_lts, dtype=np.float64)
+    kept = np.where(parts >= threshold, parts, 0.0) if renormalize else parts
+    total = kept.sum()
+    if total <= 0.0:
+        # Every head part of a kept edge fell below the threshold: the state kept its single
+        # largest part (first head on ties), which is this edge's argmax head.
+        out = np.zeros_like(parts)
+        out[int(np.argmax(parts))] = 1.0
+        return out
+    return kept / total
+
+
+def _check_weighting(weighting: str) -> str:
+    if weighting not in _WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
+    return weighting
+
+
+def summarize(
+    trace: Any,
+    threshold: float = 0.04,
+    renormalize: bool = True,
+    targets: Sequence[int] | str | int | None = None,
+    norm: int = 1,
+    weighting: str = "flow",
+    graph: Graph | None = None,
+    index: int = 0,
+) -> PromptRoutes:
+    """Reduce the pruned graph of ``trace`` to component importance (module docstring).
+
+    ``graph``: an already built ``trace.graph(threshold, renormalize, targets, norm)`` to reuse.
+
+    >>> r = summarize(model.trace("The capital of France is"))     # doctest: +SKIP
+    >>> r.heads.shape, float(r.sources.sum()) <= 1.0                # doctest: +SKIP
+    ((30, 9), True)
+    """
+    _check_weighting(weighting)
+    if graph is None:
+        graph = build_graph(trace, threshold=threshold, renormalize=renormalize, targets=targets, norm=norm)
+    full = attribute(trace, graph.norm)
+    L, H, T = full.heads.shape[0], full.heads.shape[1], full.heads.shape[2]
+    flow = graph.flow()
+    token = {n.name: n.token for n in graph.nodes}
+    patterns = np.zeros((L, H, len(PATTERNS)))
+    ffn = np.zeros(L)
+    for e in graph.edges:
+        scale = e.weight * (flow.get(e.target, 0.0) if weighting == "flow" else 1.0)
+        if e.kind == ATTENTION:
+            t, s = token[e.target], token[e.source]
+            frac = _head_fractions(full.heads[e.layer, :, t, s], graph.threshold, graph.renormalize)
+            patterns[e.layer, :, _pattern(t, s)] += frac * scale
+        elif e.kind == FFN and e.target.startswith("I"):
+            ffn[e.layer] += scale
+    sources = np.zeros(T)
+    for n in graph.nodes:
+        if n.kind == "X":
+            sources[n.token] = flow.get(n.name, 0.0)
+    logits = np.asarray(trace.logits, dtype=np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    top = int(np.argmax(probs))
+    model = getattr(trace, "model", None)
+    tok = getattr(model, "tokenizer", None)
+    text = tok.decode([top]) if tok is not None else str(top)
+    return PromptRoutes(
+        index=int(index),
+        prompt=str(trace.prompt),
+        key=prompt_key(str(trace.prompt)),
+        tokens=[str(t) for t in trace.tokens],
+        patterns=patterns,
+        ffn=ffn,
+        sources=sources,
+        prediction={"token": text, "id": top, "prob": float(probs[top])},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the set
+
+
+def _pandas():
+    try:
+        import pandas as pd
+    except ImportError as exc:
+        raise ImportError("this table export needs pandas: pip install pandas") from exc
+    return pd
+
+
+@dataclass
+class RouteSet:
+    """The summaries of many prompts and their aggregates (module docstring for the measures).
+
+    Per prompt (N prompts, in input order): ``heads [N, L, H]``, ``ffn [N, L]``, ``patterns
+    [N, L, H, 4]``, ``records`` (the :class:`PromptRoutes`), ``errors`` (prompts skipped with
+    ``on_error="skip"``: ``{"index", "key", "prompt", "error"}``).
+
+    Aggregates: ``head_frequency [L, H]`` (fraction of prompts where the head is on the route),
+    ``head_mean_share [L, H]`` (its mean share over those prompts; 0 where it never is),
+    ``head_mean [L, H]`` (mean over all prompts), the same three for ``ffn_*`` ``[L]``,
+    ``head_pattern_fractions [L, H, 4]`` (the head's total share split by pattern),
+    ``head_pattern [L, H]`` (index of its dominant pattern in :data:`PATTERNS`, -1 when never on
+    the route) and :meth:`pattern_counts`.
+
+    >>> routes.head_frequency[12, 3], routes.top_prompts(12, 3, k=3)   # doctest: +SKIP
+    >>> routes.to_frame("heads").sort_values("mean", ascending=False)  # doctest: +SKIP
+    """
+
+    model_name: str
+    n_layers: int
+    n_heads: int
+    settings: dict[str, Any]
+    records: list[PromptRoutes] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    model: Any = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _stack(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if not self.records:
+            return np.zeros((0,) + shape)
+        return np.stack([getattr(r, name) for r in self.records])
+
+    # -- per prompt ------------------------------------------------------------------------
+
+    @property
+    def patterns(self) -> np.ndarray:
+        return self._stack("patterns", (self.n_layers, self.n_heads, len(PATTERNS)))
+
+    @property
+    def heads(self) -> np.ndarray:
+        return self.patterns.sum(axis=-1)
+
+    @property
+    def ffn(self) -> np.ndarray:
+        return self._stack("ffn", (self.n_layers,))
+
+    @property
+    def prompts(self) -> list[str]:
+        return [r.prompt for r in self.records]
+
+    @property
+    def indices(self) -> list[int]:
+        return [r.index for r in self.records]
+
+    # -- aggregates --------------------------------------------------------------------------
+
+    @staticmethod
+    def _agg(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = x.shape[0]
+        on = x > 0
+        count = on.sum(axis=0)
+        total = x.sum(axis=0)
+        freq = count / n if n else np.zeros(x.shape[1:])
+        mean_share = np.divide(total, count, out=np.zeros(x.shape[1:]), where=count > 0)
+        mean = total / n if n else np.zeros(x.shape[1:])
+        return freq, mean_share, mean
+
+    @property
+    def head_frequency(self) -> np.ndarray:
+        return self._agg(self.heads)[0]
+
+    @property
+    def head_mean_share(self) -> np.ndarray:
+        return self._agg(self.heads)[1]
+
+    @property
+    def head_mean(self) -> np.ndarray:
+        return self._agg(self.heads)[2]
+
+    @property
+    def ffn_frequency(self) -> np.ndarray:
+        return self._agg(self.ffn)[0]
+
+    @property
+    def ffn_mean_share(self) -> np.ndarray:
+        return self._agg(self.ffn)[1]
+
+    @property
+    def ffn_mean(self) -> np.ndarray:
+        return self._agg(self.ffn)[2]
+
+    @property
+    def head_pattern_fractions(self) -> np.ndarray:
+        p = self.patterns.sum(axis=0)
+        total = p.sum(axis=-1, keepdims=True)
+        return np.divide(p, total, out=np.zeros_like(p), where=total > 0)
+
+    @property
+    def head_pattern(self) -> np.ndarray:
+        p = self.patterns.sum(axis=0)
+        return np.where(p.sum(axis=-1) > 0, p.argmax(axis=-1), -1)
+
+    def pattern_counts(self) -> list[tuple[str, int]]:
+        """How many (prompt, head on the route) pairs have each dominant source-position
+        pattern, most frequent first.
+
+        >>> routes.pattern_counts()                          # doctest: +SKIP
+        [('first', 812), ('same', 640), ('previous', 201), ('other', 95)]
+        """
+        p = self.patterns
+        on = p.sum(axis=-1) > 0
+        dominant = p.argmax(axis=-1)[on]
+        counts = np.bincount(dominant, minlength=len(PATTERNS))
+        return sorted(((PATTERNS[i], int(c)) for i, c in enumerate(counts)), key=lambda kv: -kv[1])
+
+    def source_positions(self) -> dict[str, float]:
+        """Mean flow over the prompts reaching the first token, the last token and the rest."""
+        first = last = other = 0.0
+        for r in self.records:
+            s = r.sources
+            first += s[0]
+            if len(s) > 1:
+                last += s[-1]
+                other += s[1:-1].sum()
+        n = max(len(self.records), 1)
+        return {"first": first / n, "last": last / n, "other": other / n}
+
+    def top_prompts(self, layer: int, head: int | None = None, k: int = 10) -> list[dict[str, Any]]:
+        """The ``k`` prompts where head ``head`` of ``layer`` (its FFN block when ``head`` is
+        None) carried the largest share, largest first, only those where it is on the route:
+        ``{"index", "prompt", "share", "prediction"}``.
+
+        >>> routes.top_prompts(12, 3, k=5)[0]["prompt"]      # doctest: +SKIP
+        """
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -self.n_layers <= layer < self.n_layers:
+            raise ValueError(f"layer must be an int in [0, {self.n_layers}), got {layer!r}")
+        layer = int(layer) % self.n_layers
+        if head is None:
+            values = self.ffn[:, layer] if self.records else np.zeros(0)
+        else:
+            if isinstance(head, bool) or not isinstance(head, (int, np.integer)) or not 0 <= head < self.n_heads:
+                raise ValueError(f"head must be an int in [0, {self.n_heads}) or None (the FFN), got {head!r}")
+            values = self.heads[:, layer, int(head)] if self.records else np.zeros(0)
+        order = np.argsort(-values, kind="stable")[: max(int(k), 0)]
+        return [
+            {"index": self.records[i].index, "prompt": self.records[i].prompt,
+             "share": float(values[i]), "prediction": dict(self.records[i].prediction)}
+            for i in order if values[i] > 0
+        ]
+
+    # -- tables ------------------------------------------------------------------------------
+
+    def table(self, kind: str = "heads") -> dict[str, np.ndarray]:
+        """A tidy table as a dict of equal-length columns (no pandas needed).
+
+        * ``"heads"``: one row per (layer, head): ``layer, head, frequency, mean_share, mean``,
+          ``pattern`` (dominant pattern name or ``""``) and one ``pattern_<name>`` fraction each;
+        * ``"ffn"``: one row per layer: ``layer, frequency, mean_share, mean``;
+        * ``"prompts"``: one row per (prompt, component on its route): ``index, component``
+          (``"head"`` or ``"ffn"``), ``layer, head`` (-1 for the FFN), ``share``.
+
+        >>> cols = routes.table("heads"); cols["mean"].shape       # doctest: +SKIP
+        """
+        L, H = self.n_layers, self.n_heads
+        if kind == "heads":
+            freq, mean_share, mean = self._agg(self.heads)
+            frac = self.head_pattern_fractions
+            dom = self.head_pattern
+            cols: dict[str, np.ndarray] = {
+                "layer": np.repeat(np.arange(L), H),
+                "head": np.tile(np.arange(H), L),
+                "frequency": freq.reshape(-1),
+                "mean_share": mean_share.reshape(-1),
+                "mean": mean.reshape(-1),
+                "pattern": np.array([PATTERNS[d] if d >= 0 else "" for d in dom.reshape(-1)], dtype=object),
+            }
+            for i, name in enumerate(PATTERNS):
+                cols[f"pattern_{name}"] = frac[..., i].reshape(-1)
+            return cols
+        if kind == "ffn":
+            freq, mean_share, mean = self._agg(self.ffn)
+            return {"layer": np.arange(L), "frequency": freq, "mean_share": mean_share, "mean": mean}
+        if kind == "prompts":
+            index, comp, layer, head, share = [], [], [], [], []
+            for r in self.records:
+                hv = r.heads
+                for l, h in zip(*np.nonzero(hv > 0)):
+                    index.append(r.index); comp.append("head"); layer.append(int(l)); head.append(int(h))
+                    share.append(float(hv[l, h]))
+                for l in np.nonzero(r.ffn > 0)[0]:
+                    index.append(r.index); comp.append("ffn"); layer.append(int(l)); head.append(-1)
+                    share.append(float(r.ffn[l]))
+            return {"index": np.array(index, dtype=np.int64), "component": np.array(comp, dtype=object),
+                    "layer": np.array(layer, dtype=np.int64), "head": np.array(head, dtype=np.int64),
+                    "share": np.array(share, dtype=np.float64)}
+        raise ValueError(f"kind must be 'heads', 'ffn' or 'prompts', got {kind!r}")
+
+    def to_frame(self, kind: str = "heads"):
+        """:meth:`table` as a ``pandas.DataFrame`` (ImportError with the pip command without pandas).
+
+        >>> routes.to_frame("ffn").sort_values("mean").tail(3)     # doctest: +SKIP
+        """
+        pd = _pandas()
+        return pd.DataFrame(self.table(kind))
+
+    # -- files -------------------------------------------------------------------------------
+
+    def header(self, shard: tuple[int, int] | None = None) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "model": self.model_name, "n_layers": self.n_layers,
+                "n_heads": self.n_heads, "settings": dict(self.settings),
+                "shard": None if shard is None else [int(shard[0]), int(shard[1])]}
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the set as one JSON-lines file (a header line, then one line per prompt and per
+        skipped prompt); ``load_routes`` reads it back.
+
+        >>> routes.save("routes.jsonl")                           # doctest: +SKIP
+        """
+        path = os.fspath(path)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(self.header()) + "\n")
+            for rec in sorted([r.to_record() for r in self.records] + list(self.errors), key=lambda d: d["index"]):
+                fh.write(json.dumps(rec) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    def show(self, model: Any = None, metric: str = "frequency", k: int = 10):
+        """The layers x heads heatmap (and FFN strip) of this set in Jupyter; clicking a cell lists
+        the prompts where that component mattered most, clicking a prompt re-traces it with
+        ``model`` (default: the model that made the set) and shows its graph.
+
+        >>> routes.show()                                          # doctest: +SKIP
+        """
+        from ltt.importance_widget import ImportanceWidget, with_graph_output
+
+        return with_graph_output(ImportanceWidget(self, model=model or self.model, metric=metric, k=k))
+
+    def __repr__(self) -> str:
+        return (f"RouteSet(model={self.model_name!r}, prompts={len(self.records)}, errors={len(self.errors)}, "
+                f"layers={self.n_layers}, heads={self.n_heads}, settings={self.settings})")
+
+
+# --------------------------------------------------------------------------------------------
+# input prompts
+
+
+def _prompt_source(prompts: Any) -> tuple[Iterator[tuple[int, Any]], int | None]:
+    """``(iterator of (index, prompt), count or None)`` from a list, a file path or an iterable."""
+    if isinstance(prompts, (str, os.PathLike)):
+        path = os.fspath(prompts)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"prompts={path!r}: no such file (a string is read as a text file with one prompt "
+                "per line; pass a list to give the prompts themselves)")
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except OSError as exc:
+            raise type(exc)(exc.errno, f"prompts={path!r}: cannot read the file: {exc.strerror}") from exc
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise ValueError(f"prompts={path!r}: line {line} is not valid UTF-8 ({exc.reason})") from exc
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        items = [(i, line.rstrip("\r")) for i, line in enumerate(lines) if line.rstrip("\r").strip()]
+        if not items:
+            raise ValueError(f"prompts={path!r}: the file holds no prompts (one prompt per line)")
+        return iter(items), len(items)
+    if isinstance(prompts, (bytes, bytearray)):
+        raise TypeError("prompts must be a list of strings, a text file path or an iterable of strings, got bytes")
+    if prompts is None:
+        raise TypeError("prompts must be a list of strings, a text file path or an iterable of strings, got None")
+    try:
+        count = len(prompts)
+    except TypeError:
+        count = None
+    if count == 0:
+        raise ValueError(f"prompts is empty ({prompts!r}): give at least one prompt")
+    try:
+        it = iter(prompts)
+    except TypeError as exc:
+        raise TypeError(f"prompts must be a list of strings, a text file path or an iterable of strings, "
+                        f"got {type(prompts).__name__}") from exc
+    return enumerate(it), count
+
+
+# --------------------------------------------------------------------------------------------
+# shards
+
+
+def shard_from_env() -> tuple[int, int] | None:
+    """``(RANK, WORLD_SIZE)`` from the environment (``torchrun``, ``accelerate launch``), or None
+    when there is no world of more than one process.
+
+    >>> shard_from_env()                                          # doctest: +SKIP
+    (0, 2)
+    """
+    world = os.environ.get("WORLD_SIZE")
+    rank = os.environ.get("RANK")
+    if world is None or rank is None:
+        return None
+    try:
+        n, i = int(world), int(rank)
+    except ValueError as exc:
+        raise ValueError(f"RANK={rank!r} and WORLD_SIZE={world!r} must be integers") from exc
+    if n <= 1:
+        return None
+    if not 0 <= i < n:
+        raise ValueError(f"RANK={i} is outside [0, WORLD_SIZE={n})")
+    return i, n
+
+
+def _check_shard(shard: Any) -> tuple[int, int] | None:
+    if shard is None:
+        return shard_from_env()
+    try:
+        i, n = shard
+        ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (i, n))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard must be (i, n) with integers 0 <= i < n, got {shard!r}")
+    return (int(i), int(n)) if n > 1 else None
+
+
+def shard_path(path: str | os.PathLike, shard: tuple[int, int] | None) -> str:
+    """The file a shard writes: ``routes.jsonl`` -> ``routes.shard0of2.jsonl``.
+
+    >>> shard_path("out/routes.jsonl", (1, 4))
+    'out/routes.shard1of4.jsonl'
+    """
+    path = os.fspath(path)
+    if shard is None:
+        return path
+    root, ext = os.path.splitext(path)
+    return f"{root}.shard{shard[0]}of{shard[1]}{ext}"
+
+
+# --------------------------------------------------------------------------------------------
+# the output file
+
+
+def _read_jsonl(path: str, repair: bool = False) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Header and records of a routes file. A truncated last line (a crash mid-write) is ignored,
+    and cut off the file when ``repair``; a bad line elsewhere is an error."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    lines = data.split(b"\n")
+    good_end = 0
+    parsed: list[dict[str, Any]] = []
+    pos = 0
+    for n, line in enumerate(lines):
+        end = pos + len(line) + 1
+        if line.strip():
+            try:
+                obj = json.loads(line.decode("utf-8"))
+                if not isinstance(obj, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                if n == len(lines) - 1 or (n == len(lines) - 2 and not lines[-1]):
+                    break  # the last line: a write cut short
+                raise ValueError(f"{path!r} line {n + 1} is not a routes record ({exc})") from exc
+            parsed.append(obj)
+            good_end = min(end, len(data))
+        pos = end
+    if repair and good_end < len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(good_end)
+            if good_end and data[good_end - 1:good_end] != b"\n":
+                fh.seek(good_end)
+                fh.write(b"\n")
+    if not parsed:
+        return None, []
+    header = parsed[0]
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path!r} is not an ltt routes file (its first line has no format={FORMAT!r})")
+    return header, parsed[1:]
+
+
+def _parquet_modules():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise ImportError("Parquet output needs pyarrow: pip install pyarrow "
+                          "(or write JSON lines: out='routes.jsonl')") from exc
+    return pa, pq
+
+
+def _write_parquet(path: str, header: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """One row per record; the header goes into the schema metadata."""
+    pa, pq = _parquet_modules()
+    rows = [dict(r, prediction=json.dumps(r.get("prediction")), heads=json.dumps(r.get("heads")),
+                 error=r.get("error")) for r in records]
+    columns = ["index", "key", "prompt", "tokens", "prediction", "heads", "ffn", "sources", "error"]
+    table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows],
+                                 schema=pa.schema([("index", pa.int64()), ("key", pa.string()),
+                                                   ("prompt", pa.string()), ("tokens", pa.list_(pa.string())),
+                                                   ("prediction", pa.string()), ("heads", pa.string()),
+                                                   ("ffn", pa.list_(pa.float64())),
+                                                   ("sources", pa.list_(pa.float64())), ("error", pa.string())],
+                                                  metadata={b"ltt-routes": json.dumps(header).encode()}))
+    tmp = path + ".tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _read_parquet(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    _, pq = _parquet_modules()
+    table = pq.read_table(path)
+    meta = table.schema.metadata or {}
+    if b"ltt-routes" not in meta:
+        raise ValueError(f"{path!r} is not an ltt routes Parquet file")
+    header = json.loads(meta[b"ltt-routes"])
+    records = []
+    for row in table.to_pylist():
+        if row.get("error") is not None:
+            records.append({k: row[k] for k in ("index", "key", "prompt", "error")})
+        else:
+            row.pop("error", None)
+            row["prediction"] = json.loads(row["prediction"])
+            row["heads"] = json.loads(row["heads"])
+            records.append(row)
+    return header, records
+
+
+def _is_parquet(path: str) -> bool:
+    return path.lower().endswith((".parquet", ".pq"))
+
+
+def _partial(path: str) -> str:
+    # Parquet cannot be appended to: a Parquet run streams into this JSON-lines file and writes
+    # the Parquet file when it stops (finished or not).
+    return path + ".partial.jsonl"
+
+
+def _set_from(header: dict[str, Any], records: Iterable[dict[str, Any]], model: Any = None) -> RouteSet:
+    L, H = int(header["n_layers"]), int(header["n_heads"])
+    rs = RouteSet(str(header["model"]), L, H, dict(header["settings"]), model=model)
+    latest: dict[int, dict[str, Any]] = {}
+    for rec in records:
+        latest[int(rec["index"])] = rec  # a re-run prompt (changed text) replaces its old record
+    for i in sorted(latest):
+        rec = latest[i]
+        if "error" in rec:
+            rs.errors.append(rec)
+        else:
+            rs.records.append(PromptRoutes.from_record(rec, L, H))
+    return rs
+
+
+def load_routes(path: str | os.PathLike) -> RouteSet:
+    """A :class:`RouteSet` from a file written by :func:`trace_many` or :meth:`RouteSet.save`
+    (JSON lines, or Parquet with pyarrow). A truncated last line is ignored.
+
+    >>> routes = load_routes("routes.jsonl")                      # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path={path!r}: no such routes file")
+    if _is_parquet(path):
+        header, records = _read_parquet(path)
+    else:
+        header, records = _read_jsonl(path)
+        if header is None:
+            raise ValueError(f"path={path!r} is empty: no routes header")
+    return _set_from(header, records)
+
+
+def merge_shards(paths: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
+                 allow_missing: bool = False) -> RouteSet:
+    """Merge the files of a sharded run into one :class:`RouteSet` (sorted by prompt index).
+
+    ``paths``: the ``out`` path the run was given (its ``.shard{i}of{n}`` files are found next
+    to it), or an explicit list of shard files. Every shard must have the same model and
+    settings; a missing shard is an error unless ``allow_missing``. ``out``: also write the merged
+    set there (JSON lines).
+
+    >>> merged = merge_shards("routes.jsonl", out="routes.merged.jsonl")   # doctest: +SKIP
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        base = os.fspath(paths)
+        root, ext = os.path.splitext(base)
+        pattern = re.compile(re.escape(os.path.basename(root)) + r"\.shard(\d+)of(\d+)" + re.escape(ext) + "$")
+        files = sorted(p for p in glob.glob(glob.escape(root) + ".shard*of*" + glob.escape(ext))
+                       if pattern.search(os.path.basename(p)))
+        if not files:
+            raise FileNotFoundError(f"paths={base!r}: no shard files {root}.shard<i>of<n>{ext} found")
+    else:
+        files = [os.fspath(p) for p in paths]
+        if not files:
+            raise ValueError("paths is empty: give the run's out path or a list of shard files")
+    headers: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
+    for f in files:
+        if _is_parquet(f):
+            h, recs = _read_parquet(f)
+        else:
+            h, recs = _read_jsonl(f)
+        if h is None:
+            raise ValueError(f"{f!r} is empty: no routes header")
+        headers.append(h)
+        records.extend(recs)
+    first = headers[0]
+    for f, h in zip(files, headers):
+        for key in ("model", "n_layers", "n_heads", "settings"):
+            if h[key] != first[key]:
+                raise ValueError(f"{f!r} has {key}={h[key]!r} but {files[0]!r} has {first[key]!r}: "
+                                 "shards of one run must share the model and settings")
+    shards = {tuple(h["shard"]) for h in headers if h.get("shard")}
+    sizes = {n for _, n in shards}
+    if len(sizes) > 1:
+        raise ValueError(f"the files come from runs with different shard counts {sorted(sizes)}: {files}")
+    if sizes and not allow_missing:
+        n = sizes.pop()
+        missing = sorted(set(range(n)) - {i for i, _ in shards})
+        if missing:
+            raise ValueError(f"shards {missing} of {n} are missing (found {files}); "
+                             "pass allow_missing=True to merge what is there")
+    merged_header = dict(first, shard=None)
+    rs = _set_from(merged_header, records)
+    if out is not None:
+        rs.save(out)
+    return rs
+
+
+class _Writer:
+    """Appends one JSON line per prompt and flushes it, so a stopped run loses nothing."""
+
+    def __init__(self, path: str, header: dict[str, Any], resume: bool):
+        self.path = path
+        self.done: dict[tuple[int, str], dict[str, Any]] = {}
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"out={path!r}: the folder {folder!r} does not exist")
+        exists = os.path.isfile(path) and os.path.getsize(path) > 0
+        if exists and resume:
+            old, recs = _read_jsonl(path, repair=True)
+            if old is not None:
+                for key in ("model", "n_layers", "n_heads", "settings", "shard"):
+                    if old.get(key) != header.get(key):
+                        raise ValueError(
+                            f"out={path!r} was written with {key}={old.get(key)!r}, this run has "
+                            f"{header.get(key)!r}: use another out file or resume=False to overwrite it")
+                for rec in recs:
+                    self.done[(int(rec["index"]), str(rec["key"]))] = rec
+            else:
+                exists = False
+        try:
+            self.fh = open(path, "a" if exists and resume else "w", encoding="utf-8")
+        except OSError as exc:
+            raise type(exc)(exc.errno, f"out={path!r}: cannot write the file: {exc.strerror}") from exc
+        if not (exists and resume):
+            self.write(header)
+
+    def write(self, obj: dict[str, Any]) -> None:
+        self.fh.write(json.dumps(obj) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _trace_one(model: Any, prompt: Any, index: int):
+    """The trace of one prompt; a bad prompt raises naming ``prompts[index]``."""
+    model._encode(prompt, argname=f"prompts[{index}]")
+    return model.trace(prompt)
+
+
+def trace_many(
+    model: Any,
+    prompts: Any,
+    *,
+    threshold: float = 0.04,
+    renormalize: bool = True,
+    targets: Sequence[int] | str | int | None = None,
+    norm: int = 1,
+    weighting: str = "flow",
+    out: str | os.PathLike | None = None,
+    resume: bool = True,
+    shard: tuple[int, int] | None = None,
+    on_error: str = "raise",
+    progress: bool | None = None,
+) -> RouteSet:
+    """Trace every prompt, build its pruned graph and keep only its :class:`PromptRoutes`.
+
+    * ``prompts``: a list of strings, a text file path (one prompt per line; blank lines are
+      skipped and a prompt's index is its 0-based line number) or any iterable of strings (a
+      generator, a ``datasets`` column), read lazily;
+    * ``threshold``, ``renormalize``, ``targets``, ``norm``: the graph of each prompt
+      (:func:`ltt.graph.build_graph`); ``weighting``: ``"flow"`` or ``"edge"`` (module docstring);
+    * ``out``: a JSON-lines file (``.jsonl``) written one line per prompt as it goes, or a
+      ``.parquet`` file (needs pyarrow; the run streams into ``<out>.partial.jsonl`` and writes
+      the Parquet file when it stops). With ``resume`` (default) an existing file with the same
+      settings is continued: prompts already in it (same index and prompt hash) are not traced
+      again, a truncated last line is dropped. ``resume=False`` overwrites it;
+    * ``shard=(i, n)``: trace only the prompts whose index is ``i`` modulo ``n``; by default
+      taken from the ``RANK`` / ``WORLD_SIZE`` environment (``torchrun``, ``accelerate
+      launch``). A sharded run writes ``out`` as :func:`shard_path` (``routes.shard0of2.jsonl``);
+      :func:`merge_shards` joins the files;
+    * ``on_error``: ``"raise"`` (default: stop at a bad prompt, naming ``prompts[i]``; the file
+      keeps everything done before it) or ``"skip"`` (record the error and go on);
+    * ``progress``: a tqdm bar (default: when stderr is a terminal).
+
+    Returns the :class:`RouteSet` of this process's prompts, in input order.
+
+    >>> routes = model.trace_many("prompts.txt", out="routes.jsonl")   # doctest: +SKIP
+    """
+    threshold = _check_threshold(threshold)
+    if not isinstance(renormalize, (bool, np.bool_)):
+        raise TypeError(f"renormalize must be True or False, got {renormalize!r}")
+    if norm not in (1, 2):
+        raise ValueError(f"norm must be 1 or 2, got {norm!r}")
+    _check_weighting(weighting)
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if targets is not None:
+        resolve_targets(targets, 1 << 30)  # type and emptiness checks; ranges are per prompt
+        if not isinstance(targets, str):
+            targets = [int(t) for t in (targets if not isinstance(targets, (int, np.integer)) else [targets])]
+    shard = _check_shard(shard)
+    settings = {"threshold": threshold, "renormalize": bool(renormalize), "targets": targets,
+                "norm": int(norm), "weighting": weighting}
+    routes = RouteSet(str(model.name), int(model.n_layers), int(model.n_heads), settings, model=model)
+    source, count = _prompt_source(prompts)
+    writer = None
+    final_path = None
+    if out is not None:
+        final_path = shard_path(out, shard)
+        write_path = final_path
+        if _is_parquet(final_path):
+            _parquet_modules()  # fail before any work when pyarrow is missing
+            write_path = _partial(final_path)
+            if resume and os.path.isfile(final_path) and not os.path.isfile(write_path):
+                old_header, old_records = _read_parquet(final_path)
+                with open(write_path, "w", encoding="utf-8") as fh:
+                    for obj in [old_header] + old_records:
+                        fh.write(json.dumps(obj) + "\n")
+        writer = _Writer(write_path, routes.header(shard), resume)
+    done = writer.done if writer is not None else {}
+    if count is not None and shard is not None:
+        i, n = shard
+        count = len(range(i, count, n)) if not isinstance(prompts, (str, os.PathLike)) else None
+    bar = None
+    if progress or (progress is None and not _quiet()):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=count, desc="tracing prompts", unit="prompt")
+    seen = 0
+    completed = False
+    try:
+        for index, prompt in source:
+            seen += 1
+            if shard is not None and index % shard[1] != shard[0]:
+                continue
+            key = prompt_key(prompt) if isinstance(prompt, str) else ""
+            old = done.get((index, key))
+            if old is not None:
+                if "error" in old:
+                    routes.errors.append(old)
+                else:
+                    routes.records.append(PromptRoutes.from_record(old, routes.n_layers, routes.n_heads))
+            else:
+                try:
+                    trace = _trace_one(model, prompt, index)
+                    summary = summarize(trace, threshold, renormalize, targets, norm, weighting, index=index)
+                    del trace
+                except (ValueError, TypeError) as exc:
+                    if on_error == "raise" or not isinstance(prompt, str):
+                        raise
+                    err = {"index": index, "key": key, "prompt": prompt, "error": f"{type(exc).__name__}: {exc}"}
+                    routes.errors.append(err)
+                    if writer is not None:
+                        writer.write(err)
+                else:
+                    routes.records.append(summary)
+                    if writer is not None:
+                        writer.write(summary.to_record())
+            if bar is not None:
+                bar.update(1)
+        if seen == 0:
+            raise ValueError("prompts is empty: the iterable gave no prompts")
+        completed = True
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+            if _is_parquet(final_path):
+                header, recs = _read_jsonl(writer.path)
+                _write_parquet(final_path, header, recs)
+                if completed:
+                    os.remove(writer.path)
+    return routes
+
+
+def _quiet() -> bool:
+    from ltt.models import _quiet as quiet
+
+    return quiet()

@@ -42,6 +42,14 @@ def __getattr__(name: str):
         from ltt.widget import GraphWidget
 
         return GraphWidget
+    if name == "diff":  # ltt.diff(trace_a, trace_b): contrastive graphs
+        from ltt.contrast import diff
+
+        return diff
+    if name == "RouteSet":
+        from ltt.routes import RouteSet
+
+        return RouteSet
     if name == "export":
         import importlib
 

@@ -134,7 +134,7 @@ class LttBuildExt(build_ext):
             raise BuildError(f"LTT_BLAS={choice!r}: expected 'scipy_openblas32' or 'system'")
 
         cflags = ["-std=c11", "-O3", "-fno-strict-aliasing", "-Wall", "-Wextra",
-                  "-Wno-unused-parameter"]
+                  "-Wno-unused-parameter", "-Wno-unknown-pragmas"]
         if os.environ.get("LTT_NATIVE") == "1":
             cflags.append("-march=native")
         openmp = False

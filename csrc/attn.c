@@ -157,6 +157,7 @@ static void ws_free(workspace *w)
     free(w->un2);
     free(w->wn);
     free(w->wn2);
+    memset(w, 0, sizeof *w);
 }
 
 static ltt_status ws_alloc(workspace *w, int64_t T, int64_t d, int norm)
@@ -242,22 +243,75 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
         total[t] = z;
     }
 
-    for (int64_t h = 0; h < H; h++) {
-        st = head_dists(&ws, T, H, G, d_h, d, h, norm, whole, attn, values, w_o, fix);
-        if (st != LTT_OK)
-            goto done;
-        for (int64_t t = 0; t < T; t++) {
-            double z = 0.0;
-            for (int64_t s = 0; s <= t; s++) {
-                const double r = ltt__raw(ws.wn[t], ws.dist[t * T + s]);
-                edge_raw[t * T + s] += r;
-                z += r;
-                if (heads != NULL)
-                    heads[(h * T + t) * T + s] = (float)r;
-            }
-            total[t] += z;
+    /* Heads are independent: with enough of them each thread takes whole heads (no barrier
+     * per column chunk, so a thread slowed by other work on the machine stalls no one), with
+     * private buffers summed at the end. Otherwise the heads run in turn, each one parallel
+     * inside. */
+    int nt = 1;
+#ifdef _OPENMP
+    nt = omp_get_max_threads();
+    const double per_thread = (double)T * (double)T * 16.0 + (double)T * (double)d * 4.0;
+    if (H < 2 * nt || per_thread * nt > (double)(1u << 30))
+        nt = 1;
+#endif
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        workspace tw;
+        int mine = nt > 1; /* private workspace and sums, or the shared ones */
+        ltt_status tst = mine ? ws_alloc(&tw, T, d, norm) : LTT_OK;
+        double *er = edge_raw, *zt = NULL;
+        if (!mine)
+            tw = ws;
+        if (mine && tst == LTT_OK) {
+            memcpy(tw.wn, ws.wn, (size_t)T * sizeof(double));
+            memcpy(tw.wn2, ws.wn2, (size_t)T * sizeof(double));
         }
+        if (mine && tst == LTT_OK) {
+            er = calloc((size_t)(T * T), sizeof(double));
+            if (er == NULL)
+                tst = LTT_ERR_NOMEM;
+        }
+        if (tst == LTT_OK && (zt = calloc((size_t)T, sizeof(double))) == NULL)
+            tst = LTT_ERR_NOMEM;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t h = 0; h < H; h++) {
+            if (tst != LTT_OK)
+                continue;
+            tst = head_dists(&tw, T, H, G, d_h, d, h, norm, whole, attn, values, w_o, fix);
+            if (tst != LTT_OK)
+                continue;
+            for (int64_t t = 0; t < T; t++) {
+                double z = 0.0;
+                for (int64_t s = 0; s <= t; s++) {
+                    const double r = ltt__raw(tw.wn[t], tw.dist[t * T + s]);
+                    er[t * T + s] += r;
+                    z += r;
+                    if (heads != NULL)
+                        heads[(h * T + t) * T + s] = (float)r;
+                }
+                zt[t] += z;
+            }
+        }
+#pragma omp critical(ltt_attn_sum)
+        {
+            if (tst != LTT_OK) {
+                st = tst;
+            } else {
+                if (mine)
+                    for (int64_t k = 0; k < T * T; k++)
+                        edge_raw[k] += er[k];
+                for (int64_t t = 0; t < T; t++)
+                    total[t] += zt[t];
+            }
+        }
+        if (mine) {
+            free(er);
+            ws_free(&tw);
+        }
+        free(zt);
     }
+    if (st != LTT_OK)
+        goto done;
 
     /* Shares. The node parts' raws were stored as float; recompute them in double instead. */
     for (int64_t t = 0; t < T; t++) {

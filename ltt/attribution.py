@@ -50,6 +50,18 @@ def _int(x: Any, name: str) -> int:
     return int(x)
 
 
+def check_threshold(threshold: Any) -> float:
+    """``threshold`` as a float in ``[0, 1)``, or a TypeError/ValueError naming it."""
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(
+        threshold, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"threshold must be a number in [0, 1), got {type(threshold).__name__} {threshold!r}")
+    t = float(threshold)
+    if not 0.0 <= t < 1.0:  # NaN fails this too
+        raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
+    return t
+
+
 def _norm(norm: Any) -> int:
     n = _int(norm, "norm")
     if n not in (1, 2):
@@ -211,7 +223,7 @@ def renormalize(heads: ArrayLike, single: ArrayLike, threshold: float) -> dict[s
     >>> [round(float(x), 6) for x in r["edges"][0]], [round(float(x), 6) for x in r["single"][0]]
     ([0.0, 0.157895], [0.842105, 1.0])
     """
-    return _core.renormalize(_arr(heads), _arr(single), float(threshold))
+    return _core.renormalize(_arr(heads), _arr(single), check_threshold(threshold))
 
 
 def prune(
@@ -238,7 +250,7 @@ def prune(
     """
     return _core.prune(
         _arr(attn), _arr(attn_resid), _arr(ffn), _arr(ffn_resid),
-        np.asarray(_arr(parallel)), np.atleast_1d(np.asarray(_arr(targets))), float(threshold),
+        np.asarray(_arr(parallel)), np.atleast_1d(np.asarray(_arr(targets))), check_threshold(threshold),
     )  # fmt: skip
 
 

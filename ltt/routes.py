@@ -55,7 +55,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ltt.graph import ATTENTION, FFN, Graph, _check_threshold, attribute, build_graph, resolve_targets
+from ltt.attribution import check_threshold
+from ltt.graph import ATTENTION, FFN, Graph, attribute, build_graph, resolve_targets
 
 __all__ = [
     "PATTERNS",
@@ -868,7 +869,7 @@ def trace_many(
 
     >>> routes = model.trace_many("prompts.txt", out="routes.jsonl")   # doctest: +SKIP
     """
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     if not isinstance(renormalize, (bool, np.bool_)):
         raise TypeError(f"renormalize must be True or False, got {renormalize!r}")
     if norm not in (1, 2):

@@ -53,6 +53,13 @@ export function edgePath(kind, a, b, grid = GRID) {
   return `M${f(x1)} ${f(y1)}C${f(x1)} ${f(ym)} ${f(x2)} ${f(ym)} ${f(x2)} ${f(y2)}`;
 }
 
+/** Path data of a node mark: a tiny square whose thick non-scaling stroke draws the dot (round
+ *  joins) or the square (miter joins) at a constant screen size whatever the zoom. */
+export function nodeMark(x, y) {
+  const e = 0.01;
+  return `M${x - e} ${y - e}h${2 * e}v${2 * e}h${-2 * e}z`;
+}
+
 /** Stroke width (screen px) and opacity of an edge of the given weight in [0, 1]. */
 export function edgeStyle(weight) {
   const w = Math.min(1, Math.max(0, Number(weight) || 0));
@@ -539,11 +546,13 @@ export function render({ model, el }) {
     slider.max = String(hi);
     const thr = Number(model.get("threshold"));
     slider.value = String(Math.min(hi, Math.max(lo, thr)));
-    thrBox.value = String(thr);
+    // a box being edited keeps what the user is typing
+    const editing = (box) => box.getRootNode && box.getRootNode().activeElement === box;
+    if (!editing(thrBox)) thrBox.value = String(thr);
     renormBox.checked = !!model.get("renormalize");
     normBox.checked = !!model.get("normalize");
     const T = graph ? graph.tokens.length : 0;
-    targetBox.value = (model.get("targets") || []).join(", ");
+    if (!editing(targetBox)) targetBox.value = (model.get("targets") || []).join(", ");
     fromBox.max = toBox.max = String(Math.max(0, T - 1));
   }
 
@@ -582,7 +591,7 @@ export function render({ model, el }) {
       const nfrag = document.createDocumentFragment();
       for (const n of graph.nodes) {
         const [x, y] = lay.pos.get(n.name);
-        nfrag.append(s("path", { class: `ltt-node ltt-node-${n.kind}`, d: `M${x} ${y}h0`, "data-node": n.name }));
+        nfrag.append(s("path", { class: `ltt-node ltt-node-${n.kind}`, d: nodeMark(x, y), "data-node": n.name }));
       }
       gNodes.append(nfrag);
     } else {
@@ -785,7 +794,7 @@ export function render({ model, el }) {
     const name = sel.node || (sel.edge ? null : null);
     if (name && lay && lay.pos.has(name)) {
       const [x, y] = lay.pos.get(name);
-      gHi.append(s("path", { class: "ltt-hi-node", d: `M${x} ${y}h0` }));
+      gHi.append(s("path", { class: "ltt-hi-node", d: nodeMark(x, y) }));
     }
   }
 

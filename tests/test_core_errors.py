@@ -16,24 +16,10 @@ import faulthandler
 import numpy as np
 import pytest
 
-from ltt import _core
 from ltt import attribution as A
 
 T, H, G, DH, D, E, F = 5, 4, 2, 3, 6, 2, 7
 L = 3
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _print_build_info(pytestconfig):
-    if not getattr(pytestconfig, "_ltt_build_info_shown", False):
-        pytestconfig._ltt_build_info_shown = True
-        line = f"ltt._core.build_info(): {_core.build_info()}"
-        capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-        if capture is not None:
-            with capture.global_and_fixture_disabled():
-                print("\n" + line)
-        else:
-            print(line)
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,6 @@ import os
 import numpy as np
 import pytest
 
-from ltt import _core
 from ltt import _reference as R
 from ltt import attribution as A
 
@@ -42,19 +41,6 @@ TOL = {
 
 # --------------------------------------------------------------------------------------------
 # session: say which build is under test, once
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _print_build_info(pytestconfig):
-    if not getattr(pytestconfig, "_ltt_build_info_shown", False):
-        pytestconfig._ltt_build_info_shown = True
-        line = f"ltt._core.build_info(): {_core.build_info()}"
-        capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-        if capture is not None:
-            with capture.global_and_fixture_disabled():
-                print("\n" + line)
-        else:
-            print(line)
 
 
 # --------------------------------------------------------------------------------------------

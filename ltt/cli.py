@@ -106,10 +106,36 @@ def describe_families() -> str:
     return "\n".join(lines)
 
 
-def _run_trace(args: argparse.Namespace) -> int:
+def _check_model(name: str) -> None:
+    """Refuse a path-like ``--model`` that names no directory before transformers reads it as a
+    hub id (its own message is about repo-id syntax)."""
+    from ltt.models.embedded import is_embedded
+
+    if is_embedded(name) or os.path.isdir(name):
+        return
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    if looks_like_path or os.path.exists(name):
+        raise ValueError(
+            f"--model {name!r}: no such model directory (give a local directory holding config.json, "
+            "a hub id such as 'gpt2', or 'smollm2-135m')"
+        )
+
+
+def _load(args: argparse.Namespace):
     import ltt
 
-    model = ltt.load(args.model, trust_remote_code=args.trust_remote_code)
+    try:
+        return ltt.load(args.model, trust_remote_code=args.trust_remote_code)
+    except OSError as exc:  # transformers: not a directory, not on the hub, or no network
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OSError(
+            f"--model {args.model!r}: not a local directory or embedded model, and loading it from "
+            f"the hub failed: {first}"
+        ) from exc
+
+
+def _run_trace(args: argparse.Namespace) -> int:
+    model = _load(args)
     trace = model.trace(args.prompt)
     targets = None if args.target is None else [args.target]
     graph = trace.graph(threshold=args.threshold, renormalize=not args.no_renormalize, targets=targets)
@@ -176,8 +202,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.model = DEMO_MODEL
         if args.top <= 0:
             raise ValueError(f"--top must be a positive integer, got {args.top}")
+        # Cheap checks first: nothing should wait for a model to load to be refused.
+        from ltt.attribution import check_threshold
+
+        try:
+            check_threshold(args.threshold)
+        except ValueError as exc:
+            raise ValueError(f"--{exc}") from None
+        if args.prompt == "":
+            raise ValueError("--prompt is empty (''): give at least one character of text")
+        _check_model(args.model)
         _check_writable(args.json, "--json")
         _check_writable(args.out, "--out")
+        if os.environ.get("LTT_QUIET"):
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # the loading bars; ltt's own bars read LTT_QUIET
         return _run_trace(args)
     except KeyboardInterrupt:
         print("ltt: interrupted", file=sys.stderr)

@@ -332,3 +332,23 @@ def test_512_tokens_by_32_layers_renders_within_a_second(page, tmp_path):
     # a click in the canvas finds the node under the mouse
     page.click("button.ltt-fit")
     page.wait_for_timeout(100)
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "gemma2"])
+def test_other_block_shapes_draw_and_reprune_exactly(page, tiny_model, tmp_path, family):
+    """Parallel blocks (GPT-NeoX: no A states) and post-branch norms with biases (Gemma 2)."""
+    trace = tiny_model(family).trace(PROMPT)
+    T = len(trace.token_ids)
+    targets = [T - 3, T - 1]
+    path = to_html(trace, tmp_path / f"{family}.html", threshold=0.01, targets=targets)
+    _open(page, path)
+    _assert_same(page, trace.graph(threshold=0.01, targets=targets))
+    if family == "gpt_neox":
+        assert not page.eval_on_selector_all("[data-node^='A']", "els => els.length")
+    for thr in (0.02, 0.04, 0.1):
+        _set_threshold(page, thr)
+        _assert_same(page, trace.graph(threshold=thr, targets=targets))
+    page.click("input.ltt-renormalize")
+    for thr in (0.03, 0.07):
+        _set_threshold(page, thr)
+        _assert_same(page, trace.graph(threshold=thr, renormalize=False, targets=targets))

@@ -344,16 +344,19 @@ def _assemble(trace, full, w, kept, threshold, renormalize, targets, norm) -> Gr
     edges: list[Edge] = []
     nodes: dict[str, Node] = {}
 
-    def add_node(kind: str, layer: int, token: int, bias: float = 0.0) -> str:
+    def add_node(kind: str, layer: int, token: int) -> str:
+        # A bias is a share of the state the attention edges enter: A{l}_t, or I{l}_t when
+        # layer l is a parallel block.
         name = node_name(kind, layer, token)
         if name not in nodes:
+            has_bias = kind == "A" or (kind == "I" and full.parallel[layer])
+            bias = float(w.attn_bias[layer, token]) if has_bias else 0.0
             nodes[name] = Node(name, layer, token, kind, bias)
         return name
 
     def attn_state(l: int, t: int) -> str:
         # The state the attention edges of layer l enter: A{l}_t, or I{l}_t in a parallel layer.
-        bias = float(w.attn_bias[l, t])
-        return add_node("I" if full.parallel[l] else "A", l, t, bias)
+        return add_node("I" if full.parallel[l] else "A", l, t)
 
     def add_input(l: int, t: int) -> str:
         return add_node("X", -1, t) if l == 0 else add_node("I", l - 1, t)
@@ -366,7 +369,7 @@ def _assemble(trace, full, w, kept, threshold, renormalize, targets, norm) -> Gr
     for l, t in zip(*np.nonzero(kept["ffn"])):
         l, t = int(l), int(t)
         src = add_input(l, t) if full.parallel[l] else attn_state(l, t)
-        out = add_node("I", l, t, float(w.attn_bias[l, t]) if full.parallel[l] else 0.0)
+        out = add_node("I", l, t)
         mid = add_node("M", l, t)
         weight = float(w.ffn[l, t])
         edges.append(Edge(src, mid, FFN, weight, l))
@@ -375,7 +378,7 @@ def _assemble(trace, full, w, kept, threshold, renormalize, targets, norm) -> Gr
         l, t = int(l), int(t)
         edges.append(Edge(attn_state(l, t), add_node("I", l, t), RESIDUAL, float(w.ffn_resid[l, t]), l))
     for t in targets:
-        add_node("I", L - 1, t, float(w.attn_bias[L - 1, t]) if full.parallel[L - 1] else 0.0)
+        add_node("I", L - 1, t)
 
     kind_order = {"X": 0, "A": 1, "M": 2, "I": 3}
     node_list = sorted(nodes.values(), key=lambda n: (n.layer, kind_order[n.kind], n.token))

@@ -87,8 +87,11 @@ def test_full_graph_at_threshold_zero_keeps_every_edge():
     assert by_key[("I0_4", "M1_4", "ffn")] == pytest.approx(float(full.ffn[1, 4]))
 
 
-def test_renormalized_states_sum_to_one_in_the_graph():
-    trace = synthetic_trace(T=7, L=3, parallel=(2,), bias=True, seed=3)
+@pytest.mark.parametrize("parallel", [(2,), (0, 1)])
+def test_renormalized_states_sum_to_one_in_the_graph(parallel):
+    # a parallel layer's output carries its bias share, also where it is first met as the
+    # input of the next layer
+    trace = synthetic_trace(T=7, L=3, parallel=parallel, bias=True, seed=3)
     g = build_graph(trace, threshold=0.04, renormalize=True, targets=[-1, 2])
     incoming: dict[str, float] = {}
     for e in g.edges:

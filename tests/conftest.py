@@ -160,3 +160,23 @@ def tiny_model(tiny_dir):
         return loaded[key]
 
     return get
+
+
+def chromium_path() -> str:
+    """Debian's chromium for the browser tests (``LTT_CHROMIUM`` overrides the path).
+
+    The browser tests are part of the suite, not optional: without the browser they fail with
+    the command that installs it (``make test`` runs it)."""
+    import os
+    import shutil
+
+    path = os.environ.get("LTT_CHROMIUM", "/usr/bin/chromium")
+    found = path if os.path.exists(path) else shutil.which(path)
+    if not found:
+        pytest.fail(
+            f"no chromium at {path!r}: install Debian's browser with "
+            "`apt-get update && apt-get install -y chromium` (make test does), "
+            "or point LTT_CHROMIUM at one",
+            pytrace=False,
+        )
+    return found

@@ -1,25 +1,22 @@
 """The front end in a real browser: Debian's chromium driven by Playwright over exported reports.
 
 Needs ``apt-get install chromium`` and ``pip install playwright`` (never ``playwright install``:
-the system browser is used). Skipped, with the reason, when either is missing. Screenshots go to
+the system browser is used); without them the module fails and says what to install. Screenshots go to
 ``artifacts/`` (gitignored).
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
-import shutil
-import time
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-CHROMIUM = os.environ.get("LTT_CHROMIUM", "/usr/bin/chromium")
-if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-    pytest.skip(f"no chromium at {CHROMIUM}: apt-get install -y chromium", allow_module_level=True)
+from playwright import sync_api  # noqa: E402
+from conftest import chromium_path  # noqa: E402
+
+CHROMIUM = chromium_path()
 
 from ltt import interpret  # noqa: E402
 from ltt.export import to_html  # noqa: E402

@@ -1,7 +1,7 @@
 """The widget in a real JupyterLab: a server on 127.0.0.1 (random free port, token auth, a temp
 root), a notebook opened in Debian's chromium, a cell that shows a trace, a click on the graph.
 
-Needs ``pip install jupyterlab playwright`` and ``apt-get install chromium``; skipped otherwise.
+Needs ``pip install jupyterlab playwright`` and ``apt-get install chromium`` (``make test`` installs both).
 The server (and the kernels it started) is always stopped, by its own process group.
 """
 
@@ -11,7 +11,6 @@ import json
 import os
 import pathlib
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,13 +20,13 @@ import urllib.request
 
 import pytest
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-pytest.importorskip("jupyterlab", reason="pip install jupyterlab")
-pytest.importorskip("ipykernel", reason="pip install ipykernel")
-pytest.importorskip("anywidget", reason="pip install anywidget")
-CHROMIUM = os.environ.get("LTT_CHROMIUM", "/usr/bin/chromium")
-if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-    pytest.skip(f"no chromium at {CHROMIUM}: apt-get install -y chromium", allow_module_level=True)
+import anywidget  # noqa: E402,F401  (the test extra has all of these: pip install -e '.[test]')
+import ipykernel  # noqa: E402,F401
+import jupyterlab  # noqa: E402,F401
+from playwright import sync_api  # noqa: E402
+from conftest import chromium_path  # noqa: E402
+
+CHROMIUM = chromium_path()
 
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "artifacts"
 REPO = pathlib.Path(__file__).resolve().parent.parent

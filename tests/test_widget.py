@@ -13,8 +13,6 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("anywidget", reason="the widget needs anywidget: pip install anywidget")
-
 import traitlets  # noqa: E402
 
 from ltt import interpret  # noqa: E402

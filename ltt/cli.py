@@ -144,8 +144,6 @@ def _run_trace(args: argparse.Namespace) -> int:
         graph.to_json(args.json)
         print(f"graph JSON written to {args.json}")
     if args.out:
-        if not hasattr(trace, "to_html"):
-            raise RuntimeError("the HTML report is not available in this version of ltt")
         trace.to_html(args.out, threshold=args.threshold, renormalize=not args.no_renormalize, targets=targets)
         print(f"HTML report written to {args.out}")
     return 0
@@ -166,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add_graph_options(p: argparse.ArgumentParser, json_default: str | None) -> None:
+    def add_graph_options(p: argparse.ArgumentParser, json_default: str | None, html_default: str | None) -> None:
         p.add_argument("--target", type=int, default=None,
                        help="token position whose prediction to explain (negative counts from the end; default: the last)")
         p.add_argument("--threshold", type=float, default=0.04,
@@ -174,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-renormalize", action="store_true",
                        help="keep raw shares instead of dropping parts below the threshold and rescaling the rest")
         p.add_argument("--json", default=json_default, metavar="PATH", help="write the pruned graph as JSON here")
-        p.add_argument("--out", default=None, metavar="PATH", help="write the standalone HTML report here")
+        p.add_argument("--out", default=html_default, metavar="PATH", help="write the standalone HTML report here")
         p.add_argument("--top", type=int, default=5, help="how many tokens, layers and edges to print (default 5)")
         p.add_argument("--trust-remote-code", action="store_true",
                        help="allow the model repository's own code to run (off by default)")
@@ -182,11 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("trace", help="trace a prompt through a model and print the routes to its prediction")
     t.add_argument("--model", required=True, help="hub id, local directory, or 'smollm2-135m' (the embedded model)")
     t.add_argument("--prompt", required=True, help="the text to run through the model")
-    add_graph_options(t, None)
+    add_graph_options(t, None, None)
 
     d = sub.add_parser("demo", help=f"trace {DEMO_PROMPT!r} on the embedded {DEMO_MODEL}")
     d.add_argument("--prompt", default=DEMO_PROMPT, help="the text to run (default: an indirect-object sentence)")
-    add_graph_options(d, "ltt-demo.json")
+    add_graph_options(d, "ltt-demo.json", "ltt-demo.html")
 
     sub.add_parser("models", help="list the supported model families and how each is decomposed")
     return parser

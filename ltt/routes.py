@@ -626,10 +626,11 @@ def _read_jsonl(path: str, repair: bool = False) -> tuple[dict[str, Any] | None,
             parsed.append(obj)
             good_end = min(end, len(data))
         pos = end
-    if repair and good_end < len(data):
+    if repair and good_end and (good_end < len(data) or not data.endswith(b"\n")):
+        # Cut a partial last line off, and end the last good line, so appending starts clean.
         with open(path, "r+b") as fh:
             fh.truncate(good_end)
-            if good_end and data[good_end - 1:good_end] != b"\n":
+            if data[good_end - 1:good_end] != b"\n":
                 fh.seek(good_end)
                 fh.write(b"\n")
     if not parsed:

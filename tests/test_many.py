@@ -428,9 +428,22 @@ def test_parquet_output_needs_pyarrow_or_round_trips(llama, full_run, tmp_path):
             R.trace_many(llama, PROMPTS[:1], out=out)
         assert not out.exists()
         return
-    got = R.trace_many(llama, PROMPTS, out=out)
-    np.testing.assert_array_equal(R.load_routes(out).patterns, got.patterns)
+    def stopping():
+        yield from PROMPTS[:3]
+        raise KeyboardInterrupt("stopped")
+
+    with pytest.raises(KeyboardInterrupt):
+        R.trace_many(llama, stopping(), out=out, on_error="skip")
+    assert R.load_routes(out).indices == [0, 1, 2]  # the Parquet file is written when a run stops
+    got = R.trace_many(llama, PROMPTS[:5] + ["word " * 200] + PROMPTS[5:], out=out, on_error="skip")
     assert not os.path.exists(str(out) + ".partial.jsonl")
+    back = R.load_routes(out)
+    np.testing.assert_array_equal(back.patterns, got.patterns)
+    np.testing.assert_array_equal(back.patterns, rs.patterns)
+    assert [e["index"] for e in back.errors] == [5] and back.indices == [0, 1, 2, 3, 4, 6, 7]
+    for i in range(2):
+        R.trace_many(llama, PROMPTS, out=tmp_path / "s.parquet", shard=(i, 2))
+    np.testing.assert_array_equal(R.merge_shards(tmp_path / "s.parquet").patterns, rs.patterns)
 
 
 # -- tables and display ---------------------------------------------------------------------------
@@ -503,3 +516,15 @@ def test_importance_js_helpers():
     """)
     proc = subprocess.run(["node", "--input-type=module", "-e", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_resume_after_a_cut_before_the_newline(llama, full_run, tmp_path):
+    rs, path = full_run
+    out = tmp_path / "r.jsonl"
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:3]).rstrip(b"\n"))  # two whole records, the last one unended
+    resumed = R.trace_many(llama, PROMPTS, out=out)
+    np.testing.assert_array_equal(resumed.patterns, rs.patterns)
+    assert [json.loads(x).get("index") for x in out.read_text(encoding="utf-8").splitlines()[1:]] == list(
+        range(len(PROMPTS)))

@@ -931,7 +931,9 @@ def trace_many(
                     del trace
                 except (ValueError, TypeError) as exc:
                     if on_error == "raise" or not isinstance(prompt, str):
-                        raise
+                        if f"prompts[{index}]" in str(exc) or type(exc) not in (ValueError, TypeError):
+                            raise
+                        raise type(exc)(f"prompts[{index}]: {exc}") from exc
                     err = {"index": index, "key": key, "prompt": prompt, "error": f"{type(exc).__name__}: {exc}"}
                     routes.errors.append(err)
                     if writer is not None:

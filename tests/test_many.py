@@ -414,7 +414,7 @@ def test_bad_options_are_named(llama, kwargs, match):
 
 
 def test_targets_out_of_range_for_one_prompt_name_it(llama):
-    with pytest.raises(ValueError, match="targets"):
+    with pytest.raises(ValueError, match=r"prompts\[0\]: targets holds -8"):
         R.trace_many(llama, ["ab", PROMPTS[1]], targets=[-8])
 
 

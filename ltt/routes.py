@@ -96,25 +96,34 @@ def _pattern(t: int, s: int) -> int:
 # one prompt
 
 
-@dataclass
 class PromptRoutes:
     """The routes of one prompt reduced to component importance (see the module docstring).
 
     * ``index``: the prompt's position in the input; ``key``: :func:`prompt_key`;
     * ``patterns [L, H, 4]``: each head's share split by source-position pattern
-      (:data:`PATTERNS`); ``heads [L, H]`` is their sum;
+      (:data:`PATTERNS`); ``heads [L, H]`` is their sum. Only the heads on the route are
+      stored (a pruned graph holds few), so many summaries stay small in memory;
     * ``ffn [L]``: each FFN block's share; ``sources [T]``: the flow reaching each ``X0_t``;
     * ``prediction``: ``{"token", "id", "prob"}`` of the most likely next token.
     """
 
-    index: int
-    prompt: str
-    key: str
-    tokens: list[str]
-    patterns: np.ndarray
-    ffn: np.ndarray
-    sources: np.ndarray
-    prediction: dict[str, Any]
+    __slots__ = ("index", "prompt", "key", "tokens", "ffn", "sources", "prediction", "_shape", "_where", "_values")
+
+    def __init__(self, index: int, prompt: str, key: str, tokens: list[str], patterns: np.ndarray,
+                 ffn: np.ndarray, sources: np.ndarray, prediction: dict[str, Any]):
+        self.index, self.prompt, self.key, self.tokens = index, prompt, key, tokens
+        self.ffn, self.sources, self.prediction = ffn, sources, prediction
+        patterns = np.asarray(patterns, dtype=np.float64)
+        self._shape = patterns.shape
+        on = np.nonzero(patterns.sum(axis=-1) > 0)
+        self._where = np.stack(on, axis=1).astype(np.int32)  # [K, 2] (layer, head)
+        self._values = patterns[on]  # [K, 4]
+
+    @property
+    def patterns(self) -> np.ndarray:
+        out = np.zeros(self._shape)
+        out[self._where[:, 0], self._where[:, 1]] = self._values
+        return out
 
     @property
     def heads(self) -> np.ndarray:
@@ -127,10 +136,7 @@ class PromptRoutes:
     def to_record(self) -> dict[str, Any]:
         """Plain JSON data; heads are stored sparsely as ``[layer, head, same, previous, first,
         other]`` rows for the heads on the route."""
-        rows = [
-            [int(l), int(h)] + [float(v) for v in self.patterns[l, h]]
-            for l, h in zip(*np.nonzero(self.patterns.sum(axis=-1) > 0))
-        ]
+        rows = [[int(l), int(h)] + [float(v) for v in vals] for (l, h), vals in zip(self._where, self._values)]
         return {
             "index": int(self.index),
             "key": self.key,

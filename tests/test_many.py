@@ -533,7 +533,7 @@ def test_resume_after_a_cut_before_the_newline(llama, full_run, tmp_path):
 def test_importance_js_renders_in_a_browser(full_run):
     """The ES module in chromium with a model shim: the grid, a click on a cell, the prompt list
     (a prompt holding HTML renders as text) and the open message."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api
     from conftest import chromium_path
 
     from ltt.importance_widget import STATIC, ImportanceWidget

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import torch  # noqa: E402
 
 import ltt  # noqa: E402
 from ltt import _reference  # noqa: E402
@@ -37,10 +35,6 @@ FAMILIES = {
 POST_NORM = {"gemma2", "gemma3"}
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 TOL = 1e-4
-
-
-def _has_core() -> bool:
-    return importlib.util.find_spec("ltt.attribution") is not None and hasattr(ltt, "_core")
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +158,6 @@ def test_states_and_logits_match_the_model(key, traced):
 @pytest.mark.parametrize("key", list(FAMILIES))
 def test_attribution_on_traced_buffers(key, traced):
     """Per layer, the C core's shares sum to 1 and agree with the NumPy reference."""
-    if not _has_core():
-        pytest.skip("ltt.attribution / the C core is not built yet")
     from ltt import attribution
 
     model, trace = traced(key)
@@ -194,8 +186,6 @@ def test_attribution_on_traced_buffers(key, traced):
 
 
 def test_graph_builds(traced):
-    if not _has_core() or importlib.util.find_spec("ltt.graph") is None:
-        pytest.skip("the C core or ltt.graph is not available yet")
     model, trace = traced("llama")
     g = trace.graph(threshold=0.0, renormalize=False)
     assert g.edges and g.tokens == trace.tokens

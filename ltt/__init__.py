@@ -21,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken buil
 from ltt.attribution import contributions
 
 __version__ = "0.1.0"
-__all__ = ["contributions", "load", "Graph", "GraphWidget", "Trace", "__version__"]
+__all__ = ["contributions", "load", "diff", "Graph", "GraphWidget", "RouteSet", "Trace", "__version__"]
 
 
 def __getattr__(name: str):

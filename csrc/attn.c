@@ -6,8 +6,18 @@
 #include "ltt_blas.h"
 #include "ltt_internal.h"
 
-/* Bytes of head vectors (all sources, one column chunk) meant to stay in a core's L2 cache. */
-#define U_CHUNK_BYTES (1 << 20)
+/*
+ * L1 blocking: a column chunk of L1_COLS coordinates of LTT_TILE_R target rows (32 KB) stays in
+ * the L1 cache while sources stream past, and the chunk of a block of sources (U_BLOCK_BYTES)
+ * stays in L2 while the row blocks below it pass over it.
+ */
+#define L1_COLS 1024
+#define U_BLOCK_BYTES (1 << 19)
+/* Few heads: threads share each head, in row bands (per thread) and source rows of u. */
+#define BANDS_PER_THREAD 4
+#define U_ROWS 64
+/* Whole heads per thread only while all threads' private buffers stay below this. */
+#define PRIVATE_BYTES (1u << 30)
 /* L2 mode: pairs with ||w - a u||^2 below this fraction of ||w||^2 + ||a u||^2 are recomputed
  * directly in double, because the float32 dot product would lose too many digits there. */
 #define L2_REFINE 0.1
@@ -21,16 +31,36 @@ static ltt_status check_sizes(int64_t T, int64_t H, int64_t G, int64_t d_h, int6
     return LTT_OK;
 }
 
-/* u[s] = transform(values[s, g(h)] @ w_o[h]) for s < T, into u [T, d]. */
-static ltt_status head_vectors(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d, int64_t h,
-                               float *restrict u, const float *restrict values,
-                               const float *restrict w_o, ltt_norm_fix fix)
+/* One layer's inputs, as the kernels below read them. */
+typedef struct {
+    int64_t T, H, G, d_h, d;
+    int norm;
+    const float *whole, *attn, *values, *w_o;
+    ltt_norm_fix fix;
+    const double *wn2; /* [T] ||w_t||^2, L2 only */
+} layer;
+
+/* Buffers of one head's distances. */
+typedef struct {
+    float *u;     /* [T, d] head vectors */
+    double *dist; /* [T, T] */
+    float *dots;  /* [T, T], L2 only */
+    double *un2;  /* [T] ||u_s||^2, L2 only */
+} workspace;
+
+/*
+ * u[i] = transform(values_i[g(h)] @ w_o[h]) for n sources whose value rows start at `values`
+ * (rows of G * d_h), into u [n, d]; un2[i] = ||u[i]||^2 unless un2 is NULL. Single-threaded.
+ * Returns nonzero when a value is not finite.
+ */
+static int head_vectors(int64_t H, int64_t G, int64_t d_h, int64_t d, int64_t h, int64_t n,
+                        float *restrict u, double *restrict un2, const float *restrict values,
+                        const float *restrict w_o, ltt_norm_fix fix)
 {
     const int64_t g = h / (H / G);
-    ltt__sgemm(0, T, d, d_h, values + g * d_h, G * d_h, w_o + h * d_h * d, d, u, d);
+    ltt__sgemm(1, 0, n, d, d_h, values + g * d_h, G * d_h, w_o + h * d_h * d, d, u, d);
     int bad = 0;
-#pragma omp parallel for schedule(static) reduction(| : bad) if (T * d > 65536)
-    for (int64_t s = 0; s < T; s++) {
+    for (int64_t s = 0; s < n; s++) {
         float *us = u + s * d;
         if (fix.center) {
             double mean = 0.0;
@@ -45,10 +75,23 @@ static ltt_status head_vectors(int64_t T, int64_t H, int64_t G, int64_t d_h, int
                 us[j] *= fix.col_scale[j];
         for (int64_t j = 0; j < d; j++)
             bad |= !isfinite(us[j]);
+        if (un2 != NULL) {
+            const double nu = ltt__norm(d, us, 2);
+            un2[s] = nu * nu;
+        }
     }
-    return bad ? LTT_ERR_OVERFLOW : LTT_OK;
+    return bad;
 }
 
+/* Rows [s0, s1) of head h's vectors into ws (u and, L2, un2). */
+static int vector_rows(const layer *L, int64_t h, int64_t s0, int64_t s1, workspace *ws)
+{
+    return head_vectors(L->H, L->G, L->d_h, L->d, h, s1 - s0, ws->u + s0 * L->d,
+                        ws->un2 != NULL ? ws->un2 + s0 : NULL, L->values + s0 * L->G * L->d_h,
+                        L->w_o, L->fix);
+}
+
+/* a[t, s] times the target's row scale, in float as the kernels use it. */
 static inline float coef(const float *restrict a_h, const float *restrict row_scale, int64_t T,
                          int64_t t, int64_t s)
 {
@@ -57,61 +100,56 @@ static inline float coef(const float *restrict a_h, const float *restrict row_sc
 }
 
 /*
- * L1 distances dist[t * T + s] = ||w_t - a[t,s] u_s||_1 for s <= t (other entries untouched).
- * Blocked: a column chunk of every u_s stays in L2 while blocks of LTT_TILE_R targets stream
- * past it, each u load feeding LTT_TILE_R rows; the triangular work is balanced dynamically.
+ * L1 distances dist[t * T + s] = ||w_t - a[t,s] u_s||_1 for targets t in [r0, r1) (r0 a
+ * multiple of LTT_TILE_R) and s <= t; entries just above the diagonal are scratch.
+ * Single-threaded; each u load feeds LTT_TILE_R rows.
  */
-static void dist_l1(int64_t T, int64_t d, double *restrict dist, const float *restrict whole,
-                    const float *restrict u, const float *restrict a_h,
+static void dist_l1(int64_t T, int64_t d, int64_t r0, int64_t r1, double *restrict dist,
+                    const float *restrict whole, const float *restrict u, const float *restrict a_h,
                     const float *restrict row_scale)
 {
-    int64_t D = U_CHUNK_BYTES / (4 * T);
-    D = D < 64 ? 64 : D - D % 16;
-    if (D > d)
-        D = d;
-    const int64_t nblk = (T + LTT_TILE_R - 1) / LTT_TILE_R;
-    /* Entries above the diagonal near it are computed too (harmless scratch), so zero all. */
-    memset(dist, 0, (size_t)(T * T) * sizeof(double));
-#pragma omp parallel
-    {
-        for (int64_t j0 = 0; j0 < d; j0 += D) {
-            const int64_t n = (d - j0 < D) ? d - j0 : D;
-            /* Largest blocks first so the dynamic schedule ends evenly. */
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t bi = 0; bi < nblk; bi++) {
-                const int64_t t0 = (nblk - 1 - bi) * LTT_TILE_R;
-                const int nr = (int)((T - t0 < LTT_TILE_R) ? T - t0 : LTT_TILE_R);
+    for (int64_t t = r0; t < r1; t++) { /* sources up to the end of t's row block */
+        const int64_t end = r0 + ((t - r0) / LTT_TILE_R + 1) * LTT_TILE_R;
+        memset(dist + t * T, 0, (size_t)(end < r1 ? end : r1) * sizeof(double));
+    }
+    const int64_t D = d < L1_COLS ? d : L1_COLS;
+    int64_t SB = U_BLOCK_BYTES / (4 * D);
+    SB -= SB % LTT_TILE_R;
+    if (SB < LTT_TILE_R)
+        SB = LTT_TILE_R;
+    for (int64_t j0 = 0; j0 < d; j0 += D) {
+        const int64_t n = (d - j0 < D) ? d - j0 : D;
+        for (int64_t s0 = 0; s0 < r1; s0 += SB) {
+            /* the first row block holding a target t >= s0 */
+            int64_t t0 = s0 > r0 ? r0 + (s0 - r0) / LTT_TILE_R * LTT_TILE_R : r0;
+            for (; t0 < r1; t0 += LTT_TILE_R) {
+                const int nr = (int)((r1 - t0 < LTT_TILE_R) ? r1 - t0 : LTT_TILE_R);
+                const int64_t s1 = (s0 + SB < t0 + nr) ? s0 + SB : t0 + nr;
                 const float *w[LTT_TILE_R];
                 float rs[LTT_TILE_R];
                 for (int r = 0; r < nr; r++) {
                     w[r] = whole + (t0 + r) * d + j0;
                     rs[r] = row_scale != NULL ? row_scale[t0 + r] : 1.0f;
                 }
-                /* sources 0 .. t0 + nr - 1 */
-                ltt__l1_rows(n, nr, t0 + nr, dist + t0 * T, T, w, u + j0, d, a_h + t0 * T, T, rs);
+                ltt__l1_rows(n, nr, s1 - s0, dist + t0 * T + s0, T, w, u + s0 * d + j0, d,
+                             a_h + t0 * T + s0, T, rs);
             }
         }
     }
 }
 
 /*
- * L2 distances from ||w - a u||^2 = ||w||^2 - 2 a (w . u) + a^2 ||u||^2 with w . u from one
- * sgemm; pairs where cancellation or float range makes that inexact are recomputed in double.
- * scratch: T * T floats.
+ * L2 distances for targets [r0, r1) from ||w - a u||^2 = ||w||^2 - 2 a (w . u) + a^2 ||u||^2
+ * with w . u from one sgemm; pairs where cancellation or float range makes that inexact are
+ * recomputed in double. Single-threaded.
  */
-static void dist_l2(int64_t T, int64_t d, double *restrict dist, float *restrict dots,
-                    const double *restrict wn2, double *restrict un2, const float *restrict whole,
-                    const float *restrict u, const float *restrict a_h,
+static void dist_l2(int64_t T, int64_t d, int64_t r0, int64_t r1, double *restrict dist,
+                    float *restrict dots, const double *restrict wn2, const double *restrict un2,
+                    const float *restrict whole, const float *restrict u, const float *restrict a_h,
                     const float *restrict row_scale)
 {
-    ltt__sgemm(1, T, T, d, whole, d, u, d, dots, T);
-#pragma omp parallel for schedule(static)
-    for (int64_t s = 0; s < T; s++) {
-        const double n = ltt__norm(d, u + s * d, 2);
-        un2[s] = n * n;
-    }
-#pragma omp parallel for schedule(dynamic, 4)
-    for (int64_t t = 0; t < T; t++) {
+    ltt__sgemm(1, 1, r1 - r0, r1, d, whole + r0 * d, d, u, d, dots + r0 * T, T);
+    for (int64_t t = r0; t < r1; t++) {
         for (int64_t s = 0; s <= t; s++) {
             const double a = coef(a_h, row_scale, T, t, s);
             const double p2 = a * a * un2[s];
@@ -128,26 +166,75 @@ static void dist_l2(int64_t T, int64_t d, double *restrict dist, float *restrict
     }
 }
 
-/* Per-target norms of the wholes: wn[t] = ||w_t||; wn2[t] = ||w_t||^2 (L2 mode). */
-static void whole_norms(int64_t T, int64_t d, int norm, double *wn, double *wn2, const float *whole)
+/* Head h's distances for targets [r0, r1), its vectors for sources < r1 in ws. */
+static void dist_rows(const layer *L, int64_t h, int64_t r0, int64_t r1, workspace *ws)
 {
-#pragma omp parallel for schedule(static) if (T * d > 65536)
-    for (int64_t t = 0; t < T; t++) {
-        wn[t] = ltt__norm(d, whole + t * d, norm);
-        wn2[t] = ltt__norm(d, whole + t * d, 2);
-        wn2[t] *= wn2[t];
-    }
+    const float *a_h = L->attn + h * L->T * L->T;
+    if (L->norm == 1)
+        dist_l1(L->T, L->d, r0, r1, ws->dist, L->whole, ws->u, a_h, L->fix.row_scale);
+    else
+        dist_l2(L->T, L->d, r0, r1, ws->dist, ws->dots, L->wn2, ws->un2, L->whole, ws->u, a_h,
+                L->fix.row_scale);
 }
 
-/* Workspace of one head's distances. */
-typedef struct {
-    float *u;     /* [T, d] */
-    double *dist; /* [T, T] */
-    float *dots;  /* [T, T], L2 only */
-    double *un2;  /* [T], L2 only */
-    double *wn;   /* [T] */
-    double *wn2;  /* [T] */
-} workspace;
+/* Edge k of nb row bands of equal triangle area, on row-block boundaries. */
+static int64_t band_edge(int64_t T, int64_t nb, int64_t k)
+{
+    if (k >= nb)
+        return T;
+    int64_t r = (int64_t)((double)T * sqrt((double)k / (double)nb));
+    r -= r % LTT_TILE_R;
+    return r < T ? r : T;
+}
+
+static int64_t n_bands(int64_t T, int nt)
+{
+    const int64_t blocks = (T + LTT_TILE_R - 1) / LTT_TILE_R;
+    const int64_t nb = nt > 1 ? (int64_t)BANDS_PER_THREAD * nt : 1;
+    return nb < blocks ? nb : blocks;
+}
+
+/* Raw contributions of head h for targets [r0, r1): added to er [T, T] and zt [T], and stored
+ * in heads [H, T, T] (unless NULL). */
+static void add_raws(int64_t T, int64_t h, int64_t r0, int64_t r1, const double *restrict wn,
+                     const double *restrict dist, double *restrict er, double *restrict zt,
+                     float *restrict heads)
+{
+    for (int64_t t = r0; t < r1; t++)
+        zt[t] += ltt__raw_row(t + 1, wn[t], dist + t * T, er + t * T,
+                              heads != NULL ? heads + (h * T + t) * T : NULL);
+}
+
+/* What runs after the distances of one row band of a shared head. */
+typedef void (*band_fn)(void *ctx, int64_t h, int64_t r0, int64_t r1);
+
+/*
+ * Head h shared by the threads of the enclosing parallel region (or run by one): its vectors in
+ * U_ROWS source slices, then its distances in row bands, each band followed by band(). Every
+ * thread of the team calls it (it holds two work-sharing loops, each ending in a barrier).
+ */
+static void shared_head(const layer *L, int64_t h, workspace *ws, int nt, int *bad, band_fn band,
+                        void *ctx)
+{
+    const int64_t nu = (L->T + U_ROWS - 1) / U_ROWS;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < nu; c++) {
+        const int64_t s1 = (c + 1) * U_ROWS < L->T ? (c + 1) * U_ROWS : L->T;
+        if (vector_rows(L, h, c * U_ROWS, s1, ws)) {
+#pragma omp atomic write
+            *bad = 1;
+        }
+    }
+    const int64_t nb = n_bands(L->T, nt);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t r0 = band_edge(L->T, nb, b), r1 = band_edge(L->T, nb, b + 1);
+        if (r1 > r0) {
+            dist_rows(L, h, r0, r1, ws);
+            band(ctx, h, r0, r1);
+        }
+    }
+}
 
 static void ws_free(workspace *w)
 {
@@ -155,43 +242,79 @@ static void ws_free(workspace *w)
     free(w->dist);
     free(w->dots);
     free(w->un2);
-    free(w->wn);
-    free(w->wn2);
     memset(w, 0, sizeof *w);
 }
 
-static ltt_status ws_alloc(workspace *w, int64_t T, int64_t d, int norm)
+/* n workspaces in one allocation each (workspace k at offset k). */
+static int ws_alloc(workspace *w, int n, int64_t T, int64_t d, int norm)
 {
-    memset(w, 0, sizeof *w);
-    w->u = malloc((size_t)(T * d) * sizeof(float));
-    w->dist = malloc((size_t)(T * T) * sizeof(double));
-    w->wn = malloc((size_t)T * sizeof(double));
-    w->wn2 = malloc((size_t)T * sizeof(double));
-    if (norm == 2) {
-        w->dots = malloc((size_t)(T * T) * sizeof(float));
-        w->un2 = malloc((size_t)T * sizeof(double));
-    }
-    if (!w->u || !w->dist || !w->wn || !w->wn2 || (norm == 2 && (!w->dots || !w->un2))) {
+    const size_t TT = (size_t)T * (size_t)T;
+    w->u = malloc((size_t)n * (size_t)T * (size_t)d * sizeof(float));
+    w->dist = malloc((size_t)n * TT * sizeof(double));
+    w->dots = norm == 2 ? malloc((size_t)n * TT * sizeof(float)) : NULL;
+    w->un2 = norm == 2 ? malloc((size_t)n * (size_t)T * sizeof(double)) : NULL;
+    if (!w->u || !w->dist || (norm == 2 && (!w->dots || !w->un2))) {
         ws_free(w);
-        return LTT_ERR_NOMEM;
+        return -1;
     }
-    return LTT_OK;
+    return 0;
 }
 
-/* Distances of head h into ws->dist (s <= t). */
-static ltt_status head_dists(workspace *ws, int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
-                             int64_t h, int norm, const float *whole, const float *attn,
-                             const float *values, const float *w_o, ltt_norm_fix fix)
+static workspace ws_part(const workspace *w, int k, int64_t T, int64_t d)
 {
-    ltt_status st = head_vectors(T, H, G, d_h, d, h, ws->u, values, w_o, fix);
-    if (st != LTT_OK)
-        return st;
-    const float *a_h = attn + h * T * T;
-    if (norm == 1)
-        dist_l1(T, d, ws->dist, whole, ws->u, a_h, fix.row_scale);
-    else
-        dist_l2(T, d, ws->dist, ws->dots, ws->wn2, ws->un2, whole, ws->u, a_h, fix.row_scale);
-    return LTT_OK;
+    const size_t TT = (size_t)T * (size_t)T;
+    workspace p = {w->u + (size_t)k * (size_t)T * (size_t)d, w->dist + (size_t)k * TT,
+                   w->dots != NULL ? w->dots + (size_t)k * TT : NULL,
+                   w->un2 != NULL ? w->un2 + (size_t)k * (size_t)T : NULL};
+    return p;
+}
+
+/* The shared-head band step of ltt_attn_contrib_f32: raws into the shared sums. */
+typedef struct {
+    int64_t T;
+    const double *wn;
+    const workspace *ws;
+    double *er, *zt;
+    float *heads;
+} raws_ctx;
+
+static void raws_band(void *ctx, int64_t h, int64_t r0, int64_t r1)
+{
+    const raws_ctx *c = ctx;
+    add_raws(c->T, h, r0, r1, c->wn, c->ws->dist, c->er, c->zt, c->heads);
+}
+
+/* The band step of ltt_attn_head_map_f32: shares of the band's rows. */
+typedef struct {
+    int64_t T;
+    const double *wn, *total;
+    const workspace *ws;
+    float *out;
+} map_ctx;
+
+static void map_band(void *ctx, int64_t h, int64_t r0, int64_t r1)
+{
+    const map_ctx *c = ctx;
+    const int64_t T = c->T;
+    for (int64_t t = r0; t < r1; t++)
+        for (int64_t s = 0; s < T; s++)
+            c->out[t * T + s] =
+                s <= t ? (float)(ltt__raw(c->wn[t], c->ws->dist[t * T + s]) / c->total[t]) : 0.0f;
+}
+
+static int thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* Element operations of one head's distances (the L1 triangle, plus the head vectors). */
+static double head_work(int64_t T, int64_t d_h, int64_t d)
+{
+    return (double)T * (double)d * ((double)(T + 1) / 2.0 + (double)d_h / 4.0);
 }
 
 ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d, int64_t E,
@@ -212,120 +335,96 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
     if (!edges || !resid_out || !bias_out || (E > 0 && (!extra_out || !extra)) || !total ||
         !resid || !whole || !attn || !values || !w_o)
         return LTT_ERR_NULL;
-    workspace ws;
-    if ((st = ws_alloc(&ws, T, d, norm)) != LTT_OK)
-        return st;
-    double *edge_raw = calloc((size_t)(T * T), sizeof(double));
-    if (edge_raw == NULL) {
-        ws_free(&ws);
-        return LTT_ERR_NOMEM;
-    }
-    whole_norms(T, d, norm, ws.wn, ws.wn2, whole);
 
-    /* Node parts: residual, bias, extra. Their raws go to the outputs, normalised at the end. */
+    /*
+     * One parallel region per call (none for small calls). With enough heads each thread takes
+     * whole heads, dynamically, into private buffers: no barrier until every head is done, so
+     * a thread slowed by other work on the machine stalls no one. With few heads the threads
+     * share each head (two barriers per head).
+     */
+    const size_t TT = (size_t)T * (size_t)T;
+    int nt = ltt__threads((double)H * head_work(T, d_h, d));
+    const double per_thread = (double)TT * (norm == 2 ? 20.0 : 16.0) + (double)T * (double)d * 4.0;
+    const int whole_heads =
+        nt == 1 || ((H % nt == 0 || H >= 4 * nt) && per_thread * nt <= (double)PRIVATE_BYTES);
+    const int nws = whole_heads ? nt : 1;
+    workspace ws;
+    const int ws_bad = ws_alloc(&ws, nws, T, d, norm);
+    double *er = calloc((size_t)nws * TT, sizeof(double));
+    double *zt = calloc((size_t)nws * (size_t)T, sizeof(double));
+    double *wn = malloc((size_t)T * sizeof(double));
+    double *wn2 = malloc((size_t)T * sizeof(double));
+    double *node = malloc((size_t)(2 + E) * (size_t)T * sizeof(double)); /* resid, bias, extra */
+    if (ws_bad || !er || !zt || !wn || !wn2 || !node) {
+        st = LTT_ERR_NOMEM;
+        goto done;
+    }
+    const layer L = {T, H, G, d_h, d, norm, whole, attn, values, w_o, fix, wn2};
+    int bad = 0;
+
+    /* Norms and raws of the node parts per target (T d (3 + E) operations, on this thread). */
     for (int64_t t = 0; t < T; t++) {
         const float *w = whole + t * d;
-        double z = 0.0, r;
-        r = ltt__raw(ws.wn[t], ltt__dist(d, w, resid + t * d, 1.0, norm));
-        resid_out[t] = (float)r;
-        z += r;
-        bias_out[t] = 0.0f;
-        if (bias != NULL) {
-            r = ltt__raw(ws.wn[t], ltt__dist(d, w, bias + t * bias_row_stride, 1.0, norm));
-            bias_out[t] = (float)r;
-            z += r;
-        }
-        for (int64_t e = 0; e < E; e++) {
-            r = ltt__raw(ws.wn[t], ltt__dist(d, w, extra + (e * T + t) * d, 1.0, norm));
-            extra_out[e * T + t] = (float)r;
-            z += r;
-        }
-        total[t] = z;
+        wn[t] = ltt__norm(d, w, norm);
+        wn2[t] = wn[t] * wn[t]; /* read in L2 mode only */
+        node[t] = ltt__raw(wn[t], ltt__dist(d, w, resid + t * d, 1.0, norm));
+        node[T + t] = bias != NULL
+                          ? ltt__raw(wn[t], ltt__dist(d, w, bias + t * bias_row_stride, 1.0, norm))
+                          : 0.0;
+        for (int64_t e = 0; e < E; e++)
+            node[(2 + e) * T + t] =
+                ltt__raw(wn[t], ltt__dist(d, w, extra + (e * T + t) * d, 1.0, norm));
     }
 
-    /* Heads are independent: with enough of them each thread takes whole heads (no barrier
-     * per column chunk, so a thread slowed by other work on the machine stalls no one), with
-     * private buffers summed at the end. Otherwise the heads run in turn, each one parallel
-     * inside. */
-    int nt = 1;
-#ifdef _OPENMP
-    nt = omp_get_max_threads();
-    const double per_thread = (double)T * (double)T * 16.0 + (double)T * (double)d * 4.0;
-    if (H < 2 * nt || per_thread * nt > (double)(1u << 30))
-        nt = 1;
-#endif
+    /* The heads: the only parallel part, its one barrier at the end. */
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        workspace tw;
-        int mine = nt > 1; /* private workspace and sums, or the shared ones */
-        ltt_status tst = mine ? ws_alloc(&tw, T, d, norm) : LTT_OK;
-        double *er = edge_raw, *zt = NULL;
-        if (!mine)
-            tw = ws;
-        if (mine && tst == LTT_OK) {
-            memcpy(tw.wn, ws.wn, (size_t)T * sizeof(double));
-            memcpy(tw.wn2, ws.wn2, (size_t)T * sizeof(double));
-        }
-        if (mine && tst == LTT_OK) {
-            er = calloc((size_t)(T * T), sizeof(double));
-            if (er == NULL)
-                tst = LTT_ERR_NOMEM;
-        }
-        if (tst == LTT_OK && (zt = calloc((size_t)T, sizeof(double))) == NULL)
-            tst = LTT_ERR_NOMEM;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t h = 0; h < H; h++) {
-            if (tst != LTT_OK)
-                continue;
-            tst = head_dists(&tw, T, H, G, d_h, d, h, norm, whole, attn, values, w_o, fix);
-            if (tst != LTT_OK)
-                continue;
-            for (int64_t t = 0; t < T; t++) {
-                double z = 0.0;
-                for (int64_t s = 0; s <= t; s++) {
-                    const double r = ltt__raw(tw.wn[t], tw.dist[t * T + s]);
-                    er[t * T + s] += r;
-                    z += r;
-                    if (heads != NULL)
-                        heads[(h * T + t) * T + s] = (float)r;
+        if (whole_heads) {
+            const int id = thread_id();
+            workspace mine = ws_part(&ws, id, T, d);
+#pragma omp for schedule(dynamic, 1) nowait
+            for (int64_t h = 0; h < H; h++) {
+                if (vector_rows(&L, h, 0, T, &mine)) {
+#pragma omp atomic write
+                    bad = 1;
+                    continue;
                 }
-                zt[t] += z;
+                dist_rows(&L, h, 0, T, &mine);
+                add_raws(T, h, 0, T, wn, mine.dist, er + (size_t)id * TT, zt + (size_t)id * T,
+                         heads);
             }
+        } else {
+            raws_ctx ctx = {T, wn, &ws, er, zt, heads};
+            for (int64_t h = 0; h < H; h++)
+                shared_head(&L, h, &ws, nt, &bad, raws_band, &ctx);
         }
-#pragma omp critical(ltt_attn_sum)
-        {
-            if (tst != LTT_OK) {
-                st = tst;
-            } else {
-                if (mine)
-                    for (int64_t k = 0; k < T * T; k++)
-                        edge_raw[k] += er[k];
-                for (int64_t t = 0; t < T; t++)
-                    total[t] += zt[t];
-            }
-        }
-        if (mine) {
-            free(er);
-            ws_free(&tw);
-        }
-        free(zt);
     }
-    if (st != LTT_OK)
-        goto done;
 
-    /* Shares. The node parts' raws were stored as float; recompute them in double instead. */
+    /* Shares: every part's raw over the target's total (on this thread: a thread that the
+     * machine's other work delays can hold up no one here). */
     for (int64_t t = 0; t < T; t++) {
-        const double inv = 1.0 / total[t];
-        const float *w = whole + t * d;
-        resid_out[t] = (float)(ltt__raw(ws.wn[t], ltt__dist(d, w, resid + t * d, 1.0, norm)) * inv);
-        if (bias != NULL)
-            bias_out[t] =
-                (float)(ltt__raw(ws.wn[t], ltt__dist(d, w, bias + t * bias_row_stride, 1.0, norm)) *
-                        inv);
+        double z = node[t] + node[T + t];
         for (int64_t e = 0; e < E; e++)
-            extra_out[e * T + t] = (float)(extra_out[e * T + t] * inv);
-        for (int64_t s = 0; s < T; s++)
-            edges[t * T + s] = s <= t ? (float)(edge_raw[t * T + s] * inv) : 0.0f;
+            z += node[(2 + e) * T + t];
+        for (int k = 0; k < nws; k++)
+            z += zt[(size_t)k * T + t];
+        total[t] = z;
+        const double inv = 1.0 / z;
+        resid_out[t] = (float)(node[t] * inv);
+        bias_out[t] = bias != NULL ? (float)(node[T + t] * inv) : 0.0f;
+        for (int64_t e = 0; e < E; e++)
+            extra_out[e * T + t] = (float)(node[(2 + e) * T + t] * inv);
+        float *erow = edges + t * T;
+        double *e0 = er + t * T; /* the threads' sums, added into the first */
+        for (int k = 1; k < nws; k++) {
+            const double *ek = er + (size_t)k * TT + t * T;
+            for (int64_t s = 0; s <= t; s++)
+                e0[s] += ek[s];
+        }
+        for (int64_t s = 0; s <= t; s++)
+            erow[s] = (float)(e0[s] * inv);
+        for (int64_t s = t + 1; s < T; s++)
+            erow[s] = 0.0f;
         if (heads != NULL)
             for (int64_t h = 0; h < H; h++) {
                 float *row = heads + (h * T + t) * T;
@@ -335,9 +434,15 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
                     row[s] = 0.0f;
             }
     }
+    if (bad)
+        st = LTT_ERR_OVERFLOW;
 done:
-    free(edge_raw);
     ws_free(&ws);
+    free(er);
+    free(zt);
+    free(wn);
+    free(wn2);
+    free(node);
     return st;
 }
 
@@ -355,16 +460,32 @@ ltt_status ltt_attn_head_map_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, i
     if (!out || !whole || !attn || !values || !w_o || !total)
         return LTT_ERR_NULL;
     workspace ws;
-    if ((st = ws_alloc(&ws, T, d, norm)) != LTT_OK)
-        return st;
-    whole_norms(T, d, norm, ws.wn, ws.wn2, whole);
-    st = head_dists(&ws, T, H, G, d_h, d, head, norm, whole, attn, values, w_o, fix);
-    if (st == LTT_OK)
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t s = 0; s < T; s++)
-                out[t * T + s] =
-                    s <= t ? (float)(ltt__raw(ws.wn[t], ws.dist[t * T + s]) / total[t]) : 0.0f;
+    const int ws_bad = ws_alloc(&ws, 1, T, d, norm);
+    double *wn = malloc((size_t)T * sizeof(double));
+    double *wn2 = malloc((size_t)T * sizeof(double));
+    if (ws_bad || !wn || !wn2) {
+        ws_free(&ws);
+        free(wn);
+        free(wn2);
+        return LTT_ERR_NOMEM;
+    }
+    const layer L = {T, H, G, d_h, d, norm, whole, attn, values, w_o, fix, wn2};
+    for (int64_t t = 0; t < T; t++) {
+        wn[t] = ltt__norm(d, whole + t * d, norm);
+        wn2[t] = wn[t] * wn[t]; /* read in L2 mode only */
+    }
+    const int nt = ltt__threads(head_work(T, d_h, d));
+    int bad = 0;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        map_ctx ctx = {T, wn, total, &ws, out};
+        shared_head(&L, head, &ws, nt, &bad, map_band, &ctx);
+    }
+    if (bad)
+        st = LTT_ERR_OVERFLOW;
     ws_free(&ws);
+    free(wn);
+    free(wn2);
     return st;
 }
 
@@ -386,13 +507,14 @@ ltt_status ltt_attn_edge_heads_f32(int64_t T, int64_t H, int64_t G, int64_t d_h,
         return LTT_ERR_NOMEM;
     const float *w = whole + target * d;
     const double nw = ltt__norm(d, w, norm);
-    for (int64_t h = 0; h < H && st == LTT_OK; h++) {
+    for (int64_t h = 0; h < H; h++) {
         /* One source: a [1, d_h] x [d_h, d] product. */
-        st = head_vectors(1, H, G, d_h, d, h, u, values + source * G * d_h, w_o, fix);
-        if (st != LTT_OK)
+        if (head_vectors(H, G, d_h, d, h, 1, u, NULL, values + source * G * d_h, w_o, fix)) {
+            st = LTT_ERR_OVERFLOW;
             break;
-        const double a = coef(attn + h * T * T, fix.row_scale, T, target, source);
-        out[h] = (float)(ltt__raw(nw, ltt__dist(d, w, u, a, norm)) / total[target]);
+        }
+        const double aq = coef(attn + h * T * T, fix.row_scale, T, target, source);
+        out[h] = (float)(ltt__raw(nw, ltt__dist(d, w, u, aq, norm)) / total[target]);
     }
     free(u);
     return st;

@@ -12,19 +12,23 @@ ltt_status ltt_contributions_f32(int64_t K, int64_t M, int64_t d, int norm, floa
         return LTT_ERR_NORM;
     if (out == NULL || parts == NULL || whole == NULL)
         return M == 0 ? LTT_OK : LTT_ERR_NULL;
-    double *raw = malloc((size_t)K * sizeof(double));
+    /* Raws stay in double until each whole's total is known: out holds none of them. */
+    double *raw = malloc((size_t)(K * M) * sizeof(double));
     if (raw == NULL)
         return LTT_ERR_NOMEM;
+    const int nt = ltt__threads((double)(K + 1) * (double)M * (double)d);
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nt) if (nt > 1)
     for (int64_t m = 0; m < M; m++) {
         const float *w = whole + m * d;
         const double nw = ltt__norm(d, w, norm);
         double z = 0.0;
         for (int64_t k = 0; k < K; k++) {
-            raw[k] = ltt__raw(nw, ltt__dist(d, w, parts + (k * M + m) * d, 1.0, norm));
-            z += raw[k];
+            const double r = ltt__raw(nw, ltt__dist(d, w, parts + (k * M + m) * d, 1.0, norm));
+            raw[k * M + m] = r;
+            z += r;
         }
         for (int64_t k = 0; k < K; k++)
-            out[k * M + m] = (float)(raw[k] / z);
+            out[k * M + m] = (float)(raw[k * M + m] / z);
     }
     free(raw);
     return LTT_OK;

@@ -6,8 +6,10 @@
 #include "ltt_blas.h"
 #include "ltt_internal.h"
 
-/* Bytes of neuron vectors (one column chunk) meant to stay in a core's L2 cache. */
-#define M_CHUNK_BYTES (1 << 20)
+/* L1, neurons as rows: a column chunk of L1_COLS coordinates of LTT_TILE_R token rows stays
+ * in L1, and the chunk of one block of neurons (M_BLOCK_BYTES) in L2. */
+#define L1_COLS 1024
+#define M_BLOCK_BYTES (1 << 19)
 /* Neurons per block in the [d, F] layout, and rows per chunk. */
 #define COL_BLOCK 256
 #define ROW_CHUNK 256
@@ -25,43 +27,48 @@ static double dist_strided(int64_t d, const float *w, const float *m, int64_t sj
     return norm == 1 ? s : sqrt(s);
 }
 
-/* L1, neurons as rows [F, d]: tiles of LTT_TILE_R tokens x LTT_TILE_Q neurons. */
-static void dist_l1_rows(int64_t N, int64_t F, int64_t d, double *restrict dist,
+/*
+ * L1, neurons as rows [F, d]: each thread takes whole blocks of neurons (every token, every
+ * coordinate), so there is no barrier inside; the block's column chunk stays in L2 while the
+ * tokens' row blocks pass over it.
+ */
+static void dist_l1_rows(int nt, int64_t N, int64_t F, int64_t d, double *restrict dist,
                          const float *restrict whole, const float *restrict m,
                          const float *restrict c)
 {
-    int64_t D = M_CHUNK_BYTES / (4 * F);
-    D = D < 64 ? 64 : D - D % 16;
-    if (D > d)
-        D = d;
-    const int64_t nblk = (N + LTT_TILE_R - 1) / LTT_TILE_R;
+    const int64_t D = d < L1_COLS ? d : L1_COLS;
+    int64_t FB = M_BLOCK_BYTES / (4 * D);
+    FB -= FB % 16;
+    if (FB < 16)
+        FB = 16;
+    const int64_t nblk = (F + FB - 1) / FB;
     memset(dist, 0, (size_t)(N * F) * sizeof(double));
-#pragma omp parallel
-    {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
+    for (int64_t b = 0; b < nblk; b++) {
+        const int64_t i0 = b * FB, nf = (F - i0 < FB) ? F - i0 : FB;
+        const float ones[LTT_TILE_R] = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
         for (int64_t j0 = 0; j0 < d; j0 += D) {
             const int64_t n = (d - j0 < D) ? d - j0 : D;
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t bi = 0; bi < nblk; bi++) {
-                const int64_t t0 = bi * LTT_TILE_R;
+            for (int64_t t0 = 0; t0 < N; t0 += LTT_TILE_R) {
                 const int nr = (int)((N - t0 < LTT_TILE_R) ? N - t0 : LTT_TILE_R);
                 const float *w[LTT_TILE_R];
                 for (int r = 0; r < nr; r++)
                     w[r] = whole + (t0 + r) * d + j0;
-                const float ones[LTT_TILE_R] = {1.0f, 1.0f, 1.0f, 1.0f};
-                ltt__l1_rows(n, nr, F, dist + t0 * F, F, w, m + j0, d, c + t0 * F, F, ones);
+                ltt__l1_rows(n, nr, nf, dist + t0 * F + i0, F, w, m + i0 * d + j0, d,
+                             c + t0 * F + i0, F, ones);
             }
         }
     }
 }
 
 /* L1, neurons as columns [d, F] (a torch Linear weight seen through .T): neurons contiguous. */
-static void dist_l1_cols(int64_t N, int64_t F, int64_t d, double *restrict dist,
+static void dist_l1_cols(int nt, int64_t N, int64_t F, int64_t d, double *restrict dist,
                          const float *restrict whole, const float *restrict m,
                          const float *restrict c)
 {
     memset(dist, 0, (size_t)(N * F) * sizeof(double));
     const int64_t nblk = (F + COL_BLOCK - 1) / COL_BLOCK;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
     for (int64_t b = 0; b < nblk; b++) {
         const int64_t i0 = b * COL_BLOCK;
         const int64_t nf = (F - i0 < COL_BLOCK) ? F - i0 : COL_BLOCK;
@@ -136,12 +143,13 @@ ltt_status ltt_ffn_neuron_contrib_f32(int64_t N, int64_t F, int64_t d, int64_t w
         wn[t] = ltt__norm(d, whole + t * d, norm);
     }
     const int64_t sj = rows ? 1 : F, si = rows ? d : 1;
+    const int nt = ltt__threads((double)N * (double)F * (double)d);
 
     if (norm == 1) {
         if (rows)
-            dist_l1_rows(N, F, d, dist, whole, m, c);
+            dist_l1_rows(nt, N, F, d, dist, whole, m, c);
         else
-            dist_l1_cols(N, F, d, dist, whole, m, c);
+            dist_l1_cols(nt, N, F, d, dist, whole, m, c);
     } else {
         dots = malloc((size_t)(N * F) * sizeof(float));
         un2 = malloc((size_t)F * sizeof(double));
@@ -149,7 +157,7 @@ ltt_status ltt_ffn_neuron_contrib_f32(int64_t N, int64_t F, int64_t d, int64_t w
             st = LTT_ERR_NOMEM;
             goto done;
         }
-        ltt__sgemm(rows, N, F, d, whole, d, m, rows ? d : F, dots, F);
+        ltt__sgemm(nt, rows, N, F, d, whole, d, m, rows ? d : F, dots, F);
         for (int64_t i = 0; i < F; i++)
             un2[i] = 0.0;
         for (int64_t j = 0; j < d; j++) /* row-major walk in either layout */
@@ -157,7 +165,7 @@ ltt_status ltt_ffn_neuron_contrib_f32(int64_t N, int64_t F, int64_t d, int64_t w
                 const double x = m[i * si + j * sj];
                 un2[i] += x * x;
             }
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
         for (int64_t t = 0; t < N; t++) {
             const double w2 = wn[t] * wn[t];
             for (int64_t i = 0; i < F; i++) {

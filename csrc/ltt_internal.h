@@ -14,21 +14,29 @@
 /*
  * Row block of the L1 proximity kernel: for r < nr (<= LTT_TILE_R) and q < ns,
  *   acc[r * ldacc + q] += sum_{j < n} |w[r][j] - a[r * lda + q] * rs[r] * u[q * ldu + j]|
- * in double (float partial sums, flushed). Each u load feeds nr rows; sources go LTT_TILE_Q at
- * a time. Dispatched at run time to AVX-512 / AVX2 / scalar.
+ * in double (float partial sums, flushed). Each u load feeds up to 8 rows (AVX-512; 4 with
+ * AVX2). Dispatched at run time to AVX-512 / AVX2 / scalar.
  */
-#define LTT_TILE_R 4
-#define LTT_TILE_Q 2
+#define LTT_TILE_R 8
 void ltt__l1_rows(int64_t n, int nr, int64_t ns, double *restrict acc, int64_t ldacc,
                   const float *const *w, const float *restrict u, int64_t ldu,
                   const float *restrict a, int64_t lda, const float *restrict rs);
 
 /*
- * C = A B^T (trans_b) or A B for row-major float matrices, rows of C split across OpenMP
- * threads with OpenBLAS single-threaded inside each (no OpenBLAS pool fighting OpenMP).
+ * C = A B^T (trans_b) or A B for row-major float matrices. With threads > 1 the rows of C are
+ * split across that many OpenMP threads, OpenBLAS single-threaded inside each (no OpenBLAS pool
+ * fighting OpenMP); threads <= 1 runs on the calling thread.
  */
-void ltt__sgemm(int trans_b, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                const float *B, int64_t ldb, float *C, int64_t ldc);
+void ltt__sgemm(int threads, int trans_b, int64_t M, int64_t N, int64_t K, const float *A,
+                int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc);
+
+/*
+ * Threads for a call of about `work` element operations: 1 below a fixed bar (a parallel region
+ * costs far more than a small call when the cores are busy: a woken thread may wait a whole
+ * scheduler slice) or inside a parallel region, else omp_get_max_threads(). The environment
+ * variable LTT_PAR_MIN_WORK moves the bar (tests set 0 to thread every call).
+ */
+int ltt__threads(double work);
 
 /*
  * Column kernel of the L1 proximity for a neuron matrix stored [d, F] (neurons contiguous):
@@ -49,5 +57,12 @@ static inline double ltt__raw(double nw, double dist)
     double r = nw - dist;
     return r > LTT_EPS ? r : LTT_EPS;
 }
+
+/*
+ * Raws of one row, r_s = ltt__raw(nw, dist[s]) for s < n: er[s] += r_s, hrow[s] = (float)r_s
+ * unless hrow is NULL. Returns the sum of the r_s (in double, lanes summed apart).
+ */
+double ltt__raw_row(int64_t n, double nw, const double *restrict dist, double *restrict er,
+                    float *restrict hrow);
 
 #endif /* LTT_INTERNAL_H */

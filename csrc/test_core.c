@@ -6,6 +6,10 @@
 
 #include "ltt_core.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 static int failures = 0;
 
 #define CHECK(cond)                                                                                \
@@ -298,6 +302,131 @@ static void test_prune(void)
     free(edges);
 }
 
+static float urand(unsigned *state)
+{
+    *state = *state * 1664525u + 1013904223u;
+    return (float)((*state >> 8) & 0xffff) / 65536.0f - 0.5f;
+}
+
+/* The same layer, FFN and contributions on 1, 2 and 3 threads (run with LTT_PAR_MIN_WORK=0 to
+ * take the threaded paths: whole heads per thread, heads shared in row bands, neuron blocks). */
+static void test_threads_agree(void)
+{
+    enum { T = 45, G = 1, DH = 5, D = 70, E = 1, N = 11, F = 300 };
+    const int Hs[2] = {4, 6}; /* on 3 threads: heads shared in bands (4), whole heads (6) */
+    unsigned st = 7;
+    float *resid = malloc(sizeof(float) * T * D), *whole = malloc(sizeof(float) * T * D);
+    float *attn = malloc(sizeof(float) * 6 * T * T), *values = malloc(sizeof(float) * T * G * DH);
+    float *w_o = malloc(sizeof(float) * 6 * DH * D), *extra = malloc(sizeof(float) * E * T * D);
+    float *bias = malloc(sizeof(float) * D), *rs = malloc(sizeof(float) * T);
+    float *act = malloc(sizeof(float) * N * F), *wd = malloc(sizeof(float) * F * D);
+    for (int i = 0; i < T * D; i++) {
+        resid[i] = urand(&st);
+        whole[i] = resid[i] + 0.3f * urand(&st);
+        extra[i] = 0.2f * urand(&st);
+    }
+    for (int i = 0; i < 6 * T * T; i++)
+        attn[i] = urand(&st) + 0.5f;
+    for (int i = 0; i < T * G * DH; i++)
+        values[i] = urand(&st);
+    for (int i = 0; i < 6 * DH * D; i++)
+        w_o[i] = urand(&st);
+    for (int i = 0; i < D; i++)
+        bias[i] = 0.1f * urand(&st);
+    for (int i = 0; i < T; i++)
+        rs[i] = 0.5f + urand(&st) + 0.5f;
+    for (int i = 0; i < N * F; i++)
+        act[i] = urand(&st);
+    for (int i = 0; i < F * D; i++)
+        wd[i] = 0.05f * urand(&st);
+    const ltt_norm_fix fix = {rs, NULL, 1};
+    float *edges[3], *heads[3], *ro[3], *bo[3], *xo[3], *map[3], *neu[3];
+    double *total[3];
+    for (int k = 0; k < 3; k++) {
+        edges[k] = malloc(sizeof(float) * T * T);
+        heads[k] = malloc(sizeof(float) * 6 * T * T);
+        map[k] = malloc(sizeof(float) * T * T);
+        ro[k] = malloc(sizeof(float) * T);
+        bo[k] = malloc(sizeof(float) * T);
+        xo[k] = malloc(sizeof(float) * E * T);
+        total[k] = malloc(sizeof(double) * T);
+        neu[k] = malloc(sizeof(float) * N * F);
+    }
+    for (int hi = 0; hi < 2; hi++)
+        for (int norm = 1; norm <= 2; norm++) {
+            const int H = Hs[hi];
+            for (int k = 0; k < 3; k++) {
+#ifdef _OPENMP
+                omp_set_num_threads(k + 1);
+#endif
+                CHECK(ltt_attn_contrib_f32(T, H, G, DH, D, E, 0, norm, edges[k], ro[k], bo[k],
+                                           xo[k], total[k], heads[k], resid, whole, attn, values,
+                                           w_o, bias, extra, fix) == LTT_OK);
+                CHECK(ltt_attn_head_map_f32(T, H, G, DH, D, H - 1, norm, map[k], whole, attn,
+                                            values, w_o, total[k], fix) == LTT_OK);
+                float r1[N], b1[N];
+                double t1[N];
+                CHECK(ltt_ffn_neuron_contrib_f32(N, F, D, norm == 1 ? D : 1, norm == 1 ? 1 : F, 0,
+                                                 norm, neu[k], r1, b1, t1, act, wd, resid, whole,
+                                                 bias, NOFIX) == LTT_OK);
+            }
+            for (int k = 1; k < 3; k++) {
+                double e = 0.0;
+                for (int i = 0; i < T * T; i++) {
+                    e = fmax(e, fabs(edges[k][i] - edges[0][i]));
+                    e = fmax(e, fabs(map[k][i] - map[0][i]));
+                    e = fmax(e, fabs(map[k][i] - heads[0][(H - 1) * T * T + i]));
+                }
+                for (int i = 0; i < H * T * T; i++)
+                    e = fmax(e, fabs(heads[k][i] - heads[0][i]));
+                for (int i = 0; i < T; i++) {
+                    e = fmax(e, fabs(ro[k][i] - ro[0][i]) + fabs(bo[k][i] - bo[0][i]));
+                    e = fmax(e, fabs(xo[k][i] - xo[0][i]));
+                    e = fmax(e, fabs(total[k][i] - total[0][i]) / total[0][i]);
+                }
+                for (int i = 0; i < N * F; i++)
+                    e = fmax(e, fabs(neu[k][i] - neu[0][i]));
+                NEAR(e, 0.0, 1e-6);
+            }
+        }
+#ifdef _OPENMP
+    omp_set_num_threads(1);
+#endif
+    /* contributions: K = 3 parts of M = T wholes */
+    float out1[3 * T], out3[3 * T];
+    float *parts = malloc(sizeof(float) * 3 * T * D);
+    for (int i = 0; i < 3 * T * D; i++)
+        parts[i] = urand(&st);
+    CHECK(ltt_contributions_f32(3, T, D, 1, out1, parts, whole) == LTT_OK);
+#ifdef _OPENMP
+    omp_set_num_threads(3);
+#endif
+    CHECK(ltt_contributions_f32(3, T, D, 1, out3, parts, whole) == LTT_OK);
+    for (int i = 0; i < 3 * T; i++)
+        NEAR(out3[i], out1[i], 1e-7);
+    free(parts);
+    for (int k = 0; k < 3; k++) {
+        free(edges[k]);
+        free(heads[k]);
+        free(map[k]);
+        free(ro[k]);
+        free(bo[k]);
+        free(xo[k]);
+        free(total[k]);
+        free(neu[k]);
+    }
+    free(resid);
+    free(whole);
+    free(attn);
+    free(values);
+    free(w_o);
+    free(extra);
+    free(bias);
+    free(rs);
+    free(act);
+    free(wd);
+}
+
 static void test_status(void)
 {
     for (int s = LTT_OK; s <= LTT_ERR_NONFINITE; s++)
@@ -315,6 +444,7 @@ int main(void)
     test_ffn_figure();
     test_renormalize_figure();
     test_prune();
+    test_threads_agree();
     test_status();
     if (failures) {
         fprintf(stderr, "test_core (%s): %d failure(s)\n", ltt_simd_variant(), failures);

@@ -15,6 +15,9 @@ ltt_status ltt_renormalize_f32(int64_t K, int64_t T, int64_t S, int64_t E, doubl
         return LTT_ERR_THRESHOLD;
     if (edges == NULL || heads == NULL || (E > 0 && (single == NULL || single_out == NULL)))
         return LTT_ERR_NULL;
+    /* Targets are independent (each writes its own row and column): threaded when large. */
+    const int nt = ltt__threads(2.0 * (double)K * (double)T * (double)S);
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < T; t++) {
         /* The largest part, first in (k, s) then e order on ties, in case none is kept. */
         double best = 0.0, z = 0.0;

@@ -32,11 +32,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ltt import interpret
 from ltt.graph import attribute, resolve_targets
 from ltt.widget import panels
 from ltt.widget import STATIC
 
 __all__ = ["to_html", "report_data", "embed_json"]
+
+_HEADS_AT_ONCE = 256  # head views computed per batch in the report (bounds their maps' memory)
 
 
 def embed_json(data: Any) -> str:
@@ -136,28 +139,46 @@ def report_data(
     ffn_weight = {e["source"]: e["weight"] for e in edges.values() if e["kind"] == "ffn" and e["source"].startswith("M")}
     if not with_panels or getattr(trace, "model", None) is None:
         nodes, edges = {}, {}
+    # Every panel's vocabulary projections are batched (interpret's *_many functions, the same
+    # answers as single clicks): one logit lens per norm setting over all the states, one
+    # projection of the FFN nodes' neurons and blocks, one of the attention blocks, one of the
+    # heads. The panels keep the order in which they were filled one by one.
+    ffn_nodes = [name for name, n in nodes.items() if n["kind"] == "M"]
+    states = [name for name, n in nodes.items() if n["kind"] != "M"]
+    ffn = iter(panels.ffn_panels(trace, ffn_nodes, [ffn_weight.get(name) for name in ffn_nodes], k=k))
+    lens = {flag: iter(panels.state_panels(trace, states, normalize=bool(flag), k=k)) for flag in (1, 0)}
     for name, n in nodes.items():
         if n["kind"] == "M":
-            P[f"ffn:{name}"] = panels.ffn_panel(trace, name, weight=ffn_weight.get(name), k=k)
+            P[f"ffn:{name}"] = next(ffn)
         else:
             for norm_flag in (1, 0):
-                P[f"state:{name}:{norm_flag}"] = panels.state_panel(trace, name, normalize=bool(norm_flag), k=k)
+                P[f"state:{name}:{norm_flag}"] = next(lens[norm_flag])
+    targets = {key: panels.parse_node(panels.parse_edge(key)[1])[1:] for key, e in edges.items()
+               if e["kind"] == "attention"}  # edge -> (layer, target token)
+    where = sorted(set(targets.values()))
+    blocks = dict(zip(where, interpret.promoted_many(trace, [(l, t, "attn") for l, t in where], k=k)))
+    wanted: list[tuple[int, int, int]] = []  # (layer, head, target) of the head views, in order
     for key, e in edges.items():
         if e["kind"] == "residual":
             P[f"edge:{key}"] = panels.residual_panel(key, e["weight"])
         elif e["kind"] == "attention":
-            panel, _ = panels.attention_panel(trace, key, e["weight"], k=k, with_head=False)
+            layer, t = targets[key]
+            panel, _ = panels.attention_panel(trace, key, e["weight"], k=k, with_head=False,
+                                              block=blocks[(layer, t)])
             P[f"edge:{key}"] = panel
             for hs in panel["heads"][: max(1, heads_per_edge)]:
-                hkey = f"hv:{panel['layer']}:{hs['head']}:{panel['target']}"
-                if hkey in P:
-                    continue
-                view, m = panels.head_view(trace, panel["layer"], hs["head"], panel["target"], k)
-                P[hkey] = view
-                mkey = f"{panel['layer']}:{hs['head']}"
-                if mkey not in maps and m.nbytes <= map_budget:
-                    maps[mkey] = _b64(m)
-                    map_budget -= m.nbytes
+                hkey = f"hv:{layer}:{hs['head']}:{t}"
+                if hkey not in P:
+                    P[hkey] = None  # filled below, in this order
+                    wanted.append((layer, hs["head"], t))
+    for i in range(0, len(wanted), _HEADS_AT_ONCE):  # a few hundred [2, T, T] maps at a time
+        some = wanted[i : i + _HEADS_AT_ONCE]
+        for (layer, head, t), (view, m) in zip(some, panels.head_views(trace, some, k)):
+            P[f"hv:{layer}:{head}:{t}"] = view
+            mkey = f"{layer}:{head}"
+            if mkey not in maps and m.nbytes <= map_budget:
+                maps[mkey] = _b64(m)
+                map_budget -= m.nbytes
     info = panels.model_info(trace, graphs["renorm"])
     prompt = str(getattr(trace, "prompt", "")) or "".join(trace.tokens)
     store["state"] = {

@@ -1,8 +1,11 @@
 """Read what flows through a trace: logit lens of states, promoted tokens of updates, head and neuron views.
 
 Every answer here is one click of the explorer and stays small and fast: a vocabulary projection
-is one matrix product over one vector (or a few), top-k uses ``argpartition``, and the final
-norm's frozen scales are computed once per trace.
+is one matrix product, top-k uses ``argpartition``, and the final norm's frozen scales are
+computed once per trace. The ``*_many`` functions answer many clicks at once (the HTML report
+embeds every panel of a graph): their vectors are stacked into a few ``[N, d] x [d, V]``
+products of ``_ROWS`` rows each, and each answer equals the single function's bit for bit (the
+single functions are the batched ones over one item).
 
 Conventions (DESIGN.md, "Interpretation conventions"):
 
@@ -29,7 +32,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -50,18 +53,30 @@ __all__ = [
     "output_head",
     "state",
     "top_tokens",
+    "top_tokens_many",
     "update_vector",
     "direct_effect",
     "promoted",
+    "promoted_many",
     "head_output",
     "head_shares",
     "edge_heads",
     "head_view",
+    "head_view_many",
     "neuron_shares",
     "top_neurons",
+    "top_neurons_many",
 ]
 
 _NODE = re.compile(r"^([A-Za-z])(-?\d+)_(-?\d+)$")
+
+# Rows per unembedding product. Every product has exactly this many rows (the last chunk is
+# padded with zeros): MKL's GEMM rounds a row's logits differently for different row counts
+# (one row, a few, sixteen or more), so a fixed shape is what makes a vector's logits, and every
+# answer built on them, independent of what it is batched with. It also bounds the memory of a
+# batch to ``_ROWS x V`` logits at a time. 32 rows: one click pays for a 32-row product (a few
+# times a one-row one), and a report's thousands of rows run at most of the GEMM's full speed.
+_ROWS = 32
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,16 +416,34 @@ class OutputHead:
     def vocab_size(self) -> int:
         return int(self.bias.shape[0])
 
-    def project(self, z: np.ndarray) -> np.ndarray:
-        """Unembed vectors ``z [..., d]`` without lm_head's bias or softcap: ``[..., V]`` float32."""
+    def project_chunks(self, z: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Unembed vectors ``z [N, d]`` without lm_head's bias or softcap, ``_ROWS`` of them per
+        product: yields ``(start, logits [n, V] float32)`` for rows ``start .. start + n``. Each
+        product has exactly ``_ROWS`` rows (zeros pad the last), so a row's logits never depend
+        on the other rows."""
         import torch
         from torch.nn.functional import linear
 
-        x = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
+        z = np.ascontiguousarray(z, dtype=np.float32)
+        if z.ndim != 2:
+            raise ValueError(f"z must be [N, d], got shape {z.shape}")
         with torch.no_grad():
-            if self._pre is not None:
-                x = linear(x, self._pre)
-            return linear(x, self._w_u).numpy()
+            for start in range(0, z.shape[0], _ROWS):
+                n = min(_ROWS, z.shape[0] - start)
+                x = torch.zeros((_ROWS, z.shape[1]), dtype=torch.float32)
+                x[:n] = torch.from_numpy(z[start : start + n])
+                if self._pre is not None:
+                    x = linear(x, self._pre)
+                yield start, linear(x, self._w_u)[:n].numpy()
+
+    def project(self, z: np.ndarray) -> np.ndarray:
+        """Unembed vectors ``z [..., d]`` without lm_head's bias or softcap: ``[..., V]`` float32."""
+        z = np.asarray(z, dtype=np.float32)
+        flat = z.reshape(-1, z.shape[-1])
+        out = np.empty((flat.shape[0], self.vocab_size), np.float32)
+        for start, chunk in self.project_chunks(flat):
+            out[start : start + chunk.shape[0]] = chunk
+        return out.reshape(z.shape[:-1] + (self.vocab_size,))
 
     def frozen(self, v: np.ndarray, token: int) -> np.ndarray:
         """The final norm's linear part on update vectors ``v [..., d]``, its scale frozen at the
@@ -434,7 +467,18 @@ class OutputHead:
         (final norm, unembedding with its bias, any final softcap); without, the unembedding and
         its bias on the raw state."""
         z = self.model.final_norm(x) if normalize else np.asarray(x, dtype=np.float32)
-        out = self.project(z) + self.bias
+        return self.finish(self.project(z), normalize)
+
+    def logits_chunks(self, x: np.ndarray, normalize: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+        """:meth:`logits` of states ``x [N, d]``, ``_ROWS`` at a time: yields ``(start, logits
+        [n, V])`` (see :meth:`project_chunks`)."""
+        z = self.model.final_norm(x) if normalize else np.asarray(x, dtype=np.float32)
+        for start, chunk in self.project_chunks(z):
+            yield start, self.finish(chunk, normalize)
+
+    def finish(self, out: np.ndarray, normalize: bool) -> np.ndarray:
+        """lm_head's bias, and with ``normalize`` any final softcap, on projected states."""
+        out = out + self.bias
         if normalize and self.softcap:
             out = np.tanh(out / self.softcap) * self.softcap
         return out
@@ -609,10 +653,11 @@ def state(trace: Any, node: str) -> np.ndarray:
 # Logit lens of states.
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+def _softmax_at(z: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The probabilities of tokens ``ids`` under logits ``z [V]`` (softmax in float64)."""
     z = z.astype(np.float64)
     e = np.exp(z - z.max())
-    return e / e.sum()
+    return e[ids] / e.sum()
 
 
 def _top(z: np.ndarray, k: int, largest: bool = True) -> np.ndarray:
@@ -625,7 +670,18 @@ def _top(z: np.ndarray, k: int, largest: bool = True) -> np.ndarray:
 
 def _ranks(z: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """0-based rank of each id in logits ``z``: how many tokens score strictly higher."""
-    return (z[None, :] > z[ids][:, None]).sum(axis=1)
+    return np.array([np.count_nonzero(z > v) for v in z[ids]], dtype=np.int64)
+
+
+def _depth(kind: str, layer: int) -> int:
+    """Order of a residual state along the stream: X0 < A0 < I0 < A1 < ..."""
+    return 0 if kind == "X" else 2 * layer + (1 if kind == "A" else 2)
+
+
+def _names(value: Any, what: str) -> list:
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{what} must be a list, got {value!r}")
+    return list(value)
 
 
 def top_tokens(trace: Any, node: str, k: int = 10, normalize: bool = True) -> TopTokens:
@@ -640,33 +696,65 @@ def top_tokens(trace: Any, node: str, k: int = 10, normalize: bool = True) -> To
     >>> tt.tokens[0].token, tt.tokens[0].prob                # doctest: +SKIP
     (' Paris', 0.41)
     """
+    return top_tokens_many(trace, [node], k=k, normalize=normalize)[0]
+
+
+def top_tokens_many(trace: Any, nodes: Sequence[str], k: int = 10, normalize: bool = True) -> list[TopTokens]:
+    """:func:`top_tokens` of many nodes at once, in their order: the states and their
+    predecessors are unembedded together, ``_ROWS`` per matrix product. Each result equals
+    ``top_tokens(trace, node, k, normalize)``.
+
+    >>> lens = top_tokens_many(trace, ["I28_5", "I29_5"], k=5)   # doctest: +SKIP
+    >>> [t.node for t in lens]                               # doctest: +SKIP
+    ['I28_5', 'I29_5']
+    """
     k = _k(k)
     if not isinstance(normalize, (bool, np.bool_)):
         raise TypeError(f"normalize must be True or False, got {normalize!r}")
-    kind, layer, token = _parse_node(trace, node)
+    parsed = [_parse_node(trace, node) for node in _names(nodes, "nodes")]
+    if not parsed:
+        return []
     head = output_head(trace)
-    pred = _predecessor(trace, kind, layer)
-    x = _state_vector(trace, kind, layer, token)
-    if pred is not None:
-        both = head.logits(np.stack([x, _state_vector(trace, pred[0], pred[1], token)]), bool(normalize))
-        z, z_prev = both[0], both[1]
-    else:
-        z, z_prev = head.logits(x, bool(normalize)), None
-    ids = _top(z, k)
-    probs = _softmax(z)[ids]
-    ranks = _ranks(z, ids)  # ties share a rank: the count of strictly higher logits
-    prev = _ranks(z_prev, ids) if z_prev is not None else None
-    items = []
-    for i, tok in enumerate(ids.tolist()):
-        pr = int(prev[i]) if prev is not None else None
-        rank = int(ranks[i])
-        items.append(TokenScore(head.decode(tok), tok, float(z[tok]), float(probs[i]), rank,
-                                pr, None if pr is None else pr - rank))
-    return TopTokens(
-        node=_node_name(kind, layer, token), layer=layer, position=token,
-        position_token=str(trace.tokens[token]), normalize=bool(normalize),
-        predecessor=_node_name(pred[0], pred[1], token) if pred else None, tokens=items,
-    )
+    preds = {}  # state -> its predecessor state at the same token, or None
+    for kind, layer, token in parsed:
+        pred = _predecessor(trace, kind, layer)
+        preds[(kind, layer, token)] = None if pred is None else (pred[0], pred[1], token)
+    wanted = set(preds) | {p for p in preds.values() if p is not None}
+    # Later states first: a node's row comes before its predecessor's, so the predecessor's
+    # ranks are read as soon as its logits are there and no logits are kept across chunks.
+    order = sorted(wanted, key=lambda s: (-_depth(s[0], s[1]), s[2]))
+    waiting: dict[tuple, list] = {}  # predecessor -> the nodes that need ranks in it
+    lens: dict[tuple, tuple] = {}  # node -> (ids, logits, probs, ranks)
+    prev: dict[tuple, np.ndarray] = {}  # node -> the ranks of its ids in its predecessor
+    rows = np.stack([_state_vector(trace, *s) for s in order])
+    for start, z_chunk in head.logits_chunks(rows, bool(normalize)):
+        for i, z in enumerate(z_chunk):
+            s = order[start + i]
+            if s in preds:
+                ids = _top(z, k)
+                lens[s] = (ids, z[ids], _softmax_at(z, ids), _ranks(z, ids))
+                if preds[s] is not None:
+                    waiting.setdefault(preds[s], []).append(s)
+            for node in waiting.pop(s, ()):
+                prev[node] = _ranks(z, lens[node][0])
+    out = []
+    for kind, layer, token in parsed:
+        s = (kind, layer, token)
+        ids, logits, probs, ranks = lens[s]
+        before = prev.get(s)
+        items = []
+        for i, tok in enumerate(ids.tolist()):
+            pr = None if before is None else int(before[i])
+            rank = int(ranks[i])
+            items.append(TokenScore(head.decode(tok), tok, float(logits[i]), float(probs[i]), rank,
+                                    pr, None if pr is None else pr - rank))
+        pred = preds[s]
+        out.append(TopTokens(
+            node=_node_name(kind, layer, token), layer=layer, position=token,
+            position_token=str(trace.tokens[token]), normalize=bool(normalize),
+            predecessor=_node_name(*pred) if pred else None, tokens=items,
+        ))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -770,6 +858,48 @@ def _effects(head: OutputHead, z: np.ndarray, k: int) -> tuple[list[TokenEffect]
     return up, down
 
 
+def _effects_many(
+    trace: Any, vectors: Sequence[np.ndarray], tokens: Sequence[int], k: int, raw: bool = False,
+) -> list[tuple[list[TokenEffect], list[TokenEffect]]]:
+    """The k most promoted and suppressed tokens of each update vector ``[d]`` at its token (the
+    vectors' :func:`direct_effect`), unembedded ``_ROWS`` per matrix product."""
+    if not len(vectors):
+        return []
+    head = output_head(trace)
+    rows = np.stack([np.asarray(v, dtype=np.float32) if raw else head.frozen(v, t)
+                     for v, t in zip(vectors, tokens)])
+    out = []
+    for _, z_chunk in head.project_chunks(rows):
+        out.extend(_effects(head, z, k) for z in z_chunk)
+    return out
+
+
+_UPDATE_KEYS = ("layer", "token", "block", "head", "neuron")
+
+
+def _update_spec(trace: Any, spec: Any) -> tuple[int, int, str, int | None, int | None]:
+    """``(layer, token, block, head, neuron)`` of one update of :func:`promoted_many`, checked."""
+    if isinstance(spec, dict):
+        unknown = sorted(set(spec) - set(_UPDATE_KEYS))
+        if unknown or "layer" not in spec or "token" not in spec:
+            raise ValueError(f"an update must have the keys layer, token and optionally block, head, "
+                             f"neuron, got {spec!r}")
+        args = [spec["layer"], spec["token"], spec.get("block", "attn"), spec.get("head"), spec.get("neuron")]
+    elif isinstance(spec, (tuple, list)) and 2 <= len(spec) <= 5:
+        args = list(spec) + ["attn", None, None][len(spec) - 2:]
+    else:
+        raise TypeError(f"an update must be (layer, token[, block[, head[, neuron]]]) or a dict of "
+                        f"those, got {spec!r}")
+    layer, token, block, head, neuron = args
+    block = _check_block(block, head, neuron)
+    layer, token = _layer(trace, layer), _token(trace, token)
+    if head is not None:
+        head = _index("head", head, _n_heads(trace), "heads per layer")
+    if neuron is not None:
+        neuron = _index("neuron", neuron, trace.layers[layer].act.shape[1], "FFN neurons per layer")
+    return layer, token, block, head, neuron
+
+
 def promoted(
     trace: Any, layer: int, token: int, block: str = "attn", head: int | None = None,
     neuron: int | None = None, k: int = 10, raw: bool = False,
@@ -784,17 +914,27 @@ def promoted(
     >>> p = promoted(trace, 20, -1, block="attn", head=3, k=5)   # doctest: +SKIP
     >>> [t.token for t in p.promoted]                        # doctest: +SKIP
     """
+    return promoted_many(trace, [(layer, token, block, head, neuron)], k=k, raw=raw)[0]
+
+
+def promoted_many(trace: Any, updates: Sequence[Any], k: int = 10, raw: bool = False) -> list[Promoted]:
+    """:func:`promoted` of many updates at once, in their order, unembedded ``_ROWS`` per matrix
+    product. Each update is ``(layer, token[, block[, head[, neuron]]])`` (promoted's arguments
+    in order) or a dict with those keys; each result equals the :func:`promoted` call.
+
+    >>> ps = promoted_many(trace, [(20, -1), (20, -1, "attn", 3), {"layer": 5, "token": -1, "block": "ffn"}])  # doctest: +SKIP
+    >>> [p.what for p in ps]                                 # doctest: +SKIP
+    ['attention block of layer 20', 'head 3 of layer 20', 'FFN block of layer 5']
+    """
     k = _k(k)
-    v = update_vector(trace, layer, token, block, head, neuron)
-    layer, token = _layer(trace, layer), _token(trace, token)
-    z = direct_effect(trace, v, token, raw=bool(raw))
-    up, down = _effects(output_head(trace), z, k)
-    return Promoted(
-        layer=layer, position=token, position_token=str(trace.tokens[token]), block=block,
-        head=None if head is None else _index("head", head, _n_heads(trace), "heads per layer"),
-        neuron=None if neuron is None else _index("neuron", neuron, trace.layers[layer].act.shape[1], "FFN neurons per layer"),
-        raw=bool(raw), promoted=up, suppressed=down,
-    )
+    specs = [_update_spec(trace, u) for u in _names(updates, "updates")]
+    vectors = [update_vector(trace, *spec) for spec in specs]
+    found = _effects_many(trace, vectors, [spec[1] for spec in specs], k, raw=bool(raw))
+    return [
+        Promoted(layer=layer, position=token, position_token=str(trace.tokens[token]), block=block,
+                 head=head, neuron=neuron, raw=bool(raw), promoted=up, suppressed=down)
+        for (layer, token, block, head, neuron), (up, down) in zip(specs, found)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -848,21 +988,39 @@ def head_view(trace: Any, layer: int, head: int, target: int | None = None, k: i
     >>> hv = head_view(trace, 5, 2)                          # doctest: +SKIP
     >>> hv.contribution.shape, hv.promoted.promoted[0].token # doctest: +SKIP
     """
+    return head_view_many(trace, [(layer, head, target)], k=k)[0]
+
+
+def head_view_many(trace: Any, heads: Sequence[Any], k: int = 10) -> list[HeadView]:
+    """:func:`head_view` of many heads at once, in their order: each is ``(layer, head)`` or
+    ``(layer, head, target)``; their outputs are unembedded ``_ROWS`` per matrix product. Each
+    result equals the :func:`head_view` call.
+
+    >>> hvs = head_view_many(trace, [(5, 2), (5, 3, 4)])     # doctest: +SKIP
+    """
     k = _k(k)
-    layer = _layer(trace, layer)
-    head = _index("head", head, _n_heads(trace), "heads per layer")
-    target = len(trace.token_ids) - 1 if target is None else _token(trace, target, "target")
-    full = attribute(trace)
-    lb = trace.layers[layer]
-    out = head_output(trace, layer, head, target)
-    z = direct_effect(trace, out, target)
-    up, down = _effects(output_head(trace), z, k)
-    prom = Promoted(layer, target, str(trace.tokens[target]), "attn", head, None, False, up, down)
-    return HeadView(
-        layer=layer, head=head, target=target, target_token=str(trace.tokens[target]),
-        tokens=[str(t) for t in trace.tokens], contribution=np.array(full.heads[layer, head]),
-        pattern=np.tril(np.asarray(lb.attn[head], dtype=np.float32)), output=out, promoted=prom,
-    )
+    specs = []
+    for item in _names(heads, "heads"):
+        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+            raise TypeError(f"a head must be (layer, head) or (layer, head, target), got {item!r}")
+        layer, head, target = (list(item) + [None])[:3]
+        layer = _layer(trace, layer)
+        head = _index("head", head, _n_heads(trace), "heads per layer")
+        target = len(trace.token_ids) - 1 if target is None else _token(trace, target, "target")
+        specs.append((layer, head, target))
+    full = attribute(trace) if specs else None
+    outs = [head_output(trace, layer, head, target) for layer, head, target in specs]
+    found = _effects_many(trace, outs, [spec[2] for spec in specs], k)
+    views = []
+    for (layer, head, target), out, (up, down) in zip(specs, outs, found):
+        lb = trace.layers[layer]
+        prom = Promoted(layer, target, str(trace.tokens[target]), "attn", head, None, False, up, down)
+        views.append(HeadView(
+            layer=layer, head=head, target=target, target_token=str(trace.tokens[target]),
+            tokens=[str(t) for t in trace.tokens], contribution=np.array(full.heads[layer, head]),
+            pattern=np.tril(np.asarray(lb.attn[head], dtype=np.float32)), output=out, promoted=prom,
+        ))
+    return views
 
 
 def head_map(trace: Any, layer: int, head: int) -> np.ndarray:
@@ -924,19 +1082,38 @@ def top_neurons(trace: Any, layer: int, token: int, k: int = 10, k_tokens: int =
     >>> tn = top_neurons(trace, 5, -1, k=5)                  # doctest: +SKIP
     >>> tn.neurons[0].neuron, tn.neurons[0].share            # doctest: +SKIP
     """
+    return top_neurons_many(trace, [(layer, token)], k=k, k_tokens=k_tokens)[0]
+
+
+def top_neurons_many(trace: Any, nodes: Sequence[Any], k: int = 10, k_tokens: int = 5) -> list[TopNeurons]:
+    """:func:`top_neurons` of many FFN nodes ``(layer, token)`` at once, in their order: every
+    chosen neuron's output is unembedded together, ``_ROWS`` per matrix product. Each result
+    equals the :func:`top_neurons` call.
+
+    >>> tns = top_neurons_many(trace, [(5, -1), (6, -1)], k=5)   # doctest: +SKIP
+    """
     k, k_tokens = _k(k), _k(k_tokens, "k_tokens")
-    layer, token = _layer(trace, layer), _token(trace, token)
-    out = _neuron_contrib(trace, layer, token)
-    shares = out["neurons"][0]
-    idx = _top(shares, k)
-    lb = trace.layers[layer]
-    z = direct_effect(trace, _neuron_vectors(lb, token, idx), token)  # [k, V]: one matmul
-    head = output_head(trace)
-    neurons = []
-    for j, i in enumerate(idx.tolist()):
-        up, down = _effects(head, z[j], k_tokens)
-        neurons.append(NeuronScore(int(i), float(lb.act[token, i]), float(shares[i]), up, down))
-    return TopNeurons(
-        layer=layer, position=token, position_token=str(trace.tokens[token]),
-        resid_share=float(out["resid"][0]), bias_share=float(out["bias"][0]), neurons=neurons,
-    )
+    found = []  # (layer, token, decomposition, chosen neurons)
+    vectors, tokens = [], []
+    for item in _names(nodes, "nodes"):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TypeError(f"an FFN node must be (layer, token), got {item!r}")
+        layer, token = _layer(trace, item[0]), _token(trace, item[1])
+        out = _neuron_contrib(trace, layer, token)
+        idx = _top(out["neurons"][0], k)
+        found.append((layer, token, out, idx))
+        vectors.extend(_neuron_vectors(trace.layers[layer], token, idx))
+        tokens.extend([token] * len(idx))
+    effects = iter(_effects_many(trace, vectors, tokens, k_tokens))
+    results = []
+    for layer, token, out, idx in found:
+        lb, shares = trace.layers[layer], out["neurons"][0]
+        neurons = []
+        for i in idx.tolist():
+            up, down = next(effects)
+            neurons.append(NeuronScore(int(i), float(lb.act[token, i]), float(shares[i]), up, down))
+        results.append(TopNeurons(
+            layer=layer, position=token, position_token=str(trace.tokens[token]),
+            resid_share=float(out["resid"][0]), bias_share=float(out["bias"][0]), neurons=neurons,
+        ))
+    return results

@@ -407,3 +407,97 @@ def test_trace_methods_delegate(traced):
         assert type(a) is type(b) and a.to_dict() == b.to_dict()
     np.testing.assert_array_equal(trace.head_shares(1, 4, 2), interpret.head_shares(trace, 1, 4, 2))
     np.testing.assert_array_equal(trace.neuron_shares(1, 4), interpret.neuron_shares(trace, 1, 4))
+
+
+# --------------------------------------------------------------------------------------------
+# batched answers: the report's *_many functions give the single clicks' answers, bit for bit
+
+
+def _states(trace) -> list[str]:
+    out = []
+    for t in range(trace.n_tokens):
+        out.append(f"X0_{t}")
+        for l, lb in enumerate(trace.layers):
+            out += ([] if lb.parallel else [f"A{l}_{t}"]) + [f"I{l}_{t}"]
+    return out
+
+
+def _same_head_view(a, b):
+    for name in ("layer", "head", "target", "target_token", "tokens", "promoted"):
+        assert getattr(a, name) == getattr(b, name), name
+    for name in ("contribution", "pattern", "output"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+@pytest.mark.parametrize("rows", [None, 3])  # the default chunk, and chunks of 3 rows
+@pytest.mark.parametrize("key", ["llama", "gemma2", "opt", "phi", "gpt_neox", "falcon_seq"])
+def test_batched_answers_equal_the_single_ones(traced, monkeypatch, key, rows):
+    if rows is not None:
+        monkeypatch.setattr(interpret, "_ROWS", rows)
+    trace = traced(key)
+    L, T, H = trace.n_layers, trace.n_tokens, trace.layers[0].attn.shape[0]
+    rng = np.random.default_rng(0)
+    nodes = _states(trace)
+    nodes = [nodes[i] for i in rng.permutation(len(nodes))] + [nodes[0], f"I{L - 1}_{T - 1}"]  # repeats too
+    assert len(nodes) > 2 * interpret._ROWS or rows is None
+    for normalize in (True, False):
+        many = interpret.top_tokens_many(trace, nodes, k=4, normalize=normalize)
+        assert many == [interpret.top_tokens(trace, n, k=4, normalize=normalize) for n in nodes]
+
+    updates = [(l, t) for l in range(L) for t in range(T)]
+    updates += [(l, t, "attn", h) for l in range(L) for t in (0, T // 2, -1) for h in range(H)]
+    updates += [(l, t, "ffn") for l in range(L) for t in range(T)]
+    updates += [(l, -1, "ffn", None, i) for l in range(L) for i in (0, 5, 17)]
+    updates.append({"layer": 1, "token": 3, "block": "ffn", "neuron": 2})
+    for raw in (False, True):
+        many = interpret.promoted_many(trace, updates, k=3, raw=raw)
+        single = [interpret.promoted(trace, **u, k=3, raw=raw) if isinstance(u, dict)
+                  else interpret.promoted(trace, *u, k=3, raw=raw) for u in updates]
+        assert many == single
+
+    heads = [(l, h, t) for l in range(L) for h in range(H) for t in (1, T - 1)] + [(0, 1)]
+    for got, item in zip(interpret.head_view_many(trace, heads, k=3), heads):
+        _same_head_view(got, interpret.head_view(trace, *item, k=3))
+
+    ffn = [(l, t) for l in range(L) for t in range(0, T, 2)] + [(0, -1)]
+    many = interpret.top_neurons_many(trace, ffn, k=4, k_tokens=3)
+    assert many == [interpret.top_neurons(trace, l, t, k=4, k_tokens=3) for l, t in ffn]
+
+
+def test_logits_do_not_depend_on_the_batch(traced):
+    trace = traced("llama")
+    head = interpret.output_head(trace)
+    x = np.random.default_rng(1).standard_normal((2 * interpret._ROWS + 5, trace.layers[0].resid_pre.shape[1]))
+    z = head.project(x)
+    for i in (0, 1, interpret._ROWS, len(x) - 1):
+        np.testing.assert_array_equal(head.project(x[i]), z[i])
+        np.testing.assert_array_equal(head.project(x[i : i + 2])[0], z[i])
+    assert head.project(x[:0]).shape == (0, head.vocab_size)
+
+
+def test_batched_functions_take_empty_lists_and_refuse_bad_items(traced):
+    trace = traced("llama")
+    assert interpret.top_tokens_many(trace, []) == []
+    assert interpret.promoted_many(trace, []) == []
+    assert interpret.head_view_many(trace, []) == []
+    assert interpret.top_neurons_many(trace, []) == []
+    with pytest.raises(TypeError, match="nodes must be a list"):
+        interpret.top_tokens_many(trace, "I1_3")
+    with pytest.raises(ValueError, match="node='Q1_3'"):
+        interpret.top_tokens_many(trace, ["I1_3", "Q1_3"])
+    with pytest.raises(TypeError, match=r"an update must be \(layer, token"):
+        interpret.promoted_many(trace, [7])
+    with pytest.raises(ValueError, match="keys layer, token"):
+        interpret.promoted_many(trace, [{"layer": 1, "tok": 3}])
+    with pytest.raises(ValueError, match="head=2 is given with block='ffn'"):
+        interpret.promoted_many(trace, [(1, 3, "ffn", 2)])
+    with pytest.raises(ValueError, match="neuron=99999"):
+        interpret.promoted_many(trace, [(1, 3, "ffn", None, 99999)])
+    with pytest.raises(TypeError, match=r"a head must be \(layer, head\)"):
+        interpret.head_view_many(trace, [1])
+    with pytest.raises(ValueError, match="head=99"):
+        interpret.head_view_many(trace, [(1, 99)])
+    with pytest.raises(TypeError, match=r"an FFN node must be \(layer, token\)"):
+        interpret.top_neurons_many(trace, [(1, 2, 3)])
+    with pytest.raises(ValueError, match="k_tokens must be a positive integer"):
+        interpret.top_neurons_many(trace, [(1, 2)], k_tokens=0)

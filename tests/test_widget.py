@@ -6,6 +6,7 @@ page does and compare the results with ``trace.graph(...)`` and :mod:`ltt.interp
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -219,3 +220,31 @@ def test_report_embeds_the_graph_and_the_panels(trace, tmp_path):
     page = open(path, encoding="utf-8").read()
     assert page.count("</script>") == 2
     assert "https://" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+
+
+def test_report_panels_are_the_single_clicks_panels(trace, parallel_trace):
+    from ltt.widget import panels
+
+    for tr in (trace, parallel_trace):
+        store = report_data(tr, threshold=0.02)
+        P = store["panels"]
+        seen = set()
+        for key, panel in P.items():
+            kind, _, rest = key.partition(":")
+            seen.add(kind)
+            if kind == "state":
+                node, flag = rest.rsplit(":", 1)
+                assert panel == panels.state_panel(tr, node, normalize=flag == "1"), key
+            elif kind == "ffn":
+                assert panel == panels.ffn_panel(tr, rest, weight=panel.get("weight")), key
+            elif kind == "hv":
+                layer, head, target = map(int, rest.split(":"))
+                view, maps = panels.head_view(tr, layer, head, target)
+                assert panel == view, key
+                if f"{layer}:{head}" in store["maps"]:
+                    got = np.frombuffer(base64.b64decode(store["maps"][f"{layer}:{head}"]), "<f4")
+                    np.testing.assert_array_equal(got.reshape(maps.shape), maps)
+            elif panel["type"] == "attention":
+                want, _ = panels.attention_panel(tr, rest, panel["weight"], with_head=False)
+                assert panel == want, key
+        assert seen == {"state", "ffn", "hv", "edge"}

@@ -46,15 +46,19 @@ def graph_payload(trace: Any, graph: Any) -> dict[str, Any]:
     top prediction (``predictions``: position -> token string)."""
     data = graph.to_dict()
     data["parallel"] = [bool(lb.parallel) for lb in trace.layers]
-    preds: dict[str, str] = {}
+    # Every re-prune asks again: the top predictions are kept on the trace once computed.
+    known = getattr(trace, "__dict__", {}).setdefault("_ltt_predictions", {})
+    missing = [t for t in graph.targets if t not in known]
     L = len(trace.layers)
-    for t in graph.targets:
-        try:
-            top = interpret.top_tokens(trace, f"I{L - 1}_{t}", k=1, normalize=True)
-            preds[str(t)] = top.tokens[0].token
-        except Exception:  # no model attached (synthetic traces): no predictions shown
-            break
-    data["predictions"] = preds
+    try:
+        tops = interpret.top_tokens_many(trace, [f"I{L - 1}_{t}" for t in missing], k=1, normalize=True)
+    except Exception:  # no model attached (synthetic traces): no predictions shown
+        tops = None
+    if tops is None:
+        data["predictions"] = {}
+    else:
+        known.update((t, top.tokens[0].token) for t, top in zip(missing, tops))
+        data["predictions"] = {str(t): known[t] for t in graph.targets}
     return data
 
 
@@ -77,8 +81,16 @@ def model_info(trace: Any, graph: dict[str, Any] | None = None) -> dict[str, Any
 
 def state_panel(trace: Any, node: str, normalize: bool = True, k: int = 10) -> dict[str, Any]:
     """Top tokens of a residual state (``X0_t``, ``A{l}_t``, ``I{l}_t``) with rank changes."""
-    out = interpret.top_tokens(trace, node, k=k, normalize=bool(normalize)).to_dict()
-    out["type"] = "state"
+    return state_panels(trace, [node], normalize, k)[0]
+
+
+def state_panels(trace: Any, nodes: list[str], normalize: bool = True, k: int = 10) -> list[dict[str, Any]]:
+    """:func:`state_panel` of many states at once (one batched logit lens), in their order."""
+    out = []
+    for tt in interpret.top_tokens_many(trace, nodes, k=k, normalize=bool(normalize)):
+        panel = tt.to_dict()
+        panel["type"] = "state"
+        out.append(panel)
     return out
 
 
@@ -89,20 +101,29 @@ def effects(p: Any) -> dict[str, Any]:
 
 def head_view(trace: Any, layer: int, head: int, target: int, k: int = 10) -> tuple[dict[str, Any], np.ndarray]:
     """One head at one target: its promoted/suppressed tokens, and its maps ``[2, T, T]``."""
-    hv = interpret.head_view(trace, layer, head, target, k=k)
-    maps = np.stack([np.asarray(hv.pattern, np.float32), np.asarray(hv.contribution, np.float32)])
-    view = effects(hv.promoted)
-    view["head"] = int(head)
-    view["share_of_state"] = float(np.asarray(hv.contribution)[target].sum())
-    return view, maps
+    return head_views(trace, [(layer, head, target)], k)[0]
+
+
+def head_views(trace: Any, heads: list[tuple[int, int, int]], k: int = 10) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """:func:`head_view` of many ``(layer, head, target)`` at once (one batched projection)."""
+    out = []
+    for hv in interpret.head_view_many(trace, heads, k=k):
+        maps = np.stack([np.asarray(hv.pattern, np.float32), np.asarray(hv.contribution, np.float32)])
+        view = effects(hv.promoted)
+        view["head"] = int(hv.head)
+        view["share_of_state"] = float(np.asarray(hv.contribution)[hv.target].sum())
+        out.append((view, maps))
+    return out
 
 
 def attention_panel(
     trace: Any, edge: str, weight: float | None = None, head: int | None = None, k: int = 10,
-    with_head: bool = True,
+    with_head: bool = True, block: Any = None,
 ) -> tuple[dict[str, Any], np.ndarray | None]:
     """The heads panel of an attention edge: each head's share, the selected head (default: the
-    largest) with its maps and promoted tokens, and the whole attention block's view."""
+    largest) with its maps and promoted tokens, and the whole attention block's view (``block``:
+    that block's :func:`ltt.interpret.promoted` when already computed, as the report batches
+    them)."""
     src, dst, kind = parse_edge(edge)
     if kind != "attention":
         raise ValueError(f"not an attention edge: {edge!r}")
@@ -117,7 +138,7 @@ def attention_panel(
         "source_node": src, "target_node": dst, "source_token": eh.source_token,
         "target_token": eh.target_token, "weight": float(eh.weight if weight is None else weight),
         "raw_weight": float(eh.weight), "heads": heads, "head": int(head), "maps": list(MAP_NAMES),
-        "block": effects(interpret.promoted(trace, layer, t, block="attn", k=k)),
+        "block": effects(block if block is not None else interpret.promoted(trace, layer, t, block="attn", k=k)),
     }
     maps = None
     if with_head:
@@ -128,13 +149,32 @@ def attention_panel(
 def ffn_panel(trace: Any, node: str, weight: float | None = None, k: int = 10, k_tokens: int = 5) -> dict[str, Any]:
     """The neurons panel of an FFN node ``M{l}_t``: top neurons by share with their promoted and
     suppressed tokens, and the whole block's direct effect."""
-    kind, layer, t = parse_node(node)
-    if kind != "M":
-        raise ValueError(f"not an FFN node (M{{l}}_t): {node!r}")
-    out = interpret.top_neurons(trace, layer, t, k=k, k_tokens=k_tokens).to_dict()
-    out.update(type="ffn", node=node, block=effects(interpret.promoted(trace, layer, t, block="ffn", k=k)))
-    if weight is not None:
-        out["weight"] = float(weight)
+    return ffn_panels(trace, [node], [weight], k, k_tokens)[0]
+
+
+def ffn_panels(
+    trace: Any, nodes: list[str], weights: list[float | None] | None = None, k: int = 10, k_tokens: int = 5,
+) -> list[dict[str, Any]]:
+    """:func:`ffn_panel` of many FFN nodes at once (their neurons and blocks in one batched
+    projection each), in their order; ``weights`` is one edge weight or None per node."""
+    weights = [None] * len(nodes) if weights is None else list(weights)
+    if len(weights) != len(nodes):
+        raise ValueError(f"weights must hold one entry per node ({len(nodes)}), got {len(weights)}")
+    where = []
+    for node in nodes:
+        kind, layer, t = parse_node(node)
+        if kind != "M":
+            raise ValueError(f"not an FFN node (M{{l}}_t): {node!r}")
+        where.append((layer, t))
+    neurons = interpret.top_neurons_many(trace, where, k=k, k_tokens=k_tokens)
+    blocks = interpret.promoted_many(trace, [(layer, t, "ffn") for layer, t in where], k=k)
+    out = []
+    for node, weight, tn, block in zip(nodes, weights, neurons, blocks):
+        panel = tn.to_dict()
+        panel.update(type="ffn", node=node, block=effects(block))
+        if weight is not None:
+            panel["weight"] = float(weight)
+        out.append(panel)
     return out
 
 

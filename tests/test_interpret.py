@@ -312,7 +312,7 @@ def test_results_are_plain_escaped_and_printable(tiny_model, monkeypatch):
 
 
 def test_to_pandas(traced):
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     trace = traced("llama")
     frame = interpret.top_neurons(trace, 0, -1, k=4, k_tokens=2).to_pandas()
     assert isinstance(frame, pd.DataFrame) and len(frame) == 4

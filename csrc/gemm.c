@@ -10,6 +10,7 @@
 #include "ltt_internal.h"
 
 #if defined(_OPENMP) && defined(__linux__)
+#include <dirent.h>
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
@@ -81,10 +82,38 @@ static int tasks_running(void)
     return running;
 }
 
+/* Threads of this process running or runnable now (state R in /proc/self/task/<id>/stat: a
+ * BLAS pool still spinning counts); -1 when unreadable. */
+static int own_running(void)
+{
+    DIR *dir = opendir("/proc/self/task");
+    if (dir == NULL)
+        return -1;
+    int n = 0;
+    const struct dirent *e;
+    while ((e = readdir(dir)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[300], buf[512];
+        snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            continue;
+        const size_t k = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[k] = '\0';
+        const char *p = strrchr(buf, ')'); /* the state follows the (any) command name */
+        if (p != NULL && p[1] == ' ' && p[2] == 'R')
+            n++;
+    }
+    closedir(dir);
+    return n;
+}
+
 /*
  * CPUs left free by other processes: this process's CPUs less their busy time not spent by this
  * process, averaged since the previous look (at least LOOK_S ago), or at the first look from
- * the tasks running then; the last estimate in between; -1 when unknown.
+ * the other tasks running then; the last estimate in between; -1 when unknown.
  */
 static double cpus_free(void)
 {
@@ -103,10 +132,12 @@ static double cpus_free(void)
                         ((busy - last_busy) - (self - last_self)) / (wall - last_wall);
                     estimate = (double)ncpu - (others > 0.0 ? others : 0.0);
                 } else {
-                    /* First look: the tasks running right now, less this thread. */
-                    const int running = tasks_running();
-                    if (running > 0)
-                        estimate = (double)ncpu - (double)(running - 1);
+                    /* First look: the tasks running right now, less this process's. */
+                    const int running = tasks_running(), own = own_running();
+                    if (running > 0) {
+                        const int others = running - (own > 0 ? own : 1);
+                        estimate = (double)ncpu - (others > 0 ? (double)others : 0.0);
+                    }
                 }
                 last_wall = wall;
                 last_busy = busy;

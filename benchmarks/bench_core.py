@@ -117,18 +117,19 @@ def make_prune_graph(seed: int, L: int, T: int) -> dict:
 # the C side: ltt.attribution
 
 
-def c_layer(lay: dict, keep_heads: bool = True) -> tuple[dict, np.ndarray, float]:
+def c_layer(lay: dict, keep_heads: bool = True) -> tuple[dict, np.ndarray, float, float]:
+    """One layer's contributions; also the attention call's wall and process CPU seconds."""
     from ltt import attribution as A
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = A.attn_contrib(lay["x"], lay["m"], lay["attn"], lay["values"], lay["w_o"],
                          keep_heads=keep_heads)
-    t_attn = time.perf_counter() - t0
+    t_attn, c_attn = time.perf_counter() - t0, time.process_time() - c0
     block = A.contributions(np.stack([lay["m"], lay["f"]]), lay["y"])
-    return out, block, t_attn
+    return out, block, t_attn, c_attn
 
 
-def c_graph(layers: list[dict], target: int) -> tuple[dict, float]:
+def c_graph(layers: list[dict], target: int) -> tuple[dict, float, float]:
     """Whole graph: every layer's contributions, the renormalize threshold mode, pruning."""
     from ltt import attribution as A
 
@@ -138,16 +139,17 @@ def c_graph(layers: list[dict], target: int) -> tuple[dict, float]:
     attn_resid = np.empty((L, T), np.float32)
     ffn = np.empty((L, T), np.float32)
     ffn_resid = np.empty((L, T), np.float32)
-    t_attn = 0.0
+    t_attn = c_attn = 0.0
     for l, lay in enumerate(layers):
-        out, block, ta = c_layer(lay)
+        out, block, ta, ca = c_layer(lay)
         t_attn += ta
+        c_attn += ca
         r = A.renormalize(out["heads"], out["resid"][None], TAU)
         attn[l], attn_resid[l] = r["edges"], r["single"][0]
         b = A.renormalize(block[1][None, :, None], block[0][None], TAU)
         ffn[l], ffn_resid[l] = b["edges"][:, 0], b["single"][0]
     kept = A.prune(attn, attn_resid, ffn, ffn_resid, np.zeros(L, bool), np.array([target]), TAU)
-    return dict(kept_attn_edges=int(len(kept["attn_edges"])), edges0=attn[0]), t_attn
+    return dict(kept_attn_edges=int(len(kept["attn_edges"])), edges0=attn[0]), t_attn, c_attn
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,7 +273,7 @@ def _peak() -> int:
 
 
 def worker(side: str, case: str, folder: str, repeats: int, out_path: str) -> None:
-    result: dict = {"side": side, "case": case, "times": [], "attn_times": []}
+    result: dict = {"side": side, "case": case, "times": [], "attn_times": [], "attn_cpu": []}
     if side == "torch":
         import networkx  # noqa: F401  (imported before the baseline RSS is read)
         import torch
@@ -314,18 +316,24 @@ def worker(side: str, case: str, folder: str, repeats: int, out_path: str) -> No
         spent = 0.0
         for _ in range(repeats):
             t0 = time.perf_counter()
+            c_attn = None
             if case == "graph":
-                info, t_attn = (torch_graph if side == "torch" else c_graph)(layers, T - 1)
+                if side == "torch":
+                    info, t_attn = torch_graph(layers, T - 1)
+                else:
+                    info, t_attn, c_attn = c_graph(layers, T - 1)
             else:  # one layer: attention contributions + the FFN block's
                 if side == "torch":
                     *_, t_attn = torch_layer(layers[0])
                     info = {}
                 else:
-                    _, _, t_attn = c_layer(layers[0])
+                    _, _, t_attn, c_attn = c_layer(layers[0])
                     info = {}
             dt = time.perf_counter() - t0
             result["times"].append(dt)
             result["attn_times"].append(t_attn)
+            if c_attn is not None:
+                result["attn_cpu"].append(c_attn)
             spent += dt
             if spent > MAX_SIDE_SECONDS:
                 break
@@ -457,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
 
     hdr = (f"{'case':<28} {'C ms':>10} {'base ms':>10} {'ratio':>7} {'C G el/s':>9} "
-           f"{'base G el/s':>11} {'C peak+':>10} {'base peak+':>11} {'|dEdges|':>9} {'kept C/base':>12}")
+           f"{'C G/cpu-s':>9} {'base G el/s':>11} {'C peak+':>10} {'base peak+':>11} {'|dEdges|':>9} "
+           f"{'kept C/base':>12}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -467,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"{tm / cm:7.1f}" if c and tb else f"{'-':>7}"
         cg = (f"{r['elements'] / (med_ms(c['attn_times']) / 1e3) / 1e9:9.2f}"
               if c and c.get("attn_times") else f"{'-':>9}")
+        cc = (f"{r['elements'] / (med_ms(c['attn_cpu']) / 1e3) / 1e9:9.2f}"
+              if c and c.get("attn_cpu") else f"{'-':>9}")
         tg = (f"{r['elements'] / (med_ms(tb['attn_times']) / 1e3) / 1e9:11.3f}"
               if tb and tb.get("attn_times") else f"{'-':>11}")
         cp = gib(c["peak"] - c["rss_before"]) if c else "-"
@@ -474,12 +485,14 @@ def main(argv: list[str] | None = None) -> int:
         md = f"{r['max_diff']:9.1e}" if "max_diff" in r else f"{'-':>9}"
         kept = (f"{c.get('kept_attn_edges', '-')}/{tb.get('kept_attn_edges', '-') if tb else '-'}"
                 if c and "kept_attn_edges" in c else "-")
-        print(f"{r['label']:<28} {cm:10.2f} {tm:10.1f} {ratio} {cg} {tg} {cp:>10} {tp:>11} {md} {kept:>12}")
+        print(f"{r['label']:<28} {cm:10.2f} {tm:10.1f} {ratio} {cg} {cc} {tg} {cp:>10} {tp:>11} {md} "
+              f"{kept:>12}")
     print()
     for n in notes:
         print("note:", n)
     print("\nG el/s: attention L1 elements T(T+1)/2*H*d per layer (one coordinate of one (t,s,h) "
-          "distance) over the attention-contribution time only.")
+          "distance) over the attention-contribution time only; C G/cpu-s: the same over the "
+          "process CPU time of those calls (all threads; spinning threads count).")
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus; "
           "other processes on a shared machine slow both sides and distort ratios.")
     print("Targets (not asserted): SmolLM2 graph T=128 >= 50x; 7B T=512 >= 15 G el/s; "

@@ -337,17 +337,19 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
         return LTT_ERR_NULL;
 
     /*
-     * One parallel region per call (none for small calls). With enough heads each thread takes
-     * whole heads, dynamically, into private buffers: no barrier until every head is done, so
-     * a thread slowed by other work on the machine stalls no one. With few heads the threads
-     * share each head (two barriers per head).
+     * One parallel region per call (none for small calls). Each thread takes whole heads,
+     * dynamically, into private buffers: no barrier until they are all done, so a thread slowed
+     * by other work on the machine stalls no one. The heads left over (H % threads, or all of
+     * them when private buffers would be too large) are shared by the threads in row bands,
+     * two barriers each.
      */
     const size_t TT = (size_t)T * (size_t)T;
     int nt = ltt__threads((double)H * head_work(T, d_h, d));
     const double per_thread = (double)TT * (norm == 2 ? 20.0 : 16.0) + (double)T * (double)d * 4.0;
-    const int whole_heads =
-        nt == 1 || ((H % nt == 0 || H >= 4 * nt) && per_thread * nt <= (double)PRIVATE_BYTES);
-    const int nws = whole_heads ? nt : 1;
+    const int64_t nwhole =
+        nt == 1 ? H : (per_thread * nt <= (double)PRIVATE_BYTES ? H - H % nt : 0);
+    const int nown = nwhole > 0 ? nt : 0;        /* private buffer sets */
+    const int nws = nown + (nwhole < H ? 1 : 0); /* and one shared set */
     workspace ws;
     const int ws_bad = ws_alloc(&ws, nws, T, d, norm);
     double *er = calloc((size_t)nws * TT, sizeof(double));
@@ -376,14 +378,14 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
                 ltt__raw(wn[t], ltt__dist(d, w, extra + (e * T + t) * d, 1.0, norm));
     }
 
-    /* The heads: the only parallel part, its one barrier at the end. */
+    /* The heads: the only parallel part (whole heads end in its one barrier). */
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        if (whole_heads) {
+        if (nwhole > 0) {
             const int id = thread_id();
             workspace mine = ws_part(&ws, id, T, d);
 #pragma omp for schedule(dynamic, 1) nowait
-            for (int64_t h = 0; h < H; h++) {
+            for (int64_t h = 0; h < nwhole; h++) {
                 if (vector_rows(&L, h, 0, T, &mine)) {
 #pragma omp atomic write
                     bad = 1;
@@ -393,10 +395,13 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
                 add_raws(T, h, 0, T, wn, mine.dist, er + (size_t)id * TT, zt + (size_t)id * T,
                          heads);
             }
-        } else {
-            raws_ctx ctx = {T, wn, &ws, er, zt, heads};
-            for (int64_t h = 0; h < H; h++)
-                shared_head(&L, h, &ws, nt, &bad, raws_band, &ctx);
+        }
+        if (nwhole < H) {
+            workspace shared = ws_part(&ws, nws - 1, T, d);
+            raws_ctx ctx = {
+                T, wn, &shared, er + (size_t)(nws - 1) * TT, zt + (size_t)(nws - 1) * T, heads};
+            for (int64_t h = nwhole; h < H; h++)
+                shared_head(&L, h, &shared, nt, &bad, raws_band, &ctx);
         }
     }
 

@@ -313,7 +313,8 @@ static float urand(unsigned *state)
 static void test_threads_agree(void)
 {
     enum { T = 45, G = 1, DH = 5, D = 70, E = 1, N = 11, F = 300 };
-    const int Hs[2] = {4, 6}; /* on 3 threads: heads shared in bands (4), whole heads (6) */
+    /* on 3 threads: heads all shared in row bands (2), 3 whole + 1 shared (4), all whole (6) */
+    const int Hs[3] = {2, 4, 6};
     unsigned st = 7;
     float *resid = malloc(sizeof(float) * T * D), *whole = malloc(sizeof(float) * T * D);
     float *attn = malloc(sizeof(float) * 6 * T * T), *values = malloc(sizeof(float) * T * G * DH);
@@ -352,7 +353,7 @@ static void test_threads_agree(void)
         total[k] = malloc(sizeof(double) * T);
         neu[k] = malloc(sizeof(float) * N * F);
     }
-    for (int hi = 0; hi < 2; hi++)
+    for (int hi = 0; hi < 3; hi++)
         for (int norm = 1; norm <= 2; norm++) {
             const int H = Hs[hi];
             for (int k = 0; k < 3; k++) {

@@ -48,15 +48,10 @@ def _blas_scipy() -> dict:
             "and a system OpenBLAS, e.g. `apt-get install libopenblas-dev pkg-config`)."
         ) from exc
     lib_dir = sob.get_lib_dir()
-    rpaths = ["$ORIGIN/../scipy_openblas32/lib"]  # an installed wheel: same site-packages
-    # An editable install keeps the .so in the source tree: point at the library the target
-    # environment has (under build isolation the build's own copy is temporary).
-    for site in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]):
-        cand = os.path.join(site, "scipy_openblas32", "lib")
-        if os.path.isdir(cand) and cand not in rpaths:
-            rpaths.append(cand)
-    if os.path.isdir(lib_dir) and lib_dir not in rpaths and "pip-build-env" not in lib_dir:
-        rpaths.append(lib_dir)
+    # An installed wheel finds the library beside it in site-packages; an editable install
+    # (extension in the source tree) has ltt/__init__.py load it from the scipy_openblas32
+    # package first. No absolute path of the build machine goes into the extension.
+    rpaths = ["$ORIGIN/../scipy_openblas32/lib"]
     return {
         "name": "scipy_openblas32 " + sob.__version__,
         "include_dirs": [sob.get_include_dir()],

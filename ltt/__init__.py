@@ -9,8 +9,28 @@ Model loading (``ltt.load``) imports torch and transformers on first use only.
 
 from __future__ import annotations
 
+
+def _load_core():
+    try:
+        from ltt import _core
+    except ImportError as exc:
+        if "scipy_openblas" not in str(exc):
+            raise
+        # The extension's run path finds OpenBLAS beside an installed wheel; an editable
+        # install (extension in the source tree) loads it from the scipy_openblas32 package.
+        import ctypes
+        import os
+
+        import scipy_openblas32
+
+        lib = os.path.join(scipy_openblas32.get_lib_dir(), "lib" + scipy_openblas32.get_library() + ".so")
+        ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+        from ltt import _core
+    return _core
+
+
 try:
-    from ltt import _core
+    _core = _load_core()
 except ImportError as exc:  # pragma: no cover - exercised only on a broken build
     raise ImportError(
         "ltt's C extension (ltt._core) is not built or failed to load: "

@@ -294,6 +294,13 @@ def renormalize(heads: np.ndarray, single: np.ndarray, threshold: float) -> dict
     return {"edges": edges.astype(np.float32), "single": out_single.astype(np.float32)}
 
 
+def _kept(candidates: list[tuple[object, float]], threshold: float) -> list[object]:
+    """The incoming edges of a reached node that are kept: those ``>= threshold``, or else the
+    largest (the first of the largest, in the order given)."""
+    kept = [key for key, weight in candidates if weight >= threshold]
+    return kept or [max(candidates, key=lambda kw: kw[1])[0]]
+
+
 def prune(
     attn: np.ndarray,
     attn_resid: np.ndarray,
@@ -340,9 +347,7 @@ def prune(
         if parallel[l]:
             for t in np.flatnonzero(reached_out):
                 cand = [("r", ar[l, t]), ("f", f[l, t])] + [(s, a[l, t, s]) for s in range(t + 1)]
-                kept = [k for k, wgt in cand if wgt >= threshold]
-                if not kept:
-                    kept = [max(cand, key=lambda kw: kw[1])[0]]
+                kept = _kept(cand, threshold)
                 for k in kept:
                     if k == "r":
                         keep_ar[l, t] = True
@@ -357,17 +362,13 @@ def prune(
             reached_mid = np.zeros(T, bool)  # A{l}_t reached
             for t in np.flatnonzero(reached_out):
                 cand = [("r", fr[l, t]), ("f", f[l, t])]
-                kept = [k for k, wgt in cand if wgt >= threshold]
-                if not kept:
-                    kept = [max(cand, key=lambda kw: kw[1])[0]]
+                kept = _kept(cand, threshold)
                 for k in kept:
                     (keep_fr if k == "r" else keep_f)[l, t] = True
                 reached_mid[t] = True
             for t in np.flatnonzero(reached_mid):
                 cand = [("r", ar[l, t])] + [(s, a[l, t, s]) for s in range(t + 1)]
-                kept = [k for k, wgt in cand if wgt >= threshold]
-                if not kept:
-                    kept = [max(cand, key=lambda kw: kw[1])[0]]
+                kept = _kept(cand, threshold)
                 for k in kept:
                     if k == "r":
                         keep_ar[l, t] = True

@@ -29,7 +29,9 @@ from ltt.widget import panels
 
 STATIC = pathlib.Path(__file__).parent / "static"
 
-__all__ = ["GraphWidget", "STATIC"]
+__all__ = ["GraphWidget", "STATIC", "MARK_STATUSES"]
+
+MARK_STATUSES = ("rose", "fell", "appeared", "vanished")
 
 
 class GraphWidget(anywidget.AnyWidget):
@@ -44,6 +46,9 @@ class GraphWidget(anywidget.AnyWidget):
     * ``selection``: ``{"node": "I3_5"}``, ``{"edge": "I2_1|A3_5|attention", "head": 2}`` or
       ``{}``; ``panel`` holds the clicked thing's data, ``panel_maps`` (float32 bytes) and
       ``panel_maps_shape`` its heatmaps;
+    * ``marks``: ``{edge key: "rose" | "fell" | "appeared" | "vanished"}``, change marks drawn over
+      the graph (dashed where the graph does not keep the edge); ``ltt.DiffWidget`` sets them,
+      empty by default;
     * ``prompts`` / ``prompt_index``: the prompt picker; the page's prompt box runs a new prompt
       through ``model.trace`` (``model=`` or the trace's own model).
 
@@ -69,6 +74,7 @@ class GraphWidget(anywidget.AnyWidget):
     error = tl.Unicode("").tag(sync=True)
     notice = tl.Unicode("").tag(sync=True)
     live = tl.Bool(True).tag(sync=True)
+    marks = tl.Dict().tag(sync=True)
     slider = tl.List(tl.Float(), default_value=[0.01, 0.10], minlen=2, maxlen=2).tag(sync=True)
 
     def __init__(
@@ -176,6 +182,19 @@ class GraphWidget(anywidget.AnyWidget):
         if not self._traces:  # during construction
             return list(v)
         return self._resolve(list(v), self.trace)
+
+    @tl.validate("marks")
+    def _valid_marks(self, proposal):
+        out = {}
+        for key, status in dict(proposal["value"]).items():
+            if status not in MARK_STATUSES:
+                raise tl.TraitError(f"marks: {key!r} has status {status!r}, not one of {MARK_STATUSES}")
+            try:
+                panels.parse_edge(key)
+            except ValueError as exc:
+                raise tl.TraitError(f"marks: {exc}") from None
+            out[key] = status
+        return out
 
     @tl.validate("prompt_index")
     def _valid_prompt_index(self, proposal):

@@ -60,6 +60,27 @@ export function nodeMark(x, y) {
   return `M${x - e} ${y - e}h${2 * e}v${2 * e}h${-2 * e}z`;
 }
 
+/** Path data of any edge key "source|target|kind", drawn or not (the place of an edge that only
+ *  another graph keeps), or null for a malformed key. */
+export function keyPath(key, parallel, nLayers, grid = GRID) {
+  const [src, dst, kind] = String(key).split("|");
+  const a = parseNode(src);
+  const b = parseNode(dst);
+  if (!a || !b || !kind) return null;
+  const par = parallel || [];
+  const pa = nodeXY(a.kind, a.layer, a.token, !!par[a.layer], nLayers, grid);
+  const pb = nodeXY(b.kind, b.layer, b.token, !!par[b.layer], nLayers, grid);
+  return edgePath(kind, pa, pb, grid);
+}
+
+/** What a change mark means, for the legend and tooltips ("marks" trait: edge key -> status). */
+export const MARK_LABEL = {
+  rose: "flow rose",
+  fell: "flow fell",
+  appeared: "appeared (only in b)",
+  vanished: "vanished (only in a)",
+};
+
 /** Stroke width (screen px) and opacity of an edge of the given weight in [0, 1]. */
 export function edgeStyle(weight) {
   const w = Math.min(1, Math.max(0, Number(weight) || 0));
@@ -485,9 +506,10 @@ export function render({ model, el }) {
   const content = s("g", { class: "ltt-content" });
   const gBands = s("g", { class: "ltt-bands" });
   const gEdges = s("g", { class: "ltt-edges" });
+  const gMarks = s("g", { class: "ltt-marks" });
   const gHi = s("g", { class: "ltt-highlight" });
   const gNodes = s("g", { class: "ltt-nodes" });
-  content.append(gBands, gEdges, gHi, gNodes);
+  content.append(gBands, gEdges, gMarks, gHi, gNodes);
   plot.append(bg, content);
   const axisX = s("g", { class: "ltt-axis-x" });
   const axisY = s("g", { class: "ltt-axis-y" });
@@ -505,6 +527,7 @@ export function render({ model, el }) {
   let canvasNodes = null;
   let byKey = new Map(); // edge key -> edge (with d)
   let nodeByName = new Map();
+  let ghostByKey = new Map(); // marked edge key absent from this graph -> path data
 
   const plotW = () => Math.max(50, size.w - MARGIN.left - MARGIN.right);
   const plotH = () => Math.max(50, size.h - MARGIN.top - MARGIN.bottom);
@@ -616,6 +639,7 @@ export function render({ model, el }) {
     svg.dataset.edges = String(lay.edges.length);
     svg.dataset.mode = batched ? "batched" : "elements";
     svg.dataset.threshold = String(graph.settings.threshold);
+    marks_();
     highlight();
     applyView();
     svg.dataset.renderMs = (performance.now() - t0).toFixed(1);
@@ -784,12 +808,37 @@ export function render({ model, el }) {
     }
   }
 
+  // -- change marks (a contrastive view): an overlay per marked edge, dashed where this graph
+  // does not keep the edge; without a "marks" trait nothing is drawn
+  function marks_() {
+    gMarks.replaceChildren();
+    ghostByKey = new Map();
+    const marks = model.get("marks") || {};
+    const keys = Object.keys(marks);
+    const lg = root.querySelector(".ltt-legend-diff");
+    if (lg) lg.style.display = keys.length ? "" : "none";
+    svg.dataset.marks = String(keys.length);
+    if (!graph || !lay) return;
+    const frag = document.createDocumentFragment();
+    for (const key of keys) {
+      const e = byKey.get(key);
+      const d = e ? e.d || edgePath(e.kind, e.a, e.b) : keyPath(key, graph.parallel, graph.n_layers);
+      if (!d) continue;
+      if (!e) ghostByKey.set(key, d);
+      const status = String(marks[key]);
+      frag.append(s("path", { class: `ltt-mark ltt-mark-${status}${e ? "" : " ltt-mark-ghost"}`, d, "data-mark": key, "data-status": status }));
+    }
+    gMarks.append(frag);
+  }
+
   function highlight() {
     gHi.replaceChildren();
     const sel = model.get("selection") || {};
     if (sel.edge && byKey.has(sel.edge)) {
       const e = byKey.get(sel.edge);
       gHi.append(s("path", { class: "ltt-hi-edge", d: e.d || edgePath(e.kind, e.a, e.b) }));
+    } else if (sel.edge && ghostByKey.has(sel.edge)) {
+      gHi.append(s("path", { class: "ltt-hi-edge ltt-hi-ghost", d: ghostByKey.get(sel.edge) }));
     }
     const name = sel.node || (sel.edge ? null : null);
     if (name && lay && lay.pos.has(name)) {
@@ -931,7 +980,8 @@ export function render({ model, el }) {
       const e = byKey.get(hit.edge);
       if (e) {
         const a = parseNode(e.source), b = parseNode(e.target);
-        lines = [`${e.kind} edge · layer ${e.layer}`, `${e.source} ${quoted(graph.tokens[a.token])} → ${e.target} ${quoted(graph.tokens[b.token])}`, `weight ${fmt(e.weight, 6)}`];
+        const mark = (model.get("marks") || {})[e.key];
+        lines = [`${e.kind} edge · layer ${e.layer}`, `${e.source} ${quoted(graph.tokens[a.token])} → ${e.target} ${quoted(graph.tokens[b.token])}`, `weight ${fmt(e.weight, 6)}`, mark ? `change: ${MARK_LABEL[mark] || mark}` : null];
       }
     }
     if (!lines) { tooltip.style.display = "none"; return; }
@@ -1153,6 +1203,10 @@ export function render({ model, el }) {
     const item = (cls, text) => h("span", { class: "ltt-legend-item" }, h("span", { class: `ltt-swatch ${cls}` }), text);
     lg.append(item("ltt-sw-I", "after FFN (I)"), item("ltt-sw-A", "after attention (A)"), item("ltt-sw-M", "FFN block (M)"), item("ltt-sw-X", "embedding"),
       item("ltt-sw-attention", "attention"), item("ltt-sw-residual", "residual"), item("ltt-sw-ffn", "FFN"));
+    const diff = h("span", { class: "ltt-legend-diff" },
+      ...Object.keys(MARK_LABEL).map((k) => item(`ltt-sw-${k}`, MARK_LABEL[k])), item("ltt-sw-ghost", "dashed: not in this graph"));
+    diff.style.display = "none";
+    lg.append(diff);
     return lg;
   }
 
@@ -1165,6 +1219,7 @@ export function render({ model, el }) {
   on("change:targets", controls_);
   on("change:slider", controls_);
   on("change:selection", highlight);
+  on("change:marks", () => { marks_(); highlight(); });
   on("change:panel", renderPanel);
   on("change:panel_maps", renderPanel);
   on("change:model_info", facts_);

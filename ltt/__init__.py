@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken buil
 from ltt.attribution import contributions
 
 __version__ = "0.1.0"
-__all__ = ["contributions", "load", "diff", "Graph", "GraphWidget", "RouteSet", "Trace", "__version__"]
+__all__ = ["contributions", "load", "diff", "Graph", "GraphWidget", "DiffWidget", "RouteSet", "Trace", "__version__"]
 
 
 def __getattr__(name: str):
@@ -62,6 +62,10 @@ def __getattr__(name: str):
         from ltt.widget import GraphWidget
 
         return GraphWidget
+    if name == "DiffWidget":  # two traces' graphs side by side, the changes of ltt.diff marked
+        from ltt.widget.diff import DiffWidget
+
+        return DiffWidget
     if name == "diff":  # ltt.diff(trace_a, trace_b): contrastive graphs
         from ltt.contrast import diff
 

@@ -4,7 +4,11 @@ exactly the diff's changed edges."""
 
 from __future__ import annotations
 
+import json
 import pathlib
+import shutil
+import subprocess
+import textwrap
 
 import pytest
 import traitlets as tl
@@ -238,3 +242,25 @@ def test_both_views_mark_exactly_the_changed_edges_in_a_browser(model):
             assert not errors and not dialogs, (errors, dialogs)
         finally:
             browser.close()
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_key_path_puts_a_ghost_where_the_edge_is_drawn(pair):
+    """keyPath (a mark on an edge this graph does not keep) draws the same path as the layout of
+    a kept edge; a malformed key gives null."""
+    w = DiffWidget(*pair)
+    code = textwrap.dedent(f"""
+        import {{ keyPath, layoutGraph, edgePath }} from {json.dumps((STATIC / "graph.js").as_uri())};
+        const g = {json.dumps(w.b.graph)};
+        const lay = layoutGraph(g);
+        let n = 0;
+        for (const e of lay.edges) {{
+          if (keyPath(e.key, g.parallel, g.n_layers) !== edgePath(e.kind, e.a, e.b)) throw new Error(e.key);
+          n++;
+        }}
+        if (keyPath("X0_1|nope|attention", g.parallel, g.n_layers) !== null) throw new Error("malformed");
+        console.log(n);
+    """)
+    proc = subprocess.run(["node", "--input-type=module", "-e", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) == len(w.b.graph["edges"]) > 0

@@ -14,8 +14,9 @@ through an ``align`` mapping from positions of ``trace_a`` to positions of ``tra
 * **Components**: the head, FFN and source-token shares of :func:`ltt.routes.summarize` for each
   side, and their differences (b - a), largest first in :meth:`TraceDiff.top_components`.
 
-The result is a typed object with an HTML table view in Jupyter (``_repr_html_``); a side by
-side graph view is not part of it.
+The result is a typed object with an HTML table view in Jupyter (``_repr_html_``); the two
+graphs side by side with these changes marked are ``ltt.DiffWidget(trace_a, trace_b)``
+(:mod:`ltt.widget.diff`).
 
 The module is named ``contrast`` rather than ``diff`` so that the function ``ltt.diff`` is never
 shadowed by a submodule of the same name once that submodule has been imported.

@@ -299,7 +299,7 @@ class GraphWidget(anywidget.AnyWidget):
                 mid = src if src.startswith("M") else dst
                 panel = panels.ffn_panel(trace, mid, weight=weight, k=self._k)
             else:
-                panel = panels.residual_panel(sel["edge"], weight if weight is not None else float("nan"))
+                panel = panels.residual_panel(sel["edge"], weight)
         with self.hold_sync():
             if maps is not None:
                 maps = np.ascontiguousarray(maps, dtype=np.float32)

@@ -178,7 +178,12 @@ def ffn_panels(
     return out
 
 
-def residual_panel(edge: str, weight: float) -> dict[str, Any]:
+def residual_panel(edge: str, weight: float | None) -> dict[str, Any]:
+    """A residual edge; ``weight`` None when the edge is not in the current graph (the panel
+    then says so instead of showing a number)."""
     src, dst, _ = parse_edge(edge)
     layer = parse_node(dst)[1]
-    return {"type": "residual", "edge": edge, "source": src, "target": dst, "layer": layer, "weight": float(weight)}
+    panel = {"type": "residual", "edge": edge, "source": src, "target": dst, "layer": layer}
+    if weight is not None:
+        panel["weight"] = float(weight)
+    return panel

@@ -1194,7 +1194,7 @@ export function render({ model, el }) {
   }
 
   function panelResidual(p) {
-    title(`residual edge · layer ${p.layer}`, `${p.source} → ${p.target} · weight ${fmt(p.weight, 4)}`);
+    title(`residual edge · layer ${p.layer}`, `${p.source} → ${p.target} · ${p.weight !== undefined ? `weight ${fmt(p.weight, 4)}` : "not in this graph at this threshold"}`);
     panel.append(h("div", { class: "ltt-panel-note", text: "The residual stream carried this share of the state unchanged. Click either end for its top tokens." }));
   }
 

@@ -1,4 +1,5 @@
 /* graph.c: threshold renormalisation and backward pruning of the contribution graph. */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,14 +110,21 @@ static int push_edge(edge_list *e, int64_t l, int64_t t, int64_t s)
  * Returns -1 on allocation failure, -2 when the row holds NaN or inf (only scanned rows are
  * checked, so a huge attention tensor is never read in full).
  */
-static int keep_incoming(double threshold, int64_t l, int64_t t, double r, uint8_t *kr, int has_f,
-                         double f, uint8_t *kf, const float *row, int64_t ns, uint8_t *in,
-                         edge_list *edges)
+/* The smallest float f with (double)f >= threshold: comparing floats with it decides exactly
+ * what comparing their double values with the threshold decides. */
+static float float_threshold(double threshold)
+{
+    float tf = (float)threshold;
+    if ((double)tf < threshold)
+        tf = nextafterf(tf, INFINITY);
+    return tf;
+}
+
+static int keep_incoming(double threshold, float tf, int64_t l, int64_t t, double r, uint8_t *kr,
+                         int has_f, double f, uint8_t *kf, const float *row, int64_t ns,
+                         uint8_t *in, edge_list *edges)
 {
     int any = 0;
-    for (int64_t s = 0; s < ns; s++)
-        if (!isfinite(row[s]))
-            return -2;
     if (r >= threshold) {
         *kr = 1;
         in[t] = 1;
@@ -127,12 +135,26 @@ static int keep_incoming(double threshold, int64_t l, int64_t t, double r, uint8
         in[t] = 1;
         any = 1;
     }
-    for (int64_t s = 0; s < ns; s++) {
-        if ((double)row[s] >= threshold) {
-            if (push_edge(edges, l, t, s) < 0)
-                return -1;
-            in[s] = 1;
-            any = 1;
+    /* One pass over the row in blocks: a vectorisable scan for non-finite values and for any
+     * source at or above the threshold, then a scalar walk of the (rare) blocks that hold one. */
+    for (int64_t s0 = 0; s0 < ns; s0 += 64) {
+        const int64_t s1 = s0 + 64 < ns ? s0 + 64 : ns;
+        int hit = 0, bad = 0;
+        for (int64_t s = s0; s < s1; s++) {
+            hit |= row[s] >= tf;
+            bad |= !(fabsf(row[s]) <= FLT_MAX);
+        }
+        if (bad)
+            return -2;
+        if (!hit)
+            continue;
+        for (int64_t s = s0; s < s1; s++) {
+            if (row[s] >= tf) {
+                if (push_edge(edges, l, t, s) < 0)
+                    return -1;
+                in[s] = 1;
+                any = 1;
+            }
         }
     }
     if (any)
@@ -194,6 +216,7 @@ ltt_status ltt_prune_f32(int64_t L, int64_t T, int64_t n_targets, double thresho
     }
     for (int64_t i = 0; i < n_targets; i++)
         out[targets[i]] = 1;
+    const float tf = float_threshold(threshold);
     /* Layers are visited from the top; start[l] marks where layer l's edges begin in e. */
     for (int64_t l = L - 1; l >= 0; l--) {
         start[l] = e.n;
@@ -205,8 +228,8 @@ ltt_status ltt_prune_f32(int64_t L, int64_t T, int64_t n_targets, double thresho
                 continue;
             int rc;
             if (parallel[l]) {
-                rc = keep_incoming(threshold, l, t, attn_resid[o + t], &keep_attn_resid[o + t], 1,
-                                   ffn[o + t], &keep_ffn[o + t], al + t * T, t + 1, in, &e);
+                rc = keep_incoming(threshold, tf, l, t, attn_resid[o + t], &keep_attn_resid[o + t],
+                                   1, ffn[o + t], &keep_ffn[o + t], al + t * T, t + 1, in, &e);
             } else {
                 /* I{l}_t <- A{l}_t by the residual and/or the FFN route (A{l}_t is reached either
                  * way), then A{l}_t's own incoming edges. */
@@ -219,8 +242,8 @@ ltt_status ltt_prune_f32(int64_t L, int64_t T, int64_t n_targets, double thresho
                 } else {
                     keep_ffn[o + t] = 1;
                 }
-                rc = keep_incoming(threshold, l, t, attn_resid[o + t], &keep_attn_resid[o + t], 0,
-                                   0.0, NULL, al + t * T, t + 1, in, &e);
+                rc = keep_incoming(threshold, tf, l, t, attn_resid[o + t], &keep_attn_resid[o + t],
+                                   0, 0.0, NULL, al + t * T, t + 1, in, &e);
             }
             if (rc < 0) {
                 st = rc == -1 ? LTT_ERR_NOMEM : LTT_ERR_NONFINITE;

@@ -133,8 +133,7 @@ def test_bad_input_is_named(pair, tiny_model):
 def test_html_view_escapes_tokens(model):
     a = model.trace("<img src=x onerror=alert(1)>")
     b = model.trace("<img src=y onerror=alert(2)>")
-    if a.n_tokens != b.n_tokens:
-        pytest.skip("the tokenizer splits the two prompts differently")
+    assert a.n_tokens == b.n_tokens  # the test's premise: the two prompts tokenize alike
     d = ltt.diff(a, b)
     page = d._repr_html_()
     assert "<img" not in page and "&lt;img" in page

@@ -39,7 +39,7 @@ valgrind: install
 
 # Debian's chromium drives the browser tests (never a test tool's own browser download).
 browser:
-	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 bench: install
 	$(BIN)/python benchmarks/bench_core.py

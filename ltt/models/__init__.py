@@ -32,13 +32,6 @@ __all__ = ["load", "Model", "FrozenNorm", "supported", "EMBEDDED"]
 # small helpers
 
 
-def _to_numpy(t: Any) -> np.ndarray:
-    """A float32 CPU copy of a tensor (a copy: some models add in place to their outputs)."""
-    import torch
-
-    return t.detach().to(device="cpu", dtype=torch.float32, copy=True).numpy()
-
-
 def _param_numpy(p: Any) -> np.ndarray:
     """A parameter as float32 NumPy: a view when it already is float32 on the CPU."""
     import torch
@@ -70,15 +63,32 @@ def _bias(module: Any) -> np.ndarray | None:
     return None if b is None else _param_numpy(b)
 
 
-def _first(x: Any) -> Any:
-    return x[0] if isinstance(x, (tuple, list)) else x
+def _float32():
+    import torch
+
+    return torch.float32
 
 
-def _rows(x: np.ndarray, T: int) -> np.ndarray:
-    """Drop the batch dimension (or un-flatten OPT's [B*T, d]) to ``[T, ...]``."""
-    if x.ndim >= 3:
-        x = x[0]
-    return np.ascontiguousarray(x.reshape(T, -1))
+def weights_stamp(params: Sequence[Any]) -> tuple:
+    """What identifies the current values of ``params``: version counter, storage, dtype,
+    device and shape of each (changes with ``load_state_dict``, optimiser steps, in-place edits)."""
+    return tuple((p._version, p.data_ptr(), str(p.dtype), str(p.device), tuple(p.shape)) for p in params)
+
+
+def _on_device(module: Any):
+    """A context where the weights of ``module``'s offloaded submodules (accelerate's CPU/disk
+    offload) are paged in, as the model's own forward pages them."""
+    from contextlib import ExitStack, nullcontext
+
+    try:
+        from accelerate.utils import align_module_device, has_offloaded_params
+    except ImportError:
+        return nullcontext()
+    stack = ExitStack()
+    for m in module.modules():
+        if has_offloaded_params(m):
+            stack.enter_context(align_module_device(m))
+    return stack
 
 
 def _quiet() -> bool:
@@ -216,15 +226,11 @@ class Model:
         self._lm_head = head
         self.vocab_size = int(head.weight.shape[0])
         self._final_norm_module = get_module(hf_model, fam.final_norm)
-        self._final_norm = (
-            None if self._final_norm_module is None
-            else NormParams.of(self._final_norm_module, fam.norm_offset)
-        )
         pre = get_module(hf_model, fam.unembed_pre)
         self._unembed_pre = None if pre is None else _linear_in_out(pre)
         self._softcap = getattr(config, "final_logit_softcapping", None)
         self.max_tokens = self._context_limit(max_tokens)
-        self._weights: dict[int, dict[str, Any]] = {}
+        self._weights: dict[Any, tuple[tuple, Any]] = {}  # key -> (parameter versions, value)
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -253,31 +259,63 @@ class Model:
             return int(max_tokens) if ctx is None else min(int(max_tokens), ctx)
         return ctx
 
+    def _cached(self, key: Any, modules: Sequence[Any], make: Any) -> Any:
+        """``make()`` cached under ``key`` until a parameter of ``modules`` changes (its version
+        counter, storage or dtype: ``load_state_dict``, an optimiser step, an in-place edit).
+        Only float32 CPU weights are cached; others are converted on each use (no float32 copy
+        of a half-precision model is kept)."""
+        params = [p for m in modules if m is not None for p in m.parameters(recurse=False)]
+        stamp = weights_stamp(params)
+        hit = self._weights.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = make()
+        if all(p.dtype == _float32() and p.device.type == "cpu" for p in params):
+            self._weights[key] = (stamp, value)
+        else:
+            self._weights.pop(key, None)
+        return value
+
+    def _layer_modules(self, layer: int) -> tuple[Any, Any, Any, Any]:
+        fam = self._family
+        mod = self._layers[layer]
+        return (self._sub(mod, fam.o_proj), self._sub(mod, fam.down),
+                get_module(mod, fam.attn_post_norm), get_module(mod, fam.ffn_post_norm))
+
+    def layer_stamp(self, layer: int) -> tuple:
+        """The versions of the parameters a layer's decomposition reads (see :meth:`_cached`)."""
+        params = [p for m in self._layer_modules(layer) if m is not None for p in m.parameters(recurse=False)]
+        return weights_stamp(params)
+
+    def _module_weight(self, layer: int, key: str, module: Any) -> np.ndarray:
+        """``w_o [H, d_h, d]`` or ``w_down [F, d]`` float32 of a module, read while the module's
+        forward has its weights in place (accelerate offload pages them in for the forward)."""
+        if key == "w_o":
+            def make():
+                return np.ascontiguousarray(
+                    _linear_in_out(module).reshape(self.n_heads, self.d_head, self.d_model), dtype=np.float32)
+        else:
+            def make():
+                return _linear_in_out(module)
+        return self._cached((layer, key), [module], make)
+
     def layer_weights(self, layer: int) -> dict[str, Any]:
-        """The cached float32 weights of a layer: ``w_o [H, d_h, d]`` (C-contiguous), ``b_o``,
+        """The float32 weights of a layer: ``w_o [H, d_h, d]`` (C-contiguous), ``b_o``,
         ``w_down [F, d]`` (a view of the weight where possible), ``b_down``, and the post-branch
-        norms (:class:`NormParams` or None)."""
-        cached = self._weights.get(layer)
-        if cached is None:
-            fam = self._family
-            mod = self._layers[layer]
-            o = self._sub(mod, fam.o_proj)
-            down = self._sub(mod, fam.down)
-            w_o = np.ascontiguousarray(
-                _linear_in_out(o).reshape(self.n_heads, self.d_head, self.d_model), dtype=np.float32
-            )
-            post_a = get_module(mod, fam.attn_post_norm)
-            post_f = get_module(mod, fam.ffn_post_norm)
-            cached = {
-                "w_o": w_o,
-                "b_o": _bias(o),
-                "w_down": _linear_in_out(down),
-                "b_down": _bias(down),
-                "attn_post_norm": None if post_a is None else NormParams.of(post_a, fam.norm_offset),
-                "ffn_post_norm": None if post_f is None else NormParams.of(post_f, fam.norm_offset),
-            }
-            self._weights[layer] = cached
-        return cached
+        norms (:class:`NormParams` or None). Cached for float32 CPU weights until they change;
+        converted on each call for other dtypes, and paged in for offloaded layers."""
+        o, down, _, _ = self._layer_modules(layer)
+        with _on_device(self._layers[layer]):
+            out = {"w_o": self._module_weight(layer, "w_o", o), "w_down": self._module_weight(layer, "w_down", down)}
+        out.update(self.branch_params(layer))
+        return out
+
+    @property
+    def _final_norm(self) -> "NormParams | None":
+        m = self._final_norm_module
+        if m is None:
+            return None
+        return self._cached("final_norm", [m], lambda: NormParams.of(m, self._family.norm_offset))
 
     # -- the final norm and unembedding ----------------------------------------------------
 
@@ -307,11 +345,8 @@ class Model:
         """``[d, V]`` float32: the lm_head weight as a map from normalised states to logits
         (before its bias and any softcapping; OPT's project_out is applied first by
         :meth:`unembed`). A view of the weight when it is float32 on the CPU, else a cached copy."""
-        cached = self.__dict__.get("_w_unembed")
-        if cached is None:
-            cached = (_param_numpy(self._lm_head.weight).T, _bias(self._lm_head))
-            self.__dict__["_w_unembed"] = cached
-        return cached[0]
+        head = self._lm_head
+        return self._cached("unembed", [head], lambda: (_param_numpy(head.weight).T, _bias(head)))[0]
 
     def unembed(self, x: np.ndarray, softcap: bool = True) -> np.ndarray:
         """Logits ``[..., V]`` of normalised states ``x [..., d]``: lm_head (with its bias where
@@ -323,7 +358,8 @@ class Model:
         if self._unembed_pre is not None:
             x = x @ self._unembed_pre
         logits = x @ self.unembedding
-        b = self.__dict__["_w_unembed"][1]
+        head = self._lm_head
+        b = self._cached("unembed", [head], lambda: (_param_numpy(head.weight).T, _bias(head)))[1]
         if b is not None:
             logits = logits + b
         if softcap and self._softcap:
@@ -384,20 +420,44 @@ class Model:
 
     # -- tracing -------------------------------------------------------------------------------
 
-    def trace(self, prompt: str | Sequence[str], all_logits: bool = False) -> Trace | list[Trace]:
+    def trace(self, prompt: str | Sequence[str], all_logits: bool = False, *, verify: bool = True,
+              spill: str | os.PathLike | None = None, memory_limit: int | None = None) -> Trace | list[Trace]:
         """Record one forward pass of ``prompt``: a :class:`ltt.trace.Trace` (a list of them for a
-        list of prompts, each traced on its own).
+        list of prompts, each traced on its own). Each layer is attributed as soon as it has run
+        (:mod:`ltt.models.tracing`); the trace keeps no per-head ``[T, T]`` array.
+
+        * ``all_logits``: keep the next-token logits of every position (``[T, V]``), not only the
+          last; the model computes only the last position's otherwise.
+        * ``verify``: check each layer's decomposition against the model's own states as it
+          goes (a few rows, cheap) and raise when it is not exact, e.g. because a forward hook
+          changes a module's output; ``verify=False`` skips the check.
+        * ``spill``: a directory where each layer's arrays go as memory-mapped ``.npy`` files as
+          soon as the layer is attributed, for prompts whose kept arrays exceed memory.
+        * ``memory_limit``: bytes the trace may take (default: the memory available now); a
+          trace whose estimate (:func:`ltt.models.tracing.estimate_bytes`) exceeds it is refused
+          before the forward pass.
+
+        Thread-safe: traces of one model run one at a time (a second thread waits). Whatever
+        happens (an exception, Ctrl-C), the model is left as found.
 
         >>> trace = model.trace("The capital of France is")  # doctest: +SKIP
         >>> traces = model.trace(["Hello", "World"])          # doctest: +SKIP
         """
+        if not isinstance(verify, (bool, np.bool_)):
+            raise TypeError(f"verify must be True or False, got {verify!r}")
+        if not isinstance(all_logits, (bool, np.bool_)):
+            raise TypeError(f"all_logits must be True or False, got {all_logits!r}")
+        if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer))
+                                         or memory_limit <= 0):
+            raise ValueError(f"memory_limit must be a positive number of bytes or None, got {memory_limit!r}")
+        opts = dict(all_logits=bool(all_logits), verify=bool(verify), spill=spill, memory_limit=memory_limit)
         if isinstance(prompt, (list, tuple)):
             if not prompt:
                 raise ValueError("prompt is an empty list: give at least one string")
             for i, p in enumerate(prompt):
                 self._encode(p, argname=f"prompt[{i}]")
-            return [self._trace_one(p, all_logits) for p in prompt]
-        return self._trace_one(prompt, all_logits)
+            return [self._trace_one(p, **opts) for p in prompt]
+        return self._trace_one(prompt, **opts)
 
     def trace_many(self, prompts: Any, **kwargs: Any):
         """Trace many prompts, keeping only each one's component importance: a
@@ -409,174 +469,35 @@ class Model:
 
         return trace_many(self, prompts, **kwargs)
 
-    def _trace_one(self, prompt: str, all_logits: bool) -> Trace:
-        import torch
+    def _trace_one(self, prompt: str, **opts: Any) -> Trace:
+        from ltt.models.tracing import run_trace
 
         ids = self._encode(prompt)
-        T = len(ids)
-        hf = self.hf_model
-        config = hf.config
-        records: list[dict[str, Any]] = [dict() for _ in range(self.n_layers)]
-        handles = self._register(records, T)
-        saved_impl = getattr(config, "_attn_implementation_internal", None)
-        saved_modes = [(m, m.training) for m in hf.modules()]
-        emb = hf.get_input_embeddings()
-        device = emb.weight.device if emb is not None and emb.weight.device.type != "meta" else None
         bar = None
         try:
-            if not _quiet() and self.n_layers * T >= 2048:
+            if not _quiet() and self.n_layers * len(ids) >= 2048:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=self.n_layers, desc=f"tracing {T} tokens", unit="layer", leave=False)
-                for r in records:
-                    r["_bar"] = bar
-            config._attn_implementation_internal = "eager"
-            hf.eval()
-            with torch.no_grad():
-                out = hf(input_ids=torch.tensor([ids], device=device), use_cache=False)
+                bar = tqdm(total=self.n_layers, desc=f"tracing {len(ids)} tokens", unit="layer", leave=False)
+            return run_trace(self, ids, prompt, progress=bar, **opts)
         finally:
-            for h in handles:
-                h.remove()
-            config._attn_implementation_internal = saved_impl
-            for m, mode in saved_modes:
-                m.training = mode
             if bar is not None:
                 bar.close()
-        logits_all = out.logits[0]
-        layers = [self._buffers(l, records[l], T) for l in range(self.n_layers)]
-        return Trace(
-            prompt=prompt,
-            tokens=self.token_strings(ids, prompt),
-            pieces=[str(p) for p in self.tokenizer.convert_ids_to_tokens(ids)],
-            token_ids=np.asarray(ids, dtype=np.int64),
-            logits=_to_numpy(logits_all[-1]),
-            layers=layers,
-            model=self,
-            all_logits=_to_numpy(logits_all) if all_logits else None,
-        )
 
-    def _register(self, records: list[dict[str, Any]], T: int) -> list[Any]:
-        """Hooks on every layer; each writes float32 CPU copies into ``records[layer]``."""
+    def branch_params(self, layer: int) -> dict[str, Any]:
+        """The small per-layer parameters of the decomposition: ``b_o``, ``b_down`` and the
+        post-branch norms (see :meth:`layer_weights`)."""
+        o, down, post_a, post_f = self._layer_modules(layer)
         fam = self._family
-        config = self.hf_model.config
-        H, G, dh = self.n_heads, self.n_kv_heads, self.d_head
-        handles: list[Any] = []
-
-        def pre(rec, key):
-            def hook(module, args, kwargs):
-                x = args[0] if args else kwargs.get("hidden_states")
-                rec[key] = _rows(_to_numpy(x), T)
-            return hook
-
-        def post(rec, key, fn=None):
-            def hook(module, args, output):
-                rec[key] = fn(output) if fn else _rows(_to_numpy(_first(output)), T)
-            return hook
-
-        def probs(rec):
-            def fn(output):
-                p = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
-                return None if p is None else np.ascontiguousarray(_to_numpy(p)[0])
-            return fn
-
-        def values(rec):
-            def fn(output):
-                full = _rows(_to_numpy(_first(output)), T)
-                return np.ascontiguousarray(split_values(fam, config, full, H, G, dh))
-            return fn
-
-        def layer_out(rec):
-            def fn(output):
-                bar = rec.get("_bar")
-                if bar is not None:
-                    bar.update(1)
-                return _rows(_to_numpy(_first(output)), T)
-            return fn
-
-        try:
-            for l, layer in enumerate(self._layers):
-                rec = records[l]
-                handles.append(layer.register_forward_pre_hook(pre(rec, "x"), with_kwargs=True))
-                handles.append(layer.register_forward_hook(post(rec, "y", layer_out(rec))))
-                handles.append(self._sub(layer, fam.attn).register_forward_hook(post(rec, "probs", probs(rec))))
-                handles.append(self._sub(layer, fam.qkv).register_forward_hook(post(rec, "values", values(rec))))
-                handles.append(self._sub(layer, fam.o_proj).register_forward_hook(post(rec, "o")))
-                down = self._sub(layer, fam.down)
-                handles.append(down.register_forward_pre_hook(pre(rec, "act"), with_kwargs=True))
-                handles.append(down.register_forward_hook(post(rec, "down")))
-                if fam.ffn_post_norm:
-                    handles.append(self._sub(layer, fam.ffn_post_norm).register_forward_hook(post(rec, "ffn")))
-                if not self.parallel[l]:
-                    handles.append(self._sub(layer, fam.ffn_norm).register_forward_pre_hook(
-                        pre(rec, "mid"), with_kwargs=True))
-        except BaseException:
-            for h in handles:
-                h.remove()
-            raise
-        return handles
-
-    def _buffers(self, l: int, rec: dict[str, Any], T: int) -> LayerBuffers:
-        for key in ("x", "y", "probs", "values", "o", "act", "down"):
-            if rec.get(key) is None:
-                what = "attention probabilities" if key == "probs" else f"the {key!r} tensor"
-                raise RuntimeError(
-                    f"layer {l} of {self.name!r} did not produce {what} during the trace; the "
-                    f"{self.family} adapter could not hook it (attention implementation "
-                    f"{getattr(self.hf_model.config, '_attn_implementation', None)!r}, expected 'eager')"
-                )
-        w = self.layer_weights(l)
-        parallel = self.parallel[l]
-
-        def branch(raw: np.ndarray, bias: np.ndarray | None, norm: NormParams | None):
-            # (row_scale, col_scale, center, bias [T, d]) of a branch, post-norm linearised.
-            if norm is None:
-                b = None if bias is None else np.ascontiguousarray(np.broadcast_to(bias, (T, self.d_model)),
-                                                                   dtype=np.float32)
-                return None, None, False, b
-            r, _ = norm.scale(raw)
-            center = norm.kind == "layer"
-            b = np.zeros((T, self.d_model)) if bias is None else np.broadcast_to(
-                np.asarray(bias, np.float64), (T, self.d_model))
-            if center:
-                b = b - b.mean(axis=-1, keepdims=True)
-            b = b * r[:, None]
-            if norm.gamma is not None:
-                b = b * norm.gamma
-            if norm.beta is not None:
-                b = b + norm.beta
-            has_bias = bias is not None or norm.beta is not None
-            gamma = None if norm.gamma is None else np.ascontiguousarray(norm.gamma, dtype=np.float32)
-            return (r.astype(np.float32), gamma, center,
-                    np.ascontiguousarray(b, dtype=np.float32) if has_bias else None)
-
-        a_row, a_col, a_center, a_bias = branch(rec["o"], w["b_o"], w["attn_post_norm"])
-        f_row, f_col, f_center, f_bias = branch(rec["down"], w["b_down"], w["ffn_post_norm"])
-        ffn_out = rec["ffn"] if w["ffn_post_norm"] is not None else rec["down"]
-        mid = None
-        if not parallel:
-            mid = rec.get("mid")
-            if mid is None:
-                raise RuntimeError(f"layer {l}: the state after attention was not captured")
-        return LayerBuffers(
-            parallel=parallel,
-            resid_pre=rec["x"],
-            resid_mid=mid,
-            resid_post=rec["y"],
-            attn=rec["probs"],
-            values=rec["values"],
-            w_o=w["w_o"],
-            attn_bias=a_bias,
-            attn_row_scale=a_row,
-            attn_col_scale=a_col,
-            attn_center=a_center,
-            ffn_out=np.ascontiguousarray(ffn_out, dtype=np.float32),
-            act=rec["act"],
-            w_down=w["w_down"],
-            ffn_bias=f_bias,
-            ffn_row_scale=f_row,
-            ffn_col_scale=f_col,
-            ffn_center=f_center,
-        )
+        with _on_device(self._layers[layer]):
+            return {
+                "b_o": self._cached((layer, "b_o"), [o], lambda: _bias(o)),
+                "b_down": self._cached((layer, "b_down"), [down], lambda: _bias(down)),
+                "attn_post_norm": self._cached((layer, "post_a"), [post_a], lambda: None if post_a is None
+                                               else NormParams.of(post_a, fam.norm_offset)),
+                "ffn_post_norm": self._cached((layer, "post_f"), [post_f], lambda: None if post_f is None
+                                              else NormParams.of(post_f, fam.norm_offset)),
+            }
 
     def __repr__(self) -> str:
         kind = "parallel" if all(self.parallel) else "sequential"

@@ -34,7 +34,7 @@ ATTENTION, RESIDUAL, FFN = "attention", "residual", "ffn"
 #: Contributions below this floor are not kept by a trace (sparse storage); thresholds below it
 #: are answered from an exact dense recomputation when it fits in :data:`DENSE_BUDGET` bytes.
 FLOOR = 1e-3
-DENSE_BUDGET = int(os.environ.get("LTT_DENSE_BUDGET", 512 * 2**20))
+DENSE_BUDGET = int(os.environ.get("LTT_DENSE_BUDGET", 64 * 2**20))
 
 
 @dataclass

@@ -115,10 +115,19 @@ class LayerBuffers:
         if probs is None:
             probs = self.attn if rows is None else self.attn_rows(rows)
         idx = np.arange(self.n_tokens) if rows is None else np.asarray(rows)
-        a = probs.astype(np.float64)
-        if self.attn_row_scale is not None:
-            a = a * self.attn_row_scale.astype(np.float64)[idx][None, :, None]
-        out = np.einsum("hts,hsd->td", a, self.head_vectors())
+        v = self.values.astype(np.float64)
+        wo = self.w_o.astype(np.float64)
+        H, per_group = wo.shape[0], wo.shape[0] // v.shape[1]
+        out = np.zeros((len(idx), wo.shape[2]))
+        for h in range(H):  # mix the values first: [rows, T] @ [T, d_h], then project
+            mixed = probs[h].astype(np.float64) @ v[:, h // per_group, :]
+            if self.attn_row_scale is not None:
+                mixed *= self.attn_row_scale.astype(np.float64)[idx][:, None]
+            out += mixed @ wo[h]
+        if self.attn_center:
+            out -= out.mean(axis=-1, keepdims=True)
+        if self.attn_col_scale is not None:
+            out *= self.attn_col_scale.astype(np.float64)
         if self.attn_bias is not None:
             out += self.attn_bias[idx]
         return out

@@ -58,6 +58,12 @@ def _linear_in_out(module: Any) -> np.ndarray:
     return w if _is_conv1d(module) else w.T
 
 
+def _in_out_shape(module: Any) -> tuple[int, int]:
+    """``(in, out)`` sizes of a linear map, read from its weight's shape (no copy, works offloaded)."""
+    shape = tuple(module.weight.shape)
+    return (shape[0], shape[1]) if _is_conv1d(module) else (shape[1], shape[0])
+
+
 def _bias(module: Any) -> np.ndarray | None:
     b = getattr(module, "bias", None)
     return None if b is None else _param_numpy(b)
@@ -73,6 +79,12 @@ def weights_stamp(params: Sequence[Any]) -> tuple:
     """What identifies the current values of ``params``: version counter, storage, dtype,
     device and shape of each (changes with ``load_state_dict``, optimiser steps, in-place edits)."""
     return tuple((p._version, p.data_ptr(), str(p.dtype), str(p.device), tuple(p.shape)) for p in params)
+
+
+def _offloaded(module: Any) -> bool:
+    """Whether accelerate offloads ``module``'s own weights (to CPU or disk, paged in per forward)."""
+    hook = getattr(module, "_hf_hook", None)
+    return bool(getattr(hook, "offload", False))
 
 
 def _on_device(module: Any):
@@ -215,10 +227,10 @@ class Model:
         self.n_heads = _heads(config)
         self.n_kv_heads = fam.n_kv_heads(config)
         layer0 = self._layers[0]
-        o_w = _linear_in_out(self._sub(layer0, fam.o_proj))  # [H*d_h, d]
-        self.d_head = o_w.shape[0] // self.n_heads
-        self.d_model = o_w.shape[1]
-        self.d_ffn = _linear_in_out(self._sub(layer0, fam.down)).shape[0]
+        o_in, o_out = _in_out_shape(self._sub(layer0, fam.o_proj))  # [H*d_h, d]
+        self.d_head = o_in // self.n_heads
+        self.d_model = o_out
+        self.d_ffn = _in_out_shape(self._sub(layer0, fam.down))[0]
         self.parallel = [bool(fam.parallel(config))] * self.n_layers
         head = hf_model.get_output_embeddings()
         if head is None:
@@ -270,7 +282,8 @@ class Model:
         if hit is not None and hit[0] == stamp:
             return hit[1]
         value = make()
-        if all(p.dtype == _float32() and p.device.type == "cpu" for p in params):
+        if all(p.dtype == _float32() and p.device.type == "cpu" for p in params) and not any(
+                _offloaded(m) for m in modules if m is not None):
             self._weights[key] = (stamp, value)
         else:
             self._weights.pop(key, None)
@@ -297,7 +310,8 @@ class Model:
         else:
             def make():
                 return _linear_in_out(module)
-        return self._cached((layer, key), [module], make)
+        with _on_device(module):
+            return self._cached((layer, key), [module], make)
 
     def layer_weights(self, layer: int) -> dict[str, Any]:
         """The float32 weights of a layer: ``w_o [H, d_h, d]`` (C-contiguous), ``b_o``,
@@ -519,6 +533,8 @@ def load(
     dtype: Any = None,
     device: Any = None,
     device_map: Any = None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     max_tokens: int | None = None,
@@ -530,8 +546,10 @@ def load(
       (wrapped without copying; pass its ``tokenizer``). ``tokenizer``: a tokenizer object or
       a hub id / directory to load one from (default: the model's own).
     * ``dtype``: torch dtype or its name (default float32); ``device`` / ``device_map``: where the
-      weights live (``device_map`` goes to transformers/accelerate); buffers always come back to
-      the CPU as float32.
+      weights live (``device_map``, ``max_memory`` and ``offload_folder`` go to
+      transformers/accelerate: a model larger than memory is traced with its layers offloaded
+      to CPU or disk, paged in layer by layer as its own forward pages them); buffers always
+      come back to the CPU as float32.
     * ``trust_remote_code``: off unless asked; ``max_tokens``: the longest prompt accepted (default
       the model's context).
 
@@ -572,6 +590,10 @@ def load(
     )
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if max_memory is not None:
+        kwargs["max_memory"] = max_memory
+    if offload_folder is not None:
+        kwargs["offload_folder"] = os.fspath(offload_folder)
     hf_model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     if device is not None and device_map is None:
         hf_model = hf_model.to(device)

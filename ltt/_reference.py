@@ -408,29 +408,26 @@ def sparsify(dense: np.ndarray, floor: float, heads: bool = False) -> dict[str, 
     if d.ndim != 3 or d.shape[1] != d.shape[2]:
         raise ValueError(f"dense must have shape (L or H, T, T), got {d.shape}")
     K, T = d.shape[0], d.shape[1]
-    counts, srcs, hds, vals = [], [], [], []
-    rows = [(0, t) for t in range(T)] if heads else [(k, t) for k in range(K) for t in range(T)]
-    for k, t in rows:
-        if heads:  # every (h, s <= t) of target t, in (h, s) order
-            h_idx, s_idx = np.repeat(np.arange(K), t + 1), np.tile(np.arange(t + 1), K)
-        else:
-            h_idx, s_idx = np.full(t + 1, k), np.arange(t + 1)
-        v = d[h_idx, t, s_idx]
-        keep = v.astype(np.float64) >= floor
-        keep[int(np.argmax(v))] = True
-        counts.append(int(keep.sum()))
-        srcs.append(s_idx[keep])
-        hds.append(h_idx[keep])
-        vals.append(v[keep])
+    if heads:  # row t: every (h, s), in (h, s) order
+        rows = d.transpose(1, 0, 2).reshape(T, K * T)
+        src_of, head_of, t_of = np.tile(np.arange(T), K), np.repeat(np.arange(K), T), np.arange(T)
+    else:  # row l * T + t: every s
+        rows = d.reshape(K * T, T)
+        src_of, head_of, t_of = np.arange(T), np.zeros(T, np.int64), np.tile(np.arange(T), K)
+    causal = src_of[None, :] <= t_of[:, None]
+    keep = causal & (rows.astype(np.float64) >= floor)
+    largest = np.argmax(np.where(causal, rows, -np.inf), axis=1)  # the first of each row's largest
+    keep[np.arange(len(rows)), largest] = True
+    r, c = np.nonzero(keep)  # row by row, each row in column order
     out = {
-        "indptr": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        "sources": np.concatenate(srcs).astype(np.int32),
+        "indptr": np.concatenate([[0], np.cumsum(np.bincount(r, minlength=len(rows)))]).astype(np.int64),
+        "sources": src_of[c].astype(np.int32),
     }
     if heads:
-        out["heads"] = np.concatenate(hds).astype(np.int32)
-        out["parts"] = np.concatenate(vals).astype(np.float32)
+        out["heads"] = head_of[c].astype(np.int32)
+        out["parts"] = rows[r, c]
     else:
-        out["weights"] = np.concatenate(vals).astype(np.float32)
+        out["weights"] = rows[r, c]
     return out
 
 

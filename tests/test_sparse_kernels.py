@@ -51,6 +51,33 @@ def same_pruning(got: dict, want: dict, what: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# sparsify: exactly the entries >= floor (in float64) and each row's first largest
+
+
+@pytest.mark.parametrize("heads", [False, True])
+@pytest.mark.parametrize("floor", [0.0, 0.02, 0.5])
+def test_sparsify_lists_the_floor_and_the_largest(heads, floor):
+    rng = np.random.default_rng(int(floor * 100) + heads)
+    K, T = 3, 6
+    d = (np.round(rng.random((K, T, T)) ** 2 * 50) / 100).astype(np.float32)  # ties, 0.02 hits
+    d[0, 3, :] = 0.01  # a row (or part of one) all below the floor, tied
+    sp = R.sparsify(d, floor, heads=heads)
+    want = []  # (row, head, source, value), written out the slow way
+    for row, (k, t) in enumerate([(None, t) for t in range(T)] if heads else
+                                 [(k, t) for k in range(K) for t in range(T)]):
+        cells = [(h, s) for h in range(K) for s in range(t + 1)] if heads else [(k, s) for s in range(t + 1)]
+        vals = [float(d[h, t, s]) for h, s in cells]
+        first_max = vals.index(max(vals))
+        want += [(row, h, s, v) for i, ((h, s), v) in enumerate(zip(cells, vals)) if v >= floor or i == first_max]
+    n_rows = T if heads else K * T
+    assert sp["indptr"].tolist() == np.searchsorted([w[0] for w in want], np.arange(n_rows + 1)).tolist()
+    assert sp["sources"].tolist() == [w[2] for w in want]
+    assert (sp["parts"] if heads else sp["weights"]).tolist() == [np.float32(w[3]) for w in want]
+    if heads:
+        assert sp["heads"].tolist() == [w[1] for w in want]
+
+
+# --------------------------------------------------------------------------------------------
 # prune_sparse
 
 

@@ -908,35 +908,38 @@ static int to_index_array(PyObject *obj, const char *name, int type, PyArrayObje
     return *out == NULL ? -1 : 0;
 }
 
-/*
- * Validates sparse rows (indptr [R + 1], sources [nnz], heads [nnz] or NULL; the row r holds the
- * parts of target r % T, of layer r / T when layered) with a message naming the first fault.
- */
-static int check_sparse_rows(PyArrayObject *indptr, PyArrayObject *sources, PyArrayObject *heads,
-                             npy_intp R, npy_intp T, int layered)
+/* Shapes of sparse rows: indptr [R + 1], sources [nnz], heads [nnz] (when not NULL). */
+static int check_sparse_shapes(PyArrayObject *indptr, PyArrayObject *sources, PyArrayObject *heads,
+                               npy_intp R, int layered)
 {
-    char sym[32];
-    snprintf(sym, sizeof sym, layered ? "(L * T + 1,)" : "(T + 1,)");
     npy_intp wi[1] = {R + 1}, wn[1] = {-1};
-    if (check_shape(indptr, "indptr", sym, 1, wi) < 0 ||
+    if (check_shape(indptr, "indptr", layered ? "(L * T + 1,)" : "(T + 1,)", 1, wi) < 0 ||
         check_shape(sources, "sources", "(nnz,)", 1, wn) < 0)
         return -1;
-    const npy_intp nnz = PyArray_DIM(sources, 0);
-    wn[0] = nnz;
+    wn[0] = PyArray_DIM(sources, 0);
     if (heads != NULL && check_shape(heads, "heads", "(nnz,) = sources.shape", 1, wn) < 0)
         return -1;
+    return 0;
+}
+
+/*
+ * The exception for a kernel status st on sparse rows (the row r holds the parts of target
+ * r % T, of layer r / T when layered): LTT_ERR_INDEX is a fault in the rows (the kernel checked
+ * everything else first), found again with ltt_sparse_check and named.
+ */
+static int sparse_rows_status(ltt_status st, const char *fn, PyArrayObject *indptr,
+                              PyArrayObject *sources, PyArrayObject *heads, npy_intp R, npy_intp T,
+                              int layered)
+{
+    if (st != LTT_ERR_INDEX)
+        return check_status(st, fn);
+    const npy_intp nnz = PyArray_DIM(sources, 0);
     const int64_t *ip = (const int64_t *)PyArray_DATA(indptr);
     const int32_t *src = (const int32_t *)PyArray_DATA(sources);
     const int32_t *hd = heads != NULL ? (const int32_t *)PyArray_DATA(heads) : NULL;
     int64_t bad = 0;
-    ltt_status st;
-    Py_BEGIN_ALLOW_THREADS;
-    st = ltt_sparse_check(R, T, nnz, &bad, ip, src, hd);
-    Py_END_ALLOW_THREADS;
-    if (st == LTT_OK)
-        return 0;
-    if (st != LTT_ERR_INDEX)
-        return check_status(st, "sparse rows");
+    if (ltt_sparse_check(R, T, nnz, &bad, ip, src, hd) != LTT_ERR_INDEX)
+        return check_status(st, fn);
     if (bad < 0) {
         const npy_intp i = (npy_intp)(-1 - bad);
         PyErr_Format(PyExc_ValueError,
@@ -1079,7 +1082,7 @@ static PyObject *py_prune_sparse(PyObject *self, PyObject *args, PyObject *kwds)
     npy_intp wlt[2] = {L, T}, wn[1] = {PyArray_SIZE(src)};
     if (check_shape(ffn, "ffn", "(L, T)", 2, wlt) < 0 ||
         check_shape(fr, "ffn_resid", "(L, T)", 2, wlt) < 0 ||
-        check_sparse_rows(ip, src, NULL, L * T, T, 1) < 0 ||
+        check_sparse_shapes(ip, src, NULL, L * T, 1) < 0 ||
         check_shape(w, "weights", "(nnz,) = sources.shape", 1, wn) < 0 ||
         prune_flags_targets(o[6], o[7], L, T, &par, &tg) < 0)
         goto done;
@@ -1097,7 +1100,7 @@ static PyObject *py_prune_sparse(PyObject *self, PyObject *args, PyObject *kwds)
                               (const uint8_t *)PyArray_DATA(par),
                               (const int64_t *)PyArray_DATA(tg));
     Py_END_ALLOW_THREADS;
-    if (check_status(st, "prune_sparse") < 0)
+    if (sparse_rows_status(st, "prune_sparse", ip, src, NULL, L * T, T, 1) < 0)
         goto done;
     npy_intp de[2] = {n_edges, 3};
     if ((outs[0] = zeros(2, de, NPY_INT64)) == NULL)
@@ -1154,12 +1157,15 @@ static PyObject *py_renormalize_sparse(PyObject *self, PyObject *args, PyObject 
         goto done;
     }
     npy_intp wn[1] = {PyArray_SIZE(src)};
-    if (check_sparse_rows(ip, src, hd, T, T, 0) < 0 ||
+    if (check_sparse_shapes(ip, src, hd, T, 0) < 0 ||
         check_shape(parts, "parts", "(nnz,) = sources.shape", 1, wn) < 0)
         goto done;
     const float *pv = fdata(parts);
+    int negative = 0;
     for (npy_intp j = 0; j < wn[0]; j++)
-        if (!(pv[j] >= 0.0f)) {
+        negative |= pv[j] < 0.0f;
+    for (npy_intp j = 0; negative && j < wn[0]; j++)
+        if (pv[j] < 0.0f) {
             char v[64];
             PyErr_Format(PyExc_ValueError, "parts must be >= 0 (shares), got %s at index %zd",
                          fmt_double(v, sizeof v, (double)pv[j]), (Py_ssize_t)j);
@@ -1177,7 +1183,7 @@ static PyObject *py_renormalize_sparse(PyObject *self, PyObject *args, PyObject 
                                     (const int32_t *)PyArray_DATA(src),
                                     (const int32_t *)PyArray_DATA(hd), pv, fdata(single));
     Py_END_ALLOW_THREADS;
-    if (check_status(st, "renormalize_sparse") < 0)
+    if (sparse_rows_status(st, "renormalize_sparse", ip, src, hd, T, T, 0) < 0)
         goto done;
     {
         const char *keys[2] = {"parts", "single"};

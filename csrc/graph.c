@@ -104,6 +104,19 @@ ltt_status ltt_renormalize_f32(int64_t K, int64_t T, int64_t S, int64_t E, doubl
     return LTT_OK;
 }
 
+/* Whether entry j of a row with entries from j0 (target t, heads or NULL) breaks the rules. */
+static int entry_bad(int64_t j, int64_t j0, int64_t t, const int32_t *restrict sources,
+                     const int32_t *restrict heads)
+{
+    const int64_t s = sources[j], h = heads != NULL ? heads[j] : 0;
+    if (s < 0 || s > t || h < 0)
+        return 1;
+    if (j == j0)
+        return 0;
+    const int64_t ps = sources[j - 1], ph = heads != NULL ? heads[j - 1] : 0;
+    return h < ph || (h == ph && s <= ps);
+}
+
 ltt_status ltt_sparse_check(int64_t R, int64_t T, int64_t nnz, int64_t *bad,
                             const int64_t *restrict indptr, const int32_t *restrict sources,
                             const int32_t *restrict heads)
@@ -113,24 +126,44 @@ ltt_status ltt_sparse_check(int64_t R, int64_t T, int64_t nnz, int64_t *bad,
     if (bad == NULL || indptr == NULL || (nnz > 0 && sources == NULL))
         return LTT_ERR_NULL;
     *bad = 0;
-    for (int64_t i = 0; i <= R; i++) {
-        if ((i == 0 && indptr[0] != 0) || (i > 0 && indptr[i] < indptr[i - 1]) ||
-            indptr[i] > nnz || (i == R && indptr[R] != nnz)) {
-            *bad = -1 - i;
-            return LTT_ERR_INDEX;
-        }
+    /* Branch-free passes (they vectorise) find whether something is wrong; a scalar walk then
+     * finds the first fault. */
+    int wrong = indptr[0] != 0 || indptr[R] != nnz;
+    for (int64_t i = 1; i <= R; i++)
+        wrong |= indptr[i] < indptr[i - 1];
+    if (wrong) {
+        for (int64_t i = 0; i <= R; i++)
+            if ((i == 0 && indptr[0] != 0) || (i > 0 && indptr[i] < indptr[i - 1]) ||
+                indptr[i] > nnz || (i == R && indptr[R] != nnz)) {
+                *bad = -1 - i;
+                return LTT_ERR_INDEX;
+            }
     }
     for (int64_t r = 0; r < R; r++) {
-        const int64_t t = r % T;
-        for (int64_t j = indptr[r]; j < indptr[r + 1]; j++) {
-            const int64_t s = sources[j], h = heads != NULL ? heads[j] : 0;
-            const int64_t ps = j > indptr[r] ? sources[j - 1] : -1;
-            const int64_t ph = j > indptr[r] && heads != NULL ? heads[j - 1] : 0;
-            if (s < 0 || s > t || h < 0 || (j > indptr[r] && (h < ph || (h == ph && s <= ps)))) {
+        const int64_t j0 = indptr[r], j1 = indptr[r + 1], t = r % T;
+        const int32_t t32 = t < INT32_MAX ? (int32_t)t : INT32_MAX;
+        if (j1 == j0)
+            continue;
+        /* Increasing sources (heads) from a first one >= 0 (and a first head >= 0): every source
+         * (head) is >= 0; with sources alone, the last one <= t bounds them all. */
+        int row_wrong = sources[j0] < 0 || sources[j0] > t32;
+        if (heads == NULL) {
+            for (int64_t j = j0 + 1; j < j1; j++)
+                row_wrong |= sources[j] <= sources[j - 1];
+            row_wrong |= sources[j1 - 1] > t32;
+        } else {
+            row_wrong |= heads[j0] < 0;
+            for (int64_t j = j0 + 1; j < j1; j++)
+                row_wrong |= (sources[j] < 0) | (sources[j] > t32) | (heads[j] < heads[j - 1]) |
+                             ((heads[j] == heads[j - 1]) & (sources[j] <= sources[j - 1]));
+        }
+        if (!row_wrong)
+            continue;
+        for (int64_t j = j0; j < j1; j++)
+            if (entry_bad(j, j0, t, sources, heads)) {
                 *bad = j;
                 return LTT_ERR_INDEX;
             }
-        }
     }
     return LTT_OK;
 }
@@ -261,10 +294,16 @@ static int keep_dense(float tf, int64_t l, int64_t t, const float *row, int64_t 
 static int keep_sparse(float tf, int64_t l, int64_t t, const attn_row *row, uint8_t *in,
                        edge_list *edges, int *any)
 {
-    for (int64_t j = 0; j < row->n; j++)
-        if (!(fabsf(row->w[j]) <= FLT_MAX))
-            return -2;
+    int hit = 0, bad = 0;
+    for (int64_t j = 0; j < row->n; j++) {
+        hit |= row->w[j] >= tf;
+        bad |= !(fabsf(row->w[j]) <= FLT_MAX);
+    }
+    if (bad)
+        return -2;
     const int all = tf <= 0.0f; /* walk every source, else the listed ones only */
+    if (!hit && !all)
+        return 0;
     for (int64_t j = 0, s = all ? 0 : (row->n > 0 ? row->src[0] : row->ns); s < row->ns;) {
         const int listed = j < row->n && row->src[j] == s;
         if ((listed ? row->w[j] : 0.0f) >= tf) {

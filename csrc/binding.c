@@ -936,7 +936,7 @@ static int sparse_rows_status(ltt_status st, const char *fn, PyArrayObject *indp
     const npy_intp nnz = PyArray_DIM(sources, 0);
     const int64_t *ip = (const int64_t *)PyArray_DATA(indptr);
     const int32_t *src = (const int32_t *)PyArray_DATA(sources);
-    const int32_t *hd = heads != NULL ? (const int32_t *)PyArray_DATA(heads) : NULL;
+    const int16_t *hd = heads != NULL ? (const int16_t *)PyArray_DATA(heads) : NULL;
     int64_t bad = 0;
     if (ltt_sparse_check(R, T, nnz, &bad, ip, src, hd) != LTT_ERR_INDEX)
         return check_status(st, fn);
@@ -1144,7 +1144,7 @@ static PyObject *py_renormalize_sparse(PyObject *self, PyObject *args, PyObject 
         return NULL;
     if (to_index_array(o[0], "indptr", NPY_INT64, &ip) < 0 ||
         to_index_array(o[1], "sources", NPY_INT32, &src) < 0 ||
-        to_index_array(o[2], "heads", NPY_INT32, &hd) < 0 ||
+        to_index_array(o[2], "heads", NPY_INT16, &hd) < 0 ||
         to_array(o[3], "parts", 0, NPY_FLOAT32, &parts) < 0 ||
         to_array(o[4], "single", 0, NPY_FLOAT32, &single) < 0 || check_threshold(threshold) < 0)
         goto done;
@@ -1181,7 +1181,7 @@ static PyObject *py_renormalize_sparse(PyObject *self, PyObject *args, PyObject 
                                     (float *)PyArray_DATA(outs[1]),
                                     (const int64_t *)PyArray_DATA(ip),
                                     (const int32_t *)PyArray_DATA(src),
-                                    (const int32_t *)PyArray_DATA(hd), pv, fdata(single));
+                                    (const int16_t *)PyArray_DATA(hd), pv, fdata(single));
     Py_END_ALLOW_THREADS;
     if (sparse_rows_status(st, "renormalize_sparse", ip, src, hd, T, T, 0) < 0)
         goto done;

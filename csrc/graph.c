@@ -106,7 +106,7 @@ ltt_status ltt_renormalize_f32(int64_t K, int64_t T, int64_t S, int64_t E, doubl
 
 /* Whether entry j of a row with entries from j0 (target t, heads or NULL) breaks the rules. */
 static int entry_bad(int64_t j, int64_t j0, int64_t t, const int32_t *restrict sources,
-                     const int32_t *restrict heads)
+                     const int16_t *restrict heads)
 {
     const int64_t s = sources[j], h = heads != NULL ? heads[j] : 0;
     if (s < 0 || s > t || h < 0)
@@ -119,7 +119,7 @@ static int entry_bad(int64_t j, int64_t j0, int64_t t, const int32_t *restrict s
 
 ltt_status ltt_sparse_check(int64_t R, int64_t T, int64_t nnz, int64_t *bad,
                             const int64_t *restrict indptr, const int32_t *restrict sources,
-                            const int32_t *restrict heads)
+                            const int16_t *restrict heads)
 {
     if (R <= 0 || T <= 0 || nnz < 0)
         return LTT_ERR_SIZE;
@@ -172,7 +172,7 @@ ltt_status ltt_renormalize_sparse_f32(int64_t T, int64_t P, int64_t E, double th
                                       float *restrict parts_out, float *restrict single_out,
                                       const int64_t *restrict indptr,
                                       const int32_t *restrict sources,
-                                      const int32_t *restrict heads, const float *restrict parts,
+                                      const int16_t *restrict heads, const float *restrict parts,
                                       const float *restrict single)
 {
     if (T <= 0 || P < 0 || E < 0)

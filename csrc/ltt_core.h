@@ -122,7 +122,7 @@ ltt_status ltt_prune_f32(int64_t L, int64_t T, int64_t n_targets, double thresho
  */
 ltt_status ltt_sparse_check(int64_t R, int64_t T, int64_t nnz, int64_t *bad,
                             const int64_t *restrict indptr, const int32_t *restrict sources,
-                            const int32_t *restrict heads);
+                            const int16_t *restrict heads);
 
 /*
  * ltt_renormalize_f32 on one layer's sparse head parts (rows of T targets, see ltt_sparse_check):
@@ -135,7 +135,7 @@ ltt_status ltt_renormalize_sparse_f32(int64_t T, int64_t P, int64_t E, double th
                                       float *restrict parts_out, float *restrict single_out,
                                       const int64_t *restrict indptr,
                                       const int32_t *restrict sources,
-                                      const int32_t *restrict heads, const float *restrict parts,
+                                      const int16_t *restrict heads, const float *restrict parts,
                                       const float *restrict single);
 
 /*

@@ -435,7 +435,7 @@ static void test_sparse(void)
     /* ltt_sparse_check: 2 rows of T = 2 (targets 0, 1). */
     const int64_t ip[3] = {0, 1, 3}, ip_start[3] = {1, 1, 3}, ip_down[3] = {0, 2, 1};
     const int32_t src[3] = {0, 0, 1}, src_far[3] = {0, 2, 1}, src_dup[3] = {0, 1, 1};
-    const int32_t hd[3] = {0, 1, 0}, hd_neg[3] = {0, -1, 0};
+    const int16_t hd[3] = {0, 1, 0}, hd_neg[3] = {0, -1, 0};
     int64_t bad = 0;
     CHECK(ltt_sparse_check(2, 2, 3, &bad, ip, src, NULL) == LTT_OK);
     CHECK(ltt_sparse_check(2, 2, 3, &bad, ip_start, src, NULL) == LTT_ERR_INDEX && bad == -1);
@@ -456,7 +456,7 @@ static void test_sparse(void)
     float *parts = malloc(sizeof(float) * H * T * T), *single = malloc(sizeof(float) * E * T);
     int64_t *indptr = malloc(sizeof(int64_t) * (L * T + 1));
     int32_t *sources = malloc(sizeof(int32_t) * L * T * T);
-    int32_t *phd = malloc(sizeof(int32_t) * H * T * T);
+    int16_t *phd = malloc(sizeof(int16_t) * H * T * T);
     const uint8_t par[L] = {0, 1, 0};
     const int64_t targets[3] = {T - 1, 0, 17};
     int64_t nnz = 0;
@@ -510,7 +510,7 @@ static void test_sparse(void)
                 if (v >= 0.05f) {
                     heads[(h * T + t) * T + s] = parts[P] = v;
                     sources[P] = s;
-                    phd[P++] = h;
+                    phd[P++] = (int16_t)h;
                 }
             }
         rip[t + 1] = P;

@@ -393,7 +393,7 @@ def sparsify(dense: np.ndarray, floor: float, heads: bool = False) -> dict[str, 
       ``weights`` float32: the arguments of :func:`prune_sparse`.
     * ``heads=True``: ``dense [H, T, T]`` per-head shares of one layer; row ``t`` lists the parts
       ``(h, s)``, ``s <= t``, in (h, s) order. Returns ``indptr [T + 1]``, ``sources`` int32,
-      ``heads`` int32, ``parts`` float32: the arguments of :func:`renormalize_sparse`.
+      ``heads`` int16, ``parts`` float32: the arguments of :func:`renormalize_sparse`.
 
     A row lists every entry ``>= floor`` (compared in float64, as the kernels compare with a
     threshold) and, whatever its value, its largest entry (the first in row order), so that for
@@ -424,7 +424,7 @@ def sparsify(dense: np.ndarray, floor: float, heads: bool = False) -> dict[str, 
         "sources": src_of[c].astype(np.int32),
     }
     if heads:
-        out["heads"] = head_of[c].astype(np.int32)
+        out["heads"] = head_of[c].astype(np.int16)
         out["parts"] = rows[r, c]
     else:
         out["weights"] = rows[r, c]

@@ -299,8 +299,8 @@ def renormalize_sparse(
 ) -> dict[str, np.ndarray]:
     """:func:`renormalize` on one layer's head shares as sparse rows, part by part.
 
-    Target t's parts are ``parts[j] >= 0`` (floats, cast to float32) of head ``heads[j]`` and
-    source ``sources[j] <= t`` (both int32), ``j`` in ``indptr[t] : indptr[t + 1]``
+    Target t's parts are ``parts[j] >= 0`` (floats, cast to float32) of head ``heads[j]``
+    (int16) and source ``sources[j] <= t`` (int32), ``j`` in ``indptr[t] : indptr[t + 1]``
     (``indptr [T + 1]`` int64), in (head, source) order; ``single [E, T]``. Returns ``parts [P]``
     (each listed part after the rule: kept ones rescaled, the others 0) and ``single [E, T]``,
     float32. ``single`` equals ``renormalize``'s on the dense equivalent exactly; summing the
@@ -309,7 +309,7 @@ def renormalize_sparse(
 
     >>> import numpy as np
     >>> from ltt.attribution import renormalize_sparse
-    >>> ip, src, hd = np.array([0, 2, 4]), np.array([0, 0, 0, 1], np.int32), np.array([0, 1, 0, 0], np.int32)
+    >>> ip, src, hd = np.array([0, 2, 4]), np.array([0, 0, 0, 1], np.int32), np.array([0, 1, 0, 0], np.int16)
     >>> r = renormalize_sparse(ip, src, hd, [0.05, 0.15, 0.05, 0.05], [[0.8, 0.9]], 0.1)
     >>> [round(float(x), 6) for x in r["parts"]], [round(float(x), 6) for x in r["single"][0]]
     ([0.0, 0.157895, 0.0, 0.0], [0.842105, 1.0])

@@ -107,7 +107,7 @@ def random_rows(rng, R_, T, density, heads=0, negative=False):
             v = rng.random() ** 2 * 0.3 if rng.random() > 0.15 else 0.0
             val.append(-v if negative and rng.random() < 0.3 else v)
         indptr.append(len(src))
-    return (np.array(indptr, np.int64), np.array(src, np.int32), np.array(hd, np.int32),
+    return (np.array(indptr, np.int64), np.array(src, np.int32), np.array(hd, np.int16),
             np.array(val, np.float32))
 
 
@@ -315,7 +315,7 @@ def test_renormalize_sparse_equals_dense_from_sparsify(case):
     heads, single = head_shares(rng, H, T, E, quantum, zero=len(case) > 6)
     sp = R.sparsify(heads, floor, heads=True)
     assert set(sp) == {"indptr", "sources", "heads", "parts"}
-    assert sp["heads"].dtype == np.int32 and sp["sources"].dtype == np.int32
+    assert sp["heads"].dtype == np.int16 and sp["sources"].dtype == np.int32
     dense_eq = R.densify(sp["indptr"], sp["sources"], sp["parts"], (H, T, T), heads=sp["heads"])
     for threshold in [th for th in [0.0, 1e-3, 0.01, 0.02, 0.04, 0.05, 0.1, 0.3, 0.5, 0.99] if th >= floor]:
         got = check_renorm(sp, single, heads, threshold, f"original, threshold={threshold}")
@@ -342,7 +342,7 @@ def test_renormalize_sparse_largest_part_tie_order_by_hand():
     # target 1, threshold 0.5, nothing kept: 0.3 at (head 0, source 1) and (head 1, source 0) tie;
     # the first in (head, source) order wins, and a single part equal to it loses
     sp = dict(indptr=np.array([0, 0, 3]), sources=np.array([1, 0, 1], np.int32),
-              heads=np.array([0, 1, 1], np.int32), parts=np.array([0.3, 0.3, 0.1], np.float32))
+              heads=np.array([0, 1, 1], np.int16), parts=np.array([0.3, 0.3, 0.1], np.float32))
     single = np.array([[0.0, 0.3]], np.float32)
     got = A.renormalize_sparse(**sp, single=single, threshold=0.5)
     np.testing.assert_array_equal(got["parts"], [1.0, 0.0, 0.0])
@@ -356,7 +356,7 @@ def test_renormalize_sparse_largest_part_tie_order_by_hand():
     # a part exactly at the threshold is kept; float32(0.04) < 0.04 is not
     w = np.float32(0.04)
     sp2 = dict(indptr=np.array([0, 2]), sources=np.array([0, 0], np.int32),
-               heads=np.array([0, 1], np.int32), parts=np.array([0.25, w], np.float32))
+               heads=np.array([0, 1], np.int16), parts=np.array([0.25, w], np.float32))
     got = A.renormalize_sparse(**sp2, single=np.array([[0.25]], np.float32), threshold=0.25)
     np.testing.assert_array_equal(got["parts"], [0.5, 0.0])
     got = A.renormalize_sparse(**sp2, single=np.array([[0.25]], np.float32), threshold=0.04)
@@ -427,7 +427,7 @@ BAD = [
     ("prune", lambda k: dict(k, threshold=1.0), ValueError, ["threshold"]),
     ("prune", lambda k: dict(k, threshold=-0.1), ValueError, ["threshold"]),
     ("prune", lambda k: dict(k, threshold=float("nan")), ValueError, ["threshold"]),
-    ("renorm", lambda k: dict(k, heads=k["heads"].astype(np.int16)), TypeError, ["heads", "int32"]),
+    ("renorm", lambda k: dict(k, heads=k["heads"].astype(np.int32)), TypeError, ["heads", "int16"]),
     ("renorm", lambda k: dict(k, sources=k["sources"].astype(np.int64)), TypeError, ["sources"]),
     ("renorm", lambda k: dict(k, indptr=k["indptr"].astype(np.float64)), TypeError, ["indptr"]),
     ("renorm", lambda k: dict(k, parts=k["parts"].astype(np.int64)), TypeError, ["parts"]),

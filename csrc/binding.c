@@ -1015,8 +1015,8 @@ static int prune_flags_targets(PyObject *par_o, PyObject *tg_o, npy_intp L, npy_
     }
     /* Unsigned values are checked before the cast (a huge uint64 would wrap to a negative). */
     if (tk == 'u') {
-        PyArrayObject *u = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_UINT64,
-                                                             NPY_ARRAY_IN_ARRAY);
+        PyArrayObject *u =
+            (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_UINT64, NPY_ARRAY_IN_ARRAY);
         if (u == NULL) {
             Py_DECREF(tmp);
             return -1;
@@ -1055,8 +1055,8 @@ PyDoc_STRVAR(prune_sparse_doc,
 
 static PyObject *py_prune_sparse(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"indptr",   "sources", "weights",   "attn_resid", "ffn", "ffn_resid",
-                             "parallel", "targets", "threshold", NULL};
+    static char *kwlist[] = {"indptr",    "sources",  "weights", "attn_resid", "ffn",
+                             "ffn_resid", "parallel", "targets", "threshold",  NULL};
     PyObject *o[8] = {NULL}, *ret = NULL;
     double threshold = 0.0;
     PyArrayObject *ip = NULL, *src = NULL, *w = NULL, *ar = NULL, *ffn = NULL, *fr = NULL,
@@ -1075,8 +1075,7 @@ static PyObject *py_prune_sparse(PyObject *self, PyObject *args, PyObject *kwds)
         to_array(o[5], "ffn_resid", 0, NPY_FLOAT32, &fr) < 0 || check_threshold(threshold) < 0)
         goto done;
     npy_intp w2[2] = {-1, -1};
-    if (check_shape(ar, "attn_resid", "(L, T)", 2, w2) < 0 ||
-        check_nonempty(ar, "attn_resid") < 0)
+    if (check_shape(ar, "attn_resid", "(L, T)", 2, w2) < 0 || check_nonempty(ar, "attn_resid") < 0)
         goto done;
     const npy_intp L = PyArray_DIM(ar, 0), T = PyArray_DIM(ar, 1);
     npy_intp wlt[2] = {L, T}, wn[1] = {PyArray_SIZE(src)};
@@ -1092,13 +1091,12 @@ static PyObject *py_prune_sparse(PyObject *self, PyObject *args, PyObject *kwds)
     if (!outs[1] || !outs[2] || !outs[3])
         goto done;
     Py_BEGIN_ALLOW_THREADS;
-    st = ltt_prune_sparse_f32(L, T, PyArray_SIZE(src), PyArray_SIZE(tg), threshold,
-                              (uint8_t *)PyArray_DATA(outs[1]), (uint8_t *)PyArray_DATA(outs[2]),
-                              (uint8_t *)PyArray_DATA(outs[3]), &edges, &n_edges,
-                              (const int64_t *)PyArray_DATA(ip), (const int32_t *)PyArray_DATA(src),
-                              fdata(w), fdata(ar), fdata(ffn), fdata(fr),
-                              (const uint8_t *)PyArray_DATA(par),
-                              (const int64_t *)PyArray_DATA(tg));
+    st = ltt_prune_sparse_f32(
+        L, T, PyArray_SIZE(src), PyArray_SIZE(tg), threshold, (uint8_t *)PyArray_DATA(outs[1]),
+        (uint8_t *)PyArray_DATA(outs[2]), (uint8_t *)PyArray_DATA(outs[3]), &edges, &n_edges,
+        (const int64_t *)PyArray_DATA(ip), (const int32_t *)PyArray_DATA(src), fdata(w), fdata(ar),
+        fdata(ffn), fdata(fr), (const uint8_t *)PyArray_DATA(par),
+        (const int64_t *)PyArray_DATA(tg));
     Py_END_ALLOW_THREADS;
     if (sparse_rows_status(st, "prune_sparse", ip, src, NULL, L * T, T, 1) < 0)
         goto done;
@@ -1139,8 +1137,8 @@ static PyObject *py_renormalize_sparse(PyObject *self, PyObject *args, PyObject 
     PyArrayObject *ip = NULL, *src = NULL, *hd = NULL, *parts = NULL, *single = NULL;
     PyArrayObject *outs[2] = {NULL};
     ltt_status st;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOd:renormalize_sparse", kwlist, &o[0],
-                                     &o[1], &o[2], &o[3], &o[4], &threshold))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOd:renormalize_sparse", kwlist, &o[0], &o[1],
+                                     &o[2], &o[3], &o[4], &threshold))
         return NULL;
     if (to_index_array(o[0], "indptr", NPY_INT64, &ip) < 0 ||
         to_index_array(o[1], "sources", NPY_INT32, &src) < 0 ||
@@ -1177,11 +1175,10 @@ static PyObject *py_renormalize_sparse(PyObject *self, PyObject *args, PyObject 
     if (!outs[0] || !outs[1])
         goto done;
     Py_BEGIN_ALLOW_THREADS;
-    st = ltt_renormalize_sparse_f32(T, wn[0], E, threshold, (float *)PyArray_DATA(outs[0]),
-                                    (float *)PyArray_DATA(outs[1]),
-                                    (const int64_t *)PyArray_DATA(ip),
-                                    (const int32_t *)PyArray_DATA(src),
-                                    (const int16_t *)PyArray_DATA(hd), pv, fdata(single));
+    st = ltt_renormalize_sparse_f32(
+        T, wn[0], E, threshold, (float *)PyArray_DATA(outs[0]), (float *)PyArray_DATA(outs[1]),
+        (const int64_t *)PyArray_DATA(ip), (const int32_t *)PyArray_DATA(src),
+        (const int16_t *)PyArray_DATA(hd), pv, fdata(single));
     Py_END_ALLOW_THREADS;
     if (sparse_rows_status(st, "renormalize_sparse", ip, src, hd, T, T, 0) < 0)
         goto done;

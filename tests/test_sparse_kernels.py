@@ -247,6 +247,17 @@ def test_prune_sparse_float64_weights_lists_and_strided():
         same_pruning(A.prune_sparse(**sp2, **rest, targets=[5, 1], threshold=0.04), want, what)
 
 
+def test_prune_sparse_targets_as_prune_takes_them():
+    kw = _prune_kw()
+    T = kw["attn_resid"].shape[1]
+    last = A.prune_sparse(**dict(kw, targets=np.array([T - 1])))
+    for targets in ([-1], -1, [T - 1, -1], np.array([T - 1], np.uint8), (T - 1,)):
+        same_pruning(A.prune_sparse(**dict(kw, targets=targets)), last, f"targets={targets!r}")
+    none = A.prune_sparse(**dict(kw, targets=np.array([], np.int64)))
+    assert none["attn_edges"].shape == (0, 3) and not any(none[k].any() for k in ("attn_resid", "ffn", "ffn_resid"))
+    same_pruning(A.prune_sparse(**dict(kw, parallel=kw["parallel"].astype(np.int8))), A.prune_sparse(**kw), "int8 flags")
+
+
 # --------------------------------------------------------------------------------------------
 # renormalize_sparse
 

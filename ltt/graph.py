@@ -480,26 +480,20 @@ class SparseEdgeWeights:
     ffn_resid: np.ndarray
 
 
-def _renormalize_rows(parts: SparseRows, single: np.ndarray, threshold: float, H: int) -> tuple[SparseRows, np.ndarray]:
+def _renormalize_rows(parts: SparseRows, single: np.ndarray, threshold: float) -> tuple[SparseRows, np.ndarray]:
     """The renormalize rule on one layer's sparse per-head parts: the kept parts summed per
     (target, source), and the renormalised single parts."""
     T = len(parts.indptr) - 1
-    if hasattr(attribution, "renormalize_sparse"):
-        r = attribution.renormalize_sparse(parts.indptr, parts.sources, parts.heads, parts.values,
-                                           single, threshold)
-        kept = r["parts"]
-        rows = parts.rows
-        key = rows * T + parts.sources
-        nz = kept != 0
-        uniq, inv = np.unique(key[nz], return_inverse=True)
-        vals = np.zeros(len(uniq), np.float64)
-        np.add.at(vals, inv, kept[nz].astype(np.float64))
-        t = uniq // T
-        indptr = np.zeros(T + 1, np.int64)
-        np.cumsum(np.bincount(t, minlength=T), out=indptr[1:])
-        return SparseRows(indptr, (uniq % T).astype(np.int32), vals.astype(np.float32)), r["single"]
-    r = attribution.renormalize(parts.to_dense(T, H), single, threshold)
-    return SparseRows.from_dense(r["edges"], np.finfo(np.float32).tiny), r["single"]
+    r = attribution.renormalize_sparse(parts.indptr, parts.sources, parts.heads, parts.values, single, threshold)
+    kept = r["parts"]
+    nz = kept != 0
+    key = parts.rows[nz] * T + parts.sources[nz]
+    uniq, inv = np.unique(key, return_inverse=True)
+    vals = np.zeros(len(uniq), np.float64)  # float64 sums: within 2 ulp of the dense kernel
+    np.add.at(vals, inv, kept[nz].astype(np.float64))
+    indptr = np.zeros(T + 1, np.int64)
+    np.cumsum(np.bincount(uniq // T, minlength=T), out=indptr[1:])
+    return SparseRows(indptr, (uniq % T).astype(np.int32), vals.astype(np.float32)), r["single"]
 
 
 def sparse_edge_weights(full: FullGraph, threshold: float, renormalize: bool) -> SparseEdgeWeights:
@@ -514,7 +508,7 @@ def sparse_edge_weights(full: FullGraph, threshold: float, renormalize: bool) ->
     ffn = np.empty_like(full.ffn)
     ffn_resid = np.zeros_like(full.ffn_resid)
     for l in range(L):
-        e, single = _renormalize_rows(full.parts[l], _singles(full, l), threshold, full.n_heads)
+        e, single = _renormalize_rows(full.parts[l], _singles(full, l), threshold)
         edges.append(e)
         attn_resid[l], attn_bias[l] = single[0], single[1]
         ffn[l], ffn_resid[l] = _ffn_renormalized(full, l, {"single": single}, threshold)
@@ -523,19 +517,15 @@ def sparse_edge_weights(full: FullGraph, threshold: float, renormalize: bool) ->
 
 def _prune_sparse(w: SparseEdgeWeights, parallel: np.ndarray, targets: list[int], threshold: float):
     L, T = w.attn_resid.shape
-    if hasattr(attribution, "prune_sparse"):
-        indptr = np.zeros(L * T + 1, np.int64)
-        offset = 0
-        for l, e in enumerate(w.edges):
-            indptr[l * T + 1 : (l + 1) * T + 1] = e.indptr[1:] + offset
-            offset += int(e.indptr[-1])
-        sources = np.concatenate([e.sources for e in w.edges])
-        values = np.concatenate([e.values for e in w.edges])
-        return attribution.prune_sparse(indptr, sources, values, w.attn_resid, w.ffn, w.ffn_resid,
-                                        parallel, np.array(targets, np.int64), threshold)
-    dense = np.stack([e.to_dense(T) for e in w.edges])
-    return attribution.prune(dense, w.attn_resid, w.ffn, w.ffn_resid, parallel,
-                             np.array(targets, np.int64), threshold)
+    indptr = np.zeros(L * T + 1, np.int64)
+    offset = 0
+    for l, e in enumerate(w.edges):
+        indptr[l * T + 1 : (l + 1) * T + 1] = e.indptr[1:] + offset
+        offset += int(e.indptr[-1])
+    sources = np.concatenate([e.sources for e in w.edges])
+    values = np.concatenate([e.values for e in w.edges])
+    return attribution.prune_sparse(indptr, sources, values, w.attn_resid, w.ffn, w.ffn_resid,
+                                    parallel, np.array(targets, np.int64), threshold)
 
 
 def build_graph(

@@ -180,6 +180,7 @@ class FullGraph:
         self.floor = floor
         self._source = source  # the trace, to recompute the dense arrays
         self._dense: tuple[np.ndarray, np.ndarray] | None = None
+        self._layer_dense: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if all(s.dense_heads is not None for s in scores):
             self._dense = (np.stack([s.dense_heads for s in scores]), np.stack([s.dense_edges for s in scores]))
 
@@ -202,8 +203,13 @@ class FullGraph:
     def dense_fits(self) -> bool:
         return _dense_nbytes(self.n_layers, self.n_heads, self.n_tokens) <= DENSE_BUDGET
 
-    def _dense_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._dense is None:
+    def layer_dense(self, l: int) -> tuple[np.ndarray, np.ndarray]:
+        """Layer ``l``'s dense per-head shares ``[H, T, T]`` and edge weights ``[T, T]``,
+        recomputed exactly from the trace's layer on first use and kept (the whole trace must
+        fit :data:`DENSE_BUDGET`)."""
+        if self._dense is not None:
+            return self._dense[0][l], self._dense[1][l]
+        if l not in self._layer_dense:
             L, H, T = self.n_layers, self.n_heads, self.n_tokens
             need = _dense_nbytes(L, H, T)
             if need > DENSE_BUDGET or self._source is None:
@@ -213,12 +219,16 @@ class FullGraph:
                     f"thresholds >= the floor {self.floor} and the on-demand head functions "
                     "(trace.head_shares, trace.head_view), or raise LTT_DENSE_BUDGET"
                 )
-            heads = np.empty((L, H, T, T), np.float32)
-            edges = np.empty((L, T, T), np.float32)
-            for l, lb in enumerate(self._source.layers):
-                s = attribute_layer(lb, lb.attn, self.norm, self.floor, keep_dense=True)
-                heads[l], edges[l] = s.dense_heads, s.dense_edges
-            self._dense = (heads, edges)
+            lb = self._source.layers[l]
+            s = attribute_layer(lb, lb.attn, self.norm, self.floor, keep_dense=True)
+            self._layer_dense[l] = (s.dense_heads, s.dense_edges)
+        return self._layer_dense[l]
+
+    def _dense_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._dense is None:
+            per_layer = [self.layer_dense(l) for l in range(self.n_layers)]
+            self._dense = (np.stack([h for h, _ in per_layer]), np.stack([e for _, e in per_layer]))
+            self._layer_dense.clear()
         return self._dense
 
     @property

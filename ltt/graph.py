@@ -19,6 +19,7 @@ True
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
@@ -256,6 +257,12 @@ def resolve_targets(targets: Sequence[int] | str | int | None, n_tokens: int) ->
         if targets != "all":
             raise ValueError(f"targets must be a list of token positions or 'all', got {targets!r}")
         return list(range(n_tokens))
+    if isinstance(targets, (bool, np.bool_)) or isinstance(targets, Mapping) or not (
+        isinstance(targets, (int, np.integer)) or isinstance(targets, Iterable)
+    ):
+        # issue 11: a dict passed its keys as positions, True passed as token 1
+        raise TypeError(f"targets must be an int, a list of int token positions or 'all', got "
+                        f"{type(targets).__name__} {targets!r}"[:300])
     if isinstance(targets, (int, np.integer)):
         targets = [int(targets)]
     out: list[int] = []
@@ -311,6 +318,15 @@ def edge_weights(full: FullGraph, threshold: float, renormalize: bool) -> EdgeWe
     return EdgeWeights(attn, attn_resid, attn_bias, ffn, ffn_resid)
 
 
+def check_norm(norm: Any) -> int:
+    """``norm`` as the int 1 or 2: a float or bool (equal to 1, and a cache key of 1) is a TypeError."""
+    if isinstance(norm, (bool, np.bool_)) or not isinstance(norm, (int, np.integer)):
+        raise TypeError(f"norm must be the int 1 or 2, got {type(norm).__name__} {norm!r}")
+    if norm not in (1, 2):
+        raise ValueError(f"norm must be 1 or 2, got {norm!r}")
+    return int(norm)
+
+
 def build_graph(
     trace: Any,
     threshold: float = 0.04,
@@ -329,6 +345,7 @@ def build_graph(
     threshold = attribution.check_threshold(threshold)
     if not isinstance(renormalize, (bool, np.bool_)):
         raise TypeError(f"renormalize must be True or False, got {renormalize!r}")
+    norm = check_norm(norm)
     T = len(trace.token_ids)
     tgt = resolve_targets(targets, T)
     full = attribute(trace, norm)

@@ -57,7 +57,7 @@ import numpy as np
 
 from ltt import routes_store as store
 from ltt.attribution import check_threshold
-from ltt.graph import ATTENTION, FFN, Graph, attribute, build_graph, resolve_targets
+from ltt.graph import ATTENTION, FFN, Graph, attribute, build_graph, check_norm, resolve_targets
 
 __all__ = [
     "PATTERNS",
@@ -848,8 +848,7 @@ def trace_many(
     threshold = check_threshold(threshold)
     if not isinstance(renormalize, (bool, np.bool_)):
         raise TypeError(f"renormalize must be True or False, got {renormalize!r}")
-    if norm not in (1, 2):
-        raise ValueError(f"norm must be 1 or 2, got {norm!r}")
+    norm = check_norm(norm)
     _check_weighting(weighting)
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")

@@ -28,12 +28,16 @@ not.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
 import tempfile
 from typing import Any, Iterable
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: in-memory runs work, files cannot be locked
+    fcntl = None
 
 FORMAT = "ltt-routes"
 VERSION = 2
@@ -240,6 +244,8 @@ def read(path: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
 
 def _lock(path: str, option: str) -> int:
     """An fd of ``path`` (created when missing, never truncated) holding its exclusive lock."""
+    if fcntl is None:  # pragma: no cover
+        raise OSError(errno.ENOTSUP, f"{option}={path!r}: locking the file needs fcntl (a POSIX system)")
     for _ in range(20):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
@@ -401,6 +407,8 @@ def replace(path: str, lines: list[dict[str, Any]] | None = None, write: Any = N
         fd = _lock(path, option)
     try:
         tmp_fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        # mkstemp makes 0600: keep the replaced file's mode, or a new file's usual 0644
+        os.fchmod(tmp_fd, os.fstat(fd).st_mode & 0o7777 if fd >= 0 else 0o644)
         try:
             if lines is not None:
                 with os.fdopen(tmp_fd, "wb") as fh:

@@ -422,3 +422,14 @@ def test_prompt_file_that_is_not_utf8_names_the_line(llama, tmp_path, data, line
     with pytest.raises(ValueError, match=rf"prompts=.*line {line} is not valid UTF-8.*{extra}"):
         R.trace_many(llama, f, out=tmp_path / "r.jsonl")
     assert not (tmp_path / "r.jsonl").exists()  # refused before the output file was made
+
+
+def test_save_keeps_a_file_mode_and_leaves_no_temporary(run, tmp_path):
+    rs, _ = run
+    new = tmp_path / "new.jsonl"
+    rs.save(new)
+    assert os.stat(new).st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    os.chmod(new, 0o640)
+    rs.save(new)  # an ltt routes file: replaced, its mode kept
+    assert os.stat(new).st_mode & 0o777 == 0o640
+    assert R.load_routes(new).prompts == PROMPTS and os.listdir(tmp_path) == ["new.jsonl"]

@@ -22,7 +22,7 @@ not.
 
 >>> chain = PromptChain()
 >>> chain.update(0, "The capital of France is")[:8]
-'8e2f11df'
+'d6b89b83'
 """
 
 from __future__ import annotations

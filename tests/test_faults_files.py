@@ -140,6 +140,8 @@ def test_a_held_lock_refuses_before_reading(llama, run, tmp_path):
         with pytest.raises(BlockingIOError, match="out=.*is locked by another process"):
             R.trace_many(llama, PROMPTS, out=out)
         with pytest.raises(BlockingIOError, match="is locked"):
+            R.trace_many(llama, PROMPTS, out=out, resume=False)  # no truncation before the lock
+        with pytest.raises(BlockingIOError, match="is locked"):
             R.load_routes(out).save(out)
     assert _snapshot(out) == before
 

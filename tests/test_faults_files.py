@@ -263,6 +263,8 @@ def test_a_prompt_file_and_its_list_are_one_run(llama, run, tmp_path):
     again = R.trace_many(llama, f, out=out)
     assert again.prompts == PROMPTS and again.indices == list(range(len(PROMPTS)))
     np.testing.assert_array_equal(again.patterns, rs.patterns)
+    streamed = R.trace_many(llama, (p for p in PROMPTS), out=out)  # read whole, then compared
+    np.testing.assert_array_equal(streamed.patterns, rs.patterns)
     gap = tmp_path / "gap.txt"
     gap.write_text(PROMPTS[0] + "\n\n" + "\n".join(PROMPTS[1:]), encoding="utf-8")
     with pytest.raises(ValueError, match="the prompt list"):

@@ -748,12 +748,14 @@ def merge_shards(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
             raise ValueError("paths is empty: give the run's out path or a list of shard files")
     headers: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
+    origin: dict[int, str] = {}
     for f in files:
         h, recs = _read_any(f)
         if h is None:
             raise ValueError(f"{f!r} is empty: no routes header")
         headers.append(h)
         records.extend(recs)
+        origin.update((int(r["index"]), f) for r in recs)
     first = headers[0]
     for f, h in zip(files, headers):
         diffs = store.differences(first, h, where=(f"in {os.path.basename(files[0])}", f"in {os.path.basename(f)}"))
@@ -770,11 +772,31 @@ def merge_shards(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
         if missing:
             raise ValueError(f"shards {missing} of {n} are missing (found {files}); "
                              "pass allow_missing=True to merge what is there")
+    if all(((h.get("fingerprint") or {}).get("prompts") or {}).get("sha256") is None for h in headers):
+        _check_streamed_chain(records, origin)
     merged_header = dict(first, shard=None)
     rs = _set_from(merged_header, records)
     if out is not None:
         rs.save(out)
     return rs
+
+
+def _check_streamed_chain(records: list[dict[str, Any]], origin: dict[int, str]) -> None:
+    """Shards of a run read from an iterable (no whole-list hash): each record's chain hash must be
+    the hash of the merged prompts 0..index, checked up to the first index no shard holds."""
+    latest = {int(r["index"]): r for r in records}
+    chain = store.PromptChain()
+    for expect, i in enumerate(sorted(latest)):
+        if i != expect:
+            break  # a gap (an unfinished shard): nothing after it can be checked
+        rec = latest[i]
+        link = chain.update(i, rec.get("prompt"))
+        if rec.get("chain") is not None and rec["chain"] != link:
+            others = sorted({origin[j] for j in range(i) if origin.get(j) != origin[i]}) or [origin[i]]
+            raise ValueError(
+                f"{origin[i]!r} and {others[0]!r} are shards of different runs (the prompt list: prompts[{i}] "
+                f"{rec.get('prompt')!r:.80} in {os.path.basename(origin[i])} was read after other prompts "
+                "than those the other shards hold): merge only the shards of one run")
 
 
 def _trace_one(model: Any, prompt: Any, index: int):

@@ -343,6 +343,16 @@ def test_merge_refuses_shards_of_different_runs(tiny_dir, llama, run, tmp_path):
     with pytest.raises(ValueError, match="the ltt version"):
         R.merge_shards(tmp_path / "v.jsonl")
 
+    # shards of runs read from generators: no whole-list hash, the records' chains differ
+    R.trace_many(llama, iter(PROMPTS), out=tmp_path / "g.jsonl", shard=(0, 2))
+    R.trace_many(llama, iter(PROMPTS[:1] + ["another second prompt"] + PROMPTS[2:]), out=tmp_path / "g.jsonl",
+                 shard=(1, 2))
+    with pytest.raises(ValueError, match=r"g.shard0of2.jsonl.* and .*g.shard1of2.jsonl.* are shards of different "
+                                         r"runs \(the prompt list: prompts\[2\]"):
+        R.merge_shards(tmp_path / "g.jsonl")
+    R.trace_many(llama, iter(PROMPTS), out=tmp_path / "g.jsonl", shard=(1, 2), resume=False)
+    np.testing.assert_array_equal(R.merge_shards(tmp_path / "g.jsonl").patterns, rs.patterns)
+
     merged = R.merge_shards([tmp_path / "w.shard0of2.jsonl", tmp_path / "s.shard0of2.jsonl"], allow_missing=True)
     assert merged.indices == [0, 2, 4]  # shards of one run (same model, settings, prompts) merge
     np.testing.assert_array_equal(merged.patterns, rs.patterns[[0, 2, 4]])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
@@ -253,11 +254,7 @@ def attribute(trace: Any, norm: int = 1) -> FullGraph:
     >>> np.allclose(full.attn.sum(-1) + full.attn_resid + full.attn_bias, 1, atol=1e-4)  # doctest: +SKIP
     True
     """
-    if isinstance(norm, (bool, np.bool_)) or not isinstance(norm, (int, np.integer)):
-        raise TypeError(f"norm must be the int 1 or 2, got {type(norm).__name__} {norm!r}")
-    if norm not in (1, 2):
-        raise ValueError(f"norm must be 1 or 2, got {norm!r}")
-    norm = int(norm)
+    norm = check_norm(norm)
     cache = getattr(trace, "full_graphs", None)
     if cache is None:  # a trace-like object (tests build synthetic ones)
         cache = trace.__dict__.setdefault("full_graphs", {})
@@ -416,6 +413,12 @@ def resolve_targets(targets: Sequence[int] | str | int | None, n_tokens: int) ->
         if targets != "all":
             raise ValueError(f"targets must be a list of token positions or 'all', got {targets!r}")
         return list(range(n_tokens))
+    if isinstance(targets, (bool, np.bool_)) or isinstance(targets, Mapping) or not (
+        isinstance(targets, (int, np.integer)) or isinstance(targets, Iterable)
+    ):
+        # issue 11: a dict passed its keys as positions, True passed as token 1
+        raise TypeError(f"targets must be an int, a list of int token positions or 'all', got "
+                        f"{type(targets).__name__} {targets!r}"[:300])
     if isinstance(targets, (int, np.integer)):
         targets = [int(targets)]
     out: list[int] = []
@@ -536,6 +539,13 @@ def _prune_sparse(w: SparseEdgeWeights, parallel: np.ndarray, targets: list[int]
     values = np.concatenate([e.values for e in w.edges])
     return attribution.prune_sparse(indptr, sources, values, w.attn_resid, w.ffn, w.ffn_resid,
                                     parallel, np.array(targets, np.int64), threshold)
+def check_norm(norm: Any) -> int:
+    """``norm`` as the int 1 or 2: a float or bool (equal to 1, and a cache key of 1) is a TypeError."""
+    if isinstance(norm, (bool, np.bool_)) or not isinstance(norm, (int, np.integer)):
+        raise TypeError(f"norm must be the int 1 or 2, got {type(norm).__name__} {norm!r}")
+    if norm not in (1, 2):
+        raise ValueError(f"norm must be 1 or 2, got {norm!r}")
+    return int(norm)
 
 
 def build_graph(
@@ -558,6 +568,7 @@ def build_graph(
     threshold = attribution.check_threshold(threshold)
     if not isinstance(renormalize, (bool, np.bool_)):
         raise TypeError(f"renormalize must be True or False, got {renormalize!r}")
+    norm = check_norm(norm)
     T = len(trace.token_ids)
     tgt = resolve_targets(targets, T)
     full = attribute(trace, norm)

@@ -310,3 +310,50 @@ def test_fuzz_prune(data, L, T, how, threshold):
         want, got = res
         for key in want:
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+FLOORS = st.sampled_from([0.0, 1e-3, 0.05])
+
+
+@FUZZ
+@given(data=st.data(), K=st.integers(1, 3), T=st.integers(1, 5), E=st.integers(0, 3), floor=FLOORS,
+       threshold=st.sampled_from([0.05, 0.1, 0.3]), negative=st.booleans())
+def test_fuzz_renormalize_sparse(data, K, T, E, floor, threshold, negative):
+    heads = np.tril(data.draw(arrays(np.float32, (K, T, T), elements=SHARES))) / np.float32(
+        data.draw(st.sampled_from([1, 4, 20])))
+    single = data.draw(arrays(np.float32, (E, T), elements=SHARES))
+    kw = dict(R.sparsify(heads, floor, heads=True), single=single, threshold=threshold)
+    if negative and kw["parts"].size:  # not shares: both refuse
+        kw["parts"][data.draw(st.integers(0, kw["parts"].size - 1))] = -0.25
+    res = run_both("renormalize_sparse", kw)
+    assert (res is None) == (negative and kw["parts"].size > 0)
+    if res is not None:
+        want, got = res
+        for key in ("parts", "single"):
+            close(got[key], want[key], TOL["renormalize"], key)
+        dense = A.renormalize(R.densify(kw["indptr"], kw["sources"], kw["parts"], (K, T, T), heads=kw["heads"]),
+                              single, threshold)
+        rows = np.repeat(np.arange(T), np.diff(kw["indptr"]))  # summed per (t, s): the dense kernel's
+        edges = np.zeros((T, T))
+        np.add.at(edges, (rows, kw["sources"]), got["parts"].astype(np.float64))
+        close(edges, dense["edges"], TOL["renormalize"], "edges vs dense")
+
+
+@FUZZ
+@given(data=st.data(), L=st.integers(1, 3), T=st.integers(1, 5), floor=FLOORS,
+       threshold=st.sampled_from([0.05, 0.2, 0.5, 0.9]))
+def test_fuzz_prune_sparse(data, L, T, floor, threshold):
+    level = st.sampled_from([0.0, 0.05, 0.2, 0.5, 0.9, 1.0]) if data.draw(st.booleans()) else SHARES
+    attn = np.tril(data.draw(arrays(np.float32, (L, T, T), elements=level)))
+    ar, ffn, fr = (data.draw(arrays(np.float32, (L, T), elements=level)) for _ in range(3))
+    parallel = np.array(data.draw(st.lists(st.booleans(), min_size=L, max_size=L)))
+    targets = np.array(data.draw(st.lists(st.integers(0, T - 1), min_size=1, max_size=3)), np.int64)
+    sp = R.sparsify(attn, floor)
+    kw = dict(sp, attn_resid=ar, ffn=ffn, ffn_resid=fr, parallel=parallel, targets=targets, threshold=threshold)
+    res = run_both("prune_sparse", kw)
+    assert res is not None
+    want, got = res
+    dense = A.prune(attn, ar, ffn, fr, parallel, targets, threshold)  # the sparse form prunes as the dense one
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+        np.testing.assert_array_equal(got[key], dense[key], err_msg=f"{key} vs dense")

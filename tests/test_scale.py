@@ -12,22 +12,9 @@ from ltt import graph as G
 from ltt import interpret
 from ltt.graph import attribute, build_graph, edge_weights
 
-from test_models import FAMILIES, PROMPT
+from test_models import FAMILIES, PROMPT, traced  # noqa: F401 (traced: a fixture)
 
 LONG = " ".join([PROMPT] * 2)
-
-
-@pytest.fixture(scope="module")
-def traced(tiny_model):
-    cache: dict = {}
-
-    def get(key: str):
-        if key not in cache:
-            model = tiny_model(key)
-            cache[key] = (model, model.trace(PROMPT))
-        return cache[key]
-
-    return get
 
 
 @pytest.mark.parametrize("key", list(FAMILIES))

@@ -393,6 +393,17 @@ def test_token_required_off_loopback_and_ctrl_c_stops_cleanly(dirs, browser):
         pg = browser.new_page()
         try:
             _open(pg, f"{base}/?token={token}")
+            # three requests at once: the first loads the model (seconds in a fresh server) and
+            # shows it; the others wait with their place in line, and the last is cancelled
+            pg.evaluate("""ps => { const c = window.__ltt.conn, m = document.querySelector('.ltt-serve-model').value;
+                for (const p of ps) c.send({method: "open", model: m, device: "cpu", dtype: "float32", prompt: p}); }""",
+                        [PROMPT, OTHER, "A quick brown fox"])
+            last = pg.wait_for_selector('.ltt-serve-job[data-state="queued"][data-position="2"]')
+            assert "waiting · position 2 in the queue" in last.inner_text()
+            assert "loading " in pg.inner_text('.ltt-serve-job[data-state="running"]')
+            last.query_selector("button.ltt-serve-cancel").click()
+            _wait_shown(pg, OTHER)
+            assert pg.evaluate("() => window.__ltt.model.get('prompts')") == [PROMPT, OTHER]
             with connect(f"ws://127.0.0.1:{s.port}/ws?token={token}", open_timeout=10) as extra:
                 msg = json.loads(extra.recv(timeout=10))
                 assert msg["method"] == "error" and "1 connections" in msg["message"]

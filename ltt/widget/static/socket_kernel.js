@@ -117,20 +117,27 @@ export function servePage(root, appEl, url = socketURL()) {
   showError("");
   const options = (sel, items) => sel.replaceChildren(...items.map(([v, t]) => el("option", { value: v, text: t })));
 
+  const rows = new Map(); // job id -> its row (kept while the job lives: a click never lands on a stale one)
   function drawJobs() {
-    jobsBox.replaceChildren();
+    for (const [id, row] of rows) if (!jobs.has(id)) { row.remove(); rows.delete(id); }
     for (const { job, since } of jobs.values()) {
-      let what;
-      if (job.state === "queued") what = `waiting · position ${job.position} in the queue`;
-      else what = `running · ${((performance.now() - since) / 1000).toFixed(1)} s`;
-      const row = el("div", { class: "ltt-serve-job", "data-job": job.id, "data-state": job.state, "data-position": job.position },
-        el("span", { class: "ltt-serve-job-label", text: job.label }), el("span", { class: "ltt-serve-job-state", text: ` — ${what}` }));
-      if (job.state === "queued") {
+      let row = rows.get(job.id);
+      if (!row) {
+        row = el("div", { class: "ltt-serve-job", "data-job": job.id },
+          el("span", { class: "ltt-serve-job-label" }), el("span", { class: "ltt-serve-job-state" }));
         const cancel = el("button", { class: "ltt-serve-cancel", text: "Cancel", "data-job": job.id });
         cancel.addEventListener("click", () => page.conn.send({ method: "cancel", job: job.id }));
         row.append(cancel);
+        rows.set(job.id, row);
+        jobsBox.append(row);
       }
-      jobsBox.append(row);
+      row.dataset.state = job.state;
+      row.dataset.position = String(job.position);
+      row.children[0].textContent = job.label;
+      row.children[1].textContent = job.state === "queued"
+        ? ` — waiting · position ${job.position} in the queue`
+        : ` — running · ${((performance.now() - since) / 1000).toFixed(1)} s`;
+      row.children[2].style.display = job.state === "queued" ? "" : "none"; // a running job runs to its end
     }
     root.classList.toggle("ltt-serve-busy", jobs.size > 0);
   }

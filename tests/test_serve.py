@@ -407,13 +407,15 @@ def test_token_required_off_loopback_and_ctrl_c_stops_cleanly(dirs, browser):
             with connect(f"ws://127.0.0.1:{s.port}/ws?token={token}", open_timeout=10) as extra:
                 msg = json.loads(extra.recv(timeout=10))
                 assert msg["method"] == "error" and "1 connections" in msg["message"]
+            assert any("limits: prompts up to 512 tokens" in line for line in s.lines)
+            # Ctrl-C with the page still connected: a clean stop, exit 0, the page hears it
+            rc = s.interrupt()
+            assert rc == 0, s.lines
+            assert s.lines[-1] == "ltt serve: stopped"
+            assert not any("Traceback" in line or "ERROR" in line for line in s.lines), s.lines
+            pg.wait_for_function("() => document.querySelector('.ltt-serve-conn').textContent.startsWith('disconnected')")
         finally:
             pg.close()
-        assert any("limits: prompts up to 512 tokens" in line for line in s.lines)
-        rc = s.interrupt()
-        assert rc == 0, s.lines
-        assert s.lines[-1] == "ltt serve: stopped"
-        assert not any("Traceback" in line for line in s.lines), s.lines
     finally:
         s.stop()
 
@@ -488,3 +490,53 @@ def test_worker_runs_one_job_at_a_time_in_order_and_cancels_waiting_ones():
         worker.stop(timeout=5)
     with pytest.raises(RuntimeError, match="shutting down"):
         worker.submit(a, "late", lambda job: None)
+
+
+def test_diff_of_two_prompts_side_by_side(page, server, tiny_model, llama_id):
+    import ltt
+    from ltt.widget.diff import diff_marks
+
+    swapped = "When John and Mary went to the store, Mary gave a drink to"
+    _open(page, server.url)
+    page.select_option(".ltt-serve-model", llama_id)
+    page.fill(".ltt-serve-prompt", PROMPT)
+    page.fill(".ltt-serve-prompt-b", swapped)
+    page.click(".ltt-serve-diff-run")
+    page.wait_for_function("() => document.getElementById('ltt-serve').dataset.views === 'a,b'"
+                           " && document.querySelectorAll('.ltt-serve-change').length > 0")
+    _idle(page)
+    model = tiny_model("llama")
+    ta, tb = model.trace(PROMPT), model.trace(swapped)
+    assert len(ta.token_ids) == len(tb.token_ids)  # token by token
+    d = ltt.diff(ta, tb)
+    ma, mb = diff_marks(d, _parallel(ta), _parallel(tb), 0.01)
+    for side, trace, marks in (("a", ta, ma), ("b", tb, mb)):
+        scope = f".ltt-serve-side-{side}"
+        nodes = set(page.eval_on_selector_all(f"{scope} [data-node]", "els => els.map(e => e.dataset.node)"))
+        edges = dict(page.eval_on_selector_all(f"{scope} [data-edge]", "els => els.map(e => [e.dataset.edge, Number(e.dataset.weight)])"))
+        g = trace.graph()
+        assert nodes == {n.name for n in g.nodes}
+        assert set(edges) == {f"{e.source}|{e.target}|{e.kind}" for e in g.edges}
+        shown = dict(page.eval_on_selector_all(f"{scope} [data-mark]", "els => els.map(e => [e.dataset.mark, e.dataset.status])"))
+        assert shown == marks
+    rows = page.eval_on_selector_all(".ltt-serve-change", "els => els.map(e => e.textContent)")
+    top = d.top_edges(12)
+    assert len(rows) == len(top) and rows[0].startswith(f"{top[0].flow_delta:+.4f}")
+    page.click('.ltt-serve-change[data-index="0"]')
+    page.wait_for_function("k => window.__ltt.view('b').get('selection').edge === k",
+                           arg=f"{top[0].source_b}|{top[0].target_b}|{top[0].kind}")
+    assert page.evaluate("() => window.__ltt.view('a').get('selection').edge") == f"{top[0].source}|{top[0].target}|{top[0].kind}"
+    # the threshold is shared: set in view a, both views re-prune
+    page.fill(".ltt-serve-side-a input.ltt-threshold", "0.08")
+    page.dispatch_event(".ltt-serve-side-a input.ltt-threshold", "change")
+    page.wait_for_function("() => document.querySelector('.ltt-serve-side-b svg.ltt-svg').dataset.threshold === '0.08'")
+    _idle(page)
+    edges_b = set(page.eval_on_selector_all(".ltt-serve-side-b [data-edge]", "els => els.map(e => e.dataset.edge)"))
+    assert edges_b == {f"{e.source}|{e.target}|{e.kind}" for e in tb.graph(threshold=0.08).edges}
+    page.screenshot(path=str(_artifacts() / "serve_diff.png"))
+
+
+def _parallel(trace):
+    from ltt.widget import panels
+
+    return panels.graph_payload(trace, trace.graph())["parallel"]

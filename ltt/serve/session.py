@@ -7,8 +7,9 @@ anywidget's comm carries. The widget's logic is not re-implemented here: each se
 real :class:`ltt.widget.GraphWidget` created without a front end; the page's changes are set on
 its traits (validated by the widget), its observers re-prune and fill panels, and every synced
 trait it changed goes back to the page. Serve's own messages: ``hello`` (models, devices, dtypes,
-prompts, limits), ``open`` (load a model, trace a prompt), ``cancel``, ``add_prompt``, ``job``
-(queue position and progress) and ``error``.
+prompts, limits), ``open`` (load a model, trace a prompt), ``diff`` (two prompts side by side,
+the views of a :class:`ltt.widget.diff.DiffWidget`, with ``pick`` for its list of changes),
+``cancel``, ``add_prompt``, ``job`` (queue position and progress) and ``error``.
 
 All widget work runs in the server's single worker thread (:mod:`ltt.serve.jobs`); ``handle``
 only validates the message's shape on the event loop and queues the work.
@@ -67,6 +68,10 @@ def _wire(value: Any) -> Any:
 class Session:
     """The kernel of one connection. ``send(msg)`` must be safe to call from any thread.
 
+    It shows one view (``"main"``: a GraphWidget) or, for a diff of two prompts, two (``"a"``,
+    ``"b"``: the views of an :class:`ltt.widget.diff.DiffWidget`); the widget messages name
+    their view (``"view"``, default the only one).
+
     >>> s = Session(state, send)          # doctest: +SKIP
     >>> s.handle('{"method": "open", "model": "gpt2", "prompt": "Hello"}')   # doctest: +SKIP
     """
@@ -74,11 +79,17 @@ class Session:
     def __init__(self, state: Any, send: Callable[[dict], None]):
         self.state = state
         self._send = send
-        self.widget: Any = None
+        self.views: dict[str, Any] = {}  # view name -> GraphWidget
+        self.diff: Any = None  # the DiffWidget of a diff, else None
         self.model_key: tuple[str, str, str] | None = None
-        self._dirty: list[str] = []
+        self._dirty: dict[str, list[str]] = {}
         self._traits = synced_traits()
         self.closed = False
+
+    @property
+    def widget(self) -> Any:
+        """The main view's GraphWidget (None before the first graph or in a diff)."""
+        return self.views.get("main")
 
     # -- to the page -----------------------------------------------------------------------------
 
@@ -119,12 +130,12 @@ class Session:
                 raise ClientError(f"message must be a JSON object, got {type(msg).__name__}")
             method = msg.get("method")
             handler = {
-                "update": self._update, "custom": self._custom, "open": self._open,
-                "cancel": self._cancel, "add_prompt": self._add_prompt,
+                "update": self._update, "custom": self._custom, "open": self._open, "diff": self._open_diff,
+                "pick": self._pick, "cancel": self._cancel, "add_prompt": self._add_prompt,
             }.get(method if isinstance(method, str) else "")
             if handler is None:
-                raise ClientError(
-                    f"method must be one of update, custom, open, cancel, add_prompt; got {str(method)[:60]!r}")
+                raise ClientError("method must be one of update, custom, open, diff, pick, cancel, add_prompt; "
+                                  f"got {str(method)[:60]!r}")
             handler(msg)
         except ClientError as exc:
             self.error(str(exc))
@@ -137,33 +148,58 @@ class Session:
             raise ClientError(f"{waiting} requests of this page are already waiting: wait or cancel some")
         self.state.worker.submit(self, label, fn)
 
-    def _open(self, msg: dict) -> None:
-        cache = self.state.cache
+    def _model_key(self, msg: dict) -> tuple[str, str, str]:
         try:
-            key = cache.key(msg.get("model"), msg.get("device", "cpu"), msg.get("dtype", "float32"))
+            return self.state.cache.key(msg.get("model"), msg.get("device", "cpu"), msg.get("dtype", "float32"))
         except (KeyError, ValueError) as exc:
             raise ClientError(str(exc.args[0])) from None
+
+    def _load(self, job: Any, key: tuple[str, str, str]) -> Any:
+        if not self.state.cache.cached(key):
+            job.progress(f"loading {key[0]} ({key[1]}, {key[2]})")
+        return self.state.cache.get(*key)
+
+    def _open(self, msg: dict) -> None:
+        key = self._model_key(msg)
         prompt = check_prompt(msg.get("prompt"), self.state.max_chars)
-        loaded = cache.cached(key)
-        label = f"tracing {_short(prompt)}" if loaded else f"loading {key[0]} ({key[1]}, {key[2]})"
 
         def work(job: Any) -> None:
             if self.widget is not None and self.model_key == key:
-                return self._run_here(prompt)
-            model = cache.get(*key)
+                return self._run_here("main", prompt)
+            model = self._load(job, key)
             job.progress(f"tracing {_short(prompt)} on {key[0]}")
             self._show(model, key, prompt)
 
-        self._queue(label, work)
+        loading = not self.state.cache.cached(key)
+        self._queue(f"loading {key[0]} ({key[1]}, {key[2]})" if loading else f"tracing {_short(prompt)} on {key[0]}", work)
+
+    def _open_diff(self, msg: dict) -> None:
+        key = self._model_key(msg)
+        pa = check_prompt(msg.get("prompt_a"), self.state.max_chars, "prompt_a")
+        pb = check_prompt(msg.get("prompt_b"), self.state.max_chars, "prompt_b")
+
+        def work(job: Any) -> None:
+            model = self._load(job, key)
+            job.progress(f"tracing and diffing {_short(pa, 24)} and {_short(pb, 24)}")
+            self._show_diff(model, key, pa, pb)
+
+        self._queue(f"diffing {_short(pa, 24)} and {_short(pb, 24)} on {key[0]}", work)
+
+    def _view(self, msg: dict) -> str:
+        view = msg.get("view", "main" if "main" in self.views else None)
+        if not self.views:
+            raise ClientError("no graph yet: pick a model and run a prompt first")
+        if view not in self.views:
+            raise ClientError(f"view must be one of {', '.join(self.views)}, got {str(view)[:40]!r}")
+        return view
 
     def _custom(self, msg: dict) -> None:
         content = msg.get("content")
         if not isinstance(content, dict) or content.get("type") != "run":
             raise ClientError(f"custom message must be {{'type': 'run', 'prompt': ...}}, got {str(content)[:80]}")
         prompt = check_prompt(content.get("prompt"), self.state.max_chars)
-        if self.model_key is None:
-            raise ClientError("pick a model and run a prompt with it first")
-        self._queue(f"tracing {_short(prompt)}", lambda job: self._run_here(prompt))
+        view = self._view(msg)
+        self._queue(f"tracing {_short(prompt)}", lambda job: self._run_here(view, prompt))
 
     def _update(self, msg: dict) -> None:
         changes = msg.get("state")
@@ -172,10 +208,17 @@ class Session:
         bad = [k for k in changes if k not in WRITABLE]
         if bad:
             raise ClientError(f"the page may only set {', '.join(WRITABLE)}; got {', '.join(map(str, bad))[:200]}")
-        if self.widget is None:
-            raise ClientError("no graph yet: pick a model and run a prompt first")
+        view = self._view(msg)
         label = "re-pruning" if {"threshold", "renormalize", "targets"} & set(changes) else "filling the panel"
-        self._queue(label, lambda job: self._apply(changes))
+        self._queue(label, lambda job: self._apply(view, changes))
+
+    def _pick(self, msg: dict) -> None:
+        index = msg.get("index")
+        if self.diff is None:
+            raise ClientError("pick selects a change of a diff: diff two prompts first")
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ClientError(f"pick needs the index of a listed change (an integer), got {str(index)[:40]!r}")
+        self._queue("selecting the change in both views", lambda job: self._select_change(index))
 
     def _cancel(self, msg: dict) -> None:
         job_id = msg.get("job")
@@ -190,15 +233,18 @@ class Session:
 
     # -- in the worker thread ----------------------------------------------------------------------
 
-    def _observe(self, change: dict) -> None:
-        name = change["name"]
-        if name not in self._dirty:
-            self._dirty.append(name)
+    def _watch(self, view: str, widget: Any) -> None:
+        def observe(change: dict) -> None:
+            names = self._dirty.setdefault(view, [])
+            if change["name"] not in names:
+                names.append(change["name"])
 
-    def _run_here(self, prompt: str) -> None:
-        """Show ``prompt`` in the current widget, as the widget's own prompt box does (a prompt
-        it already traced is picked again, not traced twice)."""
-        w = self.widget
+        widget.observe(observe, names=self._traits)
+
+    def _run_here(self, view: str, prompt: str) -> None:
+        """Show ``prompt`` in a view, as the widget's own prompt box does (a prompt it already
+        traced is picked again, not traced twice)."""
+        w = self.views.get(view)
         if w is None or self.closed:
             return
         if prompt in w.prompts:
@@ -207,27 +253,57 @@ class Session:
             w.run(prompt)
         self._flush()
 
+    def _settings(self) -> dict[str, Any]:
+        w = next(iter(self.views.values()), None)
+        return {} if w is None else dict(threshold=w.threshold, renormalize=w.renormalize)
+
+    def _replace(self, views: dict[str, Any], diff: Any, key: tuple[str, str, str]) -> None:
+        old = list(self.views.values()) + ([self.diff] if self.diff is not None else [])
+        self.views, self.diff, self.model_key, self._dirty = views, diff, key, {}
+        for name, w in views.items():
+            self._watch(name, w)
+        for w in old:
+            w.close()
+        self.send({"method": "state", "views": {name: {n: _wire(getattr(w, n)) for n in self._traits}
+                                                for name, w in views.items()},
+                   "model": {"id": key[0], "device": key[1], "dtype": key[2]}})
+        if diff is not None:
+            self._send_diff()
+
     def _show(self, model: Any, key: tuple[str, str, str], prompt: str) -> None:
         """Show ``prompt`` traced on ``model`` in a new GraphWidget (the settings carried over)."""
         if self.closed:
             return
         from ltt.widget import GraphWidget
 
-        w = self.widget
-        settings = {}
-        if w is not None:
-            settings = dict(threshold=w.threshold, renormalize=w.renormalize, normalize=w.normalize)
-        new = GraphWidget([prompt], model=model, **settings)
-        new.observe(self._observe, names=self._traits)
-        self.widget, self.model_key = new, key
-        if w is not None:
-            w.close()
-        self._dirty = []
-        self.send({"method": "state", "state": {n: _wire(getattr(new, n)) for n in self._traits},
-                   "model": {"id": key[0], "device": key[1], "dtype": key[2]}})
+        self._replace({"main": GraphWidget([prompt], model=model, **self._settings())}, None, key)
 
-    def _apply(self, changes: dict) -> None:
-        w = self.widget
+    def _show_diff(self, model: Any, key: tuple[str, str, str], pa: str, pb: str) -> None:
+        """Trace two prompts and show them side by side with ltt.diff's changes marked (a
+        DiffWidget); prompts of different lengths are aligned at their last tokens."""
+        if self.closed:
+            return
+        from ltt.widget.diff import DiffWidget
+
+        ta, tb = model.trace(pa), model.trace(pb)
+        Ta, Tb = len(ta.token_ids), len(tb.token_ids)
+        align = None if Ta == Tb else {Ta - 1: Tb - 1}
+        dw = DiffWidget(ta, tb, align=align, **self._settings())
+        self._replace({"a": dw.a, "b": dw.b}, dw, key)
+
+    def _send_diff(self) -> None:
+        dw = self.diff
+        self.send({"method": "diff", "labels": [dw.label_a.value, dw.label_b.value], "summary": dw.summary.value,
+                   "changes": [label for label, _ in dw.changes.options]})
+
+    def _select_change(self, index: int) -> None:
+        if self.diff is None or self.closed:
+            return
+        self.diff.select(index)
+        self._flush()
+
+    def _apply(self, view: str, changes: dict) -> None:
+        w = self.views.get(view)
         if w is None or self.closed:
             return
         errors = []
@@ -236,21 +312,25 @@ class Session:
                 setattr(w, name, value)
             except Exception as exc:  # traitlets' TraitError names the trait and the value
                 errors.append(f"{type(exc).__name__}: {exc}")
-                self._observe({"name": name})  # the page gets the value the widget kept
+                self._dirty.setdefault(view, []).append(name)  # the page gets the value the widget kept
         self._flush()
         if errors:
             raise ValueError("; ".join(errors))
 
     def _flush(self) -> None:
-        w, names, self._dirty = self.widget, self._dirty, []
-        if w is None or not names:
-            return
-        self.send({"method": "update", "state": {n: _wire(getattr(w, n)) for n in names}})
+        dirty, self._dirty = self._dirty, {}
+        for view, names in dirty.items():
+            w = self.views.get(view)
+            if w is None or not names:
+                continue
+            self.send({"method": "update", "view": view, "state": {n: _wire(getattr(w, n)) for n in dict.fromkeys(names)}})
+        if dirty and self.diff is not None:
+            self._send_diff()
 
     # -- end -------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """The page went away: drop its waiting work and, in the worker, its widget."""
+        """The page went away: drop its waiting work and, in the worker, its widgets."""
         if self.closed:
             return
         self.closed = True
@@ -258,11 +338,11 @@ class Session:
         worker.cancel_owner(self)
 
         def drop(job: Any) -> None:
-            if self.widget is not None:
-                self.widget.close()
-                self.widget = None
+            for w in list(self.views.values()) + ([self.diff] if self.diff is not None else []):
+                w.close()
+            self.views, self.diff = {}, None
 
         try:
             worker.submit(self, "closing", drop)
-        except RuntimeError:  # shutting down: the process is going away with the widget
+        except RuntimeError:  # shutting down: the process is going away with the widgets
             pass

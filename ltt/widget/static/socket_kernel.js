@@ -2,7 +2,8 @@
 // transport next to the Jupyter comm and the report's offlineKernel: createSocketModel() is an
 // anywidget-like model whose changes go to the server as {method: "update", state} and whose
 // send() goes as {method: "custom", content}; the server's answers come back as change events.
-// servePage() adds the serve toolbar (model, device, dtype, prompt list, queue) around it.
+// servePage() adds the serve toolbar (model, device, dtype, prompt list, queue) around it, and
+// shows one view, or two side by side for a diff of two prompts (the views of a DiffWidget).
 // Every string from the server reaches the page as textContent only.
 
 import { render } from "./graph.js";
@@ -98,6 +99,8 @@ export function servePage(root, appEl, url = socketURL()) {
   const promptBox = el("input", { class: "ltt-serve-prompt", type: "text", placeholder: "type a prompt, or pick one from the list…", "aria-label": "prompt" });
   const runBtn = el("button", { class: "ltt-serve-run", text: "Run" });
   const addBtn = el("button", { class: "ltt-serve-add", text: "Add to list", title: "keep this prompt in the list for every page of this server" });
+  const promptB = el("input", { class: "ltt-serve-prompt-b", type: "text", placeholder: "…and a second prompt to diff against it (same length: token by token)", "aria-label": "second prompt" });
+  const diffBtn = el("button", { class: "ltt-serve-diff-run", text: "Diff" });
   const jobsBox = el("div", { class: "ltt-serve-jobs" });
   const errorBox = el("div", { class: "ltt-serve-error", role: "alert" });
   const limitsBox = el("div", { class: "ltt-serve-limits" });
@@ -106,12 +109,15 @@ export function servePage(root, appEl, url = socketURL()) {
     el("div", { class: "ltt-serve-bar" },
       el("label", { class: "ltt-serve-ctl" }, el("span", { text: "model" }), modelSel), deviceBox, dtypeBox, connBox),
     el("div", { class: "ltt-serve-bar" }, listSel, promptBox, runBtn, addBtn),
+    el("div", { class: "ltt-serve-bar" }, promptB, diffBtn),
     jobsBox, errorBox, limitsBox);
 
-  let model = null;
-  let cleanup = null;
+  let views = new Map(); // view name ("main", or "a" and "b" for a diff) -> {model, cleanup}
   const jobs = new Map(); // id -> {job, since}
-  const page = { conn: null, get model() { return model; }, jobs };
+  const first = () => (views.get("main") || views.get("a") || {}).model || null;
+  const page = { conn: null, get model() { return first(); }, view: (name) => (views.get(name) || {}).model || null, jobs };
+  appEl.append(el("div", { class: "ltt-serve-hint", text: "Pick a model, type or pick a prompt, and press Run (or give two prompts and press Diff)." }));
+  let diffBox = null;
 
   const showError = (msg) => { errorBox.textContent = msg || ""; errorBox.style.display = msg ? "block" : "none"; };
   showError("");
@@ -162,19 +168,50 @@ export function servePage(root, appEl, url = socketURL()) {
       listSel.value = keep && Number(keep) < msg.prompts.length ? keep : "";
     },
     state(msg) {
-      if (cleanup) cleanup();
+      for (const v of views.values()) v.cleanup();
+      views = new Map();
       appEl.replaceChildren();
-      model = createSocketModel(msg.state, (m) => page.conn.send(m));
-      cleanup = render({ model, el: appEl });
+      diffBox = null;
+      const names = Object.keys(msg.views);
+      let row = null;
+      if (names.length > 1) {
+        row = el("div", { class: "ltt-serve-diffrow" });
+        diffBox = el("div", { class: "ltt-serve-diff" });
+        appEl.append(row, diffBox);
+      }
+      for (const name of names) {
+        const model = createSocketModel(msg.views[name], (m) => page.conn.send({ ...m, view: name }));
+        let target = appEl;
+        if (row) {
+          target = el("div", { class: `ltt-serve-side ltt-serve-side-${name}`, "data-view": name });
+          row.append(el("div", { class: "ltt-serve-sidebox" }, el("div", { class: "ltt-serve-side-label", "data-view": name }), target));
+        }
+        views.set(name, { model, cleanup: render({ model, el: target }) });
+      }
       if (msg.model) {
         modelSel.value = msg.model.id;
         deviceSel.value = msg.model.device;
         dtypeSel.value = msg.model.dtype;
       }
       root.dataset.model = msg.model ? msg.model.id : "";
-      window.__ltt = page;
+      root.dataset.views = names.join(",");
     },
-    update(msg) { if (model) model.apply(msg.state); },
+    diff(msg) {
+      if (!diffBox) return;
+      (msg.labels || []).forEach((text, i) => {
+        const label = appEl.querySelector(`.ltt-serve-side-label[data-view="${"ab"[i]}"]`);
+        if (label) label.textContent = text;
+      });
+      const list = el("div", { class: "ltt-serve-changes" });
+      (msg.changes || []).forEach((text, i) => {
+        const item = el("div", { class: "ltt-serve-change", "data-index": i, text, title: "select this edge in both views" });
+        item.addEventListener("click", () => page.conn.send({ method: "pick", index: i }));
+        list.append(item);
+      });
+      diffBox.replaceChildren(el("div", { class: "ltt-serve-diff-summary", text: msg.summary || "" }),
+        el("div", { class: "ltt-serve-sub", text: "top changes, flow b − a (click one to select it in both views):" }), list);
+    },
+    update(msg) { const v = views.get(msg.view || "main"); if (v) v.model.apply(msg.state); },
     job(msg) {
       const job = msg.job;
       if (job.state === "queued" || job.state === "running") {
@@ -208,6 +245,13 @@ export function servePage(root, appEl, url = socketURL()) {
   };
   runBtn.addEventListener("click", run);
   promptBox.addEventListener("keydown", (ev) => { if (ev.key === "Enter") run(); });
+  const diffRun = () => {
+    if (!promptBox.value.trim() || !promptB.value.trim()) { showError("diff: type two prompts (the first box and the second)"); return; }
+    showError("");
+    page.conn.send({ method: "diff", model: modelSel.value, device: deviceSel.value, dtype: dtypeSel.value, prompt_a: promptBox.value, prompt_b: promptB.value });
+  };
+  diffBtn.addEventListener("click", diffRun);
+  promptB.addEventListener("keydown", (ev) => { if (ev.key === "Enter") diffRun(); });
   addBtn.addEventListener("click", () => {
     if (!promptBox.value.trim()) { showError("prompt: type a prompt to add first"); return; }
     showError("");

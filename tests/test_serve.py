@@ -278,7 +278,9 @@ def _visible(tok: str) -> str:
     return t.replace(" ", "\u2423") if t and not t.strip() else t
 
 
-def test_prompt_box_and_picker_add_prompts_live(page, server, tiny_model, llama_id):
+def test_prompt_box_and_picker_add_prompts_live(page, server, tiny_model, llama_id, dirs):
+    import ltt
+
     _open(page, server.url)
     _run(page, llama_id, PROMPT)
     page.fill("input.ltt-prompt", "A quick brown fox")  # the widget's own prompt box
@@ -291,6 +293,13 @@ def test_prompt_box_and_picker_add_prompts_live(page, server, tiny_model, llama_
     page.fill(".ltt-serve-prompt", "The dog sleeps")  # added to the server's list, for every page
     page.click(".ltt-serve-add")
     page.wait_for_function("() => [...document.querySelectorAll('.ltt-serve-prompts option')].some(o => o.textContent === 'The dog sleeps')")
+    # another dtype: the same model loaded again in bfloat16, traced as ltt.load(dtype=) traces it
+    page.select_option(".ltt-serve-dtype", "bfloat16")
+    page.fill(".ltt-serve-prompt", PROMPT)
+    page.click(".ltt-serve-run")
+    page.wait_for_function("() => document.getElementById('ltt-serve').dataset.dtype === 'bfloat16'")
+    _wait_shown(page, PROMPT)
+    _assert_same(page, ltt.load(dirs["llama"], dtype="bfloat16").trace(PROMPT).graph())
 
 
 def test_two_tabs_each_get_their_own_graph(browser, server, tiny_model, llama_id):
@@ -540,3 +549,26 @@ def _parallel(trace):
     from ltt.widget import panels
 
     return panels.graph_payload(trace, trace.graph())["parallel"]
+
+
+def test_model_cache_keeps_the_most_recently_used(dirs, tmp_path):
+    from ltt.serve.models import ModelCache, ModelRegistry
+
+    reg = ModelRegistry([dirs["llama"]], [dirs["models_dir"]], embedded=False)
+    assert [e.id for e in reg.entries] == [os.path.basename(dirs["llama"]), "tiny-gpt2"]
+    for bad in (dirs["llama"], "gpt2", None, ["tiny-gpt2"]):
+        with pytest.raises(KeyError, match="not one of the models this server offers"):
+            reg.get(bad)
+    cache = ModelCache(reg, max_models=2, max_tokens=32)
+    llama = reg.entries[0].id
+    first = cache.get(llama)
+    assert cache.get(llama) is first and first.max_tokens == 32
+    cache.get("tiny-gpt2")
+    cache.get(llama)  # llama is now the most recently used
+    half = cache.get(llama, "cpu", "bfloat16")  # a third model: gpt2 goes
+    assert cache.loaded() == [(llama, "cpu", "float32"), (llama, "cpu", "bfloat16")]
+    assert str(half.hf_model.dtype) == "torch.bfloat16"
+    with pytest.raises(ValueError, match="device must be one of"):
+        cache.key(llama, "tpu", "float32")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        cache.key(llama, "cpu", "int8")

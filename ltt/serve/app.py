@@ -21,7 +21,6 @@ import json
 import secrets
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
@@ -239,7 +238,11 @@ async def _pump(ws: WebSocket, outbox: asyncio.Queue) -> None:
 
 
 def startup_lines(state: ServeState, port: int) -> list[str]:
-    """What ``ltt serve`` prints once it listens: the URL to open and the limits."""
+    """What ``ltt serve`` prints once it listens: the URL to open and the limits.
+
+    >>> startup_lines(app.state.serve, 8765)[0]               # doctest: +SKIP
+    'ltt serve: open http://127.0.0.1:8765/'
+    """
     c = state.config
     host = c.host
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -259,7 +262,11 @@ def startup_lines(state: ServeState, port: int) -> list[str]:
 
 
 def run(config: ServeConfig) -> int:
-    """Serve until Ctrl-C; 0 on a clean stop. Prints the URL once the socket is bound."""
+    """Serve until Ctrl-C; 0 on a clean stop. Prints the URL once the socket is bound.
+
+    >>> run(ServeConfig(models=["/path/to/model"], port=8765))   # doctest: +SKIP
+    0
+    """
     import uvicorn
 
     app = create_app(config)

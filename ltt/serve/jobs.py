@@ -68,7 +68,7 @@ class Worker:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, owner: Any, label: str, fn: Callable[[Job], Any]) -> Job:
+    def submit(self, owner: Owner, label: str, fn: Callable[[Job], Any]) -> Job:
         """Queue ``fn(job)`` to run after every job submitted before it."""
         job = Job(owner, label, fn)
         with self._cond:

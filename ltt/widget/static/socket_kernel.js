@@ -194,6 +194,7 @@ export function servePage(root, appEl, url = socketURL()) {
         dtypeSel.value = msg.model.dtype;
       }
       root.dataset.model = msg.model ? msg.model.id : "";
+      root.dataset.dtype = msg.model ? msg.model.dtype : "";
       root.dataset.views = names.join(",");
     },
     diff(msg) {

@@ -572,3 +572,43 @@ def test_model_cache_keeps_the_most_recently_used(dirs, tmp_path):
         cache.key(llama, "tpu", "float32")
     with pytest.raises(ValueError, match="dtype must be one of"):
         cache.key(llama, "cpu", "int8")
+
+
+def test_session_bounds_the_traces_a_page_keeps(dirs, monkeypatch):
+    """A Session on its own (no server): real models, the real worker, messages collected."""
+    from ltt.serve import session as sess
+    from ltt.serve.app import ServeConfig, ServeState
+
+    monkeypatch.setattr(sess, "MAX_TRACES", 2)
+    state = ServeState(ServeConfig(models=[dirs["llama"]], embedded=False, max_tokens=40))
+    got: list[dict] = []
+    done = threading.Event()
+
+    def send(msg):
+        got.append(msg)
+        if msg["method"] == "job" and msg["job"]["state"] in ("done", "failed"):
+            done.set()
+
+    s = sess.Session(state, send)
+    llama = os.path.basename(dirs["llama"])
+
+    def ask(msg):
+        done.clear()
+        s.handle(json.dumps(msg))
+        assert done.wait(60)
+        return got[-1]["job"]
+
+    try:
+        assert ask({"method": "open", "model": llama, "prompt": "The cat"})["state"] == "done"
+        assert ask({"method": "custom", "content": {"type": "run", "prompt": "The dog"}})["state"] == "done"
+        assert s.widget.prompts == ["The cat", "The dog"]
+        job = ask({"method": "custom", "content": {"type": "run", "prompt": "The fox"}})
+        assert job["state"] == "failed" and "already keeps 2 traced prompts" in job["error"]
+        old = s.widget
+        assert ask({"method": "open", "model": llama, "prompt": "The fox"})["state"] == "done"
+        assert s.widget is not old and s.widget.prompts == ["The fox"]
+        states = [m for m in got if m["method"] == "state"]
+        assert len(states) == 2 and states[-1]["views"]["main"]["prompts"] == ["The fox"]
+    finally:
+        s.close()
+        state.worker.stop(timeout=10)

@@ -26,6 +26,7 @@ __all__ = ["Session", "WRITABLE", "synced_traits", "check_prompt"]
 # Traits the page may set (what render() commits); everything else is the kernel's to set.
 WRITABLE = ("threshold", "renormalize", "normalize", "targets", "selection", "prompt_index")
 MAX_WAITING = 32  # jobs one page may have waiting at once
+MAX_TRACES = 64  # traced prompts one view keeps (its picker); the toolbar's Run then starts afresh
 
 
 class ClientError(ValueError):
@@ -164,7 +165,8 @@ class Session:
         prompt = check_prompt(msg.get("prompt"), self.state.max_chars)
 
         def work(job: Any) -> None:
-            if self.widget is not None and self.model_key == key:
+            w = self.widget
+            if w is not None and self.model_key == key and (prompt in w.prompts or len(w.prompts) < MAX_TRACES):
                 return self._run_here("main", prompt)
             model = self._load(job, key)
             job.progress(f"tracing {_short(prompt)} on {key[0]}")
@@ -249,6 +251,9 @@ class Session:
             return
         if prompt in w.prompts:
             w.prompt_index = w.prompts.index(prompt)
+        elif len(w.prompts) >= MAX_TRACES:
+            raise ValueError(f"this view already keeps {len(w.prompts)} traced prompts, the most a page keeps: "
+                             "press the toolbar's Run to start a fresh view with this prompt")
         else:
             w.run(prompt)
         self._flush()

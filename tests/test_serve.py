@@ -612,3 +612,27 @@ def test_session_bounds_the_traces_a_page_keeps(dirs, monkeypatch):
     finally:
         s.close()
         state.worker.stop(timeout=10)
+
+
+def test_loopback_server_answers_loopback_names_and_its_own_page_only(server, llama_id, dirs):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    base = f"http://127.0.0.1:{server.port}"
+    with urllib.request.urlopen(base + "/", timeout=10) as resp:
+        assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
+    req = urllib.request.Request(base + "/", headers={"Host": f"rebound.example:{server.port}"})
+    with pytest.raises(urllib.error.HTTPError) as err:  # DNS rebinding: another name for this socket
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 403
+    for path in ("/static/panels.py", "/static/..%2F__init__.py", "/static/serve.html"):
+        with pytest.raises(urllib.error.HTTPError) as err:  # only the page's three files are served
+            urllib.request.urlopen(base + path, timeout=10)
+        assert err.value.code == 404
+    with pytest.raises(InvalidStatus):  # another site's page may not open a socket here
+        connect(f"ws://127.0.0.1:{server.port}/ws", origin="http://evil.example", open_timeout=10)
+    with connect(f"ws://127.0.0.1:{server.port}/ws", origin=f"http://127.0.0.1:{server.port}", open_timeout=10) as ws:
+        hello = json.loads(ws.recv(timeout=10))
+        assert hello["method"] == "hello" and hello["limits"]["max_tokens"] == 48
+        assert [m["id"] for m in hello["models"]][:2] == [llama_id, "tiny-gpt2"]
+        assert not any(dirs["models_dir"] in m["label"] for m in hello["models"])  # no server paths shown

@@ -188,9 +188,10 @@ def create_app(config: ServeConfig) -> Starlette:
         loop = asyncio.get_running_loop()
         outbox: asyncio.Queue = asyncio.Queue()
 
-        def send(msg: dict) -> None:  # from any thread
+        def send(msg: dict) -> None:  # from any thread; a big graph is encoded in the worker, not the loop
+            text = encode(msg)
             with contextlib.suppress(RuntimeError):  # the loop is closed: the page is gone
-                loop.call_soon_threadsafe(outbox.put_nowait, msg)
+                loop.call_soon_threadsafe(outbox.put_nowait, text)
 
         session = Session(state, send)
         state.sessions.add(session)
@@ -223,14 +224,23 @@ def create_app(config: ServeConfig) -> Starlette:
     return app
 
 
+def encode(msg: dict) -> str:
+    """A message as JSON text; one that cannot be encoded (NaN, a foreign type) becomes an error
+    message saying so.
+
+    >>> encode({"method": "error", "message": "x"})
+    '{"method": "error", "message": "x"}'
+    """
+    try:
+        return json.dumps(msg, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return json.dumps({"method": "error", "message": f"the server could not encode its answer: {exc}"})
+
+
 async def _pump(ws: WebSocket, outbox: asyncio.Queue) -> None:
-    """Send the session's messages in order; one that is not JSON becomes an error message."""
+    """Send the session's messages in order."""
     while True:
-        msg = await outbox.get()
-        try:
-            text = json.dumps(msg, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            text = json.dumps({"method": "error", "message": f"the server could not encode its answer: {exc}"})
+        text = await outbox.get()
         try:
             await ws.send_text(text)
         except Exception:  # the page closed mid-send

@@ -412,7 +412,8 @@ def test_token_required_off_loopback_and_ctrl_c_stops_cleanly(dirs, browser):
             assert "loading " in pg.inner_text('.ltt-serve-job[data-state="running"]')
             last.query_selector("button.ltt-serve-cancel").click()
             _wait_shown(pg, OTHER)
-            assert pg.evaluate("() => window.__ltt.model.get('prompts')") == [PROMPT, OTHER]
+            shown = pg.evaluate("() => window.__ltt.model.get('prompts')")
+            assert shown == [PROMPT, OTHER], (shown, pg.inner_text(".ltt-serve-error"))
             with connect(f"ws://127.0.0.1:{s.port}/ws?token={token}", open_timeout=10) as extra:
                 msg = json.loads(extra.recv(timeout=10))
                 assert msg["method"] == "error" and "1 connections" in msg["message"]
@@ -420,7 +421,7 @@ def test_token_required_off_loopback_and_ctrl_c_stops_cleanly(dirs, browser):
             # Ctrl-C with the page still connected: a clean stop, exit 0, the page hears it
             rc = s.interrupt()
             assert rc == 0, s.lines
-            assert s.lines[-1] == "ltt serve: stopped"
+            assert s.lines[-1] == "ltt serve: stopped", s.lines
             assert not any("Traceback" in line or "ERROR" in line for line in s.lines), s.lines
             pg.wait_for_function("() => document.querySelector('.ltt-serve-conn').textContent.startsWith('disconnected')")
         finally:

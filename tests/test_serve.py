@@ -622,6 +622,8 @@ def test_loopback_server_answers_loopback_names_and_its_own_page_only(server, ll
     base = f"http://127.0.0.1:{server.port}"
     with urllib.request.urlopen(base + "/", timeout=10) as resp:
         assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+        assert resp.headers["Referrer-Policy"] == "no-referrer"  # the token in a URL goes nowhere else
     req = urllib.request.Request(base + "/", headers={"Host": f"rebound.example:{server.port}"})
     with pytest.raises(urllib.error.HTTPError) as err:  # DNS rebinding: another name for this socket
         urllib.request.urlopen(req, timeout=10)

@@ -38,6 +38,15 @@ __all__ = ["ServeConfig", "ServeState", "create_app", "is_loopback"]
 
 STATIC_FILES = {"graph.js": "text/javascript", "graph.css": "text/css", "socket_kernel.js": "text/javascript"}
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+# The page loads only its own files and talks only to its own server; no other site may frame it.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+                               "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
+}
 
 
 def is_loopback(host: str) -> bool:
@@ -159,8 +168,7 @@ def create_app(config: ServeConfig) -> Starlette:
         no = refused(request)
         if no is not None:
             return no
-        resp = HTMLResponse((STATIC / "serve.html").read_text(encoding="utf-8"),
-                            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+        resp = HTMLResponse((STATIC / "serve.html").read_text(encoding="utf-8"), headers=PAGE_HEADERS)
         if state.token is not None:
             resp.set_cookie(state.cookie_name(), state.token, httponly=True, samesite="strict")
         return resp

@@ -610,6 +610,15 @@ def test_session_bounds_the_traces_a_page_keeps(dirs, monkeypatch):
         assert s.widget is not old and s.widget.prompts == ["The fox"]
         states = [m for m in got if m["method"] == "state"]
         assert len(states) == 2 and states[-1]["views"]["main"]["prompts"] == ["The fox"]
+        # a diff of prompts of different lengths: aligned at their last tokens
+        job = ask({"method": "diff", "model": llama, "prompt_a": "The cat", "prompt_b": "The quick brown fox jumps"})
+        assert job["state"] == "done", job
+        assert sorted(s.views) == ["a", "b"] and s.widget is None
+        assert got[-2]["method"] == "diff" and got[-2]["changes"] and "b: " in got[-2]["labels"][1]
+        assert ask({"method": "pick", "index": 0})["state"] == "done"
+        assert s.views["a"].selection and s.views["b"].selection
+        s.handle(json.dumps({"method": "update", "state": {"threshold": 0.1}}))  # which view?
+        assert got[-1] == {"method": "error", "message": "view must be one of a, b, got None"}
     finally:
         s.close()
         state.worker.stop(timeout=10)

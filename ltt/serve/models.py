@@ -18,7 +18,17 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ModelEntry", "ModelRegistry", "ModelCache", "machine_choices"]
+__all__ = ["ModelEntry", "ModelRegistry", "ModelCache", "machine_choices", "clip"]
+
+
+def clip(value: Any, n: int = 80) -> str:
+    """``repr(value)`` cut to ``n`` characters: a value from the page, quoted in a message.
+
+    >>> clip("x" * 100, 10)
+    "'xxxxxxxx…"
+    """
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -103,9 +113,8 @@ class ModelRegistry:
         """The entry of an id the page sent; anything else is a ``KeyError`` naming the value."""
         if isinstance(model_id, str) and model_id in self._by_id:
             return self._by_id[model_id]
-        shown = model_id if isinstance(model_id, str) else type(model_id).__name__
         raise KeyError(
-            f"model {str(shown)[:200]!r} is not one of the models this server offers: "
+            f"model {clip(model_id, 200)} is not one of the models this server offers: "
             f"{', '.join(self._by_id)}"
         )
 
@@ -145,9 +154,9 @@ class ModelCache:
         """The validated cache key; bad values raise naming them."""
         entry = self.registry.get(model_id)
         if device not in self.devices:
-            raise ValueError(f"device must be one of {self.devices}, got {str(device)[:80]!r}")
+            raise ValueError(f"device must be one of {self.devices}, got {clip(device, 80)}")
         if dtype not in self.dtypes:
-            raise ValueError(f"dtype must be one of {self.dtypes}, got {str(dtype)[:80]!r}")
+            raise ValueError(f"dtype must be one of {self.dtypes}, got {clip(dtype, 80)}")
         return entry.id, device, dtype
 
     def cached(self, key: tuple[str, str, str]) -> bool:

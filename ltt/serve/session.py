@@ -21,6 +21,8 @@ import base64
 import json
 from typing import Any, Callable
 
+from ltt.serve.models import clip
+
 __all__ = ["Session", "WRITABLE", "synced_traits", "check_prompt"]
 
 # Traits the page may set (what render() commits); everything else is the kernel's to set.
@@ -136,7 +138,7 @@ class Session:
             }.get(method if isinstance(method, str) else "")
             if handler is None:
                 raise ClientError("method must be one of update, custom, open, diff, pick, cancel, add_prompt; "
-                                  f"got {str(method)[:60]!r}")
+                                  f"got {clip(method, 60)}")
             handler(msg)
         except ClientError as exc:
             self.error(str(exc))
@@ -192,13 +194,13 @@ class Session:
         if not self.views:
             raise ClientError("no graph yet: pick a model and run a prompt first")
         if view not in self.views:
-            raise ClientError(f"view must be one of {', '.join(self.views)}, got {str(view)[:40]!r}")
+            raise ClientError(f"view must be one of {', '.join(self.views)}, got {clip(view, 40)}")
         return view
 
     def _custom(self, msg: dict) -> None:
         content = msg.get("content")
         if not isinstance(content, dict) or content.get("type") != "run":
-            raise ClientError(f"custom message must be {{'type': 'run', 'prompt': ...}}, got {str(content)[:80]}")
+            raise ClientError(f"custom message must be {{'type': 'run', 'prompt': ...}}, got {clip(content, 80)}")
         prompt = check_prompt(content.get("prompt"), self.state.max_chars)
         view = self._view(msg)
         self._queue(f"tracing {_short(prompt)}", lambda job: self._run_here(view, prompt))
@@ -206,7 +208,7 @@ class Session:
     def _update(self, msg: dict) -> None:
         changes = msg.get("state")
         if not isinstance(changes, dict) or not changes:
-            raise ClientError(f"update needs a non-empty 'state' object, got {str(changes)[:80]}")
+            raise ClientError(f"update needs a non-empty 'state' object, got {clip(changes, 80)}")
         bad = [k for k in changes if k not in WRITABLE]
         if bad:
             raise ClientError(f"the page may only set {', '.join(WRITABLE)}; got {', '.join(map(str, bad))[:200]}")
@@ -219,13 +221,13 @@ class Session:
         if self.diff is None:
             raise ClientError("pick selects a change of a diff: diff two prompts first")
         if isinstance(index, bool) or not isinstance(index, int):
-            raise ClientError(f"pick needs the index of a listed change (an integer), got {str(index)[:40]!r}")
+            raise ClientError(f"pick needs the index of a listed change (an integer), got {clip(index, 40)}")
         self._queue("selecting the change in both views", lambda job: self._select_change(index))
 
     def _cancel(self, msg: dict) -> None:
         job_id = msg.get("job")
         if isinstance(job_id, bool) or not isinstance(job_id, int):
-            raise ClientError(f"cancel needs a job id (an integer), got {str(job_id)[:40]!r}")
+            raise ClientError(f"cancel needs a job id (an integer), got {clip(job_id, 40)}")
         if not self.state.worker.cancel(self, job_id):
             raise ClientError(f"job {job_id} is not waiting (it is running, finished, or not this page's)")
 

@@ -373,6 +373,12 @@ def test_only_offered_models_load_and_bad_messages_get_an_error(page, server, ti
     assert page.evaluate("() => window.__ltt.model.get('threshold')") == 0.04
     _set_threshold(page, 0.06)
     _assert_same(page, tiny_model("llama").trace(PROMPT).graph(threshold=0.06))
+    # a message over the size limit (1 MiB) ends that connection, with the reason shown; the
+    # server goes on serving
+    page.evaluate("() => window.__ltt.conn.ws.send('x'.repeat(2 << 20))")
+    page.wait_for_function("() => document.querySelector('.ltt-serve-conn').textContent.startsWith('disconnected (1009')")
+    _open(page, server.url)
+    _run(page, llama_id, OTHER)
 
 
 def test_token_required_off_loopback_and_ctrl_c_stops_cleanly(dirs, browser):

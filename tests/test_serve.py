@@ -581,13 +581,17 @@ def test_model_cache_keeps_the_most_recently_used(dirs, tmp_path):
         cache.key(llama, "cpu", "int8")
 
 
-def test_session_bounds_the_traces_a_page_keeps(dirs, monkeypatch):
+def test_session_bounds_the_traces_a_page_keeps(dirs, monkeypatch, tmp_path):
     """A Session on its own (no server): real models, the real worker, messages collected."""
     from ltt.serve import session as sess
     from ltt.serve.app import ServeConfig, ServeState
 
     monkeypatch.setattr(sess, "MAX_TRACES", 2)
-    state = ServeState(ServeConfig(models=[dirs["llama"]], embedded=False, max_tokens=40))
+    broken = tmp_path / "models" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{not json", encoding="utf-8")
+    state = ServeState(ServeConfig(models=[dirs["llama"]], models_dirs=[str(tmp_path / "models")],
+                                   embedded=False, max_tokens=40))
     got: list[dict] = []
     done = threading.Event()
 
@@ -606,6 +610,8 @@ def test_session_bounds_the_traces_a_page_keeps(dirs, monkeypatch):
         return got[-1]["job"]
 
     try:
+        job = ask({"method": "open", "model": "broken", "prompt": "The cat"})  # a model that cannot load
+        assert job["state"] == "failed" and job["error"], job
         assert ask({"method": "open", "model": llama, "prompt": "The cat"})["state"] == "done"
         assert ask({"method": "custom", "content": {"type": "run", "prompt": "The dog"}})["state"] == "done"
         assert s.widget.prompts == ["The cat", "The dog"]

@@ -3,6 +3,7 @@
     ltt demo                                   # the embedded SmolLM2-135M on a default prompt
     ltt trace --model gpt2 --prompt "..." --json graph.json
     ltt models                                 # supported families and how each is decomposed
+    ltt serve --model gpt2                     # the live app in a browser (the serve extra)
 """
 
 from __future__ import annotations
@@ -222,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_graph_options(d, "ltt-demo.json", "ltt-demo.html")
 
     sub.add_parser("models", help="list the supported model families and how each is decomposed")
+    from ltt.serve import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -231,6 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "models":
             print(describe_families())
             return 0
+        if args.command == "serve":
+            from ltt.serve import run_command
+
+            return run_command(args)
         if args.command == "demo":
             args.model = DEMO_MODEL
         if args.top <= 0:

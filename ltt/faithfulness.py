@@ -44,7 +44,8 @@ import numpy as np
 
 from ltt.graph import ATTENTION, Graph
 
-__all__ = ["faithfulness", "Faithfulness", "TargetFaithfulness", "Score", "summary_line", "RANDOM_MODES"]
+__all__ = ["faithfulness", "Faithfulness", "TargetFaithfulness", "Score", "summary_line", "report_line",
+           "RANDOM_MODES"]
 
 ABLATIONS = ("zero", "mean")
 RANDOM_MODES = ("uniform", "rewire")
@@ -230,6 +231,20 @@ def summary_line(result: Faithfulness) -> str:
             text = f"at [{t.position}] {text}"
         parts.append(text)
     return "; ".join(parts)
+
+
+def report_line(trace: Any, graph: Graph, baselines: int = 8, seed: int = 0) -> str:
+    """The faithfulness line of ``graph`` as the HTML report carries it, naming its threshold
+    (the report's page can move the threshold; the line stays true of the exported one); ""
+    when the trace has no model to rerun.
+
+    >>> report_line(trace, trace.graph(threshold=0.04))     # doctest: +SKIP
+    "at threshold 0.04: the graph keeps 0.87 of the probability of ' Mary' (...)"
+    """
+    if getattr(trace, "model", None) is None:
+        return ""
+    result = faithfulness(trace, graph, baselines=baselines, seed=seed)
+    return f"at threshold {graph.threshold:g}: {summary_line(result)}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -384,3 +384,66 @@ def test_graph_of_another_prompt_is_refused(traced):
     with pytest.raises(TypeError, match="graph"):
         trace.faithfulness(other.graph().to_dict())
     assert isinstance(other.graph(), Graph)
+
+
+# --------------------------------------------------------------------------------------------
+# where it shows: the CLI, trace_many / RouteSet, the widget and the report
+
+
+def test_cli_trace_prints_the_line(tiny_dir):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", LTT_QUIET="1")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "ltt.cli", "trace", "--model", tiny_dir("llama"),  # noqa: E731
+                                     "--prompt", PROMPT, *a], capture_output=True, text=True, env=env, timeout=300)
+    proc = run("--baselines", "4")
+    assert proc.returncode == 0, proc.stderr
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("faithfulness: "))
+    assert LINE.fullmatch(line[len("faithfulness: "):]), line
+    assert "faithfulness:" not in run("--baselines", "0").stdout
+    bad = run("--baselines", "-2")
+    assert bad.returncode == 1 and "--baselines" in bad.stderr and "-2" in bad.stderr
+
+
+def test_trace_many_records_and_routeset_summarises(tiny_model, tmp_path):
+    from ltt import routes as R
+
+    model = tiny_model("llama")
+    prompts = [PROMPT, "The capital of France is Paris"]
+    out = tmp_path / "routes.jsonl"
+    rs = R.trace_many(model, prompts, faithfulness=3, out=out)
+    assert rs.settings["faithfulness"] == 3
+    for r, p in zip(rs.records, prompts):
+        tr = model.trace(p)
+        want = tr.faithfulness(tr.graph(), baselines=3).summary()
+        assert r.faithfulness == pytest.approx(want)
+    agg = rs.faithfulness
+    assert agg["prompts"] == 2
+    assert agg["kept"] == pytest.approx(np.mean([r.faithfulness["kept"] for r in rs.records]))
+    assert agg["random"] == pytest.approx(np.mean([r.faithfulness["random"] for r in rs.records]))
+    back = R.load_routes(out)
+    assert back.faithfulness == pytest.approx(agg)
+    plain = R.trace_many(model, prompts[:1])
+    assert plain.faithfulness is None and "faithfulness" not in plain.settings
+    assert "faithfulness" not in plain.records[0].to_record()
+    with pytest.raises(ValueError, match="faithfulness"):
+        R.trace_many(model, prompts, faithfulness=-1)
+
+
+def test_widget_and_report_carry_the_line(traced):
+    from ltt.export import report_data
+    from ltt.widget import GraphWidget
+
+    model, trace = traced("llama")
+    w = GraphWidget(trace, threshold=0.05)
+    want = summary_line(trace.faithfulness(trace.graph(threshold=0.05), baselines=w.faithfulness_baselines))
+    assert w.faithfulness == want and LINE.fullmatch(want)
+    w.threshold = 0.2
+    assert w.faithfulness == summary_line(trace.faithfulness(trace.graph(threshold=0.2), baselines=8))
+    w.faithfulness_baselines = 0
+    w.threshold = 0.1
+    assert w.faithfulness == ""
+    store = report_data(trace, threshold=0.05, with_panels=False)
+    assert store["state"]["faithfulness"] == f"at threshold 0.05: {want}"

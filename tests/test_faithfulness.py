@@ -447,3 +447,27 @@ def test_widget_and_report_carry_the_line(traced):
     assert w.faithfulness == ""
     store = report_data(trace, threshold=0.05, with_panels=False)
     assert store["state"]["faithfulness"] == f"at threshold 0.05: {want}"
+
+
+def test_report_page_shows_the_line_as_text(traced, tmp_path):
+    from playwright import sync_api
+
+    from conftest import chromium_path
+    from ltt.export import to_html
+
+    model, trace = traced("llama")
+    path = to_html(trace, tmp_path / "report.html", threshold=0.05)
+    want = f"at threshold 0.05: {summary_line(trace.faithfulness(trace.graph(threshold=0.05), baselines=8))}"
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = b.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(tmp_path.joinpath("report.html").as_uri())
+            page.wait_for_selector("svg.ltt-svg[data-edges]")
+            shown = page.eval_on_selector(".ltt-faithfulness", "e => [e.textContent, getComputedStyle(e).display]")
+        finally:
+            b.close()
+    assert str(path).endswith("report.html") and not errors
+    assert shown == [want, "block"]

@@ -29,9 +29,9 @@ graphs of such models are effectively a little smaller.
 
 >>> import ltt                                                       # doctest: +SKIP
 >>> trace = ltt.load("smollm2-135m").trace("When Mary and John went to the store, John gave a drink to")  # doctest: +SKIP
->>> f = trace.faithfulness(trace.graph(threshold=0.04), baselines=16, seed=0)  # doctest: +SKIP
+>>> f = trace.faithfulness(trace.graph(threshold=0.01), baselines=16, seed=0)  # doctest: +SKIP
 >>> print(summary_line(f))                                           # doctest: +SKIP
-the graph keeps 0.87 of the probability of ' Mary' (random graphs of the same size: 0.12 ± 0.05)
+the graph keeps 0.98 of the probability of ' Mary' (random graphs of the same size: 0.00 ± 0.00)
 """
 
 from __future__ import annotations
@@ -215,8 +215,8 @@ class Faithfulness:
 
 
 def summary_line(result: Faithfulness) -> str:
-    """One line per result for the CLI, the widget and the report, e.g. ``the graph keeps 0.87 of
-    the probability of ' Mary' (random graphs of the same size: 0.12 ± 0.05)``; several targets
+    """One line per result for the CLI, the widget and the report, e.g. ``the graph keeps 0.98 of
+    the probability of ' Mary' (random graphs of the same size: 0.00 ± 0.00)``; several targets
     are joined with ``; `` and each names its position.
 
     >>> print(summary_line(trace.faithfulness(trace.graph())))  # doctest: +SKIP
@@ -239,7 +239,7 @@ def report_line(trace: Any, graph: Graph, baselines: int = 8, seed: int = 0) -> 
     when the trace has no model to rerun.
 
     >>> report_line(trace, trace.graph(threshold=0.04))     # doctest: +SKIP
-    "at threshold 0.04: the graph keeps 0.87 of the probability of ' Mary' (...)"
+    "at threshold 0.01: the graph keeps 0.98 of the probability of ' Mary' (...)"
     """
     if getattr(trace, "model", None) is None:
         return ""

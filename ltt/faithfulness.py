@@ -253,7 +253,11 @@ def report_line(trace: Any, graph: Graph, baselines: int = 8, seed: int = 0) -> 
 
 def graph_parts(graph: Graph) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[int, np.ndarray]]:
     """``(edges, ffn)``: per layer, the attention edges of ``graph`` as ``(targets, sources)``
-    token arrays and its FFN blocks as a token array (layers without any are left out)."""
+    token arrays and its FFN blocks as a token array (layers without any are left out).
+
+    >>> edges, ffn = graph_parts(trace.graph(threshold=0.04))         # doctest: +SKIP
+    >>> sum(len(t) for t, _ in edges.values()), sum(map(len, ffn.values()))   # doctest: +SKIP
+    """
     token = {n.name: n.token for n in graph.nodes}
     edges: dict[int, list[tuple[int, int]]] = {}
     for e in graph.edges:
@@ -274,7 +278,10 @@ def graph_parts(graph: Graph) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]],
 
 def random_parts(edges: dict[int, tuple[np.ndarray, np.ndarray]], ffn: dict[int, np.ndarray], T: int,
                  rng: np.random.Generator, mode: str = "uniform"):
-    """One random graph of the same size as ``(edges, ffn)`` (module docstring for ``mode``)."""
+    """One random graph of the same size as ``(edges, ffn)`` (module docstring for ``mode``).
+
+    >>> edges, ffn = random_parts(*graph_parts(g), T=14, rng=np.random.default_rng(0))  # doctest: +SKIP
+    """
     out_e: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for l in sorted(edges):
         tgt, _ = edges[l]

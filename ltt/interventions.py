@@ -76,7 +76,11 @@ class PartSet:
 
 def uses_interface(model: Any) -> bool:
     """Whether ``model``'s attention goes through transformers' attention-function interface in
-    its eager mode (then edges are removed there; otherwise by subtraction after the module)."""
+    its eager mode (then edges are removed there; otherwise by subtraction after the module).
+
+    >>> uses_interface(ltt.load("smollm2-135m"))                 # doctest: +SKIP
+    True
+    """
     fam = model._family.name
     if fam in ("gpt_neo", "falcon"):
         return False
@@ -311,7 +315,10 @@ def _run(model: Any, ids: list[int], rows: Sequence[PartSet], targets: list[int]
 
 
 def row_bytes(model: Any, T: int, n_targets: int) -> int:
-    """A rough working-memory estimate of one batch row of :func:`run_batched`, in bytes."""
+    """A rough working-memory estimate of one batch row of :func:`run_batched`, in bytes.
+
+    >>> row_bytes(model, T=256, n_targets=1) / 2**20                # doctest: +SKIP
+    """
     attn = 6 * model.n_heads * T * T * 4
     acts = 10 * T * max(model.d_model, model.d_ffn) * 4
     return int(attn + acts + 12 * n_targets * model.vocab_size)

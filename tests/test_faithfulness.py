@@ -471,3 +471,40 @@ def test_report_page_shows_the_line_as_text(traced, tmp_path):
             b.close()
     assert str(path).endswith("report.html") and not errors
     assert shown == [want, "block"]
+
+
+@pytest.mark.parametrize("key", ["llama", "falcon"])
+def test_half_precision_complete_graph_keeps_the_full_model(tiny_dir, key):
+    m = ltt.load(tiny_dir(key), dtype="bfloat16")
+    trace = m.trace(PROMPT)
+    f = trace.faithfulness(_complete(trace), baselines=1)
+    t = f.targets[0]
+    assert t.kept.logit == t.full.logit and t.kept.kl == 0.0
+    assert t.full.logit[0] == float(trace.logits.max())
+    assert t.removed.kl > 1e-3
+
+
+def test_two_threads_on_one_model_take_turns(traced):
+    import threading
+
+    model, trace = traced("gemma2")
+    graphs = [trace.graph(threshold=0.05), trace.graph(threshold=0.0, renormalize=False)]
+    want = [trace.faithfulness(g, baselines=6, seed=i).to_dict() for i, g in enumerate(graphs)]
+    got: list = [None, None]
+    errors: list = []
+
+    def run(i):
+        try:
+            for _ in range(3):
+                got[i] = trace.faithfulness(graphs[i], baselines=6, seed=i).to_dict()
+                assert got[i] == want[i]
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not errors and got == want
+    assert not interventions._ACTIVE and not interventions._OWNERS

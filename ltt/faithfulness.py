@@ -98,6 +98,12 @@ class TargetFaithfulness:
     def random_fractions(self) -> np.ndarray:
         return np.array([self._fraction(s) for s in self.random], dtype=np.float64)
 
+    def random_mean(self) -> Score:
+        """The random graphs' runs averaged: mean probability, logit and KL per watched token."""
+        p = np.array([s.prob for s in self.random]).mean(axis=0)
+        lg = np.array([s.logit for s in self.random]).mean(axis=0)
+        return Score(tuple(map(float, p)), tuple(map(float, lg)), float(np.mean([s.kl for s in self.random])))
+
     def to_dict(self) -> dict[str, Any]:
         r = self.random_fractions
         return {
@@ -179,14 +185,17 @@ class Faithfulness:
                  f"{sum(self.attention_edges)}, FFN blocks={sum(self.ffn_blocks)})"]
         for t in self.targets:
             lines.append(f"  target [{t.position}] {self.prompt_tokens[t.position]!r}: predicts {t.tokens[0]!r}")
-            lines.append(f"    {'run':<8} {'prob':>8} {'logit':>9} {'KL':>8}")
-            for name, s in (("full", t.full), ("kept", t.kept), ("removed", t.removed)):
-                lines.append(f"    {name:<8} {s.prob[0]:8.4f} {s.logit[0]:9.3f} {s.kl:8.4f}")
+            extra = "".join(f" {'p(' + repr(tok) + ')':>14}" for tok in t.tokens[1:])
+            lines.append(f"    {'run':<8} {'prob':>8} {'logit':>9} {'KL':>8}{extra}")
+            rows = [("full", t.full), ("kept", t.kept), ("removed", t.removed)]
             if t.random:
-                p = np.array([s.prob[0] for s in t.random])
-                kl = np.array([s.kl for s in t.random])
-                lines.append(f"    {'random':<8} {p.mean():8.4f} {'':>9} {kl.mean():8.4f}   "
-                             f"(mean of {len(t.random)}; prob std {p.std():.4f})")
+                rows.append(("random", t.random_mean()))
+            for name, s in rows:
+                cells = "".join(f" {p:14.4f}" for p in s.prob[1:])
+                lines.append(f"    {name:<8} {s.prob[0]:8.4f} {s.logit[0]:9.3f} {s.kl:8.4f}{cells}")
+            if t.random:
+                lines.append(f"    (random: means over {len(t.random)} graphs; kept fraction "
+                             f"{t.random_fractions.mean():.4f} ± {t.random_fractions.std():.4f})")
         lines.append("  " + summary_line(self))
         return "\n".join(lines)
 
@@ -201,11 +210,7 @@ class Faithfulness:
             out.append(f"<table><tr><th>run</th>{head}<th>KL</th></tr>")
             rows = [("full", t.full), ("kept", t.kept), ("removed", t.removed)]
             if t.random:
-                k = len(t.tokens)
-                mean = Score(tuple(float(np.mean([s.prob[i] for s in t.random])) for i in range(k)),
-                             tuple(float(np.mean([s.logit[i] for s in t.random])) for i in range(k)),
-                             float(np.mean([s.kl for s in t.random])))
-                rows.append((f"random (mean of {len(t.random)})", mean))
+                rows.append((f"random (mean of {len(t.random)})", t.random_mean()))
             for name, s in rows:
                 cells = "".join(f"<td>{p:.4f}</td><td>{lg:.3f}</td>" for p, lg in zip(s.prob, s.logit))
                 out.append(f"<tr><td>{esc(name)}</td>{cells}<td>{s.kl:.4f}</td></tr>")

@@ -167,7 +167,7 @@ def _ffn_of(model, key, layer_mod, state):
     """The FFN branch of a sequential layer on the after-attention ``state``, by its modules."""
     if key == "gemma2":
         return layer_mod.post_feedforward_layernorm(layer_mod.mlp(layer_mod.pre_feedforward_layernorm(state)))
-    if key == "gpt_neo":
+    if key in ("gpt_neo", "gpt2"):
         return layer_mod.mlp(layer_mod.ln_2(state))
     return layer_mod.mlp(layer_mod.post_attention_layernorm(state))
 
@@ -508,3 +508,25 @@ def test_two_threads_on_one_model_take_turns(traced):
         th.join(timeout=120)
     assert not errors and got == want
     assert not interventions._ACTIVE and not interventions._OWNERS
+
+
+def test_gpt2_upcast_attention_takes_the_subtraction_path():
+    from conftest import build_tiny
+
+    hf, tok = build_tiny("gpt2")
+    hf.config.reorder_and_upcast_attn = True  # GPT-2 then bypasses the attention interface
+    for block in hf.transformer.h:
+        block.attn.reorder_and_upcast_attn = True
+    m = ltt.load(hf, tokenizer=tok)
+    assert not interventions.uses_interface(m)
+    trace = m.trace(PROMPT)
+    g = _complete(trace)
+    f = trace.faithfulness(g, baselines=0)
+    t = f.targets[0]
+    np.testing.assert_allclose(t.kept.logit, t.full.logit, atol=1e-6)
+    assert t.full.logit[0] == pytest.approx(float(trace.logits.max()), abs=1e-5)
+    T = trace.n_tokens
+    one = trace.faithfulness(_without(g, 1, T - 1, T - 2), baselines=0).targets[0]
+    want = _rerun_with_state(m, trace, 1, T - 1, _oracle(m, trace, "gpt2", 1, T - 1, T - 2))
+    assert abs(want[one.token_ids[0]] - one.full.logit[0]) > 1e-4  # the edge mattered
+    np.testing.assert_allclose(one.kept.logit, want[one.token_ids], atol=2e-5)

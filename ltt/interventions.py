@@ -252,14 +252,25 @@ def _restore_modes(modes: list[tuple[Any, bool]]) -> None:
         m.training = mode
 
 
+def _lock_of(hf: Any) -> Any:
+    """The model's trace lock where :mod:`ltt.models` keeps one (``record.model_lock``: then a
+    trace and an intervened run of one model take turns too), else this module's own."""
+    try:
+        from ltt.models.record import model_lock
+    except ImportError:
+        with _REGISTER_LOCK:
+            return _MODEL_LOCKS.setdefault(hf, threading.Lock())
+    return model_lock(hf)
+
+
 @contextlib.contextmanager
 def _model_lock(hf: Any):
     """One intervened run at a time per model; a re-entrant call from the same thread raises."""
     me = threading.get_ident()
     with _REGISTER_LOCK:
-        lock = _MODEL_LOCKS.setdefault(hf, threading.Lock())
         if _OWNERS.get(id(hf)) == me:
             raise RuntimeError("an intervened run of this model is already in progress in this thread")
+    lock = _lock_of(hf)
     with lock:
         _OWNERS[id(hf)] = me
         try:

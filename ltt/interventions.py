@@ -316,8 +316,8 @@ def _run(model: Any, ids: list[int], rows: Sequence[PartSet], targets: list[int]
         hf.eval()
         with torch.no_grad():
             input_ids = torch.tensor([ids], device=device).expand(B, T)
-            keep = torch.tensor(targets, device=device)
-            out = hf(input_ids=input_ids, use_cache=False, logits_to_keep=keep)
+            # on the CPU: it indexes the last layer's states, wherever device_map put them
+            out = hf(input_ids=input_ids, use_cache=False, logits_to_keep=torch.tensor(targets))
         logits = out.logits.detach().to(device="cpu", dtype=torch.float64).numpy()
     if logits.shape[:2] != (B, len(targets)):
         raise RuntimeError(f"the model returned logits of shape {tuple(logits.shape)}, expected "

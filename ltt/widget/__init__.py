@@ -282,10 +282,14 @@ class GraphWidget(anywidget.AnyWidget):
         if not self.faithfulness_baselines or getattr(trace, "model", None) is None:
             self.faithfulness = ""
             return
-        try:
-            self.faithfulness = summary_line(trace.faithfulness(g, baselines=self.faithfulness_baselines))
-        except Exception as exc:  # the graph stays usable without its check
-            self.faithfulness = f"faithfulness check failed: {type(exc).__name__}: {exc}"
+        cache = self.__dict__.setdefault("_faith_lines", {})  # a slider going back costs nothing
+        key = (id(trace), g.threshold, g.renormalize, tuple(g.targets), self.faithfulness_baselines)
+        if key not in cache:
+            try:
+                cache[key] = summary_line(trace.faithfulness(g, baselines=self.faithfulness_baselines))
+            except Exception as exc:  # the graph stays usable without its check
+                cache[key] = f"faithfulness check failed: {type(exc).__name__}: {exc}"
+        self.faithfulness = cache[key]
 
     def _edge_weight(self, key: str) -> float | None:
         src, dst, kind = panels.parse_edge(key)

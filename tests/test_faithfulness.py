@@ -235,6 +235,11 @@ def test_one_part_removed_equals_a_recomputation_of_the_layer(traced, key, layer
         ids = got.token_ids
         assert abs(want[ids[0]] - got.full.logit[0]) > 1e-4  # the part mattered
         np.testing.assert_allclose(got.kept.logit, want[ids], atol=2e-5)
+        lp_full = torch.log_softmax(torch.tensor(trace.logits, dtype=torch.float64), -1)
+        lp_want = torch.log_softmax(torch.tensor(want, dtype=torch.float64), -1)
+        kl = float((lp_full.exp() * (lp_full - lp_want)).sum())
+        assert got.kept.kl == pytest.approx(kl, rel=1e-3, abs=1e-6)
+        assert got.kept.prob[0] == pytest.approx(float(lp_want[ids[0]].exp()), rel=1e-4)
         # its complement: only that part removed is the "removed" run of a graph holding only it
         if part is not None:
             tok = {n.name: n.token for n in g.nodes}

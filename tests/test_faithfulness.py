@@ -141,7 +141,8 @@ def _capture(model, trace, layer):
         for h in handles:
             h.remove()
     first = lambda v: v[0] if isinstance(v, (tuple, list)) else v  # noqa: E731
-    return {k: first(v)[0] if k != "attn" else v[1][0] for k, v in rec.items()}
+    row0 = lambda x: x if x.ndim == 2 else x[0]  # noqa: E731  (OPT's MLP runs on [B*T, d], B = 1)
+    return {k: row0(first(v)) if k != "attn" else v[1][0] for k, v in rec.items()}
 
 
 def _rerun_with_state(model, trace, layer, t, new_state):
@@ -169,6 +170,8 @@ def _ffn_of(model, key, layer_mod, state):
         return layer_mod.post_feedforward_layernorm(layer_mod.mlp(layer_mod.pre_feedforward_layernorm(state)))
     if key in ("gpt_neo", "gpt2"):
         return layer_mod.mlp(layer_mod.ln_2(state))
+    if key == "opt":
+        return layer_mod.fc2(layer_mod.activation_fn(layer_mod.fc1(layer_mod.final_layer_norm(state))))
     return layer_mod.mlp(layer_mod.post_attention_layernorm(state))
 
 
@@ -218,8 +221,8 @@ def _without(graph, layer, t, s=None):
 
 # sequential GQA (llama), parallel (gpt_neox), post-norm with softcapping (gemma2), and the
 # subtraction path of the families that bypass the attention interface (falcon: parallel GQA,
-# gpt_neo: sequential)
-@pytest.mark.parametrize("key", ["llama", "gpt_neox", "gemma2", "falcon", "gpt_neo"])
+# gpt_neo: sequential); OPT runs its MLP on flattened rows
+@pytest.mark.parametrize("key", ["llama", "gpt_neox", "gemma2", "falcon", "gpt_neo", "opt"])
 @pytest.mark.parametrize("layer", [0, 1])
 @pytest.mark.parametrize("ablation", ["zero", "mean"])
 def test_one_part_removed_equals_a_recomputation_of_the_layer(traced, key, layer, ablation):

@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ltt",
         description="See how information flows through a Hugging Face causal LM for a prompt.",
     )
+    from ltt import __version__
+
+    parser.add_argument("--version", action="version", version=f"ltt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_graph_options(p: argparse.ArgumentParser, json_default: str | None, html_default: str | None) -> None:

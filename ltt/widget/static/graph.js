@@ -257,55 +257,88 @@ export function nodesOf(edges, L, targets, biasOf) {
   return [...seen.values()].sort((a, b) => a.layer - b.layer || order[a.kind] - order[b.kind] || a.token - b.token);
 }
 
-/** The report's "kernel": answers setting changes from the data embedded in the page. */
+/** The report's data from its <script> elements: deflated base64 JSON whose {"$a": [dtype,
+ *  offset, length]} entries point into a second deflated base64 buffer of typed arrays (see
+ *  ltt.export.pack); a plain JSON element is parsed as it is. */
+export async function loadStore(dataEl, binEl) {
+  if (!dataEl.dataset || !dataEl.dataset.encoding) return JSON.parse(dataEl.textContent);
+  const inflate = async (b64) => {
+    const bytes = Uint8Array.from(atob(String(b64).trim()), (c) => c.charCodeAt(0));
+    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+    return new Uint8Array(await new Response(stream).arrayBuffer());
+  };
+  const text = new TextDecoder().decode(await inflate(dataEl.textContent));
+  const bin = binEl ? await inflate(binEl.textContent) : new Uint8Array(0);
+  const TYPES = { f4: Float32Array, u1: Uint8Array, u2: Uint16Array, i4: Int32Array };
+  return JSON.parse(text, (k, v) => {
+    if (v && typeof v === "object" && !Array.isArray(v) && Array.isArray(v.$a) && Object.keys(v).length === 1) {
+      const [code, off, n] = v.$a;
+      const Type = TYPES[code];
+      return new Type(bin.buffer.slice(bin.byteOffset + off, bin.byteOffset + off + n * Type.BYTES_PER_ELEMENT));
+    }
+    return v;
+  });
+}
+
+/** The report's "kernel": answers setting changes from the data embedded in the page. Any set of
+ *  the carried targets, at any threshold from the report's floor up, in either threshold mode,
+ *  is pruned here from every state's parts (store.offline, see ltt.export). */
 export function offlineKernel(store) {
   const exp = store.exported;
   const L = store.n_layers;
+  const T = store.n_tokens ?? store.graphs.renorm.tokens.length;
   const parallel = store.parallel;
-  const parts = store.parts || {};
-  const rawEdges = new Map(); // "l,t" -> {attn: [[s, w]], resid, ffn, ffnResid}
-  const slot = (l, t) => {
-    const k = `${l},${t}`;
-    if (!rawEdges.has(k)) rawEdges.set(k, { attn: [] });
-    return rawEdges.get(k);
-  };
-  for (const e of store.graphs.raw.edges) {
-    const tn = parseNode(e.target);
-    const sn = parseNode(e.source);
-    if (e.kind === "attention") slot(e.layer, tn.token).attn.push([sn.token, e.weight]);
-    else if (e.kind === "residual" && (tn.kind === "A" || parallel[e.layer])) slot(e.layer, tn.token).resid = e.weight;
-    else if (e.kind === "residual") slot(e.layer, tn.token).ffnResid = e.weight;
-    else if (tn.kind === "M") slot(e.layer, tn.token).ffn = e.weight;
+  const floor = exp.floor ?? exp.threshold;
+  const carried = exp.carried || exp.targets;
+  const off = store.offline;
+  const sg = off.single; // Float32Array [L*T] each: attn_resid, attn_bias, ffn, ffn_resid
+  const at = (l, t) => l * T + t;
+  // raw mode: attention edges of every state the carried targets reach at the floor
+  const rawAttn = new Map();
+  for (let i = 0; i < off.raw.w.length; i++) {
+    const key = at(off.raw.l[i], off.raw.t[i]);
+    if (!rawAttn.has(key)) rawAttn.set(key, []);
+    rawAttn.get(key).push([off.raw.s[i], off.raw.w[i]]);
   }
-  const rawBias = new Map(store.graphs.raw.nodes.map((n) => [n.name, n.bias]));
-  // The raw graph holds every edge >= the exported threshold into each state it reaches, and
-  // the largest one where none is: an edge absent from a reached state weighs less than both.
+  for (const list of rawAttn.values()) list.sort((a, b) => a[0] - b[0]);
   const rawW = {
-    attnIn: (l, t) => (rawEdges.has(`${l},${t}`) ? rawEdges.get(`${l},${t}`).attn : undefined),
-    resid: (l, t) => (rawEdges.has(`${l},${t}`) ? (rawEdges.get(`${l},${t}`).resid ?? -1) : undefined),
-    ffn: (l, t) => (rawEdges.has(`${l},${t}`) ? (rawEdges.get(`${l},${t}`).ffn ?? -1) : undefined),
-    ffnResid: (l, t) => (rawEdges.has(`${l},${t}`) ? (rawEdges.get(`${l},${t}`).ffnResid ?? -1) : undefined),
+    attnIn: (l, t) => rawAttn.get(at(l, t)) || [],
+    resid: (l, t) => sg.attn_resid[at(l, t)],
+    ffn: (l, t) => sg.ffn[at(l, t)],
+    ffnResid: (l, t) => sg.ffn_resid[at(l, t)],
+  };
+  // renormalize mode: each state's head parts >= floor (and its largest), (head, source) order
+  const hp = off.heads;
+  const span = new Map(); // l*T+t -> [first, end)
+  for (let i = 0; i < hp.v.length; i++) {
+    const key = at(hp.l[i], hp.t[i]);
+    const sp = span.get(key);
+    if (sp) sp[1] = i + 1; else span.set(key, [i, i + 1]);
+  }
+  const headParts = (l, t) => {
+    const sp = span.get(at(l, t));
+    const out = [];
+    if (sp) for (let i = sp[0]; i < sp[1]; i++) out.push([hp.s[i], hp.k[i], hp.v[i]]);
+    return out;
   };
   const renormW = (tau) => {
     const cache = new Map();
     const state = (l, t) => {
-      const k = `${l},${t}`;
-      if (!cache.has(k)) cache.set(k, parts.attn && parts.attn[k] ? renormalizeState(parts.attn[k], tau) : null);
+      const k = at(l, t);
+      if (!cache.has(k)) {
+        const single = [sg.attn_resid[k], sg.attn_bias[k]];
+        if (parallel[l]) single.push(sg.ffn[k]);
+        cache.set(k, renormalizeState({ heads: headParts(l, t), single }, tau));
+      }
       return cache.get(k);
     };
-    const ffnState = (l, t) => {
-      const p = parts.ffn && parts.ffn[`${l},${t}`];
-      return p ? renormalizeState({ heads: [], single: p }, tau).single : null;
-    };
+    const ffnState = (l, t) => renormalizeState({ heads: [], single: [sg.ffn[at(l, t)], sg.ffn_resid[at(l, t)]] }, tau).single;
     return {
       state,
-      attnIn: (l, t) => { const s = state(l, t); return s ? [...s.edges].sort((a, b) => a[0] - b[0]) : undefined; },
-      resid: (l, t) => { const s = state(l, t); return s ? s.single[0] : undefined; },
-      ffn: (l, t) => {
-        if (parallel[l]) { const s = state(l, t); return s ? s.single[2] : undefined; }
-        const f = ffnState(l, t); return f ? f[0] : undefined;
-      },
-      ffnResid: (l, t) => { const f = ffnState(l, t); return f ? f[1] : undefined; },
+      attnIn: (l, t) => [...state(l, t).edges].sort((a, b) => a[0] - b[0]),
+      resid: (l, t) => state(l, t).single[0],
+      ffn: (l, t) => (parallel[l] ? state(l, t).single[2] : ffnState(l, t)[0]),
+      ffnResid: (l, t) => ffnState(l, t)[1],
     };
   };
   const graphAt = (tau, renormalize, targets) => {
@@ -322,13 +355,27 @@ export function offlineKernel(store) {
     const biasOf = (name) => {
       const p = parseNode(name);
       if (!(p.kind === "A" || (p.kind === "I" && parallel[p.layer]))) return 0;
-      if (!renormalize) return rawBias.get(name) || 0;
-      const s = w.state(p.layer, p.token);
-      return s ? s.single[1] : 0;
+      return renormalize ? w.state(p.layer, p.token).single[1] : sg.attn_bias[at(p.layer, p.token)];
     };
     const nodes = nodesOf(edges, L, targets, biasOf);
     const settings = { ...base.settings, threshold: tau, renormalize, targets };
-    return { graph: { ...base, settings, nodes, edges }, missing };
+    const preds = store.predictions || base.predictions || {};
+    const predictions = {};
+    for (const t of targets) if (preds[String(t)] !== undefined) predictions[String(t)] = preds[String(t)];
+    return { graph: { ...base, settings, nodes, edges, predictions }, missing };
+  };
+  const mapsOf = (layer, head) => {
+    const mm = off.maps && off.maps[`${layer}:${head}`];
+    if (!mm) return null;
+    const f = new Float32Array(2 * T * T);
+    let i = 0;
+    for (let t = 0; t < T; t++) {
+      for (let s = 0; s <= t; s++, i++) {
+        f[t * T + s] = mm.pattern[i] * mm.step[0];
+        f[T * T + t * T + s] = mm.contribution[i] * mm.step[1];
+      }
+    }
+    return { array: f, shape: [2, T, T] };
   };
   const panelFor = (sel, normalize) => {
     const P = store.panels;
@@ -345,11 +392,11 @@ export function offlineKernel(store) {
     if (base.type !== "attention") return [base, null];
     const head = Number.isInteger(sel.head) && sel.head >= 0 ? sel.head : base.heads[0].head;
     const hv = P[`hv:${base.layer}:${head}:${base.target}`];
-    const maps = store.maps[`${base.layer}:${head}`];
+    const maps = mapsOf(base.layer, head);
     const panel = { ...base, head, head_view: hv || null, maps: maps ? base.maps : [] };
-    return [panel, maps ? { b64: maps, shape: store.map_shape } : null];
+    return [panel, maps];
   };
-  const needsKernel = (what) => ({ type: "offline", what, message: `${what} is not in the exported graph: its panel needs a live kernel` });
+  const needsKernel = (what) => ({ type: "offline", what, message: `${what}: this panel was not embedded in the report (it needs a live kernel)` });
 
   return {
     handle(model, changed) {
@@ -360,13 +407,13 @@ export function offlineKernel(store) {
         const targets = [...model.get("targets")].sort((a, b) => a - b);
         const notes = [];
         let useTau = tau;
-        if (!(tau >= exp.threshold)) {
-          notes.push(`threshold ${tau} is below the exported ${exp.threshold}: needs a live kernel (showing ${exp.threshold})`);
-          useTau = exp.threshold;
+        if (!(tau >= floor)) {
+          notes.push(`threshold ${tau} is below this report's floor ${floor}: showing ${floor} (a live kernel goes lower)`);
+          useTau = floor;
         }
-        let useTargets = targets.filter((t) => exp.targets.includes(t));
+        let useTargets = targets.filter((t) => carried.includes(t));
         if (useTargets.length !== targets.length) {
-          notes.push(`targets outside the exported ones (${exp.targets.join(", ")}) need a live kernel`);
+          notes.push(`this report carries the targets ${carried.length > 12 ? `${carried[0]}–${carried[carried.length - 1]}` : carried.join(", ")}; others need a live kernel`);
           if (!useTargets.length) useTargets = exp.targets.slice();
         }
         const { graph, missing } = graphAt(useTau, renorm, useTargets);
@@ -377,7 +424,7 @@ export function offlineKernel(store) {
       if ("selection" in changed || "normalize" in changed) {
         const [panel, maps] = panelFor(model.get("selection"), !!model.get("normalize"));
         out.panel = panel;
-        out.panel_maps = maps ? maps.b64 : new DataView(new ArrayBuffer(0));
+        out.panel_maps = maps ? maps.array : new DataView(new ArrayBuffer(0));
         out.panel_maps_shape = maps ? maps.shape : [];
       }
       return out;

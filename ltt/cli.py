@@ -144,7 +144,9 @@ def _run_trace(args: argparse.Namespace) -> int:
         graph.to_json(args.json)
         print(f"graph JSON written to {args.json}")
     if args.out:
-        trace.to_html(args.out, threshold=args.threshold, renormalize=not args.no_renormalize, targets=targets)
+        carry = "all" if args.report_targets is None else args.report_targets
+        trace.to_html(args.out, threshold=args.threshold, renormalize=not args.no_renormalize, targets=targets,
+                      carry=carry)
         print(f"HTML report written to {args.out}")
     return 0
 
@@ -176,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep raw shares instead of dropping parts below the threshold and rescaling the rest")
         p.add_argument("--json", default=json_default, metavar="PATH", help="write the pruned graph as JSON here")
         p.add_argument("--out", default=html_default, metavar="PATH", help="write the standalone HTML report here")
+        p.add_argument("--report-targets", type=int, default=None, metavar="N",
+                       help="the HTML report carries the graphs of every token as a target; keep only the last N")
         p.add_argument("--top", type=int, default=5, help="how many tokens, layers and edges to print (default 5)")
         p.add_argument("--trust-remote-code", action="store_true",
                        help="allow the model repository's own code to run (off by default)")
@@ -201,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "demo":
             args.model = DEMO_MODEL
+        if args.report_targets is not None and args.report_targets <= 0:
+            raise ValueError(f"--report-targets must be a positive integer, got {args.report_targets}")
         if args.top <= 0:
             raise ValueError(f"--top must be a positive integer, got {args.top}")
         # Cheap checks first: nothing should wait for a model to load to be refused.

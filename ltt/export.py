@@ -203,7 +203,7 @@ def report_data(
     with_panels: bool = True,
     carry: Sequence[int] | int | str | None = "all",
     floor: float | None = None,
-    max_extra_states: int = 2000,
+    max_extra_states: int = 1000,
 ) -> dict[str, Any]:
     """Everything the report embeds, as plain data and NumPy arrays (see the module docstring).
     With ``with_panels=False`` (or a trace without a model) only the graphs are embedded.
@@ -258,7 +258,9 @@ def report_data(
     ffn_nodes = [name for name, n in nodes.items() if n["kind"] == "M"]
     states = [name for name, n in nodes.items() if n["kind"] != "M"]
     ffn = iter(panels.ffn_panels(trace, ffn_nodes, [ffn_weight.get(name) for name in ffn_nodes], k=k))
-    lens = {flag: iter(panels.state_panels(trace, states, normalize=bool(flag), k=k)) for flag in (1, 0)}
+    before = panels.state_blocks(trace, states)  # the same for both norm settings
+    lens = {flag: iter(panels.state_panels(trace, states, normalize=bool(flag), k=k, blocks=before))
+            for flag in (1, 0)}
     for name, n in nodes.items():
         if n["kind"] == "M":
             P[f"ffn:{name}"] = next(ffn)
@@ -340,7 +342,7 @@ body {{ margin: 16px; background: #fafafa; color: #1f2937; }}
 {css}
 </style>
 </head>
-<body>
+<body class="ltt-report">
 <div class="ltt-report-title">{heading}</div>
 <div class="ltt-report-prompt" id="ltt-prompt"></div>
 <div class="ltt-report-precision" id="ltt-precision"></div>
@@ -382,7 +384,7 @@ def to_html(
     with_panels: bool = True,
     carry: Sequence[int] | int | str | None = "all",
     floor: float | None = None,
-    max_extra_states: int = 2000,
+    max_extra_states: int = 1000,
 ) -> str:
     """Write the standalone report of ``trace`` to ``path`` and return the path (with
     ``path=None``, return the HTML text instead). It carries the graphs of every target in

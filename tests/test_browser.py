@@ -169,7 +169,7 @@ def test_attention_edge_click_shows_the_heads_panel(page, report, trace):
     layer, target, source = int(dst[1:].split("_")[0]), int(dst.split("_")[1]), int(src.split("_")[1])
     eh = interpret.edge_heads(trace, layer, target, source)
     rows = page.eval_on_selector_all(".ltt-head", "els => els.map(e => [Number(e.dataset.head), e.title])")
-    assert [h for h, _ in rows] == sorted(h.head for h in eh.heads)
+    assert [h for h, _ in rows] == [h.head for h in eh.heads]  # largest share first, as edge_heads
     shares = {h.head: h.share for h in eh.heads}
     for h, title in rows:
         assert float(title.split("share ")[1]) == pytest.approx(shares[h], rel=1e-5, abs=1e-7)

@@ -160,3 +160,89 @@ def test_demo_report_of_150_tokens_with_every_target_fits_in_6_mb(page, demo_rep
         _assert_same(page, trace.graph(threshold=0.04, targets=[k]))
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "report_demo150.png"))
+
+
+def test_keyboard_operates_nodes_edges_markers_and_head_rows(page, trace, tmp_path):
+    T = len(trace.token_ids)
+    _open(page, to_html(trace, tmp_path / "keys.html", threshold=0.01))
+    # Tab from the last control reaches the graph's elements
+    page.focus("input.ltt-all-positions")
+    page.keyboard.press("Tab")
+    first = page.evaluate("() => { const d = document.activeElement.dataset; return d.output ?? d.edge ?? d.node ?? null; }")
+    assert first is not None
+    # a node: Enter opens its panel
+    node = f"I1_{T - 1}"
+    page.focus(f'[data-node="{node}"]')
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".ltt-panel .ltt-table")
+    assert node in page.inner_text(".ltt-panel-title")
+    assert page.get_attribute(f'[data-node="{node}"]', "aria-label").startswith(f"{node}, after FFN")
+    # an attention edge: Space opens its heads; a head row: Enter selects it
+    key = page.eval_on_selector_all("[data-edge$='|attention']", "els => els.map(e => e.dataset.edge)")[-1]
+    page.focus(f'[data-edge="{key}"]')
+    page.keyboard.press("Space")
+    page.wait_for_selector(".ltt-head")
+    rows = page.eval_on_selector_all(".ltt-head", "els => els.map(e => Number(e.dataset.head))")
+    assert page.get_attribute(".ltt-head-selected", "data-head") == str(rows[0])
+    page.focus(f'.ltt-head[data-head="{rows[1]}"]')
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f'.ltt-head-selected[data-head="{rows[1]}"]')
+    assert page.evaluate("() => window.__ltt.model.get('selection').head") == rows[1]
+    assert page.get_attribute(f'.ltt-head[data-head="{rows[1]}"]', "aria-selected") == "true"
+    page.keyboard.press("Tab")  # the next head row is reachable too
+    assert page.evaluate("() => document.activeElement.classList.contains('ltt-head')")
+    # a target marker: Enter makes it the target
+    page.focus('rect.ltt-out[data-output="2"]')
+    page.keyboard.press("Enter")
+    _wait_targets(page, [2])
+    _assert_same(page, trace.graph(threshold=0.01, targets=[2]))
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report_keyboard.png"))
+
+
+def _contrast(page, a, b):
+    """WCAG contrast ratio of two CSS colours as the page resolves them."""
+    return page.evaluate("""([a, b]) => {
+        const rgb = (c) => { const el = document.createElement('div'); el.style.color = c; document.body.append(el);
+            const m = getComputedStyle(el).color.match(/[\\d.]+/g).map(Number); el.remove(); return m; };
+        const lum = (c) => { const [r, g, b] = rgb(c).slice(0, 3).map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+            return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+        const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); }""", [a, b])
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_report_follows_the_colour_scheme_with_3_to_1_marks(browser, report, scheme):
+    pg = browser.new_page(viewport={"width": 1280, "height": 860}, color_scheme=scheme)
+    try:
+        _open(pg, report)
+        var = lambda name: pg.evaluate(  # noqa: E731
+            "n => getComputedStyle(document.querySelector('.ltt-root')).getPropertyValue(n).trim()", name)
+        bg = pg.evaluate("() => getComputedStyle(document.querySelector('.ltt-root')).backgroundColor")
+        dark = sum(map(int, bg[bg.index("(") + 1:bg.index(")")].split(",")[:3])) < 3 * 80
+        assert dark == (scheme == "dark"), bg
+        for mark in ("--ltt-attn", "--ltt-resid", "--ltt-ffn", "--ltt-emb", "--ltt-state", "--ltt-target", "--ltt-marker"):
+            assert _contrast(pg, var(mark), var("--ltt-bg")) >= 3.0, (scheme, mark, var(mark))
+        stroke = pg.eval_on_selector("[data-node^='I']", "e => getComputedStyle(e).stroke")
+        assert pg.evaluate("c => c", stroke) and _contrast(pg, stroke, bg) >= 3.0
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / f"report_{scheme}.png"))
+    finally:
+        pg.close()
+
+
+def test_layout_uses_the_width_from_800_px(browser, report):
+    for width in (800, 1000, 1600):
+        pg = browser.new_page(viewport={"width": width, "height": 800})
+        try:
+            _open(pg, report)
+            svg_w = pg.eval_on_selector("svg.ltt-svg", "s => s.getBoundingClientRect().width")
+            page_w = pg.evaluate("() => document.documentElement.scrollWidth")
+            assert page_w <= width, (width, page_w)  # nothing sticks out sideways
+            assert svg_w >= 0.5 * (width - 60), (width, svg_w)  # the graph takes the room it is given
+            # the controls stay in reach: scrolled down a tall page, they are still on screen
+            pg.mouse.wheel(0, 0)
+            pg.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
+            top = pg.eval_on_selector(".ltt-controls", "e => e.getBoundingClientRect().top")
+            assert -1 <= top < 800, top
+        finally:
+            pg.close()

@@ -62,6 +62,14 @@ def graph_payload(trace: Any, graph: Any) -> dict[str, Any]:
     return data
 
 
+def n_heads(trace: Any) -> int:
+    """Attention heads per layer, read from the output projection's per-head slices ``w_o [H,
+    d_h, d]`` (the attention probabilities need not be kept on the trace)."""
+    lb = trace.layers[0]
+    w_o = getattr(lb, "w_o", None)
+    return int(np.shape(w_o)[0]) if w_o is not None else int(lb.attn.shape[0])
+
+
 def model_info(trace: Any, graph: dict[str, Any] | None = None) -> dict[str, Any]:
     """Model facts shown in the header: name, family, layers, heads, d_model, vocabulary."""
     m = getattr(trace, "model", None)
@@ -70,7 +78,7 @@ def model_info(trace: Any, graph: dict[str, Any] | None = None) -> dict[str, Any
         "name": str(getattr(m, "name", None) or (graph or {}).get("model", "model")),
         "family": getattr(m, "family", None),
         "n_layers": len(trace.layers),
-        "n_heads": int(lb.attn.shape[0]),
+        "n_heads": n_heads(trace),
         "n_kv_heads": int(lb.values.shape[1]),
         "d_model": int(lb.resid_pre.shape[1]),
         "d_ffn": int(lb.act.shape[1]),

@@ -31,6 +31,7 @@ never markup: the page sets them with ``textContent`` only.
 from __future__ import annotations
 
 import base64
+import heapq
 import html
 import json
 import os
@@ -146,16 +147,18 @@ def _offline_data(trace: Any, carried: list[int], floor: float, norm: int, with_
       head, source) order: ``l``, ``t``, ``k``, ``s``, ``v``;
     * ``raw``: the attention edges of the raw-mode graph of the carried targets at the floor
       (every edge >= floor into each state it reaches, and the largest where none is);
-    * ``maps``: per layer, every head's attention pattern and contribution map, lower triangle,
-      uint8 with a step per map."""
+    * ``maps``: per head, its attention pattern and contribution map, lower triangle, uint8 with
+      a step per map: every head when they fit in ``max_map_bytes``, else the heads with the
+      largest single share first."""
     T, L = len(trace.token_ids), len(trace.layers)
     full = attribute(trace, norm)
     single = {name: np.ascontiguousarray(getattr(full, name), np.float32).reshape(-1)
               for name in ("attn_resid", "attn_bias", "ffn", "ffn_resid")}
     H = panels.model_info(trace)["n_heads"]
     tri = np.tril_indices(T)
-    map_bytes = 2 * L * H * len(tri[0])
-    keep_maps = with_model and map_bytes <= max_map_bytes
+    per_head = 2 * len(tri[0])
+    room = (max_map_bytes // per_head) if with_model else 0  # how many heads' maps fit
+    best: list[tuple[float, int, str, dict]] = []  # a min-heap of the heads kept so far
     cols: dict[str, list[np.ndarray]] = {"l": [], "t": [], "k": [], "s": [], "v": []}
     maps: dict[str, Any] = {}
     for layer in range(L):
@@ -171,11 +174,16 @@ def _offline_data(trace: Any, carried: list[int], floor: float, norm: int, with_
         cols["k"].append(k.astype(np.uint16))
         cols["s"].append(src.astype(np.uint16))
         cols["v"].append(per_state[t, k, src].astype(np.float32))
-        if keep_maps:
-            for h in range(H):
-                qp, sp = _quantise(pattern[h][tri])
-                qc, sc = _quantise(contrib[h][tri])
-                maps[f"{layer}:{h}"] = {"pattern": qp, "contribution": qc, "step": [sp, sc]}
+        for h in range(H if room else 0):
+            rank = (float(np.max(contrib[h])), -(layer * H + h))
+            if len(best) >= room and rank <= best[0][:2]:
+                continue
+            qp, sp = _quantise(pattern[h][tri])
+            qc, sc = _quantise(contrib[h][tri])
+            entry = (*rank, f"{layer}:{h}", {"pattern": qp, "contribution": qc, "step": [sp, sc]})
+            (heapq.heappush if len(best) < room else heapq.heapreplace)(best, entry)
+    for _, order, key, m in sorted(best, key=lambda e: -e[1]):  # layer, head order
+        maps[key] = m
     heads = {key: np.concatenate(v) if v else np.zeros(0, np.float32) for key, v in cols.items()}
     raw_graph = trace.graph(threshold=floor, renormalize=False, targets=carried)
     rl, rt, rs, rw = [], [], [], []
@@ -187,7 +195,7 @@ def _offline_data(trace: Any, carried: list[int], floor: float, norm: int, with_
             rw.append(e.weight)
     raw = {"l": np.array(rl, np.uint16), "t": np.array(rt, np.uint16), "s": np.array(rs, np.uint16),
            "w": np.array(rw, np.float32)}
-    return {"single": single, "heads": heads, "raw": raw, "maps": maps}
+    return {"single": single, "heads": heads, "raw": raw, "maps": maps, "n_maps": [len(maps), L * H]}
 
 
 def report_data(
@@ -238,7 +246,7 @@ def report_data(
         "predictions": predictions,
         "offline": offline,
         "panels": {},
-        "precision": _precision(floor, carried, T, bool(offline["maps"])),
+        "precision": _precision(floor, carried, T, offline["n_maps"]),
     }
     P = store["panels"]
     nodes: dict[str, dict] = {}
@@ -312,12 +320,15 @@ def report_data(
     return store
 
 
-def _precision(floor: float, carried: list[int], T: int, maps: bool) -> str:
+def _precision(floor: float, carried: list[int], T: int, n_maps: list[int]) -> str:
     which = "every token" if len(carried) == T else f"{len(carried)} of the {T} tokens"
     text = (f"This report carries the graphs of {which} as targets, with thresholds from {floor:g} up "
             "(edge weights as float32, as computed)")
-    if maps:
-        text += "; heads' attention patterns and contribution maps with 8 bits per value (steps of 1/255 of each map's largest value)"
+    kept, total = n_maps
+    if kept:
+        heads = "every head's" if kept == total else f"{kept} of the {total} heads' (the largest shares first)"
+        text += (f"; {heads} attention pattern and contribution map with 8 bits per value (steps of 1/255 "
+                 "of each map's largest value)")
     return text + "."
 
 
@@ -391,8 +402,8 @@ def to_html(
     ``carry`` (default all tokens; an int N: the last N) from ``floor`` up, and shows
     ``targets`` (default the last token) at ``threshold`` first. ``heads_per_edge`` heads of
     each attention edge of that first graph get their promoted tokens embedded; every head's
-    maps are embedded within ``max_map_bytes``; with ``with_panels=False`` only the graphs are
-    (panels then need a live kernel).
+    maps are embedded when they fit in ``max_map_bytes`` (else the heads with the largest
+    shares); with ``with_panels=False`` only the graphs are (panels then need a live kernel).
 
     >>> to_html(trace, "report.html", threshold=0.05, targets=[-1], carry=20)   # doctest: +SKIP
     'report.html'

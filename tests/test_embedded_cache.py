@@ -82,3 +82,19 @@ def test_second_load_hits_the_cache_with_identical_logits(monkeypatch, tmp_path)
     np.testing.assert_array_equal(trace.logits, logits_off)
     assert trace.top_prediction(1)[0][0] == " Paris"
     print(f"\nsecond load of smollm2-135m from the cache: {seconds:.2f} s")
+
+
+def test_conversion_bars_are_quiet_unless_asked_for(monkeypatch, capsys):
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    real, bars = gguf_utils.tqdm, hf_logging.is_progress_bar_enabled()
+    monkeypatch.delenv("LTT_PROGRESS", raising=False)
+    with embedded._QuietGGUF():
+        assert gguf_utils.tqdm is not real and not hf_logging.is_progress_bar_enabled()
+        list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."))
+    assert gguf_utils.tqdm is real and hf_logging.is_progress_bar_enabled() == bars  # restored
+    assert "Converting" not in capsys.readouterr().err
+    monkeypatch.setenv("LTT_PROGRESS", "1")
+    with embedded._QuietGGUF():
+        assert gguf_utils.tqdm is real  # asked for: the bars stay

@@ -246,3 +246,24 @@ def test_layout_uses_the_width_from_800_px(browser, report):
             assert -1 <= top < 800, top
         finally:
             pg.close()
+
+
+def test_map_budget_keeps_the_heads_with_the_largest_shares(trace):
+    import numpy as np
+
+    from ltt import interpret
+    from ltt.export import report_data
+
+    T = len(trace.token_ids)
+    L, H = trace.n_layers, trace.model.n_heads
+    per_head = 2 * T * (T + 1) // 2
+    store = report_data(trace, threshold=0.04, max_map_bytes=3 * per_head + 1)
+    kept = set(store["offline"]["maps"])
+    shares = {f"{l}:{h}": float(np.max(interpret.head_view(trace, l, h).contribution)) for l in range(L) for h in range(H)}
+    want = set(sorted(shares, key=lambda k: -shares[k])[:3])
+    assert kept == want, (kept, want)
+    assert f"3 of the {L * H} heads'" in store["precision"]
+    full = report_data(trace, threshold=0.04)
+    assert len(full["offline"]["maps"]) == L * H and "every head's" in full["precision"]
+    none = report_data(trace, threshold=0.04, max_map_bytes=0)
+    assert not none["offline"]["maps"] and "attention pattern" not in none["precision"]

@@ -64,7 +64,11 @@ def graph_payload(trace: Any, graph: Any) -> dict[str, Any]:
 
 def n_heads(trace: Any) -> int:
     """Attention heads per layer, read from the output projection's per-head slices ``w_o [H,
-    d_h, d]`` (the attention probabilities need not be kept on the trace)."""
+    d_h, d]`` (the attention probabilities need not be kept on the trace).
+
+    >>> n_heads(trace)                                      # doctest: +SKIP
+    9
+    """
     lb = trace.layers[0]
     w_o = getattr(lb, "w_o", None)
     return int(np.shape(w_o)[0]) if w_o is not None else int(lb.attn.shape[0])
@@ -97,7 +101,11 @@ BLOCK_K = 5  # promoted / suppressed tokens of the block before a state, in its 
 
 def block_before(trace: Any, node: str) -> tuple[int, int, str] | None:
     """``(layer, token, block)`` of the update that made a state: the attention block before
-    ``A{l}_t``, the FFN block before ``I{l}_t`` (a parallel layer's FFN); None for ``X0_t``."""
+    ``A{l}_t``, the FFN block before ``I{l}_t`` (a parallel layer's FFN); None for ``X0_t``.
+
+    >>> block_before(trace, "I3_5"), block_before(trace, "X0_2")   # doctest: +SKIP
+    ((3, 5, 'ffn'), None)
+    """
     kind, layer, token = parse_node(node)
     if kind == "A":
         return layer, token, "attn"
@@ -126,7 +134,11 @@ def state_panels(trace: Any, nodes: list[str], normalize: bool = True, k: int = 
 
 def state_blocks(trace: Any, nodes: list[str]) -> list[dict[str, Any] | None]:
     """For each state, ``{"what", "promoted", "suppressed"}`` of the block before it (None for
-    an embedding), in one batched projection."""
+    an embedding), in one batched projection.
+
+    >>> state_blocks(trace, ["A2_4", "X0_1"])[0]["what"]    # doctest: +SKIP
+    'attention block of layer 2'
+    """
     where = [block_before(trace, n) for n in nodes]
     specs = [w for w in where if w is not None]
     found = iter(interpret.promoted_many(trace, specs, k=BLOCK_K) if specs else [])

@@ -1415,7 +1415,14 @@ export function render({ model, el }) {
   }
 
   // -- model events
-  const onGraph = () => { const first = !lay; const prevT = graph ? graph.tokens.length : -1; draw(); controls_(); facts_(); if (first || graph.tokens.length !== prevT) fit(); };
+  const onGraph = () => {
+    const first = !lay;
+    const prevT = graph ? graph.tokens.length : -1;
+    const prevW = lay ? lay.width : -1;
+    draw(); controls_(); facts_();
+    // a new prompt, or columns that moved (a compact layout of other targets): fit again
+    if (first || graph.tokens.length !== prevT || Math.abs(lay.width - prevW) > 1e-6) fit();
+  };
   on("change:graph", onGraph);
   on("change:threshold", controls_);
   on("change:renormalize", controls_);

@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import warnings
@@ -267,6 +268,10 @@ def load_embedded(name: str, dtype=None, device=None):
     else:
         model = tokenizer = None
         problem = _unwritable(os.path.dirname(entry))
+        if not os.environ.get("LTT_QUIET"):  # the bars are quiet: say why this load waits
+            where = f"; later loads read it from {entry}" if problem is None else ""
+            print(f"ltt: converting the embedded {name.lower()!r} model from its GGUF file once (about 30 s){where}",
+                  file=sys.stderr, flush=True)
         if problem is None:
             model, tokenizer = _convert(folder, filename, torch.float32)
             try:

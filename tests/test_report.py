@@ -177,6 +177,14 @@ def test_keyboard_operates_nodes_edges_markers_and_head_rows(page, trace, tmp_pa
     page.wait_for_selector(".ltt-panel .ltt-table")
     assert node in page.inner_text(".ltt-panel-title")
     assert page.get_attribute(f'[data-node="{node}"]', "aria-label").startswith(f"{node}, after FFN")
+    # beside its logit lens, what the block before the state promoted (the FFN block of layer 1)
+    from ltt import interpret
+
+    block = interpret.promoted(trace, 1, T - 1, block="ffn", k=5)
+    effects = page.eval_on_selector(".ltt-panel .ltt-effects", """e => [e.querySelector('.ltt-sub').textContent,
+        [...e.querySelectorAll('.ltt-up .ltt-tok')].map(x => x.textContent)]""")
+    assert "FFN block of layer 1" in effects[0]
+    assert effects[1] == [_visible(t.token) for t in block.promoted]
     # an attention edge: Space opens its heads; a head row: Enter selects it
     key = page.eval_on_selector_all("[data-edge$='|attention']", "els => els.map(e => e.dataset.edge)")[-1]
     page.focus(f'[data-edge="{key}"]')
@@ -198,6 +206,12 @@ def test_keyboard_operates_nodes_edges_markers_and_head_rows(page, trace, tmp_pa
     _assert_same(page, trace.graph(threshold=0.01, targets=[2]))
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "report_keyboard.png"))
+
+
+def _visible(tok: str) -> str:
+    """The page's visibleToken(): newlines and tabs shown, an all-blank token as ␣."""
+    t = tok.replace("\r", "\u240d").replace("\n", "\u21b5").replace("\t", "\u21e5")
+    return t.replace(" ", "\u2423") if t and not t.strip() else t
 
 
 def _contrast(page, a, b):

@@ -132,6 +132,8 @@ def test_carry_limits_the_targets(page, trace, tmp_path):
     _assert_same(page, trace.graph(threshold=0.04, targets=[T - 3]))
     page.click('rect.ltt-out[data-output="0"]')  # not carried: said so, the graph stays valid
     page.wait_for_function("() => document.querySelector('.ltt-notice').textContent.includes('live kernel')")
+    assert page.input_value("input.ltt-targets") == str(T - 3)  # the box says what is drawn
+    _assert_same(page, trace.graph(threshold=0.04, targets=[T - 3]))
     with pytest.raises(ValueError, match="carry"):
         to_html(trace, None, carry=0)
 

@@ -451,12 +451,19 @@ export function offlineKernel(store) {
         let useTargets = targets.filter((t) => carried.includes(t));
         if (useTargets.length !== targets.length) {
           notes.push(`this report carries the targets ${carried.length > 12 ? `${carried[0]}–${carried[carried.length - 1]}` : carried.join(", ")}; others need a live kernel`);
-          if (!useTargets.length) useTargets = exp.targets.slice();
+          if (!useTargets.length) { // keep what is drawn now
+            const drawn = ((model.get("graph") || {}).settings || {}).targets || exp.targets;
+            useTargets = drawn.filter((t) => carried.includes(t));
+            if (!useTargets.length) useTargets = exp.targets.slice();
+          }
         }
         const { graph, missing } = graphAt(useTau, renorm, useTargets);
         if (missing) notes.push("parts of this graph were not exported: it needs a live kernel to be exact");
         out.graph = graph;
         out.notice = notes.join(" · ");
+        // the boxes show what the graph is drawn for, never a setting it could not honour
+        if (useTau !== tau) out.threshold = useTau;
+        if (useTargets.join() !== targets.join()) out.targets = useTargets;
       }
       if ("selection" in changed || "normalize" in changed) {
         const [panel, maps] = panelFor(model.get("selection"), !!model.get("normalize"));

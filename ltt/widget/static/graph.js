@@ -1317,7 +1317,7 @@ export function render({ model, el }) {
       }
       ctx.putImageData(img, 0, 0);
     }
-    const side = 240;
+    const side = Math.max(120, Math.min(240, (panel.clientWidth || 300) - 90)); // the map and its labels fit the panel
     const px = Math.max(1, Math.floor(side / Math.max(R, C)));
     const dim = Math.max(R, C) * px < 120 ? Math.max(1, Math.floor(120 / Math.max(R, C))) : px;
     cv.style.width = `${C * dim}px`;

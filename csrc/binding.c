@@ -1232,6 +1232,8 @@ static PyObject *py_renormalize_sparse(PyObject *self, PyObject *args, PyObject 
                          fmt_double(v, sizeof v, (double)pv[j]), (Py_ssize_t)j);
             goto done;
         }
+    if (require_nonnegative(single, "single") < 0) /* as renormalize: shares only */
+        goto done;
     npy_intp dET[2] = {E, T};
     outs[0] = zeros(1, wn, NPY_FLOAT32);
     outs[1] = zeros(2, dET, NPY_FLOAT32);

@@ -541,6 +541,8 @@ def renormalize_sparse(
     p = np.asarray(parts, dtype=np.float64)
     if p.shape != np.shape(sources) or not np.all(np.isfinite(p)) or np.any(p < 0):
         raise ValueError("parts must be finite shares >= 0, one per source")
+    if np.any(s < 0):  # as renormalize: shares only
+        raise ValueError(f"single holds a negative share ({s[s < 0].flat[0]!r}); shares are >= 0")
     ip = np.asarray(indptr, dtype=np.int64)
     out_parts = np.zeros(len(p))
     out_single = np.zeros((E, T))

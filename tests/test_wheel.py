@@ -51,7 +51,7 @@ def _can_build_in_place() -> str | None:
 
 
 def _build_command(src: Path, dist: Path, isolated: bool) -> list[str]:
-    use_build = importlib.util.find_spec("build") is not None
+    use_build = importlib.util.find_spec("build.__main__") is not None  # not a stray build/ folder
     if isolated:
         if use_build:
             return [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(src)]

@@ -50,8 +50,15 @@ def _can_build_in_place() -> str | None:
     return None
 
 
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def _build_command(src: Path, dist: Path, isolated: bool) -> list[str]:
-    use_build = importlib.util.find_spec("build.__main__") is not None  # not a stray build/ folder
+    use_build = _has_module("build.__main__")  # the build package, not a stray build/ folder
     if isolated:
         if use_build:
             return [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(src)]

@@ -2,6 +2,7 @@
 
     ltt demo                                   # the embedded SmolLM2-135M on a default prompt
     ltt trace --model gpt2 --prompt "..." --json graph.json
+    ltt trace --model gpt2 --ids 464,3139,286 --bos   # token ids as given, BOS put first
     ltt models                                 # supported families and how each is decomposed
 """
 
@@ -136,7 +137,8 @@ def _load(args: argparse.Namespace):
 
 def _run_trace(args: argparse.Namespace) -> int:
     model = _load(args)
-    trace = model.trace(args.prompt)
+    ids = getattr(args, "ids", None)
+    trace = model.trace(_parse_ids(ids) if ids is not None else args.prompt, prepend_bos=args.bos)
     targets = None if args.target is None else [args.target]
     graph = trace.graph(threshold=args.threshold, renormalize=not args.no_renormalize, targets=targets)
     print(routes_report(trace, graph, k=args.top))
@@ -147,6 +149,17 @@ def _run_trace(args: argparse.Namespace) -> int:
         trace.to_html(args.out, threshold=args.threshold, renormalize=not args.no_renormalize, targets=targets)
         print(f"HTML report written to {args.out}")
     return 0
+
+
+def _parse_ids(text: str) -> list[int]:
+    """``--ids "1,2,3"`` (commas and/or spaces) as a list of ints."""
+    parts = [p for p in text.replace(",", " ").split()]
+    if not parts:
+        raise ValueError(f"--ids {text!r}: give token ids separated by commas, e.g. --ids 1,2,3")
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--ids {text!r}: not a list of integers (e.g. --ids 1,2,3)") from None
 
 
 def _check_writable(path: str | None, option: str) -> None:
@@ -176,10 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--top", type=int, default=5, help="how many tokens, layers and edges to print (default 5)")
         p.add_argument("--trust-remote-code", action="store_true",
                        help="allow the model repository's own code to run (off by default)")
+        p.add_argument("--bos", dest="bos", action="store_const", const=True, default=None,
+                       help="put the tokenizer's BOS token first (as the original LM Transparency Tool does)")
+        p.add_argument("--no-bos", dest="bos", action="store_const", const=False,
+                       help="trace without a BOS token (default: whatever the tokenizer does)")
 
     t = sub.add_parser("trace", help="trace a prompt through a model and print the routes to its prediction")
     t.add_argument("--model", required=True, help="hub id, local directory, or 'smollm2-135m' (the embedded model)")
-    t.add_argument("--prompt", required=True, help="the text to run through the model")
+    given = t.add_mutually_exclusive_group(required=True)
+    given.add_argument("--prompt", help="the text to run through the model")
+    given.add_argument("--ids", metavar="IDS", help='token ids to run as given, e.g. "1,2,3"')
     add_graph_options(t, None, None)
 
     d = sub.add_parser("demo", help=f"trace {DEMO_PROMPT!r} on the embedded {DEMO_MODEL}")
@@ -209,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--{exc}") from None
         if args.prompt == "":
             raise ValueError("--prompt is empty (''): give at least one character of text")
+        if getattr(args, "ids", None) is not None:
+            _parse_ids(args.ids)
         _check_model(args.model)
         _check_writable(args.json, "--json")
         _check_writable(args.out, "--out")

@@ -831,10 +831,22 @@ class _Writer:
         self.fh.close()
 
 
-def _trace_one(model: Any, prompt: Any, index: int):
+def _trace_one(model: Any, prompt: Any, index: int, prepend_bos: bool | None = None):
     """The trace of one prompt; a bad prompt raises naming ``prompts[index]``."""
-    model._encode(prompt, argname=f"prompts[{index}]")
-    return model.trace(prompt)
+    model._encode(prompt, argname=f"prompts[{index}]", prepend_bos=prepend_bos)
+    return model.trace(prompt, prepend_bos=prepend_bos)
+
+
+def _key(model: Any, prompt: Any, index: int, prepend_bos: bool | None) -> str:
+    """The resume key of a prompt: its own hash, or for token ids the hash of their decoded
+    text (what its record's ``prompt`` holds); "" when the ids are bad (the trace says why)."""
+    if isinstance(prompt, str):
+        return prompt_key(prompt)
+    try:
+        ids = model._encode(prompt, argname=f"prompts[{index}]", prepend_bos=prepend_bos)
+    except (TypeError, ValueError):
+        return ""
+    return prompt_key(model._prompt_text(prompt, ids))
 
 
 def trace_many(
@@ -851,6 +863,7 @@ def trace_many(
     shard: tuple[int, int] | None = None,
     on_error: str = "raise",
     progress: bool | None = None,
+    prepend_bos: bool | None = None,
 ) -> RouteSet:
     """Trace every prompt, build its pruned graph and keep only its :class:`PromptRoutes`.
 
@@ -870,7 +883,9 @@ def trace_many(
       :func:`merge_shards` joins the files;
     * ``on_error``: ``"raise"`` (default: stop at a bad prompt, naming ``prompts[i]``; the file
       keeps everything done before it) or ``"skip"`` (record the error and go on);
-    * ``progress``: a tqdm bar (default: when stderr is a terminal).
+    * ``progress``: a tqdm bar (default: when stderr is a terminal);
+    * ``prepend_bos``: as in :meth:`ltt.models.Model.trace` (a prompt may also be a list of
+      token ids); when given, it is one of the run's settings.
 
     Returns the :class:`RouteSet` of this process's prompts, in input order.
 
@@ -891,6 +906,10 @@ def trace_many(
     shard = _check_shard(shard)
     settings = {"threshold": threshold, "renormalize": bool(renormalize), "targets": targets,
                 "norm": int(norm), "weighting": weighting}
+    if prepend_bos is not None:
+        if not isinstance(prepend_bos, (bool, np.bool_)):
+            raise TypeError(f"prepend_bos must be None, True or False, got {prepend_bos!r}")
+        settings["prepend_bos"] = bool(prepend_bos)
     routes = RouteSet(str(model.name), int(model.n_layers), int(model.n_heads), settings, model=model)
     source, count = _prompt_source(prompts)
     writer = None
@@ -923,7 +942,7 @@ def trace_many(
             seen += 1
             if shard is not None and index % shard[1] != shard[0]:
                 continue
-            key = prompt_key(prompt) if isinstance(prompt, str) else ""
+            key = _key(model, prompt, index, prepend_bos)
             old = done.get((index, key))
             if old is not None:
                 if "error" in old:
@@ -932,7 +951,7 @@ def trace_many(
                     routes.records.append(PromptRoutes.from_record(old, routes.n_layers, routes.n_heads))
             else:
                 try:
-                    trace = _trace_one(model, prompt, index)
+                    trace = _trace_one(model, prompt, index, prepend_bos)
                     summary = summarize(trace, threshold, renormalize, targets, norm, weighting, index=index)
                     del trace
                 except (ValueError, TypeError) as exc:

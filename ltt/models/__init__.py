@@ -332,21 +332,102 @@ class Model:
 
     # -- tokens ------------------------------------------------------------------------------
 
-    def _encode(self, prompt: Any, argname: str = "prompt") -> list[int]:
-        if not isinstance(prompt, str):
-            raise TypeError(f"{argname} must be a string (or a list of strings), got "
-                            f"{type(prompt).__name__}: {prompt!r}"[:300])
-        if prompt == "":
-            raise ValueError(f"{argname} is empty (''): give at least one character of text")
-        ids = list(self.tokenizer(prompt)["input_ids"])
-        if not ids:
-            raise ValueError(f"{argname} {prompt!r} produced no tokens")
+    def _encode(self, prompt: Any, argname: str = "prompt", prepend_bos: bool | None = None) -> list[int]:
+        """The token ids to trace for ``prompt``: a string (tokenised) or a 1-D sequence of ids
+        (taken as given). ``prepend_bos``: None follows the tokenizer (strings) or the ids as
+        given; True puts the tokenizer's BOS first unless it already is; False removes a BOS
+        the tokenizer (or the ids) put first."""
+        if prepend_bos is not None and not isinstance(prepend_bos, (bool, np.bool_)):
+            raise TypeError(f"prepend_bos must be None, True or False, got {prepend_bos!r}")
+        ids = self._token_ids(prompt, argname) if not isinstance(prompt, str) else None
+        if ids is None:
+            if prompt == "":
+                raise ValueError(f"{argname} is empty (''): give at least one character of text")
+            ids = [int(i) for i in self.tokenizer(prompt)["input_ids"]]
+            if not ids:
+                raise ValueError(f"{argname} {prompt!r} produced no tokens")
+        ids = self._apply_bos(ids, prompt, prepend_bos, argname)
         if self.max_tokens is not None and len(ids) > self.max_tokens:
+            shown = prompt[:80] if isinstance(prompt, str) else ids[:20]
             raise ValueError(
                 f"{argname} is {len(ids)} tokens long, more than the limit of {self.max_tokens} "
-                f"tokens (the model's context or max_tokens); {argname}={prompt[:80]!r}..."
+                f"tokens (the model's context or max_tokens); {argname}={shown!r}..."
             )
-        return [int(i) for i in ids]
+        return ids
+
+    def _token_ids(self, prompt: Any, argname: str) -> list[int]:
+        """A prompt given as token ids (list, tuple, 1-D NumPy array or tensor), checked against
+        the embedding table; a TypeError for anything else that is not a string."""
+        what = ("a string or a 1-D sequence of token ids (list, NumPy array or tensor)")
+        if type(prompt).__module__.startswith("torch"):
+            prompt = prompt.detach().cpu().numpy() if hasattr(prompt, "detach") else prompt
+        if isinstance(prompt, np.ndarray):
+            if prompt.dtype.kind not in "iu":
+                raise TypeError(f"{argname} must be {what}; got an array of dtype {prompt.dtype}: "
+                                f"{prompt!r}"[:300])
+            if prompt.ndim != 1:
+                raise ValueError(f"{argname}: token ids must be 1-D, got shape {prompt.shape} (pass a "
+                                 "list of 1-D sequences to trace several prompts)")
+            ids = [int(i) for i in prompt]
+        elif isinstance(prompt, (list, tuple)):
+            bad = [i for i in prompt if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer))]
+            if bad:
+                raise TypeError(f"{argname} must be {what}; element {bad[0]!r} "
+                                f"({type(bad[0]).__name__}) is not a token id"[:300])
+            ids = [int(i) for i in prompt]
+        else:
+            raise TypeError(f"{argname} must be {what} (or a list of them), got "
+                            f"{type(prompt).__name__}: {prompt!r}"[:300])
+        if not ids:
+            raise ValueError(f"{argname} is an empty sequence of token ids: give at least one id")
+        emb = self.hf_model.get_input_embeddings()
+        n = int(getattr(emb, "num_embeddings", 0) or self.vocab_size)
+        out = [i for i in ids if not 0 <= i < n]
+        if out:
+            raise ValueError(f"{argname}: token id {out[0]} is outside the embedding table [0, {n})")
+        return ids
+
+    def _apply_bos(self, ids: list[int], prompt: Any, prepend_bos: bool | None, argname: str) -> list[int]:
+        if prepend_bos is None:
+            return ids
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if bos is None:
+            if prepend_bos:
+                raise ValueError(f"prepend_bos=True for {argname}, but the tokenizer of {self.name!r} "
+                                 "has no BOS token (bos_token_id is None)")
+            return ids
+        if prepend_bos:
+            return ids if ids[0] == bos else [int(bos)] + ids
+        if ids[0] != bos or len(ids) == 1:
+            if len(ids) == 1 and ids[0] == bos:
+                raise ValueError(f"prepend_bos=False for {argname}, but its only token is the BOS")
+            return ids
+        if isinstance(prompt, str):
+            # a BOS typed as text in the prompt stays; only one the tokenizer added is removed
+            plain = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if plain and int(plain[0]) == bos:
+                return ids
+        return ids[1:]
+
+    def _prompt_text(self, prompt: Any, ids: list[int]) -> str:
+        """``prompt`` itself for a string, else the decoded text of the traced ids."""
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+
+    def _batch(self, prompt: Any) -> list[Any] | None:
+        """The prompts of a batch (a list/tuple of strings or of id sequences, or a 2-D array of
+        ids), or None when ``prompt`` is one prompt (a string or one 1-D sequence of ids)."""
+        if type(prompt).__module__.startswith("torch") and hasattr(prompt, "ndim") and prompt.ndim == 2:
+            return [row for row in prompt]
+        if isinstance(prompt, np.ndarray) and prompt.ndim == 2:
+            return [row for row in prompt]
+        if isinstance(prompt, (list, tuple)):
+            if not prompt:
+                raise ValueError("prompt is an empty list: give at least one string (or token ids)")
+            ints = [isinstance(p, (int, np.integer)) and not isinstance(p, (bool, np.bool_)) for p in prompt]
+            return None if all(ints) else list(prompt)
+        return None
 
     def token_strings(self, ids: Sequence[int], prompt: str | None = None) -> list[str]:
         """Readable strings of token ids: each token's text as it appears in the decoded prompt
@@ -364,8 +445,14 @@ class Model:
         if prompt is not None:
             try:
                 enc = tok(prompt, return_offsets_mapping=True)
-                if [int(i) for i in enc["input_ids"]] == ids:
-                    spans = [tuple(o) for o in enc["offset_mapping"]]
+                got = [int(i) for i in enc["input_ids"]]
+                offsets = [tuple(o) for o in enc["offset_mapping"]]
+                if got == ids:
+                    spans = offsets
+                elif got[1:] == ids:  # the tokenizer's BOS removed (prepend_bos=False)
+                    spans = offsets[1:]
+                elif got == ids[1:]:  # a BOS put first (prepend_bos=True)
+                    spans = [(0, 0)] + offsets
             except (NotImplementedError, TypeError, ValueError, KeyError):
                 spans = None  # a slow tokenizer: no offsets
         out = []
@@ -384,20 +471,27 @@ class Model:
 
     # -- tracing -------------------------------------------------------------------------------
 
-    def trace(self, prompt: str | Sequence[str], all_logits: bool = False) -> Trace | list[Trace]:
+    def trace(self, prompt: Any, all_logits: bool = False,
+              prepend_bos: bool | None = None) -> Trace | list[Trace]:
         """Record one forward pass of ``prompt``: a :class:`ltt.trace.Trace` (a list of them for a
         list of prompts, each traced on its own).
 
+        ``prompt``: a string, or token ids traced as given (a list of ints, a 1-D NumPy array or
+        tensor; a list of such sequences or a 2-D array is a batch). ``prepend_bos``: None
+        follows the tokenizer (a string) or the ids as given; True puts the tokenizer's BOS
+        first (as the original LM Transparency Tool always does) unless it already is; False
+        traces without it.
+
         >>> trace = model.trace("The capital of France is")  # doctest: +SKIP
         >>> traces = model.trace(["Hello", "World"])          # doctest: +SKIP
+        >>> trace = model.trace([504, 3575], prepend_bos=True)  # doctest: +SKIP
         """
-        if isinstance(prompt, (list, tuple)):
-            if not prompt:
-                raise ValueError("prompt is an empty list: give at least one string")
-            for i, p in enumerate(prompt):
-                self._encode(p, argname=f"prompt[{i}]")
-            return [self._trace_one(p, all_logits) for p in prompt]
-        return self._trace_one(prompt, all_logits)
+        batch = self._batch(prompt)
+        if batch is not None:
+            for i, p in enumerate(batch):
+                self._encode(p, argname=f"prompt[{i}]", prepend_bos=prepend_bos)
+            return [self._trace_one(p, all_logits, prepend_bos) for p in batch]
+        return self._trace_one(prompt, all_logits, prepend_bos)
 
     def trace_many(self, prompts: Any, **kwargs: Any):
         """Trace many prompts, keeping only each one's component importance: a
@@ -409,10 +503,11 @@ class Model:
 
         return trace_many(self, prompts, **kwargs)
 
-    def _trace_one(self, prompt: str, all_logits: bool) -> Trace:
+    def _trace_one(self, prompt: Any, all_logits: bool, prepend_bos: bool | None = None) -> Trace:
         import torch
 
-        ids = self._encode(prompt)
+        ids = self._encode(prompt, prepend_bos=prepend_bos)
+        prompt = self._prompt_text(prompt, ids)
         T = len(ids)
         hf = self.hf_model
         config = hf.config

@@ -469,11 +469,15 @@ export function render({ model, el }) {
   const facts = h("div", { class: "ltt-facts" });
   const promptInput = h("input", { class: "ltt-prompt", type: "text", placeholder: "a new prompt…", "aria-label": "prompt" });
   const runBtn = h("button", { class: "ltt-run", text: "Run" });
+  // BOS for a new prompt: indeterminate = the tokenizer's choice; checked/unchecked force it.
+  const bosBox = h("input", { class: "ltt-bos", type: "checkbox", "aria-label": "prepend BOS" });
+  bosBox.indeterminate = true;
+  const bosLabel = h("label", { class: "ltt-bos-label", title: "BOS first (dash: as the tokenizer does)" }, bosBox, "BOS");
   const picker = h("select", { class: "ltt-picker", "aria-label": "prompt picker" });
   const status = h("span", { class: "ltt-status" });
   const notice = h("div", { class: "ltt-notice" });
   const errorBox = h("div", { class: "ltt-error" });
-  root.append(h("div", { class: "ltt-header" }, facts, h("div", { class: "ltt-promptbar" }, picker, promptInput, runBtn, status)), notice, errorBox);
+  root.append(h("div", { class: "ltt-header" }, facts, h("div", { class: "ltt-promptbar" }, picker, promptInput, bosLabel, runBtn, status)), notice, errorBox);
 
   // -- controls
   const slider = h("input", { class: "ltt-threshold-slider", type: "range", step: "0.005", "aria-label": "threshold" });
@@ -560,6 +564,7 @@ export function render({ model, el }) {
     const live = model.get("live") !== false;
     promptInput.disabled = !live;
     runBtn.disabled = !live;
+    bosBox.disabled = !live;
     promptInput.placeholder = live ? "a new prompt…" : "new prompts need a live kernel";
   }
 
@@ -1040,7 +1045,7 @@ export function render({ model, el }) {
     const p = promptInput.value;
     if (!p.trim()) { showError("prompt: type a prompt first"); return; }
     showError("");
-    model.send({ type: "run", prompt: p });
+    model.send({ type: "run", prompt: p, bos: bosBox.indeterminate ? null : bosBox.checked });
   };
   runBtn.addEventListener("click", run);
   promptInput.addEventListener("keydown", (ev) => { if (ev.key === "Enter") run(); });

@@ -31,8 +31,32 @@ FAMILIES = {
     "falcon": ("falcon", True),
     "falcon_seq": ("falcon", False),
     "falcon_mq": ("falcon", True),
+    "starcoder2": ("starcoder2", False),
+    "cohere": ("cohere", True),
+    "cohere2": ("cohere", True),
+    "stablelm": ("stablelm", False),
+    "stablelm_par": ("stablelm", True),
+    "olmo": ("olmo", False),
+    "olmo2": ("olmo2", False),
+    "olmo3": ("olmo2", False),
+    "exaone4": ("olmo2", False),
+    "glm4": ("glm4", False),
+    "glm": ("glm", False),
+    "smollm3": ("smollm3", False),
+    "ernie4_5": ("ernie4_5", False),
+    "ministral": ("llama_like", False),
+    "helium": ("llama_like", False),
+    "seed_oss": ("llama_like", False),
+    "arcee": ("llama_like", False),
+    "hunyuan_v1_dense": ("llama_like", False),
+    "apertus": ("apertus", False),
+    "nemotron": ("nemotron", False),
+    "gpt_bigcode": ("gpt_bigcode", False),
+    "gpt_bigcode_mha": ("gpt_bigcode", False),
+    "bloom": ("bloom", False),
+    "mpt": ("mpt", False),
 }
-POST_NORM = {"gemma2", "gemma3"}
+POST_NORM = {"gemma2", "gemma3", "olmo2", "olmo3", "exaone4", "glm4"}
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 TOL = 1e-4
 
@@ -348,12 +372,12 @@ def test_post_ln_opt_refused(tmp_path):
 def test_unsupported_architecture_lists_families(tmp_path):
     import transformers as tf
 
-    cfg = tf.BloomConfig(vocab_size=64, hidden_size=16, n_layer=1, n_head=2)
+    cfg = tf.XGLMConfig(vocab_size=64, d_model=16, num_layers=1, attention_heads=2, ffn_dim=32)
     tf.AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="unsupported architecture") as info:
         ltt.load(str(tmp_path))
     msg = str(info.value)
-    assert "'bloom'" in msg
+    assert "'xglm'" in msg
     for fam in ("gpt2", "llama", "gemma2", "falcon", "phi3", "gpt_neox"):
         assert fam in msg
 

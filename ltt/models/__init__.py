@@ -104,11 +104,14 @@ class NormParams:
     eps: float
 
     @classmethod
-    def of(cls, module: Any, offset: float = 0.0) -> "NormParams":
+    def of(cls, module: Any, offset: float = 0.0, kind: str | None = None,
+           eps: float | None = None) -> "NormParams":
+        """The parameters of a norm module; ``kind`` ("layer"/"rms") and ``eps`` override what
+        its type and attributes say (a family's own LayerNorm class, a hard-coded epsilon)."""
         import torch
 
-        kind = "layer" if isinstance(module, torch.nn.LayerNorm) else "rms"
-        eps = None
+        if kind is None:
+            kind = "layer" if isinstance(module, torch.nn.LayerNorm) else "rms"
         for key in ("eps", "variance_epsilon", "epsilon"):
             if getattr(module, key, None) is not None:
                 eps = float(getattr(module, key))
@@ -218,11 +221,12 @@ class Model:
         self._final_norm_module = get_module(hf_model, fam.final_norm)
         self._final_norm = (
             None if self._final_norm_module is None
-            else NormParams.of(self._final_norm_module, fam.norm_offset)
+            else NormParams.of(self._final_norm_module, fam.norm_offset, fam.norm_kind, fam.norm_eps)
         )
         pre = get_module(hf_model, fam.unembed_pre)
         self._unembed_pre = None if pre is None else _linear_in_out(pre)
         self._softcap = getattr(config, "final_logit_softcapping", None)
+        self._logit_scale = float(fam.logit_scale(config))  # Cohere, Granite: logits times a constant
         self.max_tokens = self._context_limit(max_tokens)
         self._weights: dict[int, dict[str, Any]] = {}
 
@@ -273,8 +277,8 @@ class Model:
                 "b_o": _bias(o),
                 "w_down": _linear_in_out(down),
                 "b_down": _bias(down),
-                "attn_post_norm": None if post_a is None else NormParams.of(post_a, fam.norm_offset),
-                "ffn_post_norm": None if post_f is None else NormParams.of(post_f, fam.norm_offset),
+                "attn_post_norm": None if post_a is None else NormParams.of(post_a, fam.norm_offset, fam.norm_kind, fam.norm_eps),
+                "ffn_post_norm": None if post_f is None else NormParams.of(post_f, fam.norm_offset, fam.norm_kind, fam.norm_eps),
             }
             self._weights[layer] = cached
         return cached
@@ -305,11 +309,15 @@ class Model:
     @property
     def unembedding(self) -> np.ndarray:
         """``[d, V]`` float32: the lm_head weight as a map from normalised states to logits
-        (before its bias and any softcapping; OPT's project_out is applied first by
-        :meth:`unembed`). A view of the weight when it is float32 on the CPU, else a cached copy."""
+        (before its bias and any softcapping, times the family's logit scale; OPT's project_out
+        is applied first by :meth:`unembed`). A view of the weight when it is float32 on the CPU, else a cached copy."""
         cached = self.__dict__.get("_w_unembed")
         if cached is None:
-            cached = (_param_numpy(self._lm_head.weight).T, _bias(self._lm_head))
+            w, b = _param_numpy(self._lm_head.weight).T, _bias(self._lm_head)
+            if self._logit_scale != 1.0:  # the family's logit scale folded in (a copy)
+                w = w * np.float32(self._logit_scale)
+                b = None if b is None else b * np.float32(self._logit_scale)
+            cached = (w, b)
             self.__dict__["_w_unembed"] = cached
         return cached[0]
 

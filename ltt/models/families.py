@@ -24,8 +24,9 @@ import numpy as np
 # How to cut the values [T, G, d_h] out of the ``qkv`` module's output [T, n].
 # ``split``: a plain v projection; ``gpt2``: Conv1D c_attn, q|k|v blocks of d each;
 # ``neox``: per head [q_h, k_h, v_h]; ``phi3``: q block (H*d_h) | k block (G*d_h) | v block;
-# ``falcon``: one of Falcon's three fused layouts, chosen from the config.
-VALUE_LAYOUTS = ("split", "gpt2", "neox", "phi3", "falcon")
+# ``falcon``: one of Falcon's three fused layouts, chosen from the config; ``bigcode``: GPT-BigCode,
+# q | k | v with one kv head (multi-query) or per head [q_h, k_h, v_h].
+VALUE_LAYOUTS = ("split", "gpt2", "neox", "phi3", "falcon", "bigcode")
 
 
 def _never(config: Any) -> bool:
@@ -61,6 +62,46 @@ def _falcon_kv_heads(config: Any) -> int:
     if config.new_decoder_architecture:
         return int(config.num_kv_heads)
     return 1 if config.multi_query else _heads(config)
+
+
+def _stablelm_parallel(config: Any) -> bool:
+    return bool(getattr(config, "use_parallel_residual", False))
+
+
+def _bigcode_kv_heads(config: Any) -> int:
+    return 1 if config.multi_query else _heads(config)
+
+
+def _no_clip(config: Any) -> float | None:
+    return None
+
+
+def _olmo_clip(config: Any) -> float | None:
+    return getattr(config, "clip_qkv", None) or None
+
+
+def _mpt_clip(config: Any) -> float | None:
+    attn = getattr(config, "attn_config", None)
+    return getattr(attn, "clip_qkv", None) or None
+
+
+def _unit(config: Any) -> float:
+    return 1.0
+
+
+def _cohere_logit_scale(config: Any) -> float:
+    return float(config.logit_scale)
+
+
+def _bloom_refusal(config: Any) -> str | None:
+    if getattr(config, "apply_residual_connection_post_layernorm", False):
+        return ("this Bloom model adds each branch to the normalised input "
+                "(apply_residual_connection_post_layernorm=True): a layer's output is not its input "
+                "plus its branches, so it has no exact additive decomposition")
+    if getattr(config, "pretraining_tp", 1) > 1 and getattr(config, "slow_but_exact", False):
+        return ("slow_but_exact=True with pretraining_tp > 1 computes the projections slice by slice "
+                "outside the modules ltt hooks; load it with slow_but_exact=False (same result)")
+    return None
 
 
 def _opt_refusal(config: Any) -> str | None:
@@ -99,6 +140,12 @@ class Family:
     norm_offset: float = 0.0  # Gemma RMSNorms scale by (1 + weight)
     unembed_pre: str | None = None  # from the CausalLM: a linear map before lm_head (OPT)
     refuse: Callable[[Any], str | None] = _no_refusal
+    norm_kind: str | None = None  # "layer" for LayerNorm classes of the family's own (default: by type)
+    norm_eps: float | None = None  # for norm modules that keep no epsilon attribute (OLMo)
+    value_clip: Callable[[Any], float | None] = _no_clip  # values clamped to [-c, c] after the projection
+    logit_scale: Callable[[Any], float] = _unit  # logits = lm_head(final_norm(x)) * scale
+    label: str = ""  # the family's name for people (the README and ``ltt models``)
+    notes: str = ""  # what its decomposition handles beyond a plain sequential pre-norm block
 
 
 _LLAMA = dict(
@@ -116,6 +163,14 @@ _GEMMA2 = dict(
     attn_post_norm="post_attention_layernorm",
     ffn_post_norm="post_feedforward_layernorm",
     norm_offset=1.0,
+)
+
+# Norms only after the branches (OLMo 2): the FFN reads the after-attention state itself.
+_POST_ONLY = dict(
+    _LLAMA,
+    ffn_norm="mlp",
+    attn_post_norm="post_attention_layernorm",
+    ffn_post_norm="post_feedforward_layernorm",
 )
 
 _TABLE = [
@@ -145,6 +200,27 @@ _TABLE = [
            "self_attention.query_key_value", "self_attention.dense", "mlp.dense_4h_to_h",
            "post_attention_layernorm", values="falcon", parallel=_falcon_parallel,
            n_kv_heads=_falcon_kv_heads),
+    Family("starcoder2", ("starcoder2",), **dict(_LLAMA, down="mlp.c_proj")),
+    Family("cohere", ("cohere", "cohere2"), **dict(_LLAMA, ffn_norm=None), parallel=_always,
+           norm_kind="layer", logit_scale=_cohere_logit_scale),
+    Family("stablelm", ("stablelm",), **_LLAMA, parallel=_stablelm_parallel),
+    Family("olmo", ("olmo",), **_LLAMA, norm_kind="layer", norm_eps=1e-5, value_clip=_olmo_clip),
+    Family("olmo2", ("olmo2", "olmo3", "exaone4"), **_POST_ONLY),
+    Family("glm4", ("glm4",), **dict(_LLAMA, attn_post_norm="post_self_attn_layernorm",
+                                     ffn_post_norm="post_mlp_layernorm")),
+    Family("glm", ("glm",), **_LLAMA),
+    Family("smollm3", ("smollm3",), **_LLAMA),
+    Family("ernie4_5", ("ernie4_5",), **_LLAMA),
+    Family("llama_like", ("ministral", "helium", "seed_oss", "arcee", "hunyuan_v1_dense"), **_LLAMA),
+    Family("apertus", ("apertus",), **dict(_LLAMA, ffn_norm="feedforward_layernorm")),
+    Family("nemotron", ("nemotron",), **_LLAMA, norm_offset=1.0),
+    Family("gpt_bigcode", ("gpt_bigcode",), "transformer.h", "transformer.ln_f", "attn", "attn.c_attn",
+           "attn.c_proj", "mlp.c_proj", "ln_2", values="bigcode", n_kv_heads=_bigcode_kv_heads),
+    Family("bloom", ("bloom",), "transformer.h", "transformer.ln_f", "self_attention",
+           "self_attention.query_key_value", "self_attention.dense", "mlp.dense_4h_to_h",
+           "post_attention_layernorm", values="neox", refuse=_bloom_refusal),
+    Family("mpt", ("mpt",), "transformer.blocks", "transformer.norm_f", "attn", "attn.Wqkv",
+           "attn.out_proj", "ffn.down_proj", "norm_2", values="gpt2", value_clip=_mpt_clip),
 ]
 
 #: Family by config.model_type.
@@ -190,6 +266,12 @@ def split_values(family: Family, config: Any, out: np.ndarray, n_heads: int, n_k
     """The values ``[T, G, d_h]`` inside the ``qkv`` module's output ``out [T, n]`` (a view)."""
     T = out.shape[0]
     layout = family.values
+    clip = family.value_clip(config)
+    if clip is not None:
+        # the model clamps q, k, v after the projection ltt hooks (OLMo, MPT clip_qkv)
+        out = np.clip(out, -clip, clip)
+    if layout == "bigcode":
+        layout = "phi3" if config.multi_query else "neox"
     if layout == "split":
         return out.reshape(T, n_kv, d_head)
     if layout == "gpt2":

@@ -3,7 +3,8 @@
     ltt demo                                   # the embedded SmolLM2-135M on a default prompt
     ltt trace --model gpt2 --prompt "..." --json graph.json
     ltt trace --model gpt2 --ids 464,3139,286 --bos   # token ids as given, BOS put first
-    ltt models                                 # supported families and how each is decomposed
+    ltt models                                 # supported model types and how each is decomposed
+    ltt models --markdown                      # the README's table of families
 """
 
 from __future__ import annotations
@@ -82,29 +83,15 @@ def routes_report(trace, graph, k: int = 5) -> str:
 
 
 def describe_families() -> str:
-    """The supported families, one line each: model types and how a layer is decomposed.
+    """Every supported ``model_type`` with its family and how a layer is decomposed (one line
+    each; :func:`ltt.models.families.describe`).
 
     >>> "llama" in describe_families()
     True
     """
-    from ltt.models import families as fam
+    from ltt.models.families import describe
 
-    lines = [f"{'family':<10} {'model_type':<12} decomposition"]
-    for f in fam._TABLE:
-        if f.parallel is fam._always:
-            block = "parallel block: x + attention + FFN in one step"
-        elif f.parallel is fam._never:
-            block = "sequential: attention, then FFN"
-        else:
-            block = "parallel or sequential, as the config says"
-        notes = []
-        if f.attn_post_norm:
-            notes.append("post-branch norms linearised with the frozen scale")
-        if f.refuse is not fam._no_refusal:
-            notes.append("post-LN variants refused")
-        extra = f" ({'; '.join(notes)})" if notes else ""
-        lines.append(f"{f.name:<10} {','.join(f.model_types):<12} {block}{extra}")
-    return "\n".join(lines)
+    return describe()
 
 
 def _check_model(name: str) -> None:
@@ -205,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--prompt", default=DEMO_PROMPT, help="the text to run (default: an indirect-object sentence)")
     add_graph_options(d, "ltt-demo.json", "ltt-demo.html")
 
-    sub.add_parser("models", help="list the supported model families and how each is decomposed")
+    m = sub.add_parser("models", help="list the supported model types and how each is decomposed")
+    m.add_argument("--markdown", action="store_true",
+                   help="print the README's table of families instead (generated from the same table)")
     return parser
 
 
@@ -213,7 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "models":
-            print(describe_families())
+            if args.markdown:
+                from ltt.models.families import markdown
+
+                print(markdown())
+            else:
+                print(describe_families())
             return 0
         if args.command == "demo":
             args.model = DEMO_MODEL

@@ -175,52 +175,79 @@ _POST_ONLY = dict(
 
 _TABLE = [
     Family("gpt2", ("gpt2",), "transformer.h", "transformer.ln_f", "attn", "attn.c_attn",
-           "attn.c_proj", "mlp.c_proj", "ln_2", values="gpt2"),
+           "attn.c_proj", "mlp.c_proj", "ln_2", values="gpt2",
+           label="GPT-2", notes="fused `c_attn`, Conv1D weights, biases"),
     Family("gpt_neo", ("gpt_neo",), "transformer.h", "transformer.ln_f", "attn.attention",
-           "attn.attention.v_proj", "attn.attention.out_proj", "mlp.c_proj", "ln_2"),
+           "attn.attention.v_proj", "attn.attention.out_proj", "mlp.c_proj", "ln_2",
+           label="GPT-Neo", notes="local-attention layers"),
     Family("gpt_neox", ("gpt_neox",), "gpt_neox.layers", "gpt_neox.final_layer_norm", "attention",
            "attention.query_key_value", "attention.dense", "mlp.dense_4h_to_h",
-           "post_attention_layernorm", values="neox", parallel=_neox_parallel),
+           "post_attention_layernorm", values="neox", parallel=_neox_parallel,
+           label="GPT-NeoX / Pythia", notes="qkv fused per head"),
     Family("gptj", ("gptj",), "transformer.h", "transformer.ln_f", "attn", "attn.v_proj",
-           "attn.out_proj", "mlp.fc_out", None, parallel=_always),
+           "attn.out_proj", "mlp.fc_out", None, parallel=_always,
+           label="GPT-J", notes="one shared LN; partial rotary"),
     Family("opt", ("opt",), "model.decoder.layers", "model.decoder.final_layer_norm", "self_attn",
            "self_attn.v_proj", "self_attn.out_proj", "fc2", "final_layer_norm",
-           unembed_pre="model.decoder.project_out", refuse=_opt_refusal),
-    Family("llama", ("llama",), **_LLAMA),
-    Family("mistral", ("mistral",), **_LLAMA),
-    Family("qwen2", ("qwen2",), **_LLAMA),
-    Family("qwen3", ("qwen3",), **_LLAMA),
-    Family("gemma", ("gemma",), **dict(_LLAMA, norm_offset=1.0)),
-    Family("gemma2", ("gemma2",), **_GEMMA2),
-    Family("gemma3", ("gemma3_text",), **_GEMMA2),
+           unembed_pre="model.decoder.project_out", refuse=_opt_refusal,
+           label="OPT (pre-LN sizes)", notes="`project_out` before the unembedding; post-LN sizes "
+           "(opt-350m) refused with the reason"),
+    Family("llama", ("llama", "smollm3", "glm", "ernie4_5", "ministral", "helium", "seed_oss", "arcee",
+                     "hunyuan_v1_dense"), **_LLAMA,
+           label="Llama, SmolLM2/3, GLM, Ernie 4.5, Ministral, Helium, Seed-OSS, Arcee, Hunyuan dense",
+           notes="GQA, RMSNorm; biases where the config has them; layers without positions "
+           "(SmolLM3) and partial rotary (GLM) touch only the probabilities"),
+    Family("mistral", ("mistral",), **_LLAMA, label="Mistral", notes="GQA; sliding window"),
+    Family("qwen2", ("qwen2",), **_LLAMA, label="Qwen2", notes="GQA; qkv biases (the v bias is in the values)"),
+    Family("qwen3", ("qwen3",), **_LLAMA, label="Qwen3", notes="GQA; q/k norms"),
+    Family("gemma", ("gemma",), **dict(_LLAMA, norm_offset=1.0),
+           label="Gemma", notes="embedding scale; RMSNorm of (1 + weight)"),
+    Family("gemma2", ("gemma2",), **_GEMMA2, label="Gemma 2",
+           notes="post-branch norms linearised exactly with the frozen scale; softcapping"),
+    Family("gemma3", ("gemma3_text",), **_GEMMA2, label="Gemma 3 (text)",
+           notes="post-branch norms linearised exactly with the frozen scale; local/global layers"),
     Family("phi", ("phi",), "model.layers", "model.final_layernorm", "self_attn",
-           "self_attn.v_proj", "self_attn.dense", "mlp.fc2", None, parallel=_always),
-    Family("phi3", ("phi3",), **dict(_LLAMA, qkv="self_attn.qkv_proj", values="phi3")),
+           "self_attn.v_proj", "self_attn.dense", "mlp.fc2", None, parallel=_always,
+           label="Phi-1/2", notes="one shared LN; partial rotary"),
+    Family("phi3", ("phi3",), **dict(_LLAMA, qkv="self_attn.qkv_proj", values="phi3"),
+           label="Phi-3", notes="fused qkv and gate_up"),
     Family("falcon", ("falcon",), "transformer.h", "transformer.ln_f", "self_attention",
            "self_attention.query_key_value", "self_attention.dense", "mlp.dense_4h_to_h",
            "post_attention_layernorm", values="falcon", parallel=_falcon_parallel,
-           n_kv_heads=_falcon_kv_heads),
-    Family("starcoder2", ("starcoder2",), **dict(_LLAMA, down="mlp.c_proj")),
+           n_kv_heads=_falcon_kv_heads,
+           label="Falcon", notes="multi-query and grouped fused qkv; alibi or rotary"),
+    Family("starcoder2", ("starcoder2",), **dict(_LLAMA, down="mlp.c_proj"),
+           label="StarCoder2", notes="LayerNorm and biases everywhere; sliding window"),
     Family("cohere", ("cohere", "cohere2"), **dict(_LLAMA, ffn_norm=None), parallel=_always,
-           norm_kind="layer", logit_scale=_cohere_logit_scale),
-    Family("stablelm", ("stablelm",), **_LLAMA, parallel=_stablelm_parallel),
-    Family("olmo", ("olmo",), **_LLAMA, norm_kind="layer", norm_eps=1e-5, value_clip=_olmo_clip),
-    Family("olmo2", ("olmo2", "olmo3", "exaone4"), **_POST_ONLY),
+           norm_kind="layer", logit_scale=_cohere_logit_scale, label="Command R / R7B (Cohere 1/2)",
+           notes="LayerNorm without bias (its own class); logit scale folded into the unembedding"),
+    Family("stablelm", ("stablelm",), **_LLAMA, parallel=_stablelm_parallel, label="StableLM",
+           notes="partial rotary; qkv biases; per-head q/k LayerNorms"),
+    Family("olmo", ("olmo",), **_LLAMA, norm_kind="layer", norm_eps=1e-5, value_clip=_olmo_clip,
+           label="OLMo", notes="LayerNorm without parameters; values clamped by `clip_qkv` as the "
+           "model does"),
+    Family("olmo2", ("olmo2", "olmo3", "exaone4"), **_POST_ONLY, label="OLMo 2, OLMo 3, EXAONE 4",
+           notes="norms only after the branches (no pre-norm): each branch's post-norm linearised "
+           "exactly with the frozen scale; the FFN reads the after-attention state itself"),
     Family("glm4", ("glm4",), **dict(_LLAMA, attn_post_norm="post_self_attn_layernorm",
-                                     ffn_post_norm="post_mlp_layernorm")),
-    Family("glm", ("glm",), **_LLAMA),
-    Family("smollm3", ("smollm3",), **_LLAMA),
-    Family("ernie4_5", ("ernie4_5",), **_LLAMA),
-    Family("llama_like", ("ministral", "helium", "seed_oss", "arcee", "hunyuan_v1_dense"), **_LLAMA),
-    Family("apertus", ("apertus",), **dict(_LLAMA, ffn_norm="feedforward_layernorm")),
-    Family("nemotron", ("nemotron",), **_LLAMA, norm_offset=1.0),
+                                     ffn_post_norm="post_mlp_layernorm"),
+           label="GLM-4", notes="pre- and post-branch norms (post-norms linearised exactly); "
+           "fused gate_up; partial rotary"),
+    Family("apertus", ("apertus",), **dict(_LLAMA, ffn_norm="feedforward_layernorm"),
+           label="Apertus", notes="xIELU MLP without gate; q/k norms"),
+    Family("nemotron", ("nemotron",), **_LLAMA, norm_offset=1.0, label="Nemotron",
+           notes="LayerNorm of (1 + weight); partial rotary; squared-ReLU MLP"),
     Family("gpt_bigcode", ("gpt_bigcode",), "transformer.h", "transformer.ln_f", "attn", "attn.c_attn",
-           "attn.c_proj", "mlp.c_proj", "ln_2", values="bigcode", n_kv_heads=_bigcode_kv_heads),
+           "attn.c_proj", "mlp.c_proj", "ln_2", values="bigcode", n_kv_heads=_bigcode_kv_heads,
+           label="GPT-BigCode (SantaCoder, StarCoder 1)",
+           notes="multi-query fused `c_attn` (one kv head for all query heads)"),
     Family("bloom", ("bloom",), "transformer.h", "transformer.ln_f", "self_attention",
            "self_attention.query_key_value", "self_attention.dense", "mlp.dense_4h_to_h",
-           "post_attention_layernorm", values="neox", refuse=_bloom_refusal),
+           "post_attention_layernorm", values="neox", refuse=_bloom_refusal, label="BLOOM",
+           notes="alibi; embedding LayerNorm before layer 0; qkv fused per head"),
     Family("mpt", ("mpt",), "transformer.blocks", "transformer.norm_f", "attn", "attn.Wqkv",
-           "attn.out_proj", "ffn.down_proj", "norm_2", values="gpt2", value_clip=_mpt_clip),
+           "attn.out_proj", "ffn.down_proj", "norm_2", values="gpt2", value_clip=_mpt_clip,
+           label="MPT", notes="alibi; LayerNorm without bias; values clamped by `clip_qkv`"),
 ]
 
 #: Family by config.model_type.
@@ -247,6 +274,51 @@ def family_for(config: Any) -> Family:
     if reason:
         raise ValueError(f"cannot trace model_type={model_type!r}: {reason}")
     return fam
+
+
+def _block(fam: Family) -> str:
+    if fam.parallel is _always:
+        return "parallel block (x + attention + FFN, one step)"
+    if fam.parallel is _never:
+        return "sequential"
+    return "parallel or sequential, from the config"
+
+
+def decomposition(fam: Family) -> str:
+    """How a layer of ``fam`` is decomposed, in words (the block shape, then its quirks).
+
+    >>> decomposition(FAMILIES["cohere"]).split(";")[0]
+    'parallel block (x + attention + FFN, one step)'
+    """
+    return f"{_block(fam)}; {fam.notes}" if fam.notes else _block(fam)
+
+
+def describe() -> str:
+    """Every supported ``model_type``, one line each, with its family and decomposition (what
+    ``ltt models`` prints).
+
+    >>> print(describe().splitlines()[0])
+    model_type        family       decomposition
+    """
+    lines = [f"{'model_type':<17} {'family':<12} decomposition"]
+    for mt in supported():
+        fam = FAMILIES[mt]
+        lines.append(f"{mt:<17} {fam.name:<12} {decomposition(fam)}")
+    lines.append(f"{len(FAMILIES)} model types in {len(_TABLE)} families.")
+    return "\n".join(lines)
+
+
+def markdown() -> str:
+    """The README's table of supported families (``ltt models --markdown``).
+
+    >>> markdown().splitlines()[0]
+    '| family | `model_type` | decomposition |'
+    """
+    rows = ["| family | `model_type` | decomposition |", "|---|---|---|"]
+    for fam in _TABLE:
+        types = ", ".join(fam.model_types)
+        rows.append(f"| {fam.label or fam.name} | {types} | {decomposition(fam)} |")
+    return "\n".join(rows)
 
 
 def get_module(root: Any, path: str | None) -> Any:
@@ -288,3 +360,4 @@ def split_values(family: Family, config: Any, out: np.ndarray, n_heads: int, n_k
             return out.reshape(T, n_heads + 2, d_head)[:, -1:, :]
         return out.reshape(T, n_heads, 3, d_head)[:, :, 2, :]
     raise ValueError(f"unknown value layout {layout!r}; expected one of {VALUE_LAYOUTS}")
+

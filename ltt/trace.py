@@ -51,6 +51,7 @@ class LayerBuffers:
     ffn_row_scale: np.ndarray | None  # [T]
     ffn_col_scale: np.ndarray | None  # [d]
     ffn_center: bool
+    moe: Any = None  # a MoE layer: the router's choices and the experts' neuron ranges (ltt.models.moe)
 
     @property
     def n_tokens(self) -> int:

@@ -139,6 +139,23 @@ def tiny_configs() -> dict:
         "bloom": (tf.BloomConfig(hidden_size=32, n_layer=2, n_head=4, **common), True),
         "mpt": (tf.MptConfig(d_model=32, n_layers=2, n_heads=4, max_seq_len=64,
                              attn_config={"clip_qkv": 0.5, "alibi": True}, **common), False),
+        # -- mixture-of-experts ----------------------------------------------------------------
+        "mixtral": (tf.MixtralConfig(num_local_experts=4, num_experts_per_tok=2, sliding_window=None,
+                                     **llama_like), True),
+        "qwen2_moe": (tf.Qwen2MoeConfig(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                        shared_expert_intermediate_size=24, qkv_bias=True,
+                                        **llama_like), False),
+        "qwen3_moe": (tf.Qwen3MoeConfig(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                        head_dim=8, **llama_like), False),
+        "olmoe": (tf.OlmoeConfig(num_experts=4, num_experts_per_tok=2, **llama_like), False),
+        "deepseek_v3": (tf.DeepseekV3Config(**dict(
+            llama_like, num_key_value_heads=4, intermediate_size=40, n_routed_experts=4,
+            num_experts_per_tok=2, moe_intermediate_size=8, n_shared_experts=1, first_k_dense_replace=1,
+            n_group=2, topk_group=1, kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=8,
+            qk_rope_head_dim=4, v_head_dim=8)), True),
+        "gpt_oss": (tf.GptOssConfig(**dict(llama_like, num_local_experts=4, num_experts_per_tok=2,
+                                           head_dim=8, sliding_window=4,
+                                           layer_types=["sliding_attention", "full_attention"])), False),
     }
 
 

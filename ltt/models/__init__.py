@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt.models.embedded import EMBEDDED, is_embedded, load_embedded
+from ltt.models import moe
 from ltt.models.families import Family, _heads, family_for, get_module, split_values, supported
 from ltt.trace import LayerBuffers, Trace
 
@@ -211,7 +212,8 @@ class Model:
         o_w = _linear_in_out(self._sub(layer0, fam.o_proj))  # [H*d_h, d]
         self.d_head = o_w.shape[0] // self.n_heads
         self.d_model = o_w.shape[1]
-        self.d_ffn = _linear_in_out(self._sub(layer0, fam.down)).shape[0]
+        self.d_ffn = (moe.ffn_width(fam, layer0) if moe.experts_module(fam, layer0) is not None
+                      else _linear_in_out(self._sub(layer0, fam.down)).shape[0])
         self.parallel = [bool(fam.parallel(config))] * self.n_layers
         head = hf_model.get_output_embeddings()
         if head is None:
@@ -266,7 +268,8 @@ class Model:
             fam = self._family
             mod = self._layers[layer]
             o = self._sub(mod, fam.o_proj)
-            down = self._sub(mod, fam.down)
+            is_moe = moe.experts_module(fam, mod) is not None
+            down = None if is_moe else self._sub(mod, fam.down)
             w_o = np.ascontiguousarray(
                 _linear_in_out(o).reshape(self.n_heads, self.d_head, self.d_model), dtype=np.float32
             )
@@ -275,8 +278,8 @@ class Model:
             cached = {
                 "w_o": w_o,
                 "b_o": _bias(o),
-                "w_down": _linear_in_out(down),
-                "b_down": _bias(down),
+                "w_down": moe.down_weights(fam, mod, _param_numpy)[0] if is_moe else _linear_in_out(down),
+                "b_down": None if is_moe else _bias(down),
                 "attn_post_norm": None if post_a is None else NormParams.of(post_a, fam.norm_offset, fam.norm_kind, fam.norm_eps),
                 "ffn_post_norm": None if post_f is None else NormParams.of(post_f, fam.norm_offset, fam.norm_kind, fam.norm_eps),
             }
@@ -604,9 +607,12 @@ class Model:
                 handles.append(self._sub(layer, fam.attn).register_forward_hook(post(rec, "probs", probs(rec))))
                 handles.append(self._sub(layer, fam.qkv).register_forward_hook(post(rec, "values", values(rec))))
                 handles.append(self._sub(layer, fam.o_proj).register_forward_hook(post(rec, "o")))
-                down = self._sub(layer, fam.down)
-                handles.append(down.register_forward_pre_hook(pre(rec, "act"), with_kwargs=True))
-                handles.append(down.register_forward_hook(post(rec, "down")))
+                if moe.experts_module(fam, layer) is not None:
+                    handles.extend(moe.register(fam, layer, rec, T, _to_numpy))
+                else:
+                    down = self._sub(layer, fam.down)
+                    handles.append(down.register_forward_pre_hook(pre(rec, "act"), with_kwargs=True))
+                    handles.append(down.register_forward_hook(post(rec, "down")))
                 if fam.ffn_post_norm:
                     handles.append(self._sub(layer, fam.ffn_post_norm).register_forward_hook(post(rec, "ffn")))
                 if not self.parallel[l]:
@@ -619,6 +625,8 @@ class Model:
         return handles
 
     def _buffers(self, l: int, rec: dict[str, Any], T: int) -> LayerBuffers:
+        if moe.experts_module(self._family, self._layers[l]) is not None:
+            moe.finish(self._family, self._layers[l], rec, T)
         for key in ("x", "y", "probs", "values", "o", "act", "down"):
             if rec.get(key) is None:
                 what = "attention probabilities" if key == "probs" else f"the {key!r} tensor"
@@ -653,7 +661,8 @@ class Model:
                     np.ascontiguousarray(b, dtype=np.float32) if has_bias else None)
 
         a_row, a_col, a_center, a_bias = branch(rec["o"], w["b_o"], w["attn_post_norm"])
-        f_row, f_col, f_center, f_bias = branch(rec["down"], w["b_down"], w["ffn_post_norm"])
+        b_down = rec["moe_bias"] if rec.get("moe_bias") is not None else w["b_down"]  # gpt-oss: per token
+        f_row, f_col, f_center, f_bias = branch(rec["down"], b_down, w["ffn_post_norm"])
         ffn_out = rec["ffn"] if w["ffn_post_norm"] is not None else rec["down"]
         mid = None
         if not parallel:
@@ -679,6 +688,7 @@ class Model:
             ffn_row_scale=f_row,
             ffn_col_scale=f_col,
             ffn_center=f_center,
+            moe=rec.get("moe"),
         )
 
     def __repr__(self) -> str:

@@ -25,8 +25,9 @@ import numpy as np
 # ``split``: a plain v projection; ``gpt2``: Conv1D c_attn, q|k|v blocks of d each;
 # ``neox``: per head [q_h, k_h, v_h]; ``phi3``: q block (H*d_h) | k block (G*d_h) | v block;
 # ``falcon``: one of Falcon's three fused layouts, chosen from the config; ``bigcode``: GPT-BigCode,
-# q | k | v with one kv head (multi-query) or per head [q_h, k_h, v_h].
-VALUE_LAYOUTS = ("split", "gpt2", "neox", "phi3", "falcon", "bigcode")
+# q | k | v with one kv head (multi-query) or per head [q_h, k_h, v_h]; ``mla``: DeepSeek's
+# kv_b_proj (the latent expanded), per head [k_nope_h, v_h].
+VALUE_LAYOUTS = ("split", "gpt2", "neox", "phi3", "falcon", "bigcode", "mla")
 
 
 def _never(config: Any) -> bool:
@@ -144,6 +145,10 @@ class Family:
     norm_eps: float | None = None  # for norm modules that keep no epsilon attribute (OLMo)
     value_clip: Callable[[Any], float | None] = _no_clip  # values clamped to [-c, c] after the projection
     logit_scale: Callable[[Any], float] = _unit  # logits = lm_head(final_norm(x)) * scale
+    experts: str | None = None  # from a layer: the experts module of a MoE layer (3-D weights)
+    moe_block: str = "mlp"  # from a layer: the MoE block (its output is the FFN branch)
+    shared_expert: str | None = None  # from a layer: the shared expert MLP of a MoE layer
+    shared_gate: str | None = None  # from a layer: a Linear whose sigmoid scales the shared expert
     label: str = ""  # the family's name for people (the README and ``ltt models``)
     notes: str = ""  # what its decomposition handles beyond a plain sequential pre-norm block
 
@@ -172,6 +177,9 @@ _POST_ONLY = dict(
     attn_post_norm="post_attention_layernorm",
     ffn_post_norm="post_feedforward_layernorm",
 )
+
+# Sparse MoE FFNs (ltt.models.moe): every expert's neurons side by side, scaled by their gates.
+_MOE = dict(_LLAMA, experts="mlp.experts")
 
 _TABLE = [
     Family("gpt2", ("gpt2",), "transformer.h", "transformer.ln_f", "attn", "attn.c_attn",
@@ -248,6 +256,22 @@ _TABLE = [
     Family("mpt", ("mpt",), "transformer.blocks", "transformer.norm_f", "attn", "attn.Wqkv",
            "attn.out_proj", "ffn.down_proj", "norm_2", values="gpt2", value_clip=_mpt_clip,
            label="MPT", notes="alibi; LayerNorm without bias; values clamped by `clip_qkv`"),
+    Family("mixtral", ("mixtral",), **_MOE, label="Mixtral",
+           notes="MoE: the FFN's parts are the routed experts, each one's neurons scaled by its gate"),
+    Family("qwen2_moe", ("qwen2_moe",), **_MOE, shared_expert="mlp.shared_expert",
+           shared_gate="mlp.shared_expert_gate", label="Qwen1.5/2-MoE",
+           notes="MoE with a shared expert scaled by its sigmoid gate; dense layers where the config "
+           "says; qkv biases"),
+    Family("qwen3_moe", ("qwen3_moe",), **_MOE, label="Qwen3-MoE", notes="MoE; q/k norms"),
+    Family("olmoe", ("olmoe",), **_MOE, label="OLMoE", notes="MoE; q/k norms"),
+    Family("deepseek_v3", ("deepseek_v3",), **dict(_MOE, qkv="self_attn.kv_b_proj", values="mla"),
+           n_kv_heads=_heads, shared_expert="mlp.shared_experts", label="DeepSeek-V3",
+           notes="multi-head latent attention: per-head values recovered from the expanded latent "
+           "(`kv_b_proj`); MoE with shared experts after the first dense layers"),
+    Family("gpt_oss", ("gpt_oss",), **_MOE, label="gpt-oss",
+           notes="attention sinks (probability mass that goes to no token, so rows sum to < 1 and "
+           "the parts over real tokens stay exact); MoE with per-expert biases (a per-token bias "
+           "part); biases"),
 ]
 
 #: Family by config.model_type.
@@ -344,6 +368,8 @@ def split_values(family: Family, config: Any, out: np.ndarray, n_heads: int, n_k
         out = np.clip(out, -clip, clip)
     if layout == "bigcode":
         layout = "phi3" if config.multi_query else "neox"
+    if layout == "mla":
+        return out.reshape(T, n_heads, -1)[:, :, int(config.qk_nope_head_dim):]
     if layout == "split":
         return out.reshape(T, n_kv, d_head)
     if layout == "gpt2":

@@ -1,0 +1,134 @@
+"""Mixture-of-experts FFNs on tiny random models: the routed experts, shared experts and biases
+recompose the block output exactly, the router's choices are the model's own, and attention
+sinks (gpt-oss) leave the decomposition over real tokens exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ltt.models import moe
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss"]
+
+
+@pytest.fixture(scope="module")
+def traced(tiny_model):
+    cache: dict = {}
+
+    def get(key: str):
+        if key not in cache:
+            model = tiny_model(key)
+            cache[key] = (model, model.trace(PROMPT))
+        return cache[key]
+
+    return get
+
+
+def _moe_layers(trace):
+    return [(l, lb) for l, lb in enumerate(trace.layers) if lb.moe is not None]
+
+
+@pytest.mark.parametrize("key", MOE)
+def test_experts_recompose_the_block(key, traced):
+    model, trace = traced(key)
+    layers = _moe_layers(trace)
+    assert layers, "no MoE layer in the tiny model"
+    cfg = model.hf_model.config
+    k = cfg.num_experts_per_tok
+    for l, lb in layers:
+        m = lb.moe
+        T = lb.n_tokens
+        assert m.experts.shape == (T, k) and m.weights.shape == (T, k)
+        assert lb.act.shape == (T, m.n_experts * m.d_expert + m.d_shared)
+        for t in range(T):
+            chosen = set(m.experts[t].tolist())
+            assert len(chosen) == k
+            for e in range(m.n_experts):  # experts the router did not choose have no activation
+                block = lb.act[t, m.expert_slice(e)]
+                assert (np.abs(block).max() > 0) == (e in chosen), (l, t, e)
+            es = moe.expert_shares(trace, l, t)
+            rebuilt = es.vectors.astype(np.float64).sum(0)
+            if m.d_shared:
+                rebuilt += lb.act[t, m.shared_slice].astype(np.float64) @ lb.w_down[m.shared_slice]
+            if lb.ffn_bias is not None:
+                rebuilt += lb.ffn_bias[t]
+            scale = np.abs(lb.ffn_out[t]).max()
+            assert np.abs(rebuilt - lb.ffn_out[t]).max() / scale < 1e-4, (l, t)
+            total = es.shares.sum() + es.residual + (es.shared or 0.0) + (es.bias or 0.0)
+            assert abs(total - 1.0) < 1e-4
+            assert sorted(es.experts) == sorted(chosen)
+    assert max(trace.check().values()) < 1e-4
+
+
+@pytest.mark.parametrize("key", MOE)
+def test_router_choices_are_the_models(key, traced):
+    """The recorded experts and gate weights equal what the model's own router gives for the
+    recorded FFN input (the after-attention state through the FFN's norm)."""
+    model, trace = traced(key)
+    hf = model.hf_model
+    for l, lb in _moe_layers(trace):
+        layer = hf.model.layers[l]
+        block = layer.mlp
+        router = getattr(block, "gate", None) or getattr(block, "router")
+        with torch.no_grad():
+            x = layer.post_attention_layernorm(torch.from_numpy(lb.resid_mid))
+            _, weights, idx = router(x)
+        np.testing.assert_array_equal(np.sort(idx.numpy(), -1), np.sort(lb.moe.experts, -1))
+        order = np.argsort(idx.numpy(), -1)
+        mine = np.argsort(lb.moe.experts, -1)
+        np.testing.assert_allclose(np.take_along_axis(weights.float().numpy(), order, -1),
+                                   np.take_along_axis(lb.moe.weights, mine, -1), atol=1e-6)
+
+
+def test_qwen2_moe_shared_expert_gate(traced):
+    model, trace = traced("qwen2_moe")
+    for l, lb in _moe_layers(trace):
+        block = model.hf_model.model.layers[l].mlp
+        with torch.no_grad():
+            x = model.hf_model.model.layers[l].post_attention_layernorm(torch.from_numpy(lb.resid_mid))
+            gate = torch.sigmoid(block.shared_expert_gate(x))[:, 0].numpy()
+        np.testing.assert_allclose(lb.moe.shared_gate, gate, atol=1e-6)
+        assert 0 < lb.moe.shared_gate.min() and lb.moe.shared_gate.max() < 1
+        assert lb.moe.d_shared == model.hf_model.config.shared_expert_intermediate_size
+        es = moe.expert_shares(trace, l, -1)
+        assert es.shared is not None and es.shared > 0
+
+
+def test_deepseek_dense_and_moe_layers(traced):
+    """DeepSeek-V3: the first layer is dense, the rest MoE with a shared expert; its latent
+    attention's per-head values come from the expanded latent and the heads stay exact."""
+    model, trace = traced("deepseek_v3")
+    assert trace.layers[0].moe is None and trace.layers[1].moe is not None
+    assert trace.layers[1].moe.d_shared > 0
+    cfg = model.hf_model.config
+    assert trace.layers[0].values.shape[1:] == (cfg.num_attention_heads, cfg.v_head_dim)
+    with pytest.raises(ValueError, match="dense FFN"):
+        moe.expert_shares(trace, 0, -1)
+
+
+def test_gpt_oss_sinks_and_expert_biases(traced):
+    """gpt-oss: a sink takes probability mass without a source token, so rows sum to < 1; the
+    heads' parts over the real tokens still rebuild the attention output exactly. Its experts'
+    output biases are a per-token bias part of the FFN."""
+    model, trace = traced("gpt_oss")
+    for l, lb in enumerate(trace.layers):
+        mass = lb.attn.sum(-1)
+        sinks = model.hf_model.model.layers[l].self_attn.sinks.detach().numpy()
+        assert (mass < 1.0).all() and mass.min() < 0.99
+        assert lb.attn.shape[0] == sinks.shape[0]  # one sink per head
+        chk = lb.check()
+        assert chk["attn"] < 1e-4 and chk["neurons"] < 1e-4
+        assert lb.ffn_bias is not None and lb.ffn_bias.shape == (lb.n_tokens, model.d_model)
+        es = moe.expert_shares(trace, l, 0)
+        assert es.bias is not None
+
+
+def test_expert_shares_errors(traced):
+    model, trace = traced("mixtral")
+    with pytest.raises(ValueError, match="layer must be"):
+        moe.expert_shares(trace, 99, 0)
+    with pytest.raises(ValueError, match="token must be"):
+        moe.expert_shares(trace, 0, 10_000)

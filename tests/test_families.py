@@ -55,14 +55,15 @@ def test_clipped_values(tiny_model, key, clip):
     assert max(trace.check().values()) < 1e-4
 
 
-@pytest.mark.parametrize("key", ["cohere", "cohere2"])
-def test_logit_scale(tiny_model, key):
-    """Cohere multiplies the logits by ``logit_scale``: the unembedding and the interpret
-    layer's output head both carry it."""
+@pytest.mark.parametrize("key, scale", [("cohere", 0.5), ("cohere2", 0.5), ("granite", 0.25),
+                                        ("granitemoe", 0.25)])
+def test_logit_scale(tiny_model, key, scale):
+    """Cohere multiplies the logits by ``logit_scale``, Granite divides them by
+    ``logits_scaling``: the unembedding and the interpret layer's output head both carry it."""
     from ltt.interpret import output_head
 
     model = tiny_model(key)
-    assert model.hf_model.config.logit_scale == 0.5
+    assert model._logit_scale == scale
     trace = model.trace(PROMPT)
     last = trace.layers[-1].resid_post[-1]
     np.testing.assert_allclose(output_head(trace).logits(last[None])[0], trace.logits, atol=1e-5)

@@ -55,6 +55,8 @@ FAMILIES = {
     "gpt_bigcode_mha": ("gpt_bigcode", False),
     "bloom": ("bloom", False),
     "mpt": ("mpt", False),
+    "granite": ("granite", False),
+    "granitemoe": ("granitemoe", False),
     "mixtral": ("mixtral", False),
     "qwen2_moe": ("qwen2_moe", False),
     "qwen3_moe": ("qwen3_moe", False),
@@ -62,6 +64,7 @@ FAMILIES = {
     "deepseek_v3": ("deepseek_v3", False),
     "gpt_oss": ("gpt_oss", False),
 }
+BRANCH_SCALED = {"granite", "granitemoe"}  # residual_multiplier: a constant row scale per branch
 SINKS = {"gpt_oss"}  # attention sinks: probability mass that goes to no token
 POST_NORM = {"gemma2", "gemma3", "olmo2", "olmo3", "exaone4", "glm4"}
 PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -127,6 +130,11 @@ def test_buffers_shapes_and_layout(key, traced):
         if key in POST_NORM:
             assert lb.attn_row_scale.shape == (T,) and lb.attn_col_scale.shape == (d,)
             assert lb.ffn_row_scale.shape == (T,) and lb.ffn_col_scale.shape == (d,)
+        elif key in BRANCH_SCALED:
+            mult = model.hf_model.config.residual_multiplier
+            np.testing.assert_allclose(lb.attn_row_scale, mult)
+            np.testing.assert_allclose(lb.ffn_row_scale, mult)
+            assert lb.attn_col_scale is None and lb.ffn_col_scale is None and not lb.attn_center
         else:
             assert lb.attn_row_scale is None and lb.ffn_row_scale is None
         for bias in (lb.attn_bias, lb.ffn_bias):

@@ -11,7 +11,7 @@ import torch
 from ltt.models import moe
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
-MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss"]
+MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss", "granitemoe"]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_router_choices_are_the_models(key, traced):
     hf = model.hf_model
     for l, lb in _moe_layers(trace):
         layer = hf.model.layers[l]
-        block = layer.mlp
+        block = getattr(layer, model._family.moe_block)
         router = getattr(block, "gate", None) or getattr(block, "router")
         with torch.no_grad():
             x = layer.post_attention_layernorm(torch.from_numpy(lb.resid_mid))

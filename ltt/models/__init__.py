@@ -147,6 +147,21 @@ class NormParams:
 
 
 @dataclass
+class BranchScale:
+    """A constant multiplier on a branch before the residual add (Granite's
+    ``residual_multiplier``), in :class:`NormParams`' interface: each part of the branch is
+    scaled by it, as a post-branch norm's frozen scale would be."""
+
+    value: float
+    kind: str = "scale"
+    gamma: None = None
+    beta: None = None
+
+    def scale(self, x: np.ndarray) -> tuple[np.ndarray, None]:
+        return np.full(np.shape(x)[:-1], self.value, dtype=np.float64), None
+
+
+@dataclass
 class FrozenNorm:
     """A norm linearised at given states: ``norm(x) ~ gamma * scale * (x - center?) + beta``
     with ``scale`` (and ``mean``) frozen per state, so the direct effect of an update ``u`` is
@@ -282,6 +297,7 @@ class Model:
                 "b_down": None if is_moe else _bias(down),
                 "attn_post_norm": None if post_a is None else NormParams.of(post_a, fam.norm_offset, fam.norm_kind, fam.norm_eps),
                 "ffn_post_norm": None if post_f is None else NormParams.of(post_f, fam.norm_offset, fam.norm_kind, fam.norm_eps),
+                "branch_scale": float(fam.branch_scale(self.hf_model.config)),
             }
             self._weights[layer] = cached
         return cached
@@ -660,10 +676,16 @@ class Model:
             return (r.astype(np.float32), gamma, center,
                     np.ascontiguousarray(b, dtype=np.float32) if has_bias else None)
 
-        a_row, a_col, a_center, a_bias = branch(rec["o"], w["b_o"], w["attn_post_norm"])
+        mult = w["branch_scale"]  # Granite: both branches times residual_multiplier before the add
+        scaled = None if mult == 1.0 else BranchScale(mult)
+        if scaled is not None and (w["attn_post_norm"] is not None or w["ffn_post_norm"] is not None):
+            raise RuntimeError(f"layer {l}: a branch multiplier and post-branch norms together are not supported")
+        a_row, a_col, a_center, a_bias = branch(rec["o"], w["b_o"], w["attn_post_norm"] or scaled)
         b_down = rec["moe_bias"] if rec.get("moe_bias") is not None else w["b_down"]  # gpt-oss: per token
-        f_row, f_col, f_center, f_bias = branch(rec["down"], b_down, w["ffn_post_norm"])
+        f_row, f_col, f_center, f_bias = branch(rec["down"], b_down, w["ffn_post_norm"] or scaled)
         ffn_out = rec["ffn"] if w["ffn_post_norm"] is not None else rec["down"]
+        if scaled is not None:
+            ffn_out = ffn_out * np.float32(mult)
         mid = None
         if not parallel:
             mid = rec.get("mid")

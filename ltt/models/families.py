@@ -94,6 +94,14 @@ def _cohere_logit_scale(config: Any) -> float:
     return float(config.logit_scale)
 
 
+def _granite_logit_scale(config: Any) -> float:
+    return 1.0 / float(config.logits_scaling)
+
+
+def _granite_residual(config: Any) -> float:
+    return float(config.residual_multiplier)
+
+
 def _bloom_refusal(config: Any) -> str | None:
     if getattr(config, "apply_residual_connection_post_layernorm", False):
         return ("this Bloom model adds each branch to the normalised input "
@@ -145,6 +153,7 @@ class Family:
     norm_eps: float | None = None  # for norm modules that keep no epsilon attribute (OLMo)
     value_clip: Callable[[Any], float | None] = _no_clip  # values clamped to [-c, c] after the projection
     logit_scale: Callable[[Any], float] = _unit  # logits = lm_head(final_norm(x)) * scale
+    branch_scale: Callable[[Any], float] = _unit  # each branch times this before the residual add
     experts: str | None = None  # from a layer: the experts module of a MoE layer (3-D weights)
     moe_block: str = "mlp"  # from a layer: the MoE block (its output is the FFN branch)
     shared_expert: str | None = None  # from a layer: the shared expert MLP of a MoE layer
@@ -256,6 +265,15 @@ _TABLE = [
     Family("mpt", ("mpt",), "transformer.blocks", "transformer.norm_f", "attn", "attn.Wqkv",
            "attn.out_proj", "ffn.down_proj", "norm_2", values="gpt2", value_clip=_mpt_clip,
            label="MPT", notes="alibi; LayerNorm without bias; values clamped by `clip_qkv`"),
+    Family("granite", ("granite",), **_LLAMA, branch_scale=_granite_residual,
+           logit_scale=_granite_logit_scale, label="Granite",
+           notes="embedding multiplier (in the layer-0 input); each branch scaled by the residual "
+           "multiplier before the add (a row scale on its parts, exact); logits divided by "
+           "`logits_scaling` (folded into the unembedding)"),
+    Family("granitemoe", ("granitemoe",), **dict(_LLAMA, moe_block="block_sparse_moe",
+                                                 experts="block_sparse_moe.experts"),
+           branch_scale=_granite_residual, logit_scale=_granite_logit_scale, label="GraniteMoE",
+           notes="MoE as Mixtral, with Granite's multipliers"),
     Family("mixtral", ("mixtral",), **_MOE, label="Mixtral",
            notes="MoE: the FFN's parts are the routed experts, each one's neurons scaled by its gate"),
     Family("qwen2_moe", ("qwen2_moe",), **_MOE, shared_expert="mlp.shared_expert",

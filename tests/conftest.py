@@ -147,6 +147,10 @@ def tiny_configs() -> dict:
                                            embedding_multiplier=3.0, residual_multiplier=0.4,
                                            attention_multiplier=0.2, logits_scaling=4.0,
                                            **llama_like), True),
+        "llama4": (tf.Llama4TextConfig(**dict(
+            llama_like, num_local_experts=4, num_experts_per_tok=1, head_dim=8, intermediate_size=16,
+            intermediate_size_mlp=80, interleave_moe_layer_step=2, attention_chunk_size=4,
+            no_rope_layers=[1, 0])), True),
         "mixtral": (tf.MixtralConfig(num_local_experts=4, num_experts_per_tok=2, sliding_window=None,
                                      **llama_like), True),
         "qwen2_moe": (tf.Qwen2MoeConfig(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,

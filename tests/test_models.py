@@ -57,6 +57,7 @@ FAMILIES = {
     "mpt": ("mpt", False),
     "granite": ("granite", False),
     "granitemoe": ("granitemoe", False),
+    "llama4": ("llama4", False),
     "mixtral": ("mixtral", False),
     "qwen2_moe": ("qwen2_moe", False),
     "qwen3_moe": ("qwen3_moe", False),

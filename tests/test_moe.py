@@ -11,7 +11,7 @@ import torch
 from ltt.models import moe
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
-MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss", "granitemoe"]
+MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss", "granitemoe", "llama4"]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,11 @@ def test_router_choices_are_the_models(key, traced):
         router = getattr(block, "gate", None) or getattr(block, "router")
         with torch.no_grad():
             x = layer.post_attention_layernorm(torch.from_numpy(lb.resid_mid))
-            _, weights, idx = router(x)
+            if model._family.moe_router:  # Llama 4: sigmoid scores [T, E], zero where not chosen
+                scores = router(x)[0]
+                weights, idx = torch.topk(scores, router.top_k, dim=-1)
+            else:
+                _, weights, idx = router(x)
         np.testing.assert_array_equal(np.sort(idx.numpy(), -1), np.sort(lb.moe.experts, -1))
         order = np.argsort(idx.numpy(), -1)
         mine = np.argsort(lb.moe.experts, -1)

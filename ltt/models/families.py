@@ -158,6 +158,7 @@ class Family:
     moe_block: str = "mlp"  # from a layer: the MoE block (its output is the FFN branch)
     shared_expert: str | None = None  # from a layer: the shared expert MLP of a MoE layer
     shared_gate: str | None = None  # from a layer: a Linear whose sigmoid scales the shared expert
+    moe_router: str | None = None  # from a layer: a router whose scores scale the experts' inputs (Llama 4)
     label: str = ""  # the family's name for people (the README and ``ltt models``)
     notes: str = ""  # what its decomposition handles beyond a plain sequential pre-norm block
 
@@ -274,6 +275,12 @@ _TABLE = [
                                                  experts="block_sparse_moe.experts"),
            branch_scale=_granite_residual, logit_scale=_granite_logit_scale, label="GraniteMoE",
            notes="MoE as Mixtral, with Granite's multipliers"),
+    Family("llama4", ("llama4_text",), **dict(_LLAMA, down="feed_forward.down_proj",
+                                              moe_block="feed_forward", experts="feed_forward.experts"),
+           shared_expert="feed_forward.shared_expert", moe_router="feed_forward.router",
+           label="Llama 4 (text)", notes="MoE whose router scales each expert's input (every "
+           "expert runs, on zero input when not chosen), plus a shared expert; dense layers "
+           "between; chunked attention and layers without positions touch only the probabilities"),
     Family("mixtral", ("mixtral",), **_MOE, label="Mixtral",
            notes="MoE: the FFN's parts are the routed experts, each one's neurons scaled by its gate"),
     Family("qwen2_moe", ("qwen2_moe",), **_MOE, shared_expert="mlp.shared_expert",

@@ -36,7 +36,8 @@ from ltt.models.families import Family, get_module
 class MoeLayout:
     """The router's choices for one MoE layer and where each expert's neurons sit in ``act``.
 
-    ``experts [T, k]`` chosen expert ids, ``weights [T, k]`` their gate weights (float32),
+    ``experts [T, k]`` chosen expert ids, ``weights [T, k]`` their gate weights (float32; for
+    Llama 4 the sigmoid scores that scale each chosen expert's input instead of its output),
     ``n_experts``, ``d_expert`` (neurons per expert, F), ``d_shared`` (the shared experts'
     neurons, 0 when none), ``shared_gate [T]`` (Qwen2-MoE's sigmoid gate, else None). Expert e
     owns ``act[:, e*F:(e+1)*F]``; the shared experts own ``act[:, n_experts*F:]``.
@@ -66,7 +67,9 @@ def experts_module(fam: Family, layer: Any) -> Any:
 def _transposed(experts: Any) -> bool:
     # transformers' experts modules say how their 3-D weights are laid out: gpt-oss keeps
     # gate_up as [E, d, 2F] and down as [E, F, d], the others [E, 2F, d] and [E, d, F]
-    return bool(getattr(experts, "is_transposed", False))
+    if hasattr(experts, "is_transposed"):
+        return bool(experts.is_transposed)
+    return int(experts.gate_up_proj.shape[1]) == int(experts.down_proj.shape[2])  # Llama 4
 
 
 def _expert_act(module: Any, xs: Any, e: int) -> Any:
@@ -82,8 +85,10 @@ def _expert_act(module: Any, xs: Any, e: int) -> Any:
     return module._apply_gate(h) if gated else module.act_fn(h)
 
 
-def check_experts(experts: Any) -> None:
+def check_experts(experts: Any, fam: Family | None = None) -> None:
     """Refuse an experts module whose computation ltt does not reproduce exactly."""
+    if fam is not None and fam.moe_router:
+        return  # Llama 4: every expert runs on router-scaled inputs (see register)
     if not hasattr(experts, "_apply_gate") or not hasattr(experts, "down_proj"):
         raise ValueError(f"{type(experts).__name__}: ltt decomposes experts modules with 3-D "
                          "gate_up/down weights (transformers' experts interface) only")
@@ -96,10 +101,37 @@ def expert_width(experts: Any) -> int:
     return int(w.shape[1] if _transposed(experts) else w.shape[2])
 
 
+def _register_routed_inputs(fam: Family, layer: Any, experts: Any, rec: dict[str, Any], T: int,
+                            to_numpy: Any) -> list[Any]:
+    """Llama 4: the router's sigmoid scores scale each expert's *input* (0 for the experts it did
+    not choose) and every expert runs on every token; expert e's activations are
+    ``up * act(gate)`` of its scaled input, exactly as its batched matmul computes them."""
+    import torch
+
+    router = get_module(layer, fam.moe_router)
+    n_exp = int(experts.gate_up_proj.shape[0])
+
+    def on_router(module, args, output):
+        scores = output[0] if isinstance(output, (tuple, list)) else output
+        rec["moe_scores"] = to_numpy(scores).reshape(T, n_exp)
+
+    def on_experts(module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        with torch.no_grad():
+            x = x.view(n_exp, -1, x.shape[-1])
+            gate, up = torch.bmm(x, module.gate_up_proj).chunk(2, dim=-1)
+            a = up * module.act_fn(gate)  # [E, T, F]
+        rec["moe_act"] = np.ascontiguousarray(to_numpy(a).transpose(1, 0, 2).reshape(T, -1))
+        rec["moe_bias"] = None
+
+    return [router.register_forward_hook(on_router),
+            experts.register_forward_pre_hook(on_experts, with_kwargs=True)]
+
+
 def ffn_width(fam: Family, layer: Any) -> int:
     """Neurons of a MoE layer's wide FFN: every routed expert's, then the shared experts'."""
     experts = experts_module(fam, layer)
-    check_experts(experts)
+    check_experts(experts, fam)
     shared = get_module(layer, fam.shared_expert) if fam.shared_expert else None
     width = int(experts.down_proj.shape[0]) * expert_width(experts)
     if shared is not None:
@@ -135,6 +167,8 @@ def register(fam: Family, layer: Any, rec: dict[str, Any], T: int, to_numpy: Any
     n_exp = int(experts.down_proj.shape[0])
     F = expert_width(experts)
     handles: list[Any] = []
+    if fam.moe_router:
+        handles.extend(_register_routed_inputs(fam, layer, experts, rec, T, to_numpy))
 
     def on_experts(module, args, kwargs):
         def pick(i: int, *names: str) -> Any:
@@ -168,7 +202,8 @@ def register(fam: Family, layer: Any, rec: dict[str, Any], T: int, to_numpy: Any
         rec["moe_idx"] = idx.detach().to("cpu").numpy().astype(np.int64).reshape(T, -1)
         rec["moe_w"] = to_numpy(w).reshape(T, -1)
 
-    handles.append(experts.register_forward_pre_hook(on_experts, with_kwargs=True))
+    if not fam.moe_router:
+        handles.append(experts.register_forward_pre_hook(on_experts, with_kwargs=True))
 
     def on_block(module, args, output):
         out = output[0] if isinstance(output, (tuple, list)) else output
@@ -199,6 +234,12 @@ def finish(fam: Family, layer: Any, rec: dict[str, Any], T: int) -> None:
     if rec.get("moe_act") is None:
         raise RuntimeError("the experts module of a MoE layer was not called during the trace")
     act = rec.pop("moe_act")
+    scores = rec.pop("moe_scores", None)
+    if scores is not None:  # Llama 4: the chosen experts are those with a non-zero input scale
+        k = int(get_module(layer, fam.moe_router).top_k)
+        idx = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        rec["moe_idx"] = idx.astype(np.int64)
+        rec["moe_w"] = np.take_along_axis(scores, idx, axis=1)
     d_shared = 0
     gate = rec.pop("shared_gate", None)
     shared = rec.pop("shared_act", None)

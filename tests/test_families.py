@@ -91,3 +91,22 @@ def test_multi_query_values(tiny_model):
     assert model.n_kv_heads == 1 and model.n_heads == 4
     assert model.trace("Mary went").layers[0].values.shape[1] == 1
     assert tiny_model("gpt_bigcode_mha").n_kv_heads == 4
+
+
+@pytest.mark.parametrize("make", [
+    lambda tf: tf.MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1),
+    lambda tf: tf.DiffLlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32),
+])
+def test_known_architectures_refused_with_reason(make, tmp_path):
+    """A known architecture ltt cannot decompose exactly is refused with the reason, before any
+    weights are read, not traced approximately."""
+    import transformers as tf
+
+    cfg = make(tf)
+    tf.AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
+    with pytest.raises(ValueError) as info:
+        ltt.load(str(tmp_path))
+    msg = str(info.value)
+    assert f"cannot trace model_type={cfg.model_type!r}" in msg
+    assert msg.endswith(families.REFUSED[cfg.model_type])

@@ -302,6 +302,22 @@ _TABLE = [
 #: Family by config.model_type.
 FAMILIES: dict[str, Family] = {mt: fam for fam in _TABLE for mt in fam.model_types}
 
+_RECURRENT = ("the architecture has state-space, recurrent or linear-attention layers: they mix tokens through a "
+              "state, not through attention probabilities over the source tokens, so there are no "
+              "exact per-source parts for ltt to report")
+
+#: Known causal LMs ltt refuses, with the reason (the error names it instead of "unsupported").
+REFUSED: dict[str, str] = {
+    **{mt: _RECURRENT for mt in ("mamba", "mamba2", "falcon_mamba", "jamba", "zamba", "zamba2", "bamba",
+                                 "falcon_h1", "nemotron_h", "granitemoehybrid", "lfm2", "lfm2_moe",
+                                 "qwen3_next", "kimi_linear", "minimax", "rwkv", "recurrent_gemma",
+                                 "xlstm")},
+    "diffllama": ("differential attention subtracts a second softmax map from the first, so a "
+                  "head's weights are not the probabilities its eager attention returns"),
+    "granitemoeshared": ("its shared MLP is added to the MoE block's output outside the block, "
+                         "where ltt does not hook it yet; GraniteMoE without it is supported"),
+}
+
 
 def supported() -> list[str]:
     """The ``config.model_type`` values ltt can trace, sorted."""
@@ -313,6 +329,8 @@ def family_for(config: Any) -> Family:
     (or saying why a supported family's variant is refused)."""
     model_type = getattr(config, "model_type", None)
     fam = FAMILIES.get(model_type)
+    if fam is None and model_type in REFUSED:
+        raise ValueError(f"cannot trace model_type={model_type!r}: {REFUSED[model_type]}")
     if fam is None:
         raise ValueError(
             f"unsupported architecture: config.model_type={model_type!r} "
@@ -353,7 +371,8 @@ def describe() -> str:
     for mt in supported():
         fam = FAMILIES[mt]
         lines.append(f"{mt:<17} {fam.name:<12} {decomposition(fam)}")
-    lines.append(f"{len(FAMILIES)} model types in {len(_TABLE)} families.")
+    lines.append(f"{len(FAMILIES)} model types in {len(_TABLE)} families. Refused, with the reason: "
+                 f"{', '.join(sorted(REFUSED))} (ltt.models.families.REFUSED).")
     return "\n".join(lines)
 
 
@@ -367,6 +386,11 @@ def markdown() -> str:
     for fam in _TABLE:
         types = ", ".join(fam.model_types)
         rows.append(f"| {fam.label or fam.name} | {types} | {decomposition(fam)} |")
+    by_reason: dict[str, list[str]] = {}
+    for mt in sorted(REFUSED):
+        by_reason.setdefault(REFUSED[mt], []).append(mt)
+    rows += ["", "Refused, with the reason in the error:", "", "| `model_type` | why |", "|---|---|"]
+    rows += [f"| {', '.join(types)} | {why} |" for why, types in by_reason.items()]
     return "\n".join(rows)
 
 

@@ -58,6 +58,21 @@ FAMILIES = {
     "granite": ("granite", False),
     "granitemoe": ("granitemoe", False),
     "llama4": ("llama4", False),
+    "ministral3": ("llama", False),
+    "cwm": ("llama", False),
+    "jais2": ("llama", False),
+    "youtu": ("youtu", False),
+    "vaultgemma": ("vaultgemma", False),
+    "nanochat": ("nanochat", False),
+    "persimmon": ("persimmon", False),
+    "deepseek_v2": ("deepseek_v3", False),
+    "mellum": ("qwen3_moe", False),
+    "phimoe": ("qwen3_moe", False),
+    "glm4_moe": ("moe_shared", False),
+    "ernie4_5_moe": ("moe_shared", False),
+    "solar_open": ("moe_shared", False),
+    "hunyuan_v1_moe": ("hunyuan_moe", False),
+    "flex_olmo": ("flex_olmo", False),
     "mixtral": ("mixtral", False),
     "qwen2_moe": ("qwen2_moe", False),
     "qwen3_moe": ("qwen3_moe", False),
@@ -67,7 +82,7 @@ FAMILIES = {
 }
 BRANCH_SCALED = {"granite", "granitemoe"}  # residual_multiplier: a constant row scale per branch
 SINKS = {"gpt_oss"}  # attention sinks: probability mass that goes to no token
-POST_NORM = {"gemma2", "gemma3", "olmo2", "olmo3", "exaone4", "glm4"}
+POST_NORM = {"gemma2", "gemma3", "olmo2", "olmo3", "exaone4", "glm4", "flex_olmo"}
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 TOL = 1e-4
 

@@ -11,7 +11,9 @@ import torch
 from ltt.models import moe
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
-MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss", "granitemoe", "llama4"]
+MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss", "granitemoe", "llama4",
+       "deepseek_v2", "mellum", "phimoe", "glm4_moe", "ernie4_5_moe", "solar_open", "hunyuan_v1_moe",
+       "flex_olmo"]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,9 @@ def test_router_choices_are_the_models(key, traced):
         block = getattr(layer, model._family.moe_block)
         router = getattr(block, "gate", None) or getattr(block, "router")
         with torch.no_grad():
-            x = layer.post_attention_layernorm(torch.from_numpy(lb.resid_mid))
+            norm = getattr(layer, model._family.ffn_norm)
+            x = torch.from_numpy(lb.resid_mid)
+            x = x if norm is block else norm(x)  # FlexOlmo: no norm before the FFN
             if model._family.moe_router:  # Llama 4: sigmoid scores [T, E], zero where not chosen
                 scores = router(x)[0]
                 weights, idx = torch.topk(scores, router.top_k, dim=-1)

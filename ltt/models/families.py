@@ -210,9 +210,10 @@ _TABLE = [
            unembed_pre="model.decoder.project_out", refuse=_opt_refusal,
            label="OPT (pre-LN sizes)", notes="`project_out` before the unembedding; post-LN sizes "
            "(opt-350m) refused with the reason"),
-    Family("llama", ("llama", "smollm3", "glm", "ernie4_5", "ministral", "helium", "seed_oss", "arcee",
-                     "hunyuan_v1_dense"), **_LLAMA,
-           label="Llama, SmolLM2/3, GLM, Ernie 4.5, Ministral, Helium, Seed-OSS, Arcee, Hunyuan dense",
+    Family("llama", ("llama", "smollm3", "glm", "ernie4_5", "ministral", "ministral3", "helium", "seed_oss",
+                     "arcee", "hunyuan_v1_dense", "cwm", "jais2"), **_LLAMA,
+           label="Llama, SmolLM2/3, GLM, Ernie 4.5, Ministral (3), Helium, Seed-OSS, Arcee, Hunyuan "
+           "dense, CWM, Jais 2",
            notes="GQA, RMSNorm; biases where the config has them; layers without positions "
            "(SmolLM3) and partial rotary (GLM) touch only the probabilities"),
     Family("mistral", ("mistral",), **_LLAMA, label="Mistral", notes="GQA; sliding window"),
@@ -287,10 +288,29 @@ _TABLE = [
            shared_gate="mlp.shared_expert_gate", label="Qwen1.5/2-MoE",
            notes="MoE with a shared expert scaled by its sigmoid gate; dense layers where the config "
            "says; qkv biases"),
-    Family("qwen3_moe", ("qwen3_moe",), **_MOE, label="Qwen3-MoE", notes="MoE; q/k norms"),
+    Family("qwen3_moe", ("qwen3_moe", "mellum", "phimoe"), **_MOE, label="Qwen3-MoE, Mellum, PhiMoE",
+           notes="MoE; q/k norms where the config has them; the router's own top-k weights "
+           "(PhiMoE's sparse mixer included) are read from the experts' inputs"),
+    Family("moe_shared", ("glm4_moe", "ernie4_5_moe", "solar_open"), **_MOE,
+           shared_expert="mlp.shared_experts", label="GLM-4.5 MoE, Ernie 4.5 MoE, Solar Open",
+           notes="MoE with always-on shared experts; dense layers where the config says"),
+    Family("hunyuan_moe", ("hunyuan_v1_moe",), **_MOE, shared_expert="mlp.shared_mlp",
+           label="Hunyuan MoE", notes="MoE with a shared MLP; q/k norms"),
+    Family("flex_olmo", ("flex_olmo",), **dict(_POST_ONLY, experts="mlp.experts"), label="FlexOlmo",
+           notes="MoE with norms only after the branches (linearised exactly)"),
+    Family("youtu", ("youtu",), **dict(_LLAMA, qkv="self_attn.kv_b_proj", values="mla"),
+           n_kv_heads=_heads, label="Youtu-LLM", notes="dense MLP with DeepSeek's latent attention"),
+    Family("vaultgemma", ("vaultgemma",), **dict(_LLAMA, ffn_norm="pre_feedforward_layernorm"),
+           norm_offset=1.0, label="VaultGemma", notes="Gemma's norms and embedding scale; softcapping"),
+    Family("nanochat", ("nanochat",), **dict(_LLAMA, down="mlp.fc2"), label="nanochat",
+           notes="RMSNorms without weights; q/k norms; logit softcapping"),
+    Family("persimmon", ("persimmon",), "model.layers", "model.final_layernorm", "self_attn",
+           "self_attn.query_key_value", "self_attn.dense", "mlp.dense_4h_to_h",
+           "post_attention_layernorm", values="neox", label="Persimmon",
+           notes="qkv fused per head; per-head q/k LayerNorms; partial rotary"),
     Family("olmoe", ("olmoe",), **_MOE, label="OLMoE", notes="MoE; q/k norms"),
-    Family("deepseek_v3", ("deepseek_v3",), **dict(_MOE, qkv="self_attn.kv_b_proj", values="mla"),
-           n_kv_heads=_heads, shared_expert="mlp.shared_experts", label="DeepSeek-V3",
+    Family("deepseek_v3", ("deepseek_v3", "deepseek_v2"), **dict(_MOE, qkv="self_attn.kv_b_proj", values="mla"),
+           n_kv_heads=_heads, shared_expert="mlp.shared_experts", label="DeepSeek-V2/V3",
            notes="multi-head latent attention: per-head values recovered from the expanded latent "
            "(`kv_b_proj`); MoE with shared experts after the first dense layers"),
     Family("gpt_oss", ("gpt_oss",), **_MOE, label="gpt-oss",
@@ -314,6 +334,10 @@ REFUSED: dict[str, str] = {
                                  "xlstm")},
     "diffllama": ("differential attention subtracts a second softmax map from the first, so a "
                   "head's weights are not the probabilities its eager attention returns"),
+    **{mt: ("its eager attention returns the probabilities before the per-head sink scaling it "
+            "then applies to each head's output, so the returned weights are not the ones the heads "
+            "use (checked: the parts miss the state by up to 80%)") for mt in ("granite_swa",
+                                                                             "granitemoe_swa")},
     "granitemoeshared": ("its shared MLP is added to the MoE block's output outside the block, "
                          "where ltt does not hook it yet; GraniteMoE without it is supported"),
 }

@@ -882,6 +882,321 @@ done:
     return ret;
 }
 
+/* ---- sparse rows --------------------------------------------------------------------------- */
+
+/* obj -> C-contiguous aligned array of exactly the integer dtype `type` (no cast: TypeError). */
+static int to_index_array(PyObject *obj, const char *name, int type, PyArrayObject **out)
+{
+    *out = NULL;
+    if (obj == NULL || obj == Py_None) {
+        PyErr_Format(PyExc_TypeError, "%s is required, got None", name);
+        return -1;
+    }
+    PyArrayObject *raw = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (raw == NULL)
+        return -1;
+    if (PyArray_TYPE(raw) != type) {
+        PyArray_Descr *want = PyArray_DescrFromType(type);
+        PyErr_Format(PyExc_TypeError, "%s must be an array of %S, got dtype %S", name,
+                     (PyObject *)want, (PyObject *)PyArray_DESCR(raw));
+        Py_XDECREF(want);
+        Py_DECREF(raw);
+        return -1;
+    }
+    *out = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)raw, type, NPY_ARRAY_IN_ARRAY);
+    Py_DECREF(raw);
+    return *out == NULL ? -1 : 0;
+}
+
+/* Shapes of sparse rows: indptr [R + 1], sources [nnz], heads [nnz] (when not NULL). */
+static int check_sparse_shapes(PyArrayObject *indptr, PyArrayObject *sources, PyArrayObject *heads,
+                               npy_intp R, int layered)
+{
+    npy_intp wi[1] = {R + 1}, wn[1] = {-1};
+    if (check_shape(indptr, "indptr", layered ? "(L * T + 1,)" : "(T + 1,)", 1, wi) < 0 ||
+        check_shape(sources, "sources", "(nnz,)", 1, wn) < 0)
+        return -1;
+    wn[0] = PyArray_DIM(sources, 0);
+    if (heads != NULL && check_shape(heads, "heads", "(nnz,) = sources.shape", 1, wn) < 0)
+        return -1;
+    return 0;
+}
+
+/*
+ * The exception for a kernel status st on sparse rows (the row r holds the parts of target
+ * r % T, of layer r / T when layered): LTT_ERR_INDEX is a fault in the rows (the kernel checked
+ * everything else first), found again with ltt_sparse_check and named.
+ */
+static int sparse_rows_status(ltt_status st, const char *fn, PyArrayObject *indptr,
+                              PyArrayObject *sources, PyArrayObject *heads, npy_intp R, npy_intp T,
+                              int layered)
+{
+    if (st != LTT_ERR_INDEX)
+        return check_status(st, fn);
+    const npy_intp nnz = PyArray_DIM(sources, 0);
+    const int64_t *ip = (const int64_t *)PyArray_DATA(indptr);
+    const int32_t *src = (const int32_t *)PyArray_DATA(sources);
+    const int16_t *hd = heads != NULL ? (const int16_t *)PyArray_DATA(heads) : NULL;
+    int64_t bad = 0;
+    if (ltt_sparse_check(R, T, nnz, &bad, ip, src, hd) != LTT_ERR_INDEX)
+        return check_status(st, fn);
+    if (bad < 0) {
+        const npy_intp i = (npy_intp)(-1 - bad);
+        PyErr_Format(PyExc_ValueError,
+                     "indptr must start at 0, never decrease and end at len(sources) = %zd; got "
+                     "indptr[%zd] = %lld (previous %lld)",
+                     (Py_ssize_t)nnz, (Py_ssize_t)i, (long long)ip[i],
+                     i > 0 ? (long long)ip[i - 1] : 0LL);
+        return -1;
+    }
+    npy_intp lo = 0, hi = R; /* the row r with indptr[r] <= bad < indptr[r + 1] */
+    while (hi - lo > 1) {
+        const npy_intp mid = lo + (hi - lo) / 2;
+        if (ip[mid] <= bad)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    char row[96];
+    if (layered)
+        snprintf(row, sizeof row, "the row of layer %lld, target t = %lld", (long long)(lo / T),
+                 (long long)(lo % T));
+    else
+        snprintf(row, sizeof row, "the row of target t = %lld", (long long)lo);
+    const long long s = src[bad], t = lo % T;
+    if (s < 0 || s > t)
+        PyErr_Format(PyExc_ValueError, "sources[%lld] = %lld in %s is not in [0, t] = [0, %lld]",
+                     (long long)bad, s, row, t);
+    else if (hd != NULL && hd[bad] < 0)
+        PyErr_Format(PyExc_ValueError, "heads[%lld] = %d in %s is negative", (long long)bad,
+                     (int)hd[bad], row);
+    else
+        PyErr_Format(PyExc_ValueError,
+                     "the entries of a row must strictly increase in %s; entry %lld in %s "
+                     "does not",
+                     hd != NULL ? "(heads, sources)" : "sources", (long long)bad, row);
+    return -1;
+}
+
+/* parallel [L] flags (bool or integer dtype) and targets (integer positions, negative ones from
+ * the end, each checked against [-T, T)) as prune takes them. */
+static int prune_flags_targets(PyObject *par_o, PyObject *tg_o, npy_intp L, npy_intp T,
+                               PyArrayObject **par, PyArrayObject **tg)
+{
+    *par = *tg = NULL;
+    PyArrayObject *tmp = (PyArrayObject *)PyArray_FROM_O(par_o);
+    if (tmp == NULL)
+        return -1;
+    const char pk = PyArray_DESCR(tmp)->kind;
+    if (pk != 'b' && pk != 'i' && pk != 'u') {
+        PyErr_Format(PyExc_TypeError, "parallel must be an array of bools, got dtype %S",
+                     (PyObject *)PyArray_DESCR(tmp));
+        Py_DECREF(tmp);
+        return -1;
+    }
+    *par = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_BOOL,
+                                             NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    Py_DECREF(tmp);
+    npy_intp wl[1] = {L};
+    if (*par == NULL || check_shape(*par, "parallel", "(L,)", 1, wl) < 0)
+        return -1;
+    if ((tmp = (PyArrayObject *)PyArray_FROM_O(tg_o)) == NULL)
+        return -1;
+    const char tk = PyArray_DESCR(tmp)->kind;
+    if ((tk != 'i' && tk != 'u') || PyArray_NDIM(tmp) > 1) {
+        if (tk != 'i' && tk != 'u')
+            PyErr_Format(PyExc_TypeError, "targets must be integer token positions, got dtype %S",
+                         (PyObject *)PyArray_DESCR(tmp));
+        else
+            PyErr_Format(PyExc_ValueError, "targets must be a 1-d list of positions, got %d dims",
+                         PyArray_NDIM(tmp));
+        Py_DECREF(tmp);
+        return -1;
+    }
+    /* Unsigned values are checked before the cast (a huge uint64 would wrap to a negative). */
+    if (tk == 'u') {
+        PyArrayObject *u =
+            (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_UINT64, NPY_ARRAY_IN_ARRAY);
+        if (u == NULL) {
+            Py_DECREF(tmp);
+            return -1;
+        }
+        const uint64_t *uv = (const uint64_t *)PyArray_DATA(u);
+        for (npy_intp i = 0; i < PyArray_SIZE(u); i++)
+            if (uv[i] >= (uint64_t)T) {
+                PyErr_Format(PyExc_ValueError, "targets must be in [-%lld, %lld), got %llu",
+                             (long long)T, (long long)T, (unsigned long long)uv[i]);
+                Py_DECREF(u);
+                Py_DECREF(tmp);
+                return -1;
+            }
+        Py_DECREF(u);
+    }
+    *tg = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_INT64,
+                                            NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY |
+                                                NPY_ARRAY_FORCECAST);
+    Py_DECREF(tmp);
+    if (*tg == NULL)
+        return -1;
+    int64_t *tv = (int64_t *)PyArray_DATA(*tg);
+    for (npy_intp i = 0; i < PyArray_SIZE(*tg); i++) {
+        long long v = tv[i];
+        if (fix_index(&v, T, "targets") < 0)
+            return -1;
+        tv[i] = v;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(prune_sparse_doc,
+             "prune_sparse(indptr, sources, weights, attn_resid, ffn, ffn_resid, parallel, "
+             "targets, threshold)\n--\n\n"
+             "prune with sparse attention rows. See ltt._reference.prune_sparse.");
+
+static PyObject *py_prune_sparse(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"indptr",    "sources",  "weights", "attn_resid", "ffn",
+                             "ffn_resid", "parallel", "targets", "threshold",  NULL};
+    PyObject *o[8] = {NULL}, *ret = NULL;
+    double threshold = 0.0;
+    PyArrayObject *ip = NULL, *src = NULL, *w = NULL, *ar = NULL, *ffn = NULL, *fr = NULL,
+                  *par = NULL, *tg = NULL;
+    PyArrayObject *outs[4] = {NULL};
+    int64_t *edges = NULL, n_edges = 0;
+    ltt_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOd:prune_sparse", kwlist, &o[0], &o[1],
+                                     &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &threshold))
+        return NULL;
+    if (to_index_array(o[0], "indptr", NPY_INT64, &ip) < 0 ||
+        to_index_array(o[1], "sources", NPY_INT32, &src) < 0 ||
+        to_array(o[2], "weights", 0, NPY_FLOAT32, &w) < 0 ||
+        to_array(o[3], "attn_resid", 0, NPY_FLOAT32, &ar) < 0 ||
+        to_array(o[4], "ffn", 0, NPY_FLOAT32, &ffn) < 0 ||
+        to_array(o[5], "ffn_resid", 0, NPY_FLOAT32, &fr) < 0 || check_threshold(threshold) < 0)
+        goto done;
+    npy_intp w2[2] = {-1, -1};
+    if (check_shape(ar, "attn_resid", "(L, T)", 2, w2) < 0 || check_nonempty(ar, "attn_resid") < 0)
+        goto done;
+    const npy_intp L = PyArray_DIM(ar, 0), T = PyArray_DIM(ar, 1);
+    npy_intp wlt[2] = {L, T}, wn[1] = {PyArray_SIZE(src)};
+    if (check_shape(ffn, "ffn", "(L, T)", 2, wlt) < 0 ||
+        check_shape(fr, "ffn_resid", "(L, T)", 2, wlt) < 0 ||
+        check_sparse_shapes(ip, src, NULL, L * T, 1) < 0 ||
+        check_shape(w, "weights", "(nnz,) = sources.shape", 1, wn) < 0 ||
+        prune_flags_targets(o[6], o[7], L, T, &par, &tg) < 0)
+        goto done;
+    outs[1] = zeros(2, wlt, NPY_BOOL);
+    outs[2] = zeros(2, wlt, NPY_BOOL);
+    outs[3] = zeros(2, wlt, NPY_BOOL);
+    if (!outs[1] || !outs[2] || !outs[3])
+        goto done;
+    Py_BEGIN_ALLOW_THREADS;
+    st = ltt_prune_sparse_f32(
+        L, T, PyArray_SIZE(src), PyArray_SIZE(tg), threshold, (uint8_t *)PyArray_DATA(outs[1]),
+        (uint8_t *)PyArray_DATA(outs[2]), (uint8_t *)PyArray_DATA(outs[3]), &edges, &n_edges,
+        (const int64_t *)PyArray_DATA(ip), (const int32_t *)PyArray_DATA(src), fdata(w), fdata(ar),
+        fdata(ffn), fdata(fr), (const uint8_t *)PyArray_DATA(par),
+        (const int64_t *)PyArray_DATA(tg));
+    Py_END_ALLOW_THREADS;
+    if (sparse_rows_status(st, "prune_sparse", ip, src, NULL, L * T, T, 1) < 0)
+        goto done;
+    npy_intp de[2] = {n_edges, 3};
+    if ((outs[0] = zeros(2, de, NPY_INT64)) == NULL)
+        goto done;
+    if (n_edges > 0)
+        memcpy(PyArray_DATA(outs[0]), edges, (size_t)n_edges * 3 * sizeof(int64_t));
+    {
+        const char *keys[4] = {"attn_edges", "attn_resid", "ffn", "ffn_resid"};
+        ret = make_dict(4, keys, outs);
+    }
+done:
+    free(edges);
+    Py_XDECREF(ip);
+    Py_XDECREF(src);
+    Py_XDECREF(w);
+    Py_XDECREF(ar);
+    Py_XDECREF(ffn);
+    Py_XDECREF(fr);
+    Py_XDECREF(par);
+    Py_XDECREF(tg);
+    for (int i = 0; i < 4; i++)
+        Py_XDECREF(outs[i]);
+    return ret;
+}
+
+PyDoc_STRVAR(renormalize_sparse_doc,
+             "renormalize_sparse(indptr, sources, heads, parts, single, threshold)\n--\n\n"
+             "renormalize on one layer's sparse head parts. See "
+             "ltt._reference.renormalize_sparse.");
+
+static PyObject *py_renormalize_sparse(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"indptr", "sources", "heads", "parts", "single", "threshold", NULL};
+    PyObject *o[5] = {NULL}, *ret = NULL;
+    double threshold = 0.0;
+    PyArrayObject *ip = NULL, *src = NULL, *hd = NULL, *parts = NULL, *single = NULL;
+    PyArrayObject *outs[2] = {NULL};
+    ltt_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOd:renormalize_sparse", kwlist, &o[0], &o[1],
+                                     &o[2], &o[3], &o[4], &threshold))
+        return NULL;
+    if (to_index_array(o[0], "indptr", NPY_INT64, &ip) < 0 ||
+        to_index_array(o[1], "sources", NPY_INT32, &src) < 0 ||
+        to_index_array(o[2], "heads", NPY_INT16, &hd) < 0 ||
+        to_array(o[3], "parts", 0, NPY_FLOAT32, &parts) < 0 ||
+        to_array(o[4], "single", 0, NPY_FLOAT32, &single) < 0 || check_threshold(threshold) < 0)
+        goto done;
+    npy_intp w2[2] = {-1, -1};
+    if (check_shape(single, "single", "(E, T)", 2, w2) < 0)
+        goto done;
+    const npy_intp E = PyArray_DIM(single, 0), T = PyArray_DIM(single, 1);
+    if (T == 0) {
+        PyErr_SetString(PyExc_ValueError, "single must have shape (E, T) with T >= 1, got T = 0");
+        goto done;
+    }
+    npy_intp wn[1] = {PyArray_SIZE(src)};
+    if (check_sparse_shapes(ip, src, hd, T, 0) < 0 ||
+        check_shape(parts, "parts", "(nnz,) = sources.shape", 1, wn) < 0)
+        goto done;
+    const float *pv = fdata(parts);
+    int negative = 0;
+    for (npy_intp j = 0; j < wn[0]; j++)
+        negative |= pv[j] < 0.0f;
+    for (npy_intp j = 0; negative && j < wn[0]; j++)
+        if (pv[j] < 0.0f) {
+            char v[64];
+            PyErr_Format(PyExc_ValueError, "parts must be >= 0 (shares), got %s at index %zd",
+                         fmt_double(v, sizeof v, (double)pv[j]), (Py_ssize_t)j);
+            goto done;
+        }
+    npy_intp dET[2] = {E, T};
+    outs[0] = zeros(1, wn, NPY_FLOAT32);
+    outs[1] = zeros(2, dET, NPY_FLOAT32);
+    if (!outs[0] || !outs[1])
+        goto done;
+    Py_BEGIN_ALLOW_THREADS;
+    st = ltt_renormalize_sparse_f32(
+        T, wn[0], E, threshold, (float *)PyArray_DATA(outs[0]), (float *)PyArray_DATA(outs[1]),
+        (const int64_t *)PyArray_DATA(ip), (const int32_t *)PyArray_DATA(src),
+        (const int16_t *)PyArray_DATA(hd), pv, fdata(single));
+    Py_END_ALLOW_THREADS;
+    if (sparse_rows_status(st, "renormalize_sparse", ip, src, hd, T, T, 0) < 0)
+        goto done;
+    {
+        const char *keys[2] = {"parts", "single"};
+        ret = make_dict(2, keys, outs);
+    }
+done:
+    Py_XDECREF(ip);
+    Py_XDECREF(src);
+    Py_XDECREF(hd);
+    Py_XDECREF(parts);
+    Py_XDECREF(single);
+    Py_XDECREF(outs[0]);
+    Py_XDECREF(outs[1]);
+    return ret;
+}
+
 /* ---- build information --------------------------------------------------------------------- */
 
 PyDoc_STRVAR(build_info_doc, "build_info()\n--\n\n"
@@ -931,6 +1246,10 @@ static PyMethodDef methods[] = {
     {"renormalize", (PyCFunction)(void (*)(void))py_renormalize, METH_VARARGS | METH_KEYWORDS,
      renormalize_doc},
     {"prune", (PyCFunction)(void (*)(void))py_prune, METH_VARARGS | METH_KEYWORDS, prune_doc},
+    {"prune_sparse", (PyCFunction)(void (*)(void))py_prune_sparse, METH_VARARGS | METH_KEYWORDS,
+     prune_sparse_doc},
+    {"renormalize_sparse", (PyCFunction)(void (*)(void))py_renormalize_sparse,
+     METH_VARARGS | METH_KEYWORDS, renormalize_sparse_doc},
     {"build_info", py_build_info, METH_NOARGS, build_info_doc},
     {NULL, NULL, 0, NULL}};
 

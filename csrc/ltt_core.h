@@ -112,6 +112,46 @@ ltt_status ltt_prune_f32(int64_t L, int64_t T, int64_t n_targets, double thresho
                          const float *restrict ffn_resid, const uint8_t *restrict parallel,
                          const int64_t *restrict targets);
 
+/*
+ * Sparse rows (see ltt/_reference.py sparsify): R rows, row r holding the parts of target
+ * t = r % T as entries j in [indptr[r], indptr[r + 1]), each with a source sources[j] in [0, t]
+ * and, when heads is not NULL, a head heads[j] >= 0; the entries of a row strictly increase in
+ * (heads[j], sources[j]) (in sources[j] without heads). indptr [R + 1] starts at 0, never
+ * decreases and ends at nnz. Returns LTT_OK, or LTT_ERR_INDEX with *bad = j for the first entry
+ * at fault, or -1 - i for the first indptr[i] at fault (indptr is checked first).
+ */
+ltt_status ltt_sparse_check(int64_t R, int64_t T, int64_t nnz, int64_t *bad,
+                            const int64_t *restrict indptr, const int32_t *restrict sources,
+                            const int16_t *restrict heads);
+
+/*
+ * ltt_renormalize_f32 on one layer's sparse head parts (rows of T targets, see ltt_sparse_check):
+ * parts [P] >= 0 with heads and sources, single [E, T]. Outputs parts_out [P] (each listed part
+ * after the rule: kept ones rescaled, the others 0) and single_out [E, T]. An unlisted part is
+ * 0. single_out is bitwise that of ltt_renormalize_f32 on the equivalent dense heads, and so is
+ * each edge to within the rounding of its per-head terms (see ltt/_reference.py).
+ */
+ltt_status ltt_renormalize_sparse_f32(int64_t T, int64_t P, int64_t E, double threshold,
+                                      float *restrict parts_out, float *restrict single_out,
+                                      const int64_t *restrict indptr,
+                                      const int32_t *restrict sources,
+                                      const int16_t *restrict heads, const float *restrict parts,
+                                      const float *restrict single);
+
+/*
+ * ltt_prune_f32 with the attention weights as sparse rows (see ltt_sparse_check, R = L * T,
+ * row l * T + t holding the edges into target (l, t)): sources [nnz], weights [nnz]; an unlisted
+ * source has weight 0. Same outputs, identical to ltt_prune_f32 on the equivalent dense attn.
+ */
+ltt_status ltt_prune_sparse_f32(int64_t L, int64_t T, int64_t nnz, int64_t n_targets,
+                                double threshold, uint8_t *restrict keep_attn_resid,
+                                uint8_t *restrict keep_ffn, uint8_t *restrict keep_ffn_resid,
+                                int64_t **edges_out, int64_t *restrict n_edges,
+                                const int64_t *restrict indptr, const int32_t *restrict sources,
+                                const float *restrict weights, const float *restrict attn_resid,
+                                const float *restrict ffn, const float *restrict ffn_resid,
+                                const uint8_t *restrict parallel, const int64_t *restrict targets);
+
 #ifdef __cplusplus
 }
 #endif

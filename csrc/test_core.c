@@ -428,6 +428,138 @@ static void test_threads_agree(void)
     free(wd);
 }
 
+/* Sparse rows: the checker, and both sparse kernels against the dense ones on the dense
+ * equivalent (entries below 0.05 dropped, so rows of every length occur, empty ones included). */
+static void test_sparse(void)
+{
+    /* ltt_sparse_check: 2 rows of T = 2 (targets 0, 1). */
+    const int64_t ip[3] = {0, 1, 3}, ip_start[3] = {1, 1, 3}, ip_down[3] = {0, 2, 1};
+    const int32_t src[3] = {0, 0, 1}, src_far[3] = {0, 2, 1}, src_dup[3] = {0, 1, 1};
+    const int16_t hd[3] = {0, 1, 0}, hd_neg[3] = {0, -1, 0};
+    int64_t bad = 0;
+    CHECK(ltt_sparse_check(2, 2, 3, &bad, ip, src, NULL) == LTT_OK);
+    CHECK(ltt_sparse_check(2, 2, 3, &bad, ip_start, src, NULL) == LTT_ERR_INDEX && bad == -1);
+    CHECK(ltt_sparse_check(2, 2, 3, &bad, ip_down, src, NULL) == LTT_ERR_INDEX && bad == -3);
+    CHECK(ltt_sparse_check(2, 2, 4, &bad, ip, src, NULL) == LTT_ERR_INDEX && bad == -3);
+    CHECK(ltt_sparse_check(2, 2, 3, &bad, ip, src_far, NULL) == LTT_ERR_INDEX && bad == 1);
+    CHECK(ltt_sparse_check(2, 2, 3, &bad, ip, src_dup, NULL) == LTT_ERR_INDEX && bad == 2);
+    CHECK(ltt_sparse_check(2, 2, 3, &bad, ip, src, hd) == LTT_ERR_INDEX && bad == 2);
+    CHECK(ltt_sparse_check(2, 2, 3, &bad, ip, src, hd_neg) == LTT_ERR_INDEX && bad == 1);
+    CHECK(ltt_sparse_check(0, 2, 3, &bad, ip, src, NULL) == LTT_ERR_SIZE);
+    CHECK(ltt_sparse_check(2, 2, 3, &bad, NULL, src, NULL) == LTT_ERR_NULL);
+
+    enum { L = 3, T = 40, H = 3, E = 2 };
+    unsigned st = 11;
+    float *attn = calloc(L * T * T, sizeof(float)), *w = malloc(sizeof(float) * L * T * T);
+    float *ar = malloc(sizeof(float) * L * T), *ffn = malloc(sizeof(float) * L * T);
+    float *fr = malloc(sizeof(float) * L * T), *heads = calloc(H * T * T, sizeof(float));
+    float *parts = malloc(sizeof(float) * H * T * T), *single = malloc(sizeof(float) * E * T);
+    int64_t *indptr = malloc(sizeof(int64_t) * (L * T + 1));
+    int32_t *sources = malloc(sizeof(int32_t) * L * T * T);
+    int16_t *phd = malloc(sizeof(int16_t) * H * T * T);
+    const uint8_t par[L] = {0, 1, 0};
+    const int64_t targets[3] = {T - 1, 0, 17};
+    int64_t nnz = 0;
+    indptr[0] = 0;
+    for (int l = 0; l < L; l++)
+        for (int t = 0; t < T; t++) {
+            for (int s = 0; s <= t; s++) {
+                const float v = (urand(&st) + 0.5f) * (urand(&st) + 0.5f) * 0.3f;
+                if (v >= 0.05f) {
+                    attn[(l * T + t) * T + s] = w[nnz] = v;
+                    sources[nnz++] = s;
+                }
+            }
+            indptr[l * T + t + 1] = nnz;
+            ar[l * T + t] = 0.15f * (urand(&st) + 0.5f);
+            ffn[l * T + t] = 0.15f * (urand(&st) + 0.5f);
+            fr[l * T + t] = 0.15f * (urand(&st) + 0.5f);
+        }
+    const double thresholds[4] = {0.0, 0.05, 0.1, 0.2};
+    for (int k = 0; k < 4; k++) {
+        uint8_t kd[3][L * T], ks[3][L * T];
+        int64_t *ed = NULL, *es = NULL, nd = -1, ns = -2;
+        CHECK(ltt_prune_f32(L, T, 3, thresholds[k], kd[0], kd[1], kd[2], &ed, &nd, attn, ar, ffn,
+                            fr, par, targets) == LTT_OK);
+        CHECK(ltt_prune_sparse_f32(L, T, nnz, 3, thresholds[k], ks[0], ks[1], ks[2], &es, &ns,
+                                   indptr, sources, w, ar, ffn, fr, par, targets) == LTT_OK);
+        CHECK(nd == ns && nd > 0);
+        CHECK(nd != ns || nd == 0 || memcmp(ed, es, sizeof(int64_t) * 3 * (size_t)nd) == 0);
+        CHECK(memcmp(kd, ks, sizeof kd) == 0);
+        free(ed);
+        free(es);
+    }
+    int64_t *e1 = NULL, n1 = 0;
+    uint8_t kk[3][L * T];
+    CHECK(ltt_prune_sparse_f32(L, T, nnz, 3, 1.0, kk[0], kk[1], kk[2], &e1, &n1, indptr, sources, w,
+                               ar, ffn, fr, par, targets) == LTT_ERR_THRESHOLD);
+    CHECK(ltt_prune_sparse_f32(L, T, nnz + 1, 3, 0.1, kk[0], kk[1], kk[2], &e1, &n1, indptr,
+                               sources, w, ar, ffn, fr, par, targets) == LTT_ERR_INDEX);
+    CHECK(ltt_prune_sparse_f32(L, T, nnz, 3, 0.1, kk[0], kk[1], kk[2], &e1, &n1, NULL, sources, w,
+                               ar, ffn, fr, par, targets) == LTT_ERR_NULL);
+    CHECK(e1 == NULL);
+
+    /* renormalize: one layer's head parts, rows sorted by (head, source) */
+    int64_t P = 0;
+    int64_t *rip = malloc(sizeof(int64_t) * (T + 1));
+    rip[0] = 0;
+    for (int t = 0; t < T; t++) {
+        for (int h = 0; h < H; h++)
+            for (int s = 0; s <= t; s++) {
+                const float v = (urand(&st) + 0.5f) * (urand(&st) + 0.5f) * 0.2f;
+                if (v >= 0.05f) {
+                    heads[(h * T + t) * T + s] = parts[P] = v;
+                    sources[P] = s;
+                    phd[P++] = (int16_t)h;
+                }
+            }
+        rip[t + 1] = P;
+    }
+    for (int i = 0; i < E * T; i++)
+        single[i] = 0.2f * (urand(&st) + 0.5f);
+    float *edges = malloc(sizeof(float) * T * T), *sd = malloc(sizeof(float) * E * T);
+    float *po = malloc(sizeof(float) * (P + 1)), *ss = malloc(sizeof(float) * E * T);
+    double *sum = malloc(sizeof(double) * T * T);
+    for (int k = 0; k < 4; k++) {
+        CHECK(ltt_renormalize_f32(H, T, T, E, thresholds[k], edges, sd, heads, single) == LTT_OK);
+        CHECK(ltt_renormalize_sparse_f32(T, P, E, thresholds[k], po, ss, rip, sources, phd, parts,
+                                         single) == LTT_OK);
+        CHECK(memcmp(sd, ss, sizeof(float) * E * T) == 0);
+        for (int i = 0; i < T * T; i++)
+            sum[i] = 0.0;
+        for (int t = 0; t < T; t++)
+            for (int64_t j = rip[t]; j < rip[t + 1]; j++)
+                sum[t * T + sources[j]] += po[j];
+        double e = 0.0;
+        for (int i = 0; i < T * T; i++)
+            e = fmax(e, fabs((double)(float)sum[i] - edges[i]) / fmax(edges[i], 1e-30));
+        NEAR(e, 0.0, 1e-6);
+    }
+    CHECK(ltt_renormalize_sparse_f32(T, P, E, NAN, po, ss, rip, sources, phd, parts, single) ==
+          LTT_ERR_THRESHOLD);
+    CHECK(ltt_renormalize_sparse_f32(T, P, E, 0.1, po, ss, rip, sources, NULL, parts, single) ==
+          LTT_ERR_NULL);
+    CHECK(ltt_renormalize_sparse_f32(T, P - 1, E, 0.1, po, ss, rip, sources, phd, parts, single) ==
+          LTT_ERR_INDEX);
+    free(attn);
+    free(w);
+    free(ar);
+    free(ffn);
+    free(fr);
+    free(heads);
+    free(parts);
+    free(single);
+    free(indptr);
+    free(sources);
+    free(phd);
+    free(rip);
+    free(edges);
+    free(sd);
+    free(po);
+    free(ss);
+    free(sum);
+}
+
 static void test_status(void)
 {
     for (int s = LTT_OK; s <= LTT_ERR_NONFINITE; s++)
@@ -446,6 +578,7 @@ int main(void)
     test_renormalize_figure();
     test_prune();
     test_threads_agree();
+    test_sparse();
     test_status();
     if (failures) {
         fprintf(stderr, "test_core (%s): %d failure(s)\n", ltt_simd_variant(), failures);

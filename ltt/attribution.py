@@ -31,6 +31,8 @@ __all__ = [
     "ffn_neuron_contrib",
     "renormalize",
     "prune",
+    "prune_sparse",
+    "renormalize_sparse",
     "build_info",
 ]
 
@@ -251,6 +253,70 @@ def prune(
     return _core.prune(
         _arr(attn), _arr(attn_resid), _arr(ffn), _arr(ffn_resid),
         np.asarray(_arr(parallel)), np.atleast_1d(np.asarray(_arr(targets))), check_threshold(threshold),
+    )  # fmt: skip
+
+
+def prune_sparse(
+    indptr: ArrayLike,
+    sources: ArrayLike,
+    weights: ArrayLike,
+    attn_resid: ArrayLike,
+    ffn: ArrayLike,
+    ffn_resid: ArrayLike,
+    parallel: ArrayLike,
+    targets: ArrayLike,
+    threshold: float,
+) -> dict[str, np.ndarray]:
+    """:func:`prune` with the attention weights as sparse rows (an unlisted source weighs 0).
+
+    The edges into target (l, t) are ``sources[j]`` (int32, strictly increasing, ``<= t``) with
+    ``weights[j]`` (floats, cast to float32) for ``j`` in ``indptr[l*T + t] : indptr[l*T + t + 1]``
+    (``indptr [L*T + 1]`` int64). The other arguments and the result are :func:`prune`'s, and
+    the result equals ``prune`` on the dense equivalent, tie rules included. Rows made by
+    :func:`ltt._reference.sparsify` with a floor give ``prune``'s result on the original dense
+    weights for every threshold ``>= floor``.
+
+    >>> import numpy as np
+    >>> from ltt.attribution import prune_sparse
+    >>> ip, src = np.array([0, 0, 2]), np.array([0, 1], np.int32)
+    >>> out = prune_sparse(ip, src, [0.7, 0.1], [[1.0, 0.2]], [[0.3, 0.3]], [[0.7, 0.7]], [False], [1], 0.5)
+    >>> out["attn_edges"].tolist()
+    [[0, 1, 0]]
+    """
+    return _core.prune_sparse(
+        _arr(indptr), _arr(sources), _arr(weights), _arr(attn_resid), _arr(ffn), _arr(ffn_resid),
+        np.asarray(_arr(parallel)), np.atleast_1d(np.asarray(_arr(targets))), check_threshold(threshold),
+    )  # fmt: skip
+
+
+def renormalize_sparse(
+    indptr: ArrayLike,
+    sources: ArrayLike,
+    heads: ArrayLike,
+    parts: ArrayLike,
+    single: ArrayLike,
+    threshold: float,
+) -> dict[str, np.ndarray]:
+    """:func:`renormalize` on one layer's head shares as sparse rows, part by part.
+
+    Target t's parts are ``parts[j] >= 0`` (floats, cast to float32) of head ``heads[j]``
+    (int16) and source ``sources[j] <= t`` (int32), ``j`` in ``indptr[t] : indptr[t + 1]``
+    (``indptr [T + 1]`` int64), in (head, source) order; ``single [E, T]``. Returns ``parts [P]``
+    (each listed part after the rule: kept ones rescaled, the others 0) and ``single [E, T]``,
+    float32. ``single`` equals ``renormalize``'s on the dense equivalent exactly; summing the
+    parts by (t, source) in float64 (``np.bincount(t * T + sources, parts)``) gives its
+    ``edges`` to within ``rtol=1e-6`` (each head's term is rounded to float32 before the sum).
+
+    >>> import numpy as np
+    >>> from ltt.attribution import renormalize_sparse
+    >>> ip, src, hd = np.array([0, 2, 4]), np.array([0, 0, 0, 1], np.int32), np.array([0, 1, 0, 0], np.int16)
+    >>> r = renormalize_sparse(ip, src, hd, [0.05, 0.15, 0.05, 0.05], [[0.8, 0.9]], 0.1)
+    >>> [round(float(x), 6) for x in r["parts"]], [round(float(x), 6) for x in r["single"][0]]
+    ([0.0, 0.157895, 0.0, 0.0], [0.842105, 1.0])
+    """
+    return _core.renormalize_sparse(
+        _arr(indptr), _arr(sources), _arr(heads), _arr(parts), _arr(single),
+        check_threshold(threshold),
     )  # fmt: skip
 
 

@@ -30,7 +30,7 @@ def routes_report(trace, graph, k: int = 5) -> str:
     """
     import numpy as np
 
-    from ltt.graph import attribute
+    from ltt.interpret import edge_head_shares
 
     lines: list[str] = []
     logits = np.asarray(trace.logits, dtype=np.float64)
@@ -67,12 +67,11 @@ def routes_report(trace, graph, k: int = 5) -> str:
     lines.append("layers whose attention moves the most flow:")
     for l, f in sorted(attn_flow.items(), key=lambda kv: -kv[1])[:k]:
         lines.append(f"  layer {l:3d}  attention {f:6.3f}   ffn {ffn_flow.get(l, 0.0):6.3f}")
-    full = attribute(trace, graph.norm)
     lines.append("strongest attention edges and their top heads:")
     for f, e in sorted(edge_flow, key=lambda fe: -fe[0])[:k]:
         s = int(e.source.split("_")[1])
         t = int(e.target.split("_")[1])
-        shares = full.heads[e.layer, :, t, s]
+        shares = edge_head_shares(trace, e.layer, t, s, graph.norm)
         heads = np.argsort(-shares)[:3]
         head_txt = ", ".join(f"h{h} {shares[h]:.3f}" for h in heads)
         lines.append(

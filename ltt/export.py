@@ -81,16 +81,26 @@ def _parts(trace: Any, graph: dict[str, Any], threshold: float, norm: int) -> di
     par = [bool(p) for p in full.parallel]
     attn_states, ffn_states = _attention_states(graph, par)
     out_attn: dict[str, Any] = {}
+    sparse = threshold >= full.floor
     for l, t in sorted(attn_states):
-        h = full.heads[l, :, t, : t + 1]  # [H, t+1]
-        keep = h >= threshold
-        keep[np.unravel_index(int(np.argmax(h)), h.shape)] = True
-        ks, ss = np.nonzero(keep)  # row-major: (head, source) order
+        if sparse:  # the trace's parts above the floor (and each row's largest), (head, source) order
+            p = full.parts[l]
+            lo, hi = p.indptr[t], p.indptr[t + 1]
+            v = p.values[lo:hi]
+            keep = v >= threshold
+            keep[int(np.argmax(v))] = True
+            ks, ss, vs = p.heads[lo:hi][keep], p.sources[lo:hi][keep], v[keep]
+        else:
+            h = full.heads[l, :, t, : t + 1]  # [H, t+1]
+            keep = h >= threshold
+            keep[np.unravel_index(int(np.argmax(h)), h.shape)] = True
+            ks, ss = np.nonzero(keep)  # row-major: (head, source) order
+            vs = h[ks, ss]
         single = [float(full.attn_resid[l, t]), float(full.attn_bias[l, t])]
         if par[l]:
             single.append(float(full.ffn[l, t]))
         out_attn[f"{l},{t}"] = {
-            "heads": [[int(s), int(k), float(h[k, s])] for k, s in zip(ks.tolist(), ss.tolist())],
+            "heads": [[int(s), int(k), float(v)] for k, s, v in zip(ks.tolist(), ss.tolist(), vs.tolist())],
             "single": single,
         }
     out_ffn = {f"{l},{t}": [float(full.ffn[l, t]), float(full.ffn_resid[l, t])] for l, t in sorted(ffn_states)}

@@ -19,6 +19,7 @@ True
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
@@ -30,84 +31,233 @@ from ltt import attribution
 ATTENTION, RESIDUAL, FFN = "attention", "residual", "ffn"
 
 
+#: Contributions below this floor are not kept by a trace (sparse storage); thresholds below it
+#: are answered from an exact dense recomputation when it fits in :data:`DENSE_BUDGET` bytes.
+FLOOR = 1e-3
+DENSE_BUDGET = int(os.environ.get("LTT_DENSE_BUDGET", 64 * 2**20))
+
+
 @dataclass
-class FullGraph:
-    """Every contribution of a trace, unpruned, as compact arrays (L layers, H heads, T tokens).
+class SparseRows:
+    """One layer's entries per target row t (CSR): ``sources[indptr[t]:indptr[t+1]]`` with
+    ``values`` (and ``heads`` for per-head parts), sorted by (head, source) within a row."""
 
-    * ``heads [L, H, T, T]``: per-head share of source s in the state after attention of target
-      t (in the layer output for a parallel layer);
-    * ``attn [L, T, T]``: the same summed over heads (the attention edge weights);
-    * ``attn_resid [L, T]``, ``attn_bias [L, T]``: residual and bias shares of that state;
-    * ``ffn [L, T]``, ``ffn_resid [L, T]``: FFN and residual shares of the layer output (for a
-      parallel layer ``ffn`` is the FFN output's share of the one-step decomposition and
-      ``ffn_resid`` is unused, zero);
-    * ``attn_total [L, T]``: the normalisers, to recompute any head's shares on demand;
-    * ``parallel [L]``.
-    """
+    indptr: np.ndarray  # [T + 1] int64
+    sources: np.ndarray  # [n] int32
+    values: np.ndarray  # [n] float32
+    heads: np.ndarray | None = None  # [n] int16
 
-    heads: np.ndarray
-    attn: np.ndarray
+    @property
+    def rows(self) -> np.ndarray:
+        """``[n]`` int64: the target row of each entry."""
+        return np.repeat(np.arange(len(self.indptr) - 1), np.diff(self.indptr))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.indptr, self.sources, self.values, self.heads) if a is not None)
+
+    @classmethod
+    def from_dense(cls, dense: np.ndarray, floor: float) -> "SparseRows":
+        """``dense [T, S]`` (edges) or ``[H, T, S]`` (per-head parts): every entry ``>= floor``
+        plus each row's largest (the first in (head, source) order), so that the threshold
+        modes' "keep the largest" rules stay exact above the floor."""
+        per_head = dense.ndim == 3
+        rows = np.ascontiguousarray(dense.transpose(1, 0, 2)) if per_head else dense
+        T = rows.shape[0]
+        flat = rows.reshape(T, -1)
+        mask = flat >= floor
+        if flat.shape[1]:
+            mask[np.arange(T), flat.argmax(axis=1)] = True
+        t, j = np.nonzero(mask)
+        S = dense.shape[-1]
+        indptr = np.zeros(T + 1, np.int64)
+        np.cumsum(np.bincount(t, minlength=T), out=indptr[1:])
+        return cls(indptr, (j % S).astype(np.int32), flat[t, j].astype(np.float32),
+                   (j // S).astype(np.int16) if per_head else None)
+
+    def to_dense(self, T: int, H: int | None = None) -> np.ndarray:
+        """The dense equivalent (listed entries, zero elsewhere)."""
+        if self.heads is None:
+            out = np.zeros((T, T), np.float32)
+            out[self.rows, self.sources] = self.values
+        else:
+            out = np.zeros((H, T, T), np.float32)
+            out[self.heads, self.rows, self.sources] = self.values
+        return out
+
+    def lookup(self, t: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """Values at ``(t[i], s[i])`` (edges only; 0 where not listed)."""
+        t = np.asarray(t, np.int64)
+        s = np.asarray(s, np.int64)
+        out = np.zeros(len(t), np.float32)
+        for i, (ti, si) in enumerate(zip(t.tolist(), s.tolist())):
+            lo, hi = self.indptr[ti], self.indptr[ti + 1]
+            j = lo + np.searchsorted(self.sources[lo:hi], si)
+            if j < hi and self.sources[j] == si:
+                out[i] = self.values[j]
+        return out
+
+
+@dataclass
+class LayerScores:
+    """One layer's compact attribution (what a trace keeps per layer): single shares ``[T]``,
+    the normalisers, and the attention edges and per-head parts above the floor."""
+
     attn_resid: np.ndarray
     attn_bias: np.ndarray
     ffn: np.ndarray
     ffn_resid: np.ndarray
-    attn_total: np.ndarray
-    parallel: np.ndarray
-    norm: int = 1
+    total: np.ndarray
+    parallel: bool
+    edges: SparseRows
+    parts: SparseRows
+    n_heads: int
+    dense_heads: np.ndarray | None = None  # [H, T, T] when the caller keeps it
+    dense_edges: np.ndarray | None = None
+
+
+def attribute_layer(lb: Any, probs: np.ndarray, norm: int = 1, floor: float = FLOOR,
+                    keep_dense: bool = False) -> LayerScores:
+    """Score one layer (buffers ``lb``, probabilities ``probs [H, T, T]``) with the C core.
+
+    >>> scores = attribute_layer(trace.layers[0], trace.layers[0].attn)   # doctest: +SKIP
+    """
+    whole = lb.resid_post if lb.parallel else lb.resid_mid
+    out = attribution.attn_contrib(
+        lb.resid_pre, whole, probs, lb.values, lb.w_o, bias=lb.attn_bias,
+        extra=lb.ffn_out[None] if lb.parallel else None, row_scale=lb.attn_row_scale,
+        col_scale=lb.attn_col_scale, center=lb.attn_center, norm=norm, keep_heads=True,
+    )  # fmt: skip
+    T = whole.shape[0]
+    if lb.parallel:
+        ffn, ffn_resid = out["extra"][0], np.zeros(T, np.float32)
+    else:
+        block = attribution.contributions(np.stack([lb.resid_mid, lb.ffn_out]), lb.resid_post, norm=norm)
+        ffn_resid, ffn = block[0], block[1]
+    heads = out["heads"]
+    return LayerScores(
+        attn_resid=out["resid"], attn_bias=out["bias"], ffn=ffn, ffn_resid=ffn_resid,
+        total=out["total"], parallel=bool(lb.parallel),
+        edges=SparseRows.from_dense(out["edges"], floor), parts=SparseRows.from_dense(heads, floor),
+        n_heads=int(heads.shape[0]),
+        dense_heads=heads if keep_dense else None, dense_edges=out["edges"] if keep_dense else None,
+    )
+
+
+def _dense_nbytes(L: int, H: int, T: int) -> int:
+    return 4 * L * (H + 1) * T * T
+
+
+class FullGraph:
+    """Every contribution of a trace (L layers, H heads, T tokens), kept compactly:
+
+    * ``attn_resid [L, T]``, ``attn_bias [L, T]``: residual and bias shares of the state after
+      attention of target t (the layer output for a parallel layer);
+    * ``ffn [L, T]``, ``ffn_resid [L, T]``: FFN and residual shares of the layer output (for a
+      parallel layer ``ffn`` is the FFN output's share of the one-step decomposition and
+      ``ffn_resid`` is unused, zero);
+    * ``attn_total [L, T]``: the normalisers, to recompute any head's shares on demand;
+    * ``edges[l]``, ``parts[l]``: :class:`SparseRows` of the attention edge weights (summed over
+      heads) and of the per-head shares, every entry ``>= floor`` plus each row's largest;
+    * ``parallel [L]``.
+
+    The dense ``attn [L, T, T]`` and ``heads [L, H, T, T]`` are properties: recomputed exactly
+    from the trace's layers when first asked for and kept only while they fit in
+    :data:`DENSE_BUDGET`; a long trace never holds them.
+    """
+
+    def __init__(self, scores: Sequence[LayerScores], norm: int, floor: float, source: Any = None):
+        self.attn_resid = np.stack([s.attn_resid for s in scores])
+        self.attn_bias = np.stack([s.attn_bias for s in scores])
+        self.ffn = np.stack([s.ffn for s in scores])
+        self.ffn_resid = np.stack([s.ffn_resid for s in scores])
+        self.attn_total = np.stack([s.total for s in scores])
+        self.parallel = np.array([s.parallel for s in scores])
+        self.edges = [s.edges for s in scores]
+        self.parts = [s.parts for s in scores]
+        self.n_heads = scores[0].n_heads
+        self.norm = norm
+        self.floor = floor
+        self._source = source  # the trace, to recompute the dense arrays
+        self._dense: tuple[np.ndarray, np.ndarray] | None = None
+        if all(s.dense_heads is not None for s in scores):
+            self._dense = (np.stack([s.dense_heads for s in scores]), np.stack([s.dense_edges for s in scores]))
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.parallel)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attn_resid.shape[1])
+
+    def nbytes(self) -> int:
+        """Bytes held (the sparse rows and the per-state arrays; dense arrays when kept)."""
+        total = sum(a.nbytes for a in (self.attn_resid, self.attn_bias, self.ffn, self.ffn_resid, self.attn_total))
+        total += sum(e.nbytes + p.nbytes for e, p in zip(self.edges, self.parts))
+        if self._dense is not None:
+            total += self._dense[0].nbytes + self._dense[1].nbytes
+        return total
+
+    def dense_fits(self) -> bool:
+        return _dense_nbytes(self.n_layers, self.n_heads, self.n_tokens) <= DENSE_BUDGET
+
+    def _dense_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._dense is None:
+            L, H, T = self.n_layers, self.n_heads, self.n_tokens
+            need = _dense_nbytes(L, H, T)
+            if need > DENSE_BUDGET or self._source is None:
+                raise ValueError(
+                    f"the dense per-head shares [L={L}, H={H}, T={T}, T] would take {need / 2**30:.2f} GiB, "
+                    f"over the dense budget of {DENSE_BUDGET / 2**30:.2f} GiB (LTT_DENSE_BUDGET): use "
+                    f"thresholds >= the floor {self.floor} and the on-demand head functions "
+                    "(trace.head_shares, trace.head_view), or raise LTT_DENSE_BUDGET"
+                )
+            heads = np.empty((L, H, T, T), np.float32)
+            edges = np.empty((L, T, T), np.float32)
+            for l, lb in enumerate(self._source.layers):
+                s = attribute_layer(lb, lb.attn, self.norm, self.floor, keep_dense=True)
+                heads[l], edges[l] = s.dense_heads, s.dense_edges
+            self._dense = (heads, edges)
+        return self._dense
+
+    @property
+    def heads(self) -> np.ndarray:
+        """``[L, H, T, T]`` per-head share of source s in the state of target t (dense,
+        recomputed on first use; refused over :data:`DENSE_BUDGET`)."""
+        return self._dense_arrays()[0]
+
+    @property
+    def attn(self) -> np.ndarray:
+        """``[L, T, T]`` attention edge weights, the per-head shares summed (dense, as
+        :attr:`heads`)."""
+        return self._dense_arrays()[1]
 
 
 def attribute(trace: Any, norm: int = 1) -> FullGraph:
-    """Score every layer of ``trace`` with the C core (cached on the trace per ``norm``).
+    """Every contribution of ``trace`` (a :class:`FullGraph`), computed by the C core once per
+    ``norm`` and kept on the trace. A trace from :meth:`ltt.models.Model.trace` is attributed
+    during its forward pass for ``norm=1``; other norms are computed here from the layers.
 
     >>> full = attribute(trace)                              # doctest: +SKIP
     >>> np.allclose(full.attn.sum(-1) + full.attn_resid + full.attn_bias, 1, atol=1e-4)  # doctest: +SKIP
     True
     """
+    if isinstance(norm, (bool, np.bool_)) or not isinstance(norm, (int, np.integer)):
+        raise TypeError(f"norm must be the int 1 or 2, got {type(norm).__name__} {norm!r}")
     if norm not in (1, 2):
         raise ValueError(f"norm must be 1 or 2, got {norm!r}")
-    cache = trace.__dict__.setdefault("_full_graphs", {})
+    norm = int(norm)
+    cache = getattr(trace, "full_graphs", None)
+    if cache is None:  # a trace-like object (tests build synthetic ones)
+        cache = trace.__dict__.setdefault("full_graphs", {})
     if norm in cache:
         return cache[norm]
     layers = trace.layers
-    L = len(layers)
-    H, T = layers[0].attn.shape[0], layers[0].attn.shape[1]
-    heads = np.zeros((L, H, T, T), np.float32)
-    attn = np.zeros((L, T, T), np.float32)
-    attn_resid = np.zeros((L, T), np.float32)
-    attn_bias = np.zeros((L, T), np.float32)
-    ffn = np.zeros((L, T), np.float32)
-    ffn_resid = np.zeros((L, T), np.float32)
-    attn_total = np.zeros((L, T), np.float64)
-    parallel = np.array([bool(lb.parallel) for lb in layers])
-    for l, lb in enumerate(layers):
-        whole = lb.resid_post if lb.parallel else lb.resid_mid
-        out = attribution.attn_contrib(
-            lb.resid_pre,
-            whole,
-            lb.attn,
-            lb.values,
-            lb.w_o,
-            bias=lb.attn_bias,
-            extra=lb.ffn_out[None] if lb.parallel else None,
-            row_scale=lb.attn_row_scale,
-            col_scale=lb.attn_col_scale,
-            center=lb.attn_center,
-            norm=norm,
-            keep_heads=True,
-        )
-        heads[l] = out["heads"]
-        attn[l] = out["edges"]
-        attn_resid[l] = out["resid"]
-        attn_bias[l] = out["bias"]
-        attn_total[l] = out["total"]
-        if lb.parallel:
-            ffn[l] = out["extra"][0]
-        else:
-            block = attribution.contributions(
-                np.stack([lb.resid_mid, lb.ffn_out]), lb.resid_post, norm=norm
-            )
-            ffn_resid[l], ffn[l] = block[0], block[1]
-    full = FullGraph(heads, attn, attn_resid, attn_bias, ffn, ffn_resid, attn_total, parallel, norm)
+    H, T = int(layers[0].w_o.shape[0]), int(layers[0].resid_pre.shape[0])
+    keep = _dense_nbytes(len(layers), H, T) <= DENSE_BUDGET
+    scores = [attribute_layer(lb, lb.attn, norm, FLOOR, keep_dense=keep) for lb in layers]
+    full = FullGraph(scores, norm, FLOOR, source=trace)
     cache[norm] = full
     return full
 
@@ -284,8 +434,10 @@ class EdgeWeights:
 
 
 def edge_weights(full: FullGraph, threshold: float, renormalize: bool) -> EdgeWeights:
-    """Edge weights of a threshold mode: the raw head-summed shares (``renormalize=False``), or
-    per state: drop every part below ``threshold``, rescale the rest to 1, then sum heads."""
+    """Dense edge weights of a threshold mode: the raw head-summed shares (``renormalize=False``),
+    or per state: drop every part below ``threshold``, rescale the rest to 1, then sum heads.
+    Needs the dense arrays (:attr:`FullGraph.heads`), so only for traces within the dense budget;
+    :func:`build_graph` works from the sparse rows instead."""
     if not renormalize:
         return EdgeWeights(full.attn, full.attn_resid, full.attn_bias, full.ffn, full.ffn_resid)
     L, T = full.attn_resid.shape
@@ -295,20 +447,85 @@ def edge_weights(full: FullGraph, threshold: float, renormalize: bool) -> EdgeWe
     ffn = np.empty_like(full.ffn)
     ffn_resid = np.zeros_like(full.ffn_resid)
     for l in range(L):
-        if full.parallel[l]:
-            single = np.stack([full.attn_resid[l], full.attn_bias[l], full.ffn[l]])
-        else:
-            single = np.stack([full.attn_resid[l], full.attn_bias[l]])
-        r = attribution.renormalize(full.heads[l], single, threshold)
+        r = attribution.renormalize(full.heads[l], _singles(full, l), threshold)
         attn[l], attn_resid[l], attn_bias[l] = r["edges"], r["single"][0], r["single"][1]
-        if full.parallel[l]:
-            ffn[l] = r["single"][2]
-        else:
-            b = attribution.renormalize(
-                full.ffn[l][None, :, None], full.ffn_resid[l][None], threshold
-            )
-            ffn[l], ffn_resid[l] = b["edges"][:, 0], b["single"][0]
+        ffn[l], ffn_resid[l] = _ffn_renormalized(full, l, r, threshold)
     return EdgeWeights(attn, attn_resid, attn_bias, ffn, ffn_resid)
+
+
+def _singles(full: FullGraph, l: int) -> np.ndarray:
+    # The non-edge parts of the state the attention edges enter: residual, bias (and the FFN
+    # output in a parallel layer, where attention and FFN share one decomposition).
+    if full.parallel[l]:
+        return np.stack([full.attn_resid[l], full.attn_bias[l], full.ffn[l]])
+    return np.stack([full.attn_resid[l], full.attn_bias[l]])
+
+
+def _ffn_renormalized(full: FullGraph, l: int, r: dict[str, np.ndarray], threshold: float):
+    if full.parallel[l]:
+        return r["single"][2], np.zeros_like(full.ffn_resid[l])
+    b = attribution.renormalize(full.ffn[l][None, :, None], full.ffn_resid[l][None], threshold)
+    return b["edges"][:, 0], b["single"][0]
+
+
+@dataclass
+class SparseEdgeWeights:
+    """Edge weights of a threshold mode for thresholds >= the floor: attention edges as one
+    :class:`SparseRows` per layer, the rest ``[L, T]``."""
+
+    edges: list[SparseRows]
+    attn_resid: np.ndarray
+    attn_bias: np.ndarray
+    ffn: np.ndarray
+    ffn_resid: np.ndarray
+
+
+def _renormalize_rows(parts: SparseRows, single: np.ndarray, threshold: float) -> tuple[SparseRows, np.ndarray]:
+    """The renormalize rule on one layer's sparse per-head parts: the kept parts summed per
+    (target, source), and the renormalised single parts."""
+    T = len(parts.indptr) - 1
+    r = attribution.renormalize_sparse(parts.indptr, parts.sources, parts.heads, parts.values, single, threshold)
+    kept = r["parts"]
+    nz = kept != 0
+    key = parts.rows[nz] * T + parts.sources[nz]
+    uniq, inv = np.unique(key, return_inverse=True)
+    vals = np.zeros(len(uniq), np.float64)  # float64 sums: within 2 ulp of the dense kernel
+    np.add.at(vals, inv, kept[nz].astype(np.float64))
+    indptr = np.zeros(T + 1, np.int64)
+    np.cumsum(np.bincount(uniq // T, minlength=T), out=indptr[1:])
+    return SparseRows(indptr, (uniq % T).astype(np.int32), vals.astype(np.float32)), r["single"]
+
+
+def sparse_edge_weights(full: FullGraph, threshold: float, renormalize: bool) -> SparseEdgeWeights:
+    """Edge weights of a threshold mode from the sparse rows (``threshold >= full.floor``);
+    equal to :func:`edge_weights` on the listed entries."""
+    if not renormalize:
+        return SparseEdgeWeights(full.edges, full.attn_resid, full.attn_bias, full.ffn, full.ffn_resid)
+    L = full.n_layers
+    edges: list[SparseRows] = []
+    attn_resid = np.empty_like(full.attn_resid)
+    attn_bias = np.empty_like(full.attn_bias)
+    ffn = np.empty_like(full.ffn)
+    ffn_resid = np.zeros_like(full.ffn_resid)
+    for l in range(L):
+        e, single = _renormalize_rows(full.parts[l], _singles(full, l), threshold)
+        edges.append(e)
+        attn_resid[l], attn_bias[l] = single[0], single[1]
+        ffn[l], ffn_resid[l] = _ffn_renormalized(full, l, {"single": single}, threshold)
+    return SparseEdgeWeights(edges, attn_resid, attn_bias, ffn, ffn_resid)
+
+
+def _prune_sparse(w: SparseEdgeWeights, parallel: np.ndarray, targets: list[int], threshold: float):
+    L, T = w.attn_resid.shape
+    indptr = np.zeros(L * T + 1, np.int64)
+    offset = 0
+    for l, e in enumerate(w.edges):
+        indptr[l * T + 1 : (l + 1) * T + 1] = e.indptr[1:] + offset
+        offset += int(e.indptr[-1])
+    sources = np.concatenate([e.sources for e in w.edges])
+    values = np.concatenate([e.values for e in w.edges])
+    return attribution.prune_sparse(indptr, sources, values, w.attn_resid, w.ffn, w.ffn_resid,
+                                    parallel, np.array(targets, np.int64), threshold)
 
 
 def build_graph(
@@ -322,7 +539,9 @@ def build_graph(
 
     Every edge reachable backwards from the outputs ``I{L-1}_t`` of the targets through edges of
     weight ``>= threshold`` is kept (DESIGN.md). With ``threshold=0.0, renormalize=False`` every
-    edge is kept with its raw contribution.
+    edge is kept with its raw contribution. Thresholds at or above :data:`FLOOR` are answered
+    from the trace's sparse rows; lower ones from the dense arrays, recomputed when the trace
+    fits in :data:`DENSE_BUDGET` and refused with a message otherwise.
 
     >>> g = build_graph(trace, threshold=0.04, renormalize=True, targets=[-1])  # doctest: +SKIP
     """
@@ -332,14 +551,25 @@ def build_graph(
     T = len(trace.token_ids)
     tgt = resolve_targets(targets, T)
     full = attribute(trace, norm)
-    w = edge_weights(full, threshold, bool(renormalize))
-    kept = attribution.prune(
-        w.attn, w.attn_resid, w.ffn, w.ffn_resid, full.parallel, np.array(tgt, np.int64), threshold
-    )
-    return _assemble(trace, full, w, kept, threshold, bool(renormalize), tgt, norm)
+    if threshold >= full.floor:
+        w = sparse_edge_weights(full, threshold, bool(renormalize))
+        kept = _prune_sparse(w, full.parallel, tgt, threshold)
+        edge_at = lambda l, t, s: float(w.edges[l].lookup([t], [s])[0])  # noqa: E731
+    else:
+        if not full.dense_fits():
+            raise ValueError(
+                f"threshold={threshold!r} is below the floor {full.floor} under which this trace keeps "
+                f"no contributions, and its dense arrays do not fit the dense budget "
+                f"({DENSE_BUDGET / 2**30:.2f} GiB, LTT_DENSE_BUDGET): choose threshold >= {full.floor}"
+            )
+        w = edge_weights(full, threshold, bool(renormalize))
+        kept = attribution.prune(w.attn, w.attn_resid, w.ffn, w.ffn_resid, full.parallel,
+                                 np.array(tgt, np.int64), threshold)
+        edge_at = lambda l, t, s: float(w.attn[l, t, s])  # noqa: E731
+    return _assemble(trace, full, w, kept, edge_at, threshold, bool(renormalize), tgt, norm)
 
 
-def _assemble(trace, full, w, kept, threshold, renormalize, targets, norm) -> Graph:
+def _assemble(trace, full, w, kept, edge_at, threshold, renormalize, targets, norm) -> Graph:
     L = len(full.parallel)
     edges: list[Edge] = []
     nodes: dict[str, Node] = {}
@@ -362,7 +592,7 @@ def _assemble(trace, full, w, kept, threshold, renormalize, targets, norm) -> Gr
         return add_node("X", -1, t) if l == 0 else add_node("I", l - 1, t)
 
     for l, t, s in kept["attn_edges"].tolist():
-        edges.append(Edge(add_input(l, s), attn_state(l, t), ATTENTION, float(w.attn[l, t, s]), l))
+        edges.append(Edge(add_input(l, s), attn_state(l, t), ATTENTION, edge_at(l, t, s), l))
     for l, t in zip(*np.nonzero(kept["attn_resid"])):
         l, t = int(l), int(t)
         edges.append(Edge(add_input(l, t), attn_state(l, t), RESIDUAL, float(w.attn_resid[l, t]), l))

@@ -582,7 +582,67 @@ def _k(k: Any, name: str = "k") -> int:
 
 
 def _n_heads(trace: Any) -> int:
-    return int(trace.layers[0].attn.shape[0])
+    return int(trace.layers[0].w_o.shape[0])
+
+
+def _probs_row(lb: Any, target: int) -> np.ndarray:
+    """``[H, T]`` every head's probabilities at one target row (recomputed, not kept)."""
+    if hasattr(lb, "attn_rows"):
+        return lb.attn_rows([target])[:, 0]
+    return np.asarray(lb.attn[:, target])
+
+
+def _probs_head(lb: Any, head: int) -> np.ndarray:
+    """``[T, T]`` one head's probabilities (recomputed, not kept)."""
+    if hasattr(lb, "attn_head"):
+        return lb.attn_head(head)
+    return np.asarray(lb.attn[head])
+
+
+def _whole(lb: Any) -> np.ndarray:
+    return lb.resid_post if lb.parallel else lb.resid_mid
+
+
+def edge_head_shares(trace: Any, layer: int, target: int, source: int, norm: int = 1,
+                     dense: bool | None = None) -> np.ndarray:
+    """Every head's share ``[H]`` of one attention edge (checked indices), by the C core on the
+    one- or two-token sub-problem (source, target) with the layer's true normalisers: the same
+    arithmetic as the full layer, without any ``[T, T]`` array. ``dense=None`` reads the dense
+    per-head array instead when the trace fits the dense budget (``True``: always)."""
+    full = attribute(trace, norm)
+    if dense or (dense is None and full.dense_fits()):
+        return np.array(full.heads[layer, :, target, source], dtype=np.float32)
+    lb = trace.layers[layer]
+    idx = [target] if source == target else [source, target]
+    n = len(idx)
+    a = np.zeros((_n_heads(trace), n, n), np.float32)
+    a[:, n - 1, 0] = _probs_row(lb, target)[:, source]
+    rs = None if lb.attn_row_scale is None else lb.attn_row_scale[idx]
+    return attribution.attn_edge_heads(
+        n - 1, 0, _whole(lb)[idx], a, lb.values[idx], lb.w_o, full.attn_total[layer][idx],
+        row_scale=rs, col_scale=lb.attn_col_scale, center=bool(lb.attn_center), norm=full.norm,
+    )
+
+
+def _head_contribution(trace: Any, layer: int, head: int) -> np.ndarray:
+    """One head's share map ``[T, T]``: the kept dense array when the trace fits the dense
+    budget, else the C core on the head alone (its probabilities, values group and output
+    projection slice) with the layer's true normalisers."""
+    full = attribute(trace)
+    if full.dense_fits():
+        return np.array(full.heads[layer, head])
+    return _head_map(trace, full, layer, head)
+
+
+def _head_map(trace: Any, full: Any, layer: int, head: int) -> np.ndarray:
+    lb = trace.layers[layer]
+    G = lb.values.shape[1]
+    g = head // (_n_heads(trace) // G)
+    return attribution.attn_head_map(
+        0, _whole(lb), _probs_head(lb, head)[None], np.ascontiguousarray(lb.values[:, g : g + 1]),
+        lb.w_o[head : head + 1], full.attn_total[layer], row_scale=lb.attn_row_scale,
+        col_scale=lb.attn_col_scale, center=bool(lb.attn_center), norm=full.norm,
+    )
 
 
 def _parallel_error(layer: int) -> ValueError:
@@ -788,7 +848,7 @@ def head_output(trace: Any, layer: int, head: int, target: int) -> np.ndarray:
     lb = trace.layers[layer]
     G = lb.values.shape[1]
     g = head // (H // G)
-    a = np.asarray(lb.attn[head, target, : target + 1], dtype=np.float64)
+    a = np.asarray(_probs_row(lb, target)[head, : target + 1], dtype=np.float64)
     mixed = a @ np.asarray(lb.values[: target + 1, g, :], dtype=np.float64)  # [d_h]
     out = mixed @ np.asarray(lb.w_o[head], dtype=np.float64)  # [d]
     out = _transform(out, bool(lb.attn_center), lb.attn_col_scale)
@@ -962,7 +1022,7 @@ def head_shares(trace: Any, layer: int, target: int, source: int) -> np.ndarray:
     >>> trace.head_shares(5, -1, 0).argmax()                 # doctest: +SKIP
     """
     layer, target, source = _edge(trace, layer, target, source)
-    return np.array(attribute(trace).heads[layer, :, target, source], dtype=np.float32)
+    return edge_head_shares(trace, layer, target, source)
 
 
 def edge_heads(trace: Any, layer: int, target: int, source: int) -> EdgeHeads:
@@ -973,11 +1033,14 @@ def edge_heads(trace: Any, layer: int, target: int, source: int) -> EdgeHeads:
     """
     layer, target, source = _edge(trace, layer, target, source)
     full = attribute(trace)
-    shares = full.heads[layer, :, target, source]
+    shares = edge_head_shares(trace, layer, target, source)
     order = np.argsort(-shares, kind="stable")
+    weight = full.attn[layer, target, source] if full.dense_fits() else full.edges[layer].lookup([target], [source])[0]
+    if not full.dense_fits() and weight == 0:  # below the floor: the heads' shares are exact
+        weight = shares.astype(np.float64).sum()
     return EdgeHeads(
         layer=layer, target=target, source=source, target_token=str(trace.tokens[target]),
-        source_token=str(trace.tokens[source]), weight=float(full.attn[layer, target, source]),
+        source_token=str(trace.tokens[source]), weight=float(weight),
         heads=[HeadShare(int(h), float(shares[h])) for h in order],
     )
 
@@ -1010,7 +1073,6 @@ def head_view_many(trace: Any, heads: Sequence[Any], k: int = 10) -> list[HeadVi
         head = _index("head", head, _n_heads(trace), "heads per layer")
         target = len(trace.token_ids) - 1 if target is None else _token(trace, target, "target")
         specs.append((layer, head, target))
-    full = attribute(trace) if specs else None
     outs = [head_output(trace, layer, head, target) for layer, head, target in specs]
     found = _effects_many(trace, outs, [spec[2] for spec in specs], k)
     views = []
@@ -1019,8 +1081,8 @@ def head_view_many(trace: Any, heads: Sequence[Any], k: int = 10) -> list[HeadVi
         prom = Promoted(layer, target, str(trace.tokens[target]), "attn", head, None, False, up, down)
         views.append(HeadView(
             layer=layer, head=head, target=target, target_token=str(trace.tokens[target]),
-            tokens=[str(t) for t in trace.tokens], contribution=np.array(full.heads[layer, head]),
-            pattern=np.tril(np.asarray(lb.attn[head], dtype=np.float32)), output=out, promoted=prom,
+            tokens=[str(t) for t in trace.tokens], contribution=_head_contribution(trace, layer, head),
+            pattern=np.tril(np.asarray(_probs_head(lb, head), dtype=np.float32)), output=out, promoted=prom,
         ))
     return views
 
@@ -1033,14 +1095,7 @@ def head_map(trace: Any, layer: int, head: int) -> np.ndarray:
     """
     layer = _layer(trace, layer)
     head = _index("head", head, _n_heads(trace), "heads per layer")
-    full = attribute(trace)
-    lb = trace.layers[layer]
-    whole = lb.resid_post if lb.parallel else lb.resid_mid
-    return attribution.attn_head_map(
-        head, whole, lb.attn, lb.values, lb.w_o, full.attn_total[layer],
-        row_scale=lb.attn_row_scale, col_scale=lb.attn_col_scale, center=bool(lb.attn_center),
-        norm=full.norm,
-    )
+    return _head_map(trace, attribute(trace), layer, head)
 
 
 # --------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ import numpy as np
 
 from ltt.attribution import check_threshold
 from ltt.graph import ATTENTION, FFN, Graph, attribute, build_graph, resolve_targets
+from ltt.interpret import edge_head_shares
 
 __all__ = [
     "PATTERNS",
@@ -212,7 +213,7 @@ def summarize(
     if graph is None:
         graph = build_graph(trace, threshold=threshold, renormalize=renormalize, targets=targets, norm=norm)
     full = attribute(trace, graph.norm)
-    L, H, T = full.heads.shape[0], full.heads.shape[1], full.heads.shape[2]
+    L, H, T = full.n_layers, full.n_heads, full.n_tokens
     flow = graph.flow()
     token = {n.name: n.token for n in graph.nodes}
     patterns = np.zeros((L, H, len(PATTERNS)))
@@ -221,7 +222,8 @@ def summarize(
         scale = e.weight * (flow.get(e.target, 0.0) if weighting == "flow" else 1.0)
         if e.kind == ATTENTION:
             t, s = token[e.target], token[e.source]
-            frac = _head_fractions(full.heads[e.layer, :, t, s], graph.threshold, graph.renormalize)
+            shares = edge_head_shares(trace, e.layer, t, s, graph.norm)
+            frac = _head_fractions(shares, graph.threshold, graph.renormalize)
             patterns[e.layer, :, _pattern(t, s)] += frac * scale
         elif e.kind == FFN and e.target.startswith("I"):
             ffn[e.layer] += scale

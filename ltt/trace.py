@@ -21,41 +21,81 @@ from typing import Any, Sequence
 import numpy as np
 
 
-@dataclass
 class LayerBuffers:
-    """The buffers of one layer (T tokens, H heads, G kv groups, d_h head width, d model width,
-    F FFN width), float32 and C-contiguous except ``w_down`` (any strides).
+    """The compact buffers of one layer (T tokens, H heads, G kv groups, d_h head width, d model
+    width, F FFN width), float32 and C-contiguous.
 
     Sequential block: ``resid_mid = resid_pre + sum_{h,s} row_scale[t] A[h,t,s] T(u[h,s]) +
     attn_bias`` with ``u[h,s] = values[s, g(h)] @ w_o[h]`` and ``T`` = optional centering then
     ``× col_scale``; ``resid_post = resid_mid + ffn_out``; ``ffn_out = ffn_row_scale[t] *
     act @ T(w_down) + ffn_bias``. Parallel block: ``resid_post = resid_pre + attention parts +
     attn_bias + ffn_out`` and ``resid_mid`` is None. Absent scales/biases are None.
+
+    The attention probabilities ``attn [H, T, T]`` are not kept: :attr:`attn`,
+    :meth:`attn_rows` and :meth:`attn_head` recompute them exactly from the layer's recorded
+    queries and keys (:mod:`ltt.models.attention`). ``w_o`` and ``w_down`` come from the model
+    (:meth:`ltt.models.Model.layer_weights`), checked against the weights the trace saw.
     """
 
-    parallel: bool
-    resid_pre: np.ndarray  # [T, d] layer input x (layer 0: embeddings after any scale)
-    resid_mid: np.ndarray | None  # [T, d] after attention (None for parallel blocks)
-    resid_post: np.ndarray  # [T, d] layer output
-    attn: np.ndarray  # [H, T, T] attention probabilities A[h, t, s]
-    values: np.ndarray  # [T, G, d_h] values, v-projection bias included
-    w_o: np.ndarray  # [H, d_h, d] output projection per head (cached per model)
-    attn_bias: np.ndarray | None  # [T, d] non-head attention terms in the residual space
-    attn_row_scale: np.ndarray | None  # [T] post-branch norm 1/rms (or 1/std)
-    attn_col_scale: np.ndarray | None  # [d] post-branch norm gamma
-    attn_center: bool  # post-branch LayerNorm: centre each part
-    ffn_out: np.ndarray  # [T, d] the FFN branch's contribution (post-norm applied)
-    act: np.ndarray  # [T, F] activations entering the down projection
-    w_down: np.ndarray  # [F, d] row i = neuron i's output vector (may be a transposed view)
-    ffn_bias: np.ndarray | None  # [T, d]
-    ffn_row_scale: np.ndarray | None  # [T]
-    ffn_col_scale: np.ndarray | None  # [d]
-    ffn_center: bool
-    moe: Any = None  # a MoE layer: the router's choices and the experts' neuron ranges (ltt.models.moe)
+    def __init__(self, *, layer: int, parallel: bool, resid_pre: np.ndarray, resid_mid: np.ndarray | None,
+                 resid_post: np.ndarray, values: np.ndarray, attn_bias: np.ndarray | None,
+                 attn_row_scale: np.ndarray | None, attn_col_scale: np.ndarray | None, attn_center: bool,
+                 ffn_out: np.ndarray, act: np.ndarray, ffn_bias: np.ndarray | None,
+                 ffn_row_scale: np.ndarray | None, ffn_col_scale: np.ndarray | None, ffn_center: bool,
+                 attention: Any = None, weights: Any = None, moe: Any = None):
+        self.layer = layer
+        self.parallel = parallel
+        self.resid_pre = resid_pre  # [T, d] layer input x (layer 0: embeddings after any scale)
+        self.resid_mid = resid_mid  # [T, d] after attention (None for parallel blocks)
+        self.resid_post = resid_post  # [T, d] layer output
+        self.values = values  # [T, G, d_h] values, v-projection bias included
+        self.attn_bias = attn_bias  # [T, d] non-head attention terms in the residual space
+        self.attn_row_scale = attn_row_scale  # [T] post-branch norm 1/rms (or 1/std)
+        self.attn_col_scale = attn_col_scale  # [d] post-branch norm gamma
+        self.attn_center = attn_center  # post-branch LayerNorm: centre each part
+        self.ffn_out = ffn_out  # [T, d] the FFN branch's contribution (post-norm applied)
+        self.act = act  # [T, F] activations entering the down projection
+        self.ffn_bias = ffn_bias  # [T, d]
+        self.ffn_row_scale = ffn_row_scale  # [T]
+        self.ffn_col_scale = ffn_col_scale  # [d]
+        self.ffn_center = ffn_center
+        self._attention = attention  # recomputes probabilities (ltt.models.attention)
+        self._weights = weights  # () -> {"w_o": [H, d_h, d], "w_down": [F, d]} float32
+        self.moe = moe  # a MoE layer: the router's choices and the experts' neuron ranges (ltt.models.moe)
 
     @property
     def n_tokens(self) -> int:
         return int(self.resid_pre.shape[0])
+
+    @property
+    def w_o(self) -> np.ndarray:
+        """``[H, d_h, d]`` float32: the output projection per head."""
+        return self._weights()["w_o"]
+
+    @property
+    def w_down(self) -> np.ndarray:
+        """``[F, d]`` float32: row i = neuron i's output vector (may be a transposed view)."""
+        return self._weights()["w_down"]
+
+    @property
+    def attn(self) -> np.ndarray:
+        """``[H, T, T]`` float32 attention probabilities ``A[h, t, s]``, recomputed (not kept)."""
+        return self._attention.probs()
+
+    def attn_rows(self, rows: Sequence[int]) -> np.ndarray:
+        """``[H, len(rows), T]`` float32: every head's probabilities at the target rows."""
+        return self._attention.probs(rows=rows)
+
+    def attn_head(self, head: int) -> np.ndarray:
+        """``[T, T]`` float32: one head's probabilities."""
+        return self._attention.probs(heads=[head])[0]
+
+    def kept_nbytes(self) -> int:
+        """Bytes this layer keeps (its arrays and recorded queries/keys; weights not counted)."""
+        total = sum(a.nbytes for a in (self.resid_pre, self.resid_mid, self.resid_post, self.values,
+                                       self.attn_bias, self.ffn_out, self.act, self.ffn_bias)
+                    if isinstance(a, np.ndarray))
+        return total + (self._attention.nbytes() if self._attention is not None else 0)
 
     def head_vectors(self) -> np.ndarray:
         """``[H, T, d]`` float64: ``T(u[h, s])``, each head's value-to-output vector per source
@@ -70,33 +110,49 @@ class LayerBuffers:
             u *= self.attn_col_scale.astype(np.float64)
         return u
 
-    def attn_update(self) -> np.ndarray:
-        """``[T, d]`` float64: the attention branch rebuilt from its parts (heads and bias)."""
-        a = self.attn.astype(np.float64)
-        if self.attn_row_scale is not None:
-            a = a * self.attn_row_scale.astype(np.float64)[None, :, None]
-        out = np.einsum("hts,hsd->td", a, self.head_vectors())
+    def attn_update(self, probs: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+        """``[T, d]`` float64 (or ``[len(rows), d]``): the attention branch rebuilt from its
+        parts (heads and bias), from ``probs [H, len(rows), T]`` when given."""
+        if probs is None:
+            probs = self.attn if rows is None else self.attn_rows(rows)
+        idx = np.arange(self.n_tokens) if rows is None else np.asarray(rows)
+        v = self.values.astype(np.float64)
+        wo = self.w_o.astype(np.float64)
+        H, per_group = wo.shape[0], wo.shape[0] // v.shape[1]
+        out = np.zeros((len(idx), wo.shape[2]))
+        for h in range(H):  # mix the values first: [rows, T] @ [T, d_h], then project
+            mixed = probs[h].astype(np.float64) @ v[:, h // per_group, :]
+            if self.attn_row_scale is not None:
+                mixed *= self.attn_row_scale.astype(np.float64)[idx][:, None]
+            out += mixed @ wo[h]
+        if self.attn_center:
+            out -= out.mean(axis=-1, keepdims=True)
+        if self.attn_col_scale is not None:
+            out *= self.attn_col_scale.astype(np.float64)
         if self.attn_bias is not None:
-            out += self.attn_bias
+            out += self.attn_bias[idx]
         return out
 
-    def ffn_update(self) -> np.ndarray:
-        """``[T, d]`` float64: the FFN branch rebuilt from its neurons and bias."""
+    def ffn_update(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """``[T, d]`` float64 (or ``[len(rows), d]``): the FFN branch rebuilt from its neurons
+        and bias."""
+        idx = slice(None) if rows is None else np.asarray(rows)
         wd = self.w_down.astype(np.float64)
         if self.ffn_center:
             wd = wd - wd.mean(axis=-1, keepdims=True)
         if self.ffn_col_scale is not None:
             wd = wd * self.ffn_col_scale.astype(np.float64)
-        out = self.act.astype(np.float64) @ wd
+        out = self.act[idx].astype(np.float64) @ wd
         if self.ffn_row_scale is not None:
-            out *= self.ffn_row_scale.astype(np.float64)[:, None]
+            out *= self.ffn_row_scale.astype(np.float64)[idx][:, None]
         if self.ffn_bias is not None:
-            out += self.ffn_bias
+            out += self.ffn_bias[idx]
         return out
 
-    def check(self) -> dict[str, float]:
+    def check(self, rows: np.ndarray | None = None, probs: np.ndarray | None = None) -> dict[str, float]:
         """Relative errors of the exact decomposition (max over tokens of ``|lhs - rhs|_inf /
-        |state|_inf``); all should be ~1e-6 in float32.
+        |state|_inf``); all should be ~1e-6 in float32. ``rows`` restricts the check to some
+        target tokens (``probs [H, len(rows), T]`` may be given for them).
 
         Keys: ``attn`` (heads + bias + residual vs the state after attention, or for a parallel
         block the whole layer), ``ffn`` (resid_mid + ffn_out vs resid_post, sequential only),
@@ -106,17 +162,18 @@ class LayerBuffers:
             scale = np.abs(rhs).max(axis=-1) + 1e-12
             return float((np.abs(lhs - rhs).max(axis=-1) / scale).max())
 
-        x = self.resid_pre.astype(np.float64)
+        idx = slice(None) if rows is None else np.asarray(rows)
+        x = self.resid_pre[idx].astype(np.float64)
         out: dict[str, float] = {}
+        attn = self.attn_update(probs, rows)
         if self.parallel:
-            rebuilt = x + self.attn_update() + self.ffn_out
-            out["attn"] = rel(rebuilt, self.resid_post.astype(np.float64))
+            rebuilt = x + attn + self.ffn_out[idx]
+            out["attn"] = rel(rebuilt, self.resid_post[idx].astype(np.float64))
         else:
-            out["attn"] = rel(x + self.attn_update(), self.resid_mid.astype(np.float64))
-            out["ffn"] = rel(
-                self.resid_mid.astype(np.float64) + self.ffn_out, self.resid_post.astype(np.float64)
-            )
-        out["neurons"] = rel(self.ffn_update(), self.ffn_out.astype(np.float64))
+            mid = self.resid_mid[idx].astype(np.float64)
+            out["attn"] = rel(x + attn, mid)
+            out["ffn"] = rel(mid + self.ffn_out[idx], self.resid_post[idx].astype(np.float64))
+        out["neurons"] = rel(self.ffn_update(rows), self.ffn_out[idx].astype(np.float64))
         return out
 
 
@@ -142,6 +199,8 @@ class Trace:
     layers: list[LayerBuffers]
     model: Any = field(repr=False, default=None)
     all_logits: np.ndarray | None = field(repr=False, default=None)
+    #: norm -> :class:`ltt.graph.FullGraph`; norm 1 is attributed during the forward pass
+    full_graphs: dict = field(repr=False, default_factory=dict)
 
     @property
     def n_layers(self) -> int:

@@ -33,13 +33,6 @@ __all__ = ["load", "Model", "FrozenNorm", "supported", "EMBEDDED"]
 # small helpers
 
 
-def _to_numpy(t: Any) -> np.ndarray:
-    """A float32 CPU copy of a tensor (a copy: some models add in place to their outputs)."""
-    import torch
-
-    return t.detach().to(device="cpu", dtype=torch.float32, copy=True).numpy()
-
-
 def _param_numpy(p: Any) -> np.ndarray:
     """A parameter as float32 NumPy: a view when it already is float32 on the CPU."""
     import torch
@@ -66,20 +59,49 @@ def _linear_in_out(module: Any) -> np.ndarray:
     return w if _is_conv1d(module) else w.T
 
 
+def _in_out_shape(module: Any) -> tuple[int, int]:
+    """``(in, out)`` sizes of a linear map, read from its weight's shape (no copy, works offloaded)."""
+    shape = tuple(module.weight.shape)
+    return (shape[0], shape[1]) if _is_conv1d(module) else (shape[1], shape[0])
+
+
 def _bias(module: Any) -> np.ndarray | None:
     b = getattr(module, "bias", None)
     return None if b is None else _param_numpy(b)
 
 
-def _first(x: Any) -> Any:
-    return x[0] if isinstance(x, (tuple, list)) else x
+def _float32():
+    import torch
+
+    return torch.float32
 
 
-def _rows(x: np.ndarray, T: int) -> np.ndarray:
-    """Drop the batch dimension (or un-flatten OPT's [B*T, d]) to ``[T, ...]``."""
-    if x.ndim >= 3:
-        x = x[0]
-    return np.ascontiguousarray(x.reshape(T, -1))
+def weights_stamp(params: Sequence[Any]) -> tuple:
+    """What identifies the current values of ``params``: version counter, storage, dtype,
+    device and shape of each (changes with ``load_state_dict``, optimiser steps, in-place edits)."""
+    return tuple((p._version, p.data_ptr(), str(p.dtype), str(p.device), tuple(p.shape)) for p in params)
+
+
+def _offloaded(module: Any) -> bool:
+    """Whether accelerate offloads ``module``'s own weights (to CPU or disk, paged in per forward)."""
+    hook = getattr(module, "_hf_hook", None)
+    return bool(getattr(hook, "offload", False))
+
+
+def _on_device(module: Any):
+    """A context where the weights of ``module``'s offloaded submodules (accelerate's CPU/disk
+    offload) are paged in, as the model's own forward pages them."""
+    from contextlib import ExitStack, nullcontext
+
+    try:
+        from accelerate.utils import align_module_device, has_offloaded_params
+    except ImportError:
+        return nullcontext()
+    stack = ExitStack()
+    for m in module.modules():
+        if has_offloaded_params(m):
+            stack.enter_context(align_module_device(m))
+    return stack
 
 
 def _quiet() -> bool:
@@ -224,11 +246,11 @@ class Model:
         self.n_heads = _heads(config)
         self.n_kv_heads = fam.n_kv_heads(config)
         layer0 = self._layers[0]
-        o_w = _linear_in_out(self._sub(layer0, fam.o_proj))  # [H*d_h, d]
-        self.d_head = o_w.shape[0] // self.n_heads
-        self.d_model = o_w.shape[1]
+        o_in, o_out = _in_out_shape(self._sub(layer0, fam.o_proj))  # [H*d_h, d]
+        self.d_head = o_in // self.n_heads
+        self.d_model = o_out
         self.d_ffn = (moe.ffn_width(fam, layer0) if moe.experts_module(fam, layer0) is not None
-                      else _linear_in_out(self._sub(layer0, fam.down)).shape[0])
+                      else _in_out_shape(self._sub(layer0, fam.down))[0])
         self.parallel = [bool(fam.parallel(config))] * self.n_layers
         head = hf_model.get_output_embeddings()
         if head is None:
@@ -236,16 +258,12 @@ class Model:
         self._lm_head = head
         self.vocab_size = int(head.weight.shape[0])
         self._final_norm_module = get_module(hf_model, fam.final_norm)
-        self._final_norm = (
-            None if self._final_norm_module is None
-            else NormParams.of(self._final_norm_module, fam.norm_offset, fam.norm_kind, fam.norm_eps)
-        )
         pre = get_module(hf_model, fam.unembed_pre)
         self._unembed_pre = None if pre is None else _linear_in_out(pre)
         self._softcap = getattr(config, "final_logit_softcapping", None)
         self._logit_scale = float(fam.logit_scale(config))  # Cohere, Granite: logits times a constant
         self.max_tokens = self._context_limit(max_tokens)
-        self._weights: dict[int, dict[str, Any]] = {}
+        self._weights: dict[Any, tuple[tuple, Any]] = {}  # key -> (parameter versions, value)
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -274,33 +292,70 @@ class Model:
             return int(max_tokens) if ctx is None else min(int(max_tokens), ctx)
         return ctx
 
+    def _cached(self, key: Any, modules: Sequence[Any], make: Any) -> Any:
+        """``make()`` cached under ``key`` until a parameter of ``modules`` changes (its version
+        counter, storage or dtype: ``load_state_dict``, an optimiser step, an in-place edit).
+        Only float32 CPU weights are cached; others are converted on each use (no float32 copy
+        of a half-precision model is kept)."""
+        params = [p for m in modules if m is not None for p in m.parameters(recurse=False)]
+        stamp = weights_stamp(params)
+        hit = self._weights.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = make()
+        if all(p.dtype == _float32() and p.device.type == "cpu" for p in params) and not any(
+                _offloaded(m) for m in modules if m is not None):
+            self._weights[key] = (stamp, value)
+        else:
+            self._weights.pop(key, None)
+        return value
+
+    def _layer_modules(self, layer: int) -> tuple[Any, Any, Any, Any]:
+        fam = self._family
+        mod = self._layers[layer]
+        experts = moe.experts_module(fam, mod)  # a MoE layer: the experts stand for the down projection
+        return (self._sub(mod, fam.o_proj), self._sub(mod, fam.down) if experts is None else experts,
+                get_module(mod, fam.attn_post_norm), get_module(mod, fam.ffn_post_norm))
+
+    def layer_stamp(self, layer: int) -> tuple:
+        """The versions of the parameters a layer's decomposition reads (see :meth:`_cached`)."""
+        params = [p for m in self._layer_modules(layer) if m is not None for p in m.parameters(recurse=False)]
+        return weights_stamp(params)
+
+    def _module_weight(self, layer: int, key: str, module: Any) -> np.ndarray:
+        """``w_o [H, d_h, d]`` or ``w_down [F, d]`` float32 of a module, read while the module's
+        forward has its weights in place (accelerate offload pages them in for the forward)."""
+        if key == "w_o":
+            def make():
+                return np.ascontiguousarray(
+                    _linear_in_out(module).reshape(self.n_heads, self.d_head, self.d_model), dtype=np.float32)
+        elif moe.experts_module(self._family, self._layers[layer]) is module:
+            def make():  # every expert's down rows (and the shared experts'), stacked
+                return moe.down_weights(self._family, self._layers[layer], _param_numpy)[0]
+        else:
+            def make():
+                return _linear_in_out(module)
+        with _on_device(module):
+            return self._cached((layer, key), [module], make)
+
     def layer_weights(self, layer: int) -> dict[str, Any]:
-        """The cached float32 weights of a layer: ``w_o [H, d_h, d]`` (C-contiguous), ``b_o``,
+        """The float32 weights of a layer: ``w_o [H, d_h, d]`` (C-contiguous), ``b_o``,
         ``w_down [F, d]`` (a view of the weight where possible), ``b_down``, and the post-branch
-        norms (:class:`NormParams` or None)."""
-        cached = self._weights.get(layer)
-        if cached is None:
-            fam = self._family
-            mod = self._layers[layer]
-            o = self._sub(mod, fam.o_proj)
-            is_moe = moe.experts_module(fam, mod) is not None
-            down = None if is_moe else self._sub(mod, fam.down)
-            w_o = np.ascontiguousarray(
-                _linear_in_out(o).reshape(self.n_heads, self.d_head, self.d_model), dtype=np.float32
-            )
-            post_a = get_module(mod, fam.attn_post_norm)
-            post_f = get_module(mod, fam.ffn_post_norm)
-            cached = {
-                "w_o": w_o,
-                "b_o": _bias(o),
-                "w_down": moe.down_weights(fam, mod, _param_numpy)[0] if is_moe else _linear_in_out(down),
-                "b_down": None if is_moe else _bias(down),
-                "attn_post_norm": None if post_a is None else NormParams.of(post_a, fam.norm_offset, fam.norm_kind, fam.norm_eps),
-                "ffn_post_norm": None if post_f is None else NormParams.of(post_f, fam.norm_offset, fam.norm_kind, fam.norm_eps),
-                "branch_scale": float(fam.branch_scale(self.hf_model.config)),
-            }
-            self._weights[layer] = cached
-        return cached
+        norms (:class:`NormParams` or None). Cached for float32 CPU weights until they change;
+        converted on each call for other dtypes, and paged in for offloaded layers."""
+        o, down, _, _ = self._layer_modules(layer)
+        with _on_device(self._layers[layer]):
+            out = {"w_o": self._module_weight(layer, "w_o", o), "w_down": self._module_weight(layer, "w_down", down)}
+        out.update(self.branch_params(layer))
+        return out
+
+    @property
+    def _final_norm(self) -> "NormParams | None":
+        m = self._final_norm_module
+        if m is None:
+            return None
+        fam = self._family
+        return self._cached("final_norm", [m], lambda: NormParams.of(m, fam.norm_offset, fam.norm_kind, fam.norm_eps))
 
     # -- the final norm and unembedding ----------------------------------------------------
 
@@ -330,15 +385,20 @@ class Model:
         """``[d, V]`` float32: the lm_head weight as a map from normalised states to logits
         (before its bias and any softcapping, times the family's logit scale; OPT's project_out
         is applied first by :meth:`unembed`). A view of the weight when it is float32 on the CPU, else a cached copy."""
-        cached = self.__dict__.get("_w_unembed")
-        if cached is None:
-            w, b = _param_numpy(self._lm_head.weight).T, _bias(self._lm_head)
-            if self._logit_scale != 1.0:  # the family's logit scale folded in (a copy)
-                w = w * np.float32(self._logit_scale)
-                b = None if b is None else b * np.float32(self._logit_scale)
-            cached = (w, b)
-            self.__dict__["_w_unembed"] = cached
-        return cached[0]
+        return self._unembed_weights()[0]
+
+    def _unembed_weights(self) -> tuple[np.ndarray, np.ndarray | None]:
+        head = self._lm_head
+        scale = self._logit_scale
+
+        def make():
+            w, b = _param_numpy(head.weight).T, _bias(head)
+            if scale != 1.0:  # the family's logit scale folded in (a copy)
+                w = w * np.float32(scale)
+                b = None if b is None else b * np.float32(scale)
+            return w, b
+
+        return self._cached("unembed", [head], make)
 
     def unembed(self, x: np.ndarray, softcap: bool = True) -> np.ndarray:
         """Logits ``[..., V]`` of normalised states ``x [..., d]``: lm_head (with its bias where
@@ -350,7 +410,7 @@ class Model:
         if self._unembed_pre is not None:
             x = x @ self._unembed_pre
         logits = x @ self.unembedding
-        b = self.__dict__["_w_unembed"][1]
+        b = self._unembed_weights()[1]
         if b is not None:
             logits = logits + b
         if softcap and self._softcap:
@@ -498,27 +558,50 @@ class Model:
 
     # -- tracing -------------------------------------------------------------------------------
 
-    def trace(self, prompt: Any, all_logits: bool = False,
-              prepend_bos: bool | None = None) -> Trace | list[Trace]:
+    def trace(self, prompt: Any, all_logits: bool = False, *, prepend_bos: bool | None = None,
+              verify: bool = True, spill: str | os.PathLike | None = None,
+              memory_limit: int | None = None) -> Trace | list[Trace]:
         """Record one forward pass of ``prompt``: a :class:`ltt.trace.Trace` (a list of them for a
-        list of prompts, each traced on its own).
+        list of prompts, each traced on its own). Each layer is attributed as soon as it has run
+        (:mod:`ltt.models.tracing`); the trace keeps no per-head ``[T, T]`` array.
 
-        ``prompt``: a string, or token ids traced as given (a list of ints, a 1-D NumPy array or
-        tensor; a list of such sequences or a 2-D array is a batch). ``prepend_bos``: None
-        follows the tokenizer (a string) or the ids as given; True puts the tokenizer's BOS
-        first (as the original LM Transparency Tool always does) unless it already is; False
-        traces without it.
+        * ``prompt``: a string, or token ids traced as given (a list of ints, a 1-D NumPy array
+          or tensor; a list of such sequences or a 2-D array is a batch).
+        * ``prepend_bos``: None follows the tokenizer (a string) or the ids as given; True puts
+          the tokenizer's BOS first (as the original LM Transparency Tool always does) unless it
+          already is; False traces without it.
+        * ``all_logits``: keep the next-token logits of every position (``[T, V]``), not only the
+          last; the model computes only the last position's otherwise.
+        * ``verify``: check each layer's decomposition against the model's own states as it
+          goes (a few rows, cheap) and raise when it is not exact, e.g. because a forward hook
+          changes a module's output; ``verify=False`` skips the check.
+        * ``spill``: a directory where each layer's arrays go as memory-mapped ``.npy`` files as
+          soon as the layer is attributed, for prompts whose kept arrays exceed memory.
+        * ``memory_limit``: bytes the trace may take (default: the memory available now); a
+          trace whose estimate (:func:`ltt.models.tracing.estimate_bytes`) exceeds it is refused
+          before the forward pass.
+
+        Thread-safe: traces of one model run one at a time (a second thread waits). Whatever
+        happens (an exception, Ctrl-C), the model is left as found.
 
         >>> trace = model.trace("The capital of France is")  # doctest: +SKIP
         >>> traces = model.trace(["Hello", "World"])          # doctest: +SKIP
         >>> trace = model.trace([504, 3575], prepend_bos=True)  # doctest: +SKIP
         """
+        if not isinstance(verify, (bool, np.bool_)):
+            raise TypeError(f"verify must be True or False, got {verify!r}")
+        if not isinstance(all_logits, (bool, np.bool_)):
+            raise TypeError(f"all_logits must be True or False, got {all_logits!r}")
+        if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer))
+                                         or memory_limit <= 0):
+            raise ValueError(f"memory_limit must be a positive number of bytes or None, got {memory_limit!r}")
+        opts = dict(all_logits=bool(all_logits), verify=bool(verify), spill=spill, memory_limit=memory_limit)
         batch = self._batch(prompt)
         if batch is not None:
             for i, p in enumerate(batch):
                 self._encode(p, argname=f"prompt[{i}]", prepend_bos=prepend_bos)
-            return [self._trace_one(p, all_logits, prepend_bos) for p in batch]
-        return self._trace_one(prompt, all_logits, prepend_bos)
+            return [self._trace_one(p, prepend_bos=prepend_bos, **opts) for p in batch]
+        return self._trace_one(prompt, prepend_bos=prepend_bos, **opts)
 
     def trace_many(self, prompts: Any, **kwargs: Any):
         """Trace many prompts, keeping only each one's component importance: a
@@ -530,188 +613,39 @@ class Model:
 
         return trace_many(self, prompts, **kwargs)
 
-    def _trace_one(self, prompt: Any, all_logits: bool, prepend_bos: bool | None = None) -> Trace:
-        import torch
+    def _trace_one(self, prompt: Any, prepend_bos: bool | None = None, **opts: Any) -> Trace:
+        from ltt.models.tracing import run_trace
 
         ids = self._encode(prompt, prepend_bos=prepend_bos)
         prompt = self._prompt_text(prompt, ids)
-        T = len(ids)
-        hf = self.hf_model
-        config = hf.config
-        records: list[dict[str, Any]] = [dict() for _ in range(self.n_layers)]
-        handles = self._register(records, T)
-        saved_impl = getattr(config, "_attn_implementation_internal", None)
-        saved_modes = [(m, m.training) for m in hf.modules()]
-        emb = hf.get_input_embeddings()
-        device = emb.weight.device if emb is not None and emb.weight.device.type != "meta" else None
         bar = None
         try:
-            if not _quiet() and self.n_layers * T >= 2048:
+            if not _quiet() and self.n_layers * len(ids) >= 2048:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=self.n_layers, desc=f"tracing {T} tokens", unit="layer", leave=False)
-                for r in records:
-                    r["_bar"] = bar
-            config._attn_implementation_internal = "eager"
-            hf.eval()
-            with torch.no_grad():
-                out = hf(input_ids=torch.tensor([ids], device=device), use_cache=False)
+                bar = tqdm(total=self.n_layers, desc=f"tracing {len(ids)} tokens", unit="layer", leave=False)
+            return run_trace(self, ids, prompt, progress=bar, **opts)
         finally:
-            for h in handles:
-                h.remove()
-            config._attn_implementation_internal = saved_impl
-            for m, mode in saved_modes:
-                m.training = mode
             if bar is not None:
                 bar.close()
-        logits_all = out.logits[0]
-        layers = [self._buffers(l, records[l], T) for l in range(self.n_layers)]
-        return Trace(
-            prompt=prompt,
-            tokens=self.token_strings(ids, prompt),
-            pieces=[str(p) for p in self.tokenizer.convert_ids_to_tokens(ids)],
-            token_ids=np.asarray(ids, dtype=np.int64),
-            logits=_to_numpy(logits_all[-1]),
-            layers=layers,
-            model=self,
-            all_logits=_to_numpy(logits_all) if all_logits else None,
-        )
 
-    def _register(self, records: list[dict[str, Any]], T: int) -> list[Any]:
-        """Hooks on every layer; each writes float32 CPU copies into ``records[layer]``."""
+    def branch_params(self, layer: int) -> dict[str, Any]:
+        """The small per-layer parameters of the decomposition: ``b_o``, ``b_down`` and the
+        post-branch norms (see :meth:`layer_weights`)."""
+        o, down, post_a, post_f = self._layer_modules(layer)
         fam = self._family
-        config = self.hf_model.config
-        H, G, dh = self.n_heads, self.n_kv_heads, self.d_head
-        handles: list[Any] = []
-
-        def pre(rec, key):
-            def hook(module, args, kwargs):
-                x = args[0] if args else kwargs.get("hidden_states")
-                rec[key] = _rows(_to_numpy(x), T)
-            return hook
-
-        def post(rec, key, fn=None):
-            def hook(module, args, output):
-                rec[key] = fn(output) if fn else _rows(_to_numpy(_first(output)), T)
-            return hook
-
-        def probs(rec):
-            def fn(output):
-                p = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
-                return None if p is None else np.ascontiguousarray(_to_numpy(p)[0])
-            return fn
-
-        def values(rec):
-            def fn(output):
-                full = _rows(_to_numpy(_first(output)), T)
-                return np.ascontiguousarray(split_values(fam, config, full, H, G, dh))
-            return fn
-
-        def layer_out(rec):
-            def fn(output):
-                bar = rec.get("_bar")
-                if bar is not None:
-                    bar.update(1)
-                return _rows(_to_numpy(_first(output)), T)
-            return fn
-
-        try:
-            for l, layer in enumerate(self._layers):
-                rec = records[l]
-                handles.append(layer.register_forward_pre_hook(pre(rec, "x"), with_kwargs=True))
-                handles.append(layer.register_forward_hook(post(rec, "y", layer_out(rec))))
-                handles.append(self._sub(layer, fam.attn).register_forward_hook(post(rec, "probs", probs(rec))))
-                handles.append(self._sub(layer, fam.qkv).register_forward_hook(post(rec, "values", values(rec))))
-                handles.append(self._sub(layer, fam.o_proj).register_forward_hook(post(rec, "o")))
-                if moe.experts_module(fam, layer) is not None:
-                    handles.extend(moe.register(fam, layer, rec, T, _to_numpy))
-                else:
-                    down = self._sub(layer, fam.down)
-                    handles.append(down.register_forward_pre_hook(pre(rec, "act"), with_kwargs=True))
-                    handles.append(down.register_forward_hook(post(rec, "down")))
-                if fam.ffn_post_norm:
-                    handles.append(self._sub(layer, fam.ffn_post_norm).register_forward_hook(post(rec, "ffn")))
-                if not self.parallel[l]:
-                    handles.append(self._sub(layer, fam.ffn_norm).register_forward_pre_hook(
-                        pre(rec, "mid"), with_kwargs=True))
-        except BaseException:
-            for h in handles:
-                h.remove()
-            raise
-        return handles
-
-    def _buffers(self, l: int, rec: dict[str, Any], T: int) -> LayerBuffers:
-        if moe.experts_module(self._family, self._layers[l]) is not None:
-            moe.finish(self._family, self._layers[l], rec, T)
-        for key in ("x", "y", "probs", "values", "o", "act", "down"):
-            if rec.get(key) is None:
-                what = "attention probabilities" if key == "probs" else f"the {key!r} tensor"
-                raise RuntimeError(
-                    f"layer {l} of {self.name!r} did not produce {what} during the trace; the "
-                    f"{self.family} adapter could not hook it (attention implementation "
-                    f"{getattr(self.hf_model.config, '_attn_implementation', None)!r}, expected 'eager')"
-                )
-        w = self.layer_weights(l)
-        parallel = self.parallel[l]
-
-        def branch(raw: np.ndarray, bias: np.ndarray | None, norm: NormParams | None):
-            # (row_scale, col_scale, center, bias [T, d]) of a branch, post-norm linearised.
-            if norm is None:
-                b = None if bias is None else np.ascontiguousarray(np.broadcast_to(bias, (T, self.d_model)),
-                                                                   dtype=np.float32)
-                return None, None, False, b
-            r, _ = norm.scale(raw)
-            center = norm.kind == "layer"
-            b = np.zeros((T, self.d_model)) if bias is None else np.broadcast_to(
-                np.asarray(bias, np.float64), (T, self.d_model))
-            if center:
-                b = b - b.mean(axis=-1, keepdims=True)
-            b = b * r[:, None]
-            if norm.gamma is not None:
-                b = b * norm.gamma
-            if norm.beta is not None:
-                b = b + norm.beta
-            has_bias = bias is not None or norm.beta is not None
-            gamma = None if norm.gamma is None else np.ascontiguousarray(norm.gamma, dtype=np.float32)
-            return (r.astype(np.float32), gamma, center,
-                    np.ascontiguousarray(b, dtype=np.float32) if has_bias else None)
-
-        mult = w["branch_scale"]  # Granite: both branches times residual_multiplier before the add
-        scaled = None if mult == 1.0 else BranchScale(mult)
-        if scaled is not None and (w["attn_post_norm"] is not None or w["ffn_post_norm"] is not None):
-            raise RuntimeError(f"layer {l}: a branch multiplier and post-branch norms together are not supported")
-        a_row, a_col, a_center, a_bias = branch(rec["o"], w["b_o"], w["attn_post_norm"] or scaled)
-        b_down = rec["moe_bias"] if rec.get("moe_bias") is not None else w["b_down"]  # gpt-oss: per token
-        f_row, f_col, f_center, f_bias = branch(rec["down"], b_down, w["ffn_post_norm"] or scaled)
-        ffn_out = rec["ffn"] if w["ffn_post_norm"] is not None else rec["down"]
-        if scaled is not None:
-            ffn_out = ffn_out * np.float32(mult)
-        mid = None
-        if not parallel:
-            mid = rec.get("mid")
-            if mid is None:
-                raise RuntimeError(f"layer {l}: the state after attention was not captured")
-        return LayerBuffers(
-            parallel=parallel,
-            resid_pre=rec["x"],
-            resid_mid=mid,
-            resid_post=rec["y"],
-            attn=rec["probs"],
-            values=rec["values"],
-            w_o=w["w_o"],
-            attn_bias=a_bias,
-            attn_row_scale=a_row,
-            attn_col_scale=a_col,
-            attn_center=a_center,
-            ffn_out=np.ascontiguousarray(ffn_out, dtype=np.float32),
-            act=rec["act"],
-            w_down=w["w_down"],
-            ffn_bias=f_bias,
-            ffn_row_scale=f_row,
-            ffn_col_scale=f_col,
-            ffn_center=f_center,
-            moe=rec.get("moe"),
-        )
+        with _on_device(self._layers[layer]):
+            return {
+                "b_o": self._cached((layer, "b_o"), [o], lambda: _bias(o)),
+                "b_down": self._cached((layer, "b_down"), [down], lambda: _bias(down)),
+                "attn_post_norm": self._cached((layer, "post_a"), [post_a], lambda: None if post_a is None
+                                               else NormParams.of(post_a, fam.norm_offset, fam.norm_kind,
+                                                                  fam.norm_eps)),
+                "ffn_post_norm": self._cached((layer, "post_f"), [post_f], lambda: None if post_f is None
+                                              else NormParams.of(post_f, fam.norm_offset, fam.norm_kind,
+                                                                 fam.norm_eps)),
+                "branch_scale": float(fam.branch_scale(self.hf_model.config)),
+            }
 
     def __repr__(self) -> str:
         kind = "parallel" if all(self.parallel) else "sequential"
@@ -733,6 +667,8 @@ def load(
     dtype: Any = None,
     device: Any = None,
     device_map: Any = None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     max_tokens: int | None = None,
@@ -744,8 +680,10 @@ def load(
       (wrapped without copying; pass its ``tokenizer``). ``tokenizer``: a tokenizer object or
       a hub id / directory to load one from (default: the model's own).
     * ``dtype``: torch dtype or its name (default float32); ``device`` / ``device_map``: where the
-      weights live (``device_map`` goes to transformers/accelerate); buffers always come back to
-      the CPU as float32.
+      weights live (``device_map``, ``max_memory`` and ``offload_folder`` go to
+      transformers/accelerate: a model larger than memory is traced with its layers offloaded
+      to CPU or disk, paged in layer by layer as its own forward pages them); buffers always
+      come back to the CPU as float32.
     * ``trust_remote_code``: off unless asked; ``max_tokens``: the longest prompt accepted (default
       the model's context).
 
@@ -786,6 +724,10 @@ def load(
     )
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if max_memory is not None:
+        kwargs["max_memory"] = max_memory
+    if offload_folder is not None:
+        kwargs["offload_folder"] = os.fspath(offload_folder)
     hf_model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     if device is not None and device_map is None:
         hf_model = hf_model.to(device)

@@ -102,7 +102,7 @@ def expert_width(experts: Any) -> int:
 
 
 def _register_routed_inputs(fam: Family, layer: Any, experts: Any, rec: dict[str, Any], T: int,
-                            to_numpy: Any) -> list[Any]:
+                            to_numpy: Any, tag: Any) -> list[Any]:
     """Llama 4: the router's sigmoid scores scale each expert's *input* (0 for the experts it did
     not choose) and every expert runs on every token; expert e's activations are
     ``up * act(gate)`` of its scaled input, exactly as its batched matmul computes them."""
@@ -124,8 +124,8 @@ def _register_routed_inputs(fam: Family, layer: Any, experts: Any, rec: dict[str
         rec["moe_act"] = np.ascontiguousarray(to_numpy(a).transpose(1, 0, 2).reshape(T, -1))
         rec["moe_bias"] = None
 
-    return [router.register_forward_hook(on_router),
-            experts.register_forward_pre_hook(on_experts, with_kwargs=True)]
+    return [router.register_forward_hook(tag(on_router)),
+            experts.register_forward_pre_hook(tag(on_experts), with_kwargs=True)]
 
 
 def ffn_width(fam: Family, layer: Any) -> int:
@@ -155,9 +155,12 @@ def down_weights(fam: Family, layer: Any, param_numpy: Any) -> tuple[np.ndarray,
             None if bias is None else np.asarray(param_numpy(bias), dtype=np.float32))
 
 
-def register(fam: Family, layer: Any, rec: dict[str, Any], T: int, to_numpy: Any) -> list[Any]:
-    """Hooks that fill ``rec`` for a MoE layer: ``act`` (the wide activations), ``down`` (the
-    block output), ``moe`` (:class:`MoeLayout`), ``moe_bias`` ([T, d] or absent)."""
+def register(fam: Family, layer: Any, rec: dict[str, Any], T: int, to_numpy: Any,
+             tag: Any = lambda fn: fn) -> list[Any]:
+    """Hooks that fill ``rec`` for a MoE layer: ``moe_act`` (the routed experts' activations),
+    ``out_down`` (the block output), the shared expert's activations and gate, ``moe_bias``
+    ([T, d] or None); :func:`finish` assembles them. ``tag`` marks each hook function (the
+    recording's safety net removes tagged hooks)."""
     import torch
 
     experts = experts_module(fam, layer)
@@ -168,7 +171,7 @@ def register(fam: Family, layer: Any, rec: dict[str, Any], T: int, to_numpy: Any
     F = expert_width(experts)
     handles: list[Any] = []
     if fam.moe_router:
-        handles.extend(_register_routed_inputs(fam, layer, experts, rec, T, to_numpy))
+        handles.extend(_register_routed_inputs(fam, layer, experts, rec, T, to_numpy, tag))
 
     def on_experts(module, args, kwargs):
         def pick(i: int, *names: str) -> Any:
@@ -203,26 +206,26 @@ def register(fam: Family, layer: Any, rec: dict[str, Any], T: int, to_numpy: Any
         rec["moe_w"] = to_numpy(w).reshape(T, -1)
 
     if not fam.moe_router:
-        handles.append(experts.register_forward_pre_hook(on_experts, with_kwargs=True))
+        handles.append(experts.register_forward_pre_hook(tag(on_experts), with_kwargs=True))
 
     def on_block(module, args, output):
         out = output[0] if isinstance(output, (tuple, list)) else output
-        rec["down"] = np.ascontiguousarray(to_numpy(out).reshape(T, -1))
+        rec["out_down"] = np.ascontiguousarray(to_numpy(out).reshape(T, -1))
 
-    handles.append(block.register_forward_hook(on_block))
+    handles.append(block.register_forward_hook(tag(on_block)))
     if shared is not None:
         def on_shared(module, args, kwargs):
             x = args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
             rec["shared_act"] = to_numpy(x).reshape(T, -1)
 
-        handles.append(shared.down_proj.register_forward_pre_hook(on_shared, with_kwargs=True))
+        handles.append(shared.down_proj.register_forward_pre_hook(tag(on_shared), with_kwargs=True))
     if gate is not None:
         def on_gate(module, args, output):
             import torch as _t
 
             rec["shared_gate"] = to_numpy(_t.sigmoid(output)).reshape(T)
 
-        handles.append(gate.register_forward_hook(on_gate))
+        handles.append(gate.register_forward_hook(tag(on_gate)))
     return handles
 
 

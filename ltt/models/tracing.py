@@ -1,0 +1,267 @@
+"""From token ids to a Trace: estimate memory, record the forward pass, attribute each layer as
+it finishes, check its exactness, keep only compact results.
+
+Per layer the trace keeps (float32): the states entering and leaving it and after attention
+(``~3 T d``; a layer's input is the previous layer's output array when equal), the values
+``T G d_h``, the FFN activations ``T F`` and branch output ``T d``, the recorded queries and
+keys ``T (H + G) d_h`` (model dtype) and the sparse contributions above
+:data:`ltt.graph.FLOOR`. The probabilities ``[H, T, T]`` and per-head shares exist for one
+layer at a time, inside its output hook. Nothing kept grows like ``L H T^2``.
+
+>>> trace = model.trace("The capital of France is")     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from ltt.graph import FLOOR, FullGraph, attribute_layer
+from ltt.models import moe, record
+from ltt.trace import LayerBuffers, Trace
+
+#: Relative error above which a layer's decomposition is called inexact, by model dtype. The
+#: parts are computed in float32 from the model's tensors; a half-precision model rounds its
+#: own sums, so the tolerance follows its precision.
+TOLERANCE = {"float32": 1e-3, "float64": 1e-3, "float16": 2e-2, "bfloat16": 1e-1}
+
+#: Bytes per element of each kept array, for the memory estimate.
+_F32 = 4
+
+
+def dtype_name(model: Any) -> str:
+    p = next(iter(model.hf_model.parameters()), None)
+    return "float32" if p is None else str(p.dtype).replace("torch.", "")
+
+
+def _sample_rows(T: int, k: int = 8) -> np.ndarray:
+    """Rows the running exactness check looks at: the first, the last and ``k`` spread between."""
+    return np.unique(np.linspace(0, T - 1, num=min(T, k + 2)).round().astype(np.int64))
+
+
+def estimate_bytes(model: Any, T: int, all_logits: bool = False) -> dict[str, int]:
+    """A trace's memory as a formula of L, H, G, d, d_h, F, T, V: ``kept`` (what the trace holds
+    afterwards), ``layer_peak`` (one layer's transient probabilities, per-head shares and the
+    model's own eager attention), ``logits`` and ``total``.
+
+    >>> estimate_bytes(model, 2048)["total"] / 2**30        # doctest: +SKIP
+    """
+    L, H, G, d, dh, F = model.n_layers, model.n_heads, model.n_kv_heads, model.d_model, model.d_head, model.d_ffn
+    esize = {"float16": 2, "bfloat16": 2, "float64": 8}.get(dtype_name(model), 4)
+    per_layer = _F32 * T * (3 * d + G * dh + F) + esize * T * (H + G) * dh
+    sparse = L * T * min(H * T, 64) * 10  # typical parts above the floor per state (bounded by 1/FLOOR)
+    kept = L * per_layer + sparse + 6 * L * T * _F32
+    # eager attention: scores, float32 softmax and probs in the model dtype; ltt: a float32 copy
+    # of the probabilities, the per-head shares and their transposed copy while sparsifying
+    layer_peak = H * T * T * (2 * esize + 4 + 3 * _F32) + 2 * T * T * _F32
+    logits = (T if all_logits else 1) * model.vocab_size * _F32 * 2
+    return {"kept": kept, "layer_peak": layer_peak, "logits": logits, "total": kept + layer_peak + logits}
+
+
+def available_bytes() -> int | None:
+    """Memory this process can still take: MemAvailable, capped by a cgroup limit."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    for limit_path, usage_path in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),):
+        try:
+            with open(limit_path) as fh:
+                limit = fh.read().strip()
+            with open(usage_path) as fh:
+                usage = int(fh.read().strip())
+            if limit != "max":
+                left = int(limit) - usage
+                avail = left if avail is None else min(avail, left)
+        except (OSError, ValueError):
+            pass
+    return avail
+
+
+def check_memory(model: Any, T: int, all_logits: bool, limit: int | None) -> None:
+    est = estimate_bytes(model, T, all_logits)
+    avail = available_bytes() if limit is None else int(limit)
+    if avail is None or est["total"] <= avail:
+        return
+    gib = 2**30
+    raise MemoryError(
+        f"tracing {T} tokens through {model.name!r} needs about {est['total'] / gib:.1f} GiB "
+        f"(kept {est['kept'] / gib:.1f} GiB + one layer's peak {est['layer_peak'] / gib:.1f} GiB + "
+        f"logits {est['logits'] / gib:.2f} GiB) but only {avail / gib:.1f} GiB is available: use a "
+        "shorter prompt, all_logits=False, spill='DIR' to keep the per-layer arrays on disk, or "
+        "memory_limit=... to override the limit"
+    )
+
+
+def _spill(arr: np.ndarray | None, path: str) -> np.ndarray | None:
+    """``arr`` written to ``path`` and reopened read-only as a memory map."""
+    if arr is None:
+        return None
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=arr.dtype, shape=arr.shape)
+    mm[...] = arr
+    mm.flush()
+    del mm
+    return np.load(path, mmap_mode="r")
+
+
+def layer_buffers(model: Any, l: int, rec: dict[str, Any], T: int, stamp: tuple) -> LayerBuffers:
+    """The :class:`LayerBuffers` of layer ``l`` from its recorded tensors."""
+    if rec.get("moe_act") is not None:  # a MoE layer: assemble its wide activations
+        moe.finish(model._family, model._layers[l], rec, T)
+    for key in ("x", "y", "attention", "values", "out_o", "act", "out_down"):
+        if rec.get(key) is None:
+            what = "attention probabilities" if key == "attention" else f"the {key!r} tensor"
+            raise RuntimeError(
+                f"layer {l} of {model.name!r} did not produce {what} during the trace; the "
+                f"{model.family} adapter could not hook it"
+            )
+    w = model.branch_params(l)
+    parallel = model.parallel[l]
+    d = model.d_model
+
+    def branch(raw: np.ndarray, bias: np.ndarray | None, norm: Any):
+        # (row_scale, col_scale, center, bias [T, d]) of a branch, post-norm linearised.
+        if norm is None:
+            b = None if bias is None else np.ascontiguousarray(np.broadcast_to(bias, (T, d)), dtype=np.float32)
+            return None, None, False, b
+        r, _ = norm.scale(raw)
+        center = norm.kind == "layer"
+        b = np.zeros((T, d)) if bias is None else np.broadcast_to(np.asarray(bias, np.float64), (T, d))
+        if center:
+            b = b - b.mean(axis=-1, keepdims=True)
+        b = b * r[:, None]
+        if norm.gamma is not None:
+            b = b * norm.gamma
+        if norm.beta is not None:
+            b = b + norm.beta
+        has_bias = bias is not None or norm.beta is not None
+        gamma = None if norm.gamma is None else np.ascontiguousarray(norm.gamma, dtype=np.float32)
+        return r.astype(np.float32), gamma, center, np.ascontiguousarray(b, dtype=np.float32) if has_bias else None
+
+    from ltt.models import BranchScale
+
+    mult = w["branch_scale"]  # Granite: both branches times residual_multiplier before the add
+    scaled = None if mult == 1.0 else BranchScale(mult)
+    if scaled is not None and (w["attn_post_norm"] is not None or w["ffn_post_norm"] is not None):
+        raise RuntimeError(f"layer {l}: a branch multiplier and post-branch norms together are not supported")
+    b_down = rec["moe_bias"] if rec.get("moe_bias") is not None else w["b_down"]  # gpt-oss: per token
+    a_row, a_col, a_center, a_bias = branch(rec["out_o"], w["b_o"], w["attn_post_norm"] or scaled)
+    f_row, f_col, f_center, f_bias = branch(rec["out_down"], b_down, w["ffn_post_norm"] or scaled)
+    ffn_out = rec["ffn"] if w["ffn_post_norm"] is not None else rec["out_down"]
+    if scaled is not None:
+        ffn_out = ffn_out * np.float32(mult)
+    mid = None
+    if not parallel:
+        mid = rec.get("mid")
+        if mid is None:
+            raise RuntimeError(f"layer {l}: the state after attention was not captured")
+
+    def weights() -> dict[str, Any]:
+        if model.layer_stamp(l) != stamp:
+            raise RuntimeError(
+                f"the weights of layer {l} of {model.name!r} changed after this trace was recorded "
+                "(load_state_dict, an optimiser step or an in-place edit): trace the prompt again"
+            )
+        return model.layer_weights(l)
+
+    return LayerBuffers(
+        layer=l, parallel=parallel, resid_pre=rec["x"], resid_mid=mid, resid_post=rec["y"],
+        values=rec["values"], attn_bias=a_bias, attn_row_scale=a_row, attn_col_scale=a_col,
+        attn_center=a_center, ffn_out=np.ascontiguousarray(ffn_out, dtype=np.float32), act=rec["act"],
+        ffn_bias=f_bias, ffn_row_scale=f_row, ffn_col_scale=f_col, ffn_center=f_center,
+        attention=rec["attention"], weights=weights, moe=rec.get("moe"),
+    )  # fmt: skip
+
+
+def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool = False,
+              verify: bool = True, spill: str | os.PathLike | None = None,
+              memory_limit: int | None = None, progress: Any = None) -> Trace:
+    """Record one forward pass of ``ids`` and attribute it layer by layer (see
+    :meth:`ltt.models.Model.trace` for the options)."""
+    import torch
+
+    T = len(ids)
+    check_memory(model, T, all_logits, memory_limit)
+    if spill is not None:
+        spill = os.fspath(spill)
+        if not os.path.isdir(spill):
+            raise ValueError(f"spill={spill!r} is not an existing directory")
+    hf = model.hf_model
+    tol = TOLERANCE.get(dtype_name(model), 1e-3)
+    rows = _sample_rows(T)
+    layers: list[LayerBuffers | None] = [None] * model.n_layers
+    scores: list[Any] = [None] * model.n_layers
+
+    def on_layer(l: int, rec: dict[str, Any]) -> None:
+        record.point(f"layer:{l}")
+        if l > 0 and layers[l - 1] is not None:
+            prev = layers[l - 1].resid_post
+            if prev.shape == rec["x"].shape and np.array_equal(prev, rec["x"]):
+                rec["x"] = prev  # one array for the state between two layers
+        if rec.get("probs") is None and rec.get("attention") is not None:
+            rec["probs"] = rec["attention"].probs()
+        lb = layer_buffers(model, l, rec, T, model.layer_stamp(l))
+        probs = rec["probs"]
+        # the decomposition must rebuild the model's own states: a foreign forward hook or an
+        # unsupported variant that changes a branch shows here, on a few rows (cheap)
+        errors = lb.check(rows=rows, probs=probs[:, rows]) if verify else {}
+        worst = max(errors.items(), key=lambda kv: kv[1]) if errors else ("", 0.0)
+        if worst[1] > tol or not np.isfinite(worst[1]):
+            raise RuntimeError(
+                f"layer {l} of {model.name!r} is not decomposed exactly: the {worst[0]!r} parts "
+                f"rebuild its state with a relative error of {worst[1]:.3g} (tolerance {tol:g} for "
+                f"{dtype_name(model)}). Likely cause: a forward hook or patch on the model that changes a "
+                "module's output, or a variant of this family that ltt does not support. Pass "
+                "verify=False to trace anyway (the graph is then not exact)."
+            )
+        scores[l] = attribute_layer(lb, probs, norm=1, floor=FLOOR)
+        if spill is not None:
+            for name in ("resid_pre", "resid_mid", "resid_post", "values", "act", "ffn_out"):
+                arr = getattr(lb, name)
+                if isinstance(arr, np.ndarray) and not isinstance(arr, np.memmap):
+                    setattr(lb, name, _spill(arr, os.path.join(spill, f"layer{l:04d}_{name}.npy")))
+        layers[l] = lb
+        if progress is not None:
+            progress.update(1)
+
+    emb = hf.get_input_embeddings()
+    device = emb.weight.device if emb is not None and emb.weight.device.type != "meta" else None
+    kwargs: dict[str, Any] = dict(use_cache=False)
+    if not all_logits and _accepts(hf, "logits_to_keep"):
+        kwargs["logits_to_keep"] = 1
+    with record.Recording(model, T, on_layer):
+        record.point("forward")
+        with torch.no_grad():
+            out = hf(input_ids=torch.tensor([list(ids)], device=device), **kwargs)
+        record.point("forward-done")
+    missing = [l for l, lb in enumerate(layers) if lb is None]
+    if missing:
+        raise RuntimeError(f"layers {missing} of {model.name!r} did not run during the trace")
+    logits_all = out.logits[0]
+    trace = Trace(
+        prompt=prompt,
+        tokens=model.token_strings(list(ids), prompt),
+        pieces=[str(p) for p in model.tokenizer.convert_ids_to_tokens(list(ids))],
+        token_ids=np.asarray(ids, dtype=np.int64),
+        logits=record._to_numpy(logits_all[-1]),
+        layers=layers,
+        model=model,
+        all_logits=record._to_numpy(logits_all) if all_logits else None,
+    )
+    trace.full_graphs[1] = FullGraph(scores, 1, FLOOR, source=trace)
+    return trace
+
+
+def _accepts(hf: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(hf.forward).parameters
+    except (TypeError, ValueError):
+        return False

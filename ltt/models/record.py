@@ -169,8 +169,8 @@ class Recording:
         H, G, dh = model.n_heads, model.n_kv_heads, model.d_head
 
         def add(handle: Any) -> None:
+            point("hook-registered")  # an interrupt here: registered, handle not yet stored
             stack.callback(handle.remove)
-            point("hook-added")
 
         def pre(l, key):
             def hook(module, args, kwargs):

@@ -154,3 +154,16 @@ def test_widget_prompt_box_bos(models):
     assert w.trace.token_ids[0] == model.tokenizer.bos_token_id
     w._on_msg(w, {"type": "run", "prompt": "John gave", "bos": None}, [])
     assert w.trace.token_ids[0] != model.tokenizer.bos_token_id
+
+
+def test_bos_is_a_token_in_graph_and_report(models, tmp_path):
+    """The BOS shows as a token of its own in the graph, its JSON and the offline report."""
+    import json
+
+    tr = models["nobos"].trace("Mary went", prepend_bos=True)
+    g = tr.graph()
+    assert g.tokens[0] == "<bos>" and any(n.token == 0 for n in g.nodes)
+    assert json.loads(g.to_json())["tokens"][0] == "<bos>"
+    path = tmp_path / "r.html"
+    tr.to_html(str(path))
+    assert '"tokens":["\\u003cbos\\u003e"' in path.read_text(encoding="utf-8")

@@ -140,3 +140,61 @@ def test_expert_shares_errors(traced):
         moe.expert_shares(trace, 99, 0)
     with pytest.raises(ValueError, match="token must be"):
         moe.expert_shares(trace, 0, 10_000)
+
+
+def test_widget_ffn_panel_shows_the_router(traced):
+    """The FFN panel of a MoE node carries the router (chosen experts, gates, shares) and labels
+    each top neuron with its expert."""
+    from ltt.widget.panels import ffn_panel
+
+    model, trace = traced("qwen2_moe")
+    layer = _moe_layers(trace)[0][0]
+    t = trace.n_tokens - 1
+    panel = ffn_panel(trace, f"M{layer}_{t}")
+    r = panel["router"]
+    es = moe.expert_shares(trace, layer, t)
+    assert sorted(e["expert"] for e in r["experts"]) == sorted(es.experts)
+    assert r["n_experts"] == 4 and r["shared"] == es.shared
+    assert [e["share"] for e in r["experts"]] == sorted((e["share"] for e in r["experts"]), reverse=True)
+    m = trace.layers[layer].moe
+    for n in panel["neurons"]:
+        if n["expert"] == "shared":
+            assert n["neuron"] >= m.n_experts * m.d_expert
+        else:
+            assert n["expert"] in es.experts and n["neuron"] == n["expert"] * m.d_expert + n["local"]
+    _, ds = traced("deepseek_v3")  # its first layer is dense: no router in that panel
+    assert "router" not in ffn_panel(ds, "M0_0") and "router" in ffn_panel(ds, "M1_0")
+
+
+def test_report_shows_the_router_in_chromium(traced, tmp_path):
+    """In the offline report (real Chromium), clicking a MoE FFN block shows the router's experts
+    and labels the neurons by expert; the prompt box has the BOS checkbox (dash: tokenizer's
+    choice), disabled offline."""
+    from playwright.sync_api import sync_playwright
+
+    from conftest import chromium_path
+
+    model, _ = traced("qwen2_moe")
+    trace = model.trace("Mary went home")  # a small graph: every block is on screen
+    path = tmp_path / "moe.html"
+    trace.to_html(str(path))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path())
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(path.as_uri())
+            page.wait_for_selector("[data-node]")
+            node = page.eval_on_selector_all("[data-node^='M']", "els => els.map(e => e.dataset.node)")[0]
+            page.click(f'[data-node="{node}"]')
+            page.wait_for_selector(".ltt-router [data-expert]")
+            shown = page.eval_on_selector_all(".ltt-router [data-expert]", "els => els.map(e => Number(e.dataset.expert))")
+            labels = page.eval_on_selector_all(".ltt-neuron b", "els => els.map(e => e.textContent)")
+            bos = page.eval_on_selector("input.ltt-bos", "e => [e.indeterminate, e.disabled]")
+        finally:
+            browser.close()
+    layer, t = (int(v) for v in node[1:].split("_"))
+    assert sorted(shown) == sorted(moe.expert_shares(trace, layer, t).experts)
+    assert labels and all(lab.startswith(("e", "shared")) for lab in labels)
+    assert bos == [True, True] and errors == []

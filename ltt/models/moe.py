@@ -328,3 +328,24 @@ def expert_shares(trace: Any, layer: int, token: int, norm: int = 1) -> ExpertSh
         bias=float(shares[-1]) if lb.ffn_bias is not None else None,
         residual=float(shares[0]),
     )
+
+
+def router_panel(trace: Any, layer: int, token: int, neurons: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The router of a MoE FFN node for the widget's FFN panel: the chosen experts with their gate
+    weights and shares (largest share first), the shared experts' and bias's shares; each entry
+    of ``neurons`` (``{"neuron": wide index, ...}``) gets its ``expert`` and ``local`` index.
+
+    >>> router_panel(trace, 3, -1)["experts"][0]          # doctest: +SKIP
+    {'expert': 5, 'gate': 0.61, 'share': 0.41}
+    """
+    es = expert_shares(trace, layer, token)
+    m = trace.layers[layer].moe
+    rows = sorted(({"expert": e, "gate": w, "share": float(s)} for e, w, s in zip(es.experts, es.weights, es.shares)),
+                  key=lambda r: -r["share"])
+    for n in neurons or []:
+        i = int(n["neuron"])
+        if i < m.n_experts * m.d_expert:
+            n["expert"], n["local"] = i // m.d_expert, i % m.d_expert
+        else:
+            n["expert"], n["local"] = "shared", i - m.n_experts * m.d_expert
+    return {"experts": rows, "shared": es.shared, "bias": es.bias, "n_experts": m.n_experts}

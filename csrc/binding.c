@@ -117,6 +117,54 @@ static int require_finite(PyArrayObject *a, const char *name)
     return 0;
 }
 
+/* Shares are never negative: a negative part (float32 array) is a ValueError naming it (issue
+ * 11: renormalize and its twin disagreed on a state whose parts were all negative). */
+static int require_nonnegative(PyArrayObject *a, const char *name)
+{
+    const npy_intp n = PyArray_SIZE(a);
+    const float *x = (const float *)PyArray_DATA(a);
+    for (npy_intp i = 0; i < n; i++)
+        if (x[i] < 0.0f) {
+            char v[64];
+            PyErr_Format(PyExc_ValueError,
+                         "%s holds a negative share (flat index %zd: %s); shares are >= 0", name,
+                         (Py_ssize_t)i, fmt_double(v, sizeof v, (double)x[i]));
+            return -1;
+        }
+    return 0;
+}
+
+/*
+ * A failed PyArray_FROM_O of argument `name`. Issue 11: only NumPy's own "cannot convert" errors
+ * (TypeError, ValueError) become the TypeError naming the argument, chained to the original;
+ * anything else raised while converting (an __array__ raising MemoryError or KeyboardInterrupt)
+ * propagates unchanged. Returns -1.
+ */
+static int conversion_failed(PyObject *obj, const char *name)
+{
+    if (!PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_ValueError))
+        return -1;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    PyErr_Format(PyExc_TypeError, "%s must be an array of floats, got %.100s", name,
+                 Py_TYPE(obj)->tp_name);
+    if (value != NULL) {
+        PyObject *t2, *v2, *tb2;
+        PyErr_Fetch(&t2, &v2, &tb2);
+        PyErr_NormalizeException(&t2, &v2, &tb2);
+        Py_INCREF(value);
+        PyException_SetContext(v2, value); /* steals one reference */
+        PyException_SetCause(v2, value);   /* steals the other */
+        PyErr_Restore(t2, v2, tb2);
+    }
+    return -1;
+}
+
 /*
  * obj -> C-contiguous aligned float32 (or float64 when dtype is NPY_FLOAT64) array, finite.
  * None gives *out = NULL when optional, a TypeError otherwise.
@@ -132,12 +180,8 @@ static int to_array_checked(PyObject *obj, const char *name, int optional, int d
         return -1;
     }
     PyArrayObject *raw = (PyArrayObject *)PyArray_FROM_O(obj);
-    if (raw == NULL) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s must be an array of floats, got %.100s", name,
-                     Py_TYPE(obj)->tp_name);
-        return -1;
-    }
+    if (raw == NULL)
+        return conversion_failed(obj, name);
     if (require_float_kind(raw, name) < 0) {
         Py_DECREF(raw);
         return -1;
@@ -619,9 +663,7 @@ static PyObject *py_ffn_neuron_contrib(PyObject *self, PyObject *args, PyObject 
         goto done;
     }
     if ((raw = (PyArrayObject *)PyArray_FROM_O(o[1])) == NULL) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "w_down must be an array of floats, got %.100s",
-                     Py_TYPE(o[1])->tp_name);
+        conversion_failed(o[1], "w_down");
         goto done;
     }
     if (require_float_kind(raw, "w_down") < 0)
@@ -744,6 +786,8 @@ static PyObject *py_renormalize(PyObject *self, PyObject *args, PyObject *kwds)
     if (check_shape(single, "single", "(E, T)", 2, ws) < 0)
         goto done;
     const npy_intp E = PyArray_DIM(single, 0);
+    if (require_nonnegative(heads, "heads") < 0 || require_nonnegative(single, "single") < 0)
+        goto done;
     npy_intp dTS[2] = {T, S}, dET[2] = {E, T};
     outs[0] = zeros(2, dTS, NPY_FLOAT32);
     outs[1] = zeros(2, dET, NPY_FLOAT32);
@@ -821,6 +865,25 @@ static PyObject *py_prune(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_TypeError, "targets must be integer token positions, got dtype %S",
                      (PyObject *)PyArray_DESCR(tmp));
         goto done;
+    }
+    if (PyArray_DESCR(tmp)->kind == 'u' && PyArray_ITEMSIZE(tmp) >= 8) {
+        /* Issue 11: the cast to int64 read 2**64-1 as -1 (the last token). */
+        PyArrayObject *u = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_UINT64,
+                                                             NPY_ARRAY_IN_ARRAY);
+        if (u == NULL)
+            goto done;
+        const npy_intp nu = PyArray_SIZE(u);
+        const npy_uint64 *uv = (const npy_uint64 *)PyArray_DATA(u);
+        for (npy_intp i = 0; i < nu; i++)
+            if (uv[i] > (npy_uint64)INT64_MAX) {
+                PyErr_Format(PyExc_ValueError,
+                             "targets holds %llu, which does not fit in int64 (token positions "
+                             "are in [-T, T))",
+                             (unsigned long long)uv[i]);
+                Py_DECREF(u);
+                goto done;
+            }
+        Py_DECREF(u);
     }
     tg = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_INT64,
                                            NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY |

@@ -268,8 +268,10 @@ def renormalize(heads: np.ndarray, single: np.ndarray, threshold: float) -> dict
     For every target t, each part (every ``heads[k,t,s]`` and ``single[e,t]``) below
     ``threshold`` is dropped and the rest are rescaled to sum to 1. When every part of t falls
     below the threshold, only its largest part is kept (the first in the order heads by
-    (k, s), then single, on ties), at share 1. Returns ``edges [T, S]`` (the kept head parts
-    summed over K) and ``single [E, T]``, float32.
+    (k, s), then single, on ties), at share 1 (at 0 when that part is 0: an all-zero state stays
+    zero). Shares are never negative: a negative part in ``heads`` or ``single`` is a
+    ``ValueError`` (here and in the C core). Returns ``edges [T, S]`` (the kept head parts summed
+    over K) and ``single [E, T]``, float32.
 
     >>> r = renormalize(np.array([[[0.05, 0.15], [0.05, 0.05]]]), np.array([[0.8, 0.9]]), 0.1)
     >>> np.round(r["edges"].astype(float), 6).tolist(), np.round(r["single"].astype(float), 6).tolist()
@@ -277,6 +279,9 @@ def renormalize(heads: np.ndarray, single: np.ndarray, threshold: float) -> dict
     """
     h = np.asarray(heads, dtype=np.float64)
     e = np.asarray(single, dtype=np.float64)
+    for name, x in (("heads", h), ("single", e)):
+        if (x < 0).any():
+            raise ValueError(f"{name} holds a negative share ({x[x < 0].flat[0]!r}); shares are >= 0")
     K, T, S = h.shape
     E = e.shape[0]
     edges = np.zeros((T, S))
@@ -288,7 +293,7 @@ def renormalize(heads: np.ndarray, single: np.ndarray, threshold: float) -> dict
             keep[int(np.argmax(parts))] = True
         kept = np.where(keep, parts, 0.0)
         z = kept.sum()
-        kept = kept / z if z > 0 else kept
+        kept = kept / z if z > 0 else kept  # z == 0: the kept parts are all 0 and stay 0
         edges[t] = kept[: K * S].reshape(K, S).sum(axis=0)
         out_single[:, t] = kept[K * S :]
     return {"edges": edges.astype(np.float32), "single": out_single.astype(np.float32)}
@@ -340,8 +345,11 @@ def prune(
     keep_f = np.zeros((L, T), bool)
     keep_fr = np.zeros((L, T), bool)
     kept_attn: list[tuple[int, int, int]] = []
+    tg = np.asarray(targets)
+    if tg.dtype.kind == "u" and (tg > np.iinfo(np.int64).max).any():
+        raise ValueError(f"targets holds {int(tg.max())}, which does not fit in int64")
     reached_out = np.zeros(T, bool)  # I{l}_t reached
-    reached_out[np.asarray(targets, dtype=np.int64)] = True
+    reached_out[tg.astype(np.int64)] = True
     for l in range(L - 1, -1, -1):
         reached_in = np.zeros(T, bool)  # I{l-1}_t reached
         if parallel[l]:

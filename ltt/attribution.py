@@ -219,6 +219,7 @@ def ffn_neuron_contrib(
 
 def renormalize(heads: ArrayLike, single: ArrayLike, threshold: float) -> dict[str, np.ndarray]:
     """The ``renormalize=True`` threshold mode: drop parts below ``threshold``, rescale to 1.
+    Parts are shares: a negative one is a ``ValueError`` naming ``heads`` or ``single``.
 
     >>> from ltt.attribution import renormalize
     >>> r = renormalize([[[0.05, 0.15], [0.05, 0.05]]], [[0.8, 0.9]], 0.1)
@@ -240,7 +241,8 @@ def prune(
     """Keep the edges reachable backwards from ``targets`` through weights ``>= threshold``.
 
     Returns ``attn_edges [n, 3]`` int64 rows ``(l, t, s)`` sorted, and bool masks
-    ``attn_resid``, ``ffn``, ``ffn_resid`` of shape ``[L, T]``.
+    ``attn_resid``, ``ffn``, ``ffn_resid`` of shape ``[L, T]``. ``targets`` are integer positions
+    in ``[-T, T)``; one that does not fit in int64 (``2**64 - 1``) is a ``ValueError``, not ``-1``.
 
     >>> import numpy as np
     >>> from ltt.attribution import prune

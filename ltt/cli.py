@@ -108,11 +108,11 @@ def _check_model(name: str) -> None:
         )
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, tokenizer=None):
     import ltt
 
     try:
-        return ltt.load(args.model, trust_remote_code=args.trust_remote_code)
+        return ltt.load(args.model, tokenizer=tokenizer, trust_remote_code=args.trust_remote_code)
     except OSError as exc:  # transformers: not a directory, not on the hub, or no network
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OSError(
@@ -122,8 +122,14 @@ def _load(args: argparse.Namespace):
 
 
 def _run_trace(args: argparse.Namespace) -> int:
-    model = _load(args)
+    tokenizer = None
     ids = getattr(args, "ids", None)
+    if args.target is not None and ids is None and args.bos is None:
+        # the default tokenisation only: with --ids or --bos/--no-bos the graph checks the target
+        tokenizer = _tokenizer_first(args)
+        if tokenizer is not None:
+            _check_target(tokenizer, args.prompt, args.target)
+    model = _load(args, tokenizer)
     trace = model.trace(_parse_ids(ids) if ids is not None else args.prompt, prepend_bos=args.bos)
     targets = None if args.target is None else [args.target]
     graph = trace.graph(threshold=args.threshold, renormalize=not args.no_renormalize, targets=targets)
@@ -151,9 +157,40 @@ def _parse_ids(text: str) -> list[int]:
 def _check_writable(path: str | None, option: str) -> None:
     if path is None:
         return
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path!r} is a directory: cannot write there (give a file path)")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise ValueError(f"{option} {path!r}: cannot write there (folder missing or not writable)")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ValueError(f"{option} {path!r}: cannot write there (the file is not writable)")
+
+
+def _tokenizer_first(args: argparse.Namespace):
+    """The model's tokenizer, loaded before the weights to check ``--target`` against the
+    tokenised prompt (seconds instead of a model load); None when it cannot be loaded on its own
+    (the model load then reports why)."""
+    from ltt.models.embedded import is_embedded, locate
+
+    try:
+        from transformers import AutoTokenizer
+
+        if is_embedded(args.model) and not os.path.isdir(args.model):
+            folder, filename = locate(args.model)
+            return AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        if not os.path.isdir(os.path.expanduser(args.model)):
+            return None  # a hub id: its tokenizer comes with the model (no extra hub call)
+        return AutoTokenizer.from_pretrained(os.path.expanduser(args.model),
+                                             trust_remote_code=args.trust_remote_code)
+    except Exception:
+        return None
+
+
+def _check_target(tokenizer, prompt: str, target: int) -> None:
+    n = len(tokenizer(prompt)["input_ids"])
+    if not -n <= target < n:
+        raise ValueError(f"--target {target} is outside the {n} tokens of the prompt "
+                         f"(give a position in [{-n}, {n}))")
 
 
 def build_parser() -> argparse.ArgumentParser:

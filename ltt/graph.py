@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
@@ -180,6 +181,7 @@ class FullGraph:
         self.floor = floor
         self._source = source  # the trace, to recompute the dense arrays
         self._dense: tuple[np.ndarray, np.ndarray] | None = None
+        self._layer_dense: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if all(s.dense_heads is not None for s in scores):
             self._dense = (np.stack([s.dense_heads for s in scores]), np.stack([s.dense_edges for s in scores]))
 
@@ -202,8 +204,13 @@ class FullGraph:
     def dense_fits(self) -> bool:
         return _dense_nbytes(self.n_layers, self.n_heads, self.n_tokens) <= DENSE_BUDGET
 
-    def _dense_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._dense is None:
+    def layer_dense(self, l: int) -> tuple[np.ndarray, np.ndarray]:
+        """Layer ``l``'s dense per-head shares ``[H, T, T]`` and edge weights ``[T, T]``,
+        recomputed exactly from the trace's layer on first use and kept (the whole trace must
+        fit :data:`DENSE_BUDGET`)."""
+        if self._dense is not None:
+            return self._dense[0][l], self._dense[1][l]
+        if l not in self._layer_dense:
             L, H, T = self.n_layers, self.n_heads, self.n_tokens
             need = _dense_nbytes(L, H, T)
             if need > DENSE_BUDGET or self._source is None:
@@ -213,12 +220,16 @@ class FullGraph:
                     f"thresholds >= the floor {self.floor} and the on-demand head functions "
                     "(trace.head_shares, trace.head_view), or raise LTT_DENSE_BUDGET"
                 )
-            heads = np.empty((L, H, T, T), np.float32)
-            edges = np.empty((L, T, T), np.float32)
-            for l, lb in enumerate(self._source.layers):
-                s = attribute_layer(lb, lb.attn, self.norm, self.floor, keep_dense=True)
-                heads[l], edges[l] = s.dense_heads, s.dense_edges
-            self._dense = (heads, edges)
+            lb = self._source.layers[l]
+            s = attribute_layer(lb, lb.attn, self.norm, self.floor, keep_dense=True)
+            self._layer_dense[l] = (s.dense_heads, s.dense_edges)
+        return self._layer_dense[l]
+
+    def _dense_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._dense is None:
+            per_layer = [self.layer_dense(l) for l in range(self.n_layers)]
+            self._dense = (np.stack([h for h, _ in per_layer]), np.stack([e for _, e in per_layer]))
+            self._layer_dense.clear()
         return self._dense
 
     @property
@@ -243,11 +254,7 @@ def attribute(trace: Any, norm: int = 1) -> FullGraph:
     >>> np.allclose(full.attn.sum(-1) + full.attn_resid + full.attn_bias, 1, atol=1e-4)  # doctest: +SKIP
     True
     """
-    if isinstance(norm, (bool, np.bool_)) or not isinstance(norm, (int, np.integer)):
-        raise TypeError(f"norm must be the int 1 or 2, got {type(norm).__name__} {norm!r}")
-    if norm not in (1, 2):
-        raise ValueError(f"norm must be 1 or 2, got {norm!r}")
-    norm = int(norm)
+    norm = check_norm(norm)
     cache = getattr(trace, "full_graphs", None)
     if cache is None:  # a trace-like object (tests build synthetic ones)
         cache = trace.__dict__.setdefault("full_graphs", {})
@@ -406,6 +413,12 @@ def resolve_targets(targets: Sequence[int] | str | int | None, n_tokens: int) ->
         if targets != "all":
             raise ValueError(f"targets must be a list of token positions or 'all', got {targets!r}")
         return list(range(n_tokens))
+    if isinstance(targets, (bool, np.bool_)) or isinstance(targets, Mapping) or not (
+        isinstance(targets, (int, np.integer)) or isinstance(targets, Iterable)
+    ):
+        # issue 11: a dict passed its keys as positions, True passed as token 1
+        raise TypeError(f"targets must be an int, a list of int token positions or 'all', got "
+                        f"{type(targets).__name__} {targets!r}"[:300])
     if isinstance(targets, (int, np.integer)):
         targets = [int(targets)]
     out: list[int] = []
@@ -526,6 +539,13 @@ def _prune_sparse(w: SparseEdgeWeights, parallel: np.ndarray, targets: list[int]
     values = np.concatenate([e.values for e in w.edges])
     return attribution.prune_sparse(indptr, sources, values, w.attn_resid, w.ffn, w.ffn_resid,
                                     parallel, np.array(targets, np.int64), threshold)
+def check_norm(norm: Any) -> int:
+    """``norm`` as the int 1 or 2: a float or bool (equal to 1, and a cache key of 1) is a TypeError."""
+    if isinstance(norm, (bool, np.bool_)) or not isinstance(norm, (int, np.integer)):
+        raise TypeError(f"norm must be the int 1 or 2, got {type(norm).__name__} {norm!r}")
+    if norm not in (1, 2):
+        raise ValueError(f"norm must be 1 or 2, got {norm!r}")
+    return int(norm)
 
 
 def build_graph(
@@ -548,6 +568,7 @@ def build_graph(
     threshold = attribution.check_threshold(threshold)
     if not isinstance(renormalize, (bool, np.bool_)):
         raise TypeError(f"renormalize must be True or False, got {renormalize!r}")
+    norm = check_norm(norm)
     T = len(trace.token_ids)
     tgt = resolve_targets(targets, T)
     full = attribute(trace, norm)

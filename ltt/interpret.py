@@ -611,7 +611,7 @@ def edge_head_shares(trace: Any, layer: int, target: int, source: int, norm: int
     per-head array instead when the trace fits the dense budget (``True``: always)."""
     full = attribute(trace, norm)
     if dense or (dense is None and full.dense_fits()):
-        return np.array(full.heads[layer, :, target, source], dtype=np.float32)
+        return np.array(full.layer_dense(layer)[0][:, target, source], dtype=np.float32)
     lb = trace.layers[layer]
     idx = [target] if source == target else [source, target]
     n = len(idx)
@@ -630,7 +630,7 @@ def _head_contribution(trace: Any, layer: int, head: int) -> np.ndarray:
     projection slice) with the layer's true normalisers."""
     full = attribute(trace)
     if full.dense_fits():
-        return np.array(full.heads[layer, head])
+        return np.array(full.layer_dense(layer)[0][head])
     return _head_map(trace, full, layer, head)
 
 
@@ -1035,7 +1035,8 @@ def edge_heads(trace: Any, layer: int, target: int, source: int) -> EdgeHeads:
     full = attribute(trace)
     shares = edge_head_shares(trace, layer, target, source)
     order = np.argsort(-shares, kind="stable")
-    weight = full.attn[layer, target, source] if full.dense_fits() else full.edges[layer].lookup([target], [source])[0]
+    weight = (full.layer_dense(layer)[1][target, source] if full.dense_fits()
+              else full.edges[layer].lookup([target], [source])[0])
     if not full.dense_fits() and weight == 0:  # below the floor: the heads' shares are exact
         weight = shares.astype(np.float64).sum()
     return EdgeHeads(

@@ -55,8 +55,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ltt import routes_store as store
 from ltt.attribution import check_threshold
-from ltt.graph import ATTENTION, FFN, Graph, attribute, build_graph, resolve_targets
+from ltt.graph import ATTENTION, FFN, Graph, attribute, build_graph, check_norm, resolve_targets
 from ltt.interpret import edge_head_shares
 
 __all__ = [
@@ -73,8 +74,8 @@ __all__ = [
 
 #: Source-position patterns of an attention edge ``s -> t``, in the order they are tested.
 PATTERNS = ("same", "previous", "first", "other")
-FORMAT = "ltt-routes"
-VERSION = 1
+FORMAT = store.FORMAT
+VERSION = store.VERSION
 _WEIGHTINGS = ("flow", "edge")
 
 
@@ -288,6 +289,8 @@ class RouteSet:
     records: list[PromptRoutes] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     model: Any = field(default=None, repr=False, compare=False)
+    #: the run's fingerprint (model, prompt list), see :mod:`ltt.routes_store`; None for old files
+    fingerprint: dict[str, Any] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -475,21 +478,19 @@ class RouteSet:
     def header(self, shard: tuple[int, int] | None = None) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "model": self.model_name, "n_layers": self.n_layers,
                 "n_heads": self.n_heads, "settings": dict(self.settings),
-                "shard": None if shard is None else [int(shard[0]), int(shard[1])]}
+                "shard": None if shard is None else [int(shard[0]), int(shard[1])],
+                "fingerprint": self.fingerprint}
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the set as one JSON-lines file (a header line, then one line per prompt and per
-        skipped prompt); ``load_routes`` reads it back.
+        skipped prompt); ``load_routes`` reads it back. An existing file at ``path`` is replaced
+        only when it is an ltt routes file that no other process is writing.
 
         >>> routes.save("routes.jsonl")                           # doctest: +SKIP
         """
         path = os.fspath(path)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(self.header()) + "\n")
-            for rec in sorted([r.to_record() for r in self.records] + list(self.errors), key=lambda d: d["index"]):
-                fh.write(json.dumps(rec) + "\n")
-        os.replace(tmp, path)
+        recs = sorted([r.to_record() for r in self.records] + list(self.errors), key=lambda d: d["index"])
+        store.replace(path, [self.header()] + recs)  # locked, atomic; refuses a file not ltt's
         return path
 
     def show(self, model: Any = None, metric: str = "frequency", k: int = 10):
@@ -512,31 +513,13 @@ class RouteSet:
 # input prompts
 
 
-def _prompt_source(prompts: Any) -> tuple[Iterator[tuple[int, Any]], int | None]:
-    """``(iterator of (index, prompt), count or None)`` from a list, a file path or an iterable."""
+def _prompt_source(prompts: Any) -> tuple[Iterator[tuple[int, Any]], int | None, dict[str, Any] | None]:
+    """``(iterator of (index, prompt), count or None, fingerprint or None)`` from a list, a file
+    path or an iterable. A list, tuple or file is fingerprinted whole (:mod:`ltt.routes_store`);
+    any other iterable is read lazily and fingerprinted as it goes (fingerprint None)."""
     if isinstance(prompts, (str, os.PathLike)):
-        path = os.fspath(prompts)
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"prompts={path!r}: no such file (a string is read as a text file with one prompt "
-                "per line; pass a list to give the prompts themselves)")
-        try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
-        except OSError as exc:
-            raise type(exc)(exc.errno, f"prompts={path!r}: cannot read the file: {exc.strerror}") from exc
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
-            raise ValueError(f"prompts={path!r}: line {line} is not valid UTF-8 ({exc.reason})") from exc
-        lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-        items = [(i, line.rstrip("\r")) for i, line in enumerate(lines) if line.rstrip("\r").strip()]
-        if not items:
-            raise ValueError(f"prompts={path!r}: the file holds no prompts (one prompt per line)")
-        return iter(items), len(items)
+        items = _read_prompt_file(os.fspath(prompts))
+        return iter(items), len(items), store.prompts_fingerprint(items)
     if isinstance(prompts, (bytes, bytearray)):
         raise TypeError("prompts must be a list of strings, a text file path or an iterable of strings, got bytes")
     if prompts is None:
@@ -552,7 +535,42 @@ def _prompt_source(prompts: Any) -> tuple[Iterator[tuple[int, Any]], int | None]
     except TypeError as exc:
         raise TypeError(f"prompts must be a list of strings, a text file path or an iterable of strings, "
                         f"got {type(prompts).__name__}") from exc
-    return enumerate(it), count
+    if isinstance(prompts, (list, tuple)):
+        items = list(enumerate(prompts))
+        return iter(items), count, store.prompts_fingerprint(items)
+    return enumerate(it), count, None
+
+
+def _read_prompt_file(path: str) -> list[tuple[int, str]]:
+    """``(line number from 0, prompt)`` of every non-blank line of a UTF-8 text file (a leading
+    byte-order mark is dropped; bytes that are not UTF-8 are an error naming their line)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"prompts={path!r}: no such file (a string is read as a text file with one prompt "
+            "per line; pass a list to give the prompts themselves)")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"prompts={path!r}: cannot read the file: {exc.strerror}") from exc
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # the UTF-8 byte-order mark some editors write: not part of the first prompt
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        hint = (" (the file looks like UTF-16: save it as UTF-8)"
+                if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "")
+        raise ValueError(f"prompts={path!r}: line {line} is not valid UTF-8 (byte {column} of the line: "
+                         f"{exc.reason}){hint}") from exc
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    items = [(i, line.rstrip("\r")) for i, line in enumerate(lines) if line.rstrip("\r").strip()]
+    if not items:
+        raise ValueError(f"prompts={path!r}: the file holds no prompts (one prompt per line)")
+    return items
 
 
 # --------------------------------------------------------------------------------------------
@@ -611,44 +629,6 @@ def shard_path(path: str | os.PathLike, shard: tuple[int, int] | None) -> str:
 # the output file
 
 
-def _read_jsonl(path: str, repair: bool = False) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """Header and records of a routes file. A truncated last line (a crash mid-write) is ignored,
-    and cut off the file when ``repair``; a bad line elsewhere is an error."""
-    with open(path, "rb") as fh:
-        data = fh.read()
-    lines = data.split(b"\n")
-    good_end = 0
-    parsed: list[dict[str, Any]] = []
-    pos = 0
-    for n, line in enumerate(lines):
-        end = pos + len(line) + 1
-        if line.strip():
-            try:
-                obj = json.loads(line.decode("utf-8"))
-                if not isinstance(obj, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                if n == len(lines) - 1 or (n == len(lines) - 2 and not lines[-1]):
-                    break  # the last line: a write cut short
-                raise ValueError(f"{path!r} line {n + 1} is not a routes record ({exc})") from exc
-            parsed.append(obj)
-            good_end = min(end, len(data))
-        pos = end
-    if repair and good_end and (good_end < len(data) or not data.endswith(b"\n")):
-        # Cut a partial last line off, and end the last good line, so appending starts clean.
-        with open(path, "r+b") as fh:
-            fh.truncate(good_end)
-            if data[good_end - 1:good_end] != b"\n":
-                fh.seek(good_end)
-                fh.write(b"\n")
-    if not parsed:
-        return None, []
-    header = parsed[0]
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{path!r} is not an ltt routes file (its first line has no format={FORMAT!r})")
-    return header, parsed[1:]
-
-
 def _parquet_modules():
     try:
         import pyarrow as pa
@@ -660,21 +640,21 @@ def _parquet_modules():
 
 
 def _write_parquet(path: str, header: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    """One row per record; the header goes into the schema metadata."""
+    """One row per record; the header goes into the schema metadata. Written to a temporary file
+    and renamed, under the lock of the file it replaces (:func:`ltt.routes_store.replace`)."""
     pa, pq = _parquet_modules()
     rows = [dict(r, prediction=json.dumps(r.get("prediction")), heads=json.dumps(r.get("heads")),
                  error=r.get("error")) for r in records]
-    columns = ["index", "key", "prompt", "tokens", "prediction", "heads", "ffn", "sources", "error"]
+    columns = ["index", "key", "prompt", "tokens", "prediction", "heads", "ffn", "sources", "error", "chain"]
     table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows],
                                  schema=pa.schema([("index", pa.int64()), ("key", pa.string()),
                                                    ("prompt", pa.string()), ("tokens", pa.list_(pa.string())),
                                                    ("prediction", pa.string()), ("heads", pa.string()),
                                                    ("ffn", pa.list_(pa.float64())),
-                                                   ("sources", pa.list_(pa.float64())), ("error", pa.string())],
+                                                   ("sources", pa.list_(pa.float64())), ("error", pa.string()),
+                                                   ("chain", pa.string())],
                                                   metadata={b"ltt-routes": json.dumps(header).encode()}))
-    tmp = path + ".tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    store.replace(path, write=lambda tmp: pq.write_table(table, tmp, compression="snappy"), option="out")
 
 
 def _read_parquet(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -686,8 +666,10 @@ def _read_parquet(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     header = json.loads(meta[b"ltt-routes"])
     records = []
     for row in table.to_pylist():
+        if row.get("chain") is None:
+            row.pop("chain", None)
         if row.get("error") is not None:
-            records.append({k: row[k] for k in ("index", "key", "prompt", "error")})
+            records.append({k: row[k] for k in ("index", "key", "prompt", "error", "chain") if k in row})
         else:
             row.pop("error", None)
             row["prediction"] = json.loads(row["prediction"])
@@ -708,10 +690,11 @@ def _partial(path: str) -> str:
 
 def _set_from(header: dict[str, Any], records: Iterable[dict[str, Any]], model: Any = None) -> RouteSet:
     L, H = int(header["n_layers"]), int(header["n_heads"])
-    rs = RouteSet(str(header["model"]), L, H, dict(header["settings"]), model=model)
+    rs = RouteSet(str(header["model"]), L, H, dict(header["settings"]), model=model,
+                  fingerprint=header.get("fingerprint"))
     latest: dict[int, dict[str, Any]] = {}
     for rec in records:
-        latest[int(rec["index"])] = rec  # a re-run prompt (changed text) replaces its old record
+        latest[int(rec["index"])] = rec  # a re-run prompt replaces its old record
     for i in sorted(latest):
         rec = latest[i]
         if "error" in rec:
@@ -719,6 +702,10 @@ def _set_from(header: dict[str, Any], records: Iterable[dict[str, Any]], model: 
         else:
             rs.records.append(PromptRoutes.from_record(rec, L, H))
     return rs
+
+
+def _read_any(path: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    return _read_parquet(path) if _is_parquet(path) else store.read(path)
 
 
 def load_routes(path: str | os.PathLike) -> RouteSet:
@@ -730,12 +717,9 @@ def load_routes(path: str | os.PathLike) -> RouteSet:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path={path!r}: no such routes file")
-    if _is_parquet(path):
-        header, records = _read_parquet(path)
-    else:
-        header, records = _read_jsonl(path)
-        if header is None:
-            raise ValueError(f"path={path!r} is empty: no routes header")
+    header, records = _read_any(path)
+    if header is None:
+        raise ValueError(f"path={path!r} is empty: no routes header")
     return _set_from(header, records)
 
 
@@ -744,9 +728,11 @@ def merge_shards(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
     """Merge the files of a sharded run into one :class:`RouteSet` (sorted by prompt index).
 
     ``paths``: the ``out`` path the run was given (its ``.shard{i}of{n}`` files are found next
-    to it), or an explicit list of shard files. Every shard must have the same model and
-    settings; a missing shard is an error unless ``allow_missing``. ``out``: also write the merged
-    set there (JSON lines).
+    to it), or an explicit list of shard files. Every shard must come from the same run: the same
+    model (config, dtype, weights checksum, ltt version), settings and prompt list (compared when
+    the run read a list or a file; a streamed iterable is fingerprinted per record only), or the
+    merge is refused naming the files and what differs. A missing shard is an error unless
+    ``allow_missing``. ``out``: also write the merged set there (JSON lines).
 
     >>> merged = merge_shards("routes.jsonl", out="routes.merged.jsonl")   # doctest: +SKIP
     """
@@ -764,21 +750,20 @@ def merge_shards(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
             raise ValueError("paths is empty: give the run's out path or a list of shard files")
     headers: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
+    origin: dict[int, str] = {}
     for f in files:
-        if _is_parquet(f):
-            h, recs = _read_parquet(f)
-        else:
-            h, recs = _read_jsonl(f)
+        h, recs = _read_any(f)
         if h is None:
             raise ValueError(f"{f!r} is empty: no routes header")
         headers.append(h)
         records.extend(recs)
+        origin.update((int(r["index"]), f) for r in recs)
     first = headers[0]
     for f, h in zip(files, headers):
-        for key in ("model", "n_layers", "n_heads", "settings"):
-            if h[key] != first[key]:
-                raise ValueError(f"{f!r} has {key}={h[key]!r} but {files[0]!r} has {first[key]!r}: "
-                                 "shards of one run must share the model and settings")
+        diffs = store.differences(first, h, where=(f"in {os.path.basename(files[0])}", f"in {os.path.basename(f)}"))
+        if diffs:
+            raise ValueError(f"{f!r} and {files[0]!r} are shards of different runs (" + "; ".join(diffs)
+                             + "): merge only the shards of one run")
     shards = {tuple(h["shard"]) for h in headers if h.get("shard")}
     sizes = {n for _, n in shards}
     if len(sizes) > 1:
@@ -789,6 +774,8 @@ def merge_shards(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
         if missing:
             raise ValueError(f"shards {missing} of {n} are missing (found {files}); "
                              "pass allow_missing=True to merge what is there")
+    if all(((h.get("fingerprint") or {}).get("prompts") or {}).get("sha256") is None for h in headers):
+        _check_streamed_chain(records, origin)
     merged_header = dict(first, shard=None)
     rs = _set_from(merged_header, records)
     if out is not None:
@@ -796,41 +783,22 @@ def merge_shards(paths: str | os.PathLike | Sequence[str | os.PathLike], out: st
     return rs
 
 
-class _Writer:
-    """Appends one JSON line per prompt and flushes it, so a stopped run loses nothing."""
-
-    def __init__(self, path: str, header: dict[str, Any], resume: bool):
-        self.path = path
-        self.done: dict[tuple[int, str], dict[str, Any]] = {}
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"out={path!r}: the folder {folder!r} does not exist")
-        exists = os.path.isfile(path) and os.path.getsize(path) > 0
-        if exists and resume:
-            old, recs = _read_jsonl(path, repair=True)
-            if old is not None:
-                for key in ("model", "n_layers", "n_heads", "settings", "shard"):
-                    if old.get(key) != header.get(key):
-                        raise ValueError(
-                            f"out={path!r} was written with {key}={old.get(key)!r}, this run has "
-                            f"{header.get(key)!r}: use another out file or resume=False to overwrite it")
-                for rec in recs:
-                    self.done[(int(rec["index"]), str(rec["key"]))] = rec
-            else:
-                exists = False
-        try:
-            self.fh = open(path, "a" if exists and resume else "w", encoding="utf-8")
-        except OSError as exc:
-            raise type(exc)(exc.errno, f"out={path!r}: cannot write the file: {exc.strerror}") from exc
-        if not (exists and resume):
-            self.write(header)
-
-    def write(self, obj: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(obj) + "\n")
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
+def _check_streamed_chain(records: list[dict[str, Any]], origin: dict[int, str]) -> None:
+    """Shards of a run read from an iterable (no whole-list hash): each record's chain hash must be
+    the hash of the merged prompts 0..index, checked up to the first index no shard holds."""
+    latest = {int(r["index"]): r for r in records}
+    chain = store.PromptChain()
+    for expect, i in enumerate(sorted(latest)):
+        if i != expect:
+            break  # a gap (an unfinished shard): nothing after it can be checked
+        rec = latest[i]
+        link = chain.update(i, rec.get("prompt"))
+        if rec.get("chain") is not None and rec["chain"] != link:
+            others = sorted({origin[j] for j in range(i) if origin.get(j) != origin[i]}) or [origin[i]]
+            raise ValueError(
+                f"{origin[i]!r} and {others[0]!r} are shards of different runs (the prompt list: prompts[{i}] "
+                f"{rec.get('prompt')!r:.80} in {os.path.basename(origin[i])} was read after other prompts "
+                "than those the other shards hold): merge only the shards of one run")
 
 
 def _trace_one(model: Any, prompt: Any, index: int, prepend_bos: bool | None = None):
@@ -839,16 +807,19 @@ def _trace_one(model: Any, prompt: Any, index: int, prepend_bos: bool | None = N
     return model.trace(prompt, prepend_bos=prepend_bos)
 
 
-def _key(model: Any, prompt: Any, index: int, prepend_bos: bool | None) -> str:
-    """The resume key of a prompt: its own hash, or for token ids the hash of their decoded
-    text (what its record's ``prompt`` holds); "" when the ids are bad (the trace says why)."""
-    if isinstance(prompt, str):
-        return prompt_key(prompt)
+def _peek_header(path: str) -> dict[str, Any] | None:
+    """The header of an existing routes file, or None (the locked writer validates it for real)."""
     try:
-        ids = model._encode(prompt, argname=f"prompts[{index}]", prepend_bos=prepend_bos)
-    except (TypeError, ValueError):
-        return ""
-    return prompt_key(model._prompt_text(prompt, ids))
+        header, _ = _read_any(path) if _is_parquet(path) else (store.parse(_first_line(path), path)[0], None)
+        return header
+    except (OSError, ValueError, ImportError):
+        return None
+
+
+def _first_line(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        line = fh.readline(1 << 20)
+    return line if line.endswith(b"\n") else line + b"\n"
 
 
 def trace_many(
@@ -869,16 +840,24 @@ def trace_many(
 ) -> RouteSet:
     """Trace every prompt, build its pruned graph and keep only its :class:`PromptRoutes`.
 
-    * ``prompts``: a list of strings, a text file path (one prompt per line; blank lines are
-      skipped and a prompt's index is its 0-based line number) or any iterable of strings (a
-      generator, a ``datasets`` column), read lazily;
+    * ``prompts``: a list of strings, a text file path (UTF-8, one prompt per line; blank lines
+      are skipped, a prompt's index is its 0-based line number, a byte-order mark is dropped) or
+      any iterable of strings (a generator, a ``datasets`` column), read lazily;
     * ``threshold``, ``renormalize``, ``targets``, ``norm``: the graph of each prompt
       (:func:`ltt.graph.build_graph`); ``weighting``: ``"flow"`` or ``"edge"`` (module docstring);
     * ``out``: a JSON-lines file (``.jsonl``) written one line per prompt as it goes, or a
       ``.parquet`` file (needs pyarrow; the run streams into ``<out>.partial.jsonl`` and writes
-      the Parquet file when it stops). With ``resume`` (default) an existing file with the same
-      settings is continued: prompts already in it (same index and prompt hash) are not traced
-      again, a truncated last line is dropped. ``resume=False`` overwrites it;
+      the Parquet file when it stops). The file is locked while the run writes it (a second
+      process given it is refused), and an existing file that is not an ltt routes file is
+      refused untouched. Its header fingerprints the run (:mod:`ltt.routes_store`: the model's
+      config, dtype and weights checksum, ltt's version, the settings, the prompt list). With
+      ``resume`` (default) an existing file of the same run is continued: prompts already in it
+      are not traced again, a truncated last line is dropped; a file of another run (another
+      model, even of the same name, other settings, another prompt list) is refused, naming what
+      differs. A list or file of prompts is compared whole; an iterable without a length is
+      compared prompt by prompt as it is read (every prompt already in the file must come back
+      at its index), and is read into a list first when the file's run was fingerprinted whole.
+      ``resume=False`` replaces an existing ltt routes file;
     * ``shard=(i, n)``: trace only the prompts whose index is ``i`` modulo ``n``; by default
       taken from the ``RANK`` / ``WORLD_SIZE`` environment (``torchrun``, ``accelerate
       launch``). A sharded run writes ``out`` as :func:`shard_path` (``routes.shard0of2.jsonl``);
@@ -896,8 +875,7 @@ def trace_many(
     threshold = check_threshold(threshold)
     if not isinstance(renormalize, (bool, np.bool_)):
         raise TypeError(f"renormalize must be True or False, got {renormalize!r}")
-    if norm not in (1, 2):
-        raise ValueError(f"norm must be 1 or 2, got {norm!r}")
+    norm = check_norm(norm)
     _check_weighting(weighting)
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -913,78 +891,118 @@ def trace_many(
             raise TypeError(f"prepend_bos must be None, True or False, got {prepend_bos!r}")
         settings["prepend_bos"] = bool(prepend_bos)
     routes = RouteSet(str(model.name), int(model.n_layers), int(model.n_heads), settings, model=model)
-    source, count = _prompt_source(prompts)
-    writer = None
-    final_path = None
+    source, count, prompts_fp = _prompt_source(prompts)
+    final_path = write_path = None
+    seed = None
     if out is not None:
-        final_path = shard_path(out, shard)
-        write_path = final_path
+        final_path = write_path = shard_path(out, shard)
+        if os.path.isdir(final_path):
+            raise IsADirectoryError(f"out={final_path!r} is a directory: give a file path")
+        folder = os.path.dirname(os.path.abspath(final_path))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"out={final_path!r}: the folder {folder!r} does not exist")
         if _is_parquet(final_path):
             _parquet_modules()  # fail before any work when pyarrow is missing
+            store.check_ours(final_path)
             write_path = _partial(final_path)
-            if resume and os.path.isfile(final_path) and not os.path.isfile(write_path):
-                old_header, old_records = _read_parquet(final_path)
-                with open(write_path, "w", encoding="utf-8") as fh:
-                    for obj in [old_header] + old_records:
-                        fh.write(json.dumps(obj) + "\n")
-        writer = _Writer(write_path, routes.header(shard), resume)
+            if resume and os.path.isfile(final_path):
+                seed = _read_parquet(final_path)
+        old = seed[0] if seed is not None else (_peek_header(write_path) if os.path.isfile(write_path) else None)
+        if resume and prompts_fp is None and old and ((old.get("fingerprint") or {}).get("prompts") or {}).get("sha256"):
+            # the file's run was fingerprinted whole: read this iterable whole to compare it first
+            items = list(source)
+            source, count, prompts_fp = iter(items), len(items), store.prompts_fingerprint(items)
+            if not items:
+                raise ValueError("prompts is empty: the iterable gave no prompts")
+    routes.fingerprint = {"model": store.model_fingerprint(model),
+                          "prompts": prompts_fp or {"count": None, "sha256": None}}
+    writer = None
+    if out is not None:
+        by_index = None
+        if prompts_fp is not None:
+            items = list(source)
+            source, by_index = iter(items), dict(items)
+        writer = store.Writer(write_path, routes.header(shard), resume, seed=seed, prompts=by_index)
     done = writer.done if writer is not None else {}
     if count is not None and shard is not None:
         i, n = shard
         count = len(range(i, count, n)) if not isinstance(prompts, (str, os.PathLike)) else None
     bar = None
-    if progress or (progress is None and not _quiet()):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=count, desc="tracing prompts", unit="prompt")
-    seen = 0
     completed = False
     try:
-        for index, prompt in source:
-            seen += 1
-            if shard is not None and index % shard[1] != shard[0]:
-                continue
-            key = _key(model, prompt, index, prepend_bos)
-            old = done.get((index, key))
-            if old is not None:
-                if "error" in old:
-                    routes.errors.append(old)
-                else:
-                    routes.records.append(PromptRoutes.from_record(old, routes.n_layers, routes.n_heads))
-            else:
-                try:
-                    trace = _trace_one(model, prompt, index, prepend_bos)
-                    summary = summarize(trace, threshold, renormalize, targets, norm, weighting, index=index)
-                    del trace
-                except (ValueError, TypeError) as exc:
-                    if on_error == "raise" or not isinstance(prompt, str):
-                        if f"prompts[{index}]" in str(exc) or type(exc) not in (ValueError, TypeError):
-                            raise
-                        raise type(exc)(f"prompts[{index}]: {exc}") from exc
-                    err = {"index": index, "key": key, "prompt": prompt, "error": f"{type(exc).__name__}: {exc}"}
-                    routes.errors.append(err)
-                    if writer is not None:
-                        writer.write(err)
-                else:
-                    routes.records.append(summary)
-                    if writer is not None:
-                        writer.write(summary.to_record())
-            if bar is not None:
-                bar.update(1)
-        if seen == 0:
-            raise ValueError("prompts is empty: the iterable gave no prompts")
+        if progress or (progress is None and not _quiet()):
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=count, desc="tracing prompts", unit="prompt")
+        _run(model, routes, source, done, writer, shard, on_error,
+             (threshold, renormalize, targets, norm, weighting), bar, prepend_bos)
         completed = True
     finally:
         if bar is not None:
             bar.close()
         if writer is not None:
-            writer.close()
-            if _is_parquet(final_path):
-                header, recs = _read_jsonl(writer.path)
-                _write_parquet(final_path, header, recs)
-                if completed:
-                    os.remove(writer.path)
+            try:
+                if _is_parquet(final_path):
+                    header, recs = writer.contents()
+                    _write_parquet(final_path, header, recs)
+                    if completed:
+                        os.remove(writer.path)
+            finally:
+                writer.close()
     return routes
+
+
+def _run(model, routes, source, done, writer, shard, on_error, graph_args, bar, prepend_bos=None) -> None:
+    """The loop of :func:`trace_many`: each prompt from the file when it is there (its chain
+    checked), else traced, summarised and written."""
+    chain = store.PromptChain()
+    seen = 0
+    last = -1
+    for index, prompt in source:
+        seen += 1
+        last = index
+        link = chain.update(index, prompt)
+        if shard is not None and index % shard[1] != shard[0]:
+            continue
+        key = prompt_key(prompt) if isinstance(prompt, str) else ""
+        old = done.get(index)
+        if old is not None:
+            if old.get("chain") != link:
+                raise ValueError(
+                    f"prompts[{index}] or a prompt before it differs from the run in {writer.path!r} "
+                    f"(there prompts[{index}] is {old.get('prompt')!r:.80}, here {prompt!r:.80}): another "
+                    "prompt list is not resumed; give another out path, or resume=False to replace it")
+            if "error" in old:
+                routes.errors.append(old)
+            else:
+                routes.records.append(PromptRoutes.from_record(old, routes.n_layers, routes.n_heads))
+        else:
+            try:
+                trace = _trace_one(model, prompt, index, prepend_bos)
+                summary = summarize(trace, *graph_args, index=index)
+                del trace
+            except (ValueError, TypeError) as exc:
+                if on_error == "raise" or not isinstance(prompt, str):
+                    if f"prompts[{index}]" in str(exc) or type(exc) not in (ValueError, TypeError):
+                        raise
+                    raise type(exc)(f"prompts[{index}]: {exc}") from exc
+                err = {"index": index, "key": key, "prompt": prompt, "error": f"{type(exc).__name__}: {exc}"}
+                routes.errors.append(err)
+                if writer is not None:
+                    writer.write(dict(err, chain=link))
+            else:
+                routes.records.append(summary)
+                if writer is not None:
+                    writer.write(dict(summary.to_record(), chain=link))
+        if bar is not None:
+            bar.update(1)
+    if seen == 0:
+        raise ValueError("prompts is empty: the iterable gave no prompts")
+    beyond = [i for i in done if i > last]
+    if beyond:
+        raise ValueError(f"the prompts end at index {last} but the file {writer.path!r} holds prompts up to "
+                         f"index {max(beyond)}: another prompt list is not resumed; give another out path, "
+                         "or resume=False to replace it")
 
 
 def _quiet() -> bool:

@@ -62,6 +62,7 @@ class LayerBuffers:
         self._attention = attention  # recomputes probabilities (ltt.models.attention)
         self._weights = weights  # () -> {"w_o": [H, d_h, d], "w_down": [F, d]} float32
         self.moe = moe  # a MoE layer: the router's choices and the experts' neuron ranges (ltt.models.moe)
+        self.pinned: dict[str, np.ndarray] | None = None  # the weights, while the trace attributes the layer
 
     @property
     def n_tokens(self) -> int:
@@ -70,12 +71,12 @@ class LayerBuffers:
     @property
     def w_o(self) -> np.ndarray:
         """``[H, d_h, d]`` float32: the output projection per head."""
-        return self._weights()["w_o"]
+        return (self.pinned or self._weights())["w_o"]
 
     @property
     def w_down(self) -> np.ndarray:
         """``[F, d]`` float32: row i = neuron i's output vector (may be a transposed view)."""
-        return self._weights()["w_down"]
+        return (self.pinned or self._weights())["w_down"]
 
     @property
     def attn(self) -> np.ndarray:
@@ -89,13 +90,6 @@ class LayerBuffers:
     def attn_head(self, head: int) -> np.ndarray:
         """``[T, T]`` float32: one head's probabilities."""
         return self._attention.probs(heads=[head])[0]
-
-    def kept_nbytes(self) -> int:
-        """Bytes this layer keeps (its arrays and recorded queries/keys; weights not counted)."""
-        total = sum(a.nbytes for a in (self.resid_pre, self.resid_mid, self.resid_post, self.values,
-                                       self.attn_bias, self.ffn_out, self.act, self.ffn_bias)
-                    if isinstance(a, np.ndarray))
-        return total + (self._attention.nbytes() if self._attention is not None else 0)
 
     def head_vectors(self) -> np.ndarray:
         """``[H, T, d]`` float64: ``T(u[h, s])``, each head's value-to-output vector per source
@@ -135,14 +129,16 @@ class LayerBuffers:
 
     def ffn_update(self, rows: np.ndarray | None = None) -> np.ndarray:
         """``[T, d]`` float64 (or ``[len(rows), d]``): the FFN branch rebuilt from its neurons
-        and bias."""
+        and bias (for ``rows`` the neuron sum runs in float32, a cheap check)."""
         idx = slice(None) if rows is None else np.asarray(rows)
-        wd = self.w_down.astype(np.float64)
-        if self.ffn_center:
-            wd = wd - wd.mean(axis=-1, keepdims=True)
+        if rows is None:
+            out = self.act.astype(np.float64) @ self.w_down.astype(np.float64)
+        else:
+            out = (self.act[idx] @ self.w_down).astype(np.float64)
+        if self.ffn_center:  # centring each neuron's vector = centring their sum
+            out -= out.mean(axis=-1, keepdims=True)
         if self.ffn_col_scale is not None:
-            wd = wd * self.ffn_col_scale.astype(np.float64)
-        out = self.act[idx].astype(np.float64) @ wd
+            out *= self.ffn_col_scale.astype(np.float64)
         if self.ffn_row_scale is not None:
             out *= self.ffn_row_scale.astype(np.float64)[idx][:, None]
         if self.ffn_bias is not None:
@@ -201,6 +197,26 @@ class Trace:
     all_logits: np.ndarray | None = field(repr=False, default=None)
     #: norm -> :class:`ltt.graph.FullGraph`; norm 1 is attributed during the forward pass
     full_graphs: dict = field(repr=False, default_factory=dict)
+    #: seconds spent in the model's forward pass and in ltt's per-layer attribution
+    timings: dict = field(repr=False, default_factory=dict)
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes this trace holds: ``layers`` (states, values, activations, recorded queries and
+        keys), ``graph`` (the kept contributions), ``logits``.
+
+        >>> trace.nbytes()["layers"] / 2**20               # doctest: +SKIP
+        """
+        seen: set[int] = set()
+        layers = 0
+        for lb in self.layers:
+            for a in (lb.resid_pre, lb.resid_mid, lb.resid_post, lb.values, lb.attn_bias, lb.ffn_out, lb.act, lb.ffn_bias):
+                if isinstance(a, np.ndarray) and not isinstance(a, np.memmap) and id(a) not in seen:
+                    seen.add(id(a))
+                    layers += a.nbytes
+            layers += lb._attention.nbytes() if lb._attention is not None else 0
+        graph = sum(f.nbytes() for f in self.full_graphs.values())
+        logits = self.logits.nbytes + (0 if self.all_logits is None else self.all_logits.nbytes)
+        return {"layers": layers, "graph": graph, "logits": logits}
 
     @property
     def n_layers(self) -> int:

@@ -240,16 +240,22 @@ def test_resume_after_a_truncated_last_line(llama, full_run, tmp_path):
     np.testing.assert_array_equal(R.load_routes(out).patterns, rs.patterns)
 
 
-def test_a_changed_prompt_is_traced_again(llama, full_run, tmp_path):
+def test_a_changed_prompt_list_is_not_resumed(llama, full_run, tmp_path):
+    # issue 11: a file of another prompt list is refused (it used to re-trace the changed prompt
+    # and mix both lists in one file); resume=False starts the file again
     rs, path = full_run
     out = tmp_path / "r.jsonl"
     shutil.copy(path, out)
+    before = out.read_bytes()
     changed = list(PROMPTS)
     changed[2] = "A slow brown fox"
-    again = R.trace_many(llama, changed, out=out)
+    with pytest.raises(ValueError, match=r"prompt list.*prompts\[2\] is 'A quick brown fox jumps'"):
+        R.trace_many(llama, changed, out=out)
+    assert out.read_bytes() == before
+    again = R.trace_many(llama, changed, out=out, resume=False)
     assert again.prompts == changed
     np.testing.assert_allclose(again.records[2].heads, R.summarize(llama.trace(changed[2])).heads)
-    assert R.load_routes(out).prompts == changed  # the newer record of an index wins
+    assert R.load_routes(out).prompts == changed
 
 
 def test_resume_refuses_other_settings(llama, full_run, tmp_path):

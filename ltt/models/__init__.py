@@ -694,15 +694,17 @@ def load(
     if isinstance(tokenizer, (str, os.PathLike)):
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(
-            os.fspath(tokenizer), revision=revision, trust_remote_code=trust_remote_code
-        )
+        tok_name = _local_or_hub(os.fspath(tokenizer), "tokenizer")
+        tokenizer = _from_hub(AutoTokenizer.from_pretrained, tok_name, "tokenizer", "tokenizer",
+                              revision=revision, trust_remote_code=trust_remote_code)
     if not isinstance(name_or_path, (str, os.PathLike)):
         return _wrap(name_or_path, tokenizer, max_tokens)
     import torch
 
     torch_dtype = _dtype(dtype)
     name = os.fspath(name_or_path)
+    if not is_embedded(name):
+        name = _local_or_hub(name, "name_or_path")
     if is_embedded(name) and not os.path.isdir(name):
         if device_map is not None:
             raise ValueError(f"device_map is not supported for the embedded model {name!r}; use device")
@@ -711,9 +713,8 @@ def load(
                      max_tokens=max_tokens)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    if not name:
-        raise ValueError("name_or_path is empty: give a hub id, a local directory or 'smollm2-135m'")
-    config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    config = _from_hub(AutoConfig.from_pretrained, name, "name_or_path", "config",
+                       revision=revision, trust_remote_code=trust_remote_code)
     family_for(config)  # refuse unsupported or post-LN models before downloading weights
     kwargs: dict[str, Any] = dict(
         revision=revision,
@@ -728,13 +729,73 @@ def load(
         kwargs["max_memory"] = max_memory
     if offload_folder is not None:
         kwargs["offload_folder"] = os.fspath(offload_folder)
-    hf_model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    hf_model = _from_hub(AutoModelForCausalLM.from_pretrained, name, "name_or_path", "weights", **kwargs)
     if device is not None and device_map is None:
         hf_model = hf_model.to(device)
     hf_model.eval()
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+        tokenizer = _from_hub(AutoTokenizer.from_pretrained, name, "name_or_path", "tokenizer",
+                              revision=revision, trust_remote_code=trust_remote_code)
     return Model(hf_model, tokenizer, name=name, max_tokens=max_tokens)
+
+
+_TRUE = ("1", "ON", "YES", "TRUE")
+
+
+def _hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set now: read at each load,
+    not only when huggingface_hub was imported (a notebook may set it later)."""
+    return any(os.environ.get(k, "").strip().upper() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _local_or_hub(name: str, argname: str) -> str:
+    """``name`` as a local directory (``~`` expanded) or a hub id; a name that looks like a path
+    (starts with /, ./, ../ or ~, has more than one /, or its first folder exists here) and names
+    no directory raises FileNotFoundError saying so, before any hub call (issue 11: the hub's
+    repo-id format error was all a mistyped path got)."""
+    if not name:
+        raise ValueError(f"{argname} is empty: give a hub id, a local directory or 'smollm2-135m'")
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise NotADirectoryError(f"{argname}={name!r} is a file, not a directory: give the folder that "
+                                 "holds config.json and the weights")
+    head = name.replace(os.sep, "/").split("/")[0]
+    looks_like_path = (name.startswith(("/", "./", "../", "~")) or name in (".", "..")
+                       or name.replace(os.sep, "/").count("/") > 1 or ("/" in name and os.path.isdir(head)))
+    if not looks_like_path:
+        return name
+    existing = os.path.dirname(os.path.abspath(path))
+    while existing and not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    raise FileNotFoundError(
+        f"{argname}={name!r}: no such directory (the nearest folder that exists is {existing!r}); a local "
+        "model is a folder holding config.json and the weights, a hub id looks like 'org/name'")
+
+
+def _from_hub(load_fn: Any, name: str, argname: str, what: str, **kwargs: Any) -> Any:
+    """``load_fn(name, **kwargs)`` (a transformers ``from_pretrained``) with cached files only when
+    ``HF_HUB_OFFLINE`` is set, and a hub failure that says which model, what, and how to fail fast."""
+    local = os.path.isdir(name)
+    offline = _hub_offline()
+    if offline and not local:
+        kwargs["local_files_only"] = True
+    try:
+        return load_fn(name, **kwargs)
+    except OSError as exc:
+        if local:
+            raise
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        if offline:
+            raise OSError(
+                f"{argname}={name!r}: not a local directory, not an embedded model "
+                f"({', '.join(EMBEDDED)}), and its {what} is not in the Hugging Face cache; HF_HUB_OFFLINE "
+                f"is set, so the hub was not asked (unset HF_HUB_OFFLINE to download it). ({first})") from exc
+        raise OSError(
+            f"{argname}={name!r}: loading its {what} from the Hugging Face hub failed: {first} Without "
+            "network, set HF_HUB_OFFLINE=1 (export HF_HUB_OFFLINE=1, or os.environ['HF_HUB_OFFLINE'] = '1' "
+            "before ltt.load) to fail at once and use cached models only.") from exc
 
 
 def _dtype(dtype: Any):

@@ -214,6 +214,12 @@ class Recording:
                 self.records[l][key.replace("w_", "out_")] = _rows(_to_numpy(_first(output)), T)
             return self._tag(hook)
 
+        def experts_weight(l):
+            def hook(module, args, output):  # every expert's down rows, read while they are in place
+                point(f"hook:{l}:w_down")
+                self.records[l]["w_down"] = model._module_weight(l, "w_down", module)
+            return self._tag(hook)
+
         def layer_out(l):
             def hook(module, args, output):
                 point(f"hook:{l}:y")
@@ -240,6 +246,7 @@ class Recording:
             if moe.experts_module(fam, layer) is not None:  # a MoE layer: ltt.models.moe
                 for handle in moe.register(fam, layer, self.records[l], T, _to_numpy, self._tag):
                     add(handle)
+                add(moe.experts_module(fam, layer).register_forward_hook(experts_weight(l)))
             else:
                 down = model._sub(layer, fam.down)
                 add(down.register_forward_pre_hook(pre(l, "act"), with_kwargs=True))

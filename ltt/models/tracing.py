@@ -14,6 +14,7 @@ layer at a time, inside its output hook. Nothing kept grows like ``L H T^2``.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -198,7 +199,10 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
     layers: list[LayerBuffers | None] = [None] * model.n_layers
     scores: list[Any] = [None] * model.n_layers
 
+    spent = [0.0]
+
     def on_layer(l: int, rec: dict[str, Any]) -> None:
+        started = time.perf_counter()
         record.point(f"layer:{l}")
         if l > 0 and layers[l - 1] is not None:
             prev = layers[l - 1].resid_post
@@ -207,6 +211,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
         if rec.get("probs") is None and rec.get("attention") is not None:
             rec["probs"] = rec["attention"].probs()
         lb = layer_buffers(model, l, rec, T, model.layer_stamp(l))
+        lb.pinned = {"w_o": rec["w_o"], "w_down": rec["w_down"]}  # converted once, in the forward pass
         probs = rec["probs"]
         # the decomposition must rebuild the model's own states: a foreign forward hook or an
         # unsupported variant that changes a branch shows here, on a few rows (cheap)
@@ -221,6 +226,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
                 "verify=False to trace anyway (the graph is then not exact)."
             )
         scores[l] = attribute_layer(lb, probs, norm=1, floor=FLOOR)
+        lb.pinned = None
         if spill is not None:
             for name in ("resid_pre", "resid_mid", "resid_post", "values", "act", "ffn_out"):
                 arr = getattr(lb, name)
@@ -229,17 +235,20 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
         layers[l] = lb
         if progress is not None:
             progress.update(1)
+        spent[0] += time.perf_counter() - started
 
     emb = hf.get_input_embeddings()
     device = emb.weight.device if emb is not None and emb.weight.device.type != "meta" else None
     kwargs: dict[str, Any] = dict(use_cache=False)
     if not all_logits and _accepts(hf, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
+    started = time.perf_counter()
     with record.Recording(model, T, on_layer):
         record.point("forward")
         with torch.no_grad():
             out = hf(input_ids=torch.tensor([list(ids)], device=device), **kwargs)
         record.point("forward-done")
+    total = time.perf_counter() - started
     missing = [l for l, lb in enumerate(layers) if lb is None]
     if missing:
         raise RuntimeError(f"layers {missing} of {model.name!r} did not run during the trace")
@@ -255,6 +264,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
         all_logits=record._to_numpy(logits_all) if all_logits else None,
     )
     trace.full_graphs[1] = FullGraph(scores, 1, FLOOR, source=trace)
+    trace.timings = {"forward": total - spent[0], "attribute": spent[0]}
     return trace
 
 

@@ -61,20 +61,27 @@ class SparseRows:
     def from_dense(cls, dense: np.ndarray, floor: float) -> "SparseRows":
         """``dense [T, S]`` (edges) or ``[H, T, S]`` (per-head parts): every entry ``>= floor``
         plus each row's largest (the first in (head, source) order), so that the threshold
-        modes' "keep the largest" rules stay exact above the floor."""
-        per_head = dense.ndim == 3
-        rows = np.ascontiguousarray(dense.transpose(1, 0, 2)) if per_head else dense
-        T = rows.shape[0]
-        flat = rows.reshape(T, -1)
-        mask = flat >= floor
-        if flat.shape[1]:
-            mask[np.arange(T), flat.argmax(axis=1)] = True
-        t, j = np.nonzero(mask)
-        S = dense.shape[-1]
+        modes' "keep the largest" rules stay exact above the floor. No copy of ``dense`` is
+        made (a boolean mask and the kept entries only)."""
+        d = dense if dense.ndim == 3 else dense[None]
+        H, T, S = d.shape
+        h, t, s = np.nonzero(d >= floor)
+        # each row's first largest in (head, source) order: the first head holding the row's max
+        best_s = d.argmax(axis=2)  # [H, T]
+        best_v = np.take_along_axis(d, best_s[:, :, None], axis=2)[:, :, 0]
+        best_h = best_v.argmax(axis=0)  # [T]
+        rows = np.arange(T)
+        extra_h, extra_s = best_h, best_s[best_h, rows]
+        missing = d[extra_h, rows, extra_s] < floor  # listed already unless below the floor
+        h = np.concatenate([h, extra_h[missing]])
+        t = np.concatenate([t, rows[missing]])
+        s = np.concatenate([s, extra_s[missing]])
+        order = np.lexsort((s, h, t))  # by target row, then (head, source)
+        h, t, s = h[order], t[order], s[order]
         indptr = np.zeros(T + 1, np.int64)
         np.cumsum(np.bincount(t, minlength=T), out=indptr[1:])
-        return cls(indptr, (j % S).astype(np.int32), flat[t, j].astype(np.float32),
-                   (j // S).astype(np.int16) if per_head else None)
+        return cls(indptr, s.astype(np.int32), d[h, t, s].astype(np.float32),
+                   h.astype(np.int16) if dense.ndim == 3 else None)
 
     def to_dense(self, T: int, H: int | None = None) -> np.ndarray:
         """The dense equivalent (listed entries, zero elsewhere)."""
@@ -117,18 +124,22 @@ class LayerScores:
     dense_edges: np.ndarray | None = None
 
 
-def attribute_layer(lb: Any, probs: np.ndarray, norm: int = 1, floor: float = FLOOR,
+def attribute_layer(lb: Any, probs: np.ndarray | list, norm: int = 1, floor: float = FLOOR,
                     keep_dense: bool = False) -> LayerScores:
     """Score one layer (buffers ``lb``, probabilities ``probs [H, T, T]``) with the C core.
+    ``probs`` may be given in a one-item list, which is emptied once the core has read it (so
+    a long trace frees the probabilities before it sparsifies the per-head shares).
 
     >>> scores = attribute_layer(trace.layers[0], trace.layers[0].attn)   # doctest: +SKIP
     """
     whole = lb.resid_post if lb.parallel else lb.resid_mid
+    attn = probs.pop() if isinstance(probs, list) else probs
     out = attribution.attn_contrib(
-        lb.resid_pre, whole, probs, lb.values, lb.w_o, bias=lb.attn_bias,
+        lb.resid_pre, whole, attn, lb.values, lb.w_o, bias=lb.attn_bias,
         extra=lb.ffn_out[None] if lb.parallel else None, row_scale=lb.attn_row_scale,
         col_scale=lb.attn_col_scale, center=lb.attn_center, norm=norm, keep_heads=True,
     )  # fmt: skip
+    del attn
     T = whole.shape[0]
     if lb.parallel:
         ffn, ffn_resid = out["extra"][0], np.zeros(T, np.float32)

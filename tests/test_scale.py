@@ -12,22 +12,9 @@ from ltt import graph as G
 from ltt import interpret
 from ltt.graph import attribute, build_graph, edge_weights
 
-from test_models import FAMILIES, PROMPT
+from test_models import FAMILIES, PROMPT, traced  # noqa: F401 (traced: a fixture)
 
 LONG = " ".join([PROMPT] * 2)
-
-
-@pytest.fixture(scope="module")
-def traced(tiny_model):
-    cache: dict = {}
-
-    def get(key: str):
-        if key not in cache:
-            model = tiny_model(key)
-            cache[key] = (model, model.trace(PROMPT))
-        return cache[key]
-
-    return get
 
 
 @pytest.mark.parametrize("key", list(FAMILIES))
@@ -201,3 +188,25 @@ def test_only_the_last_logits_unless_asked(traced):
     full = model.trace(PROMPT, all_logits=True)
     assert full.all_logits.shape == (trace.n_tokens, model.vocab_size)
     np.testing.assert_allclose(full.all_logits[-1], trace.logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sparse_rows_equal_the_twins_sparsify(seed):
+    """What a trace keeps of a layer (SparseRows.from_dense) is the twin's sparse form: every
+    part >= the floor plus each row's first largest, in (head, source) order; ties included."""
+    from ltt import _reference as ref
+
+    rng = np.random.default_rng(seed)
+    H, T = 3, 7
+    dense = np.tril(rng.choice([0.0, 5e-4, 0.02, 0.3], size=(H, T, T)).astype(np.float32))
+    for floor in (0.0005, 1e-3, 0.05):
+        got = G.SparseRows.from_dense(dense, floor)
+        want = ref.sparsify(dense, floor, heads=True)
+        np.testing.assert_array_equal(got.indptr, want["indptr"])
+        np.testing.assert_array_equal(got.sources, want["sources"])
+        np.testing.assert_array_equal(got.heads, want["heads"])
+        np.testing.assert_array_equal(got.values, want["parts"])
+        edges = G.SparseRows.from_dense(dense[0], floor)
+        want = ref.sparsify(dense[:1], floor)
+        np.testing.assert_array_equal(edges.sources, want["sources"])
+        np.testing.assert_array_equal(edges.values, want["weights"])

@@ -61,6 +61,17 @@ def _to_numpy(t: Any) -> np.ndarray:
     return t.detach().to(device="cpu", dtype=torch.float32, copy=True).numpy()
 
 
+def _probs_numpy(weights: Any) -> np.ndarray:
+    """``[H, T, T]`` float32 probabilities: a view of the model's own tensor when it already is
+    float32 on the CPU (nothing writes to it after the attention call), else a float32 copy."""
+    import torch
+
+    w = weights.detach()[0]
+    if w.dtype == torch.float32 and w.device.type == "cpu" and w.is_contiguous():
+        return w.numpy()
+    return np.ascontiguousarray(_to_numpy(w))
+
+
 def _first(x: Any) -> Any:
     return x[0] if isinstance(x, (tuple, list)) else x
 
@@ -203,7 +214,7 @@ class Recording:
             def callback(query, key, mask, args, kwargs, weights):
                 point(f"hook:{l}:attention")
                 rec = self.records[l]
-                rec["probs"] = np.ascontiguousarray(_to_numpy(weights)[0])
+                rec["probs"] = _probs_numpy(weights)
                 rec["attention"] = attn_capture.AttentionState(module, fn, query, key, mask, args, kwargs, self.masks)
             return callback
 

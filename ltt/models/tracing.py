@@ -54,9 +54,10 @@ def estimate_bytes(model: Any, T: int, all_logits: bool = False) -> dict[str, in
     per_layer = _F32 * T * (3 * d + G * dh + F) + esize * T * (H + G) * dh
     sparse = L * T * min(H * T, 64) * 10  # typical parts above the floor per state (bounded by 1/FLOOR)
     kept = L * per_layer + sparse + 6 * L * T * _F32
-    # eager attention: scores, float32 softmax and probs in the model dtype; ltt: a float32 copy
-    # of the probabilities, the per-head shares and their transposed copy while sparsifying
-    layer_peak = H * T * T * (2 * esize + 4 + 3 * _F32) + 2 * T * T * _F32
+    # eager attention: scores and masked scores in the model dtype, the float32 softmax; ltt: the
+    # per-head shares and the mask that sparsifies them, plus a float32 copy of the
+    # probabilities for a half-precision model; edge weights, the mask [T, T]
+    layer_peak = H * T * T * (2 * esize + 4 + _F32 + 1 + (0 if esize == 4 else _F32)) + 3 * T * T * _F32
     logits = (T if all_logits else 1) * model.vocab_size * _F32 * 2
     return {"kept": kept, "layer_peak": layer_peak, "logits": logits, "total": kept + layer_peak + logits}
 
@@ -212,7 +213,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
             rec["probs"] = rec["attention"].probs()
         lb = layer_buffers(model, l, rec, T, model.layer_stamp(l))
         lb.pinned = {"w_o": rec["w_o"], "w_down": rec["w_down"]}  # converted once, in the forward pass
-        probs = rec["probs"]
+        probs = rec.pop("probs")
         # the decomposition must rebuild the model's own states: a foreign forward hook or an
         # unsupported variant that changes a branch shows here, on a few rows (cheap)
         errors = lb.check(rows=rows, probs=probs[:, rows]) if verify else {}
@@ -225,7 +226,9 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
                 "module's output, or a variant of this family that ltt does not support. Pass "
                 "verify=False to trace anyway (the graph is then not exact)."
             )
-        scores[l] = attribute_layer(lb, probs, norm=1, floor=FLOOR)
+        holder = [probs]
+        del probs  # attribute_layer releases the probabilities as soon as the core has read them
+        scores[l] = attribute_layer(lb, holder, norm=1, floor=FLOOR)
         lb.pinned = None
         if spill is not None:
             for name in ("resid_pre", "resid_mid", "resid_post", "values", "act", "ffn_out"):

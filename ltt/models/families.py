@@ -5,7 +5,12 @@ norm, and inside one layer the attention module (its output tuple carries the pr
 the module whose output holds the values (a v projection or a fused qkv projection, with the
 layout that splits the values out of it), the output projection, the down projection, the norm
 whose input is the after-attention state (sequential blocks), and the post-branch norms where
-the family has them. Everything else in :mod:`ltt.models` is written once for all families.
+the family has them; for a mixture of experts the experts module, the shared expert and its
+gate (:mod:`ltt.models.moe`). Small functions of the config say what varies within a family
+(parallel or not, kv heads, clipped values, logit and branch scales, refusals). Everything
+else in :mod:`ltt.models` is written once for all families. :data:`REFUSED` names known
+architectures ltt cannot decompose exactly, with the reason; :func:`describe` and
+:func:`markdown` print the table (``ltt models``, the README).
 
 >>> from ltt.models.families import FAMILIES, supported
 >>> FAMILIES["llama"].o_proj

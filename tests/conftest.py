@@ -60,6 +60,13 @@ def _make_tokenizer(bos: bool):
     )
 
 
+def _config(model_type: str, **kw):
+    """A config by ``model_type`` (types whose config class is not exported at the top level)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    return CONFIG_MAPPING[model_type](**kw)
+
+
 def tiny_configs() -> dict:
     """Family key -> (config, tokenizer adds BOS). Widths are tiny; every quirk is switched on."""
     import transformers as tf
@@ -142,6 +149,8 @@ def tiny_configs() -> dict:
         "granite": (tf.GraniteConfig(embedding_multiplier=3.0, residual_multiplier=0.4,
                                      attention_multiplier=0.2, logits_scaling=4.0, attention_bias=True,
                                      mlp_bias=True, **llama_like), True),
+        "exaone": (_config("exaone", **llama_like), True),
+        "internlm3": (_config("internlm3", head_dim=8, **llama_like), True),
         "ministral3": (tf.Ministral3Config(head_dim=8, **llama_like), True),
         "cwm": (tf.CwmConfig(head_dim=8, **llama_like), True),
         "jais2": (tf.Jais2Config(head_dim=8, **llama_like), True),

@@ -59,6 +59,8 @@ FAMILIES = {
     "granitemoe": ("granitemoe", False),
     "llama4": ("llama4", False),
     "ministral3": ("llama", False),
+    "exaone": ("llama", False),
+    "internlm3": ("llama", False),
     "cwm": ("llama", False),
     "jais2": ("llama", False),
     "youtu": ("youtu", False),

@@ -207,3 +207,14 @@ def test_report_shows_the_router_in_chromium(traced, tmp_path):
     assert sorted(shown) == sorted(moe.expert_shares(trace, layer, t).experts)
     assert labels and all(lab.startswith(("e", "shared")) for lab in labels)
     assert bos == [True, True] and errors == []
+
+
+@pytest.mark.parametrize("key", ["mixtral", "gpt_oss"])
+def test_moe_in_bfloat16(key, tiny_dir):
+    """Experts computed in the model's dtype: a bfloat16 MoE model is exact to its precision."""
+    import ltt
+
+    model = ltt.load(tiny_dir(key), dtype="bfloat16")
+    trace = model.trace(PROMPT)
+    assert trace.layers[0].act.dtype == np.float32
+    assert max(trace.check().values()) < 0.05

@@ -216,9 +216,9 @@ _TABLE = [
            label="OPT (pre-LN sizes)", notes="`project_out` before the unembedding; post-LN sizes "
            "(opt-350m) refused with the reason"),
     Family("llama", ("llama", "smollm3", "glm", "ernie4_5", "ministral", "ministral3", "helium", "seed_oss",
-                     "arcee", "hunyuan_v1_dense", "cwm", "jais2"), **_LLAMA,
+                     "arcee", "hunyuan_v1_dense", "cwm", "jais2", "exaone", "internlm3"), **_LLAMA,
            label="Llama, SmolLM2/3, GLM, Ernie 4.5, Ministral (3), Helium, Seed-OSS, Arcee, Hunyuan "
-           "dense, CWM, Jais 2",
+           "dense, CWM, Jais 2, EXAONE 3, InternLM3",
            notes="GQA, RMSNorm; biases where the config has them; layers without positions "
            "(SmolLM3) and partial rotary (GLM) touch only the probabilities"),
     Family("mistral", ("mistral",), **_LLAMA, label="Mistral", notes="GQA; sliding window"),

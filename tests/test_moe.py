@@ -218,3 +218,28 @@ def test_moe_in_bfloat16(key, tiny_dir):
     trace = model.trace(PROMPT)
     assert trace.layers[0].act.dtype == np.float32
     assert max(trace.check().values()) < 0.05
+
+
+def test_dense_and_moe_layers_of_different_widths():
+    """A MoE model whose dense layers are narrower than its MoE layers (Qwen2-MoE's
+    mlp_only_layers, DeepSeek's first dense layers at full size): each layer keeps its own
+    width, and the graph and neuron views work on both."""
+    import transformers as tf
+
+    import ltt
+    from conftest import VOCAB, _make_tokenizer
+
+    torch.manual_seed(0)
+    cfg = tf.Qwen2MoeConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                            shared_expert_intermediate_size=24, mlp_only_layers=[0], initializer_range=0.1)
+    hf = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    model = ltt.load(hf, tokenizer=_make_tokenizer(False))
+    trace = model.trace(PROMPT)
+    assert trace.layers[0].moe is None and trace.layers[0].act.shape[1] == 40
+    assert trace.layers[1].moe is not None and trace.layers[1].act.shape[1] == 4 * 16 + 24
+    assert max(trace.check().values()) < 1e-4
+    assert trace.graph(threshold=0.0, renormalize=False).edges
+    for layer in (0, 1):
+        assert len(trace.top_neurons(layer, -1, k=3).neurons) == 3

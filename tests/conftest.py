@@ -163,6 +163,9 @@ def tiny_configs() -> dict:
         "persimmon": (tf.PersimmonConfig(**dict(llama_like, num_key_value_heads=4, qk_layernorm=True,
                                                 partial_rotary_factor=0.5)), True),
         # -- mixture-of-experts ----------------------------------------------------------------
+        "granitemoeshared": (tf.GraniteMoeSharedConfig(**dict(
+            llama_like, num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=24,
+            embedding_multiplier=3.0, residual_multiplier=0.4, logits_scaling=4.0)), True),
         "deepseek_v2": (tf.DeepseekV2Config(**dict(
             llama_like, num_key_value_heads=4, intermediate_size=40, n_routed_experts=4,
             num_experts_per_tok=2, moe_intermediate_size=8, n_shared_experts=1, first_k_dense_replace=1,

@@ -57,6 +57,7 @@ FAMILIES = {
     "mpt": ("mpt", False),
     "granite": ("granite", False),
     "granitemoe": ("granitemoe", False),
+    "granitemoeshared": ("granitemoeshared", False),
     "llama4": ("llama4", False),
     "ministral3": ("llama", False),
     "exaone": ("llama", False),
@@ -82,7 +83,7 @@ FAMILIES = {
     "deepseek_v3": ("deepseek_v3", False),
     "gpt_oss": ("gpt_oss", False),
 }
-BRANCH_SCALED = {"granite", "granitemoe"}  # residual_multiplier: a constant row scale per branch
+BRANCH_SCALED = {"granite", "granitemoe", "granitemoeshared"}  # residual_multiplier: a constant row scale per branch
 SINKS = {"gpt_oss"}  # attention sinks: probability mass that goes to no token
 POST_NORM = {"gemma2", "gemma3", "olmo2", "olmo3", "exaone4", "glm4", "flex_olmo"}
 PROMPT = "When Mary and John went to the store, John gave a drink to"

@@ -11,7 +11,7 @@ import torch
 from ltt.models import moe
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
-MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss", "granitemoe", "llama4",
+MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss", "granitemoe", "granitemoeshared", "llama4",
        "deepseek_v2", "mellum", "phimoe", "glm4_moe", "ernie4_5_moe", "solar_open", "hunyuan_v1_moe",
        "flex_olmo"]
 
@@ -54,7 +54,8 @@ def test_experts_recompose_the_block(key, traced):
             es = moe.expert_shares(trace, l, t)
             rebuilt = es.vectors.astype(np.float64).sum(0)
             if m.d_shared:
-                rebuilt += lb.act[t, m.shared_slice].astype(np.float64) @ lb.w_down[m.shared_slice]
+                row = 1.0 if lb.ffn_row_scale is None else float(lb.ffn_row_scale[t])  # Granite
+                rebuilt += row * (lb.act[t, m.shared_slice].astype(np.float64) @ lb.w_down[m.shared_slice])
             if lb.ffn_bias is not None:
                 rebuilt += lb.ffn_bias[t]
             scale = np.abs(lb.ffn_out[t]).max()

@@ -162,6 +162,8 @@ class Family:
     experts: str | None = None  # from a layer: the experts module of a MoE layer (3-D weights)
     moe_block: str = "mlp"  # from a layer: the MoE block (its output is the FFN branch)
     shared_expert: str | None = None  # from a layer: the shared expert MLP of a MoE layer
+    shared_down: str = "down_proj"  # from the shared expert: its down projection
+    shared_outside: bool = False  # the shared expert is added to the MoE block's output by the layer
     shared_gate: str | None = None  # from a layer: a Linear whose sigmoid scales the shared expert
     moe_router: str | None = None  # from a layer: a router whose scores scale the experts' inputs (Llama 4)
     label: str = ""  # the family's name for people (the README and ``ltt models``)
@@ -281,6 +283,12 @@ _TABLE = [
                                                  experts="block_sparse_moe.experts"),
            branch_scale=_granite_residual, logit_scale=_granite_logit_scale, label="GraniteMoE",
            notes="MoE as Mixtral, with Granite's multipliers"),
+    Family("granitemoeshared", ("granitemoeshared",), **dict(_LLAMA, moe_block="block_sparse_moe",
+                                                             experts="block_sparse_moe.experts"),
+           shared_expert="shared_mlp", shared_down="output_linear", shared_outside=True,
+           branch_scale=_granite_residual, logit_scale=_granite_logit_scale, label="GraniteMoE shared",
+           notes="GraniteMoE plus a shared MLP the layer adds to the experts' output (its neurons "
+           "are parts of the same FFN node)"),
     Family("llama4", ("llama4_text",), **dict(_LLAMA, down="feed_forward.down_proj",
                                               moe_block="feed_forward", experts="feed_forward.experts"),
            shared_expert="feed_forward.shared_expert", moe_router="feed_forward.router",
@@ -343,8 +351,6 @@ REFUSED: dict[str, str] = {
             "then applies to each head's output, so the returned weights are not the ones the heads "
             "use (checked: the parts miss the state by up to 80%)") for mt in ("granite_swa",
                                                                              "granitemoe_swa")},
-    "granitemoeshared": ("its shared MLP is added to the MoE block's output outside the block, "
-                         "where ltt does not hook it yet; GraniteMoE without it is supported"),
 }
 
 

@@ -59,6 +59,12 @@ class MoeLayout:
         return slice(start, start + self.d_shared)
 
 
+def _shared(fam: Family, layer: Any) -> tuple[Any, Any]:
+    """The layer's shared expert module and its down projection (None, None when it has none)."""
+    shared = get_module(layer, fam.shared_expert) if fam.shared_expert else None
+    return (None, None) if shared is None else (shared, get_module(shared, fam.shared_down))
+
+
 def experts_module(fam: Family, layer: Any) -> Any:
     """The layer's experts module (3-D expert weights), or None for a dense layer."""
     return get_module(layer, fam.experts) if fam.experts else None
@@ -132,10 +138,10 @@ def ffn_width(fam: Family, layer: Any) -> int:
     """Neurons of a MoE layer's wide FFN: every routed expert's, then the shared experts'."""
     experts = experts_module(fam, layer)
     check_experts(experts, fam)
-    shared = get_module(layer, fam.shared_expert) if fam.shared_expert else None
+    _, shared_down = _shared(fam, layer)
     width = int(experts.down_proj.shape[0]) * expert_width(experts)
-    if shared is not None:
-        width += int(shared.down_proj.weight.shape[1])
+    if shared_down is not None:
+        width += int(shared_down.weight.shape[1])
     return width
 
 
@@ -145,14 +151,18 @@ def down_weights(fam: Family, layer: Any, param_numpy: Any) -> tuple[np.ndarray,
     d = param_numpy(experts.down_proj)
     rows = [d.reshape(-1, d.shape[-1])] if _transposed(experts) else [
         np.ascontiguousarray(d[e].T) for e in range(d.shape[0])]
-    shared = get_module(layer, fam.shared_expert) if fam.shared_expert else None
-    if shared is not None:
-        rows.append(np.ascontiguousarray(param_numpy(shared.down_proj.weight).T))
-        if getattr(shared.down_proj, "bias", None) is not None:
+    shared, shared_down = _shared(fam, layer)
+    if shared_down is not None:
+        rows.append(np.ascontiguousarray(param_numpy(shared_down.weight).T))
+        if getattr(shared_down, "bias", None) is not None:
             raise ValueError(f"{type(shared).__name__}: a shared expert with a down bias is not supported")
     bias = getattr(experts, "down_proj_bias", None)
     return (np.ascontiguousarray(np.concatenate(rows), dtype=np.float32),
             None if bias is None else np.asarray(param_numpy(bias), dtype=np.float32))
+
+
+def _first(x: Any) -> Any:
+    return x[0] if isinstance(x, (tuple, list)) else x
 
 
 def register(fam: Family, layer: Any, rec: dict[str, Any], T: int, to_numpy: Any,
@@ -165,7 +175,7 @@ def register(fam: Family, layer: Any, rec: dict[str, Any], T: int, to_numpy: Any
 
     experts = experts_module(fam, layer)
     block = get_module(layer, fam.moe_block)
-    shared = get_module(layer, fam.shared_expert) if fam.shared_expert else None
+    shared, shared_down = _shared(fam, layer)
     gate = get_module(layer, fam.shared_gate) if fam.shared_gate else None
     n_exp = int(experts.down_proj.shape[0])
     F = expert_width(experts)
@@ -218,7 +228,12 @@ def register(fam: Family, layer: Any, rec: dict[str, Any], T: int, to_numpy: Any
             x = args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
             rec["shared_act"] = to_numpy(x).reshape(T, -1)
 
-        handles.append(shared.down_proj.register_forward_pre_hook(tag(on_shared), with_kwargs=True))
+        handles.append(shared_down.register_forward_pre_hook(tag(on_shared), with_kwargs=True))
+        if fam.shared_outside:
+            def on_shared_out(module, args, output):  # added to the block's output by the layer
+                rec["shared_out"] = np.ascontiguousarray(to_numpy(_first(output)).reshape(T, -1))
+
+            handles.append(shared.register_forward_hook(tag(on_shared_out)))
     if gate is not None:
         def on_gate(module, args, output):
             import torch as _t
@@ -246,7 +261,12 @@ def finish(fam: Family, layer: Any, rec: dict[str, Any], T: int) -> None:
     d_shared = 0
     gate = rec.pop("shared_gate", None)
     shared = rec.pop("shared_act", None)
-    if fam.shared_expert:
+    if fam.shared_outside and _shared(fam, layer)[0] is not None:
+        out = rec.pop("shared_out", None)
+        if out is None:
+            raise RuntimeError("the shared MLP of a MoE layer was not called during the trace")
+        rec["out_down"] = rec["out_down"] + out  # the FFN branch: routed experts + shared MLP
+    if _shared(fam, layer)[0] is not None:
         if shared is None:
             raise RuntimeError("the shared expert of a MoE layer was not called during the trace")
         d_shared = shared.shape[1]

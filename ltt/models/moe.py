@@ -236,9 +236,7 @@ def register(fam: Family, layer: Any, rec: dict[str, Any], T: int, to_numpy: Any
             handles.append(shared.register_forward_hook(tag(on_shared_out)))
     if gate is not None:
         def on_gate(module, args, output):
-            import torch as _t
-
-            rec["shared_gate"] = to_numpy(_t.sigmoid(output)).reshape(T)
+            rec["shared_gate"] = to_numpy(torch.sigmoid(output)).reshape(T)
 
         handles.append(gate.register_forward_hook(tag(on_gate)))
     return handles

@@ -5,6 +5,7 @@
     ltt trace --model gpt2 --ids 464,3139,286 --bos   # token ids as given, BOS put first
     ltt models                                 # supported model types and how each is decomposed
     ltt models --markdown                      # the README's table of families
+    ltt serve --model gpt2                     # the live app in a browser (the serve extra)
 """
 
 from __future__ import annotations
@@ -231,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the supported model types and how each is decomposed")
     m.add_argument("--markdown", action="store_true",
                    help="print the README's table of families instead (generated from the same table)")
+    from ltt.serve import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -245,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(describe_families())
             return 0
+        if args.command == "serve":
+            from ltt.serve import run_command
+
+            return run_command(args)
         if args.command == "demo":
             args.model = DEMO_MODEL
         if args.top <= 0:

@@ -1,0 +1,175 @@
+"""``ltt serve``'s parts without a browser: options, prompt files, the worker queue, the model
+cache and one page's Session, with the tiny models loaded for real (no server, no socket)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from ltt.cli import main as cli_main
+from ltt.serve import read_prompts
+from ltt.serve.jobs import Worker
+
+
+@pytest.fixture(scope="module")
+def dirs(tiny_dir, tmp_path_factory):
+    """The tiny llama directory (a --model) and a --models-dir holding the tiny gpt2."""
+    import shutil
+
+    models_dir = tmp_path_factory.mktemp("serve_parts") / "models"
+    shutil.copytree(tiny_dir("gpt2"), models_dir / "tiny-gpt2")
+    return {"llama": tiny_dir("llama"), "models_dir": str(models_dir)}
+
+
+def test_bad_options_are_refused_before_serving(tmp_path, capsys):
+    bad_json = tmp_path / "p.jsonl"
+    bad_json.write_text('{"prompt": "a"}\n{"text": "b"}\n', encoding="utf-8")
+    for argv, fragment in [
+        (["serve", "--models-dir", str(tmp_path / "missing")], "no such directory"),
+        (["serve", "--model", "/no/such/model"], "no such model directory"),
+        (["serve", "--model", "gpt2", "--token", "short"], "at least 8 characters"),
+        (["serve", "--model", "gpt2", "--max-tokens", "0"], "--max-tokens must be a positive integer"),
+        (["serve", "--model", "gpt2", "--prompts", str(bad_json)], "line 2"),
+        (["serve", "--model", "gpt2", "--port", "70000"], "--port must be in"),
+    ]:
+        assert cli_main(argv) == 1
+        assert fragment in capsys.readouterr().err
+
+
+def test_read_prompts_text_and_json_lines(tmp_path):
+    text = tmp_path / "p.txt"
+    text.write_text("The cat\n\n  \nA {brace} prompt\n", encoding="utf-8")
+    assert read_prompts(text) == ["The cat", "A {brace} prompt"]
+    jl = tmp_path / "p.jsonl"
+    jl.write_text(json.dumps({"prompt": "The cat", "id": 1}) + "\n" + json.dumps({"prompt": "東京 is"}) + "\n", encoding="utf-8")
+    assert read_prompts(jl) == ["The cat", "東京 is"]
+
+
+class _Recorder:
+    """A job owner that keeps every notification it hears."""
+
+    def __init__(self):
+        self.heard: list[tuple[int, str, int]] = []
+        self.lock = threading.Lock()
+
+    def on_job(self, job):
+        with self.lock:
+            self.heard.append((job.id, job.state, job.position))
+
+
+def test_worker_runs_one_job_at_a_time_in_order_and_cancels_waiting_ones():
+    worker = Worker()
+    gate, started = threading.Event(), threading.Event()
+    ran: list[str] = []
+    a, b = _Recorder(), _Recorder()
+    try:
+        first = worker.submit(a, "long", lambda job: (started.set(), gate.wait(10), ran.append("long")))
+        assert started.wait(10)
+        second = worker.submit(b, "second", lambda job: ran.append("second"))
+        third = worker.submit(a, "third", lambda job: ran.append("third"))
+        fourth = worker.submit(b, "fails", lambda job: 1 / 0)
+        assert (second.state, second.position, third.position, fourth.position) == ("queued", 1, 2, 3)
+        assert not worker.cancel(a, second.id)  # not a's job
+        assert not worker.cancel(a, first.id)  # running: runs to its end
+        assert worker.cancel(b, second.id)
+        assert third.position == 1 and fourth.position == 2  # the line moved up, and a heard it
+        assert (third.id, "queued", 1) in a.heard
+        gate.set()
+        deadline = time.monotonic() + 10
+        while fourth.state not in ("done", "failed") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ran == ["long", "third"]
+        assert (second.state, first.state, third.state) == ("cancelled", "done", "done")
+        assert fourth.state == "failed" and fourth.error.startswith("ZeroDivisionError")
+        assert worker.submit(a, "after a failure", lambda job: ran.append("after")) is not None
+        deadline = time.monotonic() + 10
+        while len(ran) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ran[-1] == "after"
+    finally:
+        gate.set()
+        worker.stop(timeout=5)
+    with pytest.raises(RuntimeError, match="shutting down"):
+        worker.submit(a, "late", lambda job: None)
+
+
+def test_model_cache_keeps_the_most_recently_used(dirs, tmp_path):
+    from ltt.serve.models import ModelCache, ModelRegistry
+
+    reg = ModelRegistry([dirs["llama"]], [dirs["models_dir"]], embedded=False)
+    assert [e.id for e in reg.entries] == [os.path.basename(dirs["llama"]), "tiny-gpt2"]
+    for bad in (dirs["llama"], "gpt2", None, ["tiny-gpt2"]):
+        with pytest.raises(KeyError, match="not one of the models this server offers"):
+            reg.get(bad)
+    cache = ModelCache(reg, max_models=2, max_tokens=32)
+    llama = reg.entries[0].id
+    first = cache.get(llama)
+    assert cache.get(llama) is first and first.max_tokens == 32
+    cache.get("tiny-gpt2")
+    cache.get(llama)  # llama is now the most recently used
+    half = cache.get(llama, "cpu", "bfloat16")  # a third model: gpt2 goes
+    assert cache.loaded() == [(llama, "cpu", "float32"), (llama, "cpu", "bfloat16")]
+    assert str(half.hf_model.dtype) == "torch.bfloat16"
+    with pytest.raises(ValueError, match="device must be one of"):
+        cache.key(llama, "tpu", "float32")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        cache.key(llama, "cpu", "int8")
+
+
+def test_session_bounds_the_traces_a_page_keeps(dirs, monkeypatch, tmp_path):
+    """A Session on its own (no server): real models, the real worker, messages collected."""
+    from ltt.serve import session as sess
+    from ltt.serve.app import ServeConfig, ServeState
+
+    monkeypatch.setattr(sess, "MAX_TRACES", 2)
+    broken = tmp_path / "models" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{not json", encoding="utf-8")
+    state = ServeState(ServeConfig(models=[dirs["llama"]], models_dirs=[str(tmp_path / "models")],
+                                   embedded=False, max_tokens=40))
+    got: list[dict] = []
+    done = threading.Event()
+
+    def send(msg):
+        got.append(msg)
+        if msg["method"] == "job" and msg["job"]["state"] in ("done", "failed"):
+            done.set()
+
+    s = sess.Session(state, send)
+    llama = os.path.basename(dirs["llama"])
+
+    def ask(msg):
+        done.clear()
+        s.handle(json.dumps(msg))
+        assert done.wait(60)
+        return got[-1]["job"]
+
+    try:
+        job = ask({"method": "open", "model": "broken", "prompt": "The cat"})  # a model that cannot load
+        assert job["state"] == "failed" and job["error"], job
+        assert ask({"method": "open", "model": llama, "prompt": "The cat"})["state"] == "done"
+        assert ask({"method": "custom", "content": {"type": "run", "prompt": "The dog"}})["state"] == "done"
+        assert s.widget.prompts == ["The cat", "The dog"]
+        job = ask({"method": "custom", "content": {"type": "run", "prompt": "The fox"}})
+        assert job["state"] == "failed" and "already keeps 2 traced prompts" in job["error"]
+        old = s.widget
+        assert ask({"method": "open", "model": llama, "prompt": "The fox"})["state"] == "done"
+        assert s.widget is not old and s.widget.prompts == ["The fox"]
+        states = [m for m in got if m["method"] == "state"]
+        assert len(states) == 2 and states[-1]["views"]["main"]["prompts"] == ["The fox"]
+        # a diff of prompts of different lengths: aligned at their last tokens
+        job = ask({"method": "diff", "model": llama, "prompt_a": "The cat", "prompt_b": "The quick brown fox jumps"})
+        assert job["state"] == "done", job
+        assert sorted(s.views) == ["a", "b"] and s.widget is None
+        assert got[-2]["method"] == "diff" and got[-2]["changes"] and "b: " in got[-2]["labels"][1]
+        assert ask({"method": "pick", "index": 0})["state"] == "done"
+        assert s.views["a"].selection and s.views["b"].selection
+        s.handle(json.dumps({"method": "update", "state": {"threshold": 0.1}}))  # which view?
+        assert got[-1] == {"method": "error", "message": "view must be one of a, b, got None"}
+    finally:
+        s.close()
+        state.worker.stop(timeout=10)

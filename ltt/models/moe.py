@@ -31,6 +31,9 @@ import numpy as np
 
 from ltt.models.families import Family, get_module
 
+# The public part; the rest is the trace's machinery (ltt.models.record, ltt.models.tracing).
+__all__ = ["MoeLayout", "ExpertShares", "expert_shares", "router_panel"]
+
 
 @dataclass
 class MoeLayout:

@@ -114,6 +114,16 @@ def test_deepseek_dense_and_moe_layers(traced):
     assert trace.layers[1].moe.d_shared > 0
     cfg = model.hf_model.config
     assert trace.layers[0].values.shape[1:] == (cfg.num_attention_heads, cfg.v_head_dim)
+    # the values, recomputed from the layer input along the latent path: compress, normalise,
+    # expand, keep each head's value part
+    for l, lb in enumerate(trace.layers):
+        layer = model.hf_model.model.layers[l]
+        att = layer.self_attn
+        with torch.no_grad():
+            latent = att.kv_a_proj_with_mqa(layer.input_layernorm(torch.from_numpy(lb.resid_pre)))
+            kv = att.kv_b_proj(att.kv_a_layernorm(latent[:, : cfg.kv_lora_rank]))
+        v = kv.view(lb.n_tokens, cfg.num_attention_heads, -1)[:, :, cfg.qk_nope_head_dim:].numpy()
+        np.testing.assert_allclose(lb.values, v, atol=1e-5)
     with pytest.raises(ValueError, match="dense FFN"):
         moe.expert_shares(trace, 0, -1)
 

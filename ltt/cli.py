@@ -135,6 +135,10 @@ def _run_trace(args: argparse.Namespace) -> int:
     targets = None if args.target is None else [args.target]
     graph = trace.graph(threshold=args.threshold, renormalize=not args.no_renormalize, targets=targets)
     print(routes_report(trace, graph, k=args.top))
+    if args.baselines:
+        from ltt.faithfulness import summary_line
+
+        print("faithfulness: " + summary_line(trace.faithfulness(graph, baselines=args.baselines)))
     if args.json:
         graph.to_json(args.json)
         print(f"graph JSON written to {args.json}")
@@ -211,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", default=json_default, metavar="PATH", help="write the pruned graph as JSON here")
         p.add_argument("--out", default=html_default, metavar="PATH", help="write the standalone HTML report here")
         p.add_argument("--top", type=int, default=5, help="how many tokens, layers and edges to print (default 5)")
+        p.add_argument("--baselines", type=int, default=16, metavar="N",
+                       help="random graphs in the faithfulness check, a rerun of the model with only the "
+                            "graph's parts (default 16; 0 skips the check)")
         p.add_argument("--trust-remote-code", action="store_true",
                        help="allow the model repository's own code to run (off by default)")
         p.add_argument("--bos", dest="bos", action="store_const", const=True, default=None,
@@ -257,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.model = DEMO_MODEL
         if args.top <= 0:
             raise ValueError(f"--top must be a positive integer, got {args.top}")
+        if not 0 <= args.baselines <= 4096:
+            raise ValueError(f"--baselines must be an integer in [0, 4096], got {args.baselines}")
         # Cheap checks first: nothing should wait for a model to load to be refused.
         from ltt.attribution import check_threshold
 

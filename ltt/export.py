@@ -198,6 +198,9 @@ def report_data(
         "prompts": [prompt], "prompt_index": 0, "model_info": info, "status": "", "error": "",
         "notice": "", "live": False, "slider": [float(slider[0]), float(slider[1])],
     }
+    from ltt.faithfulness import report_line  # the exported graph's check, one batched rerun
+
+    store["state"]["faithfulness"] = report_line(trace, g_renorm if renormalize else g_raw)
     return store
 
 

@@ -106,15 +106,19 @@ class PromptRoutes:
       (:data:`PATTERNS`); ``heads [L, H]`` is their sum. Only the heads on the route are
       stored (a pruned graph holds few), so many summaries stay small in memory;
     * ``ffn [L]``: each FFN block's share; ``sources [T]``: the flow reaching each ``X0_t``;
-    * ``prediction``: ``{"token", "id", "prob"}`` of the most likely next token.
+    * ``prediction``: ``{"token", "id", "prob"}`` of the most likely next token;
+    * ``faithfulness``: :meth:`ltt.faithfulness.Faithfulness.summary` of the prompt's graph when
+      :func:`trace_many` was asked for it, else None.
     """
 
-    __slots__ = ("index", "prompt", "key", "tokens", "ffn", "sources", "prediction", "_shape", "_where", "_values")
+    __slots__ = ("index", "prompt", "key", "tokens", "ffn", "sources", "prediction", "_shape", "_where", "_values",
+                 "faithfulness")
 
     def __init__(self, index: int, prompt: str, key: str, tokens: list[str], patterns: np.ndarray,
                  ffn: np.ndarray, sources: np.ndarray, prediction: dict[str, Any]):
         self.index, self.prompt, self.key, self.tokens = index, prompt, key, tokens
         self.ffn, self.sources, self.prediction = ffn, sources, prediction
+        self.faithfulness: dict[str, Any] | None = None
         patterns = np.asarray(patterns, dtype=np.float64)
         self._shape = patterns.shape
         on = np.nonzero(patterns.sum(axis=-1) > 0)
@@ -139,7 +143,7 @@ class PromptRoutes:
         """Plain JSON data; heads are stored sparsely as ``[layer, head, same, previous, first,
         other]`` rows for the heads on the route."""
         rows = [[int(l), int(h)] + [float(v) for v in vals] for (l, h), vals in zip(self._where, self._values)]
-        return {
+        rec = {
             "index": int(self.index),
             "key": self.key,
             "prompt": self.prompt,
@@ -149,13 +153,16 @@ class PromptRoutes:
             "ffn": [float(v) for v in self.ffn],
             "sources": [float(v) for v in self.sources],
         }
+        if self.faithfulness is not None:
+            rec["faithfulness"] = dict(self.faithfulness)
+        return rec
 
     @classmethod
     def from_record(cls, rec: dict[str, Any], n_layers: int, n_heads: int) -> "PromptRoutes":
         patterns = np.zeros((n_layers, n_heads, len(PATTERNS)))
         for row in rec["heads"]:
             patterns[int(row[0]), int(row[1])] = row[2:]
-        return cls(
+        out = cls(
             index=int(rec["index"]),
             prompt=str(rec["prompt"]),
             key=str(rec["key"]),
@@ -165,6 +172,8 @@ class PromptRoutes:
             sources=np.asarray(rec["sources"], dtype=np.float64),
             prediction=dict(rec["prediction"]),
         )
+        out.faithfulness = rec.get("faithfulness")
+        return out
 
     def __repr__(self) -> str:
         text = self.prompt if len(self.prompt) <= 40 else self.prompt[:37] + "..."
@@ -504,6 +513,24 @@ class RouteSet:
 
         return with_graph_output(ImportanceWidget(self, model=model or self.model, metric=metric, k=k))
 
+    @property
+    def faithfulness(self) -> dict[str, Any] | None:
+        """Means over the prompts recorded with ``trace_many(..., faithfulness=True)``: ``prompts``
+        (how many), ``kept``, ``removed``, ``random`` (fractions of the predicted token's
+        probability, :meth:`ltt.faithfulness.Faithfulness.summary`) and ``kl_kept``,
+        ``kl_removed``, ``kl_random``; None when no prompt has it.
+
+        >>> model.trace_many(prompts, faithfulness=True).faithfulness["kept"]   # doctest: +SKIP
+        """
+        recs = [r.faithfulness for r in self.records if r.faithfulness is not None]
+        if not recs:
+            return None
+        out: dict[str, Any] = {"prompts": len(recs)}
+        for key in ("kept", "removed", "random", "kl_kept", "kl_removed", "kl_random"):
+            values = [r[key] for r in recs if r.get(key) is not None]
+            out[key] = float(np.mean(values)) if values else None
+        return out
+
     def __repr__(self) -> str:
         return (f"RouteSet(model={self.model_name!r}, prompts={len(self.records)}, errors={len(self.errors)}, "
                 f"layers={self.n_layers}, heads={self.n_heads}, settings={self.settings})")
@@ -836,6 +863,7 @@ def trace_many(
     shard: tuple[int, int] | None = None,
     on_error: str = "raise",
     progress: bool | None = None,
+    faithfulness: bool | int = False,
     prepend_bos: bool | None = None,
 ) -> RouteSet:
     """Trace every prompt, build its pruned graph and keep only its :class:`PromptRoutes`.
@@ -865,6 +893,8 @@ def trace_many(
     * ``on_error``: ``"raise"`` (default: stop at a bad prompt, naming ``prompts[i]``; the file
       keeps everything done before it) or ``"skip"`` (record the error and go on);
     * ``progress``: a tqdm bar (default: when stderr is a terminal);
+    * ``faithfulness``: also rerun each prompt's graph through :func:`ltt.faithfulness.faithfulness`
+      (True: 16 random graphs, an int: that many) and keep its summary in the record; off by default;
     * ``prepend_bos``: as in :meth:`ltt.models.Model.trace` (a prompt may also be a list of
       token ids); when given, it is one of the run's settings.
 
@@ -886,6 +916,8 @@ def trace_many(
     shard = _check_shard(shard)
     settings = {"threshold": threshold, "renormalize": bool(renormalize), "targets": targets,
                 "norm": int(norm), "weighting": weighting}
+    if faithfulness is not False:
+        settings["faithfulness"] = _faithfulness_baselines(faithfulness)
     if prepend_bos is not None:
         if not isinstance(prepend_bos, (bool, np.bool_)):
             raise TypeError(f"prepend_bos must be None, True or False, got {prepend_bos!r}")
@@ -935,7 +967,8 @@ def trace_many(
 
             bar = tqdm(total=count, desc="tracing prompts", unit="prompt")
         _run(model, routes, source, done, writer, shard, on_error,
-             (threshold, renormalize, targets, norm, weighting), bar, prepend_bos)
+             (threshold, renormalize, targets, norm, weighting), bar, settings.get("faithfulness"),
+             prepend_bos)
         completed = True
     finally:
         if bar is not None:
@@ -952,7 +985,8 @@ def trace_many(
     return routes
 
 
-def _run(model, routes, source, done, writer, shard, on_error, graph_args, bar, prepend_bos=None) -> None:
+def _run(model, routes, source, done, writer, shard, on_error, graph_args, bar, faithfulness=None,
+         prepend_bos=None) -> None:
     """The loop of :func:`trace_many`: each prompt from the file when it is there (its chain
     checked), else traced, summarised and written."""
     chain = store.PromptChain()
@@ -980,6 +1014,9 @@ def _run(model, routes, source, done, writer, shard, on_error, graph_args, bar, 
             try:
                 trace = _trace_one(model, prompt, index, prepend_bos)
                 summary = summarize(trace, *graph_args, index=index)
+                if faithfulness is not None:
+                    graph = build_graph(trace, *graph_args[:4])
+                    summary.faithfulness = trace.faithfulness(graph, baselines=faithfulness).summary()
                 del trace
             except (ValueError, TypeError) as exc:
                 if on_error == "raise" or not isinstance(prompt, str):
@@ -1003,6 +1040,15 @@ def _run(model, routes, source, done, writer, shard, on_error, graph_args, bar, 
         raise ValueError(f"the prompts end at index {last} but the file {writer.path!r} holds prompts up to "
                          f"index {max(beyond)}: another prompt list is not resumed; give another out path, "
                          "or resume=False to replace it")
+
+
+def _faithfulness_baselines(value: Any) -> int:
+    """The number of random graphs of ``trace_many(faithfulness=...)``: True -> 16, an int >= 0."""
+    if value is True:
+        return 16
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= 4096:
+        raise ValueError(f"faithfulness must be True, False or a number of random graphs in [0, 4096], got {value!r}")
+    return int(value)
 
 
 def _quiet() -> bool:

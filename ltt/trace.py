@@ -353,6 +353,17 @@ class Trace:
 
         return GraphWidget(self, **kw)
 
+    def faithfulness(self, graph, **kw):
+        """Rerun the model with only ``graph``'s parts, without them, and with random graphs of
+        the same size (:func:`ltt.faithfulness.faithfulness`; ``kw``: ablation, baselines, seed,
+        tokens, random).
+
+        >>> trace.faithfulness(trace.graph(), baselines=16).summary()["kept"]   # doctest: +SKIP
+        """
+        from ltt.faithfulness import faithfulness
+
+        return faithfulness(self, graph, **kw)
+
     def to_html(self, path, **kw):
         """Write the standalone offline HTML report of this trace (:func:`ltt.export.to_html`).
 

@@ -76,6 +76,10 @@ class GraphWidget(anywidget.AnyWidget):
     live = tl.Bool(True).tag(sync=True)
     marks = tl.Dict().tag(sync=True)
     slider = tl.List(tl.Float(), default_value=[0.01, 0.10], minlen=2, maxlen=2).tag(sync=True)
+    # ltt.faithfulness.summary_line of the shown graph, recomputed with it (one batched rerun of
+    # the model with faithfulness_baselines random graphs; 0 turns the check off)
+    faithfulness = tl.Unicode("").tag(sync=True)
+    faithfulness_baselines = 8
 
     def __init__(
         self,
@@ -270,6 +274,22 @@ class GraphWidget(anywidget.AnyWidget):
         trace = self.trace
         g = trace.graph(threshold=self.threshold, renormalize=self.renormalize, targets=list(self.targets))
         self.graph = panels.graph_payload(trace, g)
+        self._refresh_faithfulness(trace, g)
+
+    def _refresh_faithfulness(self, trace: Any, g: Any) -> None:
+        from ltt.faithfulness import summary_line
+
+        if not self.faithfulness_baselines or getattr(trace, "model", None) is None:
+            self.faithfulness = ""
+            return
+        cache = self.__dict__.setdefault("_faith_lines", {})  # a slider going back costs nothing
+        key = (id(trace), g.threshold, g.renormalize, tuple(g.targets), self.faithfulness_baselines)
+        if key not in cache:
+            try:
+                cache[key] = summary_line(trace.faithfulness(g, baselines=self.faithfulness_baselines))
+            except Exception as exc:  # the graph stays usable without its check
+                cache[key] = f"faithfulness check failed: {type(exc).__name__}: {exc}"
+        self.faithfulness = cache[key]
 
     def _edge_weight(self, key: str) -> float | None:
         src, dst, kind = panels.parse_edge(key)

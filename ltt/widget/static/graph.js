@@ -1242,6 +1242,12 @@ export function render({ model, el }) {
   on("change:status", () => { status.textContent = model.get("status") || ""; root.classList.toggle("ltt-busy", !!model.get("status")); });
   on("change:error", () => showError(model.get("error")));
   on("change:notice", () => { notice.textContent = model.get("notice") || ""; notice.style.display = model.get("notice") ? "block" : "none"; });
+  // the faithfulness line (ltt.faithfulness.summary_line) under the header, as text, when there is one
+  const faith = h("div", { class: "ltt-faithfulness" });
+  notice.before(faith);
+  const faith_ = () => { const v = model.get("faithfulness") || ""; faith.textContent = v; faith.style.display = v ? "block" : "none"; };
+  on("change:faithfulness", faith_);
+  faith_();
 
   const ro = typeof ResizeObserver !== "undefined" ? new ResizeObserver(() => {
     const w = Math.floor(graphBox.clientWidth);

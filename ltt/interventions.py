@@ -1,0 +1,376 @@
+"""Exact removals inside a transformers forward pass: per batch row, which attention edges and FFN blocks act.
+
+:func:`run_batched` runs a prompt as one batch (chunked when memory asks for it): row 0 is the
+full model, every other row a :class:`PartSet` saying which attention edges and FFN blocks act.
+What a removal is, exactly (``ablation="zero"``):
+
+* **attention edge** ``s -> t`` of layer ``l``: ``A^h[t, s] = 0`` for every head ``h``, after
+  the softmax (after any logit softcapping, Gemma 2), before multiplying by the values. The
+  output projection, its bias, and everything after it run as the model does, so the edge
+  contributes nothing to the update of ``t``. *Post-branch norms* (Gemma 2/3): the graph's
+  ``A`` node lies after the post-attention norm; the norm then normalises the changed branch as
+  the model does (its scale is recomputed from the changed branch, not frozen). When every edge
+  into ``t`` is removed the branch is the output projection's bias alone (0 without a bias).
+* **FFN block** ``(l, t)``: the FFN branch's output at ``t`` is set to zero where it joins the
+  residual stream: the down projection's output (its bias included), or for post-branch-norm
+  families the post-FFN norm's output, so the residual gets nothing from the block.
+* **parallel blocks** (GPT-NeoX with parallel residual, GPT-J, Phi-1/2, parallel Falcon): the
+  attention and FFN branches of one layer both read the layer input and write to the layer
+  output; an edge removal changes only the attention branch and an FFN block removal only the
+  FFN branch. They are removed separately, as in the graph.
+* residual connections and biases are never removed.
+
+``ablation="mean"`` replaces instead of zeroing, with means over the prompt's ``T`` positions
+taken in the full run (row 0 of the same batch, same layer): a removed edge ``s -> t`` keeps its
+probability but reads the mean value vector, ``A^h[t, s] v_s -> A^h[t, s] mean_s' v_s'`` (per
+kv head); a removed FFN block's branch output at ``t`` becomes the mean branch output of the
+layer over positions.
+
+How: families whose attention calls transformers' attention-function interface (all but
+GPT-Neo and Falcon, and GPT-2 with ``reorder_and_upcast_attn``) run with the config's attention
+implementation switched to a private registered function that calls the module's own eager
+function, then recomputes ``(A * keep) @ V`` for the rows with removals (exact zeros). GPT-Neo
+and Falcon do not call the interface; there a forward hook on the attention module subtracts
+``W_O ((A * (1 - keep)) @ V)`` from its output (no bias), which equals the removal to float
+rounding. FFN blocks are removed by a forward hook on the branch's last module. Every hook, the
+config and the train/eval modes are restored under one ``ExitStack``, whatever happens inside.
+
+>>> from ltt.interventions import PartSet, run_batched             # doctest: +SKIP
+>>> logits = run_batched(model, ids, [PartSet({}, {}, only=True)], [len(ids) - 1], "zero")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ltt.models.families import get_module, split_values
+
+__all__ = ["PartSet", "run_batched", "uses_interface"]
+
+_IMPL = "ltt_intervention"  # the private attention implementation's registered name
+_ACTIVE: dict[int, Any] = {}  # id(attention module) -> handler, only during a run
+_REGISTERED = False
+_REGISTER_LOCK = threading.Lock()
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
+_OWNERS: dict[int, int] = {}  # id(hf model) -> thread ident running on it
+_MISSING = object()
+
+
+@dataclass
+class PartSet:
+    """The parts acting in one batch row. ``edges``: layer -> ``(targets, sources)`` token
+    arrays; ``ffn``: layer -> token array. ``only=True``: exactly these parts act (every other
+    edge and FFN block is removed); ``only=False``: these parts are removed, all others act."""
+
+    edges: dict[int, tuple[np.ndarray, np.ndarray]]
+    ffn: dict[int, np.ndarray]
+    only: bool
+
+
+def uses_interface(model: Any) -> bool:
+    """Whether ``model``'s attention goes through transformers' attention-function interface in
+    its eager mode (then edges are removed there; otherwise by subtraction after the module).
+
+    >>> uses_interface(ltt.load("smollm2-135m"))                 # doctest: +SKIP
+    True
+    """
+    fam = model._family.name
+    if fam in ("gpt_neo", "falcon"):
+        return False
+    if fam == "gpt2" and getattr(model.hf_model.config, "reorder_and_upcast_attn", False):
+        return False  # GPT-2 then runs its own upcast attention instead of the interface
+    from ltt.models.attention import eager_function
+
+    # Bloom, MPT: modeling files without the attention interface (their module's own attention)
+    return eager_function(model._sub(model._layers[0], model._family.attn)) is not None
+
+
+def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any):
+    """The registered attention function: the module's own eager attention, then the active
+    run's removals (or nothing, outside a run)."""
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if eager is None:
+        raise RuntimeError(f"{type(module).__name__} has no eager_attention_forward in its module; "
+                           "ltt cannot intervene on its attention")
+    out, weights = eager(module, query, key, value, attention_mask, **kwargs)
+    handler = _ACTIVE.get(id(module))
+    return (out, weights) if handler is None else handler(out, weights, value)
+
+
+def _register() -> None:
+    global _REGISTERED
+    with _REGISTER_LOCK:
+        if not _REGISTERED:
+            from transformers import AttentionInterface
+            from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+            AttentionInterface.register(_IMPL, _attention)
+            AttentionMaskInterface.register(_IMPL, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+            _REGISTERED = True
+
+
+# --------------------------------------------------------------------------------------------
+# keep masks
+
+
+def _attn_keep(rows: Sequence[PartSet], layer: int, T: int) -> np.ndarray:
+    """``[1 + len(rows), T, T]`` float32: 1 where edge ``s -> t`` acts in that row (row 0: all)."""
+    keep = np.ones((1 + len(rows), T, T), np.float32)
+    for i, r in enumerate(rows, 1):
+        e = r.edges.get(layer)
+        if r.only:
+            keep[i] = 0.0
+            if e is not None:
+                keep[i, e[0], e[1]] = 1.0
+        elif e is not None:
+            keep[i, e[0], e[1]] = 0.0
+    return keep
+
+
+def _ffn_keep(rows: Sequence[PartSet], layer: int, T: int) -> np.ndarray:
+    """``[1 + len(rows), T]`` bool: True where the FFN block at ``t`` acts in that row."""
+    keep = np.ones((1 + len(rows), T), bool)
+    for i, r in enumerate(rows, 1):
+        f = r.ffn.get(layer)
+        if r.only:
+            keep[i] = False
+            if f is not None:
+                keep[i, f] = True
+        elif f is not None:
+            keep[i, f] = False
+    return keep
+
+
+def _heads_of(v: Any, H: int) -> Any:
+    """Values ``[B, G, S, d_h]`` repeated to ``[B, H, S, d_h]`` (head h reads group h // (H/G))."""
+    G = v.shape[1]
+    return v if G == H else v.repeat_interleave(H // G, dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# hooks
+
+
+def _interface_handler(rows, layer, T, mean):
+    import torch
+
+    def handle(out, weights, value):
+        keep = torch.from_numpy(_attn_keep(rows, layer, T)).to(device=weights.device, dtype=weights.dtype)
+        v = _heads_of(value, weights.shape[1])
+        kept_w = weights * keep[:, None]
+        new = torch.matmul(kept_w, v)
+        if mean:
+            vbar = v[0].mean(dim=1)  # [H, d_h], the full run's mean value per head
+            new = new + (weights - kept_w).sum(-1, keepdim=True) * vbar[None, :, None, :]
+        new = new.transpose(1, 2).contiguous().to(out.dtype)
+        new[0] = out[0]  # the full row exactly as the model computed it
+        return new, kept_w
+
+    return handle
+
+
+def _project(module: Any, z: Any) -> Any:
+    """``z`` through a linear map's weight, without its bias (Conv1D keeps ``[in, out]``)."""
+    import torch.nn.functional as F
+
+    if type(module).__name__ == "Conv1D":
+        return z @ module.weight
+    return F.linear(z, module.weight)
+
+
+def _subtract_hooks(model, layer_mod, rows, layer, T, mean, B):
+    """(values hook, attention hook) of the subtraction path (GPT-Neo, Falcon)."""
+    import torch
+
+    fam, config = model._family, model.hf_model.config
+    H, G, dh = model.n_heads, model.n_kv_heads, model.d_head
+    o_proj = model._sub(layer_mod, fam.o_proj)
+    store: dict[str, Any] = {}
+
+    def values_hook(module, args, output):
+        o = output[0] if isinstance(output, (tuple, list)) else output
+        store["v"] = torch.stack([split_values(fam, config, o[b], H, G, dh) for b in range(o.shape[0])])
+
+    def attn_hook(module, args, output):
+        out, probs = output[0], output[1] if len(output) > 1 else None
+        if probs is None or "v" not in store:
+            raise RuntimeError(f"layer {layer}: the attention did not return its probabilities or values; "
+                               "ltt cannot remove edges in it")
+        keep = torch.from_numpy(_attn_keep(rows, layer, T)).to(device=probs.device, dtype=probs.dtype)
+        v = _heads_of(store.pop("v").permute(0, 2, 1, 3).to(probs.dtype), H)  # [B, H, S, d_h]
+        removed = probs * (1.0 - keep)[:, None]
+        z = torch.matmul(removed, v)
+        if mean:
+            z = z - removed.sum(-1, keepdim=True) * v[0].mean(dim=1)[None, :, None, :]
+        z = z.transpose(1, 2).reshape(B, T, H * dh).to(out.dtype)
+        return (out - _project(o_proj, z),) + tuple(output[1:])
+
+    return values_hook, attn_hook
+
+
+def _ffn_hook(rows, layer, T, mean, B):
+    import torch
+
+    def replace(output):
+        flat = output.ndim == 2  # OPT runs its MLP on [B*T, d]
+        x = output.view(B, T, -1) if flat else output
+        keep = torch.from_numpy(_ffn_keep(rows, layer, T)).to(x.device)[..., None]
+        repl = x[0].mean(dim=0) if mean else torch.zeros((), dtype=x.dtype, device=x.device)
+        y = torch.where(keep, x, repl.to(x.dtype))
+        return y.view_as(output) if flat else y
+
+    def hook(module, args, output):
+        if isinstance(output, tuple):  # a MoE block that also returns its router's scores
+            return (replace(output[0]),) + tuple(output[1:])
+        return replace(output)
+
+    return hook
+
+
+def _ffn_branches(model: Any, layer: Any) -> list[Any]:
+    """The modules whose outputs make up a layer's FFN branch: its post-branch norm, a MoE
+    block (and a shared MLP the layer adds outside it), or the down projection."""
+    from ltt.models import moe
+
+    fam = model._family
+    if fam.ffn_post_norm:
+        return [model._sub(layer, fam.ffn_post_norm)]
+    if moe.experts_module(fam, layer) is None:
+        return [model._sub(layer, fam.down)]
+    out = [model._sub(layer, fam.moe_block)]
+    shared = get_module(layer, fam.shared_expert) if fam.shared_outside else None
+    return out + ([shared] if shared is not None else [])
+
+
+# --------------------------------------------------------------------------------------------
+# running
+
+
+def _configs(hf: Any) -> list[Any]:
+    seen: dict[int, Any] = {id(hf.config): hf.config}
+    for m in hf.modules():
+        c = getattr(m, "config", None)
+        if c is not None and hasattr(c, "_attn_implementation_internal"):
+            seen.setdefault(id(c), c)
+    return list(seen.values())
+
+
+def _restore_configs(saved: list[tuple[Any, Any]]) -> None:
+    for c, value in saved:
+        if value is _MISSING:
+            c.__dict__.pop("_attn_implementation_internal", None)
+        else:
+            c._attn_implementation_internal = value
+
+
+def _restore_modes(modes: list[tuple[Any, bool]]) -> None:
+    for m, mode in modes:
+        m.training = mode
+
+
+def _lock_of(hf: Any) -> Any:
+    """The model's trace lock where :mod:`ltt.models` keeps one (``record.model_lock``: then a
+    trace and an intervened run of one model take turns too), else this module's own."""
+    try:
+        from ltt.models.record import model_lock
+    except ImportError:
+        with _REGISTER_LOCK:
+            return _MODEL_LOCKS.setdefault(hf, threading.Lock())
+    return model_lock(hf)
+
+
+@contextlib.contextmanager
+def _model_lock(hf: Any):
+    """One intervened run at a time per model; a re-entrant call from the same thread raises."""
+    me = threading.get_ident()
+    with _REGISTER_LOCK:
+        if _OWNERS.get(id(hf)) == me:
+            raise RuntimeError("an intervened run of this model is already in progress in this thread")
+    lock = _lock_of(hf)
+    with lock:
+        _OWNERS[id(hf)] = me
+        try:
+            yield
+        finally:
+            _OWNERS.pop(id(hf), None)
+
+
+def _run(model: Any, ids: list[int], rows: Sequence[PartSet], targets: list[int], ablation: str) -> np.ndarray:
+    """One batched forward: ``[1 + len(rows), len(targets), V]`` float64 logits, row 0 full."""
+    import torch
+
+    hf = model.hf_model
+    fam = model._family
+    B, T = 1 + len(rows), len(ids)
+    mean = ablation == "mean"
+    interface = uses_interface(model)
+    emb = hf.get_input_embeddings()
+    device = emb.weight.device if emb is not None and emb.weight.device.type != "meta" else None
+    with _model_lock(hf), contextlib.ExitStack() as stack:
+        stack.callback(_restore_modes, [(m, m.training) for m in hf.modules()])
+        configs = _configs(hf)
+        stack.callback(_restore_configs, [(c, c.__dict__.get("_attn_implementation_internal", _MISSING))
+                                          for c in configs])
+        for l, layer in enumerate(model._layers):
+            attn = model._sub(layer, fam.attn)
+            if interface:
+                _ACTIVE[id(attn)] = _interface_handler(rows, l, T, mean)
+                stack.callback(_ACTIVE.pop, id(attn), None)
+            else:
+                values_hook, attn_hook = _subtract_hooks(model, layer, rows, l, T, mean, B)
+                stack.callback(model._sub(layer, fam.qkv).register_forward_hook(values_hook).remove)
+                stack.callback(attn.register_forward_hook(attn_hook).remove)
+            for branch in _ffn_branches(model, layer):
+                stack.callback(branch.register_forward_hook(_ffn_hook(rows, l, T, mean, B)).remove)
+        if interface:
+            _register()
+            for c in configs:
+                c._attn_implementation_internal = _IMPL
+        else:
+            for c in configs:
+                c._attn_implementation_internal = "eager"
+        hf.eval()
+        with torch.no_grad():
+            input_ids = torch.tensor([ids], device=device).expand(B, T)
+            # on the CPU: it indexes the last layer's states, wherever device_map put them
+            out = hf(input_ids=input_ids, use_cache=False, logits_to_keep=torch.tensor(targets))
+        logits = out.logits.detach().to(device="cpu", dtype=torch.float64).numpy()
+    if logits.shape[:2] != (B, len(targets)):
+        raise RuntimeError(f"the model returned logits of shape {tuple(logits.shape)}, expected "
+                           f"({B}, {len(targets)}, vocab)")
+    return logits
+
+
+def row_bytes(model: Any, T: int, n_targets: int) -> int:
+    """A rough working-memory estimate of one batch row of :func:`run_batched`, in bytes.
+
+    >>> row_bytes(model, T=256, n_targets=1) / 2**20                # doctest: +SKIP
+    """
+    attn = 6 * model.n_heads * T * T * 4
+    acts = 10 * T * max(model.d_model, model.d_ffn) * 4
+    return int(attn + acts + 12 * n_targets * model.vocab_size)
+
+
+def run_batched(model: Any, ids: list[int], rows: Sequence[PartSet], targets: list[int], ablation: str,
+                max_batch_bytes: int = 1 << 30) -> np.ndarray:
+    """Logits ``[1 + len(rows), len(targets), V]`` (float64) of the full model (row 0) and of each
+    row's parts, in as few forward passes as ``max_batch_bytes`` allows (each repeats row 0).
+
+    >>> run_batched(model, ids, [PartSet({}, {}, only=True)], [len(ids) - 1], "zero").shape  # doctest: +SKIP
+    """
+    per_batch = max(1, int(max_batch_bytes) // max(1, row_bytes(model, len(ids), len(targets))) - 1)
+    rows = list(rows)
+    if not rows:
+        return _run(model, ids, [], targets, ablation)
+    pieces = []
+    for i in range(0, len(rows), per_batch):
+        logits = _run(model, ids, rows[i: i + per_batch], targets, ablation)
+        pieces.append(logits if i == 0 else logits[1:])
+    return np.concatenate(pieces)

@@ -143,7 +143,9 @@ def _run_trace(args: argparse.Namespace) -> int:
         graph.to_json(args.json)
         print(f"graph JSON written to {args.json}")
     if args.out:
-        trace.to_html(args.out, threshold=args.threshold, renormalize=not args.no_renormalize, targets=targets)
+        carry = "all" if args.report_targets is None else args.report_targets
+        trace.to_html(args.out, threshold=args.threshold, renormalize=not args.no_renormalize, targets=targets,
+                      carry=carry)
         print(f"HTML report written to {args.out}")
     return 0
 
@@ -203,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ltt",
         description="See how information flows through a Hugging Face causal LM for a prompt.",
     )
+    from ltt import __version__
+
+    parser.add_argument("--version", action="version", version=f"ltt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_graph_options(p: argparse.ArgumentParser, json_default: str | None, html_default: str | None) -> None:
@@ -214,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep raw shares instead of dropping parts below the threshold and rescaling the rest")
         p.add_argument("--json", default=json_default, metavar="PATH", help="write the pruned graph as JSON here")
         p.add_argument("--out", default=html_default, metavar="PATH", help="write the standalone HTML report here")
+        p.add_argument("--report-targets", type=int, default=None, metavar="N",
+                       help="the HTML report carries the graphs of every token as a target; keep only the last N")
         p.add_argument("--top", type=int, default=5, help="how many tokens, layers and edges to print (default 5)")
         p.add_argument("--baselines", type=int, default=16, metavar="N",
                        help="random graphs in the faithfulness check, a rerun of the model with only the "
@@ -262,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_command(args)
         if args.command == "demo":
             args.model = DEMO_MODEL
+        if args.report_targets is not None and args.report_targets <= 0:
+            raise ValueError(f"--report-targets must be a positive integer, got {args.report_targets}")
         if args.top <= 0:
             raise ValueError(f"--top must be a positive integer, got {args.top}")
         if not 0 <= args.baselines <= 4096:

@@ -4,17 +4,23 @@
 module and stylesheet unchanged and drives ``render()`` with a small in-page model
 (``createModelShim`` + ``offlineKernel`` in ``graph.js``). Embedded:
 
-* the pruned graph at the exported threshold in both threshold modes, and for every state the
-  renormalize mode reaches, its raw parts at or above that threshold. Moving the threshold
-  *up* re-prunes in the page (a JavaScript port of the backward reachability and of the
-  renormalize mode), giving the graph ``trace.graph(...)`` gives. A threshold below the
-  exported one, or targets outside the exported ones, need a live kernel and the page says so;
-* the panels of everything in the exported graphs: top tokens of every state (with and without
-  the final norm), every attention edge's head shares with the top heads' promoted tokens and
-  heatmaps, every FFN node's top neurons.
+* **every carried target** (default: all token positions; ``carry=N`` keeps the last N): for
+  every state, its raw parts at or above a ``floor`` (default 0.01, at most the exported
+  threshold) in both threshold modes, as float32, so the page prunes the graph of any set of
+  carried targets at any threshold from the floor up, in either mode, exactly as
+  ``trace.graph(...)`` does (a JavaScript port of the backward reachability and of the
+  renormalize mode). The targets given to :func:`to_html` are the ones shown first;
+* every head's attention pattern and contribution map, 8 bits per value (steps of 1/255 of
+  that map's largest value), within ``max_map_bytes``;
+* the panels of everything in the first graphs (top tokens of every state with and without the
+  final norm, every attention edge's head shares with the top heads' promoted tokens, every FFN
+  node's top neurons), then the top tokens of the other carried targets' states, within
+  ``max_extra_states``; a panel not embedded says it needs a live kernel.
 
-Token strings are data, never markup: the JSON sits in a ``<script type="application/json">``
-with ``<``, ``>`` and ``&`` escaped, and the page sets them with ``textContent`` only.
+The data travels deflate-compressed (JSON plus one binary buffer of typed arrays, each base64
+in a ``<script>`` element); the page inflates it with the browser's ``DecompressionStream``.
+``report["precision"]`` (shown in the page) says what the data holds. Token strings are data,
+never markup: the page sets them with ``textContent`` only.
 
 >>> import ltt                                                 # doctest: +SKIP
 >>> trace = ltt.load("smollm2-135m").trace("The capital of France is")   # doctest: +SKIP
@@ -25,9 +31,11 @@ with ``<``, ``>`` and ``&`` escaped, and the page sets them with ``textContent``
 from __future__ import annotations
 
 import base64
+import heapq
 import html
 import json
 import os
+import zlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,9 +45,10 @@ from ltt.graph import attribute, resolve_targets
 from ltt.widget import panels
 from ltt.widget import STATIC
 
-__all__ = ["to_html", "report_data", "embed_json"]
+__all__ = ["to_html", "report_data", "embed_json", "pack"]
 
 _HEADS_AT_ONCE = 256  # head views computed per batch in the report (bounds their maps' memory)
+FLOOR = 0.01  # default lowest threshold the report can show
 
 
 def embed_json(data: Any) -> str:
@@ -56,55 +65,137 @@ def embed_json(data: Any) -> str:
     return text
 
 
-def _b64(a: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode("ascii")
+_DTYPES = {"f4": "<f4", "u1": "u1", "u2": "<u2", "i4": "<i4"}
 
 
-def _attention_states(graph: dict[str, Any], parallel: list[bool]) -> tuple[set, set]:
-    """(l, t) of the attention states (A, or I of a parallel layer) and of the sequential FFN
-    states (I) in a graph."""
-    attn, ffn = set(), set()
-    for n in graph["nodes"]:
-        k, l, t = n["kind"], n["layer"], n["token"]
-        if k == "A" or (k == "I" and parallel[l]):
-            attn.add((l, t))
-        elif k == "I":
-            ffn.add((l, t))
-    return attn, ffn
+def pack(data: Any) -> tuple[str, str]:
+    """``(json_b64, bin_b64)``: ``data`` as deflated JSON, its NumPy arrays moved into one deflated
+    binary buffer (each replaced by ``{"$a": [dtype, byte offset, length]}``; dtypes f4, u1, u2,
+    i4, little-endian, each aligned to 4 bytes), both base64. ``graph.js``'s ``loadStore`` undoes it.
+
+    >>> j, b = pack({"x": np.arange(3, dtype=np.float32)})
+    >>> json.loads(zlib.decompress(base64.b64decode(j)))
+    {'x': {'$a': ['f4', 0, 3]}}
+    """
+    chunks: list[bytes] = []
+    offset = 0
+
+    def walk(v: Any) -> Any:
+        nonlocal offset
+        if isinstance(v, np.ndarray):
+            code = {np.dtype("float32"): "f4", np.dtype("uint8"): "u1", np.dtype("uint16"): "u2",
+                    np.dtype("int32"): "i4"}.get(v.dtype)
+            if code is None:
+                raise TypeError(f"pack: arrays must be float32, uint8, uint16 or int32, got {v.dtype}")
+            raw = np.ascontiguousarray(v.ravel(), dtype=_DTYPES[code]).tobytes()
+            ref = {"$a": [code, offset, int(v.size)]}
+            pad = (-len(raw)) % 4
+            chunks.append(raw + b"\0" * pad)
+            offset += len(raw) + pad
+            return ref
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [walk(x) for x in v]
+        return v
+
+    plain = walk(data)
+    text = json.dumps(plain, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    b64 = lambda raw: base64.b64encode(zlib.compress(raw, 9)).decode("ascii")  # noqa: E731
+    return b64(text), b64(b"".join(chunks))
 
 
-def _parts(trace: Any, graph: dict[str, Any], threshold: float, norm: int) -> dict[str, Any]:
-    """Raw parts of every state of the renormalize-mode graph, enough to renormalize and prune
-    at any higher threshold: the head parts >= threshold (and the largest one) in (head, source)
-    order, and the single parts (residual, bias, FFN of a parallel layer)."""
+def _carried(carry: Any, T: int, shown: list[int]) -> list[int]:
+    """Token positions whose graphs the report carries: ``"all"``, an int N (the last N), or a
+    list; the shown targets are always among them."""
+    if carry is None or (isinstance(carry, str) and carry == "all"):
+        out = list(range(T))
+    elif isinstance(carry, (int, np.integer)) and not isinstance(carry, bool):
+        if carry < 1:
+            raise ValueError(f"carry must be 'all', a positive number of targets or a list of positions, got {carry!r}")
+        out = list(range(max(0, T - int(carry)), T))
+    else:
+        out = resolve_targets(list(carry), T)
+    return sorted(set(out) | set(shown))
+
+
+def _quantise(m: np.ndarray) -> tuple[np.ndarray, float]:
+    """A non-negative map as uint8 steps of its max/255 and that step (0 for an all-zero map)."""
+    top = float(np.max(m)) if m.size else 0.0
+    if not top > 0:
+        return np.zeros(m.shape, np.uint8), 0.0
+    return np.rint(np.clip(m, 0, None) * (255.0 / top)).astype(np.uint8), top / 255.0
+
+
+def _head_maps(trace: Any, layer: int, H: int, with_model: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """All heads' contribution maps ``[H, T, T]`` of a layer and, with a model, their attention
+    patterns, through the public interpret functions (recomputed on demand there)."""
+    T = len(trace.token_ids)
+    if with_model:
+        views = interpret.head_view_many(trace, [(layer, h, T - 1) for h in range(H)], k=1)
+        return (np.stack([np.asarray(v.contribution, np.float32) for v in views]),
+                np.stack([np.asarray(v.pattern, np.float32) for v in views]))
+    return np.stack([np.asarray(interpret.head_map(trace, layer, h), np.float32) for h in range(H)]), None
+
+
+def _offline_data(trace: Any, carried: list[int], floor: float, norm: int, with_model: bool,
+                  max_map_bytes: int) -> dict[str, Any]:
+    """What the page prunes from, for every state (l, t), as flat arrays (index l*T + t):
+
+    * ``single``: the residual, bias and FFN shares of the states (raw, before any threshold);
+    * ``heads``: the renormalize mode's head parts >= floor, and each state's largest, in (l, t,
+      head, source) order: ``l``, ``t``, ``k``, ``s``, ``v``;
+    * ``raw``: the attention edges of the raw-mode graph of the carried targets at the floor
+      (every edge >= floor into each state it reaches, and the largest where none is);
+    * ``maps``: per head, its attention pattern and contribution map, lower triangle, uint8 with
+      a step per map: every head when they fit in ``max_map_bytes``, else the heads with the
+      largest single share first."""
+    T, L = len(trace.token_ids), len(trace.layers)
     full = attribute(trace, norm)
-    par = [bool(p) for p in full.parallel]
-    attn_states, ffn_states = _attention_states(graph, par)
-    out_attn: dict[str, Any] = {}
-    sparse = threshold >= full.floor
-    for l, t in sorted(attn_states):
-        if sparse:  # the trace's parts above the floor (and each row's largest), (head, source) order
-            p = full.parts[l]
-            lo, hi = p.indptr[t], p.indptr[t + 1]
-            v = p.values[lo:hi]
-            keep = v >= threshold
-            keep[int(np.argmax(v))] = True
-            ks, ss, vs = p.heads[lo:hi][keep], p.sources[lo:hi][keep], v[keep]
-        else:
-            h = full.heads[l, :, t, : t + 1]  # [H, t+1]
-            keep = h >= threshold
-            keep[np.unravel_index(int(np.argmax(h)), h.shape)] = True
-            ks, ss = np.nonzero(keep)  # row-major: (head, source) order
-            vs = h[ks, ss]
-        single = [float(full.attn_resid[l, t]), float(full.attn_bias[l, t])]
-        if par[l]:
-            single.append(float(full.ffn[l, t]))
-        out_attn[f"{l},{t}"] = {
-            "heads": [[int(s), int(k), float(v)] for k, s, v in zip(ks.tolist(), ss.tolist(), vs.tolist())],
-            "single": single,
-        }
-    out_ffn = {f"{l},{t}": [float(full.ffn[l, t]), float(full.ffn_resid[l, t])] for l, t in sorted(ffn_states)}
-    return {"attn": out_attn, "ffn": out_ffn}
+    single = {name: np.ascontiguousarray(getattr(full, name), np.float32).reshape(-1)
+              for name in ("attn_resid", "attn_bias", "ffn", "ffn_resid")}
+    H = panels.model_info(trace)["n_heads"]
+    tri = np.tril_indices(T)
+    per_head = 2 * len(tri[0])
+    room = (max_map_bytes // per_head) if with_model else 0  # how many heads' maps fit
+    best: list[tuple[float, int, str, dict]] = []  # a min-heap of the heads kept so far
+    cols: dict[str, list[np.ndarray]] = {"l": [], "t": [], "k": [], "s": [], "v": []}
+    maps: dict[str, Any] = {}
+    for layer in range(L):
+        contrib, pattern = _head_maps(trace, layer, H, with_model)
+        per_state = np.transpose(contrib, (1, 0, 2))  # [t, head, s]: (head, source) order per state
+        keep = per_state >= floor
+        flat = per_state.reshape(T, -1)
+        keep.reshape(T, -1)[np.arange(T), np.argmax(flat, axis=1)] = True  # the largest part
+        keep &= np.tril(np.ones((T, T), bool))[:, None, :]  # no future sources
+        t, k, src = np.nonzero(keep)
+        cols["l"].append(np.full(len(t), layer, np.uint16))
+        cols["t"].append(t.astype(np.uint16))
+        cols["k"].append(k.astype(np.uint16))
+        cols["s"].append(src.astype(np.uint16))
+        cols["v"].append(per_state[t, k, src].astype(np.float32))
+        for h in range(H if room else 0):
+            rank = (float(np.max(contrib[h])), -(layer * H + h))
+            if len(best) >= room and rank <= best[0][:2]:
+                continue
+            qp, sp = _quantise(pattern[h][tri])
+            qc, sc = _quantise(contrib[h][tri])
+            entry = (*rank, f"{layer}:{h}", {"pattern": qp, "contribution": qc, "step": [sp, sc]})
+            (heapq.heappush if len(best) < room else heapq.heapreplace)(best, entry)
+    for _, order, key, m in sorted(best, key=lambda e: -e[1]):  # layer, head order
+        maps[key] = m
+    heads = {key: np.concatenate(v) if v else np.zeros(0, np.float32) for key, v in cols.items()}
+    raw_graph = trace.graph(threshold=floor, renormalize=False, targets=carried)
+    rl, rt, rs, rw = [], [], [], []
+    for e in raw_graph.edges:
+        if e.kind == "attention":
+            rl.append(e.layer)
+            rt.append(panels.parse_node(e.target)[2])
+            rs.append(panels.parse_node(e.source)[2])
+            rw.append(e.weight)
+    raw = {"l": np.array(rl, np.uint16), "t": np.array(rt, np.uint16), "s": np.array(rs, np.uint16),
+           "w": np.array(rw, np.float32)}
+    return {"single": single, "heads": heads, "raw": raw, "maps": maps, "n_maps": [len(maps), L * H]}
 
 
 def report_data(
@@ -115,30 +206,49 @@ def report_data(
     normalize: bool = True,
     k: int = 10,
     heads_per_edge: int = 3,
-    max_map_bytes: int = 32 << 20,
+    max_map_bytes: int = 12 << 20,
     slider: Sequence[float] = (0.01, 0.10),
     with_panels: bool = True,
+    carry: Sequence[int] | int | str | None = "all",
+    floor: float | None = None,
+    max_extra_states: int = 1000,
 ) -> dict[str, Any]:
-    """Everything the report embeds, as plain data (see the module docstring). With
-    ``with_panels=False`` (or a trace without a model) only the graphs are embedded."""
-    tgt = resolve_targets(targets, len(trace.token_ids))
+    """Everything the report embeds, as plain data and NumPy arrays (see the module docstring).
+    With ``with_panels=False`` (or a trace without a model) only the graphs are embedded.
+
+    >>> store = report_data(trace, threshold=0.04, carry=10)   # doctest: +SKIP
+    >>> store["exported"]["carried"][-1], store["precision"]   # doctest: +SKIP
+    """
+    T = len(trace.token_ids)
+    tgt = resolve_targets(targets, T)
+    carried = _carried(carry, T, tgt)
     g_renorm = trace.graph(threshold=threshold, renormalize=True, targets=tgt)
     g_raw = trace.graph(threshold=threshold, renormalize=False, targets=tgt)
     graphs = {"renorm": panels.graph_payload(trace, g_renorm), "raw": panels.graph_payload(trace, g_raw)}
     threshold = float(g_renorm.threshold)
-    T = len(trace.token_ids)
+    floor = min(FLOOR, threshold) if floor is None else float(floor)
+    if not (0.0 <= floor <= threshold):
+        raise ValueError(f"floor must be a number in [0, threshold={threshold}], got {floor!r}")
+    with_model = getattr(trace, "model", None) is not None
+    offline = _offline_data(trace, carried, floor, g_renorm.norm, with_model, int(max_map_bytes))
+    predictions: dict[str, str] = {}
+    if with_model:
+        L = len(trace.layers)
+        tops = interpret.top_tokens_many(trace, [f"I{L - 1}_{t}" for t in carried], k=1, normalize=True)
+        predictions = {str(t): top.tokens[0].token for t, top in zip(carried, tops)}
     store: dict[str, Any] = {
-        "exported": {"threshold": threshold, "targets": tgt, "renormalize": bool(renormalize)},
+        "exported": {"threshold": threshold, "targets": tgt, "renormalize": bool(renormalize),
+                     "carried": carried, "floor": floor},
         "n_layers": len(trace.layers),
+        "n_tokens": T,
         "parallel": graphs["renorm"]["parallel"],
         "graphs": graphs,
-        "parts": _parts(trace, graphs["renorm"], threshold, g_renorm.norm),
+        "predictions": predictions,
+        "offline": offline,
         "panels": {},
-        "maps": {},
-        "map_shape": [2, T, T],
+        "precision": _precision(floor, carried, T, offline["n_maps"]),
     }
-    P, maps = store["panels"], store["maps"]
-    map_budget = int(max_map_bytes)
+    P = store["panels"]
     nodes: dict[str, dict] = {}
     edges: dict[str, dict] = {}
     for g in graphs.values():
@@ -147,7 +257,7 @@ def report_data(
         for e in g["edges"]:
             edges.setdefault(f"{e['source']}|{e['target']}|{e['kind']}", e)
     ffn_weight = {e["source"]: e["weight"] for e in edges.values() if e["kind"] == "ffn" and e["source"].startswith("M")}
-    if not with_panels or getattr(trace, "model", None) is None:
+    if not with_panels or not with_model:
         nodes, edges = {}, {}
     # Every panel's vocabulary projections are batched (interpret's *_many functions, the same
     # answers as single clicks): one logit lens per norm setting over all the states, one
@@ -156,13 +266,26 @@ def report_data(
     ffn_nodes = [name for name, n in nodes.items() if n["kind"] == "M"]
     states = [name for name, n in nodes.items() if n["kind"] != "M"]
     ffn = iter(panels.ffn_panels(trace, ffn_nodes, [ffn_weight.get(name) for name in ffn_nodes], k=k))
-    lens = {flag: iter(panels.state_panels(trace, states, normalize=bool(flag), k=k)) for flag in (1, 0)}
+    before = panels.state_blocks(trace, states)  # the same for both norm settings
+    lens = {flag: iter(panels.state_panels(trace, states, normalize=bool(flag), k=k, blocks=before))
+            for flag in (1, 0)}
     for name, n in nodes.items():
         if n["kind"] == "M":
             P[f"ffn:{name}"] = next(ffn)
         else:
             for norm_flag in (1, 0):
                 P[f"state:{name}:{norm_flag}"] = next(lens[norm_flag])
+    if nodes and max_extra_states > 0:  # the other targets' states: top tokens with the final norm
+        extra: list[str] = []
+        for t in sorted(set(carried) - set(tgt), reverse=True):  # nearest the last token first
+            g = trace.graph(threshold=threshold, renormalize=bool(renormalize), targets=[t])
+            for n in g.nodes:
+                if n.kind != "M" and n.name not in nodes and n.name not in extra:
+                    extra.append(n.name)
+            if len(extra) >= max_extra_states:
+                break
+        for name, panel in zip(extra[:max_extra_states], panels.state_panels(trace, extra[:max_extra_states], True, k)):
+            P[f"state:{name}:1"] = panel
     targets = {key: panels.parse_node(panels.parse_edge(key)[1])[1:] for key, e in edges.items()
                if e["kind"] == "attention"}  # edge -> (layer, target token)
     where = sorted(set(targets.values()))
@@ -181,14 +304,10 @@ def report_data(
                 if hkey not in P:
                     P[hkey] = None  # filled below, in this order
                     wanted.append((layer, hs["head"], t))
-    for i in range(0, len(wanted), _HEADS_AT_ONCE):  # a few hundred [2, T, T] maps at a time
+    for i in range(0, len(wanted), _HEADS_AT_ONCE):
         some = wanted[i : i + _HEADS_AT_ONCE]
-        for (layer, head, t), (view, m) in zip(some, panels.head_views(trace, some, k)):
+        for (layer, head, t), (view, _m) in zip(some, panels.head_views(trace, some, k)):
             P[f"hv:{layer}:{head}:{t}"] = view
-            mkey = f"{layer}:{head}"
-            if mkey not in maps and m.nbytes <= map_budget:
-                maps[mkey] = _b64(m)
-                map_budget -= m.nbytes
     info = panels.model_info(trace, graphs["renorm"])
     prompt = str(getattr(trace, "prompt", "")) or "".join(trace.tokens)
     store["state"] = {
@@ -196,7 +315,7 @@ def report_data(
         "threshold": threshold, "renormalize": bool(renormalize), "normalize": bool(normalize),
         "targets": tgt, "selection": {}, "panel": {}, "panel_maps": "", "panel_maps_shape": [],
         "prompts": [prompt], "prompt_index": 0, "model_info": info, "status": "", "error": "",
-        "notice": "", "live": False, "slider": [float(slider[0]), float(slider[1])],
+        "notice": "", "live": False, "slider": [float(min(slider[0], floor)), float(slider[1])],
     }
     from ltt.faithfulness import report_line  # the exported graph's check, one batched rerun
 
@@ -204,30 +323,52 @@ def report_data(
     return store
 
 
+def _precision(floor: float, carried: list[int], T: int, n_maps: list[int]) -> str:
+    which = "every token" if len(carried) == T else f"{len(carried)} of the {T} tokens"
+    text = (f"This report carries the graphs of {which} as targets, with thresholds from {floor:g} up "
+            "(edge weights as float32, as computed)")
+    kept, total = n_maps
+    if kept:
+        heads = "every head's" if kept == total else f"{kept} of the {total} heads' (the largest shares first)"
+        text += (f"; {heads} attention pattern and contribution map with 8 bits per value (steps of 1/255 "
+                 "of each map's largest value)")
+    return text + "."
+
+
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
 <meta name="generator" content="ltt">
 <title>{title}</title>
 <style>
-body {{ margin: 16px; background: #fafafa; }}
-.ltt-report-title {{ font: 600 16px system-ui, sans-serif; margin: 0 0 4px; color: #1f2937; }}
-.ltt-report-prompt {{ font: 13px ui-monospace, Menlo, Consolas, monospace; color: #374151; margin: 0 0 10px; white-space: pre-wrap; }}
+body {{ margin: 16px; background: #fafafa; color: #1f2937; }}
+.ltt-report-title {{ font: 600 16px system-ui, sans-serif; margin: 0 0 4px; }}
+.ltt-report-prompt {{ font: 13px ui-monospace, Menlo, Consolas, monospace; color: #374151; margin: 0 0 6px; white-space: pre-wrap; }}
+.ltt-report-precision {{ font: 12px system-ui, sans-serif; color: #4b5563; margin: 0 0 10px; }}
+@media (prefers-color-scheme: dark) {{
+  body {{ background: #111418; color: #e5e7eb; }}
+  .ltt-report-prompt {{ color: #d1d5db; }}
+  .ltt-report-precision {{ color: #9ca3af; }}
+}}
 {css}
 </style>
 </head>
-<body>
+<body class="ltt-report">
 <div class="ltt-report-title">{heading}</div>
 <div class="ltt-report-prompt" id="ltt-prompt"></div>
+<div class="ltt-report-precision" id="ltt-precision"></div>
 <div id="ltt-app"></div>
-<script type="application/json" id="ltt-data">{data}</script>
+<script type="application/octet-stream" id="ltt-data" data-encoding="deflate-base64">{data}</script>
+<script type="application/octet-stream" id="ltt-bin" data-encoding="deflate-base64">{blob}</script>
 <script type="module">
 {js}
 // --- report bootstrap: the same render() as the widget, driven by the embedded data ---
-const store = JSON.parse(document.getElementById("ltt-data").textContent);
+const store = await loadStore(document.getElementById("ltt-data"), document.getElementById("ltt-bin"));
 document.getElementById("ltt-prompt").textContent = store.state.prompts[0];
+document.getElementById("ltt-precision").textContent = store.precision || "";
 const model = createModelShim(store.state, offlineKernel(store));
 render({{ model, el: document.getElementById("ltt-app") }});
 window.__ltt = {{ model, store }};
@@ -252,27 +393,36 @@ def to_html(
     normalize: bool = True,
     k: int = 10,
     heads_per_edge: int = 3,
-    max_map_bytes: int = 32 << 20,
+    max_map_bytes: int = 12 << 20,
     title: str | None = None,
     with_panels: bool = True,
+    carry: Sequence[int] | int | str | None = "all",
+    floor: float | None = None,
+    max_extra_states: int = 1000,
 ) -> str:
     """Write the standalone report of ``trace`` to ``path`` and return the path (with
-    ``path=None``, return the HTML text instead). ``heads_per_edge`` heads of each attention
-    edge get their promoted tokens and heatmaps embedded (within ``max_map_bytes``); with
-    ``with_panels=False`` only the graph is embedded (panels then need a live kernel).
+    ``path=None``, return the HTML text instead). It carries the graphs of every target in
+    ``carry`` (default all tokens; an int N: the last N) from ``floor`` up, and shows
+    ``targets`` (default the last token) at ``threshold`` first. ``heads_per_edge`` heads of
+    each attention edge of that first graph get their promoted tokens embedded; every head's
+    maps are embedded when they fit in ``max_map_bytes`` (else the heads with the largest
+    shares); with ``with_panels=False`` only the graphs are (panels then need a live kernel).
 
-    >>> to_html(trace, "report.html", threshold=0.05, targets=[-1])   # doctest: +SKIP
+    >>> to_html(trace, "report.html", threshold=0.05, targets=[-1], carry=20)   # doctest: +SKIP
     'report.html'
     """
     store = report_data(trace, threshold, renormalize, targets, normalize, k, heads_per_edge,
-                        max_map_bytes, with_panels=with_panels)
+                        max_map_bytes, with_panels=with_panels, carry=carry, floor=floor,
+                        max_extra_states=max_extra_states)
     model_name = store["state"]["model_info"].get("name", "model")
     heading = title or f"ltt · {model_name}"
+    data, blob = pack(store)
     page = _PAGE.format(
         title=html.escape(heading),
         heading=html.escape(heading),
         css=(STATIC / "graph.css").read_text(encoding="utf-8").replace("</", "<\\/"),
-        data=embed_json(store),
+        data=data,
+        blob=blob,
         js=_inline_js((STATIC / "graph.js").read_text(encoding="utf-8")),
     )
     if path is None:

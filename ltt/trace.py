@@ -227,7 +227,10 @@ class Trace:
         return int(len(self.token_ids))
 
     def top_prediction(self, k: int = 1) -> list[tuple[str, float]]:
-        """The ``k`` most likely next tokens as ``(readable string, logit)``.
+        """The ``k`` most likely next tokens after the last prompt token, most likely first: a
+        list of ``(text, logit)`` pairs, ``text`` the token decoded to a string (its id as a
+        string when the trace has no tokenizer) and ``logit`` the model's raw next-token score
+        (a float, not a probability; ``trace.logits`` holds all of them).
 
         >>> trace.top_prediction(1)                       # doctest: +SKIP
         [(' Paris', 17.37)]

@@ -142,10 +142,17 @@ def test_threshold_moves_up_offline_exactly_as_trace_graph(page, report, trace):
     page.dispatch_event("input.ltt-targets", "change")
     page.wait_for_timeout(200)
     _assert_same(page, trace.graph(threshold=0.06, renormalize=False, targets=[T - 4]))
-    # below the exported threshold: the page says it needs a kernel and keeps the exported graph
-    _set_threshold(page, 0.01, shown=EXPORTED)
-    assert "live kernel" in page.inner_text(".ltt-notice")
-    _assert_same(page, trace.graph(threshold=EXPORTED, renormalize=False, targets=[T - 4]))
+    # below the exported threshold, down to the report's floor (0.01): still exact offline
+    _set_threshold(page, 0.01)
+    _assert_same(page, trace.graph(threshold=0.01, renormalize=False, targets=[T - 4]))
+    assert page.inner_text(".ltt-notice").strip() == ""
+    page.click("input.ltt-renormalize")
+    page.wait_for_timeout(200)
+    _assert_same(page, trace.graph(threshold=0.01, renormalize=True, targets=[T - 4]))
+    # below the floor: the page says so and shows the floor's graph
+    _set_threshold(page, 0.005, shown=0.01)
+    assert "floor" in page.inner_text(".ltt-notice")
+    _assert_same(page, trace.graph(threshold=0.01, targets=[T - 4]))
     assert page.is_disabled("button.ltt-run")
 
 
@@ -162,7 +169,7 @@ def test_attention_edge_click_shows_the_heads_panel(page, report, trace):
     layer, target, source = int(dst[1:].split("_")[0]), int(dst.split("_")[1]), int(src.split("_")[1])
     eh = interpret.edge_heads(trace, layer, target, source)
     rows = page.eval_on_selector_all(".ltt-head", "els => els.map(e => [Number(e.dataset.head), e.title])")
-    assert [h for h, _ in rows] == sorted(h.head for h in eh.heads)
+    assert [h for h, _ in rows] == [h.head for h in eh.heads]  # largest share first, as edge_heads
     shares = {h.head: h.share for h in eh.heads}
     for h, title in rows:
         assert float(title.split("share ")[1]) == pytest.approx(shares[h], rel=1e-5, abs=1e-7)
@@ -184,13 +191,16 @@ def test_attention_edge_click_shows_the_heads_panel(page, report, trace):
     page.wait_for_selector(f'.ltt-head-selected[data-head="{other}"]')
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "report_heads.png"))
-    # the embedded maps are the head's attention pattern
-    maps = page.evaluate("""() => { const m = window.__ltt.model; const s = m.get('panel_maps_shape');
-        const b = atob(m.get('panel_maps')); const f = new Float32Array(Uint8Array.from(b, c => c.charCodeAt(0)).buffer);
-        return [s, Array.from(f)]; }""")
+    # the embedded maps are the head's attention pattern and contribution map, to 8 bits
+    maps = page.evaluate("""() => { const m = window.__ltt.model;
+        return [m.get('panel_maps_shape'), Array.from(m.get('panel_maps'))]; }""")
     assert maps[0] == [2, T, T]
     hv = interpret.head_view(trace, layer, other, target)
-    np.testing.assert_array_equal(np.array(maps[1], np.float32).reshape(2, T, T), np.stack([hv.pattern, hv.contribution]))
+    got = np.array(maps[1], np.float32).reshape(2, T, T)
+    for i, want in enumerate((hv.pattern, hv.contribution)):
+        step = float(np.max(want)) / 255
+        np.testing.assert_allclose(got[i], np.tril(want), rtol=0, atol=step / 2 * 1.001 + 1e-9)
+    assert "8 bits per value" in page.inner_text("#ltt-precision")
 
 
 def _visible(tok: str) -> str:

@@ -43,11 +43,13 @@ class Frontend:
     module: str  # the server is ``python -m <module>``
     page: str  # where the notebook opens, relative to the server's root URL
     args: tuple[str, ...] = ()  # options only this front end's app knows
+    theme: str | None = None  # a JupyterLab theme set in the user settings before the page opens
 
 
 FRONTENDS = [
     Frontend("jupyterlab", "jupyterlab", f"/lab/tree/{NOTEBOOK}", ("--LabApp.news_url=",)),
     Frontend("notebook7", "notebook", f"/notebooks/{NOTEBOOK}"),
+    Frontend("jupyterlab_dark", "jupyterlab", f"/lab/tree/{NOTEBOOK}", ("--LabApp.news_url=",), "JupyterLab Dark"),
 ]
 
 
@@ -108,6 +110,8 @@ def server(request, tmp_path, tiny_dir):
     settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
+    if frontend.theme:
+        (settings / "themes.jupyterlab-settings").write_text(json.dumps({"theme": frontend.theme}))
     log_path = tmp_path / "server.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
@@ -235,6 +239,21 @@ def test_widget_renders_and_answers_clicks(server):
             after = page.eval_on_selector(
                 "svg.ltt-svg", "s => ({threshold: s.dataset.threshold, nodes: +s.dataset.nodes, edges: +s.dataset.edges})")
             assert after["edges"] < before["edges"] and after["nodes"] <= before["nodes"], (before, after)
+
+            if frontend.theme:  # the widget follows the theme: its colours are JupyterLab's
+                page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
+                colours = page.evaluate("""() => {
+                    const root = document.querySelector('.ltt-root'), probe = document.createElement('div');
+                    probe.style.background = 'var(--jp-layout-color1)'; probe.style.color = 'var(--jp-ui-font-color1)';
+                    document.body.append(probe); const p = getComputedStyle(probe), r = getComputedStyle(root);
+                    const label = getComputedStyle(document.querySelector('.ltt-axis-x text')).fill;
+                    const out = {bg: r.backgroundColor, jpBg: p.backgroundColor, fg: r.color, jpFg: p.color, label};
+                    probe.remove(); return out; }""")
+                assert colours["bg"] == colours["jpBg"] and colours["fg"] == colours["jpFg"], colours
+                rgb = [float(v) for v in colours["bg"][colours["bg"].index("(") + 1:-1].split(",")[:3]]
+                assert sum(rgb) < 3 * 80, colours  # a dark background, not the light fallback
+                label = [float(v) for v in colours["label"][colours["label"].index("(") + 1:-1].split(",")[:3]]
+                assert sum(label) > 3 * 170, colours  # token labels light on the dark background
 
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / f"{frontend.name}.png"))

@@ -228,7 +228,7 @@ class GraphWidget(anywidget.AnyWidget):
         except ValueError as exc:
             raise tl.TraitError(f"selection: {exc}") from None
         if "head" in sel and sel["head"] is not None:
-            H = int(self.trace.layers[0].attn.shape[0])
+            H = panels.n_heads(self.trace)
             h = sel["head"]
             if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < H:
                 raise tl.TraitError(f"selection: head must be an integer in [0, {H}), got {h!r}")

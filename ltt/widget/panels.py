@@ -62,6 +62,18 @@ def graph_payload(trace: Any, graph: Any) -> dict[str, Any]:
     return data
 
 
+def n_heads(trace: Any) -> int:
+    """Attention heads per layer, read from the output projection's per-head slices ``w_o [H,
+    d_h, d]`` (the attention probabilities need not be kept on the trace).
+
+    >>> n_heads(trace)                                      # doctest: +SKIP
+    9
+    """
+    lb = trace.layers[0]
+    w_o = getattr(lb, "w_o", None)
+    return int(np.shape(w_o)[0]) if w_o is not None else int(lb.attn.shape[0])
+
+
 def model_info(trace: Any, graph: dict[str, Any] | None = None) -> dict[str, Any]:
     """Model facts shown in the header: name, family, layers, heads, d_model, vocabulary."""
     m = getattr(trace, "model", None)
@@ -70,7 +82,7 @@ def model_info(trace: Any, graph: dict[str, Any] | None = None) -> dict[str, Any
         "name": str(getattr(m, "name", None) or (graph or {}).get("model", "model")),
         "family": getattr(m, "family", None),
         "n_layers": len(trace.layers),
-        "n_heads": int(lb.attn.shape[0]),
+        "n_heads": n_heads(trace),
         "n_kv_heads": int(lb.values.shape[1]),
         "d_model": int(lb.resid_pre.shape[1]),
         "d_ffn": int(lb.act.shape[1]),
@@ -84,13 +96,60 @@ def state_panel(trace: Any, node: str, normalize: bool = True, k: int = 10) -> d
     return state_panels(trace, [node], normalize, k)[0]
 
 
-def state_panels(trace: Any, nodes: list[str], normalize: bool = True, k: int = 10) -> list[dict[str, Any]]:
-    """:func:`state_panel` of many states at once (one batched logit lens), in their order."""
+BLOCK_K = 5  # promoted / suppressed tokens of the block before a state, in its panel
+
+
+def block_before(trace: Any, node: str) -> tuple[int, int, str] | None:
+    """``(layer, token, block)`` of the update that made a state: the attention block before
+    ``A{l}_t``, the FFN block before ``I{l}_t`` (a parallel layer's FFN); None for ``X0_t``.
+
+    >>> block_before(trace, "I3_5"), block_before(trace, "X0_2")   # doctest: +SKIP
+    ((3, 5, 'ffn'), None)
+    """
+    kind, layer, token = parse_node(node)
+    if kind == "A":
+        return layer, token, "attn"
+    if kind == "I":
+        return layer, token, "ffn"
+    return None
+
+
+def state_panels(trace: Any, nodes: list[str], normalize: bool = True, k: int = 10,
+                 blocks: list[Any] | None = None) -> list[dict[str, Any]]:
+    """:func:`state_panel` of many states at once (one batched logit lens and one batched
+    projection of the blocks before them), in their order. Each panel's ``block`` holds what the
+    block that made the state promoted and suppressed (the original tool's view beside the logit
+    lens); ``blocks`` passes those when already computed (one per node, None for ``X0_t``)."""
     out = []
-    for tt in interpret.top_tokens_many(trace, nodes, k=k, normalize=bool(normalize)):
+    if blocks is None:
+        blocks = state_blocks(trace, nodes)
+    for tt, block in zip(interpret.top_tokens_many(trace, nodes, k=k, normalize=bool(normalize)), blocks):
         panel = tt.to_dict()
         panel["type"] = "state"
+        if block is not None:
+            panel["block"] = block
         out.append(panel)
+    return out
+
+
+def state_blocks(trace: Any, nodes: list[str]) -> list[dict[str, Any] | None]:
+    """For each state, ``{"what", "promoted", "suppressed"}`` of the block before it (None for
+    an embedding), in one batched projection.
+
+    >>> state_blocks(trace, ["A2_4", "X0_1"])[0]["what"]    # doctest: +SKIP
+    'attention block of layer 2'
+    """
+    where = [block_before(trace, n) for n in nodes]
+    specs = [w for w in where if w is not None]
+    found = iter(interpret.promoted_many(trace, specs, k=BLOCK_K) if specs else [])
+    out: list[dict[str, Any] | None] = []
+    for w in where:
+        if w is None:
+            out.append(None)
+            continue
+        layer, _, block = w
+        what = f"attention block of layer {layer}" if block == "attn" else f"FFN block of layer {layer}"
+        out.append({"what": what, **effects(next(found))})
     return out
 
 

@@ -31,26 +31,37 @@ export function nodeXY(kind, layer, token, parallel, nLayers, grid = GRID) {
   let up;
   if (kind === "X") up = 0;
   else if (kind === "I") up = (layer + 1) * row;
-  else if (kind === "A") up = (layer + 1) * row - 0.6 * row;
+  else if (kind === "A") up = (layer + 1) * row - 0.5 * row;
   else {
     x += 0.3 * col;
-    up = (layer + 1) * row - (parallel ? 0.5 : 0.3) * row;
+    up = (layer + 1) * row - (parallel ? 0.5 : 0.25) * row;
   }
   return [x, nLayers * row - up];
 }
 
+/** The height an attention edge runs at between its source row (a) and its target row (b):
+ *  the longer the edge, the nearer the target row, so edges of different lengths into one state
+ *  run apart instead of on top of each other, and none crosses another token's node. */
+export function attnLevel(a, b, grid = GRID) {
+  const dist = Math.abs(b[0] - a[0]) / grid.col;
+  const f = 0.22 + 0.56 * Math.min(1, Math.log1p(dist) / Math.log1p(24));
+  return a[1] + (b[1] - a[1]) * f;
+}
+
 /** SVG path data of an edge between two positions: residual and FFN edges are straight,
- *  attention edges S-curves (self-attention bows to the left of the column). */
+ *  attention edges rise from the source, run level (at attnLevel) and rise into the target
+ *  (self-attention bows to the left of the column). */
 export function edgePath(kind, a, b, grid = GRID) {
   const f = (v) => Math.round(v * 100) / 100;
   const [x1, y1] = a;
   const [x2, y2] = b;
   if (kind !== "attention") return `M${f(x1)} ${f(y1)}L${f(x2)} ${f(y2)}`;
-  const ym = (y1 + y2) / 2;
   if (Math.abs(x1 - x2) < 1e-6) {
+    const ym = (y1 + y2) / 2;
     return `M${f(x1)} ${f(y1)}Q${f(x1 - 0.42 * grid.col)} ${f(ym)} ${f(x2)} ${f(y2)}`;
   }
-  return `M${f(x1)} ${f(y1)}C${f(x1)} ${f(ym)} ${f(x2)} ${f(ym)} ${f(x2)} ${f(y2)}`;
+  const yc = attnLevel(a, b, grid);
+  return `M${f(x1)} ${f(y1)}C${f(x1)} ${f(yc)} ${f(x2)} ${f(yc)} ${f(x2)} ${f(y2)}`;
 }
 
 /** Path data of a node mark: a tiny square whose thick non-scaling stroke draws the dot (round
@@ -62,14 +73,15 @@ export function nodeMark(x, y) {
 
 /** Path data of any edge key "source|target|kind", drawn or not (the place of an edge that only
  *  another graph keeps), or null for a malformed key. */
-export function keyPath(key, parallel, nLayers, grid = GRID) {
+export function keyPath(key, parallel, nLayers, grid = GRID, colOf = null) {
   const [src, dst, kind] = String(key).split("|");
   const a = parseNode(src);
   const b = parseNode(dst);
   if (!a || !b || !kind) return null;
   const par = parallel || [];
-  const pa = nodeXY(a.kind, a.layer, a.token, !!par[a.layer], nLayers, grid);
-  const pb = nodeXY(b.kind, b.layer, b.token, !!par[b.layer], nLayers, grid);
+  const c = colOf || ((t) => t);
+  const pa = nodeXY(a.kind, a.layer, c(a.token), !!par[a.layer], nLayers, grid);
+  const pb = nodeXY(b.kind, b.layer, c(b.token), !!par[b.layer], nLayers, grid);
   return edgePath(kind, pa, pb, grid);
 }
 
@@ -87,14 +99,39 @@ export function edgeStyle(weight) {
   return { width: 0.6 + 5.4 * w, opacity: 0.3 + 0.7 * Math.sqrt(w) };
 }
 
-/** Lay a graph out: node positions, edges with their end points, the model-space size. */
-export function layoutGraph(graph, grid = GRID) {
+/** Columns of a prompt: every token a full column, or (compact) full columns only for the
+ *  tokens in `active` and a narrow sliver for the others. Returns {x: left edge per token (grid
+ *  units of a column), w: width per token, width: total, active: Set}. */
+export function columnsOf(T, active, compact, sliver = null) {
+  if (sliver === null) { // the collapsed tokens together take at most a fifth of the width
+    const off = T - Math.min(T, active.size);
+    sliver = off ? Math.min(0.22, (0.25 * Math.max(1, active.size)) / off) : 0.22;
+  }
+  const x = new Float64Array(T);
+  const w = new Float64Array(T);
+  let at = 0;
+  for (let t = 0; t < T; t++) {
+    x[t] = at;
+    w[t] = !compact || active.has(t) ? 1 : sliver;
+    at += w[t];
+  }
+  return { x, w, width: at, active };
+}
+
+/** Lay a graph out: node positions, edges with their end points, the model-space size. With
+ *  opts.compact, tokens carrying no node (nor in opts.extra) get a narrow column. */
+export function layoutGraph(graph, grid = GRID, opts = {}) {
   const L = graph.n_layers;
   const T = graph.tokens.length;
   const par = graph.parallel || [];
+  const active = new Set(graph.nodes.map((n) => n.token));
+  for (const t of opts.extra || []) active.add(t);
+  for (const t of (graph.settings && graph.settings.targets) || []) active.add(t);
+  const cols = columnsOf(T, active, !!opts.compact);
+  const colOf = (t) => cols.x[t] + cols.w[t] / 2 - 0.5; // nodeXY's token argument: the centre
   const pos = new Map();
   for (const n of graph.nodes) {
-    pos.set(n.name, nodeXY(n.kind, n.layer, n.token, !!par[n.layer], L, grid));
+    pos.set(n.name, nodeXY(n.kind, n.layer, colOf(n.token), !!par[n.layer], L, grid));
   }
   const edges = [];
   for (const e of graph.edges) {
@@ -103,7 +140,7 @@ export function layoutGraph(graph, grid = GRID) {
     if (!a || !b) continue;
     edges.push({ source: e.source, target: e.target, kind: e.kind, weight: e.weight, layer: e.layer, key: edgeKey(e), a, b });
   }
-  return { width: T * grid.col, height: L * grid.row, pos, edges };
+  return { width: cols.width * grid.col, height: L * grid.row, pos, edges, cols, colOf };
 }
 
 /** Text shown for a token: newlines and tabs made visible, an all-blank token shown as ␣. */
@@ -257,55 +294,88 @@ export function nodesOf(edges, L, targets, biasOf) {
   return [...seen.values()].sort((a, b) => a.layer - b.layer || order[a.kind] - order[b.kind] || a.token - b.token);
 }
 
-/** The report's "kernel": answers setting changes from the data embedded in the page. */
+/** The report's data from its <script> elements: deflated base64 JSON whose {"$a": [dtype,
+ *  offset, length]} entries point into a second deflated base64 buffer of typed arrays (see
+ *  ltt.export.pack); a plain JSON element is parsed as it is. */
+export async function loadStore(dataEl, binEl) {
+  if (!dataEl.dataset || !dataEl.dataset.encoding) return JSON.parse(dataEl.textContent);
+  const inflate = async (b64) => {
+    const bytes = Uint8Array.from(atob(String(b64).trim()), (c) => c.charCodeAt(0));
+    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+    return new Uint8Array(await new Response(stream).arrayBuffer());
+  };
+  const text = new TextDecoder().decode(await inflate(dataEl.textContent));
+  const bin = binEl ? await inflate(binEl.textContent) : new Uint8Array(0);
+  const TYPES = { f4: Float32Array, u1: Uint8Array, u2: Uint16Array, i4: Int32Array };
+  return JSON.parse(text, (k, v) => {
+    if (v && typeof v === "object" && !Array.isArray(v) && Array.isArray(v.$a) && Object.keys(v).length === 1) {
+      const [code, off, n] = v.$a;
+      const Type = TYPES[code];
+      return new Type(bin.buffer.slice(bin.byteOffset + off, bin.byteOffset + off + n * Type.BYTES_PER_ELEMENT));
+    }
+    return v;
+  });
+}
+
+/** The report's "kernel": answers setting changes from the data embedded in the page. Any set of
+ *  the carried targets, at any threshold from the report's floor up, in either threshold mode,
+ *  is pruned here from every state's parts (store.offline, see ltt.export). */
 export function offlineKernel(store) {
   const exp = store.exported;
   const L = store.n_layers;
+  const T = store.n_tokens ?? store.graphs.renorm.tokens.length;
   const parallel = store.parallel;
-  const parts = store.parts || {};
-  const rawEdges = new Map(); // "l,t" -> {attn: [[s, w]], resid, ffn, ffnResid}
-  const slot = (l, t) => {
-    const k = `${l},${t}`;
-    if (!rawEdges.has(k)) rawEdges.set(k, { attn: [] });
-    return rawEdges.get(k);
-  };
-  for (const e of store.graphs.raw.edges) {
-    const tn = parseNode(e.target);
-    const sn = parseNode(e.source);
-    if (e.kind === "attention") slot(e.layer, tn.token).attn.push([sn.token, e.weight]);
-    else if (e.kind === "residual" && (tn.kind === "A" || parallel[e.layer])) slot(e.layer, tn.token).resid = e.weight;
-    else if (e.kind === "residual") slot(e.layer, tn.token).ffnResid = e.weight;
-    else if (tn.kind === "M") slot(e.layer, tn.token).ffn = e.weight;
+  const floor = exp.floor ?? exp.threshold;
+  const carried = exp.carried || exp.targets;
+  const off = store.offline;
+  const sg = off.single; // Float32Array [L*T] each: attn_resid, attn_bias, ffn, ffn_resid
+  const at = (l, t) => l * T + t;
+  // raw mode: attention edges of every state the carried targets reach at the floor
+  const rawAttn = new Map();
+  for (let i = 0; i < off.raw.w.length; i++) {
+    const key = at(off.raw.l[i], off.raw.t[i]);
+    if (!rawAttn.has(key)) rawAttn.set(key, []);
+    rawAttn.get(key).push([off.raw.s[i], off.raw.w[i]]);
   }
-  const rawBias = new Map(store.graphs.raw.nodes.map((n) => [n.name, n.bias]));
-  // The raw graph holds every edge >= the exported threshold into each state it reaches, and
-  // the largest one where none is: an edge absent from a reached state weighs less than both.
+  for (const list of rawAttn.values()) list.sort((a, b) => a[0] - b[0]);
   const rawW = {
-    attnIn: (l, t) => (rawEdges.has(`${l},${t}`) ? rawEdges.get(`${l},${t}`).attn : undefined),
-    resid: (l, t) => (rawEdges.has(`${l},${t}`) ? (rawEdges.get(`${l},${t}`).resid ?? -1) : undefined),
-    ffn: (l, t) => (rawEdges.has(`${l},${t}`) ? (rawEdges.get(`${l},${t}`).ffn ?? -1) : undefined),
-    ffnResid: (l, t) => (rawEdges.has(`${l},${t}`) ? (rawEdges.get(`${l},${t}`).ffnResid ?? -1) : undefined),
+    attnIn: (l, t) => rawAttn.get(at(l, t)) || [],
+    resid: (l, t) => sg.attn_resid[at(l, t)],
+    ffn: (l, t) => sg.ffn[at(l, t)],
+    ffnResid: (l, t) => sg.ffn_resid[at(l, t)],
+  };
+  // renormalize mode: each state's head parts >= floor (and its largest), (head, source) order
+  const hp = off.heads;
+  const span = new Map(); // l*T+t -> [first, end)
+  for (let i = 0; i < hp.v.length; i++) {
+    const key = at(hp.l[i], hp.t[i]);
+    const sp = span.get(key);
+    if (sp) sp[1] = i + 1; else span.set(key, [i, i + 1]);
+  }
+  const headParts = (l, t) => {
+    const sp = span.get(at(l, t));
+    const out = [];
+    if (sp) for (let i = sp[0]; i < sp[1]; i++) out.push([hp.s[i], hp.k[i], hp.v[i]]);
+    return out;
   };
   const renormW = (tau) => {
     const cache = new Map();
     const state = (l, t) => {
-      const k = `${l},${t}`;
-      if (!cache.has(k)) cache.set(k, parts.attn && parts.attn[k] ? renormalizeState(parts.attn[k], tau) : null);
+      const k = at(l, t);
+      if (!cache.has(k)) {
+        const single = [sg.attn_resid[k], sg.attn_bias[k]];
+        if (parallel[l]) single.push(sg.ffn[k]);
+        cache.set(k, renormalizeState({ heads: headParts(l, t), single }, tau));
+      }
       return cache.get(k);
     };
-    const ffnState = (l, t) => {
-      const p = parts.ffn && parts.ffn[`${l},${t}`];
-      return p ? renormalizeState({ heads: [], single: p }, tau).single : null;
-    };
+    const ffnState = (l, t) => renormalizeState({ heads: [], single: [sg.ffn[at(l, t)], sg.ffn_resid[at(l, t)]] }, tau).single;
     return {
       state,
-      attnIn: (l, t) => { const s = state(l, t); return s ? [...s.edges].sort((a, b) => a[0] - b[0]) : undefined; },
-      resid: (l, t) => { const s = state(l, t); return s ? s.single[0] : undefined; },
-      ffn: (l, t) => {
-        if (parallel[l]) { const s = state(l, t); return s ? s.single[2] : undefined; }
-        const f = ffnState(l, t); return f ? f[0] : undefined;
-      },
-      ffnResid: (l, t) => { const f = ffnState(l, t); return f ? f[1] : undefined; },
+      attnIn: (l, t) => [...state(l, t).edges].sort((a, b) => a[0] - b[0]),
+      resid: (l, t) => state(l, t).single[0],
+      ffn: (l, t) => (parallel[l] ? state(l, t).single[2] : ffnState(l, t)[0]),
+      ffnResid: (l, t) => ffnState(l, t)[1],
     };
   };
   const graphAt = (tau, renormalize, targets) => {
@@ -322,13 +392,27 @@ export function offlineKernel(store) {
     const biasOf = (name) => {
       const p = parseNode(name);
       if (!(p.kind === "A" || (p.kind === "I" && parallel[p.layer]))) return 0;
-      if (!renormalize) return rawBias.get(name) || 0;
-      const s = w.state(p.layer, p.token);
-      return s ? s.single[1] : 0;
+      return renormalize ? w.state(p.layer, p.token).single[1] : sg.attn_bias[at(p.layer, p.token)];
     };
     const nodes = nodesOf(edges, L, targets, biasOf);
     const settings = { ...base.settings, threshold: tau, renormalize, targets };
-    return { graph: { ...base, settings, nodes, edges }, missing };
+    const preds = store.predictions || base.predictions || {};
+    const predictions = {};
+    for (const t of targets) if (preds[String(t)] !== undefined) predictions[String(t)] = preds[String(t)];
+    return { graph: { ...base, settings, nodes, edges, predictions }, missing };
+  };
+  const mapsOf = (layer, head) => {
+    const mm = off.maps && off.maps[`${layer}:${head}`];
+    if (!mm) return null;
+    const f = new Float32Array(2 * T * T);
+    let i = 0;
+    for (let t = 0; t < T; t++) {
+      for (let s = 0; s <= t; s++, i++) {
+        f[t * T + s] = mm.pattern[i] * mm.step[0];
+        f[T * T + t * T + s] = mm.contribution[i] * mm.step[1];
+      }
+    }
+    return { array: f, shape: [2, T, T] };
   };
   const panelFor = (sel, normalize) => {
     const P = store.panels;
@@ -345,11 +429,11 @@ export function offlineKernel(store) {
     if (base.type !== "attention") return [base, null];
     const head = Number.isInteger(sel.head) && sel.head >= 0 ? sel.head : base.heads[0].head;
     const hv = P[`hv:${base.layer}:${head}:${base.target}`];
-    const maps = store.maps[`${base.layer}:${head}`];
+    const maps = mapsOf(base.layer, head);
     const panel = { ...base, head, head_view: hv || null, maps: maps ? base.maps : [] };
-    return [panel, maps ? { b64: maps, shape: store.map_shape } : null];
+    return [panel, maps];
   };
-  const needsKernel = (what) => ({ type: "offline", what, message: `${what} is not in the exported graph: its panel needs a live kernel` });
+  const needsKernel = (what) => ({ type: "offline", what, message: `${what}: this panel was not embedded in the report (it needs a live kernel)` });
 
   return {
     handle(model, changed) {
@@ -360,24 +444,31 @@ export function offlineKernel(store) {
         const targets = [...model.get("targets")].sort((a, b) => a - b);
         const notes = [];
         let useTau = tau;
-        if (!(tau >= exp.threshold)) {
-          notes.push(`threshold ${tau} is below the exported ${exp.threshold}: needs a live kernel (showing ${exp.threshold})`);
-          useTau = exp.threshold;
+        if (!(tau >= floor)) {
+          notes.push(`threshold ${tau} is below this report's floor ${floor}: showing ${floor} (a live kernel goes lower)`);
+          useTau = floor;
         }
-        let useTargets = targets.filter((t) => exp.targets.includes(t));
+        let useTargets = targets.filter((t) => carried.includes(t));
         if (useTargets.length !== targets.length) {
-          notes.push(`targets outside the exported ones (${exp.targets.join(", ")}) need a live kernel`);
-          if (!useTargets.length) useTargets = exp.targets.slice();
+          notes.push(`this report carries the targets ${carried.length > 12 ? `${carried[0]}–${carried[carried.length - 1]}` : carried.join(", ")}; others need a live kernel`);
+          if (!useTargets.length) { // keep what is drawn now
+            const drawn = ((model.get("graph") || {}).settings || {}).targets || exp.targets;
+            useTargets = drawn.filter((t) => carried.includes(t));
+            if (!useTargets.length) useTargets = exp.targets.slice();
+          }
         }
         const { graph, missing } = graphAt(useTau, renorm, useTargets);
         if (missing) notes.push("parts of this graph were not exported: it needs a live kernel to be exact");
         out.graph = graph;
         out.notice = notes.join(" · ");
+        // the boxes show what the graph is drawn for, never a setting it could not honour
+        if (useTau !== tau) out.threshold = useTau;
+        if (useTargets.join() !== targets.join()) out.targets = useTargets;
       }
       if ("selection" in changed || "normalize" in changed) {
         const [panel, maps] = panelFor(model.get("selection"), !!model.get("normalize"));
         out.panel = panel;
-        out.panel_maps = maps ? maps.b64 : new DataView(new ArrayBuffer(0));
+        out.panel_maps = maps ? maps.array : new DataView(new ArrayBuffer(0));
         out.panel_maps_shape = maps ? maps.shape : [];
       }
       return out;
@@ -453,6 +544,7 @@ const quoted = (t) => `“${visibleToken(t)}”`;
 // The view --------------------------------------------------------------------------------------
 
 const MARGIN = { left: 46, right: 12, top: 34, bottom: 78 };
+const COMPACT_ABOVE = 40; // longer prompts give full columns only to the tokens that carry nodes
 const ELEMENT_LIMIT = 4000; // above this many edges, edges and nodes are drawn on a canvas
 
 export function render({ model, el }) {
@@ -489,13 +581,15 @@ export function render({ model, el }) {
   const toBox = h("input", { class: "ltt-to", type: "number", min: "0", "aria-label": "focus to" });
   const focusBtn = h("button", { class: "ltt-focus", text: "Focus" });
   const fitBtn = h("button", { class: "ltt-fit", text: "Fit" });
+  const allBox = h("input", { class: "ltt-all-positions", type: "checkbox" });
   root.append(
     h("div", { class: "ltt-controls" },
       h("label", { class: "ltt-ctl" }, h("span", { text: "threshold" }), slider, thrBox),
       h("label", { class: "ltt-ctl" }, renormBox, h("span", { text: "renormalize" })),
       h("label", { class: "ltt-ctl", title: "apply the final norm before unembedding in the top-token panels" }, normBox, h("span", { text: "normalize before unembedding" })),
       h("label", { class: "ltt-ctl" }, h("span", { text: "targets" }), targetBox),
-      h("span", { class: "ltt-ctl" }, h("span", { text: "tokens" }), fromBox, h("span", { text: "–" }), toBox, focusBtn, fitBtn)),
+      h("span", { class: "ltt-ctl" }, h("span", { text: "tokens" }), fromBox, h("span", { text: "–" }), toBox, focusBtn, fitBtn),
+      h("label", { class: "ltt-ctl", title: "give every token a full column, the ones without nodes greyed (long prompts show only the columns that carry nodes)" }, allBox, h("span", { text: "all positions" }))),
   );
 
   // -- main: graph and side panel
@@ -504,7 +598,7 @@ export function render({ model, el }) {
   const tooltip = h("div", { class: "ltt-tooltip" });
   root.append(h("div", { class: "ltt-main" }, graphBox, panel), tooltip, legend());
 
-  const svg = s("svg", { class: "ltt-svg" });
+  const svg = s("svg", { class: "ltt-svg", role: "group" });
   const plot = s("svg", { class: "ltt-plot", overflow: "hidden" });
   const bg = s("rect", { class: "ltt-bg", x: 0, y: 0, width: "100%", height: "100%" });
   const content = s("g", { class: "ltt-content" });
@@ -584,12 +678,23 @@ export function render({ model, el }) {
     fromBox.max = toBox.max = String(Math.max(0, T - 1));
   }
 
+  function markTokens() {
+    const out = [];
+    for (const key of Object.keys(model.get("marks") || {})) {
+      const [a, b] = String(key).split("|").map(parseNode);
+      if (a) out.push(a.token);
+      if (b) out.push(b.token);
+    }
+    return out;
+  }
+
   // -- drawing
   function draw() {
     graph = model.get("graph");
     if (!graph || !graph.tokens) return;
     const t0 = performance.now();
-    lay = layoutGraph(graph);
+    const T0 = graph.tokens.length;
+    lay = layoutGraph(graph, GRID, { compact: T0 > COMPACT_ABOVE && !allBox.checked, extra: markTokens() });
     byKey = new Map(lay.edges.map((e) => [e.key, e]));
     nodeByName = new Map(graph.nodes.map((n) => [n.name, n]));
     batched = lay.edges.length > ELEMENT_LIMIT;
@@ -601,8 +706,18 @@ export function render({ model, el }) {
       gBands.append(s("rect", { x: 0, y: (graph.n_layers - l - 1) * GRID.row, width: lay.width, height: GRID.row, class: "ltt-band" }));
     }
     for (const t of (graph.settings.targets || []).length <= 32 ? graph.settings.targets : []) {
-      gBands.append(s("rect", { x: t * GRID.col, y: 0, width: GRID.col, height: lay.height, class: "ltt-target-col" }));
+      gBands.append(s("rect", { x: lay.cols.x[t] * GRID.col, y: 0, width: lay.cols.w[t] * GRID.col, height: lay.height, class: "ltt-target-col" }));
     }
+    // positions without nodes: a faint mark at every state, for context (greyed)
+    let ghost = "";
+    for (let t = 0; t < T0 && T0 * graph.n_layers <= 20000; t++) {
+      if (lay.cols.active.has(t) || lay.cols.w[t] < 1) continue;
+      for (let l = -1; l < graph.n_layers; l++) {
+        const [x, y] = nodeXY(l < 0 ? "X" : "I", l, lay.colOf(t), false, graph.n_layers);
+        ghost += nodeMark(x, y);
+      }
+    }
+    if (ghost) gBands.append(s("path", { class: "ltt-ghost-node", d: ghost }));
     const order = { residual: 0, ffn: 1, attention: 2 };
     const edges = batched ? lay.edges : lay.edges.slice().sort((a, b) => order[a.kind] - order[b.kind] || a.weight - b.weight);
     if (!batched) {
@@ -610,16 +725,22 @@ export function render({ model, el }) {
       for (const e of edges) {
         const st = edgeStyle(e.weight);
         e.d = edgePath(e.kind, e.a, e.b);
+        const a = parseNode(e.source), b = parseNode(e.target);
         frag.append(s("path", {
           class: `ltt-edge ltt-${e.kind}`, d: e.d, "data-edge": e.key, "data-weight": e.weight,
           "stroke-width": st.width.toFixed(2), "stroke-opacity": st.opacity.toFixed(3),
+          tabindex: 0, role: "button",
+          "aria-label": `${e.kind} edge, layer ${e.layer}, ${e.source} ${quoted(graph.tokens[a.token])} to ${e.target} ${quoted(graph.tokens[b.token])}, weight ${fmt(e.weight, 3)}`,
         }));
       }
       gEdges.append(frag);
       const nfrag = document.createDocumentFragment();
       for (const n of graph.nodes) {
         const [x, y] = lay.pos.get(n.name);
-        nfrag.append(s("path", { class: `ltt-node ltt-node-${n.kind}`, d: nodeMark(x, y), "data-node": n.name }));
+        nfrag.append(s("path", {
+          class: `ltt-node ltt-node-${n.kind}`, d: nodeMark(x, y), "data-node": n.name, tabindex: 0, role: "button",
+          "aria-label": `${n.name}, ${KIND_LABEL[n.kind]}, layer ${n.layer < 0 ? "embedding" : n.layer}, token ${n.token} ${quoted(graph.tokens[n.token])}`,
+        }));
       }
       gNodes.append(nfrag);
     } else {
@@ -640,6 +761,7 @@ export function render({ model, el }) {
     canvas.style.display = batched ? "block" : "none";
     gBands.style.display = batched ? "none" : "";
     bg.style.fill = batched ? "transparent" : "";
+    svg.setAttribute("aria-label", `contribution graph of ${graph.tokens.length} tokens and ${graph.n_layers} layers: ${graph.nodes.length} nodes, ${lay.edges.length} edges, targets ${(graph.settings.targets || []).join(", ")}. Tab to a node, edge or target marker; Enter or Space selects it.`);
     svg.dataset.nodes = String(graph.nodes.length);
     svg.dataset.edges = String(lay.edges.length);
     svg.dataset.mode = batched ? "batched" : "elements";
@@ -655,10 +777,11 @@ export function render({ model, el }) {
     const T = graph.tokens.length;
     const a = Math.max(0, Math.min(T - 1, from));
     const b = Math.max(a, Math.min(T - 1, to === null ? T - 1 : to));
-    const span = (b - a + 1) * GRID.col;
+    const x0 = lay.cols.x[a] * GRID.col;
+    const span = (lay.cols.x[b] + lay.cols.w[b]) * GRID.col - x0;
     const kx = Math.min(plotW() / span, 2.2);
     const ky = Math.min(plotH() / (lay.height + 18), 1.6);
-    const tx = -a * GRID.col * kx + Math.max(0, (plotW() - span * kx) / 2);
+    const tx = -x0 * kx + Math.max(0, (plotW() - span * kx) / 2);
     const ty = 10 * ky + Math.max(0, (plotH() - (lay.height + 18) * ky) / 2);
     view = { kx, ky, tx, ty };
     applyView();
@@ -679,11 +802,23 @@ export function render({ model, el }) {
     plot.setAttribute("width", String(plotW()));
     plot.setAttribute("height", String(plotH()));
     content.setAttribute("transform", `matrix(${view.kx} 0 0 ${view.ky} ${view.tx} ${view.ty})`);
+    // node marks shrink with the rows, so they never cover the edges between them
+    root.style.setProperty("--ltt-node-scale", Math.max(0.4, Math.min(1, (GRID.row * view.ky) / 46)).toFixed(2));
     if (batched) drawCanvas();
     axes();
   }
 
-  const COLORS = { attention: "#2f6fdf", residual: "#8d96a3", ffn: "#e8891c", X: "#9ca3af", A: "#2f6fdf", I: "#1f2937", M: "#e8891c" };
+  const COLORS = { attention: "#2f6fdf", residual: "#7b8494", ffn: "#c96f0c", X: "#868e9b", A: "#2f6fdf", I: "#1f2937", M: "#c96f0c", band: "#f6f7f9" };
+  function palette() { // the theme's colours (CSS variables), for the canvas
+    const cs = getComputedStyle(root);
+    const v = (name, dflt) => (cs.getPropertyValue(name) || "").trim() || dflt;
+    COLORS.attention = COLORS.A = v("--ltt-attn", COLORS.A);
+    COLORS.residual = v("--ltt-resid", COLORS.residual);
+    COLORS.ffn = COLORS.M = v("--ltt-ffn", COLORS.M);
+    COLORS.X = v("--ltt-emb", COLORS.X);
+    COLORS.I = v("--ltt-state", COLORS.I);
+    COLORS.band = v("--ltt-band", COLORS.band);
+  }
 
   function drawCanvas() {
     const tStart = performance.now();
@@ -704,10 +839,11 @@ export function render({ model, el }) {
     const { kx, ky, tx, ty } = view;
     const x0 = -tx / kx, x1 = (W - tx) / kx, y0 = -ty / ky, y1 = (H - ty) / ky;
     ctx.globalAlpha = 1;
-    ctx.fillStyle = "#f6f7f9";
+    palette();
+    ctx.fillStyle = COLORS.band;
     for (let l = 0; l < graph.n_layers; l += 2) ctx.fillRect(tx, ty + (graph.n_layers - l - 1) * GRID.row * ky, lay.width * kx, GRID.row * ky);
     ctx.fillStyle = "rgba(255, 243, 214, 0.7)";
-    for (const t of (graph.settings.targets || []).length <= 32 ? graph.settings.targets : []) ctx.fillRect(tx + t * GRID.col * kx, ty, GRID.col * kx, lay.height * ky);
+    for (const t of (graph.settings.targets || []).length <= 32 ? graph.settings.targets : []) ctx.fillRect(tx + lay.cols.x[t] * GRID.col * kx, ty, lay.cols.w[t] * GRID.col * kx, lay.height * ky);
     ctx.lineCap = "butt";
     const selfBow = 0.42 * GRID.col;
     for (const bucket of canvasBuckets) {
@@ -724,7 +860,7 @@ export function render({ model, el }) {
         // an attention curve flatter than a few pixels is drawn as the line it looks like
         if (bucket.kind !== "attention" || (ay - by < 10 && a[0] !== b[0])) ctx.lineTo(bx, by);
         else if (a[0] === b[0]) ctx.quadraticCurveTo(ax - selfBow * kx, (ay + by) / 2, bx, by);
-        else ctx.bezierCurveTo(ax, (ay + by) / 2, bx, (ay + by) / 2, bx, by);
+        else { const yc = ty + attnLevel(a, b) * ky; ctx.bezierCurveTo(ax, yc, bx, yc, bx, by); }
       }
       ctx.stroke();
     }
@@ -753,19 +889,23 @@ export function render({ model, el }) {
     axisY.replaceChildren();
     axisTop.replaceChildren();
     const T = graph.tokens.length;
-    const colW = GRID.col * view.kx;
-    const first = Math.max(0, Math.floor(-view.tx / colW));
-    const last = Math.min(T - 1, Math.ceil((plotW() - view.tx) / colW));
+    const cols = lay.cols;
+    const colW = GRID.col * view.kx; // a full column on screen
     const rotated = colW < 52;
     const stride = rotated ? Math.max(1, Math.ceil(13 / colW)) : 1;
     const baseY = MARGIN.top + plotH() + 6;
     const targets = new Set(graph.settings.targets || []);
     const fewTargets = targets.size <= 16;
-    for (let t = first; t <= last; t++) {
-      const x = sx((t + 0.5) * GRID.col);
+    let shownCol = -1;
+    for (let t = 0; t < T; t++) {
+      const x = sx((cols.x[t] + cols.w[t] / 2) * GRID.col);
       if (x < MARGIN.left - 2 || x > MARGIN.left + plotW() + 2) continue;
-      if (t % stride === 0 || (fewTargets && targets.has(t))) {
-        const label = s("text", { class: `ltt-token${targets.has(t) ? " ltt-is-target" : ""}`, "data-token": t });
+      const full = cols.w[t] >= 1;
+      const active = cols.active.has(t);
+      const col = Math.floor(cols.x[t]);
+      if (full && (col % stride === 0 && col !== shownCol || (fewTargets && targets.has(t)))) {
+        shownCol = col;
+        const label = s("text", { class: `ltt-token${targets.has(t) ? " ltt-is-target" : ""}${active ? "" : " ltt-inactive"}`, "data-token": t });
         let text = visibleToken(graph.tokens[t]);
         if (!rotated && text.length * 6.5 > colW) text = text.slice(0, Math.max(1, Math.floor(colW / 6.5) - 1)) + "…";
         if (rotated && text.length > 14) text = text.slice(0, 13) + "…";
@@ -781,23 +921,28 @@ export function render({ model, el }) {
         axisX.append(label);
       }
       // output markers along the top: click picks the target, shift/ctrl-click adds or removes
+      const mw = cols.w[t] * colW;
       const mk = s("rect", {
-        class: `ltt-out${targets.has(t) ? " ltt-is-target" : ""}`, "data-output": t,
-        x: x - Math.min(7, colW * 0.4), y: MARGIN.top - 13, width: Math.max(2, Math.min(14, colW * 0.8)), height: 10, rx: 2,
+        class: `ltt-out${targets.has(t) ? " ltt-is-target" : ""}${active ? "" : " ltt-inactive"}`, "data-output": t,
+        x: x - Math.min(7, mw * 0.4), y: MARGIN.top - 13, width: Math.max(2, Math.min(14, mw * 0.8)), height: 10, rx: 2,
+        tabindex: 0, role: "button", "aria-label": `target ${t} ${quoted(graph.tokens[t])}${targets.has(t) ? " (selected)" : ""}`,
       });
       axisTop.append(mk);
     }
     const preds = graph.predictions || {};
     let lastEnd = -Infinity;
     for (const t of [...targets].sort((a, b) => a - b)) {
-      const x = sx((t + 0.5) * GRID.col);
+      let x = sx((cols.x[t] + cols.w[t] / 2) * GRID.col);
       if (x < MARGIN.left || x > MARGIN.left + plotW()) continue;
-      const approx = 7 * (2 + String(preds[String(t)] ?? t).length);
+      const p = preds[String(t)];
+      const text = p !== undefined ? `→ ${visibleToken(p)}` : `#${t}`;
+      const approx = 7 * (1 + text.length);
+      // keep the whole label inside the view: shift it in from either edge, never clip it
+      x = Math.min(Math.max(x, MARGIN.left - 40 + approx / 2), size.w - 2 - approx / 2);
       if (x - approx / 2 < lastEnd) continue; // no room: the marker stays, the label goes
       lastEnd = x + approx / 2;
-      const p = preds[String(t)];
       const label = s("text", { class: "ltt-pred", x: x, y: MARGIN.top - 17, "text-anchor": "middle" });
-      label.textContent = p !== undefined ? `→ ${visibleToken(p)}` : `#${t}`;
+      label.textContent = text;
       axisTop.append(label);
     }
     const L = graph.n_layers;
@@ -827,7 +972,7 @@ export function render({ model, el }) {
     const frag = document.createDocumentFragment();
     for (const key of keys) {
       const e = byKey.get(key);
-      const d = e ? e.d || edgePath(e.kind, e.a, e.b) : keyPath(key, graph.parallel, graph.n_layers);
+      const d = e ? e.d || edgePath(e.kind, e.a, e.b) : keyPath(key, graph.parallel, graph.n_layers, GRID, lay.colOf);
       if (!d) continue;
       if (!e) ghostByKey.set(key, d);
       const status = String(marks[key]);
@@ -898,8 +1043,9 @@ export function render({ model, el }) {
       return [v * v * a[0] + 2 * v * u * cx + u * u * b[0], v * v * a[1] + 2 * v * u * ym + u * u * b[1]];
     }
     const v = 1 - u;
+    const yc = attnLevel(a, b);
     const x = v * v * v * a[0] + 3 * v * v * u * a[0] + 3 * v * u * u * b[0] + u * u * u * b[0];
-    const y = v * v * v * a[1] + 3 * v * v * u * ym + 3 * v * u * u * ym + u * u * u * b[1];
+    const y = v * v * v * a[1] + 3 * v * v * u * yc + 3 * v * u * u * yc + u * u * u * b[1];
     return [x, y];
   }
 
@@ -1018,6 +1164,14 @@ export function render({ model, el }) {
   svg.addEventListener("pointerup", onUp);
   svg.addEventListener("pointerleave", () => { tooltip.style.display = "none"; drag = null; });
   svg.addEventListener("wheel", onWheel, { passive: false });
+  svg.addEventListener("keydown", (ev) => {
+    if (ev.key !== "Enter" && ev.key !== " ") return;
+    const d = ev.target && ev.target.dataset;
+    if (!d) return;
+    if (d.output !== undefined) { ev.preventDefault(); pickTarget(Number(d.output), ev.shiftKey); }
+    else if (d.node) { ev.preventDefault(); select({ node: d.node }); }
+    else if (d.edge) { ev.preventDefault(); select({ edge: d.edge }); }
+  });
   svg.addEventListener("dblclick", () => fit());
 
   // -- controls wiring
@@ -1050,6 +1204,7 @@ export function render({ model, el }) {
   runBtn.addEventListener("click", run);
   promptInput.addEventListener("keydown", (ev) => { if (ev.key === "Enter") run(); });
   picker.addEventListener("change", () => commit({ prompt_index: Number(picker.value) }));
+  allBox.addEventListener("change", () => { draw(); fit(); });
 
   function showError(msg) {
     errorBox.textContent = msg || "";
@@ -1095,6 +1250,7 @@ export function render({ model, el }) {
       ["logit", (r) => h("td", { class: "ltt-num", text: fmt(r.logit, 2) })],
       ["Δrank", (r) => h("td", { class: `ltt-num ${r.rank_change > 0 ? "ltt-up" : r.rank_change < 0 ? "ltt-down" : ""}`, text: r.rank_change === null || r.rank_change === undefined ? "" : r.rank_change > 0 ? `▲${r.rank_change}` : r.rank_change < 0 ? `▼${-r.rank_change}` : "=" })],
     ]));
+    if (p.block) panel.append(effects(`what the ${p.block.what} added here promoted (direct effect on the logits)`, p.block));
   }
 
   function bar(v, max, color) {
@@ -1115,17 +1271,23 @@ export function render({ model, el }) {
   }
 
   function panelAttention(p) {
-    title(`attention edge · layer ${p.layer}`, `${p.source_node} ${quoted(p.source_token)} → ${p.target_node} ${quoted(p.target_token)} · weight ${fmt(p.weight, 4)}${p.raw_weight !== undefined ? ` (before threshold ${fmt(p.raw_weight, 4)})` : ""}`);
-    const heads = (p.heads || []).slice().sort((a, b) => a.head - b.head);
+    const changed = p.raw_weight !== undefined && p.weight !== undefined && Math.abs(p.raw_weight - p.weight) > 5e-7;
+    title(`attention edge · layer ${p.layer}`, `${p.source_node} ${quoted(p.source_token)} → ${p.target_node} ${quoted(p.target_token)}\nweight ${fmt(p.weight, 4)}${changed ? ` (raw share ${fmt(p.raw_weight, 4)} before renormalisation)` : ""}`);
+    const heads = (p.heads || []).slice().sort((a, b) => b.share - a.share || a.head - b.head);
     const max = Math.max(1e-9, ...heads.map((x) => x.share));
-    const chart = h("div", { class: "ltt-heads" });
+    const chart = h("div", { class: "ltt-heads", role: "listbox", "aria-label": "heads by share" });
     for (const x of heads) {
-      const row = h("div", { class: `ltt-head${x.head === p.head ? " ltt-head-selected" : ""}`, "data-head": x.head, title: `head ${x.head}: share ${x.share}` },
-        h("span", { class: "ltt-head-label", text: `h${x.head}` }), bar(x.share, max, "#2f6fdf"), h("span", { class: "ltt-num ltt-head-share", text: fmt(x.share, 4) }));
-      row.addEventListener("click", () => commit({ selection: { ...(model.get("selection") || {}), head: x.head } }));
+      const selected = x.head === p.head;
+      const row = h("div", { class: `ltt-head${selected ? " ltt-head-selected" : ""}`, "data-head": x.head, title: `head ${x.head}: share ${x.share}`,
+        tabindex: 0, role: "option", "aria-selected": selected ? "true" : "false", "aria-label": `head ${x.head}, share ${fmt(x.share, 4)}${selected ? ", selected" : ""}` },
+        h("span", { class: "ltt-head-mark", text: selected ? "▶" : "" }),
+        h("span", { class: "ltt-head-label", text: `h${x.head}` }), bar(x.share, max, "var(--ltt-attn)"), h("span", { class: "ltt-num ltt-head-share", text: fmt(x.share, 4) }));
+      const choose = () => commit({ selection: { ...(model.get("selection") || {}), head: x.head } });
+      row.addEventListener("click", choose);
+      row.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); choose(); } });
       chart.append(row);
     }
-    panel.append(h("div", { class: "ltt-sub", text: "heads by their share of this edge (click one)" }), chart);
+    panel.append(h("div", { class: "ltt-sub", text: "heads, largest share first (each head's raw share of the target state; click one)" }), chart);
     if (p.head !== undefined && p.head !== null) {
       panel.append(h("div", { class: "ltt-sub ltt-head-title", text: `head ${p.head}` }));
       const maps = toFloat32(model.get("panel_maps"));
@@ -1150,7 +1312,7 @@ export function render({ model, el }) {
     const box = h("div", { class: "ltt-heatmap" });
     let max = 0;
     for (let i = 0; i < data.length; i++) if (data[i] > max) max = data[i];
-    const cv = h("canvas", { width: C, height: R, class: "ltt-heatmap-canvas", "data-map": name });
+    const cv = h("canvas", { width: C, height: R, class: "ltt-heatmap-canvas", "data-map": name, role: "img", "aria-label": `${name}: rows are targets, columns are sources` });
     const ctx = cv.getContext("2d");
     if (ctx) {
       const img = ctx.createImageData(C, R);
@@ -1160,9 +1322,11 @@ export function render({ model, el }) {
       }
       ctx.putImageData(img, 0, 0);
     }
-    const px = Math.max(1, Math.floor(150 / Math.max(R, C)));
-    cv.style.width = `${C * px}px`;
-    cv.style.height = `${R * px}px`;
+    const side = Math.max(120, Math.min(240, (panel.clientWidth || 300) - 90)); // the map and its labels fit the panel
+    const px = Math.max(1, Math.floor(side / Math.max(R, C)));
+    const dim = Math.max(R, C) * px < 120 ? Math.max(1, Math.floor(120 / Math.max(R, C))) : px;
+    cv.style.width = `${C * dim}px`;
+    cv.style.height = `${R * dim}px`;
     const readout = h("div", { class: "ltt-map-readout", text: `max ${fmt(max, 4)} · row = target, column = source` });
     cv.addEventListener("mousemove", (ev) => {
       const r = cv.getBoundingClientRect();
@@ -1170,14 +1334,50 @@ export function render({ model, el }) {
       if (c < 0 || rr < 0 || c >= C || rr >= R) return;
       readout.textContent = `${rr} ${quoted(graph.tokens[rr] ?? "")} ← ${c} ${quoted(graph.tokens[c] ?? "")}: ${fmt(data[rr * C + c], 5)}`;
     });
+    // token labels on both axes: every n-th token so that labels never overlap
+    const every = Math.max(1, Math.ceil(11 / dim));
+    const yAxis = h("div", { class: "ltt-map-yaxis" });
+    const xAxis = h("div", { class: "ltt-map-xaxis" });
+    yAxis.style.height = `${R * dim}px`;
+    xAxis.style.width = `${C * dim}px`;
+    for (let i = 0; i < Math.max(R, C); i += every) {
+      const tok = visibleToken(graph.tokens[i] ?? "");
+      const short = tok.length > 9 ? tok.slice(0, 8) + "…" : tok;
+      if (i < R) {
+        const lab = h("span", { class: `ltt-map-label${i === target ? " ltt-is-target" : ""}`, text: short, title: `${i} ${quoted(tok)}` });
+        lab.style.top = `${i * dim + dim / 2}px`;
+        yAxis.append(lab);
+      }
+      if (i < C) {
+        const lab = h("span", { class: `ltt-map-label${i === source ? " ltt-is-target" : ""}`, text: short, title: `${i} ${quoted(tok)}` });
+        lab.style.left = `${i * dim + dim / 2}px`;
+        xAxis.append(lab);
+      }
+    }
     const wrap = h("div", { class: "ltt-heatmap-wrap" }, cv);
     if (target !== undefined && target < R) {
       const mark = h("div", { class: "ltt-map-row" });
-      mark.style.top = `${target * px}px`;
-      mark.style.height = `${px}px`;
+      mark.style.top = `${target * dim}px`;
+      mark.style.height = `${dim}px`;
       wrap.append(mark);
     }
-    box.append(h("div", { class: "ltt-sub", text: name }), wrap, readout);
+    const grid = h("div", { class: "ltt-map-grid" }, yAxis, wrap, h("span"), xAxis);
+    box.append(h("div", { class: "ltt-sub", text: name }), grid, readout);
+    // the target's row, zoomed: its largest sources as labelled bars
+    if (target !== undefined && target < R) {
+      const row = Array.from(data.subarray(target * C, target * C + C), (v, s) => [s, v]).filter((x) => x[1] > 0);
+      row.sort((a, b) => b[1] - a[1] || a[0] - b[0]);
+      const top = row.slice(0, 8);
+      const rmax = Math.max(1e-12, ...top.map((x) => x[1]));
+      const bars = h("div", { class: "ltt-row-bars", "data-row": target });
+      bars.append(h("div", { class: "ltt-map-readout", text: `row of target ${target} ${quoted(graph.tokens[target] ?? "")}, largest sources:` }));
+      for (const [s, v] of top) {
+        bars.append(h("div", { class: `ltt-row-bar${s === source ? " ltt-is-source" : ""}` },
+          h("span", { class: "ltt-tok ltt-row-tok", text: `${s} ${visibleToken(graph.tokens[s] ?? "")}` }),
+          bar(v, rmax, `rgb(${rgb.join(",")})`), h("span", { class: "ltt-num", text: fmt(v, 4) })));
+      }
+      box.append(bars);
+    }
     return box;
   }
 
@@ -1216,6 +1416,17 @@ export function render({ model, el }) {
     const item = (cls, text) => h("span", { class: "ltt-legend-item" }, h("span", { class: `ltt-swatch ${cls}` }), text);
     lg.append(item("ltt-sw-I", "after FFN (I)"), item("ltt-sw-A", "after attention (A)"), item("ltt-sw-M", "FFN block (M)"), item("ltt-sw-X", "embedding"),
       item("ltt-sw-attention", "attention"), item("ltt-sw-residual", "residual"), item("ltt-sw-ffn", "FFN"));
+    const widths = h("span", { class: "ltt-legend-width", title: "an edge's width and opacity grow with its weight: the share of the target state it carries (after renormalisation when that is on)" },
+      h("span", { text: "edge width = share of the target state:" }));
+    for (const w of [0.05, 0.3, 1]) {
+      const st = edgeStyle(w);
+      const sw = h("span", { class: "ltt-sw-w" });
+      sw.style.height = `${st.width.toFixed(1)}px`;
+      sw.style.opacity = st.opacity.toFixed(2);
+      widths.append(sw, h("span", { text: String(w) }));
+    }
+    widths.append(h("span", { text: "· colour = kind" }));
+    lg.append(widths);
     const diff = h("span", { class: "ltt-legend-diff" },
       ...Object.keys(MARK_LABEL).map((k) => item(`ltt-sw-${k}`, MARK_LABEL[k])), item("ltt-sw-ghost", "dashed: not in this graph"));
     diff.style.display = "none";
@@ -1224,7 +1435,14 @@ export function render({ model, el }) {
   }
 
   // -- model events
-  const onGraph = () => { const first = !lay; const prevT = graph ? graph.tokens.length : -1; draw(); controls_(); facts_(); if (first || graph.tokens.length !== prevT) fit(); };
+  const onGraph = () => {
+    const first = !lay;
+    const prevT = graph ? graph.tokens.length : -1;
+    const prevW = lay ? lay.width : -1;
+    draw(); controls_(); facts_();
+    // a new prompt, or columns that moved (a compact layout of other targets): fit again
+    if (first || graph.tokens.length !== prevT || Math.abs(lay.width - prevW) > 1e-6) fit();
+  };
   on("change:graph", onGraph);
   on("change:threshold", controls_);
   on("change:renormalize", controls_);

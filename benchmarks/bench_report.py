@@ -1,0 +1,104 @@
+"""Benchmark of the embedded model's start and of the offline report's size.
+
+Each measurement runs in a fresh process (``python -c``), so imports and file caches count as
+a user sees them:
+
+* ``load``: ``ltt.load("smollm2-135m")`` with an empty cache folder (the GGUF file is
+  dequantised and stored), then the median of three loads from the cache (``LTT_CACHE_DIR`` is
+  a temporary folder, removed afterwards). Times are the load call alone and the whole process
+  (imports included);
+* ``report``: ``to_html`` of a 159-token prompt on the demo model, every target carried: the
+  file's size and the time to write it.
+
+    python benchmarks/bench_report.py            # both, about 3 minutes on two shared cores
+    python benchmarks/bench_report.py --only load
+
+Targets (reported, not asserted): a load from the cache within 3 s; the report within 6 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+LOAD = """
+import time, json
+t0 = time.perf_counter()
+import ltt
+t1 = time.perf_counter()
+m = ltt.load("smollm2-135m")
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "cache": m.hf_model.ltt_cache}))
+"""
+
+REPORT = """
+import json, os, sys, time
+sys.path.insert(0, os.path.join(%r, "tests"))
+import ltt
+from ltt.export import to_html
+from test_report import LONG_PROMPT
+trace = ltt.load("smollm2-135m").trace(LONG_PROMPT)
+t0 = time.perf_counter()
+to_html(trace, %r)
+print(json.dumps({"tokens": trace.n_tokens, "layers": trace.n_layers, "write_s": time.perf_counter() - t0,
+                  "bytes": os.path.getsize(%r)}))
+"""
+
+
+def _run(code: str, env: dict[str, str]) -> dict:
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["process_s"] = time.perf_counter() - start
+    return result
+
+
+def bench_load(env: dict[str, str]) -> dict:
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(env, LTT_CACHE_DIR=cache)
+        first = _run(LOAD, env)
+        warm = [_run(LOAD, env) for _ in range(3)]
+    assert first["cache"] == "stored" and all(w["cache"] == "hit" for w in warm), (first, warm)
+    return {
+        "first_load_s": round(first["load_s"], 2), "first_process_s": round(first["process_s"], 2),
+        "cached_load_s_median": round(statistics.median(w["load_s"] for w in warm), 2),
+        "cached_process_s_median": round(statistics.median(w["process_s"] for w in warm), 2),
+    }
+
+
+def bench_report(env: dict[str, str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "report.html")
+        r = _run(REPORT % (ROOT, path, path), env)
+    return {"tokens": r["tokens"], "layers": r["layers"], "megabytes": round(r["bytes"] / 1e6, 2),
+            "write_s": round(r["write_s"], 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=["load", "report"])
+    args = ap.parse_args()
+    env = dict(os.environ, LTT_QUIET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    results = {}
+    if args.only in (None, "load"):
+        results["load"] = bench_load(env)
+        print("load", results["load"], flush=True)
+    if args.only in (None, "report"):
+        results["report"] = bench_report(env)
+        print("report", results["report"], flush=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

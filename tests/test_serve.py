@@ -244,7 +244,7 @@ def test_panels_are_the_kernels_heads_neurons_and_tokens(page, server, tiny_mode
     layer, target, source = int(dst[1:].split("_")[0]), int(dst.split("_")[1]), int(src.split("_")[1])
     eh = trace.edge_heads(layer, target, source)
     rows = page.eval_on_selector_all(".ltt-head", "els => els.map(e => [Number(e.dataset.head), e.title])")
-    assert [h for h, _ in rows] == sorted(h.head for h in eh.heads)
+    assert [h for h, _ in rows] == [h.head for h in eh.heads]  # listed by share, largest first
     shares = {h.head: h.share for h in eh.heads}
     for h, title in rows:
         assert float(title.split("share ")[1]) == pytest.approx(shares[h], rel=1e-5, abs=1e-7)

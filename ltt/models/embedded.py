@@ -295,6 +295,9 @@ def load_embedded(name: str, dtype=None, device=None):
             elif dtype != torch.float32:
                 model = model.to(dtype)
     model.ltt_cache = status
+    with torch.no_grad():  # fresh 64-byte aligned storage: a memory-mapped cache entry and a
+        for p in model.parameters():  # conversion compute bit-identical logits (same BLAS paths)
+            p.data = p.data.clone()
     if device is not None:
         model = model.to(device)
     return model, tokenizer

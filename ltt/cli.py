@@ -2,7 +2,9 @@
 
     ltt demo                                   # the embedded SmolLM2-135M on a default prompt
     ltt trace --model gpt2 --prompt "..." --json graph.json
-    ltt models                                 # supported families and how each is decomposed
+    ltt trace --model gpt2 --ids 464,3139,286 --bos   # token ids as given, BOS put first
+    ltt models                                 # supported model types and how each is decomposed
+    ltt models --markdown                      # the README's table of families
     ltt serve --model gpt2                     # the live app in a browser (the serve extra)
 """
 
@@ -81,29 +83,15 @@ def routes_report(trace, graph, k: int = 5) -> str:
 
 
 def describe_families() -> str:
-    """The supported families, one line each: model types and how a layer is decomposed.
+    """Every supported ``model_type`` with its family and how a layer is decomposed (one line
+    each; :func:`ltt.models.families.describe`).
 
     >>> "llama" in describe_families()
     True
     """
-    from ltt.models import families as fam
+    from ltt.models.families import describe
 
-    lines = [f"{'family':<10} {'model_type':<12} decomposition"]
-    for f in fam._TABLE:
-        if f.parallel is fam._always:
-            block = "parallel block: x + attention + FFN in one step"
-        elif f.parallel is fam._never:
-            block = "sequential: attention, then FFN"
-        else:
-            block = "parallel or sequential, as the config says"
-        notes = []
-        if f.attn_post_norm:
-            notes.append("post-branch norms linearised with the frozen scale")
-        if f.refuse is not fam._no_refusal:
-            notes.append("post-LN variants refused")
-        extra = f" ({'; '.join(notes)})" if notes else ""
-        lines.append(f"{f.name:<10} {','.join(f.model_types):<12} {block}{extra}")
-    return "\n".join(lines)
+    return describe()
 
 
 def _check_model(name: str) -> None:
@@ -136,12 +124,14 @@ def _load(args: argparse.Namespace, tokenizer=None):
 
 def _run_trace(args: argparse.Namespace) -> int:
     tokenizer = None
-    if args.target is not None:
+    ids = getattr(args, "ids", None)
+    if args.target is not None and ids is None and args.bos is None:
+        # the default tokenisation only: with --ids or --bos/--no-bos the graph checks the target
         tokenizer = _tokenizer_first(args)
         if tokenizer is not None:
             _check_target(tokenizer, args.prompt, args.target)
     model = _load(args, tokenizer)
-    trace = model.trace(args.prompt)
+    trace = model.trace(_parse_ids(ids) if ids is not None else args.prompt, prepend_bos=args.bos)
     targets = None if args.target is None else [args.target]
     graph = trace.graph(threshold=args.threshold, renormalize=not args.no_renormalize, targets=targets)
     print(routes_report(trace, graph, k=args.top))
@@ -158,6 +148,17 @@ def _run_trace(args: argparse.Namespace) -> int:
                       carry=carry)
         print(f"HTML report written to {args.out}")
     return 0
+
+
+def _parse_ids(text: str) -> list[int]:
+    """``--ids "1,2,3"`` (commas and/or spaces) as a list of ints."""
+    parts = [p for p in text.replace(",", " ").split()]
+    if not parts:
+        raise ValueError(f"--ids {text!r}: give token ids separated by commas, e.g. --ids 1,2,3")
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--ids {text!r}: not a list of integers (e.g. --ids 1,2,3)") from None
 
 
 def _check_writable(path: str | None, option: str) -> None:
@@ -226,17 +227,25 @@ def build_parser() -> argparse.ArgumentParser:
                             "graph's parts (default 16; 0 skips the check)")
         p.add_argument("--trust-remote-code", action="store_true",
                        help="allow the model repository's own code to run (off by default)")
+        p.add_argument("--bos", dest="bos", action="store_const", const=True, default=None,
+                       help="put the tokenizer's BOS token first (as the original LM Transparency Tool does)")
+        p.add_argument("--no-bos", dest="bos", action="store_const", const=False,
+                       help="trace without a BOS token (default: whatever the tokenizer does)")
 
     t = sub.add_parser("trace", help="trace a prompt through a model and print the routes to its prediction")
     t.add_argument("--model", required=True, help="hub id, local directory, or 'smollm2-135m' (the embedded model)")
-    t.add_argument("--prompt", required=True, help="the text to run through the model")
+    given = t.add_mutually_exclusive_group(required=True)
+    given.add_argument("--prompt", help="the text to run through the model")
+    given.add_argument("--ids", metavar="IDS", help='token ids to run as given, e.g. "1,2,3"')
     add_graph_options(t, None, None)
 
     d = sub.add_parser("demo", help=f"trace {DEMO_PROMPT!r} on the embedded {DEMO_MODEL}")
     d.add_argument("--prompt", default=DEMO_PROMPT, help="the text to run (default: an indirect-object sentence)")
     add_graph_options(d, "ltt-demo.json", "ltt-demo.html")
 
-    sub.add_parser("models", help="list the supported model families and how each is decomposed")
+    m = sub.add_parser("models", help="list the supported model types and how each is decomposed")
+    m.add_argument("--markdown", action="store_true",
+                   help="print the README's table of families instead (generated from the same table)")
     from ltt.serve import add_parser as add_serve_parser
 
     add_serve_parser(sub)
@@ -247,7 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "models":
-            print(describe_families())
+            if args.markdown:
+                from ltt.models.families import markdown
+
+                print(markdown())
+            else:
+                print(describe_families())
             return 0
         if args.command == "serve":
             from ltt.serve import run_command
@@ -270,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--{exc}") from None
         if args.prompt == "":
             raise ValueError("--prompt is empty (''): give at least one character of text")
+        if getattr(args, "ids", None) is not None:
+            _parse_ids(args.ids)
         _check_model(args.model)
         _check_writable(args.json, "--json")
         _check_writable(args.out, "--out")

@@ -520,12 +520,14 @@ def _unembed_weights(model: Any):
         return p.detach().to(device="cpu", dtype=torch.float32)
 
     lm_head = hf.get_output_embeddings()
-    pre = get_module(hf, family_for(hf.config).unembed_pre)
+    fam = family_for(hf.config)
+    pre = get_module(hf, fam.unembed_pre)
     b = getattr(lm_head, "bias", None)
+    scale = float(fam.logit_scale(hf.config))  # Cohere, Granite: folded into the weights (a copy)
     cached = (
         None if pre is None else cpu32(pre.weight),
-        cpu32(lm_head.weight),
-        None if b is None else cpu32(b).numpy(),
+        cpu32(lm_head.weight) * scale if scale != 1.0 else cpu32(lm_head.weight),
+        None if b is None else cpu32(b).numpy() * np.float32(scale),
         getattr(hf.config, "final_logit_softcapping", None) or None,
     )
     try:

@@ -50,7 +50,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ltt.models.families import split_values
+from ltt.models.families import get_module, split_values
 
 __all__ = ["PartSet", "run_batched", "uses_interface"]
 
@@ -86,7 +86,10 @@ def uses_interface(model: Any) -> bool:
         return False
     if fam == "gpt2" and getattr(model.hf_model.config, "reorder_and_upcast_attn", False):
         return False  # GPT-2 then runs its own upcast attention instead of the interface
-    return True
+    from ltt.models.attention import eager_function
+
+    # Bloom, MPT: modeling files without the attention interface (their module's own attention)
+    return eager_function(model._sub(model._layers[0], model._family.attn)) is not None
 
 
 def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any):
@@ -215,7 +218,7 @@ def _subtract_hooks(model, layer_mod, rows, layer, T, mean, B):
 def _ffn_hook(rows, layer, T, mean, B):
     import torch
 
-    def hook(module, args, output):
+    def replace(output):
         flat = output.ndim == 2  # OPT runs its MLP on [B*T, d]
         x = output.view(B, T, -1) if flat else output
         keep = torch.from_numpy(_ffn_keep(rows, layer, T)).to(x.device)[..., None]
@@ -223,7 +226,27 @@ def _ffn_hook(rows, layer, T, mean, B):
         y = torch.where(keep, x, repl.to(x.dtype))
         return y.view_as(output) if flat else y
 
+    def hook(module, args, output):
+        if isinstance(output, tuple):  # a MoE block that also returns its router's scores
+            return (replace(output[0]),) + tuple(output[1:])
+        return replace(output)
+
     return hook
+
+
+def _ffn_branches(model: Any, layer: Any) -> list[Any]:
+    """The modules whose outputs make up a layer's FFN branch: its post-branch norm, a MoE
+    block (and a shared MLP the layer adds outside it), or the down projection."""
+    from ltt.models import moe
+
+    fam = model._family
+    if fam.ffn_post_norm:
+        return [model._sub(layer, fam.ffn_post_norm)]
+    if moe.experts_module(fam, layer) is None:
+        return [model._sub(layer, fam.down)]
+    out = [model._sub(layer, fam.moe_block)]
+    shared = get_module(layer, fam.shared_expert) if fam.shared_outside else None
+    return out + ([shared] if shared is not None else [])
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,8 +327,8 @@ def _run(model: Any, ids: list[int], rows: Sequence[PartSet], targets: list[int]
                 values_hook, attn_hook = _subtract_hooks(model, layer, rows, l, T, mean, B)
                 stack.callback(model._sub(layer, fam.qkv).register_forward_hook(values_hook).remove)
                 stack.callback(attn.register_forward_hook(attn_hook).remove)
-            branch = model._sub(layer, fam.ffn_post_norm or fam.down)
-            stack.callback(branch.register_forward_hook(_ffn_hook(rows, l, T, mean, B)).remove)
+            for branch in _ffn_branches(model, layer):
+                stack.callback(branch.register_forward_hook(_ffn_hook(rows, l, T, mean, B)).remove)
         if interface:
             _register()
             for c in configs:

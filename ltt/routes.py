@@ -828,10 +828,10 @@ def _check_streamed_chain(records: list[dict[str, Any]], origin: dict[int, str])
                 "than those the other shards hold): merge only the shards of one run")
 
 
-def _trace_one(model: Any, prompt: Any, index: int):
+def _trace_one(model: Any, prompt: Any, index: int, prepend_bos: bool | None = None):
     """The trace of one prompt; a bad prompt raises naming ``prompts[index]``."""
-    model._encode(prompt, argname=f"prompts[{index}]")
-    return model.trace(prompt)
+    model._encode(prompt, argname=f"prompts[{index}]", prepend_bos=prepend_bos)
+    return model.trace(prompt, prepend_bos=prepend_bos)
 
 
 def _peek_header(path: str) -> dict[str, Any] | None:
@@ -864,6 +864,7 @@ def trace_many(
     on_error: str = "raise",
     progress: bool | None = None,
     faithfulness: bool | int = False,
+    prepend_bos: bool | None = None,
 ) -> RouteSet:
     """Trace every prompt, build its pruned graph and keep only its :class:`PromptRoutes`.
 
@@ -893,7 +894,9 @@ def trace_many(
       keeps everything done before it) or ``"skip"`` (record the error and go on);
     * ``progress``: a tqdm bar (default: when stderr is a terminal);
     * ``faithfulness``: also rerun each prompt's graph through :func:`ltt.faithfulness.faithfulness`
-      (True: 16 random graphs, an int: that many) and keep its summary in the record; off by default.
+      (True: 16 random graphs, an int: that many) and keep its summary in the record; off by default;
+    * ``prepend_bos``: as in :meth:`ltt.models.Model.trace` (a prompt may also be a list of
+      token ids); when given, it is one of the run's settings.
 
     Returns the :class:`RouteSet` of this process's prompts, in input order.
 
@@ -915,6 +918,10 @@ def trace_many(
                 "norm": int(norm), "weighting": weighting}
     if faithfulness is not False:
         settings["faithfulness"] = _faithfulness_baselines(faithfulness)
+    if prepend_bos is not None:
+        if not isinstance(prepend_bos, (bool, np.bool_)):
+            raise TypeError(f"prepend_bos must be None, True or False, got {prepend_bos!r}")
+        settings["prepend_bos"] = bool(prepend_bos)
     routes = RouteSet(str(model.name), int(model.n_layers), int(model.n_heads), settings, model=model)
     source, count, prompts_fp = _prompt_source(prompts)
     final_path = write_path = None
@@ -960,7 +967,8 @@ def trace_many(
 
             bar = tqdm(total=count, desc="tracing prompts", unit="prompt")
         _run(model, routes, source, done, writer, shard, on_error,
-             (threshold, renormalize, targets, norm, weighting), bar, settings.get("faithfulness"))
+             (threshold, renormalize, targets, norm, weighting), bar, settings.get("faithfulness"),
+             prepend_bos)
         completed = True
     finally:
         if bar is not None:
@@ -977,7 +985,8 @@ def trace_many(
     return routes
 
 
-def _run(model, routes, source, done, writer, shard, on_error, graph_args, bar, faithfulness=None) -> None:
+def _run(model, routes, source, done, writer, shard, on_error, graph_args, bar, faithfulness=None,
+         prepend_bos=None) -> None:
     """The loop of :func:`trace_many`: each prompt from the file when it is there (its chain
     checked), else traced, summarised and written."""
     chain = store.PromptChain()
@@ -1003,7 +1012,7 @@ def _run(model, routes, source, done, writer, shard, on_error, graph_args, bar, 
                 routes.records.append(PromptRoutes.from_record(old, routes.n_layers, routes.n_heads))
         else:
             try:
-                trace = _trace_one(model, prompt, index)
+                trace = _trace_one(model, prompt, index, prepend_bos)
                 summary = summarize(trace, *graph_args, index=index)
                 if faithfulness is not None:
                     graph = build_graph(trace, *graph_args[:4])

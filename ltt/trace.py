@@ -42,7 +42,7 @@ class LayerBuffers:
                  attn_row_scale: np.ndarray | None, attn_col_scale: np.ndarray | None, attn_center: bool,
                  ffn_out: np.ndarray, act: np.ndarray, ffn_bias: np.ndarray | None,
                  ffn_row_scale: np.ndarray | None, ffn_col_scale: np.ndarray | None, ffn_center: bool,
-                 attention: Any = None, weights: Any = None):
+                 attention: Any = None, weights: Any = None, moe: Any = None):
         self.layer = layer
         self.parallel = parallel
         self.resid_pre = resid_pre  # [T, d] layer input x (layer 0: embeddings after any scale)
@@ -61,6 +61,7 @@ class LayerBuffers:
         self.ffn_center = ffn_center
         self._attention = attention  # recomputes probabilities (ltt.models.attention)
         self._weights = weights  # () -> {"w_o": [H, d_h, d], "w_down": [F, d]} float32
+        self.moe = moe  # a MoE layer: the router's choices and the experts' neuron ranges (ltt.models.moe)
         self.pinned: dict[str, np.ndarray] | None = None  # the weights, while the trace attributes the layer
 
     @property

@@ -60,6 +60,13 @@ def _make_tokenizer(bos: bool):
     )
 
 
+def _config(model_type: str, **kw):
+    """A config by ``model_type`` (types whose config class is not exported at the top level)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    return CONFIG_MAPPING[model_type](**kw)
+
+
 def tiny_configs() -> dict:
     """Family key -> (config, tokenizer adds BOS). Widths are tiny; every quirk is switched on."""
     import transformers as tf
@@ -108,6 +115,103 @@ def tiny_configs() -> dict:
                                       new_decoder_architecture=False, multi_query=True,
                                       parallel_attn=True, alibi=True, bias=True,
                                       max_position_embeddings=64, **common), False),
+        # -- issue 16: the newer dense families ----------------------------------------------
+        "starcoder2": (tf.Starcoder2Config(sliding_window=4, use_bias=True, **llama_like), False),
+        "cohere": (tf.CohereConfig(logit_scale=0.5, use_qk_norm=True, **llama_like), True),
+        "cohere2": (tf.Cohere2Config(sliding_window=4, logit_scale=0.5,
+                                      layer_types=["sliding_attention", "full_attention"], **llama_like), True),
+        "stablelm": (tf.StableLmConfig(partial_rotary_factor=0.5, use_qkv_bias=True, **llama_like), True),
+        "stablelm_par": (tf.StableLmConfig(partial_rotary_factor=0.25, use_parallel_residual=True,
+                                           qk_layernorm=True, **llama_like), True),
+        "olmo": (tf.OlmoConfig(clip_qkv=0.3, **llama_like), False),
+        "olmo2": (tf.Olmo2Config(**llama_like), False),
+        "olmo3": (tf.Olmo3Config(sliding_window=4, **llama_like), False),
+        "exaone4": (tf.Exaone4Config(sliding_window=4, sliding_window_pattern=2, head_dim=8, **llama_like), False),
+        "glm4": (tf.Glm4Config(head_dim=8, partial_rotary_factor=0.5, **llama_like), False),
+        "glm": (tf.GlmConfig(head_dim=8, **llama_like), False),
+        "smollm3": (tf.SmolLM3Config(no_rope_layer_interval=2, **llama_like), True),
+        "ernie4_5": (tf.Ernie4_5Config(head_dim=8, use_bias=True, **llama_like), True),
+        "ministral": (tf.MinistralConfig(sliding_window=4, head_dim=8, **llama_like), True),
+        "helium": (tf.HeliumConfig(head_dim=8, **llama_like), True),
+        "seed_oss": (tf.SeedOssConfig(head_dim=8, attention_bias=True, attention_out_bias=True,
+                                      **llama_like), True),
+        "arcee": (tf.ArceeConfig(head_dim=8, **llama_like), True),
+        "hunyuan_v1_dense": (tf.HunYuanDenseV1Config(head_dim=8, **llama_like), True),
+        "apertus": (tf.ApertusConfig(head_dim=8, **llama_like), True),
+        "nemotron": (tf.NemotronConfig(head_dim=8, partial_rotary_factor=0.5, **llama_like), True),
+        "gpt_bigcode": (tf.GPTBigCodeConfig(n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                            multi_query=True, **common), False),
+        "gpt_bigcode_mha": (tf.GPTBigCodeConfig(n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                                multi_query=False, **common), False),
+        "bloom": (tf.BloomConfig(hidden_size=32, n_layer=2, n_head=4, **common), True),
+        "mpt": (tf.MptConfig(d_model=32, n_layers=2, n_heads=4, max_seq_len=64,
+                             attn_config={"clip_qkv": 0.5, "alibi": True}, **common), False),
+        "granite": (tf.GraniteConfig(embedding_multiplier=3.0, residual_multiplier=0.4,
+                                     attention_multiplier=0.2, logits_scaling=4.0, attention_bias=True,
+                                     mlp_bias=True, **llama_like), True),
+        "exaone": (_config("exaone", **llama_like), True),
+        "internlm3": (_config("internlm3", head_dim=8, **llama_like), True),
+        "ministral3": (tf.Ministral3Config(head_dim=8, **llama_like), True),
+        "cwm": (tf.CwmConfig(head_dim=8, **llama_like), True),
+        "jais2": (tf.Jais2Config(head_dim=8, **llama_like), True),
+        "youtu": (tf.YoutuConfig(**dict(llama_like, num_key_value_heads=4, kv_lora_rank=16,
+                                        q_lora_rank=24, qk_nope_head_dim=8, qk_rope_head_dim=4,
+                                        v_head_dim=8)), True),
+        "vaultgemma": (tf.VaultGemmaConfig(head_dim=8, query_pre_attn_scalar=8, final_logit_softcapping=3.0,
+                                           **llama_like), True),
+        "nanochat": (tf.NanoChatConfig(head_dim=8, final_logit_softcapping=3.0, **llama_like), True),
+        "persimmon": (tf.PersimmonConfig(**dict(llama_like, num_key_value_heads=4, qk_layernorm=True,
+                                                partial_rotary_factor=0.5)), True),
+        # -- mixture-of-experts ----------------------------------------------------------------
+        "granitemoeshared": (tf.GraniteMoeSharedConfig(**dict(
+            llama_like, num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=24,
+            embedding_multiplier=3.0, residual_multiplier=0.4, logits_scaling=4.0)), True),
+        "deepseek_v2": (tf.DeepseekV2Config(**dict(
+            llama_like, num_key_value_heads=4, intermediate_size=40, n_routed_experts=4,
+            num_experts_per_tok=2, moe_intermediate_size=8, n_shared_experts=1, first_k_dense_replace=1,
+            kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8)), True),
+        "mellum": (tf.MellumConfig(**dict(llama_like, num_experts=4, num_experts_per_tok=2,
+                                          moe_intermediate_size=16, head_dim=8)), True),
+        "phimoe": (tf.PhimoeConfig(**dict(llama_like, num_local_experts=4, num_experts_per_tok=2)), True),
+        "glm4_moe": (tf.Glm4MoeConfig(**dict(llama_like, n_routed_experts=4, num_experts_per_tok=2,
+                                             moe_intermediate_size=8, n_shared_experts=1,
+                                             first_k_dense_replace=1, intermediate_size=40, head_dim=8,
+                                             n_group=2, topk_group=1)), True),
+        "ernie4_5_moe": (tf.Ernie4_5_MoeConfig(**dict(llama_like, moe_num_experts=4, moe_k=2,
+                                                      moe_intermediate_size=8, moe_num_shared_experts=1,
+                                                      moe_layer_start_index=1, intermediate_size=40,
+                                                      head_dim=8)), True),
+        "solar_open": (tf.SolarOpenConfig(**dict(llama_like, n_routed_experts=4, num_experts_per_tok=2,
+                                                 moe_intermediate_size=8, n_shared_experts=1,
+                                                 first_k_dense_replace=1, intermediate_size=40,
+                                                 head_dim=8, n_group=1, topk_group=1)), True),
+        "hunyuan_v1_moe": (tf.HunYuanMoEV1Config(**dict(llama_like, num_experts=4, moe_topk=2,
+                                                        head_dim=8)), True),
+        "flex_olmo": (tf.FlexOlmoConfig(**dict(llama_like, num_experts=4, num_experts_per_tok=2)), True),
+        "granitemoe": (tf.GraniteMoeConfig(num_local_experts=4, num_experts_per_tok=2,
+                                           embedding_multiplier=3.0, residual_multiplier=0.4,
+                                           attention_multiplier=0.2, logits_scaling=4.0,
+                                           **llama_like), True),
+        "llama4": (tf.Llama4TextConfig(**dict(
+            llama_like, num_local_experts=4, num_experts_per_tok=1, head_dim=8, intermediate_size=16,
+            intermediate_size_mlp=80, interleave_moe_layer_step=2, attention_chunk_size=4,
+            no_rope_layers=[1, 0])), True),
+        "mixtral": (tf.MixtralConfig(num_local_experts=4, num_experts_per_tok=2, sliding_window=None,
+                                     **llama_like), True),
+        "qwen2_moe": (tf.Qwen2MoeConfig(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                        shared_expert_intermediate_size=24, qkv_bias=True,
+                                        **llama_like), False),
+        "qwen3_moe": (tf.Qwen3MoeConfig(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                                        head_dim=8, **llama_like), False),
+        "olmoe": (tf.OlmoeConfig(num_experts=4, num_experts_per_tok=2, **llama_like), False),
+        "deepseek_v3": (tf.DeepseekV3Config(**dict(
+            llama_like, num_key_value_heads=4, intermediate_size=40, n_routed_experts=4,
+            num_experts_per_tok=2, moe_intermediate_size=8, n_shared_experts=1, first_k_dense_replace=1,
+            n_group=2, topk_group=1, kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=8,
+            qk_rope_head_dim=4, v_head_dim=8)), True),
+        "gpt_oss": (tf.GptOssConfig(**dict(llama_like, num_local_experts=4, num_experts_per_tok=2,
+                                           head_dim=8, sliding_window=4,
+                                           layer_types=["sliding_attention", "full_attention"])), False),
     }
 
 

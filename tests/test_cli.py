@@ -170,7 +170,7 @@ def test_unknown_model_path(tmp_path):
 
 
 def test_unsupported_architecture(tmp_path):
-    """A tiny BLOOM (a family ltt does not decompose) saved to disk is refused by name."""
+    """A tiny XGLM (a family ltt does not decompose) saved to disk is refused by name."""
     import torch
     import transformers as tf
 
@@ -178,11 +178,11 @@ def test_unsupported_architecture(tmp_path):
 
     torch.manual_seed(0)
     model = tf.AutoModelForCausalLM.from_config(
-        tf.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4))
+        tf.XGLMConfig(vocab_size=VOCAB, d_model=32, num_layers=2, attention_heads=4, ffn_dim=64))
     model.save_pretrained(tmp_path)
     _make_tokenizer(False).save_pretrained(tmp_path)
     err = _one_line_error(run_ltt("trace", "--model", str(tmp_path), "--prompt", PROMPT))
-    assert "unsupported architecture" in err and "bloom" in err
+    assert "unsupported architecture" in err and "xglm" in err
     assert "llama" in err  # the supported types are listed
 
 

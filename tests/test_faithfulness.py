@@ -16,10 +16,10 @@ from ltt import interventions
 from ltt.faithfulness import faithfulness, graph_parts, random_parts, summary_line
 from ltt.graph import Graph
 from ltt.models.families import split_values
+from test_models import FAMILIES
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
-ALL = ["gpt2", "gpt_neo", "gpt_neox", "gpt_neox_seq", "gptj", "opt", "llama", "mistral", "qwen2",
-       "qwen3", "gemma", "gemma2", "gemma3", "phi", "phi3", "falcon", "falcon_seq", "falcon_mq"]
+ALL = list(FAMILIES)  # every family's tiny model (tests/test_models.py)
 LINE = re.compile(r"the graph keeps \d+\.\d\d of the probability of '.*' "
                   r"\(random graphs of the same size: \d+\.\d\d ± \d+\.\d\d\)")
 
@@ -131,7 +131,8 @@ def _capture(model, trace, layer):
                model._sub(mod, fam.qkv).register_forward_hook(keep("qkv")),
                model._sub(mod, fam.attn).register_forward_hook(keep("attn")),
                model._sub(mod, fam.o_proj).register_forward_hook(keep("o")),
-               model._sub(mod, fam.ffn_post_norm or fam.down).register_forward_hook(keep("f"))]
+               model._sub(mod, fam.ffn_post_norm or (fam.moe_block if fam.experts else fam.down)
+                          ).register_forward_hook(keep("f"))]
     if not model.parallel[layer]:
         handles.append(model._sub(mod, fam.ffn_norm).register_forward_pre_hook(keep("mid", True), with_kwargs=True))
     try:
@@ -172,6 +173,13 @@ def _ffn_of(model, key, layer_mod, state):
         return layer_mod.mlp(layer_mod.ln_2(state))
     if key == "opt":
         return layer_mod.fc2(layer_mod.activation_fn(layer_mod.fc1(layer_mod.final_layer_norm(state))))
+    if key == "bloom":  # its MLP adds the residual it is given
+        return layer_mod.mlp(layer_mod.post_attention_layernorm(state), torch.zeros_like(state))
+    if key == "mpt":
+        return layer_mod.ffn(layer_mod.norm_2(state), torch.zeros_like(state))
+    if model._family.experts:  # a MoE block reads [B, T, d]; gpt-oss's also returns its router
+        out = layer_mod.mlp(layer_mod.post_attention_layernorm(state)[None, None])
+        return (out[0] if isinstance(out, tuple) else out)[0, 0]
     return layer_mod.mlp(layer_mod.post_attention_layernorm(state))
 
 
@@ -221,8 +229,11 @@ def _without(graph, layer, t, s=None):
 
 # sequential GQA (llama), parallel (gpt_neox), post-norm with softcapping (gemma2), and the
 # subtraction path of the families that bypass the attention interface (falcon: parallel GQA,
-# gpt_neo: sequential); OPT runs its MLP on flattened rows
-@pytest.mark.parametrize("key", ["llama", "gpt_neox", "gemma2", "falcon", "gpt_neo", "opt"])
+# gpt_neo: sequential); OPT runs its MLP on flattened rows; Bloom and MPT (alibi, no attention
+# interface: the subtraction path), mixtures of experts (the FFN block is the MoE block) and
+# gpt-oss's sinks
+@pytest.mark.parametrize("key", ["llama", "gpt_neox", "gemma2", "falcon", "gpt_neo", "opt", "bloom", "mpt",
+                                 "mixtral", "qwen2_moe", "gpt_oss"])
 @pytest.mark.parametrize("layer", [0, 1])
 @pytest.mark.parametrize("ablation", ["zero", "mean"])
 def test_one_part_removed_equals_a_recomputation_of_the_layer(traced, key, layer, ablation):

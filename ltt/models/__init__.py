@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt.models.embedded import EMBEDDED, is_embedded, load_embedded
+from ltt.models import moe
 from ltt.models.families import Family, _heads, family_for, get_module, split_values, supported
 from ltt.trace import LayerBuffers, Trace
 
@@ -126,11 +127,14 @@ class NormParams:
     eps: float
 
     @classmethod
-    def of(cls, module: Any, offset: float = 0.0) -> "NormParams":
+    def of(cls, module: Any, offset: float = 0.0, kind: str | None = None,
+           eps: float | None = None) -> "NormParams":
+        """The parameters of a norm module; ``kind`` ("layer"/"rms") and ``eps`` override what
+        its type and attributes say (a family's own LayerNorm class, a hard-coded epsilon)."""
         import torch
 
-        kind = "layer" if isinstance(module, torch.nn.LayerNorm) else "rms"
-        eps = None
+        if kind is None:
+            kind = "layer" if isinstance(module, torch.nn.LayerNorm) else "rms"
         for key in ("eps", "variance_epsilon", "epsilon"):
             if getattr(module, key, None) is not None:
                 eps = float(getattr(module, key))
@@ -162,6 +166,21 @@ class NormParams:
         if self.beta is not None:
             y = y + self.beta
         return y.astype(np.float32)
+
+
+@dataclass
+class BranchScale:
+    """A constant multiplier on a branch before the residual add (Granite's
+    ``residual_multiplier``), in :class:`NormParams`' interface: each part of the branch is
+    scaled by it, as a post-branch norm's frozen scale would be."""
+
+    value: float
+    kind: str = "scale"
+    gamma: None = None
+    beta: None = None
+
+    def scale(self, x: np.ndarray) -> tuple[np.ndarray, None]:
+        return np.full(np.shape(x)[:-1], self.value, dtype=np.float64), None
 
 
 @dataclass
@@ -230,7 +249,8 @@ class Model:
         o_in, o_out = _in_out_shape(self._sub(layer0, fam.o_proj))  # [H*d_h, d]
         self.d_head = o_in // self.n_heads
         self.d_model = o_out
-        self.d_ffn = _in_out_shape(self._sub(layer0, fam.down))[0]
+        self.d_ffn = (moe.ffn_width(fam, layer0) if moe.experts_module(fam, layer0) is not None
+                      else _in_out_shape(self._sub(layer0, fam.down))[0])
         self.parallel = [bool(fam.parallel(config))] * self.n_layers
         head = hf_model.get_output_embeddings()
         if head is None:
@@ -241,6 +261,7 @@ class Model:
         pre = get_module(hf_model, fam.unembed_pre)
         self._unembed_pre = None if pre is None else _linear_in_out(pre)
         self._softcap = getattr(config, "final_logit_softcapping", None)
+        self._logit_scale = float(fam.logit_scale(config))  # Cohere, Granite: logits times a constant
         self.max_tokens = self._context_limit(max_tokens)
         self._weights: dict[Any, tuple[tuple, Any]] = {}  # key -> (parameter versions, value)
 
@@ -292,7 +313,8 @@ class Model:
     def _layer_modules(self, layer: int) -> tuple[Any, Any, Any, Any]:
         fam = self._family
         mod = self._layers[layer]
-        return (self._sub(mod, fam.o_proj), self._sub(mod, fam.down),
+        experts = moe.experts_module(fam, mod)  # a MoE layer: the experts stand for the down projection
+        return (self._sub(mod, fam.o_proj), self._sub(mod, fam.down) if experts is None else experts,
                 get_module(mod, fam.attn_post_norm), get_module(mod, fam.ffn_post_norm))
 
     def layer_stamp(self, layer: int) -> tuple:
@@ -307,6 +329,9 @@ class Model:
             def make():
                 return np.ascontiguousarray(
                     _linear_in_out(module).reshape(self.n_heads, self.d_head, self.d_model), dtype=np.float32)
+        elif moe.experts_module(self._family, self._layers[layer]) is module:
+            def make():  # every expert's down rows (and the shared experts'), stacked
+                return moe.down_weights(self._family, self._layers[layer], _param_numpy)[0]
         else:
             def make():
                 return _linear_in_out(module)
@@ -329,7 +354,8 @@ class Model:
         m = self._final_norm_module
         if m is None:
             return None
-        return self._cached("final_norm", [m], lambda: NormParams.of(m, self._family.norm_offset))
+        fam = self._family
+        return self._cached("final_norm", [m], lambda: NormParams.of(m, fam.norm_offset, fam.norm_kind, fam.norm_eps))
 
     # -- the final norm and unembedding ----------------------------------------------------
 
@@ -357,10 +383,22 @@ class Model:
     @property
     def unembedding(self) -> np.ndarray:
         """``[d, V]`` float32: the lm_head weight as a map from normalised states to logits
-        (before its bias and any softcapping; OPT's project_out is applied first by
-        :meth:`unembed`). A view of the weight when it is float32 on the CPU, else a cached copy."""
+        (before its bias and any softcapping, times the family's logit scale; OPT's project_out
+        is applied first by :meth:`unembed`). A view of the weight when it is float32 on the CPU, else a cached copy."""
+        return self._unembed_weights()[0]
+
+    def _unembed_weights(self) -> tuple[np.ndarray, np.ndarray | None]:
         head = self._lm_head
-        return self._cached("unembed", [head], lambda: (_param_numpy(head.weight).T, _bias(head)))[0]
+        scale = self._logit_scale
+
+        def make():
+            w, b = _param_numpy(head.weight).T, _bias(head)
+            if scale != 1.0:  # the family's logit scale folded in (a copy)
+                w = w * np.float32(scale)
+                b = None if b is None else b * np.float32(scale)
+            return w, b
+
+        return self._cached("unembed", [head], make)
 
     def unembed(self, x: np.ndarray, softcap: bool = True) -> np.ndarray:
         """Logits ``[..., V]`` of normalised states ``x [..., d]``: lm_head (with its bias where
@@ -372,8 +410,7 @@ class Model:
         if self._unembed_pre is not None:
             x = x @ self._unembed_pre
         logits = x @ self.unembedding
-        head = self._lm_head
-        b = self._cached("unembed", [head], lambda: (_param_numpy(head.weight).T, _bias(head)))[1]
+        b = self._unembed_weights()[1]
         if b is not None:
             logits = logits + b
         if softcap and self._softcap:
@@ -382,21 +419,102 @@ class Model:
 
     # -- tokens ------------------------------------------------------------------------------
 
-    def _encode(self, prompt: Any, argname: str = "prompt") -> list[int]:
-        if not isinstance(prompt, str):
-            raise TypeError(f"{argname} must be a string (or a list of strings), got "
-                            f"{type(prompt).__name__}: {prompt!r}"[:300])
-        if prompt == "":
-            raise ValueError(f"{argname} is empty (''): give at least one character of text")
-        ids = list(self.tokenizer(prompt)["input_ids"])
-        if not ids:
-            raise ValueError(f"{argname} {prompt!r} produced no tokens")
+    def _encode(self, prompt: Any, argname: str = "prompt", prepend_bos: bool | None = None) -> list[int]:
+        """The token ids to trace for ``prompt``: a string (tokenised) or a 1-D sequence of ids
+        (taken as given). ``prepend_bos``: None follows the tokenizer (strings) or the ids as
+        given; True puts the tokenizer's BOS first unless it already is; False removes a BOS
+        the tokenizer (or the ids) put first."""
+        if prepend_bos is not None and not isinstance(prepend_bos, (bool, np.bool_)):
+            raise TypeError(f"prepend_bos must be None, True or False, got {prepend_bos!r}")
+        ids = self._token_ids(prompt, argname) if not isinstance(prompt, str) else None
+        if ids is None:
+            if prompt == "":
+                raise ValueError(f"{argname} is empty (''): give at least one character of text")
+            ids = [int(i) for i in self.tokenizer(prompt)["input_ids"]]
+            if not ids:
+                raise ValueError(f"{argname} {prompt!r} produced no tokens")
+        ids = self._apply_bos(ids, prompt, prepend_bos, argname)
         if self.max_tokens is not None and len(ids) > self.max_tokens:
+            shown = prompt[:80] if isinstance(prompt, str) else ids[:20]
             raise ValueError(
                 f"{argname} is {len(ids)} tokens long, more than the limit of {self.max_tokens} "
-                f"tokens (the model's context or max_tokens); {argname}={prompt[:80]!r}..."
+                f"tokens (the model's context or max_tokens); {argname}={shown!r}..."
             )
-        return [int(i) for i in ids]
+        return ids
+
+    def _token_ids(self, prompt: Any, argname: str) -> list[int]:
+        """A prompt given as token ids (list, tuple, 1-D NumPy array or tensor), checked against
+        the embedding table; a TypeError for anything else that is not a string."""
+        what = ("a string or a 1-D sequence of token ids (list, NumPy array or tensor)")
+        if type(prompt).__module__.startswith("torch"):
+            prompt = prompt.detach().cpu().numpy() if hasattr(prompt, "detach") else prompt
+        if isinstance(prompt, np.ndarray):
+            if prompt.dtype.kind not in "iu":
+                raise TypeError(f"{argname} must be {what}; got an array of dtype {prompt.dtype}: "
+                                f"{prompt!r}"[:300])
+            if prompt.ndim != 1:
+                raise ValueError(f"{argname}: token ids must be 1-D, got shape {prompt.shape} (pass a "
+                                 "list of 1-D sequences to trace several prompts)")
+            ids = [int(i) for i in prompt]
+        elif isinstance(prompt, (list, tuple)):
+            bad = [i for i in prompt if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer))]
+            if bad:
+                raise TypeError(f"{argname} must be {what}; element {bad[0]!r} "
+                                f"({type(bad[0]).__name__}) is not a token id"[:300])
+            ids = [int(i) for i in prompt]
+        else:
+            raise TypeError(f"{argname} must be {what} (or a list of them), got "
+                            f"{type(prompt).__name__}: {prompt!r}"[:300])
+        if not ids:
+            raise ValueError(f"{argname} is an empty sequence of token ids: give at least one id")
+        emb = self.hf_model.get_input_embeddings()
+        n = int(getattr(emb, "num_embeddings", 0) or self.vocab_size)
+        out = [i for i in ids if not 0 <= i < n]
+        if out:
+            raise ValueError(f"{argname}: token id {out[0]} is outside the embedding table [0, {n})")
+        return ids
+
+    def _apply_bos(self, ids: list[int], prompt: Any, prepend_bos: bool | None, argname: str) -> list[int]:
+        if prepend_bos is None:
+            return ids
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if bos is None:
+            if prepend_bos:
+                raise ValueError(f"prepend_bos=True for {argname}, but the tokenizer of {self.name!r} "
+                                 "has no BOS token (bos_token_id is None)")
+            return ids
+        if prepend_bos:
+            return ids if ids[0] == bos else [int(bos)] + ids
+        if ids[0] != bos or len(ids) == 1:
+            if len(ids) == 1 and ids[0] == bos:
+                raise ValueError(f"prepend_bos=False for {argname}, but its only token is the BOS")
+            return ids
+        if isinstance(prompt, str):
+            # a BOS typed as text in the prompt stays; only one the tokenizer added is removed
+            plain = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if plain and int(plain[0]) == bos:
+                return ids
+        return ids[1:]
+
+    def _prompt_text(self, prompt: Any, ids: list[int]) -> str:
+        """``prompt`` itself for a string, else the decoded text of the traced ids."""
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+
+    def _batch(self, prompt: Any) -> list[Any] | None:
+        """The prompts of a batch (a list/tuple of strings or of id sequences, or a 2-D array of
+        ids), or None when ``prompt`` is one prompt (a string or one 1-D sequence of ids)."""
+        if type(prompt).__module__.startswith("torch") and hasattr(prompt, "ndim") and prompt.ndim == 2:
+            return [row for row in prompt]
+        if isinstance(prompt, np.ndarray) and prompt.ndim == 2:
+            return [row for row in prompt]
+        if isinstance(prompt, (list, tuple)):
+            if not prompt:
+                raise ValueError("prompt is an empty list: give at least one string (or token ids)")
+            ints = [isinstance(p, (int, np.integer)) and not isinstance(p, (bool, np.bool_)) for p in prompt]
+            return None if all(ints) else list(prompt)
+        return None
 
     def token_strings(self, ids: Sequence[int], prompt: str | None = None) -> list[str]:
         """Readable strings of token ids: each token's text as it appears in the decoded prompt
@@ -414,8 +532,14 @@ class Model:
         if prompt is not None:
             try:
                 enc = tok(prompt, return_offsets_mapping=True)
-                if [int(i) for i in enc["input_ids"]] == ids:
-                    spans = [tuple(o) for o in enc["offset_mapping"]]
+                got = [int(i) for i in enc["input_ids"]]
+                offsets = [tuple(o) for o in enc["offset_mapping"]]
+                if got == ids:
+                    spans = offsets
+                elif got[1:] == ids:  # the tokenizer's BOS removed (prepend_bos=False)
+                    spans = offsets[1:]
+                elif got == ids[1:]:  # a BOS put first (prepend_bos=True)
+                    spans = [(0, 0)] + offsets
             except (NotImplementedError, TypeError, ValueError, KeyError):
                 spans = None  # a slow tokenizer: no offsets
         out = []
@@ -434,12 +558,18 @@ class Model:
 
     # -- tracing -------------------------------------------------------------------------------
 
-    def trace(self, prompt: str | Sequence[str], all_logits: bool = False, *, verify: bool = True,
-              spill: str | os.PathLike | None = None, memory_limit: int | None = None) -> Trace | list[Trace]:
+    def trace(self, prompt: Any, all_logits: bool = False, *, prepend_bos: bool | None = None,
+              verify: bool = True, spill: str | os.PathLike | None = None,
+              memory_limit: int | None = None) -> Trace | list[Trace]:
         """Record one forward pass of ``prompt``: a :class:`ltt.trace.Trace` (a list of them for a
         list of prompts, each traced on its own). Each layer is attributed as soon as it has run
         (:mod:`ltt.models.tracing`); the trace keeps no per-head ``[T, T]`` array.
 
+        * ``prompt``: a string, or token ids traced as given (a list of ints, a 1-D NumPy array
+          or tensor; a list of such sequences or a 2-D array is a batch).
+        * ``prepend_bos``: None follows the tokenizer (a string) or the ids as given; True puts
+          the tokenizer's BOS first (as the original LM Transparency Tool always does) unless it
+          already is; False traces without it.
         * ``all_logits``: keep the next-token logits of every position (``[T, V]``), not only the
           last; the model computes only the last position's otherwise.
         * ``verify``: check each layer's decomposition against the model's own states as it
@@ -456,6 +586,7 @@ class Model:
 
         >>> trace = model.trace("The capital of France is")  # doctest: +SKIP
         >>> traces = model.trace(["Hello", "World"])          # doctest: +SKIP
+        >>> trace = model.trace([504, 3575], prepend_bos=True)  # doctest: +SKIP
         """
         if not isinstance(verify, (bool, np.bool_)):
             raise TypeError(f"verify must be True or False, got {verify!r}")
@@ -465,13 +596,12 @@ class Model:
                                          or memory_limit <= 0):
             raise ValueError(f"memory_limit must be a positive number of bytes or None, got {memory_limit!r}")
         opts = dict(all_logits=bool(all_logits), verify=bool(verify), spill=spill, memory_limit=memory_limit)
-        if isinstance(prompt, (list, tuple)):
-            if not prompt:
-                raise ValueError("prompt is an empty list: give at least one string")
-            for i, p in enumerate(prompt):
-                self._encode(p, argname=f"prompt[{i}]")
-            return [self._trace_one(p, **opts) for p in prompt]
-        return self._trace_one(prompt, **opts)
+        batch = self._batch(prompt)
+        if batch is not None:
+            for i, p in enumerate(batch):
+                self._encode(p, argname=f"prompt[{i}]", prepend_bos=prepend_bos)
+            return [self._trace_one(p, prepend_bos=prepend_bos, **opts) for p in batch]
+        return self._trace_one(prompt, prepend_bos=prepend_bos, **opts)
 
     def trace_many(self, prompts: Any, **kwargs: Any):
         """Trace many prompts, keeping only each one's component importance: a
@@ -483,10 +613,11 @@ class Model:
 
         return trace_many(self, prompts, **kwargs)
 
-    def _trace_one(self, prompt: str, **opts: Any) -> Trace:
+    def _trace_one(self, prompt: Any, prepend_bos: bool | None = None, **opts: Any) -> Trace:
         from ltt.models.tracing import run_trace
 
-        ids = self._encode(prompt)
+        ids = self._encode(prompt, prepend_bos=prepend_bos)
+        prompt = self._prompt_text(prompt, ids)
         bar = None
         try:
             if not _quiet() and self.n_layers * len(ids) >= 2048:
@@ -508,9 +639,12 @@ class Model:
                 "b_o": self._cached((layer, "b_o"), [o], lambda: _bias(o)),
                 "b_down": self._cached((layer, "b_down"), [down], lambda: _bias(down)),
                 "attn_post_norm": self._cached((layer, "post_a"), [post_a], lambda: None if post_a is None
-                                               else NormParams.of(post_a, fam.norm_offset)),
+                                               else NormParams.of(post_a, fam.norm_offset, fam.norm_kind,
+                                                                  fam.norm_eps)),
                 "ffn_post_norm": self._cached((layer, "post_f"), [post_f], lambda: None if post_f is None
-                                              else NormParams.of(post_f, fam.norm_offset)),
+                                              else NormParams.of(post_f, fam.norm_offset, fam.norm_kind,
+                                                                 fam.norm_eps)),
+                "branch_scale": float(fam.branch_scale(self.hf_model.config)),
             }
 
     def __repr__(self) -> str:

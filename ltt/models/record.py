@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ltt.models import attention as attn_capture
+from ltt.models import moe
 from ltt.models.families import get_module, split_values
 
 #: Test hook: called with the name of every fault-injection point (None in normal use).
@@ -224,6 +225,12 @@ class Recording:
                 self.records[l][key.replace("w_", "out_")] = _rows(_to_numpy(_first(output)), T)
             return self._tag(hook)
 
+        def experts_weight(l):
+            def hook(module, args, output):  # every expert's down rows, read while they are in place
+                point(f"hook:{l}:w_down")
+                self.records[l]["w_down"] = model._module_weight(l, "w_down", module)
+            return self._tag(hook)
+
         def layer_out(l):
             def hook(module, args, output):
                 point(f"hook:{l}:y")
@@ -247,9 +254,14 @@ class Recording:
                 add(attn.register_forward_hook(post(l, "probs", probs_out)))
             add(model._sub(layer, fam.qkv).register_forward_hook(post(l, "values", values)))
             add(model._sub(layer, fam.o_proj).register_forward_hook(weight(l, "w_o")))
-            down = model._sub(layer, fam.down)
-            add(down.register_forward_pre_hook(pre(l, "act"), with_kwargs=True))
-            add(down.register_forward_hook(weight(l, "w_down")))
+            if moe.experts_module(fam, layer) is not None:  # a MoE layer: ltt.models.moe
+                for handle in moe.register(fam, layer, self.records[l], T, _to_numpy, self._tag):
+                    add(handle)
+                add(moe.experts_module(fam, layer).register_forward_hook(experts_weight(l)))
+            else:
+                down = model._sub(layer, fam.down)
+                add(down.register_forward_pre_hook(pre(l, "act"), with_kwargs=True))
+                add(down.register_forward_hook(weight(l, "w_down")))
             if fam.ffn_post_norm:
                 add(model._sub(layer, fam.ffn_post_norm).register_forward_hook(post(l, "ffn")))
             if not model.parallel[l]:

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt.graph import FLOOR, FullGraph, attribute_layer
-from ltt.models import record
+from ltt.models import moe, record
 from ltt.trace import LayerBuffers, Trace
 
 #: Relative error above which a layer's decomposition is called inexact, by model dtype. The
@@ -114,6 +114,8 @@ def _spill(arr: np.ndarray | None, path: str) -> np.ndarray | None:
 
 def layer_buffers(model: Any, l: int, rec: dict[str, Any], T: int, stamp: tuple) -> LayerBuffers:
     """The :class:`LayerBuffers` of layer ``l`` from its recorded tensors."""
+    if rec.get("moe_act") is not None:  # a MoE layer: assemble its wide activations
+        moe.finish(model._family, model._layers[l], rec, T)
     for key in ("x", "y", "attention", "values", "out_o", "act", "out_down"):
         if rec.get(key) is None:
             what = "attention probabilities" if key == "attention" else f"the {key!r} tensor"
@@ -144,9 +146,18 @@ def layer_buffers(model: Any, l: int, rec: dict[str, Any], T: int, stamp: tuple)
         gamma = None if norm.gamma is None else np.ascontiguousarray(norm.gamma, dtype=np.float32)
         return r.astype(np.float32), gamma, center, np.ascontiguousarray(b, dtype=np.float32) if has_bias else None
 
-    a_row, a_col, a_center, a_bias = branch(rec["out_o"], w["b_o"], w["attn_post_norm"])
-    f_row, f_col, f_center, f_bias = branch(rec["out_down"], w["b_down"], w["ffn_post_norm"])
+    from ltt.models import BranchScale
+
+    mult = w["branch_scale"]  # Granite: both branches times residual_multiplier before the add
+    scaled = None if mult == 1.0 else BranchScale(mult)
+    if scaled is not None and (w["attn_post_norm"] is not None or w["ffn_post_norm"] is not None):
+        raise RuntimeError(f"layer {l}: a branch multiplier and post-branch norms together are not supported")
+    b_down = rec["moe_bias"] if rec.get("moe_bias") is not None else w["b_down"]  # gpt-oss: per token
+    a_row, a_col, a_center, a_bias = branch(rec["out_o"], w["b_o"], w["attn_post_norm"] or scaled)
+    f_row, f_col, f_center, f_bias = branch(rec["out_down"], b_down, w["ffn_post_norm"] or scaled)
     ffn_out = rec["ffn"] if w["ffn_post_norm"] is not None else rec["out_down"]
+    if scaled is not None:
+        ffn_out = ffn_out * np.float32(mult)
     mid = None
     if not parallel:
         mid = rec.get("mid")
@@ -166,7 +177,7 @@ def layer_buffers(model: Any, l: int, rec: dict[str, Any], T: int, stamp: tuple)
         values=rec["values"], attn_bias=a_bias, attn_row_scale=a_row, attn_col_scale=a_col,
         attn_center=a_center, ffn_out=np.ascontiguousarray(ffn_out, dtype=np.float32), act=rec["act"],
         ffn_bias=f_bias, ffn_row_scale=f_row, ffn_col_scale=f_col, ffn_center=f_center,
-        attention=rec["attention"], weights=weights,
+        attention=rec["attention"], weights=weights, moe=rec.get("moe"),
     )  # fmt: skip
 
 

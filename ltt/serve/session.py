@@ -202,8 +202,11 @@ class Session:
         if not isinstance(content, dict) or content.get("type") != "run":
             raise ClientError(f"custom message must be {{'type': 'run', 'prompt': ...}}, got {clip(content, 80)}")
         prompt = check_prompt(content.get("prompt"), self.state.max_chars)
+        bos = content.get("bos")  # the BOS checkbox: null = the tokenizer's choice
+        if bos is not None and not isinstance(bos, bool):
+            raise ClientError(f"bos must be true, false or null, got {clip(bos, 40)}")
         view = self._view(msg)
-        self._queue(f"tracing {_short(prompt)}", lambda job: self._run_here(view, prompt))
+        self._queue(f"tracing {_short(prompt)}", lambda job: self._run_here(view, prompt, bos))
 
     def _update(self, msg: dict) -> None:
         changes = msg.get("state")
@@ -245,19 +248,19 @@ class Session:
 
         widget.observe(observe, names=self._traits)
 
-    def _run_here(self, view: str, prompt: str) -> None:
+    def _run_here(self, view: str, prompt: str, bos: bool | None = None) -> None:
         """Show ``prompt`` in a view, as the widget's own prompt box does (a prompt it already
-        traced is picked again, not traced twice)."""
+        traced is picked again, not traced twice, unless the BOS checkbox is set)."""
         w = self.views.get(view)
         if w is None or self.closed:
             return
-        if prompt in w.prompts:
+        if bos is None and prompt in w.prompts:
             w.prompt_index = w.prompts.index(prompt)
         elif len(w.prompts) >= MAX_TRACES:
             raise ValueError(f"this view already keeps {len(w.prompts)} traced prompts, the most a page keeps: "
                              "press the toolbar's Run to start a fresh view with this prompt")
         else:
-            w.run(prompt)
+            w.run(prompt, prepend_bos=bos)
         self._flush()
 
     def _settings(self) -> dict[str, Any]:

@@ -336,16 +336,19 @@ class GraphWidget(anywidget.AnyWidget):
 
     def _on_msg(self, widget, content, buffers) -> None:
         if isinstance(content, dict) and content.get("type") == "run":
-            self._guard(lambda: self.run(str(content.get("prompt", ""))))
+            bos = content.get("bos")
+            self._guard(lambda: self.run(str(content.get("prompt", "")),
+                                         prepend_bos=bos if isinstance(bos, bool) else None))
 
-    def run(self, prompt: str) -> None:
-        """Trace a new prompt with the widget's model and show it (the page's prompt box)."""
+    def run(self, prompt: str, prepend_bos: bool | None = None) -> None:
+        """Trace a new prompt with the widget's model and show it (the page's prompt box and its
+        BOS checkbox: ``prepend_bos`` as in :meth:`ltt.models.Model.trace`)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
         model = self._model or getattr(self.trace, "model", None)
         if model is None:
             raise ValueError("this widget has no model to trace a new prompt: pass model=")
-        trace = model.trace(prompt)
+        trace = model.trace(prompt, prepend_bos=prepend_bos)
         self._traces.append(trace)
         self._quiet += 1
         try:

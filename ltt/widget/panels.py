@@ -231,6 +231,11 @@ def ffn_panels(
     for node, weight, tn, block in zip(nodes, weights, neurons, blocks):
         panel = tn.to_dict()
         panel.update(type="ffn", node=node, block=effects(block))
+        layer, t = parse_node(node)[1:]
+        if getattr(trace.layers[layer], "moe", None) is not None:  # a mixture of experts
+            from ltt.models.moe import router_panel
+
+            panel["router"] = router_panel(trace, layer, t, panel.get("neurons"))
         if weight is not None:
             panel["weight"] = float(weight)
         out.append(panel)

@@ -561,11 +561,15 @@ export function render({ model, el }) {
   const facts = h("div", { class: "ltt-facts" });
   const promptInput = h("input", { class: "ltt-prompt", type: "text", placeholder: "a new prompt…", "aria-label": "prompt" });
   const runBtn = h("button", { class: "ltt-run", text: "Run" });
+  // BOS for a new prompt: indeterminate = the tokenizer's choice; checked/unchecked force it.
+  const bosBox = h("input", { class: "ltt-bos", type: "checkbox", "aria-label": "prepend BOS" });
+  bosBox.indeterminate = true;
+  const bosLabel = h("label", { class: "ltt-bos-label", title: "BOS first (dash: as the tokenizer does)" }, bosBox, "BOS");
   const picker = h("select", { class: "ltt-picker", "aria-label": "prompt picker" });
   const status = h("span", { class: "ltt-status" });
   const notice = h("div", { class: "ltt-notice" });
   const errorBox = h("div", { class: "ltt-error" });
-  root.append(h("div", { class: "ltt-header" }, facts, h("div", { class: "ltt-promptbar" }, picker, promptInput, runBtn, status)), notice, errorBox);
+  root.append(h("div", { class: "ltt-header" }, facts, h("div", { class: "ltt-promptbar" }, picker, promptInput, bosLabel, runBtn, status)), notice, errorBox);
 
   // -- controls
   const slider = h("input", { class: "ltt-threshold-slider", type: "range", step: "0.005", "aria-label": "threshold" });
@@ -654,6 +658,7 @@ export function render({ model, el }) {
     const live = model.get("live") !== false;
     promptInput.disabled = !live;
     runBtn.disabled = !live;
+    bosBox.disabled = !live;
     promptInput.placeholder = live ? "a new prompt…" : "new prompts need a live kernel";
   }
 
@@ -1194,7 +1199,7 @@ export function render({ model, el }) {
     const p = promptInput.value;
     if (!p.trim()) { showError("prompt: type a prompt first"); return; }
     showError("");
-    model.send({ type: "run", prompt: p });
+    model.send({ type: "run", prompt: p, bos: bosBox.indeterminate ? null : bosBox.checked });
   };
   runBtn.addEventListener("click", run);
   promptInput.addEventListener("keydown", (ev) => { if (ev.key === "Enter") run(); });
@@ -1379,11 +1384,19 @@ export function render({ model, el }) {
   function panelFfn(p) {
     title(`${p.node} · FFN block`, `layer ${p.layer} · token ${p.position} ${quoted(p.position_token)}${p.weight !== undefined ? ` · FFN share ${fmt(p.weight, 4)}` : ""} · residual ${fmt(p.resid_share, 4)} · bias ${fmt(p.bias_share, 4)}`);
     const neurons = p.neurons || [];
+    if (p.router) {  // a mixture of experts: the chosen experts, their gates and shares
+      const r = p.router;
+      const rmax = Math.max(1e-9, ...r.experts.map((e) => e.share));
+      const box = h("div", { class: "ltt-router" }, h("div", { class: "ltt-sub", text: `router: ${r.experts.length} of ${r.n_experts} experts${r.shared !== null ? ` · shared ${fmt(r.shared, 4)}` : ""}` }));
+      for (const e of r.experts) box.append(h("div", { class: "ltt-neuron-head", "data-expert": e.expert }, h("b", { text: `expert ${e.expert}` }), bar(e.share, rmax, "#7b5ea7"), h("span", { class: "ltt-num", text: `share ${fmt(e.share, 4)}` }), h("span", { class: "ltt-num", text: `gate ${fmt(e.gate, 3)}` })));
+      panel.append(box);
+    }
     const max = Math.max(1e-9, ...neurons.map((n) => n.share));
     const list = h("div", { class: "ltt-neurons" });
     for (const n of neurons) {
+      const label = n.expert === undefined ? `n${n.neuron}` : `${n.expert === "shared" ? "shared" : `e${n.expert}`}·n${n.local}`;
       const row = h("div", { class: "ltt-neuron", "data-neuron": n.neuron },
-        h("div", { class: "ltt-neuron-head" }, h("b", { text: `n${n.neuron}` }), bar(n.share, max, "#e8891c"), h("span", { class: "ltt-num", text: `share ${fmt(n.share, 4)}` }), h("span", { class: "ltt-num", text: `act ${fmt(n.activation, 3)}` })),
+        h("div", { class: "ltt-neuron-head" }, h("b", { text: label }), bar(n.share, max, "#e8891c"), h("span", { class: "ltt-num", text: `share ${fmt(n.share, 4)}` }), h("span", { class: "ltt-num", text: `act ${fmt(n.activation, 3)}` })),
         h("div", { class: "ltt-neuron-tokens" },
           h("span", { class: "ltt-up", text: "▲ " }), ...(n.promoted || []).map((t) => h("span", { class: "ltt-chip", text: visibleToken(t.token), title: `effect ${fmt(t.effect, 4)}` })),
           h("span", { class: "ltt-down", text: " ▼ " }), ...(n.suppressed || []).map((t) => h("span", { class: "ltt-chip", text: visibleToken(t.token), title: `effect ${fmt(t.effect, 4)}` }))));

@@ -134,7 +134,8 @@ class LayerBuffers:
         if rows is None:
             out = self.act.astype(np.float64) @ self.w_down.astype(np.float64)
         else:
-            out = (self.act[idx] @ self.w_down).astype(np.float64)
+            # w_down is usually the transposed view of a torch weight: multiply in its own layout
+            out = (self.w_down.T @ self.act[idx].T).T.astype(np.float64)
         if self.ffn_center:  # centring each neuron's vector = centring their sum
             out -= out.mean(axis=-1, keepdims=True)
         if self.ffn_col_scale is not None:

@@ -237,8 +237,7 @@ class Recording:
                 rec = self.records[l]
                 rec["y"] = _rows(_to_numpy(_first(output)), T)
                 self.on_layer(l, rec)
-                for key in ("probs", "w_o", "w_down"):
-                    rec.pop(key, None)
+                rec.clear()  # what the trace keeps is in the layer's buffers now
             return self._tag(hook)
 
         for l, layer in enumerate(model._layers):

@@ -15,10 +15,20 @@ True
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` in torch's thread pool when torch is loaded (as while a model is traced):
+    NumPy's BLAS threads would spin between the model's own operations and slow them down."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return a @ b
+    return (torch.from_numpy(np.ascontiguousarray(a)) @ torch.from_numpy(np.ascontiguousarray(b))).numpy()
 
 
 class LayerBuffers:
@@ -115,10 +125,10 @@ class LayerBuffers:
         H, per_group = wo.shape[0], wo.shape[0] // v.shape[1]
         out = np.zeros((len(idx), wo.shape[2]))
         for h in range(H):  # mix the values first: [rows, T] @ [T, d_h], then project
-            mixed = probs[h].astype(np.float64) @ v[:, h // per_group, :]
+            mixed = _mm(probs[h].astype(np.float64), v[:, h // per_group, :])
             if self.attn_row_scale is not None:
                 mixed *= self.attn_row_scale.astype(np.float64)[idx][:, None]
-            out += mixed @ wo[h]
+            out += _mm(mixed, wo[h])
         if self.attn_center:
             out -= out.mean(axis=-1, keepdims=True)
         if self.attn_col_scale is not None:
@@ -132,10 +142,10 @@ class LayerBuffers:
         and bias (for ``rows`` the neuron sum runs in float32, a cheap check)."""
         idx = slice(None) if rows is None else np.asarray(rows)
         if rows is None:
-            out = self.act.astype(np.float64) @ self.w_down.astype(np.float64)
+            out = _mm(self.act.astype(np.float64), self.w_down.astype(np.float64))
         else:
             # w_down is usually the transposed view of a torch weight: multiply in its own layout
-            out = (self.w_down.T @ self.act[idx].T).T.astype(np.float64)
+            out = _mm(self.w_down.T, self.act[idx].T).T.astype(np.float64)
         if self.ffn_center:  # centring each neuron's vector = centring their sum
             out -= out.mean(axis=-1, keepdims=True)
         if self.ffn_col_scale is not None:

@@ -123,12 +123,14 @@ class LayerBuffers:
         v = self.values.astype(np.float64)
         wo = self.w_o.astype(np.float64)
         H, per_group = wo.shape[0], wo.shape[0] // v.shape[1]
+        v_heads = np.ascontiguousarray(v[:, np.arange(H) // per_group, :].transpose(1, 0, 2))  # [H, T, d_h]
+        wo_flat = wo.reshape(H * wo.shape[1], wo.shape[2])
         out = np.zeros((len(idx), wo.shape[2]))
-        for h in range(H):  # mix the values first: [rows, T] @ [T, d_h], then project
-            mixed = _mm(probs[h].astype(np.float64), v[:, h // per_group, :])
+        for lo in range(0, len(idx), 512):  # row blocks: [H, rows, T] float64 stays small
+            mixed = _mm(probs[:, lo : lo + 512].astype(np.float64), v_heads)  # [H, rows, d_h]
             if self.attn_row_scale is not None:
-                mixed *= self.attn_row_scale.astype(np.float64)[idx][:, None]
-            out += _mm(mixed, wo[h])
+                mixed *= self.attn_row_scale.astype(np.float64)[idx[lo : lo + 512]][None, :, None]
+            out[lo : lo + 512] = _mm(mixed.transpose(1, 0, 2).reshape(mixed.shape[1], -1), wo_flat)
         if self.attn_center:
             out -= out.mean(axis=-1, keepdims=True)
         if self.attn_col_scale is not None:

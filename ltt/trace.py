@@ -120,16 +120,19 @@ class LayerBuffers:
         if probs is None:
             probs = self.attn if rows is None else self.attn_rows(rows)
         idx = np.arange(self.n_tokens) if rows is None else np.asarray(rows)
-        v = self.values.astype(np.float64)
-        wo = self.w_o.astype(np.float64)
+        # the running check of a few rows sums in float32 (its tolerance is >= 1e-3); the full
+        # rebuild in float64
+        dt = np.float64 if rows is None else np.float32
+        v = self.values.astype(dt, copy=False)
+        wo = self.w_o.astype(dt, copy=False)
         H, per_group = wo.shape[0], wo.shape[0] // v.shape[1]
         v_heads = np.ascontiguousarray(v[:, np.arange(H) // per_group, :].transpose(1, 0, 2))  # [H, T, d_h]
         wo_flat = wo.reshape(H * wo.shape[1], wo.shape[2])
         out = np.zeros((len(idx), wo.shape[2]))
         for lo in range(0, len(idx), 512):  # row blocks: [H, rows, T] float64 stays small
-            mixed = _mm(probs[:, lo : lo + 512].astype(np.float64), v_heads)  # [H, rows, d_h]
+            mixed = _mm(probs[:, lo : lo + 512].astype(dt, copy=False), v_heads)  # [H, rows, d_h]
             if self.attn_row_scale is not None:
-                mixed *= self.attn_row_scale.astype(np.float64)[idx[lo : lo + 512]][None, :, None]
+                mixed *= self.attn_row_scale.astype(dt)[idx[lo : lo + 512]][None, :, None]
             out[lo : lo + 512] = _mm(mixed.transpose(1, 0, 2).reshape(mixed.shape[1], -1), wo_flat)
         if self.attn_center:
             out -= out.mean(axis=-1, keepdims=True)

@@ -62,7 +62,11 @@ class SparseRows:
         """``dense [T, S]`` (edges) or ``[H, T, S]`` (per-head parts): every entry ``>= floor``
         plus each row's largest (the first in (head, source) order), so that the threshold
         modes' "keep the largest" rules stay exact above the floor. No copy of ``dense`` is
-        made (a boolean mask and the kept entries only)."""
+        made (a boolean mask and the kept entries only).
+
+        >>> SparseRows.from_dense(np.array([[0.5, 0.0], [0.25, 0.0005]], np.float32), 0.01).values.tolist()
+        [0.5, 0.25]
+        """
         d = dense if dense.ndim == 3 else dense[None]
         H, T, S = d.shape
         h, t, s = np.nonzero(d >= floor)
@@ -218,7 +222,10 @@ class FullGraph:
     def layer_dense(self, l: int) -> tuple[np.ndarray, np.ndarray]:
         """Layer ``l``'s dense per-head shares ``[H, T, T]`` and edge weights ``[T, T]``,
         recomputed exactly from the trace's layer on first use and kept (the whole trace must
-        fit :data:`DENSE_BUDGET`)."""
+        fit :data:`DENSE_BUDGET`).
+
+        >>> heads, edges = attribute(trace).layer_dense(0)       # doctest: +SKIP
+        """
         if self._dense is not None:
             return self._dense[0][l], self._dense[1][l]
         if l not in self._layer_dense:
@@ -522,7 +529,11 @@ def _renormalize_rows(parts: SparseRows, single: np.ndarray, threshold: float) -
 
 def sparse_edge_weights(full: FullGraph, threshold: float, renormalize: bool) -> SparseEdgeWeights:
     """Edge weights of a threshold mode from the sparse rows (``threshold >= full.floor``);
-    equal to :func:`edge_weights` on the listed entries."""
+    equal to :func:`edge_weights` on the listed entries.
+
+    >>> w = sparse_edge_weights(attribute(trace), 0.04, renormalize=True)   # doctest: +SKIP
+    >>> w.edges[0].lookup([3], [1])                                      # doctest: +SKIP
+    """
     if not renormalize:
         return SparseEdgeWeights(full.edges, full.attn_resid, full.attn_bias, full.ffn, full.ffn_resid)
     L = full.n_layers

@@ -608,7 +608,11 @@ def edge_head_shares(trace: Any, layer: int, target: int, source: int, norm: int
     """Every head's share ``[H]`` of one attention edge (checked indices), by the C core on the
     one- or two-token sub-problem (source, target) with the layer's true normalisers: the same
     arithmetic as the full layer, without any ``[T, T]`` array. ``dense=None`` reads the dense
-    per-head array instead when the trace fits the dense budget (``True``: always)."""
+    per-head array instead when the trace fits the dense budget (``True``: always).
+
+    >>> edge_head_shares(trace, 5, trace.n_tokens - 1, 0).shape   # doctest: +SKIP
+    (9,)
+    """
     full = attribute(trace, norm)
     if dense or (dense is None and full.dense_fits()):
         return np.array(full.layer_dense(layer)[0][:, target, source], dtype=np.float32)

@@ -284,3 +284,16 @@ def chromium_path() -> str:
             pytrace=False,
         )
     return found
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium, headless, shared by one test module's pages."""
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield b
+        finally:
+            b.close()

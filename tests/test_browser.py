@@ -13,10 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from playwright import sync_api  # noqa: E402
-from conftest import chromium_path  # noqa: E402
 
-CHROMIUM = chromium_path()
 
 from ltt import interpret  # noqa: E402
 from ltt.export import to_html  # noqa: E402
@@ -25,16 +22,6 @@ ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "artifacts"
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 EVIL = '<img src=x onerror=alert(1)></script><!--<b onclick="__pwned=1">'
 EXPORTED = 0.02
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

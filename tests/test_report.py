@@ -12,13 +12,10 @@ import pathlib
 
 import pytest
 
-from playwright import sync_api  # noqa: E402
-from conftest import chromium_path  # noqa: E402
 
 import ltt
 from ltt.export import to_html
 
-CHROMIUM = chromium_path()
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "artifacts"
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 LONG_PROMPT = (
@@ -30,16 +27,6 @@ LONG_PROMPT = (
     "covered market. Every autumn the town still holds a large fair, where farmers from the surrounding "
     "villages sell apples, cheese and honey, and children ride the old wooden carousel. When Mary and John visited the square last summer, John gave a cold drink to"
 )
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

@@ -25,11 +25,9 @@ import numpy as np
 import pytest
 
 from playwright import sync_api
-from conftest import chromium_path
 
 from ltt import interpret
 
-CHROMIUM = chromium_path()
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 OTHER = "The capital of France is Paris, and the capital of Italy is"
 
@@ -109,16 +107,6 @@ def server(dirs):
 def llama_id(dirs):
     """The id the server gives a --model directory: its name."""
     return os.path.basename(dirs["llama"])
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 os.environ.setdefault("LTT_QUIET", "1")
 
 VOCAB = 320
+PROMPT = "When Mary and John went to the store, John gave a drink to"
 CORPUS = [
     "The capital of France is Paris, and the capital of Italy is Rome.",
     "When Mary and John went to the store, John gave a drink to Mary.",
@@ -297,3 +298,18 @@ def browser():
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture(scope="session")
+def traced(tiny_model):
+    """``traced(key)`` -> ``(model, model.trace(PROMPT))`` of a family's tiny model, cached for
+    the session (tests read these traces; one that changes a model loads its own)."""
+    cache: dict = {}
+
+    def get(key: str):
+        if key not in cache:
+            model = tiny_model(key)
+            cache[key] = (model, model.trace(PROMPT))
+        return cache[key]
+
+    return get

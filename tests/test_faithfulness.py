@@ -18,23 +18,10 @@ from ltt.graph import Graph
 from ltt.models.families import split_values
 from test_models import FAMILIES
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
+from conftest import PROMPT  # noqa: E402 (the prompt of the shared `traced` fixture)
 ALL = list(FAMILIES)  # every family's tiny model (tests/test_models.py)
 LINE = re.compile(r"the graph keeps \d+\.\d\d of the probability of '.*' "
                   r"\(random graphs of the same size: \d+\.\d\d ± \d+\.\d\d\)")
-
-
-@pytest.fixture(scope="module")
-def traced(tiny_model):
-    cache: dict = {}
-
-    def get(key: str):
-        if key not in cache:
-            model = tiny_model(key)
-            cache[key] = (model, model.trace(PROMPT))
-        return cache[key]
-
-    return get
 
 
 def _complete(trace, targets=None):

@@ -86,21 +86,8 @@ FAMILIES = {
 BRANCH_SCALED = {"granite", "granitemoe", "granitemoeshared"}  # residual_multiplier: a constant row scale per branch
 SINKS = {"gpt_oss"}  # attention sinks: probability mass that goes to no token
 POST_NORM = {"gemma2", "gemma3", "olmo2", "olmo3", "exaone4", "glm4", "flex_olmo"}
-PROMPT = "When Mary and John went to the store, John gave a drink to"
+from conftest import PROMPT  # noqa: E402 (the prompt of the shared `traced` fixture)
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def traced(tiny_model):
-    cache: dict = {}
-
-    def get(key: str):
-        if key not in cache:
-            model = tiny_model(key)
-            cache[key] = (model, model.trace(PROMPT))
-        return cache[key]
-
-    return get
 
 
 def _rel(a, b) -> float:

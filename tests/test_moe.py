@@ -10,23 +10,10 @@ import torch
 
 from ltt.models import moe
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
+from conftest import PROMPT  # noqa: E402 (the prompt of the shared `traced` fixture)
 MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gpt_oss", "granitemoe", "granitemoeshared", "llama4",
        "deepseek_v2", "mellum", "phimoe", "glm4_moe", "ernie4_5_moe", "solar_open", "hunyuan_v1_moe",
        "flex_olmo"]
-
-
-@pytest.fixture(scope="module")
-def traced(tiny_model):
-    cache: dict = {}
-
-    def get(key: str):
-        if key not in cache:
-            model = tiny_model(key)
-            cache[key] = (model, model.trace(PROMPT))
-        return cache[key]
-
-    return get
 
 
 def _moe_layers(trace):

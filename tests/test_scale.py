@@ -12,7 +12,8 @@ from ltt import graph as G
 from ltt import interpret
 from ltt.graph import attribute, build_graph, edge_weights
 
-from test_models import FAMILIES, PROMPT, traced  # noqa: F401 (traced: a fixture)
+from conftest import PROMPT
+from test_models import FAMILIES
 
 LONG = " ".join([PROMPT] * 2)
 

@@ -36,6 +36,9 @@ ATTENTION, RESIDUAL, FFN = "attention", "residual", "ffn"
 #: are answered from an exact dense recomputation when it fits in :data:`DENSE_BUDGET` bytes.
 FLOOR = 1e-3
 DENSE_BUDGET = int(os.environ.get("LTT_DENSE_BUDGET", 64 * 2**20))
+#: A layer whose per-head shares ``[H, T, T]`` would take more bytes than this is scored head
+#: by head (twice the core's work, an H-th of the memory).
+HEAD_CHUNK_BYTES = int(os.environ.get("LTT_HEAD_CHUNK_BYTES", 256 * 2**20))
 
 
 @dataclass
@@ -67,25 +70,39 @@ class SparseRows:
         >>> SparseRows.from_dense(np.array([[0.5, 0.0], [0.25, 0.0005]], np.float32), 0.01).values.tolist()
         [0.5, 0.25]
         """
-        d = dense if dense.ndim == 3 else dense[None]
-        H, T, S = d.shape
-        h, t, s = np.nonzero(d >= floor)
-        # each row's first largest in (head, source) order: the first head holding the row's max
-        best_s = d.argmax(axis=2)  # [H, T]
-        best_v = np.take_along_axis(d, best_s[:, :, None], axis=2)[:, :, 0]
-        best_h = best_v.argmax(axis=0)  # [T]
+        if dense.ndim == 2:
+            return cls.from_heads([dense], floor, per_head=False)
+        return cls.from_heads(dense, floor)
+
+    @classmethod
+    def from_heads(cls, maps: Any, floor: float, per_head: bool = True) -> "SparseRows":
+        """:meth:`from_dense` of per-head maps ``[T, S]`` given one at a time, in head order (a
+        long layer's heads are scored one by one and never held together)."""
+        hs, ts, ss, vs, best_s, best_v = [], [], [], [], [], []
+        for h, m in enumerate(maps):
+            t, s = np.nonzero(m >= floor)
+            hs.append(np.full(len(t), h, np.int64))
+            ts.append(t)
+            ss.append(s)
+            vs.append(m[t, s].astype(np.float32))
+            bs = m.argmax(axis=1)
+            best_s.append(bs)
+            best_v.append(m[np.arange(m.shape[0]), bs])
+        best_sa, best_va = np.stack(best_s), np.stack(best_v)  # [H, T]
+        T = best_sa.shape[1]
         rows = np.arange(T)
-        extra_h, extra_s = best_h, best_s[best_h, rows]
-        missing = d[extra_h, rows, extra_s] < floor  # listed already unless below the floor
-        h = np.concatenate([h, extra_h[missing]])
-        t = np.concatenate([t, rows[missing]])
-        s = np.concatenate([s, extra_s[missing]])
+        best_h = best_va.argmax(axis=0)  # each row's first largest: the first head holding its max
+        value = best_va[best_h, rows]
+        missing = value < floor  # listed already unless below the floor
+        h = np.concatenate(hs + [best_h[missing]])
+        t = np.concatenate(ts + [rows[missing]])
+        s = np.concatenate(ss + [best_sa[best_h, rows][missing]])
+        v = np.concatenate(vs + [value[missing].astype(np.float32)])
         order = np.lexsort((s, h, t))  # by target row, then (head, source)
-        h, t, s = h[order], t[order], s[order]
+        h, t, s, v = h[order], t[order], s[order], v[order]
         indptr = np.zeros(T + 1, np.int64)
         np.cumsum(np.bincount(t, minlength=T), out=indptr[1:])
-        return cls(indptr, s.astype(np.int32), d[h, t, s].astype(np.float32),
-                   h.astype(np.int16) if dense.ndim == 3 else None)
+        return cls(indptr, s.astype(np.int32), v, h.astype(np.int16) if per_head else None)
 
     def to_dense(self, T: int, H: int | None = None) -> np.ndarray:
         """The dense equivalent (listed entries, zero elsewhere)."""
@@ -138,25 +155,31 @@ def attribute_layer(lb: Any, probs: np.ndarray | list, norm: int = 1, floor: flo
     """
     whole = lb.resid_post if lb.parallel else lb.resid_mid
     attn = probs.pop() if isinstance(probs, list) else probs
+    H, T = attn.shape[0], attn.shape[1]
+    by_head = not keep_dense and 4 * H * T * T > HEAD_CHUNK_BYTES
+    post = dict(row_scale=lb.attn_row_scale, col_scale=lb.attn_col_scale, center=lb.attn_center, norm=norm)
     out = attribution.attn_contrib(
         lb.resid_pre, whole, attn, lb.values, lb.w_o, bias=lb.attn_bias,
-        extra=lb.ffn_out[None] if lb.parallel else None, row_scale=lb.attn_row_scale,
-        col_scale=lb.attn_col_scale, center=lb.attn_center, norm=norm, keep_heads=True,
+        extra=lb.ffn_out[None] if lb.parallel else None, keep_heads=not by_head, **post,
     )  # fmt: skip
+    if by_head:  # a long layer: each head's shares scored and sparsified on its own
+        w_o = lb.w_o
+        parts = SparseRows.from_heads(
+            (attribution.attn_head_map(h, whole, attn, lb.values, w_o, out["total"], **post) for h in range(H)),
+            floor)
     del attn
-    T = whole.shape[0]
+    if not by_head:
+        parts = SparseRows.from_dense(out["heads"], floor)
     if lb.parallel:
         ffn, ffn_resid = out["extra"][0], np.zeros(T, np.float32)
     else:
         block = attribution.contributions(np.stack([lb.resid_mid, lb.ffn_out]), lb.resid_post, norm=norm)
         ffn_resid, ffn = block[0], block[1]
-    heads = out["heads"]
     return LayerScores(
         attn_resid=out["resid"], attn_bias=out["bias"], ffn=ffn, ffn_resid=ffn_resid,
         total=out["total"], parallel=bool(lb.parallel),
-        edges=SparseRows.from_dense(out["edges"], floor), parts=SparseRows.from_dense(heads, floor),
-        n_heads=int(heads.shape[0]),
-        dense_heads=heads if keep_dense else None, dense_edges=out["edges"] if keep_dense else None,
+        edges=SparseRows.from_dense(out["edges"], floor), parts=parts, n_heads=int(H),
+        dense_heads=out["heads"] if keep_dense else None, dense_edges=out["edges"] if keep_dense else None,
     )
 
 

@@ -211,3 +211,22 @@ def test_sparse_rows_equal_the_twins_sparsify(seed):
         want = ref.sparsify(dense[:1], floor)
         np.testing.assert_array_equal(edges.sources, want["sources"])
         np.testing.assert_array_equal(edges.values, want["weights"])
+
+
+@pytest.mark.parametrize("key", ["llama", "gpt_neox", "gemma2"])
+def test_long_layers_scored_head_by_head_keep_the_same_parts(key, tiny_model, monkeypatch):
+    """A layer too large for one [H, T, T] array is scored head by head: the sparse parts and
+    the graphs equal the one-array path."""
+    model = tiny_model(key)
+    whole = model.trace(PROMPT)
+    monkeypatch.setattr(G, "HEAD_CHUNK_BYTES", 0)
+    chunked = model.trace(PROMPT)
+    fa, fb = attribute(whole), attribute(chunked)
+    for pa, pb in zip(fa.parts, fb.parts):
+        np.testing.assert_array_equal(pa.indptr, pb.indptr)
+        np.testing.assert_array_equal(pa.sources, pb.sources)
+        np.testing.assert_array_equal(pa.heads, pb.heads)
+        np.testing.assert_allclose(pa.values, pb.values, rtol=1e-5, atol=1e-7)
+    for kw in (dict(), dict(renormalize=False, threshold=0.01, targets="all")):
+        ga, gb = whole.graph(**kw), chunked.graph(**kw)
+        assert [(e.source, e.target, e.kind) for e in ga.edges] == [(e.source, e.target, e.kind) for e in gb.edges]

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt import interpret
-from ltt.graph import attribute, resolve_targets
+from ltt.graph import SparseRows, attribute, resolve_targets
 from ltt.widget import panels
 from ltt.widget import STATIC
 
@@ -163,17 +163,12 @@ def _offline_data(trace: Any, carried: list[int], floor: float, norm: int, with_
     maps: dict[str, Any] = {}
     for layer in range(L):
         contrib, pattern = _head_maps(trace, layer, H, with_model)
-        per_state = np.transpose(contrib, (1, 0, 2))  # [t, head, s]: (head, source) order per state
-        keep = per_state >= floor
-        flat = per_state.reshape(T, -1)
-        keep.reshape(T, -1)[np.arange(T), np.argmax(flat, axis=1)] = True  # the largest part
-        keep &= np.tril(np.ones((T, T), bool))[:, None, :]  # no future sources
-        t, k, src = np.nonzero(keep)
-        cols["l"].append(np.full(len(t), layer, np.uint16))
-        cols["t"].append(t.astype(np.uint16))
-        cols["k"].append(k.astype(np.uint16))
-        cols["s"].append(src.astype(np.uint16))
-        cols["v"].append(per_state[t, k, src].astype(np.float32))
+        rows = SparseRows.from_dense(np.tril(contrib), floor)  # parts >= floor and each state's largest
+        cols["l"].append(np.full(len(rows.values), layer, np.uint16))
+        cols["t"].append(rows.rows.astype(np.uint16))
+        cols["k"].append(rows.heads.astype(np.uint16))
+        cols["s"].append(rows.sources.astype(np.uint16))
+        cols["v"].append(rows.values)
         for h in range(H if room else 0):
             rank = (float(np.max(contrib[h])), -(layer * H + h))
             if len(best) >= room and rank <= best[0][:2]:

@@ -104,10 +104,6 @@ class AttentionState:
             mask = masks[ident]
         self._mask = mask
 
-    @property
-    def n_heads(self) -> int:
-        return int(self.query.shape[0])
-
     def nbytes(self) -> int:
         return int(self.query.numel() * self.query.element_size() + self.key.numel() * self.key.element_size())
 
@@ -148,7 +144,6 @@ class ModuleReplay:
         self._module = module
         self._args = tuple(_cpu(a) if hasattr(a, "detach") else a for a in args)
         self._kwargs = kwargs
-        self.n_heads = None
 
     def nbytes(self) -> int:
         return int(sum(a.numel() * a.element_size() for a in self._args if hasattr(a, "numel")))

@@ -28,7 +28,7 @@ import numpy as np
 
 from ltt.models import attention as attn_capture
 from ltt.models import moe
-from ltt.models.families import get_module, split_values
+from ltt.models.families import split_values
 
 #: Test hook: called with the name of every fault-injection point (None in normal use).
 FAULT: Callable[[str], None] | None = None

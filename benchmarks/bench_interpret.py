@@ -59,7 +59,7 @@ def main() -> None:
 
     import ltt
     from ltt import interpret
-    from ltt.graph import attribute
+    from ltt.scores import attribute
 
     t0 = time.perf_counter()
     model = ltt.load(args.model)

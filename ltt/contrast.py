@@ -36,7 +36,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from ltt.graph import ATTENTION, FFN, RESIDUAL, attribute, build_graph, edge_weights, node_name
+from ltt.graph import ATTENTION, FFN, RESIDUAL, build_graph, edge_weights, node_name
+from ltt.scores import attribute
 from ltt.routes import summarize
 
 __all__ = ["diff", "TraceDiff", "EdgeChange"]

@@ -41,7 +41,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt import interpret
-from ltt.graph import SparseRows, attribute, resolve_targets
+from ltt.graph import resolve_targets
+from ltt.scores import SparseRows, attribute
 from ltt.widget import panels
 from ltt.widget import STATIC
 

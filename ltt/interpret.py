@@ -37,7 +37,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ltt import attribution
-from ltt.graph import attribute
+from ltt.scores import attribute
 
 __all__ = [
     "TokenScore",

@@ -57,7 +57,8 @@ import numpy as np
 
 from ltt import routes_store as store
 from ltt.attribution import check_threshold
-from ltt.graph import ATTENTION, FFN, Graph, attribute, build_graph, check_norm, resolve_targets
+from ltt.graph import ATTENTION, FFN, Graph, build_graph, resolve_targets
+from ltt.scores import attribute, check_norm
 from ltt.interpret import edge_head_shares
 
 __all__ = [

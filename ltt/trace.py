@@ -211,7 +211,7 @@ class Trace:
     layers: list[LayerBuffers]
     model: Any = field(repr=False, default=None)
     all_logits: np.ndarray | None = field(repr=False, default=None)
-    #: norm -> :class:`ltt.graph.FullGraph`; norm 1 is attributed during the forward pass
+    #: norm -> :class:`ltt.scores.FullGraph`; norm 1 is attributed during the forward pass
     full_graphs: dict = field(repr=False, default_factory=dict)
     #: seconds spent in the model's forward pass and in ltt's per-layer attribution
     timings: dict = field(repr=False, default_factory=dict)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import ltt
-from ltt.graph import attribute, build_graph, edge_weights
+from ltt.graph import build_graph, edge_weights
+from ltt.scores import attribute
 from ltt.routes import summarize
 
 A = "When Mary and John went"

@@ -63,7 +63,7 @@ def test_fact_prediction(smol):
 
 
 def test_full_graph_shares(smol):
-    from ltt.graph import attribute
+    from ltt.scores import attribute
 
     trace = smol.trace(GRAPH_PROMPT)
     assert 15 <= trace.n_tokens <= 25

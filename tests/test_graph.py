@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ltt import _reference as ref
-from ltt.graph import attribute, build_graph, edge_weights
+from ltt.graph import build_graph, edge_weights
+from ltt.scores import attribute
 
 
 def _layer(rng, T, H, G, d, d_h, F, parallel, bias):

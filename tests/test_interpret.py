@@ -14,7 +14,7 @@ import pytest
 
 from ltt import _reference as ref
 from ltt import interpret
-from ltt.graph import attribute
+from ltt.scores import attribute
 from ltt.models.families import family_for, get_module
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from ltt import routes as R
-from ltt.graph import attribute, build_graph
+from ltt.graph import build_graph
+from ltt.scores import attribute
 
 PROMPTS = [
     "The capital of France is",

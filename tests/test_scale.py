@@ -9,8 +9,10 @@ import torch
 
 import ltt
 from ltt import graph as G
+from ltt import scores as S
 from ltt import interpret
-from ltt.graph import attribute, build_graph, edge_weights
+from ltt.graph import build_graph, edge_weights
+from ltt.scores import attribute
 
 from conftest import PROMPT
 from test_models import FAMILIES
@@ -106,7 +108,7 @@ def _big_arrays(obj, limit, seen=None, path="trace"):
 def test_long_trace_keeps_no_per_head_square_array(tiny_model, monkeypatch):
     """Over the dense budget, nothing a trace holds (layers, recorded queries and keys, the
     sparse contributions, caches filled by graphs and head clicks) has H*T*T elements."""
-    monkeypatch.setattr(G, "DENSE_BUDGET", 0)
+    monkeypatch.setattr(S, "DENSE_BUDGET", 0)
     model = tiny_model("llama")
     trace = model.trace(LONG)
     T, H = trace.n_tokens, model.n_heads
@@ -201,13 +203,13 @@ def test_sparse_rows_equal_the_twins_sparsify(seed):
     H, T = 3, 7
     dense = np.tril(rng.choice([0.0, 5e-4, 0.02, 0.3], size=(H, T, T)).astype(np.float32))
     for floor in (0.0005, 1e-3, 0.05):
-        got = G.SparseRows.from_dense(dense, floor)
+        got = S.SparseRows.from_dense(dense, floor)
         want = ref.sparsify(dense, floor, heads=True)
         np.testing.assert_array_equal(got.indptr, want["indptr"])
         np.testing.assert_array_equal(got.sources, want["sources"])
         np.testing.assert_array_equal(got.heads, want["heads"])
         np.testing.assert_array_equal(got.values, want["parts"])
-        edges = G.SparseRows.from_dense(dense[0], floor)
+        edges = S.SparseRows.from_dense(dense[0], floor)
         want = ref.sparsify(dense[:1], floor)
         np.testing.assert_array_equal(edges.sources, want["sources"])
         np.testing.assert_array_equal(edges.values, want["weights"])
@@ -219,7 +221,7 @@ def test_long_layers_scored_head_by_head_keep_the_same_parts(key, tiny_model, mo
     the graphs equal the one-array path."""
     model = tiny_model(key)
     whole = model.trace(PROMPT)
-    monkeypatch.setattr(G, "HEAD_CHUNK_BYTES", 0)
+    monkeypatch.setattr(S, "HEAD_CHUNK_BYTES", 0)
     chunked = model.trace(PROMPT)
     fa, fb = attribute(whole), attribute(chunked)
     for pa, pb in zip(fa.parts, fb.parts):

@@ -5,7 +5,7 @@ Per layer the trace keeps (float32): the states entering and leaving it and afte
 (``~3 T d``; a layer's input is the previous layer's output array when equal), the values
 ``T G d_h``, the FFN activations ``T F`` and branch output ``T d``, the recorded queries and
 keys ``T (H + G) d_h`` (model dtype) and the sparse contributions above
-:data:`ltt.graph.FLOOR`. The probabilities ``[H, T, T]`` and per-head shares exist for one
+:data:`ltt.scores.FLOOR`. The probabilities ``[H, T, T]`` and per-head shares exist for one
 layer at a time, inside its output hook. Nothing kept grows like ``L H T^2``.
 
 >>> trace = model.trace("The capital of France is")     # doctest: +SKIP
@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ltt.graph import FLOOR, FullGraph, attribute_layer
+from ltt.scores import FLOOR, FullGraph, attribute_layer
 from ltt.models import moe, record
 from ltt.trace import LayerBuffers, Trace
 

@@ -1,0 +1,307 @@
+"""Per-layer attribution scores of a Trace: every part of every state, kept sparse above a floor.
+
+:func:`attribute_layer` scores one layer in the C core (per head and source token, residual,
+bias, FFN) and keeps the parts at or above :data:`FLOOR` as :class:`SparseRows`;
+:func:`attribute` gives a trace's :class:`FullGraph` (all layers, one norm), cached on the
+trace. :mod:`ltt.graph` prunes a FullGraph to a prediction's routes.
+
+>>> full = attribute(trace)                              # doctest: +SKIP
+>>> full.edges[0].to_dense().shape                       # doctest: +SKIP
+(5, 5)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ltt import attribution
+
+#: Contributions below this floor are not kept by a trace (sparse storage); thresholds below it
+#: are answered from an exact dense recomputation when it fits in :data:`DENSE_BUDGET` bytes.
+FLOOR = 1e-3
+DENSE_BUDGET = int(os.environ.get("LTT_DENSE_BUDGET", 64 * 2**20))
+#: A layer whose per-head shares ``[H, T, T]`` would take more bytes than this is scored head
+#: by head (twice the core's work, an H-th of the memory).
+HEAD_CHUNK_BYTES = int(os.environ.get("LTT_HEAD_CHUNK_BYTES", 256 * 2**20))
+
+
+@dataclass
+class SparseRows:
+    """One layer's entries per target row t (CSR): ``sources[indptr[t]:indptr[t+1]]`` with
+    ``values`` (and ``heads`` for per-head parts), sorted by (head, source) within a row."""
+
+    indptr: np.ndarray  # [T + 1] int64
+    sources: np.ndarray  # [n] int32
+    values: np.ndarray  # [n] float32
+    heads: np.ndarray | None = None  # [n] int16
+
+    @property
+    def rows(self) -> np.ndarray:
+        """``[n]`` int64: the target row of each entry."""
+        return np.repeat(np.arange(len(self.indptr) - 1), np.diff(self.indptr))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.indptr, self.sources, self.values, self.heads) if a is not None)
+
+    @classmethod
+    def from_dense(cls, dense: np.ndarray, floor: float) -> "SparseRows":
+        """``dense [T, S]`` (edges) or ``[H, T, S]`` (per-head parts): every entry ``>= floor``
+        plus each row's largest (the first in (head, source) order), so that the threshold
+        modes' "keep the largest" rules stay exact above the floor. No copy of ``dense`` is
+        made (a boolean mask and the kept entries only).
+
+        >>> SparseRows.from_dense(np.array([[0.5, 0.0], [0.25, 0.0005]], np.float32), 0.01).values.tolist()
+        [0.5, 0.25]
+        """
+        if dense.ndim == 2:
+            return cls.from_heads([dense], floor, per_head=False)
+        return cls.from_heads(dense, floor)
+
+    @classmethod
+    def from_heads(cls, maps: Any, floor: float, per_head: bool = True) -> "SparseRows":
+        """:meth:`from_dense` of per-head maps ``[T, S]`` given one at a time, in head order (a
+        long layer's heads are scored one by one and never held together)."""
+        hs, ts, ss, vs, best_s, best_v = [], [], [], [], [], []
+        for h, m in enumerate(maps):
+            t, s = np.nonzero(m >= floor)
+            hs.append(np.full(len(t), h, np.int64))
+            ts.append(t)
+            ss.append(s)
+            vs.append(m[t, s].astype(np.float32))
+            bs = m.argmax(axis=1)
+            best_s.append(bs)
+            best_v.append(m[np.arange(m.shape[0]), bs])
+        best_sa, best_va = np.stack(best_s), np.stack(best_v)  # [H, T]
+        T = best_sa.shape[1]
+        rows = np.arange(T)
+        best_h = best_va.argmax(axis=0)  # each row's first largest: the first head holding its max
+        value = best_va[best_h, rows]
+        missing = value < floor  # listed already unless below the floor
+        h = np.concatenate(hs + [best_h[missing]])
+        t = np.concatenate(ts + [rows[missing]])
+        s = np.concatenate(ss + [best_sa[best_h, rows][missing]])
+        v = np.concatenate(vs + [value[missing].astype(np.float32)])
+        order = np.lexsort((s, h, t))  # by target row, then (head, source)
+        h, t, s, v = h[order], t[order], s[order], v[order]
+        indptr = np.zeros(T + 1, np.int64)
+        np.cumsum(np.bincount(t, minlength=T), out=indptr[1:])
+        return cls(indptr, s.astype(np.int32), v, h.astype(np.int16) if per_head else None)
+
+    def to_dense(self, T: int, H: int | None = None) -> np.ndarray:
+        """The dense equivalent (listed entries, zero elsewhere)."""
+        if self.heads is None:
+            out = np.zeros((T, T), np.float32)
+            out[self.rows, self.sources] = self.values
+        else:
+            out = np.zeros((H, T, T), np.float32)
+            out[self.heads, self.rows, self.sources] = self.values
+        return out
+
+    def lookup(self, t: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """Values at ``(t[i], s[i])`` (edges only; 0 where not listed)."""
+        t = np.asarray(t, np.int64)
+        s = np.asarray(s, np.int64)
+        out = np.zeros(len(t), np.float32)
+        for i, (ti, si) in enumerate(zip(t.tolist(), s.tolist())):
+            lo, hi = self.indptr[ti], self.indptr[ti + 1]
+            j = lo + np.searchsorted(self.sources[lo:hi], si)
+            if j < hi and self.sources[j] == si:
+                out[i] = self.values[j]
+        return out
+
+
+@dataclass
+class LayerScores:
+    """One layer's compact attribution (what a trace keeps per layer): single shares ``[T]``,
+    the normalisers, and the attention edges and per-head parts above the floor."""
+
+    attn_resid: np.ndarray
+    attn_bias: np.ndarray
+    ffn: np.ndarray
+    ffn_resid: np.ndarray
+    total: np.ndarray
+    parallel: bool
+    edges: SparseRows
+    parts: SparseRows
+    n_heads: int
+    dense_heads: np.ndarray | None = None  # [H, T, T] when the caller keeps it
+    dense_edges: np.ndarray | None = None
+
+
+def attribute_layer(lb: Any, probs: np.ndarray | list, norm: int = 1, floor: float = FLOOR,
+                    keep_dense: bool = False) -> LayerScores:
+    """Score one layer (buffers ``lb``, probabilities ``probs [H, T, T]``) with the C core.
+    ``probs`` may be given in a one-item list, which is emptied once the core has read it (so
+    a long trace frees the probabilities before it sparsifies the per-head shares).
+
+    >>> scores = attribute_layer(trace.layers[0], trace.layers[0].attn)   # doctest: +SKIP
+    """
+    whole = lb.resid_post if lb.parallel else lb.resid_mid
+    attn = probs.pop() if isinstance(probs, list) else probs
+    H, T = attn.shape[0], attn.shape[1]
+    by_head = not keep_dense and 4 * H * T * T > HEAD_CHUNK_BYTES
+    post = dict(row_scale=lb.attn_row_scale, col_scale=lb.attn_col_scale, center=lb.attn_center, norm=norm)
+    out = attribution.attn_contrib(
+        lb.resid_pre, whole, attn, lb.values, lb.w_o, bias=lb.attn_bias,
+        extra=lb.ffn_out[None] if lb.parallel else None, keep_heads=not by_head, **post,
+    )  # fmt: skip
+    if by_head:  # a long layer: each head's shares scored and sparsified on its own
+        w_o = lb.w_o
+        parts = SparseRows.from_heads(
+            (attribution.attn_head_map(h, whole, attn, lb.values, w_o, out["total"], **post) for h in range(H)),
+            floor)
+    del attn
+    if not by_head:
+        parts = SparseRows.from_dense(out["heads"], floor)
+    if lb.parallel:
+        ffn, ffn_resid = out["extra"][0], np.zeros(T, np.float32)
+    else:
+        block = attribution.contributions(np.stack([lb.resid_mid, lb.ffn_out]), lb.resid_post, norm=norm)
+        ffn_resid, ffn = block[0], block[1]
+    return LayerScores(
+        attn_resid=out["resid"], attn_bias=out["bias"], ffn=ffn, ffn_resid=ffn_resid,
+        total=out["total"], parallel=bool(lb.parallel),
+        edges=SparseRows.from_dense(out["edges"], floor), parts=parts, n_heads=int(H),
+        dense_heads=out["heads"] if keep_dense else None, dense_edges=out["edges"] if keep_dense else None,
+    )
+
+
+def _dense_nbytes(L: int, H: int, T: int) -> int:
+    return 4 * L * (H + 1) * T * T
+
+
+class FullGraph:
+    """Every contribution of a trace (L layers, H heads, T tokens), kept compactly:
+
+    * ``attn_resid [L, T]``, ``attn_bias [L, T]``: residual and bias shares of the state after
+      attention of target t (the layer output for a parallel layer);
+    * ``ffn [L, T]``, ``ffn_resid [L, T]``: FFN and residual shares of the layer output (for a
+      parallel layer ``ffn`` is the FFN output's share of the one-step decomposition and
+      ``ffn_resid`` is unused, zero);
+    * ``attn_total [L, T]``: the normalisers, to recompute any head's shares on demand;
+    * ``edges[l]``, ``parts[l]``: :class:`SparseRows` of the attention edge weights (summed over
+      heads) and of the per-head shares, every entry ``>= floor`` plus each row's largest;
+    * ``parallel [L]``.
+
+    The dense ``attn [L, T, T]`` and ``heads [L, H, T, T]`` are properties: recomputed exactly
+    from the trace's layers when first asked for and kept only while they fit in
+    :data:`DENSE_BUDGET`; a long trace never holds them.
+    """
+
+    def __init__(self, scores: Sequence[LayerScores], norm: int, floor: float, source: Any = None):
+        self.attn_resid = np.stack([s.attn_resid for s in scores])
+        self.attn_bias = np.stack([s.attn_bias for s in scores])
+        self.ffn = np.stack([s.ffn for s in scores])
+        self.ffn_resid = np.stack([s.ffn_resid for s in scores])
+        self.attn_total = np.stack([s.total for s in scores])
+        self.parallel = np.array([s.parallel for s in scores])
+        self.edges = [s.edges for s in scores]
+        self.parts = [s.parts for s in scores]
+        self.n_heads = scores[0].n_heads
+        self.norm = norm
+        self.floor = floor
+        self._source = source  # the trace, to recompute the dense arrays
+        self._dense: tuple[np.ndarray, np.ndarray] | None = None
+        self._layer_dense: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if all(s.dense_heads is not None for s in scores):
+            self._dense = (np.stack([s.dense_heads for s in scores]), np.stack([s.dense_edges for s in scores]))
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.parallel)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attn_resid.shape[1])
+
+    def nbytes(self) -> int:
+        """Bytes held (the sparse rows and the per-state arrays; dense arrays when kept)."""
+        total = sum(a.nbytes for a in (self.attn_resid, self.attn_bias, self.ffn, self.ffn_resid, self.attn_total))
+        total += sum(e.nbytes + p.nbytes for e, p in zip(self.edges, self.parts))
+        if self._dense is not None:
+            total += self._dense[0].nbytes + self._dense[1].nbytes
+        return total
+
+    def dense_fits(self) -> bool:
+        return _dense_nbytes(self.n_layers, self.n_heads, self.n_tokens) <= DENSE_BUDGET
+
+    def layer_dense(self, l: int) -> tuple[np.ndarray, np.ndarray]:
+        """Layer ``l``'s dense per-head shares ``[H, T, T]`` and edge weights ``[T, T]``,
+        recomputed exactly from the trace's layer on first use and kept (the whole trace must
+        fit :data:`DENSE_BUDGET`).
+
+        >>> heads, edges = attribute(trace).layer_dense(0)       # doctest: +SKIP
+        """
+        if self._dense is not None:
+            return self._dense[0][l], self._dense[1][l]
+        if l not in self._layer_dense:
+            L, H, T = self.n_layers, self.n_heads, self.n_tokens
+            need = _dense_nbytes(L, H, T)
+            if need > DENSE_BUDGET or self._source is None:
+                raise ValueError(
+                    f"the dense per-head shares [L={L}, H={H}, T={T}, T] would take {need / 2**30:.2f} GiB, "
+                    f"over the dense budget of {DENSE_BUDGET / 2**30:.2f} GiB (LTT_DENSE_BUDGET): use "
+                    f"thresholds >= the floor {self.floor} and the on-demand head functions "
+                    "(trace.head_shares, trace.head_view), or raise LTT_DENSE_BUDGET"
+                )
+            lb = self._source.layers[l]
+            s = attribute_layer(lb, lb.attn, self.norm, self.floor, keep_dense=True)
+            self._layer_dense[l] = (s.dense_heads, s.dense_edges)
+        return self._layer_dense[l]
+
+    def _dense_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._dense is None:
+            per_layer = [self.layer_dense(l) for l in range(self.n_layers)]
+            self._dense = (np.stack([h for h, _ in per_layer]), np.stack([e for _, e in per_layer]))
+            self._layer_dense.clear()
+        return self._dense
+
+    @property
+    def heads(self) -> np.ndarray:
+        """``[L, H, T, T]`` per-head share of source s in the state of target t (dense,
+        recomputed on first use; refused over :data:`DENSE_BUDGET`)."""
+        return self._dense_arrays()[0]
+
+    @property
+    def attn(self) -> np.ndarray:
+        """``[L, T, T]`` attention edge weights, the per-head shares summed (dense, as
+        :attr:`heads`)."""
+        return self._dense_arrays()[1]
+
+
+def attribute(trace: Any, norm: int = 1) -> FullGraph:
+    """Every contribution of ``trace`` (a :class:`FullGraph`), computed by the C core once per
+    ``norm`` and kept on the trace. A trace from :meth:`ltt.models.Model.trace` is attributed
+    during its forward pass for ``norm=1``; other norms are computed here from the layers.
+
+    >>> full = attribute(trace)                              # doctest: +SKIP
+    >>> np.allclose(full.attn.sum(-1) + full.attn_resid + full.attn_bias, 1, atol=1e-4)  # doctest: +SKIP
+    True
+    """
+    norm = check_norm(norm)
+    cache = getattr(trace, "full_graphs", None)
+    if cache is None:  # a trace-like object (tests build synthetic ones)
+        cache = trace.__dict__.setdefault("full_graphs", {})
+    if norm in cache:
+        return cache[norm]
+    layers = trace.layers
+    H, T = int(layers[0].w_o.shape[0]), int(layers[0].resid_pre.shape[0])
+    keep = _dense_nbytes(len(layers), H, T) <= DENSE_BUDGET
+    scores = [attribute_layer(lb, lb.attn, norm, FLOOR, keep_dense=keep) for lb in layers]
+    full = FullGraph(scores, norm, FLOOR, source=trace)
+    cache[norm] = full
+    return full
+
+
+def check_norm(norm: Any) -> int:
+    """``norm`` as the int 1 or 2: a float or bool (equal to 1, and a cache key of 1) is a TypeError."""
+    if isinstance(norm, (bool, np.bool_)) or not isinstance(norm, (int, np.integer)):
+        raise TypeError(f"norm must be the int 1 or 2, got {type(norm).__name__} {norm!r}")
+    if norm not in (1, 2):
+        raise ValueError(f"norm must be 1 or 2, got {norm!r}")
+    return int(norm)

@@ -31,6 +31,59 @@ def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (torch.from_numpy(np.ascontiguousarray(a)) @ torch.from_numpy(np.ascontiguousarray(b))).numpy()
 
 
+class Half:
+    """A float32 array whose every value is exactly a bfloat16 (or float16) number, kept in two
+    bytes per value: a half-precision model's own states, activations and values, read back as
+    the identical float32 numbers (no rounding anywhere)."""
+
+    __slots__ = ("bits", "kind")
+
+    def __init__(self, bits: np.ndarray, kind: str):
+        self.bits, self.kind = bits, kind
+
+    @classmethod
+    def pack(cls, arr: Any, kind: str) -> Any:
+        """``arr`` in two bytes per value when that is exact for ``kind`` ("bfloat16" or
+        "float16"), else ``arr`` itself (for example a branch scaled in float32)."""
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or isinstance(arr, np.memmap):
+            return arr
+        if kind == "bfloat16":
+            bits = (np.ascontiguousarray(arr).view(np.uint32) >> 16).astype(np.uint16)
+        elif kind == "float16":
+            bits = arr.astype(np.float16)
+        else:
+            return arr
+        packed = cls(bits, kind)
+        return packed if np.array_equal(packed.unpack(), arr) else arr
+
+    def unpack(self) -> np.ndarray:
+        """The float32 array (a new array on each call)."""
+        if self.kind == "bfloat16":
+            return (self.bits.astype(np.uint32) << 16).view(np.float32)
+        return self.bits.astype(np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.bits.nbytes)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.bits.shape
+
+
+def _stored(name: str, doc: str) -> property:
+    """A LayerBuffers array kept as given or packed (:class:`Half`), read as float32."""
+
+    def get(self: "LayerBuffers") -> Any:
+        value = self._store[name]
+        return value.unpack() if isinstance(value, Half) else value
+
+    def put(self: "LayerBuffers", value: Any) -> None:
+        self._store[name] = value
+
+    return property(get, put, doc=doc)
+
+
 class LayerBuffers:
     """The compact buffers of one layer (T tokens, H heads, G kv groups, d_h head width, d model
     width, F FFN width), float32 and C-contiguous.
@@ -55,16 +108,17 @@ class LayerBuffers:
                  attention: Any = None, weights: Any = None, moe: Any = None):
         self.layer = layer
         self.parallel = parallel
-        self.resid_pre = resid_pre  # [T, d] layer input x (layer 0: embeddings after any scale)
-        self.resid_mid = resid_mid  # [T, d] after attention (None for parallel blocks)
-        self.resid_post = resid_post  # [T, d] layer output
-        self.values = values  # [T, G, d_h] values, v-projection bias included
+        self._store: dict[str, Any] = {}  # the arrays below, float32 or packed (Half)
+        self.resid_pre = resid_pre
+        self.resid_mid = resid_mid
+        self.resid_post = resid_post
+        self.values = values
         self.attn_bias = attn_bias  # [T, d] non-head attention terms in the residual space
         self.attn_row_scale = attn_row_scale  # [T] post-branch norm 1/rms (or 1/std)
         self.attn_col_scale = attn_col_scale  # [d] post-branch norm gamma
         self.attn_center = attn_center  # post-branch LayerNorm: centre each part
-        self.ffn_out = ffn_out  # [T, d] the FFN branch's contribution (post-norm applied)
-        self.act = act  # [T, F] activations entering the down projection
+        self.ffn_out = ffn_out
+        self.act = act
         self.ffn_bias = ffn_bias  # [T, d]
         self.ffn_row_scale = ffn_row_scale  # [T]
         self.ffn_col_scale = ffn_col_scale  # [d]
@@ -74,9 +128,28 @@ class LayerBuffers:
         self.moe = moe  # a MoE layer: the router's choices and the experts' neuron ranges (ltt.models.moe)
         self.pinned: dict[str, np.ndarray] | None = None  # the weights, while the trace attributes the layer
 
+    resid_pre = _stored("resid_pre", "[T, d] layer input x (layer 0: embeddings after any scale)")
+    resid_mid = _stored("resid_mid", "[T, d] after attention (None for parallel blocks)")
+    resid_post = _stored("resid_post", "[T, d] layer output")
+    values = _stored("values", "[T, G, d_h] values, v-projection bias included")
+    ffn_out = _stored("ffn_out", "[T, d] the FFN branch's contribution (post-norm applied)")
+    act = _stored("act", "[T, F] activations entering the down projection")
+    #: The arrays a half-precision model's trace keeps in two bytes per value.
+    PACKED = ("resid_pre", "resid_mid", "resid_post", "values", "ffn_out", "act")
+
+    def pack(self, kind: str) -> None:
+        """Keep this layer's states, values and activations in two bytes per value where that is
+        exact (``kind``: the model's dtype, "bfloat16" or "float16"; anything else keeps float32)."""
+        for name in self.PACKED:
+            self._store[name] = Half.pack(self._store[name], kind)
+
+    def stored(self, name: str) -> Any:
+        """The object kept for array ``name`` (a float32 array, a :class:`Half` or None), not copied."""
+        return self._store[name]
+
     @property
     def n_tokens(self) -> int:
-        return int(self.resid_pre.shape[0])
+        return int(self._store["resid_pre"].shape[0])
 
     @property
     def w_o(self) -> np.ndarray:
@@ -225,8 +298,8 @@ class Trace:
         seen: set[int] = set()
         layers = 0
         for lb in self.layers:
-            for a in (lb.resid_pre, lb.resid_mid, lb.resid_post, lb.values, lb.attn_bias, lb.ffn_out, lb.act, lb.ffn_bias):
-                if isinstance(a, np.ndarray) and not isinstance(a, np.memmap) and id(a) not in seen:
+            for a in (*(lb.stored(name) for name in lb.PACKED), lb.attn_bias, lb.ffn_bias):
+                if isinstance(a, (np.ndarray, Half)) and not isinstance(a, np.memmap) and id(a) not in seen:
                     seen.add(id(a))
                     layers += a.nbytes
             layers += lb._attention.nbytes() if lb._attention is not None else 0

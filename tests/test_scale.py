@@ -155,6 +155,33 @@ def test_half_precision_traced_with_dtype_tolerance(tiny_dir, traced, dtype):
     assert len(ea & eb) / len(ea | eb) > 0.7
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_trace_keeps_the_models_own_numbers_in_two_bytes(tiny_dir, tmp_path, dtype):
+    """A half-precision trace keeps its states, values and activations packed (two bytes per
+    value), shares the state between two layers, reads back exactly the float32 numbers an
+    unpacked trace holds (spill keeps float32 files) and gives the identical graph."""
+    from ltt.trace import Half
+
+    model = ltt.load(tiny_dir("llama"), dtype=dtype)
+    packed, plain = model.trace(PROMPT), model.trace(PROMPT, spill=tmp_path)
+    for a, b in zip(packed.layers, plain.layers):
+        for name in ("resid_pre", "resid_mid", "resid_post", "values", "act", "ffn_out"):
+            assert isinstance(a.stored(name), Half), name
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    for prev, nxt in zip(packed.layers, packed.layers[1:]):
+        assert nxt.stored("resid_pre") is prev.stored("resid_post")
+    biases = sum(b.nbytes for lb in packed.layers for b in (lb.attn_bias, lb.ffn_bias) if b is not None)
+    kept = packed.nbytes()["layers"] - biases - sum(lb._attention.nbytes() for lb in packed.layers)
+    floats = sum(getattr(lb, n).nbytes for lb in packed.layers for n in ("resid_mid", "resid_post", "values", "act", "ffn_out"))
+    assert kept == (floats + packed.layers[0].resid_pre.nbytes) // 2
+    ga, gb = packed.graph(), plain.graph()
+    assert [(e.source, e.target, e.weight) for e in ga.edges] == [(e.source, e.target, e.weight) for e in gb.edges]
+    np.testing.assert_array_equal(packed.neuron_shares(1, -1), plain.neuron_shares(1, -1))
+    half = {"bfloat16": np.uint16, "float16": np.float16}[dtype]
+    assert Half.pack(np.float32([1.0, 1 + 2.0**-20]), dtype).dtype == np.float32  # not exact: kept
+    assert Half.pack(np.float32([1.0, -2.5]), dtype).bits.dtype == half
+
+
 def test_disk_offloaded_model_traces_exactly(tiny_dir, traced, tmp_path):
     """Layers forced to disk offload (accelerate): the trace pages each layer in as the model's
     forward does and equals the in-memory model's trace."""

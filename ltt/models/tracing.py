@@ -1,7 +1,8 @@
 """From token ids to a Trace: estimate memory, record the forward pass, attribute each layer as
 it finishes, check its exactness, keep only compact results.
 
-Per layer the trace keeps (float32): the states entering and leaving it and after attention
+Per layer the trace keeps (float32, or for a bfloat16/float16 model its own numbers in two bytes
+each, :class:`ltt.trace.Half`): the states entering and leaving it and after attention
 (``~3 T d``; a layer's input is the previous layer's output array when equal), the values
 ``T G d_h``, the FFN activations ``T F`` and branch output ``T d``, the recorded queries and
 keys ``T (H + G) d_h`` (model dtype) and the sparse contributions above
@@ -14,6 +15,7 @@ layer at a time, inside its output hook. Nothing kept grows like ``L H T^2``.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any, Sequence
 
@@ -51,7 +53,8 @@ def estimate_bytes(model: Any, T: int, all_logits: bool = False) -> dict[str, in
     """
     L, H, G, d, dh, F = model.n_layers, model.n_heads, model.n_kv_heads, model.d_model, model.d_head, model.d_ffn
     esize = {"float16": 2, "bfloat16": 2, "float64": 8}.get(dtype_name(model), 4)
-    per_layer = _F32 * T * (3 * d + G * dh + F) + esize * T * (H + G) * dh
+    kept_size = min(esize, _F32)  # half-precision models keep their own numbers (Half)
+    per_layer = kept_size * T * (3 * d + G * dh + F) + esize * T * (H + G) * dh
     sparse = L * T * min(H * T, 64) * 10  # typical parts above the floor per state (bounded by 1/FLOOR)
     kept = L * per_layer + sparse + 6 * L * T * _F32
     # eager attention: scores and masked scores in the model dtype, the float32 softmax; ltt: the
@@ -99,6 +102,27 @@ def check_memory(model: Any, T: int, all_logits: bool, limit: int | None) -> Non
         "shorter prompt, all_logits=False, spill='DIR' to keep the per-layer arrays on disk, or "
         "memory_limit=... to override the limit"
     )
+
+
+def _trim_heap() -> Any:
+    """glibc's ``malloc_trim``, or None elsewhere. A layer frees arrays of a few MB between the
+    ones the trace keeps; glibc keeps such freed holes resident (below its mmap threshold), so
+    without a trim after each layer the process grows by about as much as the trace holds."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+_TRIM = _trim_heap()
+#: Prompts at least this long trim the heap after each layer (a trim costs ~1 ms).
+TRIM_TOKENS = 256
 
 
 def _spill(arr: np.ndarray | None, path: str) -> np.ndarray | None:
@@ -195,7 +219,8 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
         if not os.path.isdir(spill):
             raise ValueError(f"spill={spill!r} is not an existing directory")
     hf = model.hf_model
-    tol = TOLERANCE.get(dtype_name(model), 1e-3)
+    kind = dtype_name(model)
+    tol = TOLERANCE.get(kind, 1e-3)
     rows = _sample_rows(T)
     layers: list[LayerBuffers | None] = [None] * model.n_layers
     scores: list[Any] = [None] * model.n_layers
@@ -205,10 +230,11 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
     def on_layer(l: int, rec: dict[str, Any]) -> None:
         started = time.perf_counter()
         record.point(f"layer:{l}")
+        shared = False
         if l > 0 and layers[l - 1] is not None:
             prev = layers[l - 1].resid_post
             if prev.shape == rec["x"].shape and np.array_equal(prev, rec["x"]):
-                rec["x"] = prev  # one array for the state between two layers
+                rec["x"], shared = prev, True  # one array for the state between two layers
         if rec.get("probs") is None and rec.get("attention") is not None:
             rec["probs"] = rec["attention"].probs()
         lb = layer_buffers(model, l, rec, T, model.layer_stamp(l))
@@ -235,7 +261,13 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
                 arr = getattr(lb, name)
                 if isinstance(arr, np.ndarray) and not isinstance(arr, np.memmap):
                     setattr(lb, name, _spill(arr, os.path.join(spill, f"layer{l:04d}_{name}.npy")))
+        else:
+            lb.pack(kind)  # a half-precision model's own numbers, two bytes each
+            if shared:
+                lb.resid_pre = layers[l - 1].stored("resid_post")
         layers[l] = lb
+        if _TRIM is not None and T >= TRIM_TOKENS:
+            _TRIM(0)
         if progress is not None:
             progress.update(1)
         spent[0] += time.perf_counter() - started

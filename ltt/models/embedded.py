@@ -32,6 +32,8 @@ import threading
 import warnings
 from dataclasses import dataclass
 
+from ltt import progress
+
 
 @dataclass(frozen=True)
 class EmbeddedModel:
@@ -268,7 +270,7 @@ def load_embedded(name: str, dtype=None, device=None):
     else:
         model = tokenizer = None
         problem = _unwritable(os.path.dirname(entry))
-        if not os.environ.get("LTT_QUIET"):  # the bars are quiet: say why this load waits
+        if not progress.quiet_requested():  # the bars are quiet: say why this load waits
             where = f"; later loads read it from {entry}" if problem is None else ""
             print(f"ltt: converting the embedded {name.lower()!r} model from its GGUF file once (about 30 s){where}",
                   file=sys.stderr, flush=True)

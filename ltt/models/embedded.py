@@ -155,15 +155,12 @@ class _QuietGGUF:
         self.bars = False
         if os.environ.get("LTT_PROGRESS", "") not in ("", "0"):
             return self
+        from transformers import modeling_gguf_pytorch_utils as mod
         from transformers.utils import logging as hf_logging
 
         if hf_logging.is_progress_bar_enabled():  # the "Loading weights" bar
             hf_logging.disable_progress_bar()
             self.bars = True
-        try:
-            from transformers import modeling_gguf_pytorch_utils as mod
-        except ImportError:  # pragma: no cover - another transformers layout: bars stay
-            return self
         _QUIET_LOCK.acquire()
         self.mod, self.saved = mod, mod.tqdm
         saved = self.saved

@@ -44,13 +44,13 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from ltt.models.families import get_module, split_values
+from ltt.models.record import model_lock
 
 __all__ = ["PartSet", "run_batched", "uses_interface"]
 
@@ -58,7 +58,6 @@ _IMPL = "ltt_intervention"  # the private attention implementation's registered 
 _ACTIVE: dict[int, Any] = {}  # id(attention module) -> handler, only during a run
 _REGISTERED = False
 _REGISTER_LOCK = threading.Lock()
-_MODEL_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
 _OWNERS: dict[int, int] = {}  # id(hf model) -> thread ident running on it
 _MISSING = object()
 
@@ -275,17 +274,6 @@ def _restore_modes(modes: list[tuple[Any, bool]]) -> None:
         m.training = mode
 
 
-def _lock_of(hf: Any) -> Any:
-    """The model's trace lock where :mod:`ltt.models` keeps one (``record.model_lock``: then a
-    trace and an intervened run of one model take turns too), else this module's own."""
-    try:
-        from ltt.models.record import model_lock
-    except ImportError:
-        with _REGISTER_LOCK:
-            return _MODEL_LOCKS.setdefault(hf, threading.Lock())
-    return model_lock(hf)
-
-
 @contextlib.contextmanager
 def _model_lock(hf: Any):
     """One intervened run at a time per model; a re-entrant call from the same thread raises."""
@@ -293,8 +281,7 @@ def _model_lock(hf: Any):
     with _REGISTER_LOCK:
         if _OWNERS.get(id(hf)) == me:
             raise RuntimeError("an intervened run of this model is already in progress in this thread")
-    lock = _lock_of(hf)
-    with lock:
+    with model_lock(hf):  # the model's trace lock: a trace and an intervened run take turns too
         _OWNERS[id(hf)] = me
         try:
             yield

@@ -32,6 +32,8 @@ import threading
 import warnings
 from dataclasses import dataclass
 
+from ltt import progress
+
 
 @dataclass(frozen=True)
 class EmbeddedModel:
@@ -153,15 +155,12 @@ class _QuietGGUF:
         self.bars = False
         if os.environ.get("LTT_PROGRESS", "") not in ("", "0"):
             return self
+        from transformers import modeling_gguf_pytorch_utils as mod
         from transformers.utils import logging as hf_logging
 
         if hf_logging.is_progress_bar_enabled():  # the "Loading weights" bar
             hf_logging.disable_progress_bar()
             self.bars = True
-        try:
-            from transformers import modeling_gguf_pytorch_utils as mod
-        except ImportError:  # pragma: no cover - another transformers layout: bars stay
-            return self
         _QUIET_LOCK.acquire()
         self.mod, self.saved = mod, mod.tqdm
         saved = self.saved
@@ -268,7 +267,7 @@ def load_embedded(name: str, dtype=None, device=None):
     else:
         model = tokenizer = None
         problem = _unwritable(os.path.dirname(entry))
-        if not os.environ.get("LTT_QUIET"):  # the bars are quiet: say why this load waits
+        if not progress.quiet_requested():  # the bars are quiet: say why this load waits
             where = f"; later loads read it from {entry}" if problem is None else ""
             print(f"ltt: converting the embedded {name.lower()!r} model from its GGUF file once (about 30 s){where}",
                   file=sys.stderr, flush=True)

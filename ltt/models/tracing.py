@@ -170,7 +170,7 @@ def layer_buffers(model: Any, l: int, rec: dict[str, Any], T: int, stamp: tuple)
         gamma = None if norm.gamma is None else np.ascontiguousarray(norm.gamma, dtype=np.float32)
         return r.astype(np.float32), gamma, center, np.ascontiguousarray(b, dtype=np.float32) if has_bias else None
 
-    from ltt.models import BranchScale
+    from ltt.models.norms import BranchScale
 
     mult = w["branch_scale"]  # Granite: both branches times residual_multiplier before the add
     scaled = None if mult == 1.0 else BranchScale(mult)

@@ -113,6 +113,7 @@ class GraphWidget(anywidget.AnyWidget):
         self._model = model
         self._k = int(k)
         self._quiet = 0
+        self._faith_lines: dict[tuple, str] = {}  # per (trace, settings): a slider going back costs nothing
         super().__init__(**kwargs)
         self._quiet += 1
         try:
@@ -282,7 +283,7 @@ class GraphWidget(anywidget.AnyWidget):
         if not self.faithfulness_baselines or getattr(trace, "model", None) is None:
             self.faithfulness = ""
             return
-        cache = self.__dict__.setdefault("_faith_lines", {})  # a slider going back costs nothing
+        cache = self._faith_lines
         key = (id(trace), g.threshold, g.renormalize, tuple(g.targets), self.faithfulness_baselines)
         if key not in cache:
             try:

@@ -1,0 +1,86 @@
+"""Reading a model's weights as float32 NumPy: parameter views, linear maps as ``[in, out]``, stamps.
+
+A weight is read as a view when it already is float32 on the CPU, else converted on each use;
+:func:`weights_stamp` identifies the current values of parameters (what a cached copy is checked
+against), and :func:`_on_device` pages in the weights accelerate offloads to CPU or disk.
+
+>>> _linear_in_out(hf_model.lm_head).shape      # [d, V], a view    # doctest: +SKIP
+(576, 49152)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _param_numpy(p: Any) -> np.ndarray:
+    """A parameter as float32 NumPy: a view when it already is float32 on the CPU."""
+    import torch
+
+    if p.device.type == "meta":
+        raise ValueError(
+            "a weight is offloaded (on the meta device); ltt needs every weight in memory: "
+            "load without disk offload"
+        )
+    t = p.detach()
+    if t.dtype == torch.float32 and t.device.type == "cpu":
+        return t.numpy()
+    return t.to(device="cpu", dtype=torch.float32).numpy()
+
+
+def _is_conv1d(module: Any) -> bool:
+    # transformers' Conv1D (GPT-2) keeps its weight as [in, out], the transpose of nn.Linear.
+    return type(module).__name__ == "Conv1D"
+
+
+def _linear_in_out(module: Any) -> np.ndarray:
+    """The weight of a linear map as ``[in, out]`` (a view where possible)."""
+    w = _param_numpy(module.weight)
+    return w if _is_conv1d(module) else w.T
+
+
+def _in_out_shape(module: Any) -> tuple[int, int]:
+    """``(in, out)`` sizes of a linear map, read from its weight's shape (no copy, works offloaded)."""
+    shape = tuple(module.weight.shape)
+    return (shape[0], shape[1]) if _is_conv1d(module) else (shape[1], shape[0])
+
+
+def _bias(module: Any) -> np.ndarray | None:
+    b = getattr(module, "bias", None)
+    return None if b is None else _param_numpy(b)
+
+
+def _float32():
+    import torch
+
+    return torch.float32
+
+
+def weights_stamp(params: Sequence[Any]) -> tuple:
+    """What identifies the current values of ``params``: version counter, storage, dtype,
+    device and shape of each (changes with ``load_state_dict``, optimiser steps, in-place edits)."""
+    return tuple((p._version, p.data_ptr(), str(p.dtype), str(p.device), tuple(p.shape)) for p in params)
+
+
+def _offloaded(module: Any) -> bool:
+    """Whether accelerate offloads ``module``'s own weights (to CPU or disk, paged in per forward)."""
+    hook = getattr(module, "_hf_hook", None)
+    return bool(getattr(hook, "offload", False))
+
+
+def _on_device(module: Any):
+    """A context where the weights of ``module``'s offloaded submodules (accelerate's CPU/disk
+    offload) are paged in, as the model's own forward pages them."""
+    from contextlib import ExitStack, nullcontext
+
+    try:
+        from accelerate.utils import align_module_device, has_offloaded_params
+    except ImportError:
+        return nullcontext()
+    stack = ExitStack()
+    for m in module.modules():
+        if has_offloaded_params(m):
+            stack.enter_context(align_module_device(m))
+    return stack

@@ -1,0 +1,54 @@
+"""ltt's own progress bars and the one rule for when they stay quiet (``LTT_QUIET``, or no terminal).
+
+A bar shows on stderr when it is a terminal; setting ``LTT_QUIET`` (any non-empty value) keeps
+every ltt bar and notice off, whatever stderr is. Callers that take a ``progress`` option pass
+it as ``show`` (True or False decides; None follows the rule). Depends on nothing else of ltt.
+
+>>> import os; os.environ["LTT_QUIET"] = "1"
+>>> quiet(), bar(10, "tracing prompts", "prompt") is None
+(True, True)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+
+def quiet_requested() -> bool:
+    """Whether ``LTT_QUIET`` is set (to anything but the empty string), read now.
+
+    >>> quiet_requested()                  # doctest: +SKIP
+    False
+    """
+    return bool(os.environ.get("LTT_QUIET"))
+
+
+def quiet() -> bool:
+    """Whether ltt's progress bars stay off: ``LTT_QUIET`` is set, or stderr is not a terminal
+    (a log file, a pipe, a captured stream).
+
+    >>> quiet()                            # doctest: +SKIP
+    True
+    """
+    if quiet_requested():
+        return True
+    try:
+        return not sys.stderr.isatty()
+    except (AttributeError, ValueError):  # stderr replaced by an object without isatty, or closed
+        return True
+
+
+def bar(total: int | None, desc: str, unit: str, *, leave: bool = True, show: Any = None) -> Any:
+    """A tqdm bar of ``total`` steps on stderr, or None when it stays off: ``show`` decides when
+    given (any true value shows it), else :func:`quiet` does. The caller closes it.
+
+    >>> b = bar(30, "tracing 4096 tokens", "layer", leave=False)   # doctest: +SKIP
+    >>> b.update(1); b.close()                                    # doctest: +SKIP
+    """
+    if not (show if show is not None else not quiet()):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=leave)

@@ -17,18 +17,6 @@ from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "TokenScore",
-    "TokenEffect",
-    "TopTokens",
-    "Promoted",
-    "HeadShare",
-    "EdgeHeads",
-    "HeadView",
-    "NeuronScore",
-    "TopNeurons",
-]
-
 
 def _plain(value: Any) -> Any:
     if isinstance(value, _Result):
@@ -312,6 +300,7 @@ class NeuronScore(_Result):
 class TopNeurons(_Result):
     """The top-k neurons of an FFN node by contribution share, with the state's other shares."""
 
+    # A header and a list of rows, as in EdgeHeads (alike in shape only: other fields, other rows).
     layer: int
     position: int
     position_token: str

@@ -288,6 +288,8 @@ class Trace:
     full_graphs: dict = field(repr=False, default_factory=dict)
     #: seconds spent in the model's forward pass and in ltt's per-layer attribution
     timings: dict = field(repr=False, default_factory=dict)
+    #: :class:`ltt.interpret.OutputHead` (the final norm frozen at these tokens), built on first use
+    output_head: Any = field(repr=False, default=None, compare=False)
 
     def nbytes(self) -> dict[str, int]:
         """Bytes this trace holds: ``layers`` (states, values, activations, recorded queries and

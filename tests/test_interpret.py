@@ -16,6 +16,7 @@ from ltt import _reference as ref
 from ltt import interpret
 from ltt.scores import attribute
 from ltt.models.families import family_for, get_module
+from ltt.models import unembedding
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -433,13 +434,13 @@ def _same_head_view(a, b):
 @pytest.mark.parametrize("key", ["llama", "gemma2", "opt", "phi", "gpt_neox", "falcon_seq"])
 def test_batched_answers_equal_the_single_ones(traced, monkeypatch, key, rows):
     if rows is not None:
-        monkeypatch.setattr(interpret, "_ROWS", rows)
+        monkeypatch.setattr(unembedding, "ROWS", rows)
     trace = traced(key)
     L, T, H = trace.n_layers, trace.n_tokens, trace.layers[0].attn.shape[0]
     rng = np.random.default_rng(0)
     nodes = _states(trace)
     nodes = [nodes[i] for i in rng.permutation(len(nodes))] + [nodes[0], f"I{L - 1}_{T - 1}"]  # repeats too
-    assert len(nodes) > 2 * interpret._ROWS or rows is None
+    assert len(nodes) > 2 * unembedding.ROWS or rows is None
     for normalize in (True, False):
         many = interpret.top_tokens_many(trace, nodes, k=4, normalize=normalize)
         assert many == [interpret.top_tokens(trace, n, k=4, normalize=normalize) for n in nodes]
@@ -467,9 +468,9 @@ def test_batched_answers_equal_the_single_ones(traced, monkeypatch, key, rows):
 def test_logits_do_not_depend_on_the_batch(traced):
     trace = traced("llama")
     head = interpret.output_head(trace)
-    x = np.random.default_rng(1).standard_normal((2 * interpret._ROWS + 5, trace.layers[0].resid_pre.shape[1]))
+    x = np.random.default_rng(1).standard_normal((2 * unembedding.ROWS + 5, trace.layers[0].resid_pre.shape[1]))
     z = head.project(x)
-    for i in (0, 1, interpret._ROWS, len(x) - 1):
+    for i in (0, 1, unembedding.ROWS, len(x) - 1):
         np.testing.assert_array_equal(head.project(x[i]), z[i])
         np.testing.assert_array_equal(head.project(x[i : i + 2])[0], z[i])
     assert head.project(x[:0]).shape == (0, head.vocab_size)

@@ -20,6 +20,7 @@ from ltt import progress
 from ltt.models import moe
 from ltt.models.families import Family, _heads, family_for, get_module
 from ltt.models.norms import FrozenNorm, NormParams
+from ltt.models.unembedding import Unembedding
 from ltt.models.weights import (_bias, _float32, _in_out_shape, _linear_in_out, _offloaded, _on_device,
                                 _param_numpy, weights_stamp)
 from ltt.trace import Trace
@@ -68,8 +69,6 @@ class Model:
         self._lm_head = head
         self.vocab_size = int(head.weight.shape[0])
         self._final_norm_module = get_module(hf_model, fam.final_norm)
-        pre = get_module(hf_model, fam.unembed_pre)
-        self._unembed_pre = None if pre is None else _linear_in_out(pre)
         self._softcap = getattr(config, "final_logit_softcapping", None)
         self._logit_scale = float(fam.logit_scale(config))  # Cohere, Granite: logits times a constant
         self.max_tokens = self._context_limit(max_tokens)
@@ -194,21 +193,19 @@ class Model:
     def unembedding(self) -> np.ndarray:
         """``[d, V]`` float32: the lm_head weight as a map from normalised states to logits
         (before its bias and any softcapping, times the family's logit scale; OPT's project_out
-        is applied first by :meth:`unembed`). A view of the weight when it is float32 on the CPU, else a cached copy."""
-        return self._unembed_weights()[0]
+        is applied first by :meth:`unembed`). A view of the weight when it is float32 on the CPU, else a copy."""
+        return self.unembedding_head().matrix
 
-    def _unembed_weights(self) -> tuple[np.ndarray, np.ndarray | None]:
-        head = self._lm_head
-        scale = self._logit_scale
+    def unembedding_head(self) -> Unembedding:
+        """The model's :class:`ltt.models.unembedding.Unembedding` (project_out, lm_head with the
+        logit scale folded in, its bias, the final softcap), cached until the weights change and
+        only while they are float32 on the CPU (see :meth:`_cached`).
 
-        def make():
-            w, b = _param_numpy(head.weight).T, _bias(head)
-            if scale != 1.0:  # the family's logit scale folded in (a copy)
-                w = w * np.float32(scale)
-                b = None if b is None else b * np.float32(scale)
-            return w, b
-
-        return self._cached("unembed", [head], make)
+        >>> model.unembedding_head().project(trace.layers[-1].resid_post).shape   # doctest: +SKIP
+        """
+        head, pre = self._lm_head, get_module(self.hf_model, self._family.unembed_pre)
+        return self._cached("unembedding", [pre, head], lambda: Unembedding.of(
+            head, pre, self._logit_scale, self._softcap))
 
     def unembed(self, x: np.ndarray, softcap: bool = True) -> np.ndarray:
         """Logits ``[..., V]`` of normalised states ``x [..., d]``: lm_head (with its bias where
@@ -216,16 +213,7 @@ class Model:
 
         >>> logits = model.unembed(model.final_norm(trace.layers[-1].resid_post[-1]))  # doctest: +SKIP
         """
-        x = np.asarray(x, dtype=np.float32)
-        if self._unembed_pre is not None:
-            x = x @ self._unembed_pre
-        logits = x @ self.unembedding
-        b = self._unembed_weights()[1]
-        if b is not None:
-            logits = logits + b
-        if softcap and self._softcap:
-            logits = np.tanh(logits / self._softcap) * self._softcap
-        return logits.astype(np.float32)
+        return self.unembedding_head()(x, softcap=softcap)
 
     # -- tokens ------------------------------------------------------------------------------
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 from ltt.routes.files import load_routes, merge_shards, shard_from_env, shard_path
 from ltt.routes.routeset import RouteSet
 from ltt.routes.run import trace_many
-from ltt.routes.store import FORMAT, VERSION
-from ltt.routes.summary import PATTERNS, PromptRoutes, prompt_key, summarize
+from ltt.routes.store import FORMAT, VERSION  # noqa: F401  (the file format, as before the split)
+from ltt.routes.summary import PATTERNS, PromptRoutes, prompt_key, summarize  # noqa: F401
 
 __all__ = [
     "PATTERNS",

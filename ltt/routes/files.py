@@ -50,7 +50,7 @@ def shard_from_env() -> tuple[int, int] | None:
     return i, n
 
 
-def _check_shard(shard: Any) -> tuple[int, int] | None:
+def check_shard(shard: Any) -> tuple[int, int] | None:
     if shard is None:
         return shard_from_env()
     try:
@@ -79,7 +79,7 @@ def shard_path(path: str | os.PathLike, shard: tuple[int, int] | None) -> str:
 # the output file
 
 
-def _parquet_modules():
+def parquet_modules():
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -89,10 +89,10 @@ def _parquet_modules():
     return pa, pq
 
 
-def _write_parquet(path: str, header: dict[str, Any], records: list[dict[str, Any]]) -> None:
+def write_parquet(path: str, header: dict[str, Any], records: list[dict[str, Any]]) -> None:
     """One row per record; the header goes into the schema metadata. Written to a temporary file
     and renamed, under the lock of the file it replaces (:func:`ltt.routes.store.replace`)."""
-    pa, pq = _parquet_modules()
+    pa, pq = parquet_modules()
     rows = [dict(r, prediction=json.dumps(r.get("prediction")), heads=json.dumps(r.get("heads")),
                  error=r.get("error")) for r in records]
     columns = ["index", "key", "prompt", "tokens", "prediction", "heads", "ffn", "sources", "error", "chain"]
@@ -107,8 +107,8 @@ def _write_parquet(path: str, header: dict[str, Any], records: list[dict[str, An
     store.replace(path, write=lambda tmp: pq.write_table(table, tmp, compression="snappy"), option="out")
 
 
-def _read_parquet(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    _, pq = _parquet_modules()
+def read_parquet(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    _, pq = parquet_modules()
     table = pq.read_table(path)
     meta = table.schema.metadata or {}
     if b"ltt-routes" not in meta:
@@ -128,11 +128,11 @@ def _read_parquet(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return header, records
 
 
-def _is_parquet(path: str) -> bool:
+def is_parquet(path: str) -> bool:
     return path.lower().endswith((".parquet", ".pq"))
 
 
-def _partial(path: str) -> str:
+def partial_path(path: str) -> str:
     # Parquet cannot be appended to: a Parquet run streams into this JSON-lines file and writes
     # the Parquet file when it stops (finished or not).
     return path + ".partial.jsonl"
@@ -161,7 +161,7 @@ def _set_from(header: dict[str, Any], records: Iterable[dict[str, Any]], where: 
 
 
 def _read_any(path: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    return _read_parquet(path) if _is_parquet(path) else store.read(path)
+    return read_parquet(path) if is_parquet(path) else store.read(path)
 
 
 def load_routes(path: str | os.PathLike) -> RouteSet:
@@ -257,10 +257,10 @@ def _check_streamed_chain(records: list[dict[str, Any]], origin: dict[int, str])
                 "than those the other shards hold): merge only the shards of one run")
 
 
-def _peek_header(path: str) -> dict[str, Any] | None:
+def peek_header(path: str) -> dict[str, Any] | None:
     """The header of an existing routes file, or None (the locked writer validates it for real)."""
     try:
-        header, _ = _read_any(path) if _is_parquet(path) else (store.parse(_first_line(path), path)[0], None)
+        header, _ = _read_any(path) if is_parquet(path) else (store.parse(_first_line(path), path)[0], None)
         return header
     except (OSError, ValueError, ImportError):
         return None

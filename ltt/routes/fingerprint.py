@@ -1,4 +1,4 @@
-"""The fingerprint of a routes run: the model (config, dtype, weights checksum), the prompt list, and what differs between two runs.
+"""The fingerprint of a routes run (model, weights, prompt list) and what differs between two runs.
 
 A routes file's header holds its run's fingerprint (:mod:`ltt.routes.store`): the model (a hash
 of its config, its dtype, a checksum of a fixed sample of every weight tensor, ltt's version),
@@ -115,7 +115,7 @@ def prompts_fingerprint(items: Iterable[tuple[int, Any]]) -> dict[str, Any]:
     return {"count": chain.count, "sha256": chain.hexdigest()}
 
 
-def _short(x: Any) -> str:
+def short_repr(x: Any) -> str:
     s = repr(x)
     return s if len(s) <= 60 else s[:57] + "..."
 
@@ -150,7 +150,7 @@ def differences(old: dict[str, Any], new: dict[str, Any],
     so, sn = settings_of(old), settings_of(new)
     for key in sorted(set(so) | set(sn)):
         if so.get(key) != sn.get(key):
-            out.append(f"settings {key}: {_short(so.get(key))} {a}, {_short(sn.get(key))} {b}")
+            out.append(f"settings {key}: {short_repr(so.get(key))} {a}, {short_repr(sn.get(key))} {b}")
     po, pn = fo.get("prompts") or {}, fn.get("prompts") or {}
     if po.get("sha256") is not None and pn.get("sha256") is not None and po != pn:
         out.append(f"the prompt list: {po.get('count')} prompts (hash {po.get('sha256')}) {a}, "

@@ -30,9 +30,14 @@ def _pandas():
     return pd
 
 
+def _aggregate(per_prompt: str, which: int, doc: str) -> property:
+    """A :class:`RouteSet` aggregate: item ``which`` of ``RouteSet._agg`` of ``per_prompt``."""
+    return property(lambda self: self._agg(getattr(self, per_prompt))[which], doc=doc)
+
+
 @dataclass
 class RouteSet:
-    """The summaries of many prompts and their aggregates (module docstring for the measures).
+    """The summaries of many prompts and their aggregates (:mod:`ltt.routes.summary` for the measures).
 
     Per prompt (N prompts, in input order): ``heads [N, L, H]``, ``ffn [N, L]``, ``patterns
     [N, L, H, 4]``, ``records`` (the :class:`PromptRoutes`), ``errors`` (prompts skipped with
@@ -102,29 +107,12 @@ class RouteSet:
         mean = total / n if n else np.zeros(x.shape[1:])
         return freq, mean_share, mean
 
-    @property
-    def head_frequency(self) -> np.ndarray:
-        return self._agg(self.heads)[0]
-
-    @property
-    def head_mean_share(self) -> np.ndarray:
-        return self._agg(self.heads)[1]
-
-    @property
-    def head_mean(self) -> np.ndarray:
-        return self._agg(self.heads)[2]
-
-    @property
-    def ffn_frequency(self) -> np.ndarray:
-        return self._agg(self.ffn)[0]
-
-    @property
-    def ffn_mean_share(self) -> np.ndarray:
-        return self._agg(self.ffn)[1]
-
-    @property
-    def ffn_mean(self) -> np.ndarray:
-        return self._agg(self.ffn)[2]
+    head_frequency = _aggregate("heads", 0, "``[L, H]``: fraction of prompts where the head is on the route")
+    head_mean_share = _aggregate("heads", 1, "``[L, H]``: mean share over the prompts where it is on the route")
+    head_mean = _aggregate("heads", 2, "``[L, H]``: mean share over all prompts")
+    ffn_frequency = _aggregate("ffn", 0, "``[L]``: fraction of prompts where the FFN block is on the route")
+    ffn_mean_share = _aggregate("ffn", 1, "``[L]``: mean share over the prompts where it is on the route")
+    ffn_mean = _aggregate("ffn", 2, "``[L]``: mean share over all prompts")
 
     @property
     def head_pattern_fractions(self) -> np.ndarray:

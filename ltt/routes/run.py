@@ -1,4 +1,4 @@
-"""The run loop of routes at scale: :func:`trace_many` reads the prompts, traces each, summarises it and writes it.
+"""The run loop of routes at scale: :func:`trace_many` traces, summarises and writes each prompt.
 
 One graph explains one prediction. :func:`trace_many` streams many prompts through
 ``trace -> graph -> summary`` (:func:`ltt.routes.summary.summarize`) and keeps only each
@@ -90,7 +90,7 @@ def trace_many(
         resolve_targets(targets, 1 << 30)  # type and emptiness checks; ranges are per prompt
         if not isinstance(targets, str):
             targets = [int(t) for t in (targets if not isinstance(targets, (int, np.integer)) else [targets])]
-    shard = files._check_shard(shard)
+    shard = files.check_shard(shard)
     settings = {"threshold": threshold, "renormalize": bool(renormalize), "targets": targets,
                 "norm": int(norm)}
     if faithfulness is not False:
@@ -110,13 +110,13 @@ def trace_many(
         folder = os.path.dirname(os.path.abspath(final_path))
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"out={final_path!r}: the folder {folder!r} does not exist")
-        if files._is_parquet(final_path):
-            files._parquet_modules()  # fail before any work when pyarrow is missing
+        if files.is_parquet(final_path):
+            files.parquet_modules()  # fail before any work when pyarrow is missing
             store.check_ours(final_path)
-            write_path = files._partial(final_path)
+            write_path = files.partial_path(final_path)
             if resume and os.path.isfile(final_path):
-                seed = files._read_parquet(final_path)
-        old = seed[0] if seed is not None else (files._peek_header(write_path) if os.path.isfile(write_path) else None)
+                seed = files.read_parquet(final_path)
+        old = seed[0] if seed is not None else (files.peek_header(write_path) if os.path.isfile(write_path) else None)
         if resume and prompts_fp is None and old and ((old.get("fingerprint") or {}).get("prompts") or {}).get("sha256"):
             # the file's run was fingerprinted whole: read this iterable whole to compare it first
             items = list(source)
@@ -152,9 +152,9 @@ def trace_many(
             bar.close()
         if writer is not None:
             try:
-                if files._is_parquet(final_path):
+                if files.is_parquet(final_path):
                     header, recs = writer.contents()
-                    files._write_parquet(final_path, header, recs)
+                    files.write_parquet(final_path, header, recs)
                     if completed:
                         os.remove(writer.path)
             finally:

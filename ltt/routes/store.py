@@ -24,7 +24,7 @@ import os
 import tempfile
 from typing import Any
 
-from ltt.routes.fingerprint import _short, differences
+from ltt.routes.fingerprint import short_repr, differences
 
 try:
     import fcntl
@@ -231,8 +231,8 @@ def _first_change(records: list[dict[str, Any]], prompts: dict[int, Any] | None)
     for rec in sorted(records, key=lambda r: int(r.get("index", -1))):
         i = int(rec.get("index", -1))
         if prompts.get(i) != rec.get("prompt"):
-            now = "no prompt" if i not in prompts else _short(prompts[i])
-            return f"prompts[{i}] is {_short(rec.get('prompt'))} in the file, {now} now"
+            now = "no prompt" if i not in prompts else short_repr(prompts[i])
+            return f"prompts[{i}] is {short_repr(rec.get('prompt'))} in the file, {now} now"
     return ""
 
 

@@ -146,7 +146,8 @@ class PromptRoutes:
                 f"{int((self.heads > 0).sum())}, prediction={self.prediction.get('token')!r})")
 
 
-def _kept_head_parts(full: FullGraph, threshold: float, edges: dict[int, list[tuple[int, int]]]) -> dict[int, np.ndarray]:
+def _kept_head_parts(full: FullGraph, threshold: float,
+                     edges: dict[int, list[tuple[int, int]]]) -> dict[int, np.ndarray]:
     """``{layer: [E, H]}``: the per-head parts, after the ``renormalize=True`` threshold mode as
     the C core applies it, of the attention edges ``(t, s)`` of each layer in ``edges``.
 

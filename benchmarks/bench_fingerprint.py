@@ -1,4 +1,4 @@
-"""Cost of a batch run's model fingerprint (ltt.routes_store.weights_checksum) on a model shaped
+"""Cost of a batch run's model fingerprint (ltt.routes.fingerprint.weights_checksum) on a model shaped
 like the embedded SmolLM2-135M (random weights, built from its config: no download, no GGUF).
 
     python benchmarks/bench_fingerprint.py
@@ -12,7 +12,7 @@ import time
 import torch
 import transformers as tf
 
-from ltt.routes_store import model_fingerprint, weights_checksum
+from ltt.routes.fingerprint import model_fingerprint, weights_checksum
 
 
 def main(repeats: int = 7) -> None:

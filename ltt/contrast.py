@@ -281,7 +281,6 @@ def diff(
     renormalize: bool = True,
     targets: Sequence[int] | str | int | None = None,
     norm: int = 1,
-    weighting: str = "flow",
 ) -> TraceDiff:
     """Compare the routes of two traces (module docstring): which edges and components change
     most from ``trace_a`` to ``trace_b``, with signs (b - a).
@@ -315,7 +314,7 @@ def diff(
         weights.append(edge_weights(full, g.threshold, g.renormalize))
         flows.append(g.flow())
         tokens.append({n.name: n.token for n in g.nodes})
-        sums.append(summarize(tr, graph=g, weighting=weighting))
+        sums.append(summarize(tr, graph=g))
     parallel_a = attribute(trace_a, norm).parallel
     parallel_b = attribute(trace_b, norm).parallel
     kept: list[dict[tuple, float]] = [{}, {}]
@@ -354,6 +353,5 @@ def diff(
         heads_a=sa.heads, heads_b=sb.heads, ffn_a=sa.ffn, ffn_b=sb.ffn,
         sources_a=sa.sources, sources_b=sources_b, unmatched=unmatched,
         settings={"threshold": graphs[0].threshold, "renormalize": graphs[0].renormalize,
-                  "targets_a": graphs[0].targets, "targets_b": graphs[1].targets, "norm": norm,
-                  "weighting": weighting},
+                  "targets_a": graphs[0].targets, "targets_b": graphs[1].targets, "norm": norm},
     )

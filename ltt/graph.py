@@ -248,18 +248,21 @@ def _ffn_renormalized(full: FullGraph, l: int, r: dict[str, np.ndarray], thresho
 @dataclass
 class SparseEdgeWeights:
     """Edge weights of a threshold mode for thresholds >= the floor: attention edges as one
-    :class:`SparseRows` per layer, the rest ``[L, T]``."""
+    :class:`SparseRows` per layer, the rest ``[L, T]``. ``parts[l]``: the per-head parts of
+    ``FullGraph.parts[l]`` after the threshold mode (kept ones rescaled, the others 0; the raw
+    values for ``renormalize=False``)."""
 
     edges: list[SparseRows]
     attn_resid: np.ndarray
     attn_bias: np.ndarray
     ffn: np.ndarray
     ffn_resid: np.ndarray
+    parts: list[np.ndarray] = field(default_factory=list)
 
 
-def _renormalize_rows(parts: SparseRows, single: np.ndarray, threshold: float) -> tuple[SparseRows, np.ndarray]:
+def _renormalize_rows(parts: SparseRows, single: np.ndarray, threshold: float):
     """The renormalize rule on one layer's sparse per-head parts: the kept parts summed per
-    (target, source), and the renormalised single parts."""
+    (target, source), the renormalised single parts, and the kept parts themselves."""
     T = len(parts.indptr) - 1
     r = attribution.renormalize_sparse(parts.indptr, parts.sources, parts.heads, parts.values, single, threshold)
     kept = r["parts"]
@@ -270,7 +273,7 @@ def _renormalize_rows(parts: SparseRows, single: np.ndarray, threshold: float) -
     np.add.at(vals, inv, kept[nz].astype(np.float64))
     indptr = np.zeros(T + 1, np.int64)
     np.cumsum(np.bincount(uniq // T, minlength=T), out=indptr[1:])
-    return SparseRows(indptr, (uniq % T).astype(np.int32), vals.astype(np.float32)), r["single"]
+    return SparseRows(indptr, (uniq % T).astype(np.int32), vals.astype(np.float32)), r["single"], kept
 
 
 def sparse_edge_weights(full: FullGraph, threshold: float, renormalize: bool) -> SparseEdgeWeights:
@@ -281,19 +284,22 @@ def sparse_edge_weights(full: FullGraph, threshold: float, renormalize: bool) ->
     >>> w.edges[0].lookup([3], [1])                                      # doctest: +SKIP
     """
     if not renormalize:
-        return SparseEdgeWeights(full.edges, full.attn_resid, full.attn_bias, full.ffn, full.ffn_resid)
+        return SparseEdgeWeights(full.edges, full.attn_resid, full.attn_bias, full.ffn, full.ffn_resid,
+                                 [p.values for p in full.parts])
     L = full.n_layers
     edges: list[SparseRows] = []
     attn_resid = np.empty_like(full.attn_resid)
     attn_bias = np.empty_like(full.attn_bias)
     ffn = np.empty_like(full.ffn)
     ffn_resid = np.zeros_like(full.ffn_resid)
+    parts: list[np.ndarray] = []
     for l in range(L):
-        e, single = _renormalize_rows(full.parts[l], _singles(full, l), threshold)
+        e, single, kept = _renormalize_rows(full.parts[l], _singles(full, l), threshold)
         edges.append(e)
+        parts.append(kept)
         attn_resid[l], attn_bias[l] = single[0], single[1]
         ffn[l], ffn_resid[l] = _ffn_renormalized(full, l, {"single": single}, threshold)
-    return SparseEdgeWeights(edges, attn_resid, attn_bias, ffn, ffn_resid)
+    return SparseEdgeWeights(edges, attn_resid, attn_bias, ffn, ffn_resid, parts)
 
 
 def _prune_sparse(w: SparseEdgeWeights, parallel: np.ndarray, targets: list[int], threshold: float):

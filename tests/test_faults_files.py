@@ -17,7 +17,8 @@ import pytest
 
 import ltt
 from ltt import routes as R
-from ltt import routes_store as S
+from ltt.routes import fingerprint as F
+from ltt.routes import store as S
 
 PROMPTS = [
     "The capital of France is",
@@ -175,17 +176,17 @@ def test_weights_checksum_sees_every_tensor_and_a_reload(tiny_dir, llama):
     import torch
 
     fresh = ltt.load(tiny_dir("llama"))
-    base = S.weights_checksum(fresh.hf_model)
-    assert base == S.weights_checksum(llama.hf_model)  # the same checkpoint loaded twice
+    base = F.weights_checksum(fresh.hf_model)
+    assert base == F.weights_checksum(llama.hf_model)  # the same checkpoint loaded twice
     for name, p in fresh.hf_model.named_parameters():
         with torch.no_grad():
             p.add_(1e-3)
-            assert S.weights_checksum(fresh.hf_model) != base, name
+            assert F.weights_checksum(fresh.hf_model) != base, name
             p.sub_(1e-3)
     state = {k: v.clone() for k, v in fresh.hf_model.state_dict().items()}
     state["lm_head.weight"] = torch.randn_like(state["lm_head.weight"])
     fresh.hf_model.load_state_dict(state)
-    assert S.weights_checksum(fresh.hf_model) != base
+    assert F.weights_checksum(fresh.hf_model) != base
 
 
 @pytest.mark.parametrize("kwargs, word", [
@@ -193,7 +194,6 @@ def test_weights_checksum_sees_every_tensor_and_a_reload(tiny_dir, llama):
     ({"renormalize": False}, "settings renormalize"),
     ({"targets": [-1, -2]}, "settings targets"),
     ({"norm": 2}, "settings norm"),
-    ({"weighting": "edge"}, "settings weighting"),
     ({"shard": (0, 1)}, None),  # one shard of one is the unsharded run: resumable
 ])
 def test_resume_refuses_other_settings_naming_them(llama, run, tmp_path, kwargs, word):
@@ -288,6 +288,32 @@ def test_old_format_files_are_read_but_not_resumed(llama, run, tmp_path):
     assert _lines(out)[0]["version"] == S.VERSION and len(_lines(out)) == 2
 
 
+def test_files_from_before_flow_was_the_only_weighting(llama, run, tmp_path):
+    """A header's ``"weighting": "flow"`` (written while an edge weighting existed) is this run's
+    weighting: such a file loads and resumes; an ``"edge"`` file is refused naming it, and is
+    replaced only on request."""
+    rs, path = run
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = json.loads(lines[0])
+    for weighting in ("flow", "edge"):
+        header["settings"]["weighting"] = weighting
+        out = tmp_path / f"{weighting}.jsonl"
+        out.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n", encoding="utf-8")
+        if weighting == "flow":
+            assert "weighting" not in R.load_routes(out).settings
+            np.testing.assert_array_equal(R.load_routes(out).patterns, rs.patterns)
+            np.testing.assert_array_equal(R.trace_many(llama, PROMPTS, out=out).patterns, rs.patterns)
+            continue
+        before = _snapshot(out)
+        with pytest.raises(ValueError, match=r"holds routes with weighting='edge', which this ltt no longer reads"):
+            R.load_routes(out)
+        with pytest.raises(ValueError, match="settings weighting: 'edge' in the file, None now"):
+            R.trace_many(llama, PROMPTS, out=out)
+        assert _snapshot(out) == before
+        R.trace_many(llama, PROMPTS[:1], out=out, resume=False)  # replaced on request (it is ltt's)
+        assert "weighting" not in _lines(out)[0]["settings"] and len(R.load_routes(out)) == 1
+
+
 def test_a_torn_line_is_repaired_only_for_the_same_run(llama, run, tmp_path):
     rs, path = run
     out = _copy(path, tmp_path / "r.jsonl")
@@ -329,8 +355,8 @@ def test_merge_refuses_shards_of_different_runs(tiny_dir, llama, run, tmp_path):
         R.merge_shards(tmp_path / "p.jsonl")
 
     R.trace_many(llama, PROMPTS, out=tmp_path / "s.jsonl", shard=(0, 2))
-    R.trace_many(llama, PROMPTS, out=tmp_path / "s.jsonl", shard=(1, 2), weighting="edge")
-    with pytest.raises(ValueError, match="settings weighting: 'flow' in s.shard0of2.jsonl, 'edge' in s.shard1of2"):
+    R.trace_many(llama, PROMPTS, out=tmp_path / "s.jsonl", shard=(1, 2), threshold=0.1)
+    with pytest.raises(ValueError, match="settings threshold: 0.04 in s.shard0of2.jsonl, 0.1 in s.shard1of2"):
         R.merge_shards(tmp_path / "s.jsonl")
 
     # a shard written by another ltt version (its header says so)

@@ -45,7 +45,7 @@ def full_run(llama, tmp_path_factory):
     return R.trace_many(llama, PROMPTS, out=path), path
 
 
-def _oracle(trace, threshold, renormalize, weighting):
+def _oracle(trace, threshold, renormalize):
     """Head shares [L, H] and FFN shares [L] computed straight from the full graph: each kept
     attention edge's head parts after the threshold mode (per state, as the method renormalises),
     times the flow of the edge's target."""
@@ -57,7 +57,7 @@ def _oracle(trace, threshold, renormalize, weighting):
     ffn = np.zeros(L)
     for e in g.edges:
         t = int(e.target.split("_")[1])
-        scale = flow[e.target] if weighting == "flow" else 1.0
+        scale = flow[e.target]
         if e.kind == "attention":
             s = int(e.source.split("_")[1])
             l = e.layer
@@ -87,13 +87,12 @@ def _oracle(trace, threshold, renormalize, weighting):
 
 @pytest.mark.parametrize("key", ["llama", "neox"])
 @pytest.mark.parametrize("renormalize", [True, False])
-@pytest.mark.parametrize("weighting", ["flow", "edge"])
-def test_summary_matches_independent_oracle(request, key, renormalize, weighting):
+def test_summary_matches_independent_oracle(request, key, renormalize):
     model = request.getfixturevalue(key)
     for prompt in PROMPTS[:3]:
         trace = model.trace(prompt)
-        s = R.summarize(trace, threshold=0.04, renormalize=renormalize, weighting=weighting)
-        heads, ffn, g, flow = _oracle(trace, 0.04, renormalize, weighting)
+        s = R.summarize(trace, threshold=0.04, renormalize=renormalize)
+        heads, ffn, g, flow = _oracle(trace, 0.04, renormalize)
         np.testing.assert_allclose(s.heads, heads, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(s.ffn, ffn, rtol=1e-5, atol=1e-7)
         want = np.zeros(trace.n_tokens)
@@ -408,7 +407,6 @@ def test_on_error_skip_records_the_error_and_goes_on(llama, full_run, tmp_path):
         ({"threshold": 1.5}, "threshold"),
         ({"renormalize": "yes"}, "renormalize"),
         ({"norm": 3}, "norm"),
-        ({"weighting": "mass"}, "weighting"),
         ({"on_error": "ignore"}, "on_error"),
         ({"shard": (2, 2)}, "shard"),
         ({"shard": "0/2"}, "shard"),

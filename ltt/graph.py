@@ -336,20 +336,23 @@ def _assemble(trace, full, w, kept, edge_at, settings: GraphSettings) -> Graph:
     edges: list[Edge] = []
     nodes: dict[str, Node] = {}
 
-    def add(stage: Stage, l: int, t: int, s: int, weight: float) -> None:
-        parallel = bool(full.parallel[l])
-        edge = Edge.make(stage, l, t, s, weight, parallel)
-        edges.append(edge)
-        for name, node in zip(edge[:2], endpoints(stage, l, t, s, parallel)):
-            add_node(name, *node)
+    parallel = [bool(p) for p in full.parallel]
+    names: dict[tuple[str, int, int], str] = {}
 
-    def add_node(name: str, kind: str, layer: int, token: int) -> None:
+    def add(stage: Stage, l: int, t: int, s: int, weight: float) -> None:
+        src, dst = endpoints(stage, l, t, s, parallel[l])
+        edges.append(Edge(add_node(*src), add_node(*dst), stage.kind, weight, l, stage, t, s))
+
+    def add_node(kind: str, layer: int, token: int) -> str:
         # A bias is a share of the state the attention edges enter: A{l}_t, or I{l}_t when
         # layer l is a parallel block.
-        if name not in nodes:
-            has_bias = kind == "A" or (kind == "I" and full.parallel[layer])
+        name = names.get((kind, layer, token))
+        if name is None:
+            name = names[kind, layer, token] = node_name(kind, layer, token)
+            has_bias = kind == "A" or (kind == "I" and parallel[layer])
             bias = float(w.attn_bias[layer, token]) if has_bias else 0.0
             nodes[name] = Node(name, layer, token, kind, bias)
+        return name
 
     for l, t, s in kept["attn_edges"].tolist():
         add(Stage.ATTENTION, l, t, s, edge_at(l, t, s))
@@ -362,7 +365,7 @@ def _assemble(trace, full, w, kept, edge_at, settings: GraphSettings) -> Graph:
     for l, t in zip(*np.nonzero(kept["ffn_resid"])):
         add(Stage.FFN_RESIDUAL, int(l), int(t), int(t), float(w.ffn_resid[l, t]))
     for t in settings.targets:
-        add_node(node_name("I", L - 1, t), "I", L - 1, t)
+        add_node("I", L - 1, t)
 
     kind_order = {"X": 0, "A": 1, "M": 2, "I": 3}
     node_list = sorted(nodes.values(), key=lambda n: (n.layer, kind_order[n.kind], n.token))

@@ -93,8 +93,9 @@ class Edge(NamedTuple):
     def make(cls, stage: Stage, layer: int, target: int, source: int, weight: float, parallel: bool) -> "Edge":
         """The edge of ``stage`` in ``layer`` (``parallel``: whether it is a parallel block) from
         token ``source`` to token ``target``."""
+        stage = Stage(stage)
         src, dst = endpoint_names(stage, layer, target, source, parallel)
-        return cls(src, dst, Stage(stage).kind, weight, layer, Stage(stage), target, source)
+        return cls(src, dst, stage.kind, weight, layer, stage, target, source)
 
     def to_dict(self) -> dict:
         """The exported fields: ``source``, ``target``, ``kind``, ``weight``, ``layer``."""
@@ -135,22 +136,23 @@ def attention_state(layer: int, token: int, parallel: bool) -> tuple[str, int, i
 
 def endpoints(stage: Stage, layer: int, target: int, source: int,
               parallel: bool) -> tuple[tuple[str, int, int], tuple[str, int, int]]:
-    """``(kind, layer, token)`` of the source and the target node of an edge (the module
-    docstring's table).
+    """``(kind, layer, token)`` of the source and the target node of an edge of ``stage`` (the
+    module docstring's table).
 
     >>> endpoints(Stage.FFN_IN, 0, 4, 4, parallel=True)
     (('X', -1, 4), ('M', 0, 4))
     """
-    stage = Stage(stage)
-    if stage is Stage.ATTENTION:
+    if stage == Stage.ATTENTION:
         return input_state(layer, source), attention_state(layer, target, parallel)
-    if stage is Stage.ATTENTION_RESIDUAL:
+    if stage == Stage.ATTENTION_RESIDUAL:
         return input_state(layer, target), attention_state(layer, target, parallel)
-    if stage is Stage.FFN_IN:
+    if stage == Stage.FFN_IN:
         return (input_state(layer, target) if parallel else ("A", layer, target)), ("M", layer, target)
-    if stage is Stage.FFN_OUT:
+    if stage == Stage.FFN_OUT:
         return ("M", layer, target), ("I", layer, target)
-    return attention_state(layer, target, parallel), ("I", layer, target)
+    if stage == Stage.FFN_RESIDUAL:
+        return attention_state(layer, target, parallel), ("I", layer, target)
+    raise ValueError(f"stage must be one of {[m.value for m in Stage]}, got {stage!r}")
 
 
 def endpoint_names(stage: Stage, layer: int, target: int, source: int, parallel: bool) -> tuple[str, str]:

@@ -29,7 +29,7 @@ import numpy as np
 from ltt import attribution
 from ltt import scores
 from ltt.checks import check_norm, check_renormalize, check_targets, check_threshold, resolve_targets
-from ltt.nodes import ATTENTION, FFN, RESIDUAL, Edge, Node, Stage, endpoints, node_name
+from ltt.nodes import ATTENTION, FFN, RESIDUAL, Edge, Node, Stage, attention_state, endpoints, node_name
 from ltt.scores import FullGraph, SparseRows, attribute
 
 __all__ = ["GraphSettings", "Graph", "Node", "Edge", "Stage", "build", "build_graph", "edge_weights",
@@ -344,12 +344,12 @@ def _assemble(trace, full, w, kept, edge_at, settings: GraphSettings) -> Graph:
         edges.append(Edge(add_node(*src), add_node(*dst), stage.kind, weight, l, stage, t, s))
 
     def add_node(kind: str, layer: int, token: int) -> str:
-        # A bias is a share of the state the attention edges enter: A{l}_t, or I{l}_t when
-        # layer l is a parallel block.
+        # A bias is a share of the state the attention edges enter (A{l}_t, or I{l}_t when
+        # layer l is a parallel block).
         name = names.get((kind, layer, token))
         if name is None:
             name = names[kind, layer, token] = node_name(kind, layer, token)
-            has_bias = kind == "A" or (kind == "I" and parallel[layer])
+            has_bias = layer >= 0 and (kind, layer, token) == attention_state(layer, token, parallel[layer])
             bias = float(w.attn_bias[layer, token]) if has_bias else 0.0
             nodes[name] = Node(name, layer, token, kind, bias)
         return name

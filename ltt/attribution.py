@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ltt import _core
+from ltt.checks import check_threshold
 
 ArrayLike = Any
 
@@ -50,18 +51,6 @@ def _int(x: Any, name: str) -> int:
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(x).__name__} {x!r}")
     return int(x)
-
-
-def check_threshold(threshold: Any) -> float:
-    """``threshold`` as a float in ``[0, 1)``, or a TypeError/ValueError naming it."""
-    if isinstance(threshold, (bool, np.bool_)) or not isinstance(
-        threshold, (int, float, np.integer, np.floating)
-    ):
-        raise TypeError(f"threshold must be a number in [0, 1), got {type(threshold).__name__} {threshold!r}")
-    t = float(threshold)
-    if not 0.0 <= t < 1.0:  # NaN fails this too
-        raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
-    return t
 
 
 def _norm(norm: Any) -> int:

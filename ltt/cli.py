@@ -32,6 +32,7 @@ def routes_report(trace, graph, k: int = 5) -> str:
     import numpy as np
 
     from ltt.interpret import edge_head_shares
+    from ltt.nodes import ATTENTION, Stage
 
     lines: list[str] = []
     logits = np.asarray(trace.logits, dtype=np.float64)
@@ -60,18 +61,17 @@ def routes_report(trace, graph, k: int = 5) -> str:
     edge_flow = []
     for e in graph.edges:
         f = e.weight * flow.get(e.target, 0.0)
-        if e.kind == "attention":
+        if e.kind == ATTENTION:
             attn_flow[e.layer] = attn_flow.get(e.layer, 0.0) + f
             edge_flow.append((f, e))
-        elif e.kind == "ffn" and e.target.startswith("I"):
+        elif e.stage is Stage.FFN_OUT:
             ffn_flow[e.layer] = ffn_flow.get(e.layer, 0.0) + f
     lines.append("layers whose attention moves the most flow:")
     for l, f in sorted(attn_flow.items(), key=lambda kv: -kv[1])[:k]:
         lines.append(f"  layer {l:3d}  attention {f:6.3f}   ffn {ffn_flow.get(l, 0.0):6.3f}")
     lines.append("strongest attention edges and their top heads:")
     for f, e in sorted(edge_flow, key=lambda fe: -fe[0])[:k]:
-        s = int(e.source.split("_")[1])
-        t = int(e.target.split("_")[1])
+        s, t = e.source_token, e.target_token
         shares = edge_head_shares(trace, e.layer, t, s, graph.norm)
         heads = np.argsort(-shares)[:3]
         head_txt = ", ".join(f"h{h} {shares[h]:.3f}" for h in heads)
@@ -132,8 +132,11 @@ def _run_trace(args: argparse.Namespace) -> int:
             _check_target(tokenizer, args.prompt, args.target)
     model = _load(args, tokenizer)
     trace = model.trace(_parse_ids(ids) if ids is not None else args.prompt, prepend_bos=args.bos)
+    from ltt.graph import GraphSettings, build
+
     targets = None if args.target is None else [args.target]
-    graph = trace.graph(threshold=args.threshold, renormalize=not args.no_renormalize, targets=targets)
+    settings = GraphSettings(args.threshold, not args.no_renormalize, targets)
+    graph = build(trace, settings)
     print(routes_report(trace, graph, k=args.top))
     if args.baselines:
         from ltt.faithfulness import summary_line
@@ -144,7 +147,7 @@ def _run_trace(args: argparse.Namespace) -> int:
         print(f"graph JSON written to {args.json}")
     if args.out:
         carry = "all" if args.report_targets is None else args.report_targets
-        trace.to_html(args.out, threshold=args.threshold, renormalize=not args.no_renormalize, targets=targets,
+        trace.to_html(args.out, threshold=settings.threshold, renormalize=settings.renormalize, targets=targets,
                       carry=carry)
         print(f"HTML report written to {args.out}")
     return 0
@@ -276,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not 0 <= args.baselines <= 4096:
             raise ValueError(f"--baselines must be an integer in [0, 4096], got {args.baselines}")
         # Cheap checks first: nothing should wait for a model to load to be refused.
-        from ltt.attribution import check_threshold
+        from ltt.checks import check_threshold
 
         try:
             check_threshold(args.threshold)

@@ -36,7 +36,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from ltt.graph import ATTENTION, FFN, RESIDUAL, build_graph, edge_weights, node_name
+from ltt.graph import GraphSettings, build, edge_weights
+from ltt.nodes import Stage, endpoint_names
 from ltt.scores import attribute
 from ltt.routes import summarize
 
@@ -45,7 +46,9 @@ __all__ = ["diff", "TraceDiff", "EdgeChange"]
 
 class EdgeChange(NamedTuple):
     """One edge of either pruned graph, named by the positions of ``trace_a`` (``source``,
-    ``target``) and of ``trace_b`` (``source_b``, ``target_b``)."""
+    ``target``) and of ``trace_b`` (``source_b``, ``target_b``); typed: its ``stage`` and the
+    token positions of its ends in each trace (``target_token``, ``source_token``,
+    ``target_token_b``, ``source_token_b``; source and target agree but for attention)."""
 
     source: str
     target: str
@@ -59,6 +62,15 @@ class EdgeChange(NamedTuple):
     flow_a: float
     flow_b: float
     flow_delta: float
+    stage: Stage
+    target_token: int
+    source_token: int
+    target_token_b: int
+    source_token_b: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The exported fields: the names, kind, layer, weights and flows (not the typed ones)."""
+        return {k: getattr(self, k) for k in self._fields[:12]}
 
 
 @dataclass
@@ -130,7 +142,7 @@ class TraceDiff:
         return {
             "tokens_a": list(self.tokens_a), "tokens_b": list(self.tokens_b), "align": list(self.align),
             "prediction_a": dict(self.prediction_a), "prediction_b": dict(self.prediction_b),
-            "edges": [e._asdict() for e in edges], "components": comps,
+            "edges": [e.to_dict() for e in edges], "components": comps,
             "sources_a": [float(v) for v in self.sources_a], "sources_b": [float(v) for v in self.sources_b],
             "unmatched": self.unmatched, "settings": dict(self.settings),
         }
@@ -168,10 +180,7 @@ class TraceDiff:
                    "<table><tr><th>edge</th><th>tokens</th><th>kind</th><th>weight a</th><th>weight b</th>"
                    "<th>&Delta; weight</th><th>&Delta; flow</th></tr>")
         for e in self.top_edges(k):
-            s = _token_of(e.source)
-            t = _token_of(e.target)
-            toks = (f"{esc(repr(self.tokens_a[s]))} &rarr; {esc(repr(self.tokens_a[t]))}"
-                    if s is not None and t is not None else "")
+            toks = f"{esc(repr(self.tokens_a[e.source_token]))} &rarr; {esc(repr(self.tokens_a[e.target_token]))}"
             out.append(f"<tr><td>{esc(e.source)} &rarr; {esc(e.target)}</td><td>{toks}</td>"
                        f"<td>{esc(e.kind)}</td><td style='text-align:right'>{e.weight_a:.4f}</td>"
                        f"<td style='text-align:right'>{e.weight_b:.4f}</td>{signed(e.delta)}{signed(e.flow_delta)}</tr>")
@@ -180,13 +189,6 @@ class TraceDiff:
             out.append(f"<div>{self.unmatched} edge(s) touch tokens without a counterpart and are not listed.</div>")
         out.append("</div>")
         return "".join(out)
-
-
-def _token_of(name: str) -> int | None:
-    try:
-        return int(name.rsplit("_", 1)[1])
-    except (IndexError, ValueError):
-        return None
 
 
 def _alignment(align: Any, Ta: int, Tb: int) -> list[int]:
@@ -226,41 +228,21 @@ def _alignment(align: Any, Ta: int, Tb: int) -> list[int]:
     return out
 
 
-def _key(edge, token: dict[str, int]) -> tuple | None:
-    """A position-free identity of a graph edge, or None for the A -> M half of an FFN route."""
-    t = token[edge.target]
-    if edge.kind == ATTENTION:
-        return ("attention", edge.layer, t, token[edge.source])
-    if edge.kind == RESIDUAL:
-        stage = "resid_ffn" if edge.source.startswith("A") else "resid_attn"
-        return (stage, edge.layer, t)
-    if edge.kind == FFN and edge.target.startswith("I"):
-        return ("ffn", edge.layer, t)
-    return None
-
-
-def _names(key: tuple, parallel: np.ndarray) -> tuple[str, str, str]:
-    """(source, target, kind) node names of an edge key."""
-    stage, l = key[0], key[1]
-    t = key[2]
-    attn_state = node_name("I" if parallel[l] else "A", l, t)
-    inp = (lambda p: node_name("X", -1, p) if l == 0 else node_name("I", l - 1, p))
-    if stage == "attention":
-        return inp(key[3]), attn_state, ATTENTION
-    if stage == "resid_attn":
-        return inp(t), attn_state, RESIDUAL
-    if stage == "resid_ffn":
-        return node_name("A", l, t), node_name("I", l, t), RESIDUAL
-    return node_name("M", l, t), node_name("I", l, t), FFN
+def _key(edge) -> tuple | None:
+    """A position-free identity of a graph edge, ``(stage, layer, target, source)``, or None for
+    the first half (``-> M``) of an FFN route."""
+    if edge.stage is Stage.FFN_IN:
+        return None
+    return (edge.stage, edge.layer, edge.target_token, edge.source_token)
 
 
 def _weight(key: tuple, w) -> float:
-    stage, l, t = key[0], key[1], key[2]
-    if stage == "attention":
-        return float(w.attn[l, t, key[3]])
-    if stage == "resid_attn":
+    stage, l, t, s = key
+    if stage is Stage.ATTENTION:
+        return float(w.attn[l, t, s])
+    if stage is Stage.ATTENTION_RESIDUAL:
         return float(w.attn_resid[l, t])
-    if stage == "resid_ffn":
+    if stage is Stage.FFN_RESIDUAL:
         return float(w.ffn_resid[l, t])
     return float(w.ffn[l, t])
 
@@ -306,21 +288,20 @@ def diff(
     for i, j in enumerate(pos):
         if j >= 0:
             inverse[j] = i
-    graphs, weights, flows, tokens, sums = [], [], [], [], []
+    settings = GraphSettings(threshold, renormalize, targets, norm)
+    graphs, weights, flows, sums = [], [], [], []
     for tr in (trace_a, trace_b):
-        g = build_graph(tr, threshold=threshold, renormalize=renormalize, targets=targets, norm=norm)
-        full = attribute(tr, norm)
+        g = build(tr, settings)
         graphs.append(g)
-        weights.append(edge_weights(full, g.threshold, g.renormalize))
+        weights.append(edge_weights(attribute(tr, settings.norm), g.threshold, g.renormalize))
         flows.append(g.flow())
-        tokens.append({n.name: n.token for n in g.nodes})
         sums.append(summarize(tr, graph=g))
-    parallel_a = attribute(trace_a, norm).parallel
-    parallel_b = attribute(trace_b, norm).parallel
+    parallel_a = attribute(trace_a, settings.norm).parallel
+    parallel_b = attribute(trace_b, settings.norm).parallel
     kept: list[dict[tuple, float]] = [{}, {}]
     for side in (0, 1):
         for e in graphs[side].edges:
-            key = _key(e, tokens[side])
+            key = _key(e)
             if key is not None:
                 kept[side][key] = e.weight * flows[side].get(e.target, 0.0)
     keys: dict[tuple, None] = dict.fromkeys(kept[0])
@@ -339,11 +320,13 @@ def diff(
         if kb is None:
             unmatched += 1
             continue
-        src, tgt, kind = _names(ka, parallel_a)
-        src_b, tgt_b, _ = _names(kb, parallel_b)
+        stage, layer, t, s = ka
+        src, tgt = endpoint_names(stage, layer, t, s, bool(parallel_a[layer]))
+        src_b, tgt_b = endpoint_names(stage, layer, kb[2], kb[3], bool(parallel_b[layer]))
         wa, wb = _weight(ka, weights[0]), _weight(kb, weights[1])
         fa, fb = kept[0].get(ka, 0.0), kept[1].get(kb, 0.0)
-        edges.append(EdgeChange(src, tgt, kind, ka[1], src_b, tgt_b, wa, wb, wb - wa, fa, fb, fb - fa))
+        edges.append(EdgeChange(src, tgt, stage.kind, layer, src_b, tgt_b, wa, wb, wb - wa, fa, fb, fb - fa,
+                                stage, t, s, kb[2], kb[3]))
     edges.sort(key=lambda e: (-abs(e.flow_delta), -abs(e.delta)))
     sa, sb = sums
     sources_b = np.array([sb.sources[j] if j >= 0 else 0.0 for j in pos])
@@ -353,5 +336,5 @@ def diff(
         heads_a=sa.heads, heads_b=sb.heads, ffn_a=sa.ffn, ffn_b=sb.ffn,
         sources_a=sa.sources, sources_b=sources_b, unmatched=unmatched,
         settings={"threshold": graphs[0].threshold, "renormalize": graphs[0].renormalize,
-                  "targets_a": graphs[0].targets, "targets_b": graphs[1].targets, "norm": norm},
+                  "targets_a": graphs[0].targets, "targets_b": graphs[1].targets, "norm": settings.norm},
     )

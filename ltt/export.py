@@ -41,7 +41,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt import interpret
-from ltt.graph import resolve_targets
+from ltt.graph import GraphSettings, resolve_targets
+from ltt.nodes import ATTENTION, RESIDUAL, Edge, Node, Stage, edge_key, node_name
 from ltt.scores import SparseRows, attribute
 from ltt.widget import panels
 from ltt.widget import STATIC
@@ -186,8 +187,8 @@ def _offline_data(trace: Any, carried: list[int], floor: float, norm: int, with_
     for e in raw_graph.edges:
         if e.kind == "attention":
             rl.append(e.layer)
-            rt.append(panels.parse_node(e.target)[2])
-            rs.append(panels.parse_node(e.source)[2])
+            rt.append(e.target_token)
+            rs.append(e.source_token)
             rw.append(e.weight)
     raw = {"l": np.array(rl, np.uint16), "t": np.array(rt, np.uint16), "s": np.array(rs, np.uint16),
            "w": np.array(rw, np.float32)}
@@ -216,7 +217,8 @@ def report_data(
     >>> store["exported"]["carried"][-1], store["precision"]   # doctest: +SKIP
     """
     T = len(trace.token_ids)
-    tgt = resolve_targets(targets, T)
+    settings = GraphSettings(threshold, renormalize, targets)  # every argument checked here, once
+    tgt, renormalize = settings.positions(T), settings.renormalize
     carried = _carried(carry, T, tgt)
     g_renorm = trace.graph(threshold=threshold, renormalize=True, targets=tgt)
     g_raw = trace.graph(threshold=threshold, renormalize=False, targets=tgt)
@@ -230,7 +232,7 @@ def report_data(
     predictions: dict[str, str] = {}
     if with_model:
         L = len(trace.layers)
-        tops = interpret.top_tokens_many(trace, [f"I{L - 1}_{t}" for t in carried], k=1, normalize=True)
+        tops = interpret.top_tokens_many(trace, [node_name("I", L - 1, t) for t in carried], k=1, normalize=True)
         predictions = {str(t): top.tokens[0].token for t, top in zip(carried, tops)}
     store: dict[str, Any] = {
         "exported": {"threshold": threshold, "targets": tgt, "renormalize": bool(renormalize),
@@ -245,28 +247,28 @@ def report_data(
         "precision": _precision(floor, carried, T, offline["n_maps"]),
     }
     P = store["panels"]
-    nodes: dict[str, dict] = {}
-    edges: dict[str, dict] = {}
-    for g in graphs.values():
-        for n in g["nodes"]:
-            nodes.setdefault(n["name"], n)
-        for e in g["edges"]:
-            edges.setdefault(f"{e['source']}|{e['target']}|{e['kind']}", e)
-    ffn_weight = {e["source"]: e["weight"] for e in edges.values() if e["kind"] == "ffn" and e["source"].startswith("M")}
+    nodes: dict[str, Node] = {}
+    edges: dict[str, Edge] = {}
+    for g in (g_renorm, g_raw):
+        for n in g.nodes:
+            nodes.setdefault(n.name, n)
+        for e in g.edges:
+            edges.setdefault(edge_key(e.source, e.target, e.kind), e)
+    ffn_weight = {e.source: e.weight for e in edges.values() if e.stage is Stage.FFN_OUT}
     if not with_panels or not with_model:
         nodes, edges = {}, {}
     # Every panel's vocabulary projections are batched (interpret's *_many functions, the same
     # answers as single clicks): one logit lens per norm setting over all the states, one
     # projection of the FFN nodes' neurons and blocks, one of the attention blocks, one of the
     # heads. The panels keep the order in which they were filled one by one.
-    ffn_nodes = [name for name, n in nodes.items() if n["kind"] == "M"]
-    states = [name for name, n in nodes.items() if n["kind"] != "M"]
+    ffn_nodes = [name for name, n in nodes.items() if n.kind == "M"]
+    states = [name for name, n in nodes.items() if n.kind != "M"]
     ffn = iter(panels.ffn_panels(trace, ffn_nodes, [ffn_weight.get(name) for name in ffn_nodes], k=k))
     before = panels.state_blocks(trace, states)  # the same for both norm settings
     lens = {flag: iter(panels.state_panels(trace, states, normalize=bool(flag), k=k, blocks=before))
             for flag in (1, 0)}
     for name, n in nodes.items():
-        if n["kind"] == "M":
+        if n.kind == "M":
             P[f"ffn:{name}"] = next(ffn)
         else:
             for norm_flag in (1, 0):
@@ -282,17 +284,17 @@ def report_data(
                 break
         for name, panel in zip(extra[:max_extra_states], panels.state_panels(trace, extra[:max_extra_states], True, k)):
             P[f"state:{name}:1"] = panel
-    targets = {key: panels.parse_node(panels.parse_edge(key)[1])[1:] for key, e in edges.items()
-               if e["kind"] == "attention"}  # edge -> (layer, target token)
+    targets = {key: (e.layer, e.target_token) for key, e in edges.items()
+               if e.kind == ATTENTION}  # edge -> (layer, target token)
     where = sorted(set(targets.values()))
     blocks = dict(zip(where, interpret.promoted_many(trace, [(l, t, "attn") for l, t in where], k=k)))
     wanted: list[tuple[int, int, int]] = []  # (layer, head, target) of the head views, in order
     for key, e in edges.items():
-        if e["kind"] == "residual":
-            P[f"edge:{key}"] = panels.residual_panel(key, e["weight"])
-        elif e["kind"] == "attention":
+        if e.kind == RESIDUAL:
+            P[f"edge:{key}"] = panels.residual_panel(key, e.weight)
+        elif e.kind == ATTENTION:
             layer, t = targets[key]
-            panel, _ = panels.attention_panel(trace, key, e["weight"], k=k, with_head=False,
+            panel, _ = panels.attention_panel(trace, key, e.weight, k=k, with_head=False,
                                               block=blocks[(layer, t)])
             P[f"edge:{key}"] = panel
             for hs in panel["heads"][: max(1, heads_per_edge)]:

@@ -263,14 +263,14 @@ def graph_parts(graph: Graph) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]],
     >>> edges, ffn = graph_parts(trace.graph(threshold=0.04))         # doctest: +SKIP
     >>> sum(len(t) for t, _ in edges.values()), sum(map(len, ffn.values()))   # doctest: +SKIP
     """
-    token = {n.name: n.token for n in graph.nodes}
+    names = {n.name for n in graph.nodes}
     edges: dict[int, list[tuple[int, int]]] = {}
     for e in graph.edges:
         if e.kind != ATTENTION:
             continue
-        if e.source not in token or e.target not in token:
+        if e.source not in names or e.target not in names:
             raise ValueError(f"graph holds the edge {e.source} -> {e.target} but not both of its nodes")
-        edges.setdefault(int(e.layer), []).append((token[e.target], token[e.source]))
+        edges.setdefault(int(e.layer), []).append((e.target_token, e.source_token))
     ffn: dict[int, list[int]] = {}
     for n in graph.nodes:
         if n.kind == "M":

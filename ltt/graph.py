@@ -1,13 +1,14 @@
-"""The contribution graph: attribute every layer of a Trace, then prune to a prediction's routes.
+"""The contribution graph: prune a trace's scores to a prediction's routes, under one GraphSettings.
 
 Two steps, both in the C core:
 
-1. :func:`attribute` scores every part of every state of a trace (per head and source token,
-   residual, bias, FFN) into compact per-layer arrays, a :class:`FullGraph`. It runs once per
-   trace and norm and is cached on the trace.
-2. :func:`build_graph` applies a threshold mode (DESIGN.md) and prunes backwards from the chosen
-   target tokens, giving a :class:`Graph` of named nodes (``X0_t``, ``A{l}_t``, ``M{l}_t``,
-   ``I{l}_t``) and weighted edges, exportable as JSON or networkx.
+1. :func:`ltt.scores.attribute` scores every part of every state of a trace (per head and
+   source token, residual, bias, FFN) into compact per-layer arrays, a :class:`FullGraph`. It
+   runs once per trace and norm and is cached on the trace.
+2. :func:`build` (keyword face: :func:`build_graph`) applies a threshold mode (DESIGN.md) and
+   prunes backwards from the chosen target tokens, giving a :class:`Graph` of nodes (``X0_t``,
+   ``A{l}_t``, ``M{l}_t``, ``I{l}_t``) and typed edges (:mod:`ltt.nodes`), exportable as JSON
+   or networkx. Its settings are one frozen :class:`GraphSettings`, validated once.
 
 >>> import ltt                                           # doctest: +SKIP
 >>> trace = ltt.load("smollm2-135m").trace("The capital of France is")   # doctest: +SKIP
@@ -18,51 +19,50 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ltt import attribution
 from ltt import scores
-from ltt.scores import FullGraph, SparseRows, attribute, check_norm
+from ltt.checks import check_norm, check_renormalize, check_targets, check_threshold, resolve_targets
+from ltt.nodes import ATTENTION, FFN, RESIDUAL, Edge, Node, Stage, attention_state, endpoints, node_name
+from ltt.scores import FullGraph, SparseRows, attribute
 
-# Edge kinds, as the networkx export keys them.
-ATTENTION, RESIDUAL, FFN = "attention", "residual", "ffn"
-
-
-class Node(NamedTuple):
-    """A state or block of the graph: ``name`` is ``X0_t``, ``A{l}_t``, ``M{l}_t`` or ``I{l}_t``.
-
-    ``layer`` is -1 for embeddings; ``kind`` is the name's letter; ``bias`` is the share of the
-    state that no edge carries (a bias), 0 where there is none."""
-
-    name: str
-    layer: int
-    token: int
-    kind: str
-    bias: float = 0.0
+__all__ = ["GraphSettings", "Graph", "Node", "Edge", "Stage", "build", "build_graph", "edge_weights",
+           "sparse_edge_weights", "resolve_targets", "ATTENTION", "RESIDUAL", "FFN"]
 
 
-class Edge(NamedTuple):
-    """A weighted edge ``source -> target`` of ``kind`` attention, residual or ffn, in ``layer``."""
+@dataclass(frozen=True)
+class GraphSettings:
+    """What a pruned graph is built with, validated once here: ``threshold`` in [0, 1),
+    ``renormalize`` (the threshold mode), ``targets`` (None for the last token, ``"all"``, or
+    token positions, negative counting from the end; :meth:`positions` resolves them against a
+    prompt) and ``norm`` (1 or 2). Bad values raise naming the argument (:mod:`ltt.checks`).
 
-    source: str
-    target: str
-    kind: str
-    weight: float
-    layer: int
+    >>> s = GraphSettings(threshold=0.1, targets=[-1])
+    >>> s.targets, s.positions(5), s.renormalize
+    ((-1,), [4], True)
+    """
 
+    threshold: float = 0.04
+    renormalize: bool = True
+    targets: tuple[int, ...] | str | None = None
+    norm: int = 1
 
-def node_name(kind: str, layer: int, token: int) -> str:
-    """``node_name("I", 3, 5) == "I3_5"``; the embeddings are ``X0_t`` (layer -1)."""
-    return f"X0_{token}" if kind == "X" else f"{kind}{layer}_{token}"
+    def __post_init__(self) -> None:
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        put("threshold", check_threshold(self.threshold))
+        put("renormalize", check_renormalize(self.renormalize))
+        put("norm", check_norm(self.norm))
+        put("targets", check_targets(self.targets))
 
-
-def _input_name(layer: int, token: int) -> str:
-    return node_name("X", -1, token) if layer == 0 else node_name("I", layer - 1, token)
+    def positions(self, n_tokens: int) -> list[int]:
+        """The target token positions in a prompt of ``n_tokens`` (sorted, no repeats)."""
+        return resolve_targets(self.targets, n_tokens)
 
 
 @dataclass
@@ -85,6 +85,11 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
 
+    @property
+    def settings(self) -> GraphSettings:
+        """The settings this graph was built with, its targets resolved to positions."""
+        return GraphSettings(self.threshold, self.renormalize, tuple(self.targets), self.norm)
+
     def to_dict(self) -> dict[str, Any]:
         """The graph as plain Python data (what :meth:`to_json` writes)."""
         return {
@@ -99,7 +104,7 @@ class Graph:
                 "norm": self.norm,
             },
             "nodes": [n._asdict() for n in self.nodes],
-            "edges": [e._asdict() for e in self.edges],
+            "edges": [e.to_dict() for e in self.edges],
         }
 
     def to_json(self, path: str | None = None, indent: int | None = None) -> str:
@@ -155,7 +160,7 @@ class Graph:
                 flow[n.name] = 1.0 / len(self.targets)
             else:
                 flow[n.name] = sum(
-                    (1.0 if e.target.startswith("M") else e.weight) * flow.get(e.target, 0.0)
+                    (1.0 if e.stage is Stage.FFN_IN else e.weight) * flow.get(e.target, 0.0)
                     for e in out_edges.get(n.name, ())
                 )
         return flow
@@ -166,37 +171,6 @@ class Graph:
             f"nodes={len(self.nodes)}, edges={len(self.edges)}, threshold={self.threshold}, "
             f"renormalize={self.renormalize}, targets={self.targets})"
         )
-
-
-def resolve_targets(targets: Sequence[int] | str | int | None, n_tokens: int) -> list[int]:
-    """Token positions from ``targets``: None (the last token), ``"all"``, an int or a list of ints
-    (negative counts from the end); out-of-range positions raise a ValueError naming them."""
-    if targets is None:
-        return [n_tokens - 1]
-    if isinstance(targets, str):
-        if targets != "all":
-            raise ValueError(f"targets must be a list of token positions or 'all', got {targets!r}")
-        return list(range(n_tokens))
-    if isinstance(targets, (bool, np.bool_)) or isinstance(targets, Mapping) or not (
-        isinstance(targets, (int, np.integer)) or isinstance(targets, Iterable)
-    ):
-        # issue 11: a dict passed its keys as positions, True passed as token 1
-        raise TypeError(f"targets must be an int, a list of int token positions or 'all', got "
-                        f"{type(targets).__name__} {targets!r}"[:300])
-    if isinstance(targets, (int, np.integer)):
-        targets = [int(targets)]
-    out: list[int] = []
-    for t in targets:
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
-            raise TypeError(f"targets must hold integer token positions, got {t!r}")
-        p = int(t) + n_tokens if t < 0 else int(t)
-        if not 0 <= p < n_tokens:
-            raise ValueError(f"targets holds {int(t)}, outside the {n_tokens} tokens of the prompt")
-        if p not in out:
-            out.append(p)
-    if not out:
-        raise ValueError("targets is empty: give at least one token position")
-    return sorted(out)
 
 
 @dataclass
@@ -320,26 +294,33 @@ def build_graph(
     targets: Sequence[int] | str | int | None = None,
     norm: int = 1,
 ) -> Graph:
-    """The pruned contribution graph of ``trace`` for the predictions at ``targets``.
+    """The pruned contribution graph of ``trace`` for the predictions at ``targets``: the
+    keyword face of :func:`build` (what ``trace.graph(...)`` calls).
 
     Every edge reachable backwards from the outputs ``I{L-1}_t`` of the targets through edges of
     weight ``>= threshold`` is kept (DESIGN.md). With ``threshold=0.0, renormalize=False`` every
-    edge is kept with its raw contribution. Thresholds at or above :data:`FLOOR` are answered
-    from the trace's sparse rows; lower ones from the dense arrays, recomputed when the trace
-    fits in :data:`ltt.scores.DENSE_BUDGET` and refused with a message otherwise.
+    edge is kept with its raw contribution. Thresholds at or above the trace's floor are answered
+    from its sparse rows; lower ones from the dense arrays, recomputed when the trace fits in
+    :data:`ltt.scores.DENSE_BUDGET` and refused with a message otherwise.
 
     >>> g = build_graph(trace, threshold=0.04, renormalize=True, targets=[-1])  # doctest: +SKIP
     """
-    threshold = attribution.check_threshold(threshold)
-    if not isinstance(renormalize, (bool, np.bool_)):
-        raise TypeError(f"renormalize must be True or False, got {renormalize!r}")
-    norm = check_norm(norm)
-    T = len(trace.token_ids)
-    tgt = resolve_targets(targets, T)
-    full = attribute(trace, norm)
+    return build(trace, GraphSettings(threshold, renormalize, targets, norm))
+
+
+def build(trace: Any, settings: GraphSettings) -> Graph:
+    """The pruned contribution graph of ``trace`` under ``settings`` (see :func:`build_graph`).
+
+    >>> g = build(trace, GraphSettings(threshold=0.04, targets="all"))   # doctest: +SKIP
+    """
+    if not isinstance(settings, GraphSettings):
+        raise TypeError(f"settings must be a GraphSettings, got {type(settings).__name__}")
+    threshold, renormalize = settings.threshold, settings.renormalize
+    settings = dataclasses.replace(settings, targets=tuple(settings.positions(len(trace.token_ids))))
+    full = attribute(trace, settings.norm)
     if threshold >= full.floor:
-        w = sparse_edge_weights(full, threshold, bool(renormalize))
-        kept = _prune_sparse(w, full.parallel, tgt, threshold)
+        w = sparse_edge_weights(full, threshold, renormalize)
+        kept = _prune_sparse(w, full.parallel, list(settings.targets), threshold)
         edge_at = lambda l, t, s: float(w.edges[l].lookup([t], [s])[0])  # noqa: E731
     else:
         if not full.dense_fits():
@@ -348,52 +329,48 @@ def build_graph(
                 f"no contributions, and its dense arrays do not fit the dense budget "
                 f"({scores.DENSE_BUDGET / 2**30:.2f} GiB, LTT_DENSE_BUDGET): choose threshold >= {full.floor}"
             )
-        w = edge_weights(full, threshold, bool(renormalize))
+        w = edge_weights(full, threshold, renormalize)
         kept = attribution.prune(w.attn, w.attn_resid, w.ffn, w.ffn_resid, full.parallel,
-                                 np.array(tgt, np.int64), threshold)
+                                 np.array(settings.targets, np.int64), threshold)
         edge_at = lambda l, t, s: float(w.attn[l, t, s])  # noqa: E731
-    return _assemble(trace, full, w, kept, edge_at, threshold, bool(renormalize), tgt, norm)
+    return _assemble(trace, full, w, kept, edge_at, settings)
 
 
-def _assemble(trace, full, w, kept, edge_at, threshold, renormalize, targets, norm) -> Graph:
+def _assemble(trace, full, w, kept, edge_at, settings: GraphSettings) -> Graph:
+    """The Graph of the kept edges (``settings.targets``: resolved positions)."""
     L = len(full.parallel)
     edges: list[Edge] = []
     nodes: dict[str, Node] = {}
 
+    parallel = [bool(p) for p in full.parallel]
+    names: dict[tuple[str, int, int], str] = {}
+
+    def add(stage: Stage, l: int, t: int, s: int, weight: float) -> None:
+        src, dst = endpoints(stage, l, t, s, parallel[l])
+        edges.append(Edge(add_node(*src), add_node(*dst), stage.kind, weight, l, stage, t, s))
+
     def add_node(kind: str, layer: int, token: int) -> str:
-        # A bias is a share of the state the attention edges enter: A{l}_t, or I{l}_t when
-        # layer l is a parallel block.
-        name = node_name(kind, layer, token)
-        if name not in nodes:
-            has_bias = kind == "A" or (kind == "I" and full.parallel[layer])
+        # A bias is a share of the state the attention edges enter (A{l}_t, or I{l}_t when
+        # layer l is a parallel block).
+        name = names.get((kind, layer, token))
+        if name is None:
+            name = names[kind, layer, token] = node_name(kind, layer, token)
+            has_bias = layer >= 0 and (kind, layer, token) == attention_state(layer, token, parallel[layer])
             bias = float(w.attn_bias[layer, token]) if has_bias else 0.0
             nodes[name] = Node(name, layer, token, kind, bias)
         return name
 
-    def attn_state(l: int, t: int) -> str:
-        # The state the attention edges of layer l enter: A{l}_t, or I{l}_t in a parallel layer.
-        return add_node("I" if full.parallel[l] else "A", l, t)
-
-    def add_input(l: int, t: int) -> str:
-        return add_node("X", -1, t) if l == 0 else add_node("I", l - 1, t)
-
     for l, t, s in kept["attn_edges"].tolist():
-        edges.append(Edge(add_input(l, s), attn_state(l, t), ATTENTION, edge_at(l, t, s), l))
+        add(Stage.ATTENTION, l, t, s, edge_at(l, t, s))
     for l, t in zip(*np.nonzero(kept["attn_resid"])):
-        l, t = int(l), int(t)
-        edges.append(Edge(add_input(l, t), attn_state(l, t), RESIDUAL, float(w.attn_resid[l, t]), l))
+        add(Stage.ATTENTION_RESIDUAL, int(l), int(t), int(t), float(w.attn_resid[l, t]))
     for l, t in zip(*np.nonzero(kept["ffn"])):
         l, t = int(l), int(t)
-        src = add_input(l, t) if full.parallel[l] else attn_state(l, t)
-        out = add_node("I", l, t)
-        mid = add_node("M", l, t)
-        weight = float(w.ffn[l, t])
-        edges.append(Edge(src, mid, FFN, weight, l))
-        edges.append(Edge(mid, out, FFN, weight, l))
+        add(Stage.FFN_IN, l, t, t, float(w.ffn[l, t]))
+        add(Stage.FFN_OUT, l, t, t, float(w.ffn[l, t]))
     for l, t in zip(*np.nonzero(kept["ffn_resid"])):
-        l, t = int(l), int(t)
-        edges.append(Edge(attn_state(l, t), add_node("I", l, t), RESIDUAL, float(w.ffn_resid[l, t]), l))
-    for t in targets:
+        add(Stage.FFN_RESIDUAL, int(l), int(t), int(t), float(w.ffn_resid[l, t]))
+    for t in settings.targets:
         add_node("I", L - 1, t)
 
     kind_order = {"X": 0, "A": 1, "M": 2, "I": 3}
@@ -405,10 +382,10 @@ def _assemble(trace, full, w, kept, edge_at, threshold, renormalize, targets, no
         token_ids=[int(i) for i in trace.token_ids],
         model_name=str(getattr(model, "name", "model")),
         n_layers=L,
-        threshold=threshold,
-        renormalize=renormalize,
-        targets=targets,
-        norm=norm,
+        threshold=settings.threshold,
+        renormalize=settings.renormalize,
+        targets=list(settings.targets),
+        norm=settings.norm,
         nodes=node_list,
         edges=edges,
     )

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt import attribution
+from ltt.checks import check_norm
 
 #: Contributions below this floor are not kept by a trace (sparse storage); thresholds below it
 #: are answered from an exact dense recomputation when it fits in :data:`DENSE_BUDGET` bytes.
@@ -296,12 +297,3 @@ def attribute(trace: Any, norm: int = 1) -> FullGraph:
     full = FullGraph(scores, norm, FLOOR, source=trace)
     cache[norm] = full
     return full
-
-
-def check_norm(norm: Any) -> int:
-    """``norm`` as the int 1 or 2: a float or bool (equal to 1, and a cache key of 1) is a TypeError."""
-    if isinstance(norm, (bool, np.bool_)) or not isinstance(norm, (int, np.integer)):
-        raise TypeError(f"norm must be the int 1 or 2, got {type(norm).__name__} {norm!r}")
-    if norm not in (1, 2):
-        raise ValueError(f"norm must be 1 or 2, got {norm!r}")
-    return int(norm)

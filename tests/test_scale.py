@@ -70,7 +70,7 @@ def test_sparse_graphs_equal_dense_graphs(traced):
                     kept = attribution.prune(w.attn, w.attn_resid, w.ffn, w.ffn_resid, full.parallel,
                                              np.array(tgt, np.int64), threshold)
                     dense = G._assemble(trace, full, w, kept, lambda l, t, s: float(w.attn[l, t, s]),
-                                        threshold, renormalize, tgt, 1)
+                                        G.GraphSettings(threshold, renormalize, tgt, 1))
                     assert [(e.source, e.target, e.kind) for e in g.edges] == \
                         [(e.source, e.target, e.kind) for e in dense.edges], (key, renormalize, threshold)
                     np.testing.assert_allclose([e.weight for e in g.edges], [e.weight for e in dense.edges],

@@ -17,7 +17,6 @@ heatmaps travel as float32 bytes with their shape.
 
 from __future__ import annotations
 
-import math
 import pathlib
 from typing import Any, Sequence
 
@@ -25,6 +24,8 @@ import anywidget
 import numpy as np
 import traitlets as tl
 
+from ltt.checks import check_threshold, resolve_targets
+from ltt.nodes import edge_key, node_name, parse_edge, parse_node
 from ltt.widget import panels
 
 STATIC = pathlib.Path(__file__).parent / "static"
@@ -142,8 +143,6 @@ class GraphWidget(anywidget.AnyWidget):
 
     @staticmethod
     def _resolve(targets: Any, trace: Any) -> list[int]:
-        from ltt.graph import resolve_targets
-
         try:
             return resolve_targets(targets, len(trace.token_ids))
         except (TypeError, ValueError) as exc:
@@ -167,10 +166,10 @@ class GraphWidget(anywidget.AnyWidget):
 
     @tl.validate("threshold")
     def _valid_threshold(self, proposal):
-        v = proposal["value"]
-        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v < 1.0):
-            raise tl.TraitError(f"threshold must be a number in [0, 1), got {v!r}")
-        return float(v)
+        try:
+            return check_threshold(proposal["value"])
+        except (TypeError, ValueError) as exc:
+            raise tl.TraitError(str(exc)) from None
 
     @tl.validate("slider")
     def _valid_slider(self, proposal):
@@ -195,7 +194,7 @@ class GraphWidget(anywidget.AnyWidget):
             if status not in MARK_STATUSES:
                 raise tl.TraitError(f"marks: {key!r} has status {status!r}, not one of {MARK_STATUSES}")
             try:
-                panels.parse_edge(key)
+                parse_edge(key)
             except ValueError as exc:
                 raise tl.TraitError(f"marks: {exc}") from None
             out[key] = status
@@ -221,9 +220,9 @@ class GraphWidget(anywidget.AnyWidget):
             )
         T, L = len(self.trace.token_ids), len(self.trace.layers)
         try:
-            names = [sel["node"]] if "node" in sel else list(panels.parse_edge(sel["edge"])[:2])
+            names = [sel["node"]] if "node" in sel else list(parse_edge(sel["edge"])[:2])
             for name in names:
-                kind, layer, token = panels.parse_node(name)
+                kind, layer, token = parse_node(name)
                 if token >= T or layer >= L:
                     raise ValueError(f"{name!r} is outside the trace ({T} tokens, {L} layers)")
         except ValueError as exc:
@@ -293,7 +292,7 @@ class GraphWidget(anywidget.AnyWidget):
         self.faithfulness = cache[key]
 
     def _edge_weight(self, key: str) -> float | None:
-        src, dst, kind = panels.parse_edge(key)
+        src, dst, kind = parse_edge(key)
         for e in self.graph.get("edges", ()):
             if e["source"] == src and e["target"] == dst and e["kind"] == kind:
                 return float(e["weight"])
@@ -305,19 +304,19 @@ class GraphWidget(anywidget.AnyWidget):
         if not sel:
             panel: dict[str, Any] = {}
         elif "node" in sel:
-            kind = sel["node"][0]
+            kind, layer, token = parse_node(sel["node"])
             if kind == "M":
-                w = self._edge_weight(f"{sel['node']}|I{sel['node'][1:]}|ffn")
+                w = self._edge_weight(edge_key(sel["node"], node_name("I", layer, token), "ffn"))
                 panel = panels.ffn_panel(trace, sel["node"], weight=w, k=self._k)
             else:
                 panel = panels.state_panel(trace, sel["node"], normalize=self.normalize, k=self._k)
         else:
-            src, dst, kind = panels.parse_edge(sel["edge"])
+            src, dst, kind = parse_edge(sel["edge"])
             weight = self._edge_weight(sel["edge"])
             if kind == "attention":
                 panel, maps = panels.attention_panel(trace, sel["edge"], weight, sel.get("head"), k=self._k)
             elif kind == "ffn":
-                mid = src if src.startswith("M") else dst
+                mid = src if parse_node(src)[0] == "M" else dst
                 panel = panels.ffn_panel(trace, mid, weight=weight, k=self._k)
             else:
                 panel = panels.residual_panel(sel["edge"], weight)

@@ -23,8 +23,8 @@ from typing import Any, Mapping, Sequence
 import ipywidgets as W
 
 from ltt.contrast import EdgeChange, TraceDiff, diff
-from ltt.graph import node_name
-from ltt.widget import GraphWidget, panels
+from ltt.nodes import Stage, edge_key, endpoint_names
+from ltt.widget import GraphWidget
 
 __all__ = ["DiffWidget", "change_status", "diff_marks"]
 
@@ -43,18 +43,15 @@ def change_status(e: EdgeChange, min_change: float = 0.0) -> str | None:
     return "rose" if e.flow_delta > 0 else "fell"
 
 
-def _key(source: str, target: str, kind: str) -> str:
-    return f"{source}|{target}|{kind}"
+def _keys(e: EdgeChange) -> tuple[str, str]:
+    """The view keys of a change's edge in a's and in b's positions."""
+    return edge_key(e.source, e.target, e.kind), edge_key(e.source_b, e.target_b, e.kind)
 
 
-def _ffn_input(mid: str, parallel: Sequence[bool]) -> str:
-    """The key of an FFN route's first half (input -> M) from its block node ``M{l}_{t}``."""
-    _, l, t = panels.parse_node(mid)
-    if parallel[l]:
-        src = node_name("X", -1, t) if l == 0 else node_name("I", l - 1, t)
-    else:
-        src = node_name("A", l, t)
-    return _key(src, mid, "ffn")
+def _ffn_input(layer: int, token: int, parallel: Sequence[bool]) -> str:
+    """The key of the first half (input -> M) of the FFN route of ``layer`` at ``token``."""
+    src, mid = endpoint_names(Stage.FFN_IN, layer, token, token, bool(parallel[layer]))
+    return edge_key(src, mid, "ffn")
 
 
 def diff_marks(d: TraceDiff, parallel_a: Sequence[bool], parallel_b: Sequence[bool],
@@ -67,19 +64,12 @@ def diff_marks(d: TraceDiff, parallel_a: Sequence[bool], parallel_b: Sequence[bo
         status = change_status(e, min_change)
         if status is None:
             continue
-        ma[_key(e.source, e.target, e.kind)] = status
-        mb[_key(e.source_b, e.target_b, e.kind)] = status
-        if e.kind == "ffn":
-            ma[_ffn_input(e.source, parallel_a)] = status
-            mb[_ffn_input(e.source_b, parallel_b)] = status
+        ka, kb = _keys(e)
+        ma[ka], mb[kb] = status, status
+        if e.stage is Stage.FFN_OUT:
+            ma[_ffn_input(e.layer, e.target_token, parallel_a)] = status
+            mb[_ffn_input(e.layer, e.target_token_b, parallel_b)] = status
     return ma, mb
-
-
-def _quoted(tokens: Sequence[str], name: str) -> str:
-    try:
-        return repr(tokens[panels.parse_node(name)[2]])
-    except (ValueError, IndexError):
-        return ""
 
 
 class DiffWidget(W.VBox):
@@ -186,14 +176,14 @@ class DiffWidget(W.VBox):
         ma, mb = diff_marks(d, self.a.graph["parallel"], self.b.graph["parallel"], self.min_change)
         self._pairs = {}
         for e in d.edges:
-            ka, kb = _key(e.source, e.target, e.kind), _key(e.source_b, e.target_b, e.kind)
+            ka, kb = _keys(e)
             self._pairs[f"a:{ka}"], self._pairs[f"b:{kb}"] = kb, ka
         self._top = d.top_edges(self._k)
         rows = []
         for i, e in enumerate(self._top):
             status = change_status(e, self.min_change) or "small change"
             rows.append((f"{e.flow_delta:+.4f}  {status:<9}  L{e.layer} {e.kind:<9}  "
-                         f"{e.source} {_quoted(d.tokens_a, e.source)} → {e.target} {_quoted(d.tokens_a, e.target)}", i))
+                         f"{e.source} {d.tokens_a[e.source_token]!r} → {e.target} {d.tokens_a[e.target_token]!r}", i))
         counts = {s: 0 for s in ("rose", "fell", "appeared", "vanished")}
         for e in d.edges:
             s = change_status(e, self.min_change)
@@ -221,8 +211,8 @@ class DiffWidget(W.VBox):
         e = self._top[index]
         self._busy += 1
         try:
-            self.a.selection = {"edge": _key(e.source, e.target, e.kind)}
-            self.b.selection = {"edge": _key(e.source_b, e.target_b, e.kind)}
+            ka, kb = _keys(e)
+            self.a.selection, self.b.selection = {"edge": ka}, {"edge": kb}
         finally:
             self._busy -= 1
 

@@ -10,35 +10,14 @@ pattern, contribution map) so they can travel as bytes.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 
 from ltt import interpret
+from ltt.nodes import node_name, parse_edge, parse_node
 
 MAP_NAMES = ["attention pattern", "contribution map"]
-NODE_RE = re.compile(r"^([XAMI])(\d+)_(\d+)$")
-EDGE_KINDS = ("attention", "residual", "ffn")
-
-
-def parse_node(name: str) -> tuple[str, int, int]:
-    """``(kind, layer, token)`` of a node name; layer -1 for ``X0_t``. ValueError if malformed."""
-    m = NODE_RE.match(name) if isinstance(name, str) else None
-    if m is None:
-        raise ValueError(f"not a node name (X0_t, A{{l}}_t, M{{l}}_t, I{{l}}_t): {name!r}")
-    kind = m.group(1)
-    return kind, (-1 if kind == "X" else int(m.group(2))), int(m.group(3))
-
-
-def parse_edge(key: str) -> tuple[str, str, str]:
-    """``(source, target, kind)`` of an edge key ``"source|target|kind"``."""
-    parts = key.split("|") if isinstance(key, str) else []
-    if len(parts) != 3 or parts[2] not in EDGE_KINDS:
-        raise ValueError(f"not an edge key 'source|target|kind' (kind one of {EDGE_KINDS}): {key!r}")
-    parse_node(parts[0])
-    parse_node(parts[1])
-    return parts[0], parts[1], parts[2]
 
 
 def graph_payload(trace: Any, graph: Any) -> dict[str, Any]:
@@ -51,7 +30,7 @@ def graph_payload(trace: Any, graph: Any) -> dict[str, Any]:
     missing = [t for t in graph.targets if t not in known]
     L = len(trace.layers)
     try:
-        tops = interpret.top_tokens_many(trace, [f"I{L - 1}_{t}" for t in missing], k=1, normalize=True)
+        tops = interpret.top_tokens_many(trace, [node_name("I", L - 1, t) for t in missing], k=1, normalize=True)
     except Exception:  # no model attached (synthetic traces): no predictions shown
         tops = None
     if tops is None:

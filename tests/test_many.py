@@ -476,7 +476,7 @@ def test_tidy_tables(full_run, monkeypatch):
 def test_importance_widget(llama, full_run):
     import traitlets
 
-    from ltt.importance_widget import ImportanceWidget, with_graph_output
+    from ltt.widget.importance import ImportanceWidget, with_graph_output
 
     rs, _ = full_run
     w = ImportanceWidget(rs)
@@ -506,7 +506,7 @@ def test_importance_widget(llama, full_run):
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_importance_js_helpers():
-    from ltt.importance_widget import STATIC
+    from ltt.widget import STATIC
 
     js = (STATIC / "importance.js").as_uri()
     code = textwrap.dedent(f"""
@@ -543,7 +543,8 @@ def test_importance_js_renders_in_a_browser(full_run):
     from playwright import sync_api
     from conftest import chromium_path
 
-    from ltt.importance_widget import STATIC, ImportanceWidget
+    from ltt.widget import STATIC
+    from ltt.widget.importance import ImportanceWidget
 
     rs, _ = full_run
     w = ImportanceWidget(rs)

@@ -310,10 +310,12 @@ export function offlineKernel(store) {
  *  kernel would) and whose answers come back as change events; render() runs unchanged. */
 export function createModelShim(initial, kernel) {
   const channel = new MessageChannel();
-  const model = createModel(initial, (out) => channel.port1.postMessage(out));
+  // only the changed keys travel (the kernel reads their values from the model): a graph the
+  // page sets is never copied through the channel
+  const model = createModel(initial, ({ changes, msg }) => channel.port1.postMessage(changes ? { keys: Object.keys(changes) } : { msg }));
   channel.port2.onmessage = (ev) => {
-    const { changes, msg } = ev.data;
-    model.apply(changes ? kernel.handle(model, changes) : kernel.message(model, msg));
+    const { keys, msg } = ev.data;
+    model.apply(keys ? kernel.handle(model, Object.fromEntries(keys.map((k) => [k, true]))) : kernel.message(model, msg));
   };
   channel.port1.start && channel.port1.start();
   return model;

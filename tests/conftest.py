@@ -300,6 +300,39 @@ def browser():
             b.close()
 
 
+@pytest.fixture
+def new_page(browser):
+    """``new_page(width=1360, height=860, timeout=30_000, strict=True, **options)``: a page of the
+    module's browser (``options`` as ``browser.new_page`` takes them, e.g. ``color_scheme``) that
+    records its uncaught errors in ``page.errors`` and its dialogs, dismissed, in
+    ``page.dialogs``. Every page is closed after the test, which then fails if a ``strict`` page
+    had an uncaught error."""
+    pages = []
+
+    def make(width: int = 1360, height: int = 860, timeout: float = 30_000, strict: bool = True, **options):
+        pg = browser.new_page(viewport={"width": width, "height": height}, **options)
+        pg.errors, pg.dialogs = [], []
+        pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+        pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
+        pg.set_default_timeout(timeout)
+        pages.append((pg, strict))
+        return pg
+
+    try:
+        yield make
+    finally:
+        for pg, _ in pages:
+            pg.close()
+    errors = [e for pg, strict in pages if strict for e in pg.errors]
+    assert not errors, errors
+
+
+@pytest.fixture
+def page(new_page):
+    """A 1360 x 860 page with a 20 s default timeout (see ``new_page``)."""
+    return new_page(timeout=20_000)
+
+
 @pytest.fixture(scope="session")
 def traced(tiny_model):
     """``traced(key)`` -> ``(model, model.trace(PROMPT))`` of a family's tiny model, cached for

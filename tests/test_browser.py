@@ -24,22 +24,6 @@ EVIL = '<img src=x onerror=alert(1)></script><!--<b onclick="__pwned=1">'
 EXPORTED = 0.02
 
 
-@pytest.fixture
-def page(browser):
-    pg = browser.new_page(viewport={"width": 1360, "height": 860})
-    errors: list[str] = []
-    dialogs: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    pg.set_default_timeout(20_000)
-    pg.errors, pg.dialogs = errors, dialogs
-    try:
-        yield pg
-    finally:
-        pg.close()
-    assert not errors, errors
-
-
 @pytest.fixture(scope="module")
 def trace(tiny_model):
     return tiny_model("llama").trace(PROMPT)
@@ -226,31 +210,27 @@ def test_state_and_ffn_nodes_open_their_panels(page, report, trace):
     assert node in page.inner_text(".ltt-tooltip")
 
 
-def test_markup_in_tokens_renders_as_text(browser, tiny_model, tmp_path):
+def test_markup_in_tokens_renders_as_text(new_page, tiny_model, tmp_path):
     trace = tiny_model("llama").trace(EVIL)
     path = to_html(trace, tmp_path / "evil.html", threshold=0.01, targets="all")
-    page = browser.new_page(viewport={"width": 1360, "height": 860})
-    dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    try:
-        _open(page, path)
-        page.click(f'[data-node="X0_{len(trace.token_ids) - 1}"]')
-        page.wait_for_selector(".ltt-table")
-        for k in range(3):  # hover a few token labels: tooltips carry token text too
-            page.hover(f'.ltt-axis-x text >> nth={k}')
-        page.wait_for_timeout(300)
-        assert dialogs == []
-        assert page.evaluate("() => window.__pwned") is None
-        assert page.eval_on_selector_all("img", "els => els.length") == 0
-        assert page.inner_text("#ltt-prompt") == EVIL
-        labels = "".join(page.eval_on_selector_all(
-            ".ltt-axis-x text", "els => els.map(e => e.textContent)"))
-        assert "<" in labels and "img" in labels
-        assert page.evaluate("() => window.__ltt.store.state.prompts[0]") == EVIL
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "report_markup.png"))
-    finally:
-        page.close()
+    page = new_page(strict=False)
+    dialogs = page.dialogs
+    _open(page, path)
+    page.click(f'[data-node="X0_{len(trace.token_ids) - 1}"]')
+    page.wait_for_selector(".ltt-table")
+    for k in range(3):  # hover a few token labels: tooltips carry token text too
+        page.hover(f'.ltt-axis-x text >> nth={k}')
+    page.wait_for_timeout(300)
+    assert dialogs == []
+    assert page.evaluate("() => window.__pwned") is None
+    assert page.eval_on_selector_all("img", "els => els.length") == 0
+    assert page.inner_text("#ltt-prompt") == EVIL
+    labels = "".join(page.eval_on_selector_all(
+        ".ltt-axis-x text", "els => els.map(e => e.textContent)"))
+    assert "<" in labels and "img" in labels
+    assert page.evaluate("() => window.__ltt.store.state.prompts[0]") == EVIL
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report_markup.png"))
 
 
 def _synthetic_trace(T: int, L: int, seed: int = 1):

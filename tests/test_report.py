@@ -30,16 +30,8 @@ LONG_PROMPT = (
 
 
 @pytest.fixture
-def page(browser):
-    pg = browser.new_page(viewport={"width": 1280, "height": 860})
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.set_default_timeout(20_000)
-    try:
-        yield pg
-    finally:
-        pg.close()
-    assert not errors, errors
+def page(new_page):
+    return new_page(1280, 860, timeout=20_000)
 
 
 @pytest.fixture(scope="module")
@@ -214,41 +206,35 @@ def _contrast(page, a, b):
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_report_follows_the_colour_scheme_with_3_to_1_marks(browser, report, scheme):
-    pg = browser.new_page(viewport={"width": 1280, "height": 860}, color_scheme=scheme)
-    try:
-        _open(pg, report)
-        var = lambda name: pg.evaluate(  # noqa: E731
-            "n => getComputedStyle(document.querySelector('.ltt-root')).getPropertyValue(n).trim()", name)
-        bg = pg.evaluate("() => getComputedStyle(document.querySelector('.ltt-root')).backgroundColor")
-        dark = sum(map(int, bg[bg.index("(") + 1:bg.index(")")].split(",")[:3])) < 3 * 80
-        assert dark == (scheme == "dark"), bg
-        for mark in ("--ltt-attn", "--ltt-resid", "--ltt-ffn", "--ltt-emb", "--ltt-state", "--ltt-target", "--ltt-marker"):
-            assert _contrast(pg, var(mark), var("--ltt-bg")) >= 3.0, (scheme, mark, var(mark))
-        stroke = pg.eval_on_selector("[data-node^='I']", "e => getComputedStyle(e).stroke")
-        assert pg.evaluate("c => c", stroke) and _contrast(pg, stroke, bg) >= 3.0
-        ARTIFACTS.mkdir(exist_ok=True)
-        pg.screenshot(path=str(ARTIFACTS / f"report_{scheme}.png"))
-    finally:
-        pg.close()
+def test_report_follows_the_colour_scheme_with_3_to_1_marks(new_page, report, scheme):
+    pg = new_page(1280, 860, strict=False, color_scheme=scheme)
+    _open(pg, report)
+    var = lambda name: pg.evaluate(  # noqa: E731
+        "n => getComputedStyle(document.querySelector('.ltt-root')).getPropertyValue(n).trim()", name)
+    bg = pg.evaluate("() => getComputedStyle(document.querySelector('.ltt-root')).backgroundColor")
+    dark = sum(map(int, bg[bg.index("(") + 1:bg.index(")")].split(",")[:3])) < 3 * 80
+    assert dark == (scheme == "dark"), bg
+    for mark in ("--ltt-attn", "--ltt-resid", "--ltt-ffn", "--ltt-emb", "--ltt-state", "--ltt-target", "--ltt-marker"):
+        assert _contrast(pg, var(mark), var("--ltt-bg")) >= 3.0, (scheme, mark, var(mark))
+    stroke = pg.eval_on_selector("[data-node^='I']", "e => getComputedStyle(e).stroke")
+    assert pg.evaluate("c => c", stroke) and _contrast(pg, stroke, bg) >= 3.0
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"report_{scheme}.png"))
 
 
-def test_layout_uses_the_width_from_800_px(browser, report):
+def test_layout_uses_the_width_from_800_px(new_page, report):
     for width in (800, 1000, 1600):
-        pg = browser.new_page(viewport={"width": width, "height": 800})
-        try:
-            _open(pg, report)
-            svg_w = pg.eval_on_selector("svg.ltt-svg", "s => s.getBoundingClientRect().width")
-            page_w = pg.evaluate("() => document.documentElement.scrollWidth")
-            assert page_w <= width, (width, page_w)  # nothing sticks out sideways
-            assert svg_w >= 0.5 * (width - 60), (width, svg_w)  # the graph takes the room it is given
-            # the controls stay in reach: scrolled down a tall page, they are still on screen
-            pg.mouse.wheel(0, 0)
-            pg.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
-            top = pg.eval_on_selector(".ltt-controls", "e => e.getBoundingClientRect().top")
-            assert -1 <= top < 800, top
-        finally:
-            pg.close()
+        pg = new_page(width, 800, strict=False)
+        _open(pg, report)
+        svg_w = pg.eval_on_selector("svg.ltt-svg", "s => s.getBoundingClientRect().width")
+        page_w = pg.evaluate("() => document.documentElement.scrollWidth")
+        assert page_w <= width, (width, page_w)  # nothing sticks out sideways
+        assert svg_w >= 0.5 * (width - 60), (width, svg_w)  # the graph takes the room it is given
+        # the controls stay in reach: scrolled down a tall page, they are still on screen
+        pg.mouse.wheel(0, 0)
+        pg.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
+        top = pg.eval_on_selector(".ltt-controls", "e => e.getBoundingClientRect().top")
+        assert -1 <= top < 800, top
 
 
 def test_map_budget_keeps_the_heads_with_the_largest_shares(trace):

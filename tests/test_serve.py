@@ -111,16 +111,8 @@ def llama_id(dirs):
 
 
 @pytest.fixture
-def page(browser):
-    pg = browser.new_page(viewport={"width": 1360, "height": 900})
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.set_default_timeout(30_000)
-    try:
-        yield pg
-    finally:
-        pg.close()
-    assert not errors, errors
+def page(new_page):
+    return new_page(1360, 900)
 
 
 def _open(page, url):
@@ -298,29 +290,24 @@ def test_prompt_box_and_picker_add_prompts_live(page, server, tiny_model, llama_
     _assert_same(page, ltt.load(dirs["llama"], dtype="bfloat16").trace(PROMPT).graph())
 
 
-def test_two_tabs_each_get_their_own_graph(browser, server, tiny_model, llama_id):
-    a, b = browser.new_page(), browser.new_page()
-    try:
-        for pg in (a, b):
-            pg.set_default_timeout(30_000)
-            _open(pg, server.url)
-        a.select_option(".ltt-serve-model", llama_id)
-        a.fill(".ltt-serve-prompt", PROMPT)
-        b.select_option(".ltt-serve-model", "tiny-gpt2")
-        b.fill(".ltt-serve-prompt", OTHER)
-        a.click(".ltt-serve-run")
-        b.click(".ltt-serve-run")
-        _wait_shown(a, PROMPT)
-        _wait_shown(b, OTHER)
-        _assert_same(a, tiny_model("llama").trace(PROMPT).graph())
-        _assert_same(b, tiny_model("gpt2").trace(OTHER).graph())
-        _set_threshold(b, 0.1)  # one tab's settings never reach the other
-        _assert_same(b, tiny_model("gpt2").trace(OTHER).graph(threshold=0.1))
-        _assert_same(a, tiny_model("llama").trace(PROMPT).graph())
-        assert a.evaluate("() => window.__ltt.model.get('threshold')") == 0.04
-    finally:
-        a.close()
-        b.close()
+def test_two_tabs_each_get_their_own_graph(new_page, server, tiny_model, llama_id):
+    a, b = new_page(1280, 720, strict=False), new_page(1280, 720, strict=False)
+    for pg in (a, b):
+        _open(pg, server.url)
+    a.select_option(".ltt-serve-model", llama_id)
+    a.fill(".ltt-serve-prompt", PROMPT)
+    b.select_option(".ltt-serve-model", "tiny-gpt2")
+    b.fill(".ltt-serve-prompt", OTHER)
+    a.click(".ltt-serve-run")
+    b.click(".ltt-serve-run")
+    _wait_shown(a, PROMPT)
+    _wait_shown(b, OTHER)
+    _assert_same(a, tiny_model("llama").trace(PROMPT).graph())
+    _assert_same(b, tiny_model("gpt2").trace(OTHER).graph())
+    _set_threshold(b, 0.1)  # one tab's settings never reach the other
+    _assert_same(b, tiny_model("gpt2").trace(OTHER).graph(threshold=0.1))
+    _assert_same(a, tiny_model("llama").trace(PROMPT).graph())
+    assert a.evaluate("() => window.__ltt.model.get('threshold')") == 0.04
 
 
 def _errors_with(page, fragment):

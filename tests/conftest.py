@@ -333,6 +333,31 @@ def page(new_page):
     return new_page(timeout=20_000)
 
 
+def drawn(page) -> tuple[set, dict]:
+    """What a page's graph view draws: its node names and ``{edge key: weight}``."""
+    nodes = page.eval_on_selector_all("[data-node]", "els => els.map(e => e.dataset.node)")
+    edges = page.eval_on_selector_all(
+        "[data-edge]", "els => els.map(e => [e.dataset.edge, Number(e.dataset.weight)])")
+    return set(nodes), dict(edges)
+
+
+def assert_draws(page, g) -> None:
+    """The page draws exactly the nodes and edges of the Graph ``g``, weights to 2e-6."""
+    nodes, edges = drawn(page)
+    want_nodes = {n.name for n in g.nodes}
+    want_edges = {f"{e.source}|{e.target}|{e.kind}": e.weight for e in g.edges}
+    assert nodes == want_nodes, (sorted(nodes - want_nodes), sorted(want_nodes - nodes))
+    assert set(edges) == set(want_edges), (sorted(set(edges) - set(want_edges)), sorted(set(want_edges) - set(edges)))
+    for k, w in want_edges.items():
+        assert edges[k] == pytest.approx(w, abs=2e-6), k
+
+
+def visible_token(tok: str) -> str:
+    """The page's visibleToken(): newlines and tabs shown, an all-blank token as ␣."""
+    t = tok.replace("\r", "\u240d").replace("\n", "\u21b5").replace("\t", "\u21e5")
+    return t.replace(" ", "\u2423") if t and not t.strip() else t
+
+
 @pytest.fixture(scope="session")
 def traced(tiny_model):
     """``traced(key)`` -> ``(model, model.trace(PROMPT))`` of a family's tiny model, cached for

@@ -2,7 +2,7 @@
 
 :func:`to_html` writes a page that works offline, without a kernel. It inlines the widget's ES
 module and stylesheet unchanged and drives ``render()`` with a small in-page model
-(``createModelShim`` + ``offlineKernel`` in ``graph.js``). Embedded:
+(``createModelShim`` + ``offlineKernel`` of ``report_kernel.js``, inlined after it). Embedded:
 
 * **every carried target** (default: all token positions; ``carry=N`` keeps the last N): for
   every state, its raw parts at or above a ``floor`` (default 0.01, at most the exported
@@ -35,6 +35,7 @@ import heapq
 import html
 import json
 import os
+import re
 import zlib
 from typing import Any, Sequence
 
@@ -73,7 +74,7 @@ _DTYPES = {"f4": "<f4", "u1": "u1", "u2": "<u2", "i4": "<i4"}
 def pack(data: Any) -> tuple[str, str]:
     """``(json_b64, bin_b64)``: ``data`` as deflated JSON, its NumPy arrays moved into one deflated
     binary buffer (each replaced by ``{"$a": [dtype, byte offset, length]}``; dtypes f4, u1, u2,
-    i4, little-endian, each aligned to 4 bytes), both base64. ``graph.js``'s ``loadStore`` undoes it.
+    i4, little-endian, each aligned to 4 bytes), both base64. ``report_kernel.js``'s ``loadStore`` undoes it.
 
     >>> j, b = pack({"x": np.arange(3, dtype=np.float32)})
     >>> json.loads(zlib.decompress(base64.b64decode(j)))
@@ -376,10 +377,24 @@ window.__ltt = {{ model, store }};
 """
 
 
-def _inline_js(text: str) -> str:
+_REPORT_MODULES = ("graph.js", "report_kernel.js")  # the view, then the offline kernel
+_LOCAL_IMPORT = re.compile(r'^import \{[^}]*\} from "\./([\w.]+\.js)";[ \t]*\n', re.M)
+
+
+def _report_js() -> str:
+    """The report's one ES module: the widget's static modules one after the other, each import of
+    an earlier one dropped (they share one scope). An import of anything else is an error."""
+    parts = []
+    for name in _REPORT_MODULES:
+        text = (STATIC / name).read_text(encoding="utf-8")
+        for m in _LOCAL_IMPORT.finditer(text):
+            if m.group(1) not in _REPORT_MODULES[: _REPORT_MODULES.index(name)]:
+                raise RuntimeError(f"{name} imports {m.group(1)!r}, which the report does not inline before it")
+        if "\nimport " in "\n" + _LOCAL_IMPORT.sub("", text):
+            raise RuntimeError(f"{name} has an import the report cannot inline")
+        parts.append(f"// --- {name} ---\n" + _LOCAL_IMPORT.sub("", text))
     # The module goes inside <script>: no "</script" or "<!--" may appear in it.
-    out = text.replace("</", "<\\/").replace("<!--", "<\\!--")
-    return out
+    return "\n".join(parts).replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
 def to_html(
@@ -421,7 +436,7 @@ def to_html(
         css=(STATIC / "graph.css").read_text(encoding="utf-8").replace("</", "<\\/"),
         data=data,
         blob=blob,
-        js=_inline_js((STATIC / "graph.js").read_text(encoding="utf-8")),
+        js=_report_js(),
     )
     if path is None:
         return page

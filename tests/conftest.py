@@ -300,6 +300,64 @@ def browser():
             b.close()
 
 
+@pytest.fixture
+def new_page(browser):
+    """``new_page(width=1360, height=860, timeout=30_000, strict=True, **options)``: a page of the
+    module's browser (``options`` as ``browser.new_page`` takes them, e.g. ``color_scheme``) that
+    records its uncaught errors in ``page.errors`` and its dialogs, dismissed, in
+    ``page.dialogs``. Every page is closed after the test, which then fails if a ``strict`` page
+    had an uncaught error."""
+    pages = []
+
+    def make(width: int = 1360, height: int = 860, timeout: float = 30_000, strict: bool = True, **options):
+        pg = browser.new_page(viewport={"width": width, "height": height}, **options)
+        pg.errors, pg.dialogs = [], []
+        pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+        pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
+        pg.set_default_timeout(timeout)
+        pages.append((pg, strict))
+        return pg
+
+    try:
+        yield make
+    finally:
+        for pg, _ in pages:
+            pg.close()
+    errors = [e for pg, strict in pages if strict for e in pg.errors]
+    assert not errors, errors
+
+
+@pytest.fixture
+def page(new_page):
+    """A 1360 x 860 page with a 20 s default timeout (see ``new_page``)."""
+    return new_page(timeout=20_000)
+
+
+def drawn(page) -> tuple[set, dict]:
+    """What a page's graph view draws: its node names and ``{edge key: weight}``."""
+    nodes = page.eval_on_selector_all("[data-node]", "els => els.map(e => e.dataset.node)")
+    edges = page.eval_on_selector_all(
+        "[data-edge]", "els => els.map(e => [e.dataset.edge, Number(e.dataset.weight)])")
+    return set(nodes), dict(edges)
+
+
+def assert_draws(page, g) -> None:
+    """The page draws exactly the nodes and edges of the Graph ``g``, weights to 2e-6."""
+    nodes, edges = drawn(page)
+    want_nodes = {n.name for n in g.nodes}
+    want_edges = {f"{e.source}|{e.target}|{e.kind}": e.weight for e in g.edges}
+    assert nodes == want_nodes, (sorted(nodes - want_nodes), sorted(want_nodes - nodes))
+    assert set(edges) == set(want_edges), (sorted(set(edges) - set(want_edges)), sorted(set(want_edges) - set(edges)))
+    for k, w in want_edges.items():
+        assert edges[k] == pytest.approx(w, abs=2e-6), k
+
+
+def visible_token(tok: str) -> str:
+    """The page's visibleToken(): newlines and tabs shown, an all-blank token as ␣."""
+    t = tok.replace("\r", "\u240d").replace("\n", "\u21b5").replace("\t", "\u21e5")
+    return t.replace(" ", "\u2423") if t and not t.strip() else t
+
+
 @pytest.fixture(scope="session")
 def traced(tiny_model):
     """``traced(key)`` -> ``(model, model.trace(PROMPT))`` of a family's tiny model, cached for

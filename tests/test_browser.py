@@ -15,6 +15,7 @@ import pytest
 
 
 
+from conftest import assert_draws, visible_token  # noqa: E402
 from ltt import interpret  # noqa: E402
 from ltt.export import to_html  # noqa: E402
 
@@ -22,22 +23,6 @@ ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "artifacts"
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 EVIL = '<img src=x onerror=alert(1)></script><!--<b onclick="__pwned=1">'
 EXPORTED = 0.02
-
-
-@pytest.fixture
-def page(browser):
-    pg = browser.new_page(viewport={"width": 1360, "height": 860})
-    errors: list[str] = []
-    dialogs: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    pg.set_default_timeout(20_000)
-    pg.errors, pg.dialogs = errors, dialogs
-    try:
-        yield pg
-    finally:
-        pg.close()
-    assert not errors, errors
 
 
 @pytest.fixture(scope="module")
@@ -57,26 +42,6 @@ def _open(page, path):
     page.goto(pathlib.Path(path).as_uri())
     page.wait_for_selector("svg.ltt-svg[data-edges]")
     page.wait_for_timeout(100)
-
-
-def _drawn(page):
-    nodes = page.eval_on_selector_all("[data-node]", "els => els.map(e => e.dataset.node)")
-    edges = page.eval_on_selector_all(
-        "[data-edge]", "els => els.map(e => [e.dataset.edge, Number(e.dataset.weight)])")
-    return set(nodes), {k: w for k, w in edges}
-
-
-def _expected(g):
-    return {n.name for n in g.nodes}, {f"{e.source}|{e.target}|{e.kind}": e.weight for e in g.edges}
-
-
-def _assert_same(page, g):
-    nodes, edges = _drawn(page)
-    want_nodes, want_edges = _expected(g)
-    assert nodes == want_nodes, (sorted(nodes - want_nodes), sorted(want_nodes - nodes))
-    assert set(edges) == set(want_edges), (sorted(set(edges) - set(want_edges)), sorted(set(want_edges) - set(edges)))
-    for k, w in want_edges.items():
-        assert edges[k] == pytest.approx(w, abs=2e-6), k
 
 
 def _set_threshold(page, value, shown=None):
@@ -99,7 +64,7 @@ def test_report_draws_exactly_the_graph(page, report, trace):
     T = len(trace.token_ids)
     _open(page, report)
     g = trace.graph(threshold=EXPORTED, targets=[T - 4, T - 1])
-    _assert_same(page, g)
+    assert_draws(page, g)
     kinds = page.eval_on_selector_all("[data-edge]", "els => els.map(e => e.getAttribute('class'))")
     assert {"ltt-edge ltt-attention", "ltt-edge ltt-residual", "ltt-edge ltt-ffn"} <= set(kinds)
     labels = page.eval_on_selector_all(".ltt-axis-x text", "els => els.map(e => e.textContent)")
@@ -117,29 +82,29 @@ def test_threshold_moves_up_offline_exactly_as_trace_graph(page, report, trace):
     _open(page, report)
     for thr in (0.03, 0.05, 0.08, 0.2):
         _set_threshold(page, thr)
-        _assert_same(page, trace.graph(threshold=thr, targets=targets))
+        assert_draws(page, trace.graph(threshold=thr, targets=targets))
     page.click("input.ltt-renormalize")
     page.wait_for_timeout(200)
-    _assert_same(page, trace.graph(threshold=0.2, renormalize=False, targets=targets))
+    assert_draws(page, trace.graph(threshold=0.2, renormalize=False, targets=targets))
     for thr in (0.02, 0.06):
         _set_threshold(page, thr)
-        _assert_same(page, trace.graph(threshold=thr, renormalize=False, targets=targets))
+        assert_draws(page, trace.graph(threshold=thr, renormalize=False, targets=targets))
     # one of the exported targets on its own: a subset re-prunes offline too
     page.fill("input.ltt-targets", str(T - 4))
     page.dispatch_event("input.ltt-targets", "change")
     page.wait_for_timeout(200)
-    _assert_same(page, trace.graph(threshold=0.06, renormalize=False, targets=[T - 4]))
+    assert_draws(page, trace.graph(threshold=0.06, renormalize=False, targets=[T - 4]))
     # below the exported threshold, down to the report's floor (0.01): still exact offline
     _set_threshold(page, 0.01)
-    _assert_same(page, trace.graph(threshold=0.01, renormalize=False, targets=[T - 4]))
+    assert_draws(page, trace.graph(threshold=0.01, renormalize=False, targets=[T - 4]))
     assert page.inner_text(".ltt-notice").strip() == ""
     page.click("input.ltt-renormalize")
     page.wait_for_timeout(200)
-    _assert_same(page, trace.graph(threshold=0.01, renormalize=True, targets=[T - 4]))
+    assert_draws(page, trace.graph(threshold=0.01, renormalize=True, targets=[T - 4]))
     # below the floor: the page says so and shows the floor's graph
     _set_threshold(page, 0.005, shown=0.01)
     assert "floor" in page.inner_text(".ltt-notice")
-    _assert_same(page, trace.graph(threshold=0.01, targets=[T - 4]))
+    assert_draws(page, trace.graph(threshold=0.01, targets=[T - 4]))
     assert page.is_disabled("button.ltt-run")
 
 
@@ -169,8 +134,8 @@ def test_attention_edge_click_shows_the_heads_panel(page, report, trace):
         c => [...e.querySelectorAll(c + ' .ltt-tok')].map(x => x.textContent)))""")
     block = interpret.promoted(trace, layer, target, block="attn")
     assert lists == [  # the selected head's view, then the whole block's
-        [[_visible(t.token) for t in hv.promoted.promoted], [_visible(t.token) for t in hv.promoted.suppressed]],
-        [[_visible(t.token) for t in block.promoted], [_visible(t.token) for t in block.suppressed]],
+        [[visible_token(t.token) for t in hv.promoted.promoted], [visible_token(t.token) for t in hv.promoted.suppressed]],
+        [[visible_token(t.token) for t in block.promoted], [visible_token(t.token) for t in block.suppressed]],
     ]
     # another head: the bars stay, its own view replaces the first one's
     other = eh.heads[1].head
@@ -190,12 +155,6 @@ def test_attention_edge_click_shows_the_heads_panel(page, report, trace):
     assert "8 bits per value" in page.inner_text("#ltt-precision")
 
 
-def _visible(tok: str) -> str:
-    """The page's visibleToken(): newlines and tabs shown, an all-blank token as ␣."""
-    t = tok.replace("\r", "\u240d").replace("\n", "\u21b5").replace("\t", "\u21e5")
-    return t.replace(" ", "\u2423") if t and not t.strip() else t
-
-
 def test_state_and_ffn_nodes_open_their_panels(page, report, trace):
     T = len(trace.token_ids)
     _open(page, report)
@@ -205,7 +164,7 @@ def test_state_and_ffn_nodes_open_their_panels(page, report, trace):
     for normalize in (True, False):
         want = interpret.top_tokens(trace, node, k=10, normalize=normalize)
         got = page.eval_on_selector_all(".ltt-table td.ltt-tok", "els => els.map(e => e.textContent)")
-        assert got == [_visible(t.token) for t in want.tokens]
+        assert got == [visible_token(t.token) for t in want.tokens]
         changes = page.eval_on_selector_all(".ltt-table tr td:last-child", "els => els.map(e => e.textContent)")
         sym = lambda c: "" if c is None else (f"▲{c}" if c > 0 else f"▼{-c}" if c < 0 else "=")  # noqa: E731
         assert changes == [sym(t.rank_change) for t in want.tokens]
@@ -226,31 +185,27 @@ def test_state_and_ffn_nodes_open_their_panels(page, report, trace):
     assert node in page.inner_text(".ltt-tooltip")
 
 
-def test_markup_in_tokens_renders_as_text(browser, tiny_model, tmp_path):
+def test_markup_in_tokens_renders_as_text(new_page, tiny_model, tmp_path):
     trace = tiny_model("llama").trace(EVIL)
     path = to_html(trace, tmp_path / "evil.html", threshold=0.01, targets="all")
-    page = browser.new_page(viewport={"width": 1360, "height": 860})
-    dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    try:
-        _open(page, path)
-        page.click(f'[data-node="X0_{len(trace.token_ids) - 1}"]')
-        page.wait_for_selector(".ltt-table")
-        for k in range(3):  # hover a few token labels: tooltips carry token text too
-            page.hover(f'.ltt-axis-x text >> nth={k}')
-        page.wait_for_timeout(300)
-        assert dialogs == []
-        assert page.evaluate("() => window.__pwned") is None
-        assert page.eval_on_selector_all("img", "els => els.length") == 0
-        assert page.inner_text("#ltt-prompt") == EVIL
-        labels = "".join(page.eval_on_selector_all(
-            ".ltt-axis-x text", "els => els.map(e => e.textContent)"))
-        assert "<" in labels and "img" in labels
-        assert page.evaluate("() => window.__ltt.store.state.prompts[0]") == EVIL
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "report_markup.png"))
-    finally:
-        page.close()
+    page = new_page(strict=False)
+    dialogs = page.dialogs
+    _open(page, path)
+    page.click(f'[data-node="X0_{len(trace.token_ids) - 1}"]')
+    page.wait_for_selector(".ltt-table")
+    for k in range(3):  # hover a few token labels: tooltips carry token text too
+        page.hover(f'.ltt-axis-x text >> nth={k}')
+    page.wait_for_timeout(300)
+    assert dialogs == []
+    assert page.evaluate("() => window.__pwned") is None
+    assert page.eval_on_selector_all("img", "els => els.length") == 0
+    assert page.inner_text("#ltt-prompt") == EVIL
+    labels = "".join(page.eval_on_selector_all(
+        ".ltt-axis-x text", "els => els.map(e => e.textContent)"))
+    assert "<" in labels and "img" in labels
+    assert page.evaluate("() => window.__ltt.store.state.prompts[0]") == EVIL
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report_markup.png"))
 
 
 def _synthetic_trace(T: int, L: int, seed: int = 1):
@@ -336,13 +291,13 @@ def test_other_block_shapes_draw_and_reprune_exactly(page, tiny_model, tmp_path,
     targets = [T - 3, T - 1]
     path = to_html(trace, tmp_path / f"{family}.html", threshold=0.01, targets=targets)
     _open(page, path)
-    _assert_same(page, trace.graph(threshold=0.01, targets=targets))
+    assert_draws(page, trace.graph(threshold=0.01, targets=targets))
     if family == "gpt_neox":
         assert not page.eval_on_selector_all("[data-node^='A']", "els => els.length")
     for thr in (0.02, 0.04, 0.1):
         _set_threshold(page, thr)
-        _assert_same(page, trace.graph(threshold=thr, targets=targets))
+        assert_draws(page, trace.graph(threshold=thr, targets=targets))
     page.click("input.ltt-renormalize")
     for thr in (0.03, 0.07):
         _set_threshold(page, thr)
-        _assert_same(page, trace.graph(threshold=thr, renormalize=False, targets=targets))
+        assert_draws(page, trace.graph(threshold=thr, renormalize=False, targets=targets))

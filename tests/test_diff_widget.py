@@ -178,10 +178,7 @@ _RENDER = """async ([src, states]) => {
 }"""
 
 
-def test_both_views_mark_exactly_the_changed_edges_in_a_browser(model):
-    from playwright import sync_api
-    from conftest import chromium_path
-
+def test_both_views_mark_exactly_the_changed_edges_in_a_browser(model, new_page):
     a, b = model.trace(EVIL_A), model.trace(EVIL_B)
     assert a.n_tokens == b.n_tokens and any("<" in t for t in a.tokens)
     w = DiffWidget(a, b, k=100)
@@ -195,53 +192,45 @@ def test_both_views_mark_exactly_the_changed_edges_in_a_browser(model):
         "<div style='width:50%;min-width:0'><div id='label-a'></div><div id='a' class='ltt-diff-side'></div></div>"
         "<div style='width:50%;min-width:0'><div id='label-b'></div><div id='b' class='ltt-diff-side'></div></div>"
         "</div></body></html>")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 900})
-            errors: list[str] = []
-            dialogs: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("dialog", lambda d_: (dialogs.append(d_.message), d_.dismiss()))
-            page.set_content(page_html)
-            page.evaluate("([la, lb]) => { document.getElementById('label-a').textContent = la; "
-                          "document.getElementById('label-b').textContent = lb; }", [w.label_a.value, w.label_b.value])
-            page.evaluate(_RENDER, [(STATIC / "graph.js").read_text(encoding="utf-8"), states])
-            page.wait_for_selector("#b svg.ltt-svg[data-marks]")
-            page.wait_for_timeout(200)
-            drawn = {}
-            for side, gw in (("a", w.a), ("b", w.b)):
-                marks = page.eval_on_selector_all(
-                    f"#{side} [data-mark]", "els => els.map(e => [e.dataset.mark, e.dataset.status, e.classList.contains('ltt-mark-ghost')])")
-                drawn[side] = {k: s for k, s, _ in marks}
-                assert drawn[side] == gw.marks
-                edges = _keys(gw.graph)
-                assert {k for k, _, ghost in marks if ghost} == set(gw.marks) - edges
-                # the existing edges are drawn as before: the marks are an overlay, not data-edge paths
-                assert set(page.eval_on_selector_all(f"#{side} [data-edge]", "els => els.map(e => e.dataset.edge)")) == edges
-                assert page.is_visible(f"#{side} .ltt-legend-diff")
-            # side a's marks are exactly the diff's changed edges (plus each FFN route's first half)
-            assert {k: s for k, s in drawn["a"].items() if not k.split("|")[1].startswith("M")} == changed_a
-            # tokens holding markup are text, never elements
-            labels = page.eval_on_selector_all("#a .ltt-axis-x text", "els => els.map(e => e.textContent)")
-            assert "<" in labels and ">" in labels
-            assert page.locator("#label-a b, #label-b b, .ltt-axis-x b").count() == 0
-            assert page.inner_text("#label-a").count("<b>Mary</b> went") == 1
-            # picking a change: the kernel selects the edge in both views; an edge kept by one side
-            # only is highlighted where the other would have it
-            top = d.top_edges(100)
-            pick = next(i for i, e in enumerate(top) if e.flow_a == 0 or e.flow_b == 0)
-            w.select(pick)
-            page.evaluate("([sa, sb]) => { window.__models.a.set('selection', sa); window.__models.b.set('selection', sb); }",
-                          [w.a.selection, w.b.selection])
-            for side in ("a", "b"):
-                assert page.locator(f"#{side} .ltt-hi-edge").count() == 1
-            assert page.locator(".ltt-hi-ghost").count() == 1
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "diff.png"), full_page=True)
-            assert not errors and not dialogs, (errors, dialogs)
-        finally:
-            browser.close()
+    page = new_page(1500, 900)
+    errors, dialogs = page.errors, page.dialogs
+    page.set_content(page_html)
+    page.evaluate("([la, lb]) => { document.getElementById('label-a').textContent = la; "
+                  "document.getElementById('label-b').textContent = lb; }", [w.label_a.value, w.label_b.value])
+    page.evaluate(_RENDER, [(STATIC / "graph.js").read_text(encoding="utf-8"), states])
+    page.wait_for_selector("#b svg.ltt-svg[data-marks]")
+    page.wait_for_timeout(200)
+    drawn = {}
+    for side, gw in (("a", w.a), ("b", w.b)):
+        marks = page.eval_on_selector_all(
+            f"#{side} [data-mark]", "els => els.map(e => [e.dataset.mark, e.dataset.status, e.classList.contains('ltt-mark-ghost')])")
+        drawn[side] = {k: s for k, s, _ in marks}
+        assert drawn[side] == gw.marks
+        edges = _keys(gw.graph)
+        assert {k for k, _, ghost in marks if ghost} == set(gw.marks) - edges
+        # the existing edges are drawn as before: the marks are an overlay, not data-edge paths
+        assert set(page.eval_on_selector_all(f"#{side} [data-edge]", "els => els.map(e => e.dataset.edge)")) == edges
+        assert page.is_visible(f"#{side} .ltt-legend-diff")
+    # side a's marks are exactly the diff's changed edges (plus each FFN route's first half)
+    assert {k: s for k, s in drawn["a"].items() if not k.split("|")[1].startswith("M")} == changed_a
+    # tokens holding markup are text, never elements
+    labels = page.eval_on_selector_all("#a .ltt-axis-x text", "els => els.map(e => e.textContent)")
+    assert "<" in labels and ">" in labels
+    assert page.locator("#label-a b, #label-b b, .ltt-axis-x b").count() == 0
+    assert page.inner_text("#label-a").count("<b>Mary</b> went") == 1
+    # picking a change: the kernel selects the edge in both views; an edge kept by one side
+    # only is highlighted where the other would have it
+    top = d.top_edges(100)
+    pick = next(i for i, e in enumerate(top) if e.flow_a == 0 or e.flow_b == 0)
+    w.select(pick)
+    page.evaluate("([sa, sb]) => { window.__models.a.set('selection', sa); window.__models.b.set('selection', sb); }",
+                  [w.a.selection, w.b.selection])
+    for side in ("a", "b"):
+        assert page.locator(f"#{side} .ltt-hi-edge").count() == 1
+    assert page.locator(".ltt-hi-ghost").count() == 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "diff.png"), full_page=True)
+    assert not errors and not dialogs, (errors, dialogs)
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")

@@ -28,9 +28,6 @@ import anywidget  # noqa: E402,F401  (the test extra has all of these: pip insta
 import ipykernel  # noqa: E402,F401
 import jupyterlab  # noqa: E402,F401
 from playwright import sync_api  # noqa: E402
-from conftest import chromium_path  # noqa: E402
-
-CHROMIUM = chromium_path()
 
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "artifacts"
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -172,91 +169,84 @@ def _wait_kernel_connected(url: str, token: str, timeout: float = 90) -> None:
     raise AssertionError(f"the notebook's kernel was not idle and connected within {timeout} s: {seen}")
 
 
-def test_widget_renders_and_answers_clicks(server):
+def test_widget_renders_and_answers_clicks(server, new_page):
     frontend, url, token = server
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1000})
-            page.set_default_timeout(60_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
+    page = new_page(1500, 1000, timeout=60_000, strict=False)  # JupyterLab's own errors are not ours
+    errors = page.errors
 
-            def fail(why: str):
-                ARTIFACTS.mkdir(exist_ok=True)
-                page.screenshot(path=str(ARTIFACTS / f"{frontend.name}_failed.png"))
-                cell = page.inner_text(".jp-Cell") if page.query_selector(".jp-Cell") else "(no cell)"
-                raise AssertionError(f"{frontend.name}: {why}; the cell shows: {cell[-1500:]!r}; "
-                                     f"page errors: {errors}") from None
+    def fail(why: str):
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{frontend.name}_failed.png"))
+        cell = page.inner_text(".jp-Cell") if page.query_selector(".jp-Cell") else "(no cell)"
+        raise AssertionError(f"{frontend.name}: {why}; the cell shows: {cell[-1500:]!r}; "
+                             f"page errors: {errors}") from None
 
-            page.goto(f"{url}{frontend.page}?token={token}")
-            # both front ends render the notebook with JupyterLab's cell widgets and classes
-            page.wait_for_selector(".jp-Notebook .jp-Cell .jp-InputArea-editor", timeout=90_000)
-            _wait_kernel_connected(url, token)
-            for attempt in range(3):
-                page.click(".jp-Notebook .jp-Cell >> nth=0")
-                page.click(".jp-Notebook .jp-Cell .jp-InputArea-editor >> nth=0")
-                page.keyboard.press("Shift+Enter")
-                try:  # "[*]" while running, "[1]" when done
-                    page.wait_for_function(
-                        "() => !/\\[\\s*\\]/.test(document.querySelector('.jp-Cell .jp-InputPrompt').textContent)",
-                        timeout=15_000)
-                    break
-                except sync_api.TimeoutError:
-                    continue
-            else:
-                fail("the cell never started running after three Shift+Enter")
+    page.goto(f"{url}{frontend.page}?token={token}")
+    # both front ends render the notebook with JupyterLab's cell widgets and classes
+    page.wait_for_selector(".jp-Notebook .jp-Cell .jp-InputArea-editor", timeout=90_000)
+    _wait_kernel_connected(url, token)
+    for attempt in range(3):
+        page.click(".jp-Notebook .jp-Cell >> nth=0")
+        page.click(".jp-Notebook .jp-Cell .jp-InputArea-editor >> nth=0")
+        page.keyboard.press("Shift+Enter")
+        try:  # "[*]" while running, "[1]" when done
+            page.wait_for_function(
+                "() => !/\\[\\s*\\]/.test(document.querySelector('.jp-Cell .jp-InputPrompt').textContent)",
+                timeout=15_000)
+            break
+        except sync_api.TimeoutError:
+            continue
+    else:
+        fail("the cell never started running after three Shift+Enter")
 
-            # the widget renders: the graph's SVG, with node marks the kernel's graph named
-            try:
-                page.wait_for_selector("svg.ltt-svg[data-edges]", timeout=120_000)
-            except sync_api.TimeoutError:
-                fail("no widget")
-            page.wait_for_timeout(500)
-            nodes = page.eval_on_selector_all("[data-node]", "els => els.map(e => e.dataset.node)")
-            assert nodes and any(n.startswith("I1_") for n in nodes), nodes
-            before = page.eval_on_selector(
-                "svg.ltt-svg", "s => ({threshold: s.dataset.threshold, nodes: +s.dataset.nodes, edges: +s.dataset.edges})")
-            assert before["threshold"] == "0.02" and before["edges"] > 0, before
+    # the widget renders: the graph's SVG, with node marks the kernel's graph named
+    try:
+        page.wait_for_selector("svg.ltt-svg[data-edges]", timeout=120_000)
+    except sync_api.TimeoutError:
+        fail("no widget")
+    page.wait_for_timeout(500)
+    nodes = page.eval_on_selector_all("[data-node]", "els => els.map(e => e.dataset.node)")
+    assert nodes and any(n.startswith("I1_") for n in nodes), nodes
+    before = page.eval_on_selector(
+        "svg.ltt-svg", "s => ({threshold: s.dataset.threshold, nodes: +s.dataset.nodes, edges: +s.dataset.edges})")
+    assert before["threshold"] == "0.02" and before["edges"] > 0, before
 
-            # a click on a node is answered by the kernel: the panel's table comes back
-            target = sorted(n for n in nodes if n.startswith("I1_"))[-1]
-            page.click(f'[data-node="{target}"]')
-            try:
-                page.wait_for_selector(".ltt-panel .ltt-table", timeout=60_000)
-            except sync_api.TimeoutError:
-                fail(f"no panel after a click on {target}")
-            assert target in page.inner_text(".ltt-panel-title")
-            assert page.eval_on_selector_all(".ltt-panel .ltt-table tr", "rows => rows.length") > 1
+    # a click on a node is answered by the kernel: the panel's table comes back
+    target = sorted(n for n in nodes if n.startswith("I1_"))[-1]
+    page.click(f'[data-node="{target}"]')
+    try:
+        page.wait_for_selector(".ltt-panel .ltt-table", timeout=60_000)
+    except sync_api.TimeoutError:
+        fail(f"no panel after a click on {target}")
+    assert target in page.inner_text(".ltt-panel-title")
+    assert page.eval_on_selector_all(".ltt-panel .ltt-table tr", "rows => rows.length") > 1
 
-            # the kernel re-prunes: a higher threshold comes back as a new, smaller graph
-            page.fill("input.ltt-threshold", "0.3")
-            page.dispatch_event("input.ltt-threshold", "change")
-            try:
-                page.wait_for_function("() => document.querySelector('svg.ltt-svg').dataset.threshold === '0.3'")
-            except sync_api.TimeoutError:
-                fail("the threshold change did not come back")
-            after = page.eval_on_selector(
-                "svg.ltt-svg", "s => ({threshold: s.dataset.threshold, nodes: +s.dataset.nodes, edges: +s.dataset.edges})")
-            assert after["edges"] < before["edges"] and after["nodes"] <= before["nodes"], (before, after)
+    # the kernel re-prunes: a higher threshold comes back as a new, smaller graph
+    page.fill("input.ltt-threshold", "0.3")
+    page.dispatch_event("input.ltt-threshold", "change")
+    try:
+        page.wait_for_function("() => document.querySelector('svg.ltt-svg').dataset.threshold === '0.3'")
+    except sync_api.TimeoutError:
+        fail("the threshold change did not come back")
+    after = page.eval_on_selector(
+        "svg.ltt-svg", "s => ({threshold: s.dataset.threshold, nodes: +s.dataset.nodes, edges: +s.dataset.edges})")
+    assert after["edges"] < before["edges"] and after["nodes"] <= before["nodes"], (before, after)
 
-            if frontend.theme:  # the widget follows the theme: its colours are JupyterLab's
-                page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
-                colours = page.evaluate("""() => {
-                    const root = document.querySelector('.ltt-root'), probe = document.createElement('div');
-                    probe.style.background = 'var(--jp-layout-color1)'; probe.style.color = 'var(--jp-ui-font-color1)';
-                    document.body.append(probe); const p = getComputedStyle(probe), r = getComputedStyle(root);
-                    const label = getComputedStyle(document.querySelector('.ltt-axis-x text')).fill;
-                    const out = {bg: r.backgroundColor, jpBg: p.backgroundColor, fg: r.color, jpFg: p.color, label};
-                    probe.remove(); return out; }""")
-                assert colours["bg"] == colours["jpBg"] and colours["fg"] == colours["jpFg"], colours
-                rgb = [float(v) for v in colours["bg"][colours["bg"].index("(") + 1:-1].split(",")[:3]]
-                assert sum(rgb) < 3 * 80, colours  # a dark background, not the light fallback
-                label = [float(v) for v in colours["label"][colours["label"].index("(") + 1:-1].split(",")[:3]]
-                assert sum(label) > 3 * 170, colours  # token labels light on the dark background
+    if frontend.theme:  # the widget follows the theme: its colours are JupyterLab's
+        page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
+        colours = page.evaluate("""() => {
+            const root = document.querySelector('.ltt-root'), probe = document.createElement('div');
+            probe.style.background = 'var(--jp-layout-color1)'; probe.style.color = 'var(--jp-ui-font-color1)';
+            document.body.append(probe); const p = getComputedStyle(probe), r = getComputedStyle(root);
+            const label = getComputedStyle(document.querySelector('.ltt-axis-x text')).fill;
+            const out = {bg: r.backgroundColor, jpBg: p.backgroundColor, fg: r.color, jpFg: p.color, label};
+            probe.remove(); return out; }""")
+        assert colours["bg"] == colours["jpBg"] and colours["fg"] == colours["jpFg"], colours
+        rgb = [float(v) for v in colours["bg"][colours["bg"].index("(") + 1:-1].split(",")[:3]]
+        assert sum(rgb) < 3 * 80, colours  # a dark background, not the light fallback
+        label = [float(v) for v in colours["label"][colours["label"].index("(") + 1:-1].split(",")[:3]]
+        assert sum(label) > 3 * 170, colours  # token labels light on the dark background
 
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / f"{frontend.name}.png"))
-            assert not [e for e in errors if "ltt" in e or "graph" in e], errors
-        finally:
-            browser.close()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{frontend.name}.png"))
+    assert not [e for e in errors if "ltt" in e or "graph" in e], errors

@@ -474,7 +474,7 @@ def test_tidy_tables(full_run, monkeypatch):
 def test_importance_widget(llama, full_run):
     import traitlets
 
-    from ltt.importance_widget import ImportanceWidget, with_graph_output
+    from ltt.widget.importance import ImportanceWidget, with_graph_output
 
     rs, _ = full_run
     w = ImportanceWidget(rs)
@@ -504,7 +504,7 @@ def test_importance_widget(llama, full_run):
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_importance_js_helpers():
-    from ltt.importance_widget import STATIC
+    from ltt.widget import STATIC
 
     js = (STATIC / "importance.js").as_uri()
     code = textwrap.dedent(f"""
@@ -535,13 +535,11 @@ def test_resume_after_a_cut_before_the_newline(llama, full_run, tmp_path):
         range(len(PROMPTS)))
 
 
-def test_importance_js_renders_in_a_browser(full_run):
+def test_importance_js_renders_in_a_browser(full_run, new_page):
     """The ES module in chromium with a model shim: the grid, a click on a cell, the prompt list
     (a prompt holding HTML renders as text) and the open message."""
-    from playwright import sync_api
-    from conftest import chromium_path
-
-    from ltt.importance_widget import STATIC, ImportanceWidget
+    from ltt.widget import STATIC
+    from ltt.widget.importance import ImportanceWidget
 
     rs, _ = full_run
     w = ImportanceWidget(rs)
@@ -551,44 +549,36 @@ def test_importance_js_renders_in_a_browser(full_run):
     state = {"heads": list(w.heads), "ffn": list(w.ffn), "heads_shape": w.heads_shape, "metric": w.metric,
              "selection": {}, "top": [], "info": dict(w.info, can_open=True), "status": "", "error": ""}
     src = (STATIC / "importance.js").read_text(encoding="utf-8")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            dialogs: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.set_content("<html><body><div id='root'></div></body></html>")
-            page.evaluate("""async ([src, state]) => {
-                const url = URL.createObjectURL(new Blob([src], { type: "text/javascript" }));
-                const mod = await import(url);
-                for (const k of ["heads", "ffn"]) state[k] = new DataView(new Uint8Array(state[k]).buffer);
-                const handlers = {};
-                window.__sent = []; window.__saved = 0;
-                const model = {
-                    get: (k) => state[k],
-                    set: (k, v) => { state[k] = v; (handlers["change:" + k] || []).forEach((f) => f()); },
-                    save_changes: () => { window.__saved += 1; },
-                    on: (ev, f) => { (handlers[ev] ||= []).push(f); },
-                    off: (ev, f) => { handlers[ev] = (handlers[ev] || []).filter((g) => g !== f); },
-                    send: (m) => window.__sent.push(m),
-                };
-                window.__model = model;
-                window.__cleanup = mod.render({ model, el: document.getElementById("root") });
-            }""", [src, state])
-            L, H = rs.n_layers, rs.n_heads
-            cells = page.locator("#root [title^='layer']")
-            assert cells.count() == L * H + L
-            cells.nth(int(l) * (H + 1) + int(h)).click()
-            assert page.evaluate("window.__model.get('selection')") == {"layer": int(l), "head": int(h)}
-            page.evaluate("(top) => window.__model.set('top', top)", [evil] + top[1:])
-            assert page.locator("#root li").count() == len(top)
-            assert page.locator("#root li").first.inner_text().count("<img src=x onerror=alert(1)>") == 1
-            page.locator("#root li button").first.click()
-            assert page.evaluate("window.__sent") == [{"type": "open", "index": evil["index"]}]
-            page.evaluate("window.__cleanup()")
-            assert page.locator("#root .ltt-importance").count() == 0
-            assert not errors and not dialogs, (errors, dialogs)
-        finally:
-            browser.close()
+    page = new_page(1280, 720)
+    errors, dialogs = page.errors, page.dialogs
+    page.set_content("<html><body><div id='root'></div></body></html>")
+    page.evaluate("""async ([src, state]) => {
+        const url = URL.createObjectURL(new Blob([src], { type: "text/javascript" }));
+        const mod = await import(url);
+        for (const k of ["heads", "ffn"]) state[k] = new DataView(new Uint8Array(state[k]).buffer);
+        const handlers = {};
+        window.__sent = []; window.__saved = 0;
+        const model = {
+            get: (k) => state[k],
+            set: (k, v) => { state[k] = v; (handlers["change:" + k] || []).forEach((f) => f()); },
+            save_changes: () => { window.__saved += 1; },
+            on: (ev, f) => { (handlers[ev] ||= []).push(f); },
+            off: (ev, f) => { handlers[ev] = (handlers[ev] || []).filter((g) => g !== f); },
+            send: (m) => window.__sent.push(m),
+        };
+        window.__model = model;
+        window.__cleanup = mod.render({ model, el: document.getElementById("root") });
+    }""", [src, state])
+    L, H = rs.n_layers, rs.n_heads
+    cells = page.locator("#root [title^='layer']")
+    assert cells.count() == L * H + L
+    cells.nth(int(l) * (H + 1) + int(h)).click()
+    assert page.evaluate("window.__model.get('selection')") == {"layer": int(l), "head": int(h)}
+    page.evaluate("(top) => window.__model.set('top', top)", [evil] + top[1:])
+    assert page.locator("#root li").count() == len(top)
+    assert page.locator("#root li").first.inner_text().count("<img src=x onerror=alert(1)>") == 1
+    page.locator("#root li button").first.click()
+    assert page.evaluate("window.__sent") == [{"type": "open", "index": evil["index"]}]
+    page.evaluate("window.__cleanup()")
+    assert page.locator("#root .ltt-importance").count() == 0
+    assert not errors and not dialogs, (errors, dialogs)

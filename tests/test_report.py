@@ -14,6 +14,7 @@ import pytest
 
 
 import ltt
+from conftest import assert_draws, visible_token
 from ltt.export import to_html
 
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "artifacts"
@@ -30,16 +31,8 @@ LONG_PROMPT = (
 
 
 @pytest.fixture
-def page(browser):
-    pg = browser.new_page(viewport={"width": 1280, "height": 860})
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.set_default_timeout(20_000)
-    try:
-        yield pg
-    finally:
-        pg.close()
-    assert not errors, errors
+def page(new_page):
+    return new_page(1280, 860, timeout=20_000)
 
 
 @pytest.fixture(scope="module")
@@ -59,23 +52,6 @@ def _open(page, path):
     page.wait_for_timeout(150)
 
 
-def _drawn(page):
-    nodes = page.eval_on_selector_all("[data-node]", "els => els.map(e => e.dataset.node)")
-    edges = page.eval_on_selector_all(
-        "[data-edge]", "els => els.map(e => [e.dataset.edge, Number(e.dataset.weight)])")
-    return set(nodes), {k: w for k, w in edges}
-
-
-def _assert_same(page, g):
-    nodes, edges = _drawn(page)
-    want_nodes = {n.name for n in g.nodes}
-    want_edges = {f"{e.source}|{e.target}|{e.kind}": e.weight for e in g.edges}
-    assert nodes == want_nodes, (sorted(nodes - want_nodes), sorted(want_nodes - nodes))
-    assert set(edges) == set(want_edges), (sorted(set(edges) - set(want_edges)), sorted(set(want_edges) - set(edges)))
-    for k, w in want_edges.items():
-        assert edges[k] == pytest.approx(w, abs=2e-6), k
-
-
 def _wait_targets(page, targets):
     page.wait_for_function(
         "t => JSON.stringify(window.__ltt.model.get('graph').settings.targets) === JSON.stringify(t)", arg=targets)
@@ -85,11 +61,11 @@ def _wait_targets(page, targets):
 def test_every_target_switches_offline_as_trace_graph(page, report, trace):
     T = len(trace.token_ids)
     _open(page, report)
-    _assert_same(page, trace.graph(threshold=0.04, targets=[T - 1]))
+    assert_draws(page, trace.graph(threshold=0.04, targets=[T - 1]))
     for k in (0, 3, T // 2, T - 2, 5):
         page.click(f'rect.ltt-out[data-output="{k}"]')  # a real click on the output marker
         _wait_targets(page, [k])
-        _assert_same(page, trace.graph(threshold=0.04, targets=[k]))
+        assert_draws(page, trace.graph(threshold=0.04, targets=[k]))
         assert page.inner_text(".ltt-notice").strip() == ""
         assert page.input_value("input.ltt-targets") == str(k)  # the box agrees with the graph
         pred = page.eval_on_selector_all("text.ltt-pred", "els => els.map(e => e.textContent)")
@@ -97,13 +73,13 @@ def test_every_target_switches_offline_as_trace_graph(page, report, trace):
     # shift-click adds a second target: the union, as trace.graph gives it
     page.click(f'rect.ltt-out[data-output="{T - 1}"]', modifiers=["Shift"])
     _wait_targets(page, [5, T - 1])
-    _assert_same(page, trace.graph(threshold=0.04, targets=[5, T - 1]))
+    assert_draws(page, trace.graph(threshold=0.04, targets=[5, T - 1]))
     # the raw mode and a lower threshold, for a target that was never shown first
     page.click("input.ltt-renormalize")
     page.fill("input.ltt-threshold", "0.015")
     page.dispatch_event("input.ltt-threshold", "change")
     page.wait_for_function("() => document.querySelector('svg.ltt-svg').dataset.threshold === '0.015'")
-    _assert_same(page, trace.graph(threshold=0.015, renormalize=False, targets=[5, T - 1]))
+    assert_draws(page, trace.graph(threshold=0.015, renormalize=False, targets=[5, T - 1]))
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "report_targets.png"))
 
@@ -116,11 +92,11 @@ def test_carry_limits_the_targets(page, trace, tmp_path):
     assert carried == [T - 3, T - 2, T - 1]
     page.click(f'rect.ltt-out[data-output="{T - 3}"]')
     _wait_targets(page, [T - 3])
-    _assert_same(page, trace.graph(threshold=0.04, targets=[T - 3]))
+    assert_draws(page, trace.graph(threshold=0.04, targets=[T - 3]))
     page.click('rect.ltt-out[data-output="0"]')  # not carried: said so, the graph stays valid
     page.wait_for_function("() => document.querySelector('.ltt-notice').textContent.includes('live kernel')")
     assert page.input_value("input.ltt-targets") == str(T - 3)  # the box says what is drawn
-    _assert_same(page, trace.graph(threshold=0.04, targets=[T - 3]))
+    assert_draws(page, trace.graph(threshold=0.04, targets=[T - 3]))
     with pytest.raises(ValueError, match="carry"):
         to_html(trace, None, carry=0)
 
@@ -146,7 +122,7 @@ def test_demo_report_of_150_tokens_with_every_target_fits_in_6_mb(page, demo_rep
     for k in (T - 1, T - 40):
         page.click(f'rect.ltt-out[data-output="{k}"]')
         _wait_targets(page, [k])
-        _assert_same(page, trace.graph(threshold=0.04, targets=[k]))
+        assert_draws(page, trace.graph(threshold=0.04, targets=[k]))
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "report_demo150.png"))
 
@@ -173,7 +149,7 @@ def test_keyboard_operates_nodes_edges_markers_and_head_rows(page, trace, tmp_pa
     effects = page.eval_on_selector(".ltt-panel .ltt-effects", """e => [e.querySelector('.ltt-sub').textContent,
         [...e.querySelectorAll('.ltt-up .ltt-tok')].map(x => x.textContent)]""")
     assert "FFN block of layer 1" in effects[0]
-    assert effects[1] == [_visible(t.token) for t in block.promoted]
+    assert effects[1] == [visible_token(t.token) for t in block.promoted]
     # an attention edge: Space opens its heads; a head row: Enter selects it
     key = page.eval_on_selector_all("[data-edge$='|attention']", "els => els.map(e => e.dataset.edge)")[-1]
     page.focus(f'[data-edge="{key}"]')
@@ -192,15 +168,9 @@ def test_keyboard_operates_nodes_edges_markers_and_head_rows(page, trace, tmp_pa
     page.focus('rect.ltt-out[data-output="2"]')
     page.keyboard.press("Enter")
     _wait_targets(page, [2])
-    _assert_same(page, trace.graph(threshold=0.01, targets=[2]))
+    assert_draws(page, trace.graph(threshold=0.01, targets=[2]))
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "report_keyboard.png"))
-
-
-def _visible(tok: str) -> str:
-    """The page's visibleToken(): newlines and tabs shown, an all-blank token as ␣."""
-    t = tok.replace("\r", "\u240d").replace("\n", "\u21b5").replace("\t", "\u21e5")
-    return t.replace(" ", "\u2423") if t and not t.strip() else t
 
 
 def _contrast(page, a, b):
@@ -214,41 +184,35 @@ def _contrast(page, a, b):
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_report_follows_the_colour_scheme_with_3_to_1_marks(browser, report, scheme):
-    pg = browser.new_page(viewport={"width": 1280, "height": 860}, color_scheme=scheme)
-    try:
-        _open(pg, report)
-        var = lambda name: pg.evaluate(  # noqa: E731
-            "n => getComputedStyle(document.querySelector('.ltt-root')).getPropertyValue(n).trim()", name)
-        bg = pg.evaluate("() => getComputedStyle(document.querySelector('.ltt-root')).backgroundColor")
-        dark = sum(map(int, bg[bg.index("(") + 1:bg.index(")")].split(",")[:3])) < 3 * 80
-        assert dark == (scheme == "dark"), bg
-        for mark in ("--ltt-attn", "--ltt-resid", "--ltt-ffn", "--ltt-emb", "--ltt-state", "--ltt-target", "--ltt-marker"):
-            assert _contrast(pg, var(mark), var("--ltt-bg")) >= 3.0, (scheme, mark, var(mark))
-        stroke = pg.eval_on_selector("[data-node^='I']", "e => getComputedStyle(e).stroke")
-        assert pg.evaluate("c => c", stroke) and _contrast(pg, stroke, bg) >= 3.0
-        ARTIFACTS.mkdir(exist_ok=True)
-        pg.screenshot(path=str(ARTIFACTS / f"report_{scheme}.png"))
-    finally:
-        pg.close()
+def test_report_follows_the_colour_scheme_with_3_to_1_marks(new_page, report, scheme):
+    pg = new_page(1280, 860, strict=False, color_scheme=scheme)
+    _open(pg, report)
+    var = lambda name: pg.evaluate(  # noqa: E731
+        "n => getComputedStyle(document.querySelector('.ltt-root')).getPropertyValue(n).trim()", name)
+    bg = pg.evaluate("() => getComputedStyle(document.querySelector('.ltt-root')).backgroundColor")
+    dark = sum(map(int, bg[bg.index("(") + 1:bg.index(")")].split(",")[:3])) < 3 * 80
+    assert dark == (scheme == "dark"), bg
+    for mark in ("--ltt-attn", "--ltt-resid", "--ltt-ffn", "--ltt-emb", "--ltt-state", "--ltt-target", "--ltt-marker"):
+        assert _contrast(pg, var(mark), var("--ltt-bg")) >= 3.0, (scheme, mark, var(mark))
+    stroke = pg.eval_on_selector("[data-node^='I']", "e => getComputedStyle(e).stroke")
+    assert pg.evaluate("c => c", stroke) and _contrast(pg, stroke, bg) >= 3.0
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"report_{scheme}.png"))
 
 
-def test_layout_uses_the_width_from_800_px(browser, report):
+def test_layout_uses_the_width_from_800_px(new_page, report):
     for width in (800, 1000, 1600):
-        pg = browser.new_page(viewport={"width": width, "height": 800})
-        try:
-            _open(pg, report)
-            svg_w = pg.eval_on_selector("svg.ltt-svg", "s => s.getBoundingClientRect().width")
-            page_w = pg.evaluate("() => document.documentElement.scrollWidth")
-            assert page_w <= width, (width, page_w)  # nothing sticks out sideways
-            assert svg_w >= 0.5 * (width - 60), (width, svg_w)  # the graph takes the room it is given
-            # the controls stay in reach: scrolled down a tall page, they are still on screen
-            pg.mouse.wheel(0, 0)
-            pg.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
-            top = pg.eval_on_selector(".ltt-controls", "e => e.getBoundingClientRect().top")
-            assert -1 <= top < 800, top
-        finally:
-            pg.close()
+        pg = new_page(width, 800, strict=False)
+        _open(pg, report)
+        svg_w = pg.eval_on_selector("svg.ltt-svg", "s => s.getBoundingClientRect().width")
+        page_w = pg.evaluate("() => document.documentElement.scrollWidth")
+        assert page_w <= width, (width, page_w)  # nothing sticks out sideways
+        assert svg_w >= 0.5 * (width - 60), (width, svg_w)  # the graph takes the room it is given
+        # the controls stay in reach: scrolled down a tall page, they are still on screen
+        pg.mouse.wheel(0, 0)
+        pg.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
+        top = pg.eval_on_selector(".ltt-controls", "e => e.getBoundingClientRect().top")
+        assert -1 <= top < 800, top
 
 
 def test_map_budget_keeps_the_heads_with_the_largest_shares(trace):

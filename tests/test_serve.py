@@ -27,6 +27,7 @@ import pytest
 
 from playwright import sync_api
 
+from conftest import assert_draws, visible_token
 from ltt import interpret
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -111,16 +112,8 @@ def llama_id(dirs):
 
 
 @pytest.fixture
-def page(browser):
-    pg = browser.new_page(viewport={"width": 1360, "height": 900})
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.set_default_timeout(30_000)
-    try:
-        yield pg
-    finally:
-        pg.close()
-    assert not errors, errors
+def page(new_page):
+    return new_page(1360, 900)
 
 
 def _open(page, url):
@@ -140,21 +133,6 @@ def _wait_shown(page, prompt):
     page.wait_for_function("""p => { const m = window.__ltt && window.__ltt.model;
         return !!m && m.get('prompts')[m.get('prompt_index')] === p && !document.querySelector('.ltt-serve-job')
             && !!document.querySelector('svg.ltt-svg[data-edges]'); }""", arg=prompt)
-
-
-def _drawn(page):
-    nodes = page.eval_on_selector_all("[data-node]", "els => els.map(e => e.dataset.node)")
-    edges = page.eval_on_selector_all("[data-edge]", "els => els.map(e => [e.dataset.edge, Number(e.dataset.weight)])")
-    return set(nodes), dict(edges)
-
-
-def _assert_same(page, g):
-    nodes, edges = _drawn(page)
-    assert nodes == {n.name for n in g.nodes}
-    want = {f"{e.source}|{e.target}|{e.kind}": e.weight for e in g.edges}
-    assert set(edges) == set(want), (sorted(set(edges) ^ set(want)))
-    for k, w in want.items():
-        assert edges[k] == pytest.approx(w, abs=2e-6), k
 
 
 def _wait_graph(page, g, scope=""):
@@ -189,19 +167,19 @@ def test_page_traces_and_reprunes_exactly_as_the_kernel(page, server, tiny_model
     _run(page, llama_id, PROMPT)
     trace = tiny_model("llama").trace(PROMPT)
     T = len(trace.token_ids)
-    _assert_same(page, trace.graph())
+    assert_draws(page, trace.graph())
     for thr in (0.08, 0.015):  # above and below the first threshold: the live kernel re-prunes
         _set_threshold(page, thr)
-        _assert_same(page, trace.graph(threshold=thr))
+        assert_draws(page, trace.graph(threshold=thr))
     page.fill("input.ltt-targets", f"{T - 3}, -1")
     page.dispatch_event("input.ltt-targets", "change")
     page.wait_for_function("t => window.__ltt.model.get('graph').settings.targets.join() === t", arg=f"{T - 3},{T - 1}")
     _idle(page)
-    _assert_same(page, trace.graph(threshold=0.015, targets=[T - 3, T - 1]))
+    assert_draws(page, trace.graph(threshold=0.015, targets=[T - 3, T - 1]))
     page.click("input.ltt-renormalize")
     page.wait_for_function("() => window.__ltt.model.get('graph').settings.renormalize === false")
     _idle(page)
-    _assert_same(page, trace.graph(threshold=0.015, renormalize=False, targets=[T - 3, T - 1]))
+    assert_draws(page, trace.graph(threshold=0.015, renormalize=False, targets=[T - 3, T - 1]))
     page.screenshot(path=str(_artifacts() / "serve.png"))
 
 
@@ -251,11 +229,11 @@ def test_panels_are_the_kernels_heads_neurons_and_tokens(page, server, tiny_mode
     page.click(f'[data-node="{node}"]')
     page.wait_for_selector(".ltt-table")
     got = page.eval_on_selector_all(".ltt-table td.ltt-tok", "els => els.map(e => e.textContent)")
-    assert got == [_visible(t.token) for t in trace.top_tokens(node, k=10).tokens]
+    assert got == [visible_token(t.token) for t in trace.top_tokens(node, k=10).tokens]
     page.click("input.ltt-normalize")
     page.wait_for_function("() => window.__ltt.model.get('panel').normalize === false")
     got = page.eval_on_selector_all(".ltt-table td.ltt-tok", "els => els.map(e => e.textContent)")
-    assert got == [_visible(t.token) for t in trace.top_tokens(node, k=10, normalize=False).tokens]
+    assert got == [visible_token(t.token) for t in trace.top_tokens(node, k=10, normalize=False).tokens]
     # an FFN block's neurons and the promoted tokens of its output
     mid = page.eval_on_selector_all("[data-node^='M']", "els => els.map(e => e.dataset.node)")[0]
     page.click(f'[data-node="{mid}"]')
@@ -265,12 +243,7 @@ def test_panels_are_the_kernels_heads_neurons_and_tokens(page, server, tiny_mode
     assert got == [n.neuron for n in trace.top_neurons(l, t, k=10).neurons]
     block = interpret.promoted(trace, l, t, block="ffn")
     shown = page.eval_on_selector_all(".ltt-effects .ltt-up .ltt-tok", "els => els.map(e => e.textContent)")
-    assert shown == [_visible(x.token) for x in block.promoted]
-
-
-def _visible(tok: str) -> str:
-    t = tok.replace("\r", "\u240d").replace("\n", "\u21b5").replace("\t", "\u21e5")
-    return t.replace(" ", "\u2423") if t and not t.strip() else t
+    assert shown == [visible_token(x.token) for x in block.promoted]
 
 
 def test_prompt_box_and_picker_add_prompts_live(page, server, tiny_model, llama_id, dirs):
@@ -281,11 +254,11 @@ def test_prompt_box_and_picker_add_prompts_live(page, server, tiny_model, llama_
     page.fill("input.ltt-prompt", "A quick brown fox")  # the widget's own prompt box
     page.press("input.ltt-prompt", "Enter")
     _wait_shown(page, "A quick brown fox")
-    _assert_same(page, tiny_model("llama").trace("A quick brown fox").graph())
+    assert_draws(page, tiny_model("llama").trace("A quick brown fox").graph())
     page.select_option("select.ltt-picker", "0")  # back to the first prompt, not traced again
     g = tiny_model("llama").trace(PROMPT).graph()
     _wait_graph(page, g)
-    _assert_same(page, g)
+    assert_draws(page, g)
     page.fill(".ltt-serve-prompt", "The dog sleeps")  # added to the server's list, for every page
     page.click(".ltt-serve-add")
     page.wait_for_function("() => [...document.querySelectorAll('.ltt-serve-prompts option')].some(o => o.textContent === 'The dog sleeps')")
@@ -295,32 +268,27 @@ def test_prompt_box_and_picker_add_prompts_live(page, server, tiny_model, llama_
     page.click(".ltt-serve-run")
     page.wait_for_function("() => document.getElementById('ltt-serve').dataset.dtype === 'bfloat16'")
     _wait_shown(page, PROMPT)
-    _assert_same(page, ltt.load(dirs["llama"], dtype="bfloat16").trace(PROMPT).graph())
+    assert_draws(page, ltt.load(dirs["llama"], dtype="bfloat16").trace(PROMPT).graph())
 
 
-def test_two_tabs_each_get_their_own_graph(browser, server, tiny_model, llama_id):
-    a, b = browser.new_page(), browser.new_page()
-    try:
-        for pg in (a, b):
-            pg.set_default_timeout(30_000)
-            _open(pg, server.url)
-        a.select_option(".ltt-serve-model", llama_id)
-        a.fill(".ltt-serve-prompt", PROMPT)
-        b.select_option(".ltt-serve-model", "tiny-gpt2")
-        b.fill(".ltt-serve-prompt", OTHER)
-        a.click(".ltt-serve-run")
-        b.click(".ltt-serve-run")
-        _wait_shown(a, PROMPT)
-        _wait_shown(b, OTHER)
-        _assert_same(a, tiny_model("llama").trace(PROMPT).graph())
-        _assert_same(b, tiny_model("gpt2").trace(OTHER).graph())
-        _set_threshold(b, 0.1)  # one tab's settings never reach the other
-        _assert_same(b, tiny_model("gpt2").trace(OTHER).graph(threshold=0.1))
-        _assert_same(a, tiny_model("llama").trace(PROMPT).graph())
-        assert a.evaluate("() => window.__ltt.model.get('threshold')") == 0.04
-    finally:
-        a.close()
-        b.close()
+def test_two_tabs_each_get_their_own_graph(new_page, server, tiny_model, llama_id):
+    a, b = new_page(1280, 720, strict=False), new_page(1280, 720, strict=False)
+    for pg in (a, b):
+        _open(pg, server.url)
+    a.select_option(".ltt-serve-model", llama_id)
+    a.fill(".ltt-serve-prompt", PROMPT)
+    b.select_option(".ltt-serve-model", "tiny-gpt2")
+    b.fill(".ltt-serve-prompt", OTHER)
+    a.click(".ltt-serve-run")
+    b.click(".ltt-serve-run")
+    _wait_shown(a, PROMPT)
+    _wait_shown(b, OTHER)
+    assert_draws(a, tiny_model("llama").trace(PROMPT).graph())
+    assert_draws(b, tiny_model("gpt2").trace(OTHER).graph())
+    _set_threshold(b, 0.1)  # one tab's settings never reach the other
+    assert_draws(b, tiny_model("gpt2").trace(OTHER).graph(threshold=0.1))
+    assert_draws(a, tiny_model("llama").trace(PROMPT).graph())
+    assert a.evaluate("() => window.__ltt.model.get('threshold')") == 0.04
 
 
 def _errors_with(page, fragment):
@@ -368,7 +336,7 @@ def test_only_offered_models_load_and_bad_messages_get_an_error(page, server, ti
     _errors_with(page, "more than the limit of 48 tokens")
     assert page.evaluate("() => window.__ltt.model.get('threshold')") == 0.04
     _set_threshold(page, 0.06)
-    _assert_same(page, tiny_model("llama").trace(PROMPT).graph(threshold=0.06))
+    assert_draws(page, tiny_model("llama").trace(PROMPT).graph(threshold=0.06))
     # a message over the size limit (1 MiB) ends that connection, with the reason shown; the
     # server goes on serving
     page.evaluate("() => window.__ltt.conn.ws.send('x'.repeat(2 << 20))")

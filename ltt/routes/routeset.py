@@ -255,7 +255,7 @@ class RouteSet:
 
         >>> routes.show()                                          # doctest: +SKIP
         """
-        from ltt.importance_widget import ImportanceWidget, with_graph_output
+        from ltt.widget.importance import ImportanceWidget, with_graph_output
 
         return with_graph_output(ImportanceWidget(self, model=model or self.model, metric=metric, k=k))
 

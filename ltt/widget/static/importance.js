@@ -1,4 +1,4 @@
-// Importance heatmap of a prompt set (ltt.importance_widget): layers x heads plus an FFN strip;
+// Importance heatmap of a prompt set (ltt.widget.importance): layers x heads plus an FFN strip;
 // clicking a cell lists the prompts where that component mattered most, clicking a prompt asks
 // the kernel to re-trace it and show its graph. Plain ES module, no build step, no framework.
 
@@ -133,23 +133,13 @@ export function render({ model, el }) {
 
   drawGrid();
   drawList();
-  const onGrid = () => drawGrid();
-  const onList = () => drawList();
-  model.on("change:heads", onGrid);
-  model.on("change:ffn", onGrid);
-  model.on("change:selection", onGrid);
-  model.on("change:selection", onList);
-  model.on("change:top", onList);
-  model.on("change:status", onList);
-  model.on("change:error", onList);
+  const listeners = [
+    ["change:heads", drawGrid], ["change:ffn", drawGrid], ["change:selection", drawGrid],
+    ["change:selection", drawList], ["change:top", drawList], ["change:status", drawList], ["change:error", drawList],
+  ].map(([ev, draw]) => [ev, () => draw()]);
+  for (const [ev, cb] of listeners) model.on(ev, cb);
   return () => {
-    model.off("change:heads", onGrid);
-    model.off("change:ffn", onGrid);
-    model.off("change:selection", onGrid);
-    model.off("change:selection", onList);
-    model.off("change:top", onList);
-    model.off("change:status", onList);
-    model.off("change:error", onList);
+    for (const [ev, cb] of listeners) model.off(ev, cb);
     root.remove();
   };
 }

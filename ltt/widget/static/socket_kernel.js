@@ -6,42 +6,13 @@
 // shows one view, or two side by side for a diff of two prompts (the views of a DiffWidget).
 // Every string from the server reaches the page as textContent only.
 
-import { render } from "./graph.js";
+import { createModel, h, render } from "./graph.js";
 
-/** An anywidget-like model over `transmit(msg)`: get / set / on / off / save_changes / send,
- *  plus apply(updates) for the kernel's answers (sets the values, fires change events). */
+/** graph.js's createModel() over `transmit(msg)`: its changes go as {method: "update", state},
+ *  its send() as {method: "custom", content}; apply(updates) takes the kernel's answers. */
 export function createSocketModel(initial, transmit) {
-  const state = { ...initial };
-  const handlers = new Map();
-  const pending = new Set();
-  const emit = (ev) => {
-    for (const cb of handlers.get(ev) || []) cb();
-    if (ev.startsWith("change:")) for (const cb of handlers.get("change") || []) cb();
-  };
-  return {
-    get: (k) => state[k],
-    set: (k, v) => { state[k] = v; pending.add(k); },
-    on: (ev, cb) => { if (!handlers.has(ev)) handlers.set(ev, new Set()); handlers.get(ev).add(cb); },
-    off: (ev, cb) => {
-      if (!ev) handlers.clear();
-      else if (handlers.has(ev)) { if (cb) handlers.get(ev).delete(cb); else handlers.delete(ev); }
-    },
-    save_changes: () => {
-      const keys = [...pending];
-      pending.clear();
-      if (!keys.length) return;
-      const out = {};
-      for (const k of keys) out[k] = state[k];
-      for (const k of keys) emit(`change:${k}`);
-      transmit({ method: "update", state: out });
-    },
-    send: (content) => transmit({ method: "custom", content }),
-    apply: (updates) => {
-      const keys = Object.keys(updates || {});
-      for (const k of keys) state[k] = updates[k];
-      for (const k of keys) emit(`change:${k}`);
-    },
-  };
+  return createModel(initial, ({ changes, msg }) =>
+    transmit(changes ? { method: "update", state: changes } : { method: "custom", content: msg }));
 }
 
 /** The WebSocket URL of this page's server (the page's ?token= travels along). */
@@ -75,53 +46,42 @@ export function connectKernel(url, handlers) {
   return conn;
 }
 
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v;
-    else if (k === "text") node.textContent = v;
-    else node.setAttribute(k, String(v));
-  }
-  for (const c of children) if (c !== null && c !== undefined) node.append(c);
-  return node;
-}
-
 const short = (p, n = 70) => (p.length > n ? `${p.slice(0, n - 1)}…` : p);
 
 /** The serve page: the toolbar in `root`, the widget's view in `appEl` once a graph exists. */
 export function servePage(root, appEl, url = socketURL()) {
-  const modelSel = el("select", { class: "ltt-serve-model", "aria-label": "model" });
-  const deviceSel = el("select", { class: "ltt-serve-device", "aria-label": "device" });
-  const dtypeSel = el("select", { class: "ltt-serve-dtype", "aria-label": "dtype" });
-  const deviceBox = el("label", { class: "ltt-serve-ctl" }, el("span", { text: "device" }), deviceSel);
-  const dtypeBox = el("label", { class: "ltt-serve-ctl" }, el("span", { text: "dtype" }), dtypeSel);
-  const listSel = el("select", { class: "ltt-serve-prompts", "aria-label": "prompt list" });
-  const promptBox = el("input", { class: "ltt-serve-prompt", type: "text", placeholder: "type a prompt, or pick one from the list…", "aria-label": "prompt" });
-  const runBtn = el("button", { class: "ltt-serve-run", text: "Run" });
-  const addBtn = el("button", { class: "ltt-serve-add", text: "Add to list", title: "keep this prompt in the list for every page of this server" });
-  const promptB = el("input", { class: "ltt-serve-prompt-b", type: "text", placeholder: "…and a second prompt to diff against it (same length: token by token)", "aria-label": "second prompt" });
-  const diffBtn = el("button", { class: "ltt-serve-diff-run", text: "Diff" });
-  const jobsBox = el("div", { class: "ltt-serve-jobs" });
-  const errorBox = el("div", { class: "ltt-serve-error", role: "alert" });
-  const limitsBox = el("div", { class: "ltt-serve-limits" });
-  const connBox = el("span", { class: "ltt-serve-conn", text: "connecting…" });
+  const modelSel = h("select", { class: "ltt-serve-model", "aria-label": "model" });
+  const deviceSel = h("select", { class: "ltt-serve-device", "aria-label": "device" });
+  const dtypeSel = h("select", { class: "ltt-serve-dtype", "aria-label": "dtype" });
+  const deviceBox = h("label", { class: "ltt-serve-ctl" }, h("span", { text: "device" }), deviceSel);
+  const dtypeBox = h("label", { class: "ltt-serve-ctl" }, h("span", { text: "dtype" }), dtypeSel);
+  const listSel = h("select", { class: "ltt-serve-prompts", "aria-label": "prompt list" });
+  const promptBox = h("input", { class: "ltt-serve-prompt", type: "text", placeholder: "type a prompt, or pick one from the list…", "aria-label": "prompt" });
+  const runBtn = h("button", { class: "ltt-serve-run", text: "Run" });
+  const addBtn = h("button", { class: "ltt-serve-add", text: "Add to list", title: "keep this prompt in the list for every page of this server" });
+  const promptB = h("input", { class: "ltt-serve-prompt-b", type: "text", placeholder: "…and a second prompt to diff against it (same length: token by token)", "aria-label": "second prompt" });
+  const diffBtn = h("button", { class: "ltt-serve-diff-run", text: "Diff" });
+  const jobsBox = h("div", { class: "ltt-serve-jobs" });
+  const errorBox = h("div", { class: "ltt-serve-error", role: "alert" });
+  const limitsBox = h("div", { class: "ltt-serve-limits" });
+  const connBox = h("span", { class: "ltt-serve-conn", text: "connecting…" });
   root.append(
-    el("div", { class: "ltt-serve-bar" },
-      el("label", { class: "ltt-serve-ctl" }, el("span", { text: "model" }), modelSel), deviceBox, dtypeBox, connBox),
-    el("div", { class: "ltt-serve-bar" }, listSel, promptBox, runBtn, addBtn),
-    el("div", { class: "ltt-serve-bar" }, promptB, diffBtn),
+    h("div", { class: "ltt-serve-bar" },
+      h("label", { class: "ltt-serve-ctl" }, h("span", { text: "model" }), modelSel), deviceBox, dtypeBox, connBox),
+    h("div", { class: "ltt-serve-bar" }, listSel, promptBox, runBtn, addBtn),
+    h("div", { class: "ltt-serve-bar" }, promptB, diffBtn),
     jobsBox, errorBox, limitsBox);
 
   let views = new Map(); // view name ("main", or "a" and "b" for a diff) -> {model, cleanup}
   const jobs = new Map(); // id -> {job, since}
   const first = () => (views.get("main") || views.get("a") || {}).model || null;
   const page = { conn: null, get model() { return first(); }, view: (name) => (views.get(name) || {}).model || null, jobs };
-  appEl.append(el("div", { class: "ltt-serve-hint", text: "Pick a model, type or pick a prompt, and press Run (or give two prompts and press Diff)." }));
+  appEl.append(h("div", { class: "ltt-serve-hint", text: "Pick a model, type or pick a prompt, and press Run (or give two prompts and press Diff)." }));
   let diffBox = null;
 
   const showError = (msg) => { errorBox.textContent = msg || ""; errorBox.style.display = msg ? "block" : "none"; };
   showError("");
-  const options = (sel, items) => sel.replaceChildren(...items.map(([v, t]) => el("option", { value: v, text: t })));
+  const options = (sel, items) => sel.replaceChildren(...items.map(([v, t]) => h("option", { value: v, text: t })));
 
   const rows = new Map(); // job id -> its row (kept while the job lives: a click never lands on a stale one)
   function drawJobs() {
@@ -129,9 +89,9 @@ export function servePage(root, appEl, url = socketURL()) {
     for (const { job, since } of jobs.values()) {
       let row = rows.get(job.id);
       if (!row) {
-        row = el("div", { class: "ltt-serve-job", "data-job": job.id },
-          el("span", { class: "ltt-serve-job-label" }), el("span", { class: "ltt-serve-job-state" }));
-        const cancel = el("button", { class: "ltt-serve-cancel", text: "Cancel", "data-job": job.id });
+        row = h("div", { class: "ltt-serve-job", "data-job": job.id },
+          h("span", { class: "ltt-serve-job-label" }), h("span", { class: "ltt-serve-job-state" }));
+        const cancel = h("button", { class: "ltt-serve-cancel", text: "Cancel", "data-job": job.id });
         cancel.addEventListener("click", () => page.conn.send({ method: "cancel", job: job.id }));
         row.append(cancel);
         rows.set(job.id, row);
@@ -175,16 +135,16 @@ export function servePage(root, appEl, url = socketURL()) {
       const names = Object.keys(msg.views);
       let row = null;
       if (names.length > 1) {
-        row = el("div", { class: "ltt-serve-diffrow" });
-        diffBox = el("div", { class: "ltt-serve-diff" });
+        row = h("div", { class: "ltt-serve-diffrow" });
+        diffBox = h("div", { class: "ltt-serve-diff" });
         appEl.append(row, diffBox);
       }
       for (const name of names) {
         const model = createSocketModel(msg.views[name], (m) => page.conn.send({ ...m, view: name }));
         let target = appEl;
         if (row) {
-          target = el("div", { class: `ltt-serve-side ltt-serve-side-${name}`, "data-view": name });
-          row.append(el("div", { class: "ltt-serve-sidebox" }, el("div", { class: "ltt-serve-side-label", "data-view": name }), target));
+          target = h("div", { class: `ltt-serve-side ltt-serve-side-${name}`, "data-view": name });
+          row.append(h("div", { class: "ltt-serve-sidebox" }, h("div", { class: "ltt-serve-side-label", "data-view": name }), target));
         }
         views.set(name, { model, cleanup: render({ model, el: target }) });
       }
@@ -203,14 +163,14 @@ export function servePage(root, appEl, url = socketURL()) {
         const label = appEl.querySelector(`.ltt-serve-side-label[data-view="${"ab"[i]}"]`);
         if (label) label.textContent = text;
       });
-      const list = el("div", { class: "ltt-serve-changes" });
+      const list = h("div", { class: "ltt-serve-changes" });
       (msg.changes || []).forEach((text, i) => {
-        const item = el("div", { class: "ltt-serve-change", "data-index": i, text, title: "select this edge in both views" });
+        const item = h("div", { class: "ltt-serve-change", "data-index": i, text, title: "select this edge in both views" });
         item.addEventListener("click", () => page.conn.send({ method: "pick", index: i }));
         list.append(item);
       });
-      diffBox.replaceChildren(el("div", { class: "ltt-serve-diff-summary", text: msg.summary || "" }),
-        el("div", { class: "ltt-serve-sub", text: "top changes, flow b − a (click one to select it in both views):" }), list);
+      diffBox.replaceChildren(h("div", { class: "ltt-serve-diff-summary", text: msg.summary || "" }),
+        h("div", { class: "ltt-serve-sub", text: "top changes, flow b − a (click one to select it in both views):" }), list);
     },
     update(msg) { const v = views.get(msg.view || "main"); if (v) v.model.apply(msg.state); },
     job(msg) {

@@ -4,8 +4,8 @@
 :class:`ltt.routes.RouteSet` per head and per FFN block: how often it is on the route
 (``"frequency"``), its mean share when it is (``"mean_share"``) or its mean share over all prompts
 (``"mean"``). Clicking a cell lists the prompts where that component carried the most; clicking a
-prompt re-traces it in the kernel and shows its graph (the :class:`ltt.widget.GraphWidget` when
-that package is importable, else a text report) in the output area below the heatmap. The front
+prompt re-traces it in the kernel and shows its graph (a :class:`ltt.widget.GraphWidget`) in the
+output area below the heatmap. The front
 end is one plain ES module, ``ltt/widget/static/importance.js``; the heatmaps travel as float32
 bytes with their shape.
 
@@ -16,14 +16,14 @@ bytes with their shape.
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 import anywidget
 import numpy as np
 import traitlets as tl
 
-STATIC = pathlib.Path(__file__).parent / "widget" / "static"
+from ltt.widget import STATIC, GraphWidget
+
 METRICS = ("frequency", "mean_share", "mean")
 
 __all__ = ["ImportanceWidget", "with_graph_output", "METRICS"]
@@ -64,7 +64,7 @@ class ImportanceWidget(anywidget.AnyWidget):
         self._model = model if model is not None else getattr(routes, "model", None)
         self._k = int(k)
         self.output = None  # an ipywidgets.Output for opened graphs (see with_graph_output)
-        self.opened: Any = None  # the last opened graph widget (or report text)
+        self.opened: Any = None  # the last opened graph widget
         super().__init__(**kwargs)
         self.info = {"model": routes.model_name, "prompts": len(routes), "errors": len(routes.errors),
                      "layers": routes.n_layers, "heads": routes.n_heads, "settings": dict(routes.settings),
@@ -123,7 +123,7 @@ class ImportanceWidget(anywidget.AnyWidget):
 
     def open_prompt(self, index: int) -> Any:
         """Re-trace the prompt with input index ``index`` and show its graph in :attr:`output`
-        (when attached). Returns the graph widget, or a text report without ``ltt.widget``.
+        (when attached). Returns the graph widget.
 
         >>> w.open_prompt(w.top[0]["index"])                              # doctest: +SKIP
         """
@@ -136,23 +136,14 @@ class ImportanceWidget(anywidget.AnyWidget):
         self.status = f"tracing prompt {index}..."
         s = self._routes.settings
         trace = self._model.trace(rec.prompt)
-        try:
-            from ltt.widget import GraphWidget
-        except ImportError:
-            from ltt.cli import routes_report
-
-            graph = trace.graph(threshold=s["threshold"], renormalize=s["renormalize"], targets=s["targets"],
-                                norm=s["norm"])
-            shown: Any = routes_report(trace, graph)
-        else:
-            shown = GraphWidget(trace, threshold=s["threshold"], renormalize=s["renormalize"], targets=s["targets"])
+        shown = GraphWidget(trace, threshold=s["threshold"], renormalize=s["renormalize"], targets=s["targets"])
         self.opened = shown
         if self.output is not None:
             self.output.clear_output()
             with self.output:
                 from IPython.display import display
 
-                display(shown) if not isinstance(shown, str) else print(shown)
+                display(shown)
         self.status = f"prompt {index} opened"
         return shown
 

@@ -40,6 +40,7 @@ ATTENTION, RESIDUAL, FFN = "attention", "residual", "ffn"
 EDGE_KINDS = (ATTENTION, RESIDUAL, FFN)
 
 _NODE_RE = re.compile(r"^([XAMI])(\d+)_(\d+)$")
+_NEAR_RE = re.compile(r"^([A-Za-z])(-?\d+)_(-?\d+)$")
 
 
 class Stage(str, Enum):
@@ -119,6 +120,14 @@ def parse_node(name: str) -> tuple[str, int, int]:
         raise ValueError(f"not a node name (X0_t, A{{l}}_t, M{{l}}_t, I{{l}}_t): {name!r}")
     kind = m.group(1)
     return kind, (-1 if kind == "X" else int(m.group(2))), int(m.group(3))
+
+
+def split_name(name: str) -> tuple[str, int, int] | None:
+    """``(letter, number, token)`` of anything shaped like a node name (any letter, signed
+    numbers: ``"Z-1_4"`` gives ``("Z", -1, 4)``), or None; for callers that say what is wrong
+    with a near miss (:func:`ltt.interpret.checks._parse_node`)."""
+    m = _NEAR_RE.match(name.strip()) if isinstance(name, str) else None
+    return None if m is None else (m.group(1), int(m.group(2)), int(m.group(3)))
 
 
 def input_state(layer: int, token: int) -> tuple[str, int, int]:

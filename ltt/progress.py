@@ -27,13 +27,15 @@ def quiet_requested() -> bool:
 
 def quiet() -> bool:
     """Whether ltt's progress bars stay off: ``LTT_QUIET`` is set, or stderr is not a terminal
-    (a log file, a pipe, a captured stream).
+    (a log file, a pipe, a captured stream) outside a Jupyter kernel.
 
     >>> quiet()                            # doctest: +SKIP
     True
     """
     if quiet_requested():
         return True
+    if "ipykernel" in sys.modules:  # a notebook: tqdm.auto draws its bars as widgets
+        return False
     try:
         return not sys.stderr.isatty()
     except (AttributeError, ValueError):  # stderr replaced by an object without isatty, or closed

@@ -6,12 +6,12 @@ True
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 
-_NODE = re.compile(r"^([A-Za-z])(-?\d+)_(-?\d+)$")
+from ltt.nodes import split_name
+
 
 
 def _index(name: str, value: Any, n: int, what: str) -> int:
@@ -80,13 +80,13 @@ def _parse_node(trace: Any, node: Any) -> tuple[str, int, int]:
     """``(kind, layer, token)`` of a residual state node name; layer is -1 for ``X0_t``."""
     if not isinstance(node, str):
         raise TypeError(f"node must be a node name such as 'I3_5', got {node!r}")
-    m = _NODE.match(node.strip())
-    if m is None:
+    parts = split_name(node)
+    if parts is None:
         raise ValueError(
             f"node={node!r} is not a node name: expected 'X0_t' (embedding), 'A{{l}}_t' (after "
             "attention) or 'I{l}_t' (layer output), e.g. 'I3_5'"
         )
-    kind, layer_s, token_s = m.group(1), int(m.group(2)), int(m.group(3))
+    kind, layer_s, token_s = parts
     T, L = len(trace.token_ids), len(trace.layers)
     if token_s < 0 or token_s >= T:
         raise ValueError(f"node={node!r}: token {token_s} is out of range, the trace has {T} tokens (0..{T - 1})")

@@ -13,18 +13,16 @@ import numpy as np
 from ltt.interpret.checks import _k, _names, _parse_node
 from ltt.interpret.output import _top, output_head
 from ltt.interpret.results import TokenScore, TopTokens
-
-
-def _node_name(kind: str, layer: int, token: int) -> str:
-    return f"X0_{token}" if kind == "X" else f"{kind}{layer}_{token}"
+from ltt.nodes import input_state, node_name
 
 
 def _predecessor(trace: Any, kind: str, layer: int) -> tuple[str, int] | None:
+    """The residual state before ``(kind, layer)`` along the stream (None for the embeddings)."""
     if kind == "X":
         return None
     if kind == "I" and not trace.layers[layer].parallel:
         return "A", layer
-    return ("X", -1) if layer == 0 else ("I", layer - 1)
+    return input_state(layer, 0)[:2]
 
 
 def _state_vector(trace: Any, kind: str, layer: int, token: int) -> np.ndarray:
@@ -127,8 +125,8 @@ def top_tokens_many(trace: Any, nodes: Sequence[str], k: int = 10, normalize: bo
                                     pr, None if pr is None else pr - rank))
         pred = preds[s]
         out.append(TopTokens(
-            node=_node_name(kind, layer, token), layer=layer, position=token,
+            node=node_name(kind, layer, token), layer=layer, position=token,
             position_token=str(trace.tokens[token]), normalize=bool(normalize),
-            predecessor=_node_name(*pred) if pred else None, tokens=items,
+            predecessor=node_name(*pred) if pred else None, tokens=items,
         ))
     return out

@@ -28,7 +28,6 @@ Modules inside the package import from these files, never from this face.
 
 from __future__ import annotations
 
-from ltt import progress as _progress
 from ltt.models.embedded import EMBEDDED
 from ltt.models.families import supported
 from ltt.models.loading import load
@@ -36,7 +35,3 @@ from ltt.models.model import Model
 from ltt.models.norms import FrozenNorm
 
 __all__ = ["load", "Model", "FrozenNorm", "supported", "EMBEDDED"]
-
-# Kept for one step: ltt/routes.py imports ``_quiet`` from here lazily; once it imports
-# ``ltt.progress.quiet`` itself (issue 12, after the routes split is merged), remove this alias.
-_quiet = _progress.quiet

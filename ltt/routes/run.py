@@ -19,13 +19,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ltt.attribution import check_threshold
-from ltt.graph import build_graph, resolve_targets
+from ltt import progress as progress_bars
+from ltt.graph import GraphSettings, build
 from ltt.routes import files, store
 from ltt.routes.fingerprint import PromptChain, model_fingerprint, prompts_fingerprint
 from ltt.routes.routeset import RouteSet
 from ltt.routes.summary import PromptRoutes, prompt_key, summarize
-from ltt.scores import check_norm
 
 
 def trace_many(
@@ -80,16 +79,12 @@ def trace_many(
 
     >>> routes = model.trace_many("prompts.txt", out="routes.jsonl")   # doctest: +SKIP
     """
-    threshold = check_threshold(threshold)
-    if not isinstance(renormalize, (bool, np.bool_)):
-        raise TypeError(f"renormalize must be True or False, got {renormalize!r}")
-    norm = check_norm(norm)
+    graph_settings = GraphSettings(threshold, renormalize, targets, norm)  # checked once, here
+    threshold, renormalize, norm = graph_settings.threshold, graph_settings.renormalize, graph_settings.norm
+    targets = graph_settings.targets if graph_settings.targets is None or isinstance(graph_settings.targets, str) \
+        else list(graph_settings.targets)
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if targets is not None:
-        resolve_targets(targets, 1 << 30)  # type and emptiness checks; ranges are per prompt
-        if not isinstance(targets, str):
-            targets = [int(t) for t in (targets if not isinstance(targets, (int, np.integer)) else [targets])]
     shard = files.check_shard(shard)
     settings = {"threshold": threshold, "renormalize": bool(renormalize), "targets": targets,
                 "norm": int(norm)}
@@ -139,13 +134,9 @@ def trace_many(
     bar = None
     completed = False
     try:
-        if progress or (progress is None and not _quiet()):
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=count, desc="tracing prompts", unit="prompt")
-        _run(model, routes, source, done, writer, shard, on_error,
-             (threshold, renormalize, targets, norm), bar, settings.get("faithfulness"),
-             prepend_bos)
+        bar = progress_bars.bar(count, "tracing prompts", "prompt", show=progress)
+        _run(model, routes, source, done, writer, shard, on_error, graph_settings, bar,
+             settings.get("faithfulness"), prepend_bos)
         completed = True
     finally:
         if bar is not None:
@@ -162,7 +153,7 @@ def trace_many(
     return routes
 
 
-def _run(model, routes, source, done, writer, shard, on_error, graph_args, bar, faithfulness=None,
+def _run(model, routes, source, done, writer, shard, on_error, graph_settings, bar, faithfulness=None,
          prepend_bos=None) -> None:
     """The loop of :func:`trace_many`: each prompt from the file when it is there (its chain
     checked), else traced, summarised and written."""
@@ -190,9 +181,9 @@ def _run(model, routes, source, done, writer, shard, on_error, graph_args, bar, 
         else:
             try:
                 trace = _trace_one(model, prompt, index, prepend_bos)
-                summary = summarize(trace, *graph_args, index=index)
+                graph = build(trace, graph_settings)
+                summary = summarize(trace, graph=graph, index=index)
                 if faithfulness is not None:
-                    graph = build_graph(trace, *graph_args)
                     summary.faithfulness = trace.faithfulness(graph, baselines=faithfulness).summary()
                 del trace
             except (ValueError, TypeError) as exc:
@@ -233,12 +224,6 @@ def _faithfulness_baselines(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= 4096:
         raise ValueError(f"faithfulness must be True, False or a number of random graphs in [0, 4096], got {value!r}")
     return int(value)
-
-
-def _quiet() -> bool:
-    from ltt.models import _quiet as quiet
-
-    return quiet()
 
 
 # --------------------------------------------------------------------------------------------

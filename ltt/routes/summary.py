@@ -36,8 +36,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ltt.graph import ATTENTION, FFN, Graph, build_graph, sparse_edge_weights
+from ltt.graph import Graph, GraphSettings, build, sparse_edge_weights
 from ltt.interpret import edge_head_shares
+from ltt.nodes import Stage
 from ltt.scores import FullGraph, SparseRows, attribute
 
 #: Source-position patterns of an attention edge ``s -> t``, in the order they are tested.
@@ -192,12 +193,11 @@ def summarize(
     ((30, 9), True)
     """
     if graph is None:
-        graph = build_graph(trace, threshold=threshold, renormalize=renormalize, targets=targets, norm=norm)
+        graph = build(trace, GraphSettings(threshold, renormalize, targets, norm))
     full = attribute(trace, graph.norm)
     L, H, T = full.n_layers, full.n_heads, full.n_tokens
     flow = graph.flow()
-    token = {n.name: n.token for n in graph.nodes}
-    attention = [(e, token[e.target], token[e.source]) for e in graph.edges if e.kind == ATTENTION]
+    attention = [(e, e.target_token, e.source_token) for e in graph.edges if e.stage is Stage.ATTENTION]
     by_layer: dict[int, list[tuple[int, int]]] = {}
     for e, t, s in attention:
         by_layer.setdefault(e.layer, []).append((t, s))
@@ -216,7 +216,7 @@ def summarize(
             patterns[e.layer, :, _pattern(t, s)] += parts / total * (e.weight * flow.get(e.target, 0.0))
     ffn = np.zeros(L)
     for e in graph.edges:
-        if e.kind == FFN and e.target.startswith("I"):
+        if e.stage is Stage.FFN_OUT:
             ffn[e.layer] += e.weight * flow.get(e.target, 0.0)
     sources = np.zeros(T)
     for n in graph.nodes:

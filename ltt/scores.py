@@ -146,7 +146,7 @@ def attribute_layer(lb: Any, probs: np.ndarray | list, norm: int = 1, floor: flo
     attn = probs.pop() if isinstance(probs, list) else probs
     H, T = attn.shape[0], attn.shape[1]
     by_head = not keep_dense and 4 * H * T * T > HEAD_CHUNK_BYTES
-    post = dict(row_scale=lb.attn_row_scale, col_scale=lb.attn_col_scale, center=lb.attn_center, norm=norm)
+    post = dict(lb.attn_norm.core_args(), norm=norm)
     out = attribution.attn_contrib(
         lb.resid_pre, whole, attn, lb.values, lb.w_o, bias=lb.attn_bias,
         extra=lb.ffn_out[None] if lb.parallel else None, keep_heads=not by_head, **post,

@@ -16,6 +16,7 @@ import pytest
 
 
 from conftest import assert_draws, visible_token  # noqa: E402
+from ltt.buffers import PostNorm
 from ltt import interpret  # noqa: E402
 from ltt.export import to_html  # noqa: E402
 
@@ -230,9 +231,9 @@ def _synthetic_trace(T: int, L: int, seed: int = 1):
         ffn_out = (act.astype(np.float64) @ w_down).astype(np.float32)
         layers.append(SimpleNamespace(
             parallel=False, resid_pre=x, resid_mid=mid, resid_post=(mid + ffn_out).astype(np.float32),
-            attn=a, values=values, w_o=w_o, attn_bias=None, attn_row_scale=None, attn_col_scale=None,
-            attn_center=False, ffn_out=ffn_out, act=act, w_down=w_down, ffn_bias=None,
-            ffn_row_scale=None, ffn_col_scale=None, ffn_center=False))
+            attn=a, values=values, w_o=w_o, attn_bias=None, attn_norm=PostNorm(),
+             ffn_out=ffn_out, act=act, w_down=w_down, ffn_bias=None,
+            ffn_norm=PostNorm()))
     tr = SimpleNamespace(layers=layers, tokens=[f"tok{i}" for i in range(T)], token_ids=np.arange(T),
                          prompt="synthetic", model=None)
     tr.graph = lambda **kw: build_graph(tr, **kw)

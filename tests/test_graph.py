@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from ltt.buffers import PostNorm
 from ltt import _reference as ref
 from ltt.graph import build_graph, edge_weights
 from ltt.scores import attribute
@@ -36,9 +37,9 @@ def _layer(rng, T, H, G, d, d_h, F, parallel, bias):
         post = (mid + ffn_out).astype(np.float32)
     return SimpleNamespace(
         parallel=parallel, resid_pre=x, resid_mid=mid, resid_post=post, attn=attn,
-        values=values, w_o=w_o, attn_bias=b, attn_row_scale=None, attn_col_scale=None,
-        attn_center=False, ffn_out=ffn_out, act=act, w_down=w_down, ffn_bias=None,
-        ffn_row_scale=None, ffn_col_scale=None, ffn_center=False,
+        values=values, w_o=w_o, attn_bias=b, attn_norm=PostNorm(),
+         ffn_out=ffn_out, act=act, w_down=w_down, ffn_bias=None,
+        ffn_norm=PostNorm(),
     )
 
 

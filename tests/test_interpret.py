@@ -240,7 +240,7 @@ def test_edge_heads_and_head_view(traced, key):
     lb = trace.layers[l]
     whole = lb.resid_post if lb.parallel else lb.resid_mid
     want = ref.attn_head_map(2, whole, lb.attn, lb.values, lb.w_o, full.attn_total[l],
-                             lb.attn_row_scale, lb.attn_col_scale, lb.attn_center)
+                             lb.attn_norm.row_scale, lb.attn_norm.col_scale, lb.attn_norm.center)
     np.testing.assert_allclose(hv.contribution, want, atol=2e-5)
     np.testing.assert_allclose(interpret.head_map(trace, l, 2), want, atol=2e-5)
     np.testing.assert_array_equal(hv.pattern, np.tril(lb.attn[2]))
@@ -267,8 +267,8 @@ def test_neuron_shares_sum_to_one_and_match_the_twin(traced, key):
     bias = None if lb.ffn_bias is None else lb.ffn_bias[t:t + 1]
     want = ref.ffn_neuron_contrib(
         lb.act[t:t + 1], lb.w_down, resid[None], lb.resid_post[t:t + 1], bias=bias,
-        row_scale=None if lb.ffn_row_scale is None else lb.ffn_row_scale[t:t + 1],
-        col_scale=lb.ffn_col_scale, center=lb.ffn_center)
+        row_scale=None if lb.ffn_norm.row_scale is None else lb.ffn_norm.row_scale[t:t + 1],
+        col_scale=lb.ffn_norm.col_scale, center=lb.ffn_norm.center)
     np.testing.assert_allclose(shares, want["neurons"][0], atol=2e-5)
     assert tn.resid_share == pytest.approx(float(want["resid"][0]), abs=2e-5)
     top = np.argsort(-want["neurons"][0], kind="stable")[:5]

@@ -134,15 +134,15 @@ def test_buffers_shapes_and_layout(key, traced):
         uniform = np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None]
         assert np.abs(lb.attn - uniform).max() > 0.02  # the random model attends selectively
         if key in POST_NORM:
-            assert lb.attn_row_scale.shape == (T,) and lb.attn_col_scale.shape == (d,)
-            assert lb.ffn_row_scale.shape == (T,) and lb.ffn_col_scale.shape == (d,)
+            assert lb.attn_norm.row_scale.shape == (T,) and lb.attn_norm.col_scale.shape == (d,)
+            assert lb.ffn_norm.row_scale.shape == (T,) and lb.ffn_norm.col_scale.shape == (d,)
         elif key in BRANCH_SCALED:
             mult = model.hf_model.config.residual_multiplier
-            np.testing.assert_allclose(lb.attn_row_scale, mult)
-            np.testing.assert_allclose(lb.ffn_row_scale, mult)
-            assert lb.attn_col_scale is None and lb.ffn_col_scale is None and not lb.attn_center
+            np.testing.assert_allclose(lb.attn_norm.row_scale, mult)
+            np.testing.assert_allclose(lb.ffn_norm.row_scale, mult)
+            assert lb.attn_norm.col_scale is None and lb.ffn_norm.col_scale is None and not lb.attn_norm.center
         else:
-            assert lb.attn_row_scale is None and lb.ffn_row_scale is None
+            assert lb.attn_norm.row_scale is None and lb.ffn_norm.row_scale is None
         for bias in (lb.attn_bias, lb.ffn_bias):
             assert bias is None or (bias.shape == (T, d) and bias.dtype == np.float32)
     # the cached weights are shared by every trace, not copied
@@ -157,18 +157,18 @@ def test_exact_decomposition(key, traced):
     model, trace = traced(key)
     for l, lb in enumerate(trace.layers):
         a = lb.attn.astype(np.float64)
-        if lb.attn_row_scale is not None:
-            a = a * lb.attn_row_scale[None, :, None]
-        u = _reference.head_vectors(lb.values, lb.w_o, lb.attn_col_scale, lb.attn_center)
+        if lb.attn_norm.row_scale is not None:
+            a = a * lb.attn_norm.row_scale[None, :, None]
+        u = _reference.head_vectors(lb.values, lb.w_o, lb.attn_norm.col_scale, lb.attn_norm.center)
         attn = np.einsum("hts,hsd->td", a, u) + (0 if lb.attn_bias is None else lb.attn_bias)
         wd = lb.w_down.astype(np.float64)
-        if lb.ffn_center:
+        if lb.ffn_norm.center:
             wd = wd - wd.mean(-1, keepdims=True)
-        if lb.ffn_col_scale is not None:
-            wd = wd * lb.ffn_col_scale
+        if lb.ffn_norm.col_scale is not None:
+            wd = wd * lb.ffn_norm.col_scale
         ffn = lb.act @ wd
-        if lb.ffn_row_scale is not None:
-            ffn = ffn * lb.ffn_row_scale[:, None]
+        if lb.ffn_norm.row_scale is not None:
+            ffn = ffn * lb.ffn_norm.row_scale[:, None]
         ffn = ffn + (0 if lb.ffn_bias is None else lb.ffn_bias)
         assert _rel(ffn, lb.ffn_out) < TOL, (l, "neurons")
         if lb.parallel:
@@ -213,7 +213,7 @@ def test_attribution_on_traced_buffers(key, traced):
         whole = lb.resid_post if lb.parallel else lb.resid_mid
         kw = dict(
             bias=lb.attn_bias, extra=lb.ffn_out[None] if lb.parallel else None,
-            row_scale=lb.attn_row_scale, col_scale=lb.attn_col_scale, center=lb.attn_center,
+            row_scale=lb.attn_norm.row_scale, col_scale=lb.attn_norm.col_scale, center=lb.attn_norm.center,
         )
         got = attribution.attn_contrib(lb.resid_pre, whole, lb.attn, lb.values, lb.w_o, **kw)
         ref = _reference.attn_contrib(lb.resid_pre, whole, lb.attn, lb.values, lb.w_o, **kw)
@@ -222,8 +222,8 @@ def test_attribution_on_traced_buffers(key, traced):
         for name in ("edges", "resid", "bias", "extra"):
             np.testing.assert_allclose(got[name], ref[name], atol=2e-5, err_msg=name)
         resid = lb.resid_post - lb.ffn_out if lb.parallel else lb.resid_mid
-        fkw = dict(bias=lb.ffn_bias, row_scale=lb.ffn_row_scale, col_scale=lb.ffn_col_scale,
-                   center=lb.ffn_center)
+        fkw = dict(bias=lb.ffn_bias, row_scale=lb.ffn_norm.row_scale, col_scale=lb.ffn_norm.col_scale,
+                   center=lb.ffn_norm.center)
         got = attribution.ffn_neuron_contrib(lb.act, lb.w_down, resid, lb.resid_post, **fkw)
         ref = _reference.ffn_neuron_contrib(lb.act, lb.w_down, resid, lb.resid_post, **fkw)
         np.testing.assert_allclose(got["neurons"].sum(-1) + got["resid"] + got["bias"], 1.0, atol=1e-4)

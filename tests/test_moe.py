@@ -41,7 +41,7 @@ def test_experts_recompose_the_block(key, traced):
             es = moe.expert_shares(trace, l, t)
             rebuilt = es.vectors.astype(np.float64).sum(0)
             if m.d_shared:
-                row = 1.0 if lb.ffn_row_scale is None else float(lb.ffn_row_scale[t])  # Granite
+                row = lb.ffn_norm.row(t)  # Granite
                 rebuilt += row * (lb.act[t, m.shared_slice].astype(np.float64) @ lb.w_down[m.shared_slice])
             if lb.ffn_bias is not None:
                 rebuilt += lb.ffn_bias[t]

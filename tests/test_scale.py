@@ -160,7 +160,7 @@ def test_half_precision_trace_keeps_the_models_own_numbers_in_two_bytes(tiny_dir
     """A half-precision trace keeps its states, values and activations packed (two bytes per
     value), shares the state between two layers, reads back exactly the float32 numbers an
     unpacked trace holds (spill keeps float32 files) and gives the identical graph."""
-    from ltt.trace import Half
+    from ltt.buffers import Half
 
     model = ltt.load(tiny_dir("llama"), dtype=dtype)
     packed, plain = model.trace(PROMPT), model.trace(PROMPT, spill=tmp_path)

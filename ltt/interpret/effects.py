@@ -29,15 +29,6 @@ def _probs_head(lb: Any, head: int) -> np.ndarray:
     return np.asarray(lb.attn[head])
 
 
-def _transform(v: np.ndarray, center: bool, col_scale: np.ndarray | None) -> np.ndarray:
-    """A post-branch norm's linear part (centering, then ``col_scale``) on vectors ``[..., d]``."""
-    if center:
-        v = v - v.mean(axis=-1, keepdims=True)
-    if col_scale is not None:
-        v = v * col_scale
-    return v
-
-
 def head_output(trace: Any, layer: int, head: int, target: int) -> np.ndarray:
     """Head ``head``'s output at ``target`` in the residual space ``[d]`` float32:
     ``row_scale[t] * T(sum_s A[h,t,s] * values[s, g(h)] @ W_O^h)``, with T the post-branch norm's
@@ -57,19 +48,16 @@ def head_output(trace: Any, layer: int, head: int, target: int) -> np.ndarray:
     a = np.asarray(_probs_row(lb, target)[head, : target + 1], dtype=np.float64)
     mixed = a @ np.asarray(lb.values[: target + 1, g, :], dtype=np.float64)  # [d_h]
     out = mixed @ np.asarray(lb.w_o[head], dtype=np.float64)  # [d]
-    out = _transform(out, bool(lb.attn_center), lb.attn_col_scale)
-    if lb.attn_row_scale is not None:
-        out = out * float(lb.attn_row_scale[target])
-    return out.astype(np.float32)
+    return (lb.attn_norm.linear(out) * lb.attn_norm.row(target)).astype(np.float32)
 
 
 def _neuron_vectors(lb: Any, token: int, neurons: np.ndarray) -> np.ndarray:
     """``a_{t,i} * T(w_i)`` for the given neurons: ``[n, d]`` float32."""
     w = np.asarray(lb.w_down[neurons], dtype=np.float32)
-    w = _transform(w, bool(lb.ffn_center), lb.ffn_col_scale)
+    w = lb.ffn_norm.linear(w)
     a = np.asarray(lb.act[token, neurons], dtype=np.float32)
-    if lb.ffn_row_scale is not None:
-        a = a * np.float32(lb.ffn_row_scale[token])
+    if lb.ffn_norm.row_scale is not None:
+        a = a * np.float32(lb.ffn_norm.row_scale[token])
     return a[:, None] * w
 
 

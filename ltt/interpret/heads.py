@@ -39,10 +39,9 @@ def edge_head_shares(trace: Any, layer: int, target: int, source: int, norm: int
     n = len(idx)
     a = np.zeros((_n_heads(trace), n, n), np.float32)
     a[:, n - 1, 0] = _probs_row(lb, target)[:, source]
-    rs = None if lb.attn_row_scale is None else lb.attn_row_scale[idx]
     return attribution.attn_edge_heads(
         n - 1, 0, _whole(lb)[idx], a, lb.values[idx], lb.w_o, full.attn_total[layer][idx],
-        row_scale=rs, col_scale=lb.attn_col_scale, center=bool(lb.attn_center), norm=full.norm,
+        norm=full.norm, **lb.attn_norm.core_args(rows=idx),
     )
 
 
@@ -62,8 +61,7 @@ def _head_map(trace: Any, full: Any, layer: int, head: int) -> np.ndarray:
     g = head // (_n_heads(trace) // G)
     return attribution.attn_head_map(
         0, _whole(lb), _probs_head(lb, head)[None], np.ascontiguousarray(lb.values[:, g : g + 1]),
-        lb.w_o[head : head + 1], full.attn_total[layer], row_scale=lb.attn_row_scale,
-        col_scale=lb.attn_col_scale, center=bool(lb.attn_center), norm=full.norm,
+        lb.w_o[head : head + 1], full.attn_total[layer], norm=full.norm, **lb.attn_norm.core_args(),
     )
 
 

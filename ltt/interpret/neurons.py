@@ -29,10 +29,9 @@ def _neuron_contrib(trace: Any, layer: int, token: int) -> dict[str, np.ndarray]
     bias = lb.ffn_bias
     if bias is not None and np.ndim(bias) == 2:
         bias = bias[token : token + 1]
-    rs = lb.ffn_row_scale[token : token + 1] if lb.ffn_row_scale is not None else None
     return attribution.ffn_neuron_contrib(
-        lb.act[token : token + 1], lb.w_down, resid, whole, bias=bias, row_scale=rs,
-        col_scale=lb.ffn_col_scale, center=bool(lb.ffn_center),
+        lb.act[token : token + 1], lb.w_down, resid, whole, bias=bias,
+        **lb.ffn_norm.core_args(rows=slice(token, token + 1)),
     )
 
 

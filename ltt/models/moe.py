@@ -320,13 +320,8 @@ def expert_shares(trace: Any, layer: int, token: int, norm: int = 1) -> ExpertSh
     m = lb.moe
 
     def part(cols: slice) -> np.ndarray:
-        wd = np.asarray(lb.w_down[cols], dtype=np.float64)
-        if lb.ffn_center:
-            wd = wd - wd.mean(axis=-1, keepdims=True)
-        if lb.ffn_col_scale is not None:
-            wd = wd * lb.ffn_col_scale
-        v = lb.act[t, cols].astype(np.float64) @ wd
-        return v * (1.0 if lb.ffn_row_scale is None else float(lb.ffn_row_scale[t]))
+        wd = lb.ffn_norm.linear(np.asarray(lb.w_down[cols], dtype=np.float64))
+        return (lb.act[t, cols].astype(np.float64) @ wd) * lb.ffn_norm.row(t)
 
     pairs = [(int(e), float(w)) for e, w in zip(m.experts[t], m.weights[t]) if 0 <= int(e) < m.n_experts]
     chosen = [e for e, _ in pairs]

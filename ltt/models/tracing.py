@@ -2,7 +2,7 @@
 it finishes, check its exactness, keep only compact results.
 
 Per layer the trace keeps (float32, or for a bfloat16/float16 model its own numbers in two bytes
-each, :class:`ltt.trace.Half`): the states entering and leaving it and after attention
+each, :class:`ltt.buffers.Half`): the states entering and leaving it and after attention
 (``~3 T d``; a layer's input is the previous layer's output array when equal), the values
 ``T G d_h``, the FFN activations ``T F`` and branch output ``T d``, the recorded queries and
 keys ``T (H + G) d_h`` (model dtype) and the sparse contributions above
@@ -23,7 +23,8 @@ import numpy as np
 
 from ltt.scores import FLOOR, FullGraph, attribute_layer
 from ltt.models import moe, record
-from ltt.trace import LayerBuffers, Trace
+from ltt.buffers import LayerBuffers, PostNorm
+from ltt.trace import Trace
 
 #: Relative error above which a layer's decomposition is called inexact, by model dtype. The
 #: parts are computed in float32 from the model's tensors; a half-precision model rounds its
@@ -198,9 +199,9 @@ def layer_buffers(model: Any, l: int, rec: dict[str, Any], T: int, stamp: tuple)
 
     return LayerBuffers(
         layer=l, parallel=parallel, resid_pre=rec["x"], resid_mid=mid, resid_post=rec["y"],
-        values=rec["values"], attn_bias=a_bias, attn_row_scale=a_row, attn_col_scale=a_col,
-        attn_center=a_center, ffn_out=np.ascontiguousarray(ffn_out, dtype=np.float32), act=rec["act"],
-        ffn_bias=f_bias, ffn_row_scale=f_row, ffn_col_scale=f_col, ffn_center=f_center,
+        values=rec["values"], attn_bias=a_bias, attn_norm=PostNorm(a_row, a_col, a_center),
+        ffn_out=np.ascontiguousarray(ffn_out, dtype=np.float32), act=rec["act"],
+        ffn_bias=f_bias, ffn_norm=PostNorm(f_row, f_col, f_center),
         attention=rec["attention"], weights=weights, moe=rec.get("moe"),
     )  # fmt: skip
 

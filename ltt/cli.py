@@ -94,21 +94,6 @@ def describe_families() -> str:
     return describe()
 
 
-def _check_model(name: str) -> None:
-    """Refuse a path-like ``--model`` that names no directory before transformers reads it as a
-    hub id (its own message is about repo-id syntax)."""
-    from ltt.models.embedded import is_embedded
-
-    if is_embedded(name) or os.path.isdir(name):
-        return
-    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
-    if looks_like_path or os.path.exists(name):
-        raise ValueError(
-            f"--model {name!r}: no such model directory (give a local directory holding config.json, "
-            "a hub id such as 'gpt2', or 'smollm2-135m')"
-        )
-
-
 def _load(args: argparse.Namespace, tokenizer=None):
     import ltt
 
@@ -289,7 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--prompt is empty (''): give at least one character of text")
         if getattr(args, "ids", None) is not None:
             _parse_ids(args.ids)
-        _check_model(args.model)
+        from ltt.models.loading import check_model_name
+
+        check_model_name(args.model)
         _check_writable(args.json, "--json")
         _check_writable(args.out, "--out")
         if os.environ.get("LTT_QUIET"):

@@ -285,15 +285,14 @@ def attribute(trace: Any, norm: int = 1) -> FullGraph:
     True
     """
     norm = check_norm(norm)
-    cache = getattr(trace, "full_graphs", None)
-    if cache is None:  # a trace-like object (tests build synthetic ones)
-        cache = trace.__dict__.setdefault("full_graphs", {})
-    if norm in cache:
+    cache = getattr(trace, "full_graphs", None)  # a trace-like object without one is not cached
+    if cache is not None and norm in cache:
         return cache[norm]
     layers = trace.layers
     H, T = int(layers[0].w_o.shape[0]), int(layers[0].resid_pre.shape[0])
     keep = _dense_nbytes(len(layers), H, T) <= DENSE_BUDGET
     scores = [attribute_layer(lb, lb.attn, norm, FLOOR, keep_dense=keep) for lb in layers]
     full = FullGraph(scores, norm, FLOOR, source=trace)
-    cache[norm] = full
+    if cache is not None:
+        cache[norm] = full
     return full

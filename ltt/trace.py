@@ -50,6 +50,8 @@ class Trace:
     timings: dict = field(repr=False, default_factory=dict)
     #: :class:`ltt.interpret.OutputHead` (the final norm frozen at these tokens), built on first use
     output_head: Any = field(repr=False, default=None, compare=False)
+    #: target position -> its top prediction (token string), filled by the widget on first use
+    predictions: dict = field(repr=False, default_factory=dict, compare=False)
 
     def nbytes(self) -> dict[str, int]:
         """Bytes this trace holds: ``layers`` (states, values, activations, recorded queries and

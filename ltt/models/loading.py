@@ -183,3 +183,22 @@ def _wrap(hf_model: Any, tokenizer: Any, max_tokens: int | None) -> Model:
         )
     return Model(hf_model, tokenizer, name=getattr(hf_model.config, "name_or_path", None) or None,
                  max_tokens=max_tokens)
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a path-like ``--model`` that names no directory before transformers reads it as a
+    hub id (its own message is about repo-id syntax).
+
+    >>> check_model_name("smollm2-135m")           # the embedded model, a directory or a hub id: fine
+    >>> check_model_name("./no/such/dir")          # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ValueError: --model './no/such/dir': no such model directory ...
+    """
+    if is_embedded(name) or os.path.isdir(name):
+        return
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    if looks_like_path or os.path.exists(name):
+        raise ValueError(
+            f"--model {name!r}: no such model directory (give a local directory holding config.json, "
+            "a hub id such as 'gpt2', or 'smollm2-135m')"
+        )

@@ -71,10 +71,10 @@ class ModelRegistry:
                 name = os.path.basename(path.rstrip(os.sep)) or path
                 self._add(name, path, f"{name} (--model directory)")
             else:
-                from ltt.cli import _check_model
+                from ltt.models.loading import check_model_name
 
                 try:
-                    _check_model(m)  # a path-like name that is no directory: refused now
+                    check_model_name(m)  # a path-like name that is no directory: refused now
                 except ValueError as exc:
                     raise ValueError(str(exc)) from None
                 self._add(m, m, m)

@@ -26,7 +26,8 @@ def graph_payload(trace: Any, graph: Any) -> dict[str, Any]:
     data = graph.to_dict()
     data["parallel"] = [bool(lb.parallel) for lb in trace.layers]
     # Every re-prune asks again: the top predictions are kept on the trace once computed.
-    known = getattr(trace, "__dict__", {}).setdefault("_ltt_predictions", {})
+    known = getattr(trace, "predictions", None)
+    known = {} if known is None else known
     missing = [t for t in graph.targets if t not in known]
     L = len(trace.layers)
     try:

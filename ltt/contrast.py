@@ -254,6 +254,7 @@ def _remap(key: tuple, pos: list[int]) -> tuple | None:
     return key[:2] + tuple(mapped)
 
 
+# The keywords of DiffWidget's own signature (ltt/widget/diff.py), which passes them through.
 def diff(
     trace_a: Any,
     trace_b: Any,

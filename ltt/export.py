@@ -397,6 +397,7 @@ def _report_js() -> str:
     return "\n".join(parts).replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
+# report_data's keywords again, spelled out for the public signature (passed through as they are).
 def to_html(
     trace: Any,
     path: str | os.PathLike | None = None,

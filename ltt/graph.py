@@ -287,6 +287,10 @@ def _prune_sparse(w: SparseEdgeWeights, parallel: np.ndarray, targets: list[int]
     values = np.concatenate([e.values for e in w.edges])
     return attribution.prune_sparse(indptr, sources, values, w.attn_resid, w.ffn, w.ffn_resid,
                                     parallel, np.array(targets, np.int64), threshold)
+
+
+# The public keyword signature of the four graph settings; summarize, diff and the exports repeat
+# it on purpose (a researcher's IDE shows each option) and hand it to GraphSettings at once.
 def build_graph(
     trace: Any,
     threshold: float = 0.04,

@@ -175,6 +175,7 @@ def _kept_head_parts(full: FullGraph, threshold: float,
     return out
 
 
+# The graph settings' keywords, as build_graph takes them (checked by GraphSettings).
 def summarize(
     trace: Any,
     threshold: float = 0.04,

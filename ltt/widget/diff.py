@@ -72,6 +72,12 @@ def diff_marks(d: TraceDiff, parallel_a: Sequence[bool], parallel_b: Sequence[bo
     return ma, mb
 
 
+def _shared(name: str) -> property:
+    """A setting of both linked views, read from and written to view ``a``."""
+    return property(lambda self: getattr(self.a, name), lambda self, value: setattr(self.a, name, value),
+                    doc=f"``{name}`` of both views (they are linked).")
+
+
 class DiffWidget(W.VBox):
     """Two traces' graphs side by side with the changes of :func:`ltt.diff` marked (module
     docstring). ``a``, ``b``: the two :class:`GraphWidget` views; ``diff``: the current
@@ -138,21 +144,8 @@ class DiffWidget(W.VBox):
 
     # -- shared settings (both views are linked; setting them here sets both)
 
-    @property
-    def threshold(self) -> float:
-        return self.a.threshold
-
-    @threshold.setter
-    def threshold(self, value: float) -> None:
-        self.a.threshold = value
-
-    @property
-    def renormalize(self) -> bool:
-        return self.a.renormalize
-
-    @renormalize.setter
-    def renormalize(self, value: bool) -> None:
-        self.a.renormalize = value
+    threshold = _shared("threshold")
+    renormalize = _shared("renormalize")
 
     # -- reactions
 

@@ -80,6 +80,7 @@ class ImportanceWidget(anywidget.AnyWidget):
             raise tl.TraitError(f"metric must be one of {METRICS}, got {value!r}")
         return value
 
+    # Shaped like GraphWidget's selection check (another trait, other keys): each widget owns its own.
     @tl.validate("selection")
     def _valid_selection(self, proposal):
         sel = dict(proposal["value"])

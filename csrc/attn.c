@@ -13,10 +13,15 @@
  */
 #define L1_COLS 1024
 #define U_BLOCK_BYTES (1 << 19)
-/* Few heads: threads share each head, in row bands (per thread) and source rows of u. */
-#define BANDS_PER_THREAD 4
+/*
+ * A head's vectors are made in slices of U_ROWS sources and its distances in at most BANDS row
+ * bands, whether one thread or several share it: the same calls, so the same bits, for any
+ * thread count.
+ */
+#define BANDS 32
 #define U_ROWS 64
-/* Whole heads per thread only while all threads' private buffers stay below this. */
+/* Heads are taken one per thread (a group of heads at a time) only while all threads' private
+ * buffers stay below this; otherwise the threads share each head. */
 #define PRIVATE_BYTES (1u << 30)
 /* L2 mode: pairs with ||w - a u||^2 below this fraction of ||w||^2 + ||a u||^2 are recomputed
  * directly in double, because the float32 dot product would lose too many digits there. */
@@ -187,11 +192,10 @@ static int64_t band_edge(int64_t T, int64_t nb, int64_t k)
     return r < T ? r : T;
 }
 
-static int64_t n_bands(int64_t T, int nt)
+static int64_t n_bands(int64_t T)
 {
     const int64_t blocks = (T + LTT_TILE_R - 1) / LTT_TILE_R;
-    const int64_t nb = nt > 1 ? (int64_t)BANDS_PER_THREAD * nt : 1;
-    return nb < blocks ? nb : blocks;
+    return BANDS < blocks ? BANDS : blocks;
 }
 
 /* Raw contributions of head h for targets [r0, r1): added to er [T, T] and zt [T], and stored
@@ -213,7 +217,7 @@ typedef void (*band_fn)(void *ctx, int64_t h, int64_t r0, int64_t r1);
  * U_ROWS source slices, then its distances in row bands, each band followed by band(). Every
  * thread of the team calls it (it holds two work-sharing loops, each ending in a barrier).
  */
-static void shared_head(const layer *L, int64_t h, workspace *ws, int nt, int *bad, band_fn band,
+static void shared_head(const layer *L, int64_t h, workspace *ws, int *bad, band_fn band,
                         void *ctx)
 {
     const int64_t nu = (L->T + U_ROWS - 1) / U_ROWS;
@@ -225,7 +229,7 @@ static void shared_head(const layer *L, int64_t h, workspace *ws, int nt, int *b
             *bad = 1;
         }
     }
-    const int64_t nb = n_bands(L->T, nt);
+    const int64_t nb = n_bands(L->T);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t r0 = band_edge(L->T, nb, b), r1 = band_edge(L->T, nb, b + 1);
@@ -234,6 +238,22 @@ static void shared_head(const layer *L, int64_t h, workspace *ws, int nt, int *b
             band(ctx, h, r0, r1);
         }
     }
+}
+
+/* Head h's vectors and distances on this thread, in the slices and bands of shared_head.
+ * Returns nonzero when a vector is not finite. */
+static int own_head(const layer *L, int64_t h, workspace *ws)
+{
+    int bad = 0;
+    for (int64_t s0 = 0; s0 < L->T; s0 += U_ROWS)
+        bad |= vector_rows(L, h, s0, s0 + U_ROWS < L->T ? s0 + U_ROWS : L->T, ws);
+    const int64_t nb = n_bands(L->T);
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t r0 = band_edge(L->T, nb, b), r1 = band_edge(L->T, nb, b + 1);
+        if (r1 > r0)
+            dist_rows(L, h, r0, r1, ws);
+    }
+    return bad;
 }
 
 static void ws_free(workspace *w)
@@ -302,15 +322,6 @@ static void map_band(void *ctx, int64_t h, int64_t r0, int64_t r1)
                 s <= t ? (float)(ltt__raw(c->wn[t], c->ws->dist[t * T + s]) / c->total[t]) : 0.0f;
 }
 
-static int thread_id(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 /* Element operations of one head's distances (the L1 triangle, plus the head vectors). */
 static double head_work(int64_t T, int64_t d_h, int64_t d)
 {
@@ -337,23 +348,21 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
         return LTT_ERR_NULL;
 
     /*
-     * One parallel region per call (none for small calls). Each thread takes whole heads,
-     * dynamically, into private buffers: no barrier until they are all done, so a thread slowed
-     * by other work on the machine stalls no one. The heads left over (H % threads, or all of
-     * them when private buffers would be too large) are shared by the threads in row bands,
-     * two barriers each.
+     * One parallel region per call (none for small calls). Fixed order: every target row adds
+     * its heads' raws in head order 0..H-1, whatever the thread count. The threads take a group
+     * of heads at a time, one head each, into private buffers, then add the group's raws row by
+     * row; when private buffers would be too large (or on one thread) they share each head in
+     * row bands instead.
      */
     const size_t TT = (size_t)T * (size_t)T;
-    int nt = ltt__threads((double)H * head_work(T, d_h, d));
+    const int nt = ltt__threads((double)H * head_work(T, d_h, d));
     const double per_thread = (double)TT * (norm == 2 ? 20.0 : 16.0) + (double)T * (double)d * 4.0;
-    const int64_t nwhole =
-        nt == 1 ? H : (per_thread * nt <= (double)PRIVATE_BYTES ? H - H % nt : 0);
-    const int nown = nwhole > 0 ? nt : 0;        /* private buffer sets */
-    const int nws = nown + (nwhole < H ? 1 : 0); /* and one shared set */
+    const int64_t group =
+        nt > 1 && per_thread * nt <= (double)PRIVATE_BYTES ? (nt < H ? nt : H) : 1;
     workspace ws;
-    const int ws_bad = ws_alloc(&ws, nws, T, d, norm);
-    double *er = calloc((size_t)nws * TT, sizeof(double));
-    double *zt = calloc((size_t)nws * (size_t)T, sizeof(double));
+    const int ws_bad = ws_alloc(&ws, (int)group, T, d, norm);
+    double *er = calloc(TT, sizeof(double));
+    double *zt = calloc((size_t)T, sizeof(double));
     double *wn = malloc((size_t)T * sizeof(double));
     double *wn2 = malloc((size_t)T * sizeof(double));
     double *node = malloc((size_t)(2 + E) * (size_t)T * sizeof(double)); /* resid, bias, extra */
@@ -378,30 +387,29 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
                 ltt__raw(wn[t], ltt__dist(d, w, extra + (e * T + t) * d, 1.0, norm));
     }
 
-    /* The heads: the only parallel part (whole heads end in its one barrier). */
+    /* The heads: the only parallel part. */
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        if (nwhole > 0) {
-            const int id = thread_id();
-            workspace mine = ws_part(&ws, id, T, d);
-#pragma omp for schedule(dynamic, 1) nowait
-            for (int64_t h = 0; h < nwhole; h++) {
-                if (vector_rows(&L, h, 0, T, &mine)) {
+        raws_ctx ctx = {T, wn, &ws, er, zt, heads};
+        for (int64_t g0 = 0; g0 < H; g0 += group) {
+            const int64_t g1 = g0 + group < H ? g0 + group : H;
+            if (group == 1) {
+                shared_head(&L, g0, &ws, &bad, raws_band, &ctx);
+                continue;
+            }
+#pragma omp for schedule(static, 1)
+            for (int64_t h = g0; h < g1; h++) {
+                workspace mine = ws_part(&ws, (int)(h - g0), T, d);
+                if (own_head(&L, h, &mine)) {
 #pragma omp atomic write
                     bad = 1;
-                    continue;
                 }
-                dist_rows(&L, h, 0, T, &mine);
-                add_raws(T, h, 0, T, wn, mine.dist, er + (size_t)id * TT, zt + (size_t)id * T,
-                         heads);
             }
-        }
-        if (nwhole < H) {
-            workspace shared = ws_part(&ws, nws - 1, T, d);
-            raws_ctx ctx = {
-                T, wn, &shared, er + (size_t)(nws - 1) * TT, zt + (size_t)(nws - 1) * T, heads};
-            for (int64_t h = nwhole; h < H; h++)
-                shared_head(&L, h, &shared, nt, &bad, raws_band, &ctx);
+#pragma omp for schedule(dynamic, 16)
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t h = g0; h < g1; h++)
+                    zt[t] += ltt__raw_row(t + 1, wn[t], ws.dist + (size_t)(h - g0) * TT + t * T,
+                                          er + t * T, heads != NULL ? heads + (h * T + t) * T : NULL);
         }
     }
 
@@ -411,8 +419,7 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
         double z = node[t] + node[T + t];
         for (int64_t e = 0; e < E; e++)
             z += node[(2 + e) * T + t];
-        for (int k = 0; k < nws; k++)
-            z += zt[(size_t)k * T + t];
+        z += zt[t];
         total[t] = z;
         const double inv = 1.0 / z;
         resid_out[t] = (float)(node[t] * inv);
@@ -420,12 +427,7 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
         for (int64_t e = 0; e < E; e++)
             extra_out[e * T + t] = (float)(node[(2 + e) * T + t] * inv);
         float *erow = edges + t * T;
-        double *e0 = er + t * T; /* the threads' sums, added into the first */
-        for (int k = 1; k < nws; k++) {
-            const double *ek = er + (size_t)k * TT + t * T;
-            for (int64_t s = 0; s <= t; s++)
-                e0[s] += ek[s];
-        }
+        const double *e0 = er + t * T;
         for (int64_t s = 0; s <= t; s++)
             erow[s] = (float)(e0[s] * inv);
         for (int64_t s = t + 1; s < T; s++)
@@ -484,7 +486,7 @@ ltt_status ltt_attn_head_map_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, i
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         map_ctx ctx = {T, wn, total, &ws, out};
-        shared_head(&L, head, &ws, nt, &bad, map_band, &ctx);
+        shared_head(&L, head, &ws, &bad, map_band, &ctx);
     }
     if (bad)
         st = LTT_ERR_OVERFLOW;

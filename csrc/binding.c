@@ -1297,7 +1297,37 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused)
     return info;
 }
 
+/* ---- threads ------------------------------------------------------------------------------- */
+
+PyDoc_STRVAR(set_num_threads_doc, "set_num_threads(n)\n--\n\n"
+                                  "Threads of the core's large calls (n >= 1). See "
+                                  "ltt.set_num_threads.");
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"n", NULL};
+    int n = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i:set_num_threads", kwlist, &n))
+        return NULL;
+    if (ltt_set_num_threads(n) != LTT_OK) {
+        PyErr_Format(PyExc_ValueError, "n must be a positive int, got %d", n);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(get_num_threads_doc, "get_num_threads()\n--\n\n"
+                                  "Threads of the core's large calls. See ltt.get_num_threads.");
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
+{
+    return PyLong_FromLong(ltt_get_num_threads());
+}
+
 static PyMethodDef methods[] = {
+    {"set_num_threads", (PyCFunction)(void (*)(void))py_set_num_threads,
+     METH_VARARGS | METH_KEYWORDS, set_num_threads_doc},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, get_num_threads_doc},
     {"contributions", (PyCFunction)(void (*)(void))py_contributions, METH_VARARGS | METH_KEYWORDS,
      contributions_doc},
     {"attn_contrib", (PyCFunction)(void (*)(void))py_attn_contrib, METH_VARARGS | METH_KEYWORDS,

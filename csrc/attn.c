@@ -453,19 +453,32 @@ done:
     return st;
 }
 
+/* The checks of a partial view (one head, one edge): sizes, then its index (bad_index: out of
+ * range), then the pointers. */
+static ltt_status check_view(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d, int norm,
+                             int bad_index, const float *out, const float *whole, const float *attn,
+                             const float *values, const float *w_o, const double *total)
+{
+    const ltt_status st = check_sizes(T, H, G, d_h, d, norm);
+    if (st != LTT_OK)
+        return st;
+    if (bad_index)
+        return LTT_ERR_INDEX;
+    if (!out || !whole || !attn || !values || !w_o || !total)
+        return LTT_ERR_NULL;
+    return LTT_OK;
+}
+
 ltt_status ltt_attn_head_map_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
                                  int64_t head, int norm, float *restrict out,
                                  const float *restrict whole, const float *restrict attn,
                                  const float *restrict values, const float *restrict w_o,
                                  const double *restrict total, ltt_norm_fix fix)
 {
-    ltt_status st = check_sizes(T, H, G, d_h, d, norm);
+    ltt_status st = check_view(T, H, G, d_h, d, norm, head < 0 || head >= H, out, whole, attn,
+                               values, w_o, total);
     if (st != LTT_OK)
         return st;
-    if (head < 0 || head >= H)
-        return LTT_ERR_INDEX;
-    if (!out || !whole || !attn || !values || !w_o || !total)
-        return LTT_ERR_NULL;
     workspace ws;
     const int ws_bad = ws_alloc(&ws, 1, T, d, norm);
     double *wn = malloc((size_t)T * sizeof(double));
@@ -502,13 +515,11 @@ ltt_status ltt_attn_edge_heads_f32(int64_t T, int64_t H, int64_t G, int64_t d_h,
                                    const float *restrict values, const float *restrict w_o,
                                    const double *restrict total, ltt_norm_fix fix)
 {
-    ltt_status st = check_sizes(T, H, G, d_h, d, norm);
+    ltt_status st =
+        check_view(T, H, G, d_h, d, norm, target < 0 || target >= T || source < 0 || source > target,
+                   out, whole, attn, values, w_o, total);
     if (st != LTT_OK)
         return st;
-    if (target < 0 || target >= T || source < 0 || source > target)
-        return LTT_ERR_INDEX;
-    if (!out || !whole || !attn || !values || !w_o || !total)
-        return LTT_ERR_NULL;
     float *u = malloc((size_t)d * sizeof(float));
     if (u == NULL)
         return LTT_ERR_NOMEM;

@@ -300,6 +300,14 @@ static PyObject *outputs_dict(int n, const out_spec *spec, PyArrayObject **outs)
     return d;
 }
 
+/* The end of every entry point: releases the n array arguments and the m outputs, returns ret. */
+static PyObject *cleanup(PyObject *ret, int n, PyArrayObject **args, int m, PyArrayObject **outs)
+{
+    release(n, args);
+    release(m, outs);
+    return ret;
+}
+
 /* Check a's shape against want (a -1 entry matches any size); sym names the dimensions. */
 static int check_shape(PyArrayObject *a, const char *name, const char *sym, int ndim,
                        const npy_intp *want)
@@ -631,6 +639,13 @@ static int sparse_rows_status(ltt_status st, const char *fn, PyArrayObject *indp
 
 /* ---- entry points -------------------------------------------------------------------------- */
 
+/*
+ * Every entry point runs the same fixed sequence (STYLE.md 5): parse the keywords, convert the
+ * arrays by its argument table, check shapes and scalars, allocate the outputs by its output
+ * table, call the core without the GIL, map the status, clean up in one place. Their heads and
+ * tails look alike on purpose; what differs (the shape rules, the call) is written out.
+ */
+
 /* The head-vector inputs every attention entry point reads, in this order in its table. */
 #define HEAD_INPUTS                                                                                \
     {"whole", NPY_FLOAT32, 0}, {"attn", NPY_FLOAT32, 0}, {"values", NPY_FLOAT32, 0},               \
@@ -687,9 +702,7 @@ static PyObject *py_contributions(PyObject *self, PyObject *args, PyObject *kwds
     ret = (PyObject *)out[0];
     out[0] = NULL;
 done:
-    release(N_ARGS, a);
-    release(1, out);
-    return ret;
+    return cleanup(ret, N_ARGS, a, 1, out);
 }
 
 PyDoc_STRVAR(attn_contrib_doc,
@@ -750,13 +763,9 @@ static PyObject *py_attn_contrib(PyObject *self, PyObject *args, PyObject *kwds)
         keep_heads ? (float *)PyArray_DATA(outs[5]) : NULL, fdata(a[RESID]), fdata(a[WHOLE]),
         fdata(a[ATTN]), fdata(a[VALUES]), fdata(a[W_O]), fdata(a[BIAS]), fdata(a[EXTRA]), fix);
     Py_END_ALLOW_THREADS;
-    if (check_status(st, "attn_contrib") < 0)
-        goto done;
-    ret = outputs_dict(n_out, os, outs);
+    ret = check_status(st, "attn_contrib") < 0 ? NULL : outputs_dict(n_out, os, outs);
 done:
-    release(N_ARGS, a);
-    release(6, outs);
-    return ret;
+    return cleanup(ret, N_ARGS, a, 6, outs);
 }
 
 PyDoc_STRVAR(attn_head_map_doc,
@@ -822,9 +831,7 @@ static PyObject *head_run(int edge, long long i0, long long i1, PyObject **o, in
     ret = (PyObject *)out[0];
     out[0] = NULL;
 done:
-    release(N_ARGS, a);
-    release(1, out);
-    return ret;
+    return cleanup(ret, N_ARGS, a, 1, out);
 }
 
 static PyObject *py_attn_head_map(PyObject *self, PyObject *args, PyObject *kwds)
@@ -947,13 +954,9 @@ static PyObject *py_ffn_neuron_contrib(PyObject *self, PyObject *args, PyObject 
                                     fdata(act), fdata(a[W_DOWN]), fdata(resid), fdata(whole), fdata(bias),
                                     fix);
     Py_END_ALLOW_THREADS;
-    if (check_status(st, "ffn_neuron_contrib") < 0)
-        goto done;
-    ret = outputs_dict(4, os, outs);
+    ret = check_status(st, "ffn_neuron_contrib") < 0 ? NULL : outputs_dict(4, os, outs);
 done:
-    release(N_ARGS, a);
-    release(4, outs);
-    return ret;
+    return cleanup(ret, N_ARGS, a, 4, outs);
 }
 
 PyDoc_STRVAR(renormalize_doc,
@@ -993,13 +996,9 @@ static PyObject *py_renormalize(PyObject *self, PyObject *args, PyObject *kwds)
     st = ltt_renormalize_f32(K, T, S, E, threshold, (float *)PyArray_DATA(outs[0]),
                              (float *)PyArray_DATA(outs[1]), fdata(a[HEADS]), fdata(a[SINGLE]));
     Py_END_ALLOW_THREADS;
-    if (check_status(st, "renormalize") < 0)
-        goto done;
-    ret = outputs_dict(2, os, outs);
+    ret = check_status(st, "renormalize") < 0 ? NULL : outputs_dict(2, os, outs);
 done:
-    release(N_ARGS, a);
-    release(2, outs);
-    return ret;
+    return cleanup(ret, N_ARGS, a, 2, outs);
 }
 
 PyDoc_STRVAR(prune_doc,
@@ -1059,9 +1058,7 @@ static PyObject *py_prune(PyObject *self, PyObject *args, PyObject *kwds)
     ret = prune_result(os, outs, edges, n_edges);
 done:
     free(edges);
-    release(N_ARGS, a);
-    release(4, outs);
-    return ret;
+    return cleanup(ret, N_ARGS, a, 4, outs);
 }
 
 PyDoc_STRVAR(prune_sparse_doc,
@@ -1118,9 +1115,7 @@ static PyObject *py_prune_sparse(PyObject *self, PyObject *args, PyObject *kwds)
     ret = prune_result(os, outs, edges, n_edges);
 done:
     free(edges);
-    release(N_ARGS, a);
-    release(4, outs);
-    return ret;
+    return cleanup(ret, N_ARGS, a, 4, outs);
 }
 
 PyDoc_STRVAR(renormalize_sparse_doc,
@@ -1179,13 +1174,10 @@ static PyObject *py_renormalize_sparse(PyObject *self, PyObject *args, PyObject 
         (const int64_t *)PyArray_DATA(a[INDPTR]), (const int32_t *)PyArray_DATA(a[SOURCES]),
         (const int16_t *)PyArray_DATA(a[HEADS]), pv, fdata(a[SINGLE]));
     Py_END_ALLOW_THREADS;
-    if (sparse_rows_status(st, "renormalize_sparse", a[INDPTR], a[SOURCES], a[HEADS], T, T, 0) < 0)
-        goto done;
-    ret = outputs_dict(2, os, outs);
+    if (sparse_rows_status(st, "renormalize_sparse", a[INDPTR], a[SOURCES], a[HEADS], T, T, 0) == 0)
+        ret = outputs_dict(2, os, outs);
 done:
-    release(N_ARGS, a);
-    release(2, outs);
-    return ret;
+    return cleanup(ret, N_ARGS, a, 2, outs);
 }
 
 /* ---- build information --------------------------------------------------------------------- */

@@ -58,6 +58,8 @@ VEC_TARGET static void VFN(l1_row_group)(int64_t n, int nr, int64_t ns, double *
 }
 
 /*
+ * The mirror of l1_row_group (which operand a load feeds several of is swapped: the row here,
+ * the source there), so the two loops look alike on purpose.
  * Few rows (a single token's FFN, the last row block of a triangle): one row at a time against
  * VEC_TILE sources, so no padded rows are computed; per VEC_W coordinates one w load feeds
  * VEC_TILE sources.

@@ -1,14 +1,12 @@
 /* test_core.c: C test driver of the core on hand-checked cases (run it under the sanitizers). */
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ltt_core.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 static int failures = 0;
 
@@ -29,6 +27,16 @@ static int failures = 0;
             failures++;                                                                            \
         }                                                                                          \
     } while (0)
+
+/* free() of n pointers. */
+static void free_all(int n, ...)
+{
+    va_list ap;
+    va_start(ap, n);
+    for (int i = 0; i < n; i++)
+        free(va_arg(ap, void *));
+    va_end(ap);
+}
 
 static const ltt_norm_fix NOFIX = {NULL, NULL, 0};
 
@@ -202,21 +210,8 @@ static void test_attn_random(void)
     double z1[1];
     CHECK(ltt_attn_contrib_f32(1, 1, 1, 1, 2, 0, 0, 1, e1, r1, b1, NULL, z1, NULL, w1, w1, a1,
                                big_v, big_w, NULL, NULL, NOFIX) == LTT_ERR_OVERFLOW);
-    free(resid);
-    free(whole);
-    free(attn);
-    free(values);
-    free(w_o);
-    free(extra);
-    free(bias);
-    free(rs);
-    free(edges);
-    free(heads);
-    free(r);
-    free(b);
-    free(ex);
-    free(map);
-    free(total);
+    free_all(15, resid, whole, attn, values, w_o, extra, bias, rs, edges, heads, r, b, ex, map,
+             total);
 }
 
 /* The figure as an FFN: neurons [1,1] and [-1,0] with activations 1, in both weight layouts. */
@@ -402,26 +397,9 @@ static void test_threads_agree(void)
     for (int i = 0; i < 3 * T; i++)
         NEAR(out3[i], out1[i], 0.0);
     free(parts);
-    for (int k = 0; k < 3; k++) {
-        free(edges[k]);
-        free(heads[k]);
-        free(map[k]);
-        free(ro[k]);
-        free(bo[k]);
-        free(xo[k]);
-        free(total[k]);
-        free(neu[k]);
-    }
-    free(resid);
-    free(whole);
-    free(attn);
-    free(values);
-    free(w_o);
-    free(extra);
-    free(bias);
-    free(rs);
-    free(act);
-    free(wd);
+    for (int k = 0; k < 3; k++)
+        free_all(8, edges[k], heads[k], map[k], ro[k], bo[k], xo[k], total[k], neu[k]);
+    free_all(10, resid, whole, attn, values, w_o, extra, bias, rs, act, wd);
 }
 
 /* Sparse rows: the checker, and both sparse kernels against the dense ones on the dense

@@ -20,6 +20,7 @@ lists from it.
 
 from __future__ import annotations
 
+from ltt._reference import dense, sparse
 from ltt._reference.dense import (
     EPS,
     attn_contrib,
@@ -33,20 +34,10 @@ from ltt._reference.dense import (
 )
 from ltt._reference.sparse import densify, prune_sparse, renormalize_sparse, sparsify
 
-# The twins of the C entry points of ltt._core (and of ltt.attribution), in the order they are listed.
-KERNELS = (
-    "contributions",
-    "attn_contrib",
-    "attn_head_map",
-    "attn_edge_heads",
-    "ffn_neuron_contrib",
-    "renormalize",
-    "prune",
-    "prune_sparse",
-    "renormalize_sparse",
-)
-# Dense kernels take dense arrays; sparse kernels take sparse rows (indptr, sources, ...).
-SPARSE_KERNELS = ("prune_sparse", "renormalize_sparse")
-DENSE_KERNELS = tuple(k for k in KERNELS if k not in SPARSE_KERNELS)
+# The twins of the C entry points of ltt._core (and of ltt.attribution): dense ones take dense
+# arrays, sparse ones sparse rows (indptr, sources, ...).
+DENSE_KERNELS = dense.KERNELS
+SPARSE_KERNELS = sparse.KERNELS
+KERNELS = DENSE_KERNELS + SPARSE_KERNELS
 
 __all__ = [*KERNELS, "EPS", "head_vectors", "sparsify", "densify", "KERNELS", "DENSE_KERNELS", "SPARSE_KERNELS"]

@@ -9,6 +9,11 @@ import numpy as np
 
 EPS = 1e-5
 
+# The twins of the dense C entry points. Each twin repeats its entry point's signature on
+# purpose (same names, same arguments), so the partial views' signatures look alike.
+KERNELS = ("contributions", "attn_contrib", "attn_head_map", "attn_edge_heads", "ffn_neuron_contrib",
+           "renormalize", "prune")
+
 
 def _norm(x: np.ndarray, norm: int, axis: int = -1) -> np.ndarray:
     if norm == 1:
@@ -174,6 +179,8 @@ def attn_head_map(
     return out.astype(np.float32)
 
 
+# attn_edge_heads takes attn_head_map's arguments past its indices (the C entry points'
+# signatures, repeated on purpose).
 def attn_edge_heads(
     target: int,
     source: int,

@@ -9,6 +9,8 @@ import numpy as np
 
 from ltt._reference.dense import prune
 
+# The twins of the sparse C entry points; prune_sparse repeats prune's signature on purpose.
+KERNELS = ("prune_sparse", "renormalize_sparse")
 
 def sparsify(dense: np.ndarray, floor: float, heads: bool = False) -> dict[str, np.ndarray]:
     """The sparse form of edge weights or head shares kept above ``floor``, plus each row's largest.
@@ -92,6 +94,8 @@ def densify(indptr, sources, values, shape, heads=None) -> np.ndarray:
     return out
 
 
+# prune_sparse takes prune's arguments past the sparse rows (the C entry points' signatures,
+# repeated on purpose).
 def prune_sparse(
     indptr: np.ndarray,
     sources: np.ndarray,

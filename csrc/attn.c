@@ -14,12 +14,14 @@
 #define L1_COLS 1024
 #define U_BLOCK_BYTES (1 << 19)
 /*
- * A head's vectors are made in slices of U_ROWS sources and its distances in at most BANDS row
- * bands, whether one thread or several share it: the same calls, so the same bits, for any
- * thread count.
+ * The same bits for any thread count: a head's vectors are made in slices of U_ROWS sources and
+ * its L2 dot products in slices of DOT_ROWS targets (aligned at 0), whether one thread or several
+ * share the head; threads sharing a head take row bands (at most BANDS, their edges multiples of
+ * DOT_ROWS), and an L1 distance does not depend on the band its row is in.
  */
 #define BANDS 32
 #define U_ROWS 64
+#define DOT_ROWS 64
 /* Heads are taken one per thread (a group of heads at a time) only while all threads' private
  * buffers stay below this; otherwise the threads share each head. */
 #define PRIVATE_BYTES (1u << 30)
@@ -144,16 +146,20 @@ static void dist_l1(int64_t T, int64_t d, int64_t r0, int64_t r1, double *restri
 }
 
 /*
- * L2 distances for targets [r0, r1) from ||w - a u||^2 = ||w||^2 - 2 a (w . u) + a^2 ||u||^2
- * with w . u from one sgemm; pairs where cancellation or float range makes that inexact are
- * recomputed in double. Single-threaded.
+ * L2 distances for targets [r0, r1) (r0 a multiple of DOT_ROWS) from
+ * ||w - a u||^2 = ||w||^2 - 2 a (w . u) + a^2 ||u||^2 with w . u from one sgemm per DOT_ROWS
+ * targets; pairs where cancellation or float range makes that inexact are recomputed in double.
+ * Single-threaded.
  */
 static void dist_l2(int64_t T, int64_t d, int64_t r0, int64_t r1, double *restrict dist,
                     float *restrict dots, const double *restrict wn2, const double *restrict un2,
                     const float *restrict whole, const float *restrict u, const float *restrict a_h,
                     const float *restrict row_scale)
 {
-    ltt__sgemm(1, 1, r1 - r0, r1, d, whole + r0 * d, d, u, d, dots + r0 * T, T);
+    for (int64_t c = r0; c < r1; c += DOT_ROWS) {
+        const int64_t c1 = c + DOT_ROWS < r1 ? c + DOT_ROWS : r1;
+        ltt__sgemm(1, 1, c1 - c, c1, d, whole + c * d, d, u, d, dots + c * T, T);
+    }
     for (int64_t t = r0; t < r1; t++) {
         for (int64_t s = 0; s <= t; s++) {
             const double a = coef(a_h, row_scale, T, t, s);
@@ -182,19 +188,19 @@ static void dist_rows(const layer *L, int64_t h, int64_t r0, int64_t r1, workspa
                 L->fix.row_scale);
 }
 
-/* Edge k of nb row bands of equal triangle area, on row-block boundaries. */
+/* Edge k of nb row bands of about equal triangle area, on DOT_ROWS boundaries. */
 static int64_t band_edge(int64_t T, int64_t nb, int64_t k)
 {
     if (k >= nb)
         return T;
     int64_t r = (int64_t)((double)T * sqrt((double)k / (double)nb));
-    r -= r % LTT_TILE_R;
+    r -= r % DOT_ROWS;
     return r < T ? r : T;
 }
 
 static int64_t n_bands(int64_t T)
 {
-    const int64_t blocks = (T + LTT_TILE_R - 1) / LTT_TILE_R;
+    const int64_t blocks = (T + DOT_ROWS - 1) / DOT_ROWS;
     return BANDS < blocks ? BANDS : blocks;
 }
 
@@ -240,19 +246,14 @@ static void shared_head(const layer *L, int64_t h, workspace *ws, int *bad, band
     }
 }
 
-/* Head h's vectors and distances on this thread, in the slices and bands of shared_head.
- * Returns nonzero when a vector is not finite. */
+/* Head h's vectors (in the slices of shared_head) and distances on this thread. Returns nonzero
+ * when a vector is not finite. */
 static int own_head(const layer *L, int64_t h, workspace *ws)
 {
     int bad = 0;
     for (int64_t s0 = 0; s0 < L->T; s0 += U_ROWS)
         bad |= vector_rows(L, h, s0, s0 + U_ROWS < L->T ? s0 + U_ROWS : L->T, ws);
-    const int64_t nb = n_bands(L->T);
-    for (int64_t b = 0; b < nb; b++) {
-        const int64_t r0 = band_edge(L->T, nb, b), r1 = band_edge(L->T, nb, b + 1);
-        if (r1 > r0)
-            dist_rows(L, h, r0, r1, ws);
-    }
+    dist_rows(L, h, 0, L->T, ws);
     return bad;
 }
 

@@ -11,8 +11,8 @@
 #define PAR_MIN_WORK 1e6
 /* Blocks of C computed by one sgemm call each: fixed, so a value of C never depends on how many
  * threads share the blocks. */
-#define SG_ROWS 128
-#define SG_COLS 512
+#define SG_ROWS 256
+#define SG_COLS 2048
 
 /* Threads set by ltt_set_num_threads; 0: OpenMP's default (omp_get_max_threads()). */
 static atomic_int num_threads = 0;

@@ -23,8 +23,11 @@
 #define U_ROWS 64
 #define DOT_ROWS 64
 /* Heads are taken one per thread (a group of heads at a time) only while all threads' private
- * buffers stay below this; otherwise the threads share each head. */
+ * buffers stay below this; otherwise the threads share each head (the C test driver is also
+ * built with 0, to take that path on small layers). */
+#ifndef PRIVATE_BYTES
 #define PRIVATE_BYTES (1u << 30)
+#endif
 /* L2 mode: pairs with ||w - a u||^2 below this fraction of ||w||^2 + ||a u||^2 are recomputed
  * directly in double, because the float32 dot product would lose too many digits there. */
 #define L2_REFINE 0.1
@@ -55,19 +58,13 @@ typedef struct {
     double *un2;  /* [T] ||u_s||^2, L2 only */
 } workspace;
 
-/*
- * u[i] = transform(values_i[g(h)] @ w_o[h]) for n sources whose value rows start at `values`
- * (rows of G * d_h), into u [n, d]; un2[i] = ||u[i]||^2 unless un2 is NULL. Single-threaded.
- * Returns nonzero when a value is not finite.
- */
-static int head_vectors(int64_t H, int64_t G, int64_t d_h, int64_t d, int64_t h, int64_t n,
-                        float *restrict u, double *restrict un2, const float *restrict values,
-                        const float *restrict w_o, ltt_norm_fix fix)
+/* Rows [s0, s1) of u [., d] after the product: the post-branch norm's transform, the finiteness
+ * check, un2[s] = ||u[s]||^2 unless un2 is NULL. Returns nonzero when a value is not finite. */
+static int finish_vectors(int64_t d, int64_t s0, int64_t s1, float *restrict u,
+                          double *restrict un2, ltt_norm_fix fix)
 {
-    const int64_t g = h / (H / G);
-    ltt__sgemm(1, 0, n, d, d_h, values + g * d_h, G * d_h, w_o + h * d_h * d, d, u, d);
     int bad = 0;
-    for (int64_t s = 0; s < n; s++) {
+    for (int64_t s = s0; s < s1; s++) {
         float *us = u + s * d;
         if (fix.center) {
             double mean = 0.0;
@@ -90,12 +87,33 @@ static int head_vectors(int64_t H, int64_t G, int64_t d_h, int64_t d, int64_t h,
     return bad;
 }
 
-/* Rows [s0, s1) of head h's vectors into ws (u and, L2, un2). */
-static int vector_rows(const layer *L, int64_t h, int64_t s0, int64_t s1, workspace *ws)
+/*
+ * u[i] = transform(values_i[g(h)] @ w_o[h]) for n sources whose value rows start at `values`
+ * (rows of G * d_h), into u [n, d]; un2[i] = ||u[i]||^2 unless un2 is NULL. Single-threaded.
+ * Returns nonzero when a value is not finite.
+ */
+static int head_vectors(int64_t H, int64_t G, int64_t d_h, int64_t d, int64_t h, int64_t n,
+                        float *restrict u, double *restrict un2, const float *restrict values,
+                        const float *restrict w_o, ltt_norm_fix fix)
 {
-    return head_vectors(L->H, L->G, L->d_h, L->d, h, s1 - s0, ws->u + s0 * L->d,
-                        ws->un2 != NULL ? ws->un2 + s0 : NULL, L->values + s0 * L->G * L->d_h,
-                        L->w_o, L->fix);
+    const int64_t g = h / (H / G);
+    ltt__sgemm(1, 0, n, d, d_h, values + g * d_h, G * d_h, w_o + h * d_h * d, d, u, d);
+    return finish_vectors(d, 0, n, u, un2, fix);
+}
+
+/* Block b of the product values[:, g(h)] @ w_o[h] into ws->u (the fixed blocks of
+ * ltt__sgemm_block, so the same bits whoever computes it). */
+static void vector_block(const layer *L, int64_t h, int64_t b, workspace *ws)
+{
+    const int64_t g = h / (L->H / L->G);
+    ltt__sgemm_block(b, 0, L->T, L->d, L->d_h, L->values + g * L->d_h, L->G * L->d_h,
+                     L->w_o + h * L->d_h * L->d, L->d, ws->u, L->d);
+}
+
+/* Rows [s0, s1) of head h's vectors in ws after their product (u and, L2, un2). */
+static int vector_rows(const layer *L, int64_t s0, int64_t s1, workspace *ws)
+{
+    return finish_vectors(L->d, s0, s1, ws->u, ws->un2, L->fix);
 }
 
 /* a[t, s] times the target's row scale, in float as the kernels use it. */
@@ -219,18 +237,23 @@ static void add_raws(int64_t T, int64_t h, int64_t r0, int64_t r1, const double 
 typedef void (*band_fn)(void *ctx, int64_t h, int64_t r0, int64_t r1);
 
 /*
- * Head h shared by the threads of the enclosing parallel region (or run by one): its vectors in
- * U_ROWS source slices, then its distances in row bands, each band followed by band(). Every
- * thread of the team calls it (it holds two work-sharing loops, each ending in a barrier).
+ * Head h shared by the threads of the enclosing parallel region (or run by one): the blocks of
+ * its vectors' product, their rows in U_ROWS source slices, then its distances in row bands,
+ * each band followed by band(). Every thread of the team calls it (it holds three work-sharing
+ * loops, each ending in a barrier).
  */
 static void shared_head(const layer *L, int64_t h, workspace *ws, int *bad, band_fn band,
                         void *ctx)
 {
+    const int64_t nblk = ltt__sgemm_blocks(L->T, L->d);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < nblk; b++)
+        vector_block(L, h, b, ws);
     const int64_t nu = (L->T + U_ROWS - 1) / U_ROWS;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < nu; c++) {
         const int64_t s1 = (c + 1) * U_ROWS < L->T ? (c + 1) * U_ROWS : L->T;
-        if (vector_rows(L, h, c * U_ROWS, s1, ws)) {
+        if (vector_rows(L, c * U_ROWS, s1, ws)) {
 #pragma omp atomic write
             *bad = 1;
         }
@@ -246,13 +269,14 @@ static void shared_head(const layer *L, int64_t h, workspace *ws, int *bad, band
     }
 }
 
-/* Head h's vectors (in the slices of shared_head) and distances on this thread. Returns nonzero
- * when a vector is not finite. */
+/* Head h's vectors (the product in the blocks of shared_head) and distances on this thread.
+ * Returns nonzero when a vector is not finite. */
 static int own_head(const layer *L, int64_t h, workspace *ws)
 {
-    int bad = 0;
-    for (int64_t s0 = 0; s0 < L->T; s0 += U_ROWS)
-        bad |= vector_rows(L, h, s0, s0 + U_ROWS < L->T ? s0 + U_ROWS : L->T, ws);
+    const int64_t nblk = ltt__sgemm_blocks(L->T, L->d);
+    for (int64_t b = 0; b < nblk; b++)
+        vector_block(L, h, b, ws);
+    const int bad = vector_rows(L, 0, L->T, ws);
     dist_rows(L, h, 0, L->T, ws);
     return bad;
 }
@@ -352,14 +376,14 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
      * One parallel region per call (none for small calls). Fixed order: every target row adds
      * its heads' raws in head order 0..H-1, whatever the thread count. The threads take a group
      * of heads at a time, one head each, into private buffers, then add the group's raws row by
-     * row; when private buffers would be too large (or on one thread) they share each head in
-     * row bands instead.
+     * row (one thread: one head at a time); when private buffers would be too large they share
+     * each head in row bands instead.
      */
     const size_t TT = (size_t)T * (size_t)T;
     const int nt = ltt__threads((double)H * head_work(T, d_h, d));
     const double per_thread = (double)TT * (norm == 2 ? 20.0 : 16.0) + (double)T * (double)d * 4.0;
-    const int64_t group =
-        nt > 1 && per_thread * nt <= (double)PRIVATE_BYTES ? (nt < H ? nt : H) : 1;
+    const int shared = nt > 1 && per_thread * nt > (double)PRIVATE_BYTES;
+    const int64_t group = shared ? 1 : (nt < H ? nt : H);
     workspace ws;
     const int ws_bad = ws_alloc(&ws, (int)group, T, d, norm);
     double *er = calloc(TT, sizeof(double));
@@ -394,7 +418,7 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
         raws_ctx ctx = {T, wn, &ws, er, zt, heads};
         for (int64_t g0 = 0; g0 < H; g0 += group) {
             const int64_t g1 = g0 + group < H ? g0 + group : H;
-            if (group == 1) {
+            if (shared) {
                 shared_head(&L, g0, &ws, &bad, raws_band, &ctx);
                 continue;
             }

@@ -12,7 +12,7 @@
 /* Blocks of C computed by one sgemm call each: fixed, so a value of C never depends on how many
  * threads share the blocks. */
 #define SG_ROWS 256
-#define SG_COLS 2048
+#define SG_COLS 4096
 
 /* Threads set by ltt_set_num_threads; 0: OpenMP's default (omp_get_max_threads()). */
 static atomic_int num_threads = 0;
@@ -56,15 +56,40 @@ int ltt__threads(double work)
 #endif
 }
 
-/* The block (r0, c0) of C, SG_ROWS x SG_COLS at most. */
-static void sgemm_block(int trans_b, int64_t r0, int64_t c0, int64_t M, int64_t N, int64_t K,
-                        const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
-                        int64_t ldc)
+/*
+ * OpenBLAS's own pthread pool spins after each call and starves our OpenMP threads (the usual
+ * OpenBLAS-pthreads + OpenMP oversubscription). This OpenBLAS (its own copy, not NumPy's) is set
+ * single-threaded once, before any call, and the blocks of C are shared by OpenMP threads
+ * instead.
+ */
+static void blas_single(void)
 {
+#if defined(_OPENMP) && defined(LTT_BLAS_SET_THREADS)
+    static atomic_int single = 0;
+    if (!atomic_load_explicit(&single, memory_order_acquire)) {
+        LTT_BLAS_SET_THREADS(1);
+        atomic_store_explicit(&single, 1, memory_order_release);
+    }
+#endif
+}
+
+int64_t ltt__sgemm_blocks(int64_t M, int64_t N)
+{
+    if (M <= 0 || N <= 0)
+        return 0;
+    return ((M + SG_ROWS - 1) / SG_ROWS) * ((N + SG_COLS - 1) / SG_COLS);
+}
+
+void ltt__sgemm_block(int64_t b, int trans_b, int64_t M, int64_t N, int64_t K, const float *A,
+                      int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc)
+{
+    const int64_t nc = (N + SG_COLS - 1) / SG_COLS;
+    const int64_t r0 = (b / nc) * SG_ROWS, c0 = (b % nc) * SG_COLS;
     const int64_t m = M - r0 < SG_ROWS ? M - r0 : SG_ROWS, n = N - c0 < SG_COLS ? N - c0 : SG_COLS;
-    const float *b = trans_b ? B + c0 * ldb : B + c0;
+    const float *bb = trans_b ? B + c0 * ldb : B + c0;
+    blas_single();
     LTT_SGEMM(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n,
-              (int)K, 1.0f, A + r0 * lda, (int)lda, b, (int)ldb, 0.0f, C + r0 * ldc + c0, (int)ldc);
+              (int)K, 1.0f, A + r0 * lda, (int)lda, bb, (int)ldb, 0.0f, C + r0 * ldc + c0, (int)ldc);
 }
 
 void ltt__sgemm(int threads, int trans_b, int64_t M, int64_t N, int64_t K, const float *A,
@@ -72,24 +97,12 @@ void ltt__sgemm(int threads, int trans_b, int64_t M, int64_t N, int64_t K, const
 {
     if (M <= 0 || N <= 0)
         return;
-#if defined(_OPENMP) && defined(LTT_BLAS_SET_THREADS)
-    /* OpenBLAS's own pthread pool spins after each call and starves our OpenMP threads (the
-     * usual OpenBLAS-pthreads + OpenMP oversubscription). This OpenBLAS (its own copy, not
-     * NumPy's) is set single-threaded once, before any call, and the blocks of C are shared
-     * by OpenMP threads instead. */
-    static atomic_int single = 0;
-    if (!atomic_load_explicit(&single, memory_order_acquire)) {
-        LTT_BLAS_SET_THREADS(1);
-        atomic_store_explicit(&single, 1, memory_order_release);
-    }
-#endif
-    const int64_t nr = (M + SG_ROWS - 1) / SG_ROWS, nc = (N + SG_COLS - 1) / SG_COLS;
-    int nt = (int64_t)threads < nr * nc ? threads : (int)(nr * nc);
+    const int64_t nblk = ltt__sgemm_blocks(M, N);
+    int nt = (int64_t)threads < nblk ? threads : (int)nblk;
 #if !(defined(_OPENMP) && defined(LTT_BLAS_SET_THREADS))
     nt = 1; /* a BLAS with its own threads is called from this thread only */
 #endif
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
-    for (int64_t b = 0; b < nr * nc; b++)
-        sgemm_block(trans_b, (b / nc) * SG_ROWS, (b % nc) * SG_COLS, M, N, K, A, lda, B, ldb, C,
-                    ldc);
+    for (int64_t b = 0; b < nblk; b++)
+        ltt__sgemm_block(b, trans_b, M, N, K, A, lda, B, ldb, C, ldc);
 }

@@ -30,6 +30,12 @@ void ltt__l1_rows(int64_t n, int nr, int64_t ns, double *restrict acc, int64_t l
 void ltt__sgemm(int threads, int trans_b, int64_t M, int64_t N, int64_t K, const float *A,
                 int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc);
 
+/* The number of fixed blocks of an M x N product, and block b alone (ltt__sgemm's arguments):
+ * for callers that share the blocks among their own threads. */
+int64_t ltt__sgemm_blocks(int64_t M, int64_t N);
+void ltt__sgemm_block(int64_t b, int trans_b, int64_t M, int64_t N, int64_t K, const float *A,
+                      int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc);
+
 /*
  * Threads for a call of about `work` element operations: 1 below the small-work cutoff or inside
  * a parallel region, else ltt_get_num_threads(). The environment variable LTT_PAR_MIN_WORK moves

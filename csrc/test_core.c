@@ -307,8 +307,9 @@ static float urand(unsigned *state)
  * take the threaded paths: whole heads per thread, heads shared in row bands, neuron blocks). */
 static void test_threads_agree(void)
 {
-    enum { T = 45, G = 1, DH = 5, D = 70, E = 1, N = 11, F = 300 };
-    /* on 3 threads: a group of 2 heads (2), 3 + 1 (4), 3 + 3 (6); on 1 thread: shared bands */
+    enum { T = 150, G = 1, DH = 5, D = 70, E = 1, N = 11, F = 300 };
+    /* on 3 threads: a group of 2 heads (2), 3 + 1 (4), 3 + 3 (6), or heads shared in row bands
+     * when built with -DPRIVATE_BYTES=0 (test_core_shared); on 1 thread: one head at a time */
     const int Hs[3] = {2, 4, 6};
     unsigned st = 7;
     float *resid = malloc(sizeof(float) * T * D), *whole = malloc(sizeof(float) * T * D);

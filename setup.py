@@ -31,7 +31,7 @@ SOURCES = [
     "csrc/ffn.c",
     "csrc/graph.c",
 ]
-HEADERS = ["csrc/ltt_core.h", "csrc/ltt_internal.h", "csrc/ltt_blas.h"]
+HEADERS = ["csrc/ltt_core.h", "csrc/ltt_internal.h", "csrc/ltt_blas.h", "csrc/vec.h", "csrc/simd_kernels.h"]
 
 
 class BuildError(RuntimeError):

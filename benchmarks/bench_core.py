@@ -388,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-baseline", action="store_true", help="time the C core only")
     ap.add_argument("--only", choices=["graph", "layer", "prune"], action="append",
                     help="run only these parts (repeatable)")
+    ap.add_argument("--layer-T", type=int, action="append", dest="layer_T",
+                    help="token counts of the one-layer case (repeatable; default 128, 512, 2048)")
     ap.add_argument("--worker", nargs=3, metavar=("SIDE", "CASE", "FOLDER"), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -403,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         graph_shape = dict(SMOLLM2, T=128)
         layer_Ts = [128, 512, 2048]
+    if args.layer_T:
+        layer_Ts = args.layer_T
         prune_shape = (32, 2048)
     root = tempfile.mkdtemp(prefix="ltt_bench_")
     rows = []

@@ -13,11 +13,21 @@
  */
 #define L1_COLS 1024
 #define U_BLOCK_BYTES (1 << 19)
-/* Few heads: threads share each head, in row bands (per thread) and source rows of u. */
-#define BANDS_PER_THREAD 4
+/*
+ * The same bits for any thread count: a head's vectors are made in slices of U_ROWS sources and
+ * its L2 dot products in slices of DOT_ROWS targets (aligned at 0), whether one thread or several
+ * share the head; threads sharing a head take row bands (at most BANDS, their edges multiples of
+ * DOT_ROWS), and an L1 distance does not depend on the band its row is in.
+ */
+#define BANDS 32
 #define U_ROWS 64
-/* Whole heads per thread only while all threads' private buffers stay below this. */
+#define DOT_ROWS 64
+/* Heads are taken one per thread (a group of heads at a time) only while all threads' private
+ * buffers stay below this; otherwise the threads share each head (the C test driver is also
+ * built with 0, to take that path on small layers). */
+#ifndef PRIVATE_BYTES
 #define PRIVATE_BYTES (1u << 30)
+#endif
 /* L2 mode: pairs with ||w - a u||^2 below this fraction of ||w||^2 + ||a u||^2 are recomputed
  * directly in double, because the float32 dot product would lose too many digits there. */
 #define L2_REFINE 0.1
@@ -48,19 +58,13 @@ typedef struct {
     double *un2;  /* [T] ||u_s||^2, L2 only */
 } workspace;
 
-/*
- * u[i] = transform(values_i[g(h)] @ w_o[h]) for n sources whose value rows start at `values`
- * (rows of G * d_h), into u [n, d]; un2[i] = ||u[i]||^2 unless un2 is NULL. Single-threaded.
- * Returns nonzero when a value is not finite.
- */
-static int head_vectors(int64_t H, int64_t G, int64_t d_h, int64_t d, int64_t h, int64_t n,
-                        float *restrict u, double *restrict un2, const float *restrict values,
-                        const float *restrict w_o, ltt_norm_fix fix)
+/* Rows [s0, s1) of u [., d] after the product: the post-branch norm's transform, the finiteness
+ * check, un2[s] = ||u[s]||^2 unless un2 is NULL. Returns nonzero when a value is not finite. */
+static int finish_vectors(int64_t d, int64_t s0, int64_t s1, float *restrict u,
+                          double *restrict un2, ltt_norm_fix fix)
 {
-    const int64_t g = h / (H / G);
-    ltt__sgemm(1, 0, n, d, d_h, values + g * d_h, G * d_h, w_o + h * d_h * d, d, u, d);
     int bad = 0;
-    for (int64_t s = 0; s < n; s++) {
+    for (int64_t s = s0; s < s1; s++) {
         float *us = u + s * d;
         if (fix.center) {
             double mean = 0.0;
@@ -83,12 +87,33 @@ static int head_vectors(int64_t H, int64_t G, int64_t d_h, int64_t d, int64_t h,
     return bad;
 }
 
-/* Rows [s0, s1) of head h's vectors into ws (u and, L2, un2). */
-static int vector_rows(const layer *L, int64_t h, int64_t s0, int64_t s1, workspace *ws)
+/*
+ * u[i] = transform(values_i[g(h)] @ w_o[h]) for n sources whose value rows start at `values`
+ * (rows of G * d_h), into u [n, d]; un2[i] = ||u[i]||^2 unless un2 is NULL. Single-threaded.
+ * Returns nonzero when a value is not finite.
+ */
+static int head_vectors(int64_t H, int64_t G, int64_t d_h, int64_t d, int64_t h, int64_t n,
+                        float *restrict u, double *restrict un2, const float *restrict values,
+                        const float *restrict w_o, ltt_norm_fix fix)
 {
-    return head_vectors(L->H, L->G, L->d_h, L->d, h, s1 - s0, ws->u + s0 * L->d,
-                        ws->un2 != NULL ? ws->un2 + s0 : NULL, L->values + s0 * L->G * L->d_h,
-                        L->w_o, L->fix);
+    const int64_t g = h / (H / G);
+    ltt__sgemm(1, 0, n, d, d_h, values + g * d_h, G * d_h, w_o + h * d_h * d, d, u, d);
+    return finish_vectors(d, 0, n, u, un2, fix);
+}
+
+/* Block b of the product values[:, g(h)] @ w_o[h] into ws->u (the fixed blocks of
+ * ltt__sgemm_block, so the same bits whoever computes it). */
+static void vector_block(const layer *L, int64_t h, int64_t b, workspace *ws)
+{
+    const int64_t g = h / (L->H / L->G);
+    ltt__sgemm_block(b, 0, L->T, L->d, L->d_h, L->values + g * L->d_h, L->G * L->d_h,
+                     L->w_o + h * L->d_h * L->d, L->d, ws->u, L->d);
+}
+
+/* Rows [s0, s1) of head h's vectors in ws after their product (u and, L2, un2). */
+static int vector_rows(const layer *L, int64_t s0, int64_t s1, workspace *ws)
+{
+    return finish_vectors(L->d, s0, s1, ws->u, ws->un2, L->fix);
 }
 
 /* a[t, s] times the target's row scale, in float as the kernels use it. */
@@ -139,16 +164,20 @@ static void dist_l1(int64_t T, int64_t d, int64_t r0, int64_t r1, double *restri
 }
 
 /*
- * L2 distances for targets [r0, r1) from ||w - a u||^2 = ||w||^2 - 2 a (w . u) + a^2 ||u||^2
- * with w . u from one sgemm; pairs where cancellation or float range makes that inexact are
- * recomputed in double. Single-threaded.
+ * L2 distances for targets [r0, r1) (r0 a multiple of DOT_ROWS) from
+ * ||w - a u||^2 = ||w||^2 - 2 a (w . u) + a^2 ||u||^2 with w . u from one sgemm per DOT_ROWS
+ * targets; pairs where cancellation or float range makes that inexact are recomputed in double.
+ * Single-threaded.
  */
 static void dist_l2(int64_t T, int64_t d, int64_t r0, int64_t r1, double *restrict dist,
                     float *restrict dots, const double *restrict wn2, const double *restrict un2,
                     const float *restrict whole, const float *restrict u, const float *restrict a_h,
                     const float *restrict row_scale)
 {
-    ltt__sgemm(1, 1, r1 - r0, r1, d, whole + r0 * d, d, u, d, dots + r0 * T, T);
+    for (int64_t c = r0; c < r1; c += DOT_ROWS) {
+        const int64_t c1 = c + DOT_ROWS < r1 ? c + DOT_ROWS : r1;
+        ltt__sgemm(1, 1, c1 - c, c1, d, whole + c * d, d, u, d, dots + c * T, T);
+    }
     for (int64_t t = r0; t < r1; t++) {
         for (int64_t s = 0; s <= t; s++) {
             const double a = coef(a_h, row_scale, T, t, s);
@@ -177,21 +206,20 @@ static void dist_rows(const layer *L, int64_t h, int64_t r0, int64_t r1, workspa
                 L->fix.row_scale);
 }
 
-/* Edge k of nb row bands of equal triangle area, on row-block boundaries. */
+/* Edge k of nb row bands of about equal triangle area, on DOT_ROWS boundaries. */
 static int64_t band_edge(int64_t T, int64_t nb, int64_t k)
 {
     if (k >= nb)
         return T;
     int64_t r = (int64_t)((double)T * sqrt((double)k / (double)nb));
-    r -= r % LTT_TILE_R;
+    r -= r % DOT_ROWS;
     return r < T ? r : T;
 }
 
-static int64_t n_bands(int64_t T, int nt)
+static int64_t n_bands(int64_t T)
 {
-    const int64_t blocks = (T + LTT_TILE_R - 1) / LTT_TILE_R;
-    const int64_t nb = nt > 1 ? (int64_t)BANDS_PER_THREAD * nt : 1;
-    return nb < blocks ? nb : blocks;
+    const int64_t blocks = (T + DOT_ROWS - 1) / DOT_ROWS;
+    return BANDS < blocks ? BANDS : blocks;
 }
 
 /* Raw contributions of head h for targets [r0, r1): added to er [T, T] and zt [T], and stored
@@ -209,23 +237,28 @@ static void add_raws(int64_t T, int64_t h, int64_t r0, int64_t r1, const double 
 typedef void (*band_fn)(void *ctx, int64_t h, int64_t r0, int64_t r1);
 
 /*
- * Head h shared by the threads of the enclosing parallel region (or run by one): its vectors in
- * U_ROWS source slices, then its distances in row bands, each band followed by band(). Every
- * thread of the team calls it (it holds two work-sharing loops, each ending in a barrier).
+ * Head h shared by the threads of the enclosing parallel region (or run by one): the blocks of
+ * its vectors' product, their rows in U_ROWS source slices, then its distances in row bands,
+ * each band followed by band(). Every thread of the team calls it (it holds three work-sharing
+ * loops, each ending in a barrier).
  */
-static void shared_head(const layer *L, int64_t h, workspace *ws, int nt, int *bad, band_fn band,
+static void shared_head(const layer *L, int64_t h, workspace *ws, int *bad, band_fn band,
                         void *ctx)
 {
+    const int64_t nblk = ltt__sgemm_blocks(L->T, L->d);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < nblk; b++)
+        vector_block(L, h, b, ws);
     const int64_t nu = (L->T + U_ROWS - 1) / U_ROWS;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < nu; c++) {
         const int64_t s1 = (c + 1) * U_ROWS < L->T ? (c + 1) * U_ROWS : L->T;
-        if (vector_rows(L, h, c * U_ROWS, s1, ws)) {
+        if (vector_rows(L, c * U_ROWS, s1, ws)) {
 #pragma omp atomic write
             *bad = 1;
         }
     }
-    const int64_t nb = n_bands(L->T, nt);
+    const int64_t nb = n_bands(L->T);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t r0 = band_edge(L->T, nb, b), r1 = band_edge(L->T, nb, b + 1);
@@ -234,6 +267,18 @@ static void shared_head(const layer *L, int64_t h, workspace *ws, int nt, int *b
             band(ctx, h, r0, r1);
         }
     }
+}
+
+/* Head h's vectors (the product in the blocks of shared_head) and distances on this thread.
+ * Returns nonzero when a vector is not finite. */
+static int own_head(const layer *L, int64_t h, workspace *ws)
+{
+    const int64_t nblk = ltt__sgemm_blocks(L->T, L->d);
+    for (int64_t b = 0; b < nblk; b++)
+        vector_block(L, h, b, ws);
+    const int bad = vector_rows(L, 0, L->T, ws);
+    dist_rows(L, h, 0, L->T, ws);
+    return bad;
 }
 
 static void ws_free(workspace *w)
@@ -302,15 +347,6 @@ static void map_band(void *ctx, int64_t h, int64_t r0, int64_t r1)
                 s <= t ? (float)(ltt__raw(c->wn[t], c->ws->dist[t * T + s]) / c->total[t]) : 0.0f;
 }
 
-static int thread_id(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 /* Element operations of one head's distances (the L1 triangle, plus the head vectors). */
 static double head_work(int64_t T, int64_t d_h, int64_t d)
 {
@@ -337,23 +373,21 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
         return LTT_ERR_NULL;
 
     /*
-     * One parallel region per call (none for small calls). Each thread takes whole heads,
-     * dynamically, into private buffers: no barrier until they are all done, so a thread slowed
-     * by other work on the machine stalls no one. The heads left over (H % threads, or all of
-     * them when private buffers would be too large) are shared by the threads in row bands,
-     * two barriers each.
+     * One parallel region per call (none for small calls). Fixed order: every target row adds
+     * its heads' raws in head order 0..H-1, whatever the thread count. The threads take a group
+     * of heads at a time, one head each, into private buffers, then add the group's raws row by
+     * row (one thread: one head at a time); when private buffers would be too large they share
+     * each head in row bands instead.
      */
     const size_t TT = (size_t)T * (size_t)T;
-    int nt = ltt__threads((double)H * head_work(T, d_h, d));
+    const int nt = ltt__threads((double)H * head_work(T, d_h, d));
     const double per_thread = (double)TT * (norm == 2 ? 20.0 : 16.0) + (double)T * (double)d * 4.0;
-    const int64_t nwhole =
-        nt == 1 ? H : (per_thread * nt <= (double)PRIVATE_BYTES ? H - H % nt : 0);
-    const int nown = nwhole > 0 ? nt : 0;        /* private buffer sets */
-    const int nws = nown + (nwhole < H ? 1 : 0); /* and one shared set */
+    const int shared = nt > 1 && per_thread * nt > (double)PRIVATE_BYTES;
+    const int64_t group = shared ? 1 : (nt < H ? nt : H);
     workspace ws;
-    const int ws_bad = ws_alloc(&ws, nws, T, d, norm);
-    double *er = calloc((size_t)nws * TT, sizeof(double));
-    double *zt = calloc((size_t)nws * (size_t)T, sizeof(double));
+    const int ws_bad = ws_alloc(&ws, (int)group, T, d, norm);
+    double *er = calloc(TT, sizeof(double));
+    double *zt = calloc((size_t)T, sizeof(double));
     double *wn = malloc((size_t)T * sizeof(double));
     double *wn2 = malloc((size_t)T * sizeof(double));
     double *node = malloc((size_t)(2 + E) * (size_t)T * sizeof(double)); /* resid, bias, extra */
@@ -378,30 +412,29 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
                 ltt__raw(wn[t], ltt__dist(d, w, extra + (e * T + t) * d, 1.0, norm));
     }
 
-    /* The heads: the only parallel part (whole heads end in its one barrier). */
+    /* The heads: the only parallel part. */
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        if (nwhole > 0) {
-            const int id = thread_id();
-            workspace mine = ws_part(&ws, id, T, d);
-#pragma omp for schedule(dynamic, 1) nowait
-            for (int64_t h = 0; h < nwhole; h++) {
-                if (vector_rows(&L, h, 0, T, &mine)) {
+        raws_ctx ctx = {T, wn, &ws, er, zt, heads};
+        for (int64_t g0 = 0; g0 < H; g0 += group) {
+            const int64_t g1 = g0 + group < H ? g0 + group : H;
+            if (shared) {
+                shared_head(&L, g0, &ws, &bad, raws_band, &ctx);
+                continue;
+            }
+#pragma omp for schedule(static, 1)
+            for (int64_t h = g0; h < g1; h++) {
+                workspace mine = ws_part(&ws, (int)(h - g0), T, d);
+                if (own_head(&L, h, &mine)) {
 #pragma omp atomic write
                     bad = 1;
-                    continue;
                 }
-                dist_rows(&L, h, 0, T, &mine);
-                add_raws(T, h, 0, T, wn, mine.dist, er + (size_t)id * TT, zt + (size_t)id * T,
-                         heads);
             }
-        }
-        if (nwhole < H) {
-            workspace shared = ws_part(&ws, nws - 1, T, d);
-            raws_ctx ctx = {
-                T, wn, &shared, er + (size_t)(nws - 1) * TT, zt + (size_t)(nws - 1) * T, heads};
-            for (int64_t h = nwhole; h < H; h++)
-                shared_head(&L, h, &shared, nt, &bad, raws_band, &ctx);
+#pragma omp for schedule(dynamic, 16)
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t h = g0; h < g1; h++)
+                    zt[t] += ltt__raw_row(t + 1, wn[t], ws.dist + (size_t)(h - g0) * TT + t * T,
+                                          er + t * T, heads != NULL ? heads + (h * T + t) * T : NULL);
         }
     }
 
@@ -411,8 +444,7 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
         double z = node[t] + node[T + t];
         for (int64_t e = 0; e < E; e++)
             z += node[(2 + e) * T + t];
-        for (int k = 0; k < nws; k++)
-            z += zt[(size_t)k * T + t];
+        z += zt[t];
         total[t] = z;
         const double inv = 1.0 / z;
         resid_out[t] = (float)(node[t] * inv);
@@ -420,12 +452,7 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
         for (int64_t e = 0; e < E; e++)
             extra_out[e * T + t] = (float)(node[(2 + e) * T + t] * inv);
         float *erow = edges + t * T;
-        double *e0 = er + t * T; /* the threads' sums, added into the first */
-        for (int k = 1; k < nws; k++) {
-            const double *ek = er + (size_t)k * TT + t * T;
-            for (int64_t s = 0; s <= t; s++)
-                e0[s] += ek[s];
-        }
+        const double *e0 = er + t * T;
         for (int64_t s = 0; s <= t; s++)
             erow[s] = (float)(e0[s] * inv);
         for (int64_t s = t + 1; s < T; s++)
@@ -451,19 +478,32 @@ done:
     return st;
 }
 
+/* The checks of a partial view (one head, one edge): sizes, then its index (bad_index: out of
+ * range), then the pointers. */
+static ltt_status check_view(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d, int norm,
+                             int bad_index, const float *out, const float *whole, const float *attn,
+                             const float *values, const float *w_o, const double *total)
+{
+    const ltt_status st = check_sizes(T, H, G, d_h, d, norm);
+    if (st != LTT_OK)
+        return st;
+    if (bad_index)
+        return LTT_ERR_INDEX;
+    if (!out || !whole || !attn || !values || !w_o || !total)
+        return LTT_ERR_NULL;
+    return LTT_OK;
+}
+
 ltt_status ltt_attn_head_map_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
                                  int64_t head, int norm, float *restrict out,
                                  const float *restrict whole, const float *restrict attn,
                                  const float *restrict values, const float *restrict w_o,
                                  const double *restrict total, ltt_norm_fix fix)
 {
-    ltt_status st = check_sizes(T, H, G, d_h, d, norm);
+    ltt_status st = check_view(T, H, G, d_h, d, norm, head < 0 || head >= H, out, whole, attn,
+                               values, w_o, total);
     if (st != LTT_OK)
         return st;
-    if (head < 0 || head >= H)
-        return LTT_ERR_INDEX;
-    if (!out || !whole || !attn || !values || !w_o || !total)
-        return LTT_ERR_NULL;
     workspace ws;
     const int ws_bad = ws_alloc(&ws, 1, T, d, norm);
     double *wn = malloc((size_t)T * sizeof(double));
@@ -484,7 +524,7 @@ ltt_status ltt_attn_head_map_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, i
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         map_ctx ctx = {T, wn, total, &ws, out};
-        shared_head(&L, head, &ws, nt, &bad, map_band, &ctx);
+        shared_head(&L, head, &ws, &bad, map_band, &ctx);
     }
     if (bad)
         st = LTT_ERR_OVERFLOW;
@@ -500,13 +540,11 @@ ltt_status ltt_attn_edge_heads_f32(int64_t T, int64_t H, int64_t G, int64_t d_h,
                                    const float *restrict values, const float *restrict w_o,
                                    const double *restrict total, ltt_norm_fix fix)
 {
-    ltt_status st = check_sizes(T, H, G, d_h, d, norm);
+    ltt_status st =
+        check_view(T, H, G, d_h, d, norm, target < 0 || target >= T || source < 0 || source > target,
+                   out, whole, attn, values, w_o, total);
     if (st != LTT_OK)
         return st;
-    if (target < 0 || target >= T || source < 0 || source > target)
-        return LTT_ERR_INDEX;
-    if (!out || !whole || !attn || !values || !w_o || !total)
-        return LTT_ERR_NULL;
     float *u = malloc((size_t)d * sizeof(float));
     if (u == NULL)
         return LTT_ERR_NOMEM;

@@ -166,11 +166,12 @@ static int conversion_failed(PyObject *obj, const char *name)
 }
 
 /*
- * obj -> C-contiguous aligned float32 (or float64 when dtype is NPY_FLOAT64) array, finite.
- * None gives *out = NULL when optional, a TypeError otherwise.
+ * obj -> aligned float32 (or float64 when dtype is NPY_FLOAT64) array: C-contiguous, or in any
+ * layout when `strided`; finite unless `unchecked`. None gives *out = NULL when optional, a
+ * TypeError otherwise.
  */
-static int to_array_checked(PyObject *obj, const char *name, int optional, int dtype,
-                            int check_finite, PyArrayObject **out)
+static int to_float_array(PyObject *obj, const char *name, int optional, int dtype, int unchecked,
+                          int strided, PyArrayObject **out)
 {
     *out = NULL;
     if (obj == NULL || obj == Py_None) {
@@ -186,12 +187,12 @@ static int to_array_checked(PyObject *obj, const char *name, int optional, int d
         Py_DECREF(raw);
         return -1;
     }
-    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)raw, dtype,
-                                                         NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    const int req = (strided ? NPY_ARRAY_ALIGNED : NPY_ARRAY_IN_ARRAY) | NPY_ARRAY_FORCECAST;
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)raw, dtype, req);
     Py_DECREF(raw);
     if (a == NULL)
         return -1;
-    if (check_finite && require_finite(a, name) < 0) {
+    if (!unchecked && require_finite(a, name) < 0) {
         Py_DECREF(a);
         return -1;
     }
@@ -199,9 +200,112 @@ static int to_array_checked(PyObject *obj, const char *name, int optional, int d
     return 0;
 }
 
-static int to_array(PyObject *obj, const char *name, int optional, int dtype, PyArrayObject **out)
+/* obj -> C-contiguous aligned array of exactly the integer dtype `type` (no cast: TypeError). */
+static int to_index_array(PyObject *obj, const char *name, int type, PyArrayObject **out)
 {
-    return to_array_checked(obj, name, optional, dtype, 1, out);
+    *out = NULL;
+    if (obj == NULL || obj == Py_None) {
+        PyErr_Format(PyExc_TypeError, "%s is required, got None", name);
+        return -1;
+    }
+    PyArrayObject *raw = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (raw == NULL)
+        return -1;
+    if (PyArray_TYPE(raw) != type) {
+        PyArray_Descr *want = PyArray_DescrFromType(type);
+        PyErr_Format(PyExc_TypeError, "%s must be an array of %S, got dtype %S", name,
+                     (PyObject *)want, (PyObject *)PyArray_DESCR(raw));
+        Py_XDECREF(want);
+        Py_DECREF(raw);
+        return -1;
+    }
+    *out = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)raw, type, NPY_ARRAY_IN_ARRAY);
+    Py_DECREF(raw);
+    return *out == NULL ? -1 : 0;
+}
+
+/* ---- argument and output tables ------------------------------------------------------------ */
+
+/* How one array argument is converted (flags of arg_spec). */
+enum {
+    ARG_OPTIONAL = 1,  /* None gives NULL */
+    ARG_UNCHECKED = 2, /* finiteness is checked later (by the caller or the kernel) */
+    ARG_STRIDED = 4    /* any layout (a transposed view is kept without a copy) */
+};
+
+/* One array argument: its name, its dtype (float32/64: any float dtype is cast; an integer
+ * type: exactly that dtype) and flags. */
+typedef struct {
+    const char *name;
+    int type;
+    int flags;
+} arg_spec;
+
+/*
+ * The n array arguments objs[i] -> arrs[i] by spec[i], in order; the first failure raises.
+ * The caller releases arrs with release() whatever the result.
+ */
+static int convert_args(int n, const arg_spec *spec, PyObject *const *objs, PyArrayObject **arrs)
+{
+    for (int i = 0; i < n; i++)
+        arrs[i] = NULL;
+    for (int i = 0; i < n; i++) {
+        const arg_spec *a = &spec[i];
+        const int r = a->type == NPY_FLOAT32 || a->type == NPY_FLOAT64
+                          ? to_float_array(objs[i], a->name, a->flags & ARG_OPTIONAL, a->type,
+                                           a->flags & ARG_UNCHECKED, a->flags & ARG_STRIDED,
+                                           &arrs[i])
+                          : to_index_array(objs[i], a->name, a->type, &arrs[i]);
+        if (r < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void release(int n, PyArrayObject **arrs)
+{
+    for (int i = 0; i < n; i++)
+        Py_CLEAR(arrs[i]);
+}
+
+/* One output array: its key in the returned dict, dtype and shape (zero-filled). */
+typedef struct {
+    const char *key;
+    int type;
+    int ndim;
+    npy_intp dims[3];
+} out_spec;
+
+/* Allocates the n outputs of spec into outs (-1 with MemoryError on failure). */
+static int alloc_outputs(int n, const out_spec *spec, PyArrayObject **outs)
+{
+    for (int i = 0; i < n; i++)
+        if ((outs[i] = (PyArrayObject *)PyArray_ZEROS(spec[i].ndim, (npy_intp *)spec[i].dims,
+                                                      spec[i].type, 0)) == NULL)
+            return -1;
+    return 0;
+}
+
+/* The dict {spec[i].key: outs[i]}, taking the outputs (outs[i] cleared); NULL on failure. */
+static PyObject *outputs_dict(int n, const out_spec *spec, PyArrayObject **outs)
+{
+    PyObject *d = PyDict_New();
+    for (int i = 0; i < n; i++) {
+        if (d != NULL && PyDict_SetItemString(d, spec[i].key, (PyObject *)outs[i]) < 0) {
+            Py_DECREF(d);
+            d = NULL;
+        }
+    }
+    release(n, outs);
+    return d;
+}
+
+/* The end of every entry point: releases the n array arguments and the m outputs, returns ret. */
+static PyObject *cleanup(PyObject *ret, int n, PyArrayObject **args, int m, PyArrayObject **outs)
+{
+    release(n, args);
+    release(m, outs);
+    return ret;
 }
 
 /* Check a's shape against want (a -1 entry matches any size); sym names the dimensions. */
@@ -279,11 +383,6 @@ static int check_status(ltt_status st, const char *fn)
 static const float *fdata(PyArrayObject *a)
 {
     return a == NULL ? NULL : (const float *)PyArray_DATA(a);
-}
-
-static PyArrayObject *zeros(int ndim, const npy_intp *dims, int type)
-{
-    return (PyArrayObject *)PyArray_ZEROS(ndim, (npy_intp *)dims, type, 0);
 }
 
 /* Shared validation of the head-vector inputs: attn [H,T,T], values [T,G,d_h], w_o [H,d_h,d]. */
@@ -372,603 +471,100 @@ static int check_total(PyArrayObject *total, npy_intp T)
     return 0;
 }
 
-/* ---- entry points -------------------------------------------------------------------------- */
+/* ---- prune's flags, targets and outputs (dense and sparse) ---------------------------------- */
 
-PyDoc_STRVAR(contributions_doc,
-             "contributions(parts, whole, norm=1)\n--\n\n"
-             "Proximity shares of parts [K, ..., d] in whole [..., d] -> float32 [K, ...].\n"
-             "See ltt._reference.contributions.");
-
-static PyObject *py_contributions(PyObject *self, PyObject *args, PyObject *kwds)
+/* parallel [L] flags (bool or integer dtype) and targets (integer positions, negative ones from
+ * the end, each checked against [-T, T)) as prune and prune_sparse take them. */
+static int prune_flags_targets(PyObject *par_o, PyObject *tg_o, npy_intp L, npy_intp T,
+                               PyArrayObject **par, PyArrayObject **tg)
 {
-    static char *kwlist[] = {"parts", "whole", "norm", NULL};
-    PyObject *parts_o = NULL, *whole_o = NULL, *ret = NULL;
-    PyArrayObject *parts = NULL, *whole = NULL, *out = NULL;
-    int norm = 1;
-    ltt_status st;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|i:contributions", kwlist, &parts_o, &whole_o,
-                                     &norm))
-        return NULL;
-    if (to_array(parts_o, "parts", 0, NPY_FLOAT32, &parts) < 0 ||
-        to_array(whole_o, "whole", 0, NPY_FLOAT32, &whole) < 0 || check_norm(norm) < 0)
-        goto done;
-    const int wd = PyArray_NDIM(whole);
-    int ok = wd >= 1 && PyArray_NDIM(parts) == wd + 1;
-    for (int i = 0; ok && i < wd; i++)
-        ok = PyArray_DIM(parts, i + 1) == PyArray_DIM(whole, i);
-    if (!ok) {
-        char gp[160], gw[160];
-        fmt_shape(gp, sizeof gp, PyArray_NDIM(parts), PyArray_DIMS(parts));
-        fmt_shape(gw, sizeof gw, wd, PyArray_DIMS(whole));
-        PyErr_Format(PyExc_ValueError,
-                     "parts must have shape (K, *whole.shape) with whole of shape (..., d); "
-                     "got parts %s and whole %s",
-                     gp, gw);
-        goto done;
-    }
-    if (check_nonempty(parts, "parts") < 0)
-        goto done;
-    const int64_t K = PyArray_DIM(parts, 0), d = PyArray_DIM(whole, wd - 1);
-    const int64_t M = PyArray_SIZE(whole) / d;
-    out = zeros(wd, PyArray_DIMS(parts), NPY_FLOAT32);
-    if (out == NULL)
-        goto done;
-    Py_BEGIN_ALLOW_THREADS;
-    st = ltt_contributions_f32(K, M, d, norm, (float *)PyArray_DATA(out), fdata(parts),
-                               fdata(whole));
-    Py_END_ALLOW_THREADS;
-    if (check_status(st, "contributions") < 0)
-        goto done;
-    ret = (PyObject *)out;
-    out = NULL;
-done:
-    Py_XDECREF(parts);
-    Py_XDECREF(whole);
-    Py_XDECREF(out);
-    return ret;
-}
-
-/* Builds a dict from (key, array) pairs, stealing the arrays; NULL on failure. */
-static PyObject *make_dict(int n, const char **keys, PyArrayObject **vals)
-{
-    PyObject *d = PyDict_New();
-    for (int i = 0; i < n; i++) {
-        if (d != NULL && PyDict_SetItemString(d, keys[i], (PyObject *)vals[i]) < 0) {
-            Py_DECREF(d);
-            d = NULL;
-        }
-    }
-    for (int i = 0; i < n; i++) {
-        Py_DECREF(vals[i]);
-        vals[i] = NULL;
-    }
-    return d;
-}
-
-PyDoc_STRVAR(attn_contrib_doc,
-             "attn_contrib(resid, whole, attn, values, w_o, bias=None, extra=None, "
-             "row_scale=None, col_scale=None, center=False, norm=1, keep_heads=False)\n--\n\n"
-             "Contributions of one attention layer. See ltt._reference.attn_contrib.");
-
-static PyObject *py_attn_contrib(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"resid", "whole",      "attn",      "values",    "w_o",
-                             "bias",  "extra",      "row_scale", "col_scale", "center",
-                             "norm",  "keep_heads", NULL};
-    PyObject *o[9] = {NULL};
-    int center = 0, norm = 1, keep_heads = 0;
-    PyArrayObject *resid = NULL, *whole = NULL, *attn = NULL, *values = NULL, *w_o = NULL,
-                  *bias = NULL, *extra = NULL, *row_scale = NULL, *col_scale = NULL;
-    PyArrayObject *outs[6] = {NULL};
-    PyObject *ret = NULL;
-    ltt_status st;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|OOOOpip:attn_contrib", kwlist, &o[0], &o[1],
-                                     &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &center,
-                                     &norm, &keep_heads))
-        return NULL;
-    if (to_array(o[0], "resid", 0, NPY_FLOAT32, &resid) < 0 ||
-        to_array(o[1], "whole", 0, NPY_FLOAT32, &whole) < 0 ||
-        to_array(o[2], "attn", 0, NPY_FLOAT32, &attn) < 0 ||
-        to_array(o[3], "values", 0, NPY_FLOAT32, &values) < 0 ||
-        to_array(o[4], "w_o", 0, NPY_FLOAT32, &w_o) < 0 ||
-        to_array(o[5], "bias", 1, NPY_FLOAT32, &bias) < 0 ||
-        to_array(o[6], "extra", 1, NPY_FLOAT32, &extra) < 0 ||
-        to_array(o[7], "row_scale", 1, NPY_FLOAT32, &row_scale) < 0 ||
-        to_array(o[8], "col_scale", 1, NPY_FLOAT32, &col_scale) < 0 || check_norm(norm) < 0)
-        goto done;
-    attn_dims D;
-    if (check_attn_inputs(&D, whole, attn, values, w_o, row_scale, col_scale) < 0)
-        goto done;
-    npy_intp wr[2] = {D.T, D.d};
-    if (check_shape(resid, "resid", "(T, d)", 2, wr) < 0)
-        goto done;
-    int64_t bias_stride = 0, E = 0;
-    if (check_bias(bias, D.T, D.d, "T", &bias_stride) < 0)
-        goto done;
-    if (extra != NULL) {
-        npy_intp we[3] = {-1, D.T, D.d};
-        if (check_shape(extra, "extra", "(E, T, d)", 3, we) < 0 ||
-            check_nonempty(extra, "extra") < 0)
-            goto done;
-        E = PyArray_DIM(extra, 0);
-    }
-    npy_intp dT[1] = {D.T}, dTT[2] = {D.T, D.T}, dET[2] = {E, D.T}, dHTT[3] = {D.H, D.T, D.T};
-    outs[0] = zeros(2, dTT, NPY_FLOAT32);
-    outs[1] = zeros(1, dT, NPY_FLOAT32);
-    outs[2] = zeros(1, dT, NPY_FLOAT32);
-    outs[3] = zeros(2, dET, NPY_FLOAT32);
-    outs[4] = zeros(1, dT, NPY_FLOAT64);
-    if (keep_heads)
-        outs[5] = zeros(3, dHTT, NPY_FLOAT32);
-    if (!outs[0] || !outs[1] || !outs[2] || !outs[3] || !outs[4] || (keep_heads && !outs[5]))
-        goto done;
-    ltt_norm_fix fix = {fdata(row_scale), fdata(col_scale), center};
-    Py_BEGIN_ALLOW_THREADS;
-    st = ltt_attn_contrib_f32(
-        D.T, D.H, D.G, D.dh, D.d, E, bias_stride, norm, (float *)PyArray_DATA(outs[0]),
-        (float *)PyArray_DATA(outs[1]), (float *)PyArray_DATA(outs[2]),
-        (float *)PyArray_DATA(outs[3]), (double *)PyArray_DATA(outs[4]),
-        keep_heads ? (float *)PyArray_DATA(outs[5]) : NULL, fdata(resid), fdata(whole), fdata(attn),
-        fdata(values), fdata(w_o), fdata(bias), fdata(extra), fix);
-    Py_END_ALLOW_THREADS;
-    if (check_status(st, "attn_contrib") < 0)
-        goto done;
-    {
-        const char *keys[6] = {"edges", "resid", "bias", "extra", "total", "heads"};
-        ret = make_dict(keep_heads ? 6 : 5, keys, outs);
-    }
-done:
-    Py_XDECREF(resid);
-    Py_XDECREF(whole);
-    Py_XDECREF(attn);
-    Py_XDECREF(values);
-    Py_XDECREF(w_o);
-    Py_XDECREF(bias);
-    Py_XDECREF(extra);
-    Py_XDECREF(row_scale);
-    Py_XDECREF(col_scale);
-    for (int i = 0; i < 6; i++)
-        Py_XDECREF(outs[i]);
-    return ret;
-}
-
-PyDoc_STRVAR(attn_head_map_doc,
-             "attn_head_map(head, whole, attn, values, w_o, total, row_scale=None, "
-             "col_scale=None, center=False, norm=1)\n--\n\n"
-             "One head's share map [T, T]. See ltt._reference.attn_head_map.");
-
-PyDoc_STRVAR(attn_edge_heads_doc,
-             "attn_edge_heads(target, source, whole, attn, values, w_o, total, row_scale=None, "
-             "col_scale=None, center=False, norm=1)\n--\n\n"
-             "Every head's share [H] of one edge. See ltt._reference.attn_edge_heads.");
-
-/* attn_head_map and attn_edge_heads share everything after their index arguments. */
-static PyObject *head_run(int edge, long long i0, long long i1, PyObject **o, int center, int norm)
-{
-    PyArrayObject *whole = NULL, *attn = NULL, *values = NULL, *w_o = NULL, *total = NULL,
-                  *row_scale = NULL, *col_scale = NULL, *out = NULL;
-    PyObject *ret = NULL;
-    ltt_status st;
-    const char *fn = edge ? "attn_edge_heads" : "attn_head_map";
-    if (to_array(o[0], "whole", 0, NPY_FLOAT32, &whole) < 0 ||
-        to_array(o[1], "attn", 0, NPY_FLOAT32, &attn) < 0 ||
-        to_array(o[2], "values", 0, NPY_FLOAT32, &values) < 0 ||
-        to_array(o[3], "w_o", 0, NPY_FLOAT32, &w_o) < 0 ||
-        to_array(o[4], "total", 0, NPY_FLOAT64, &total) < 0 ||
-        to_array(o[5], "row_scale", 1, NPY_FLOAT32, &row_scale) < 0 ||
-        to_array(o[6], "col_scale", 1, NPY_FLOAT32, &col_scale) < 0 || check_norm(norm) < 0)
-        goto done;
-    attn_dims D;
-    if (check_attn_inputs(&D, whole, attn, values, w_o, row_scale, col_scale) < 0 ||
-        check_total(total, D.T) < 0)
-        goto done;
-    ltt_norm_fix fix = {fdata(row_scale), fdata(col_scale), center};
-    if (edge) {
-        if (fix_index(&i0, D.T, "target") < 0 || fix_index(&i1, D.T, "source") < 0)
-            goto done;
-        if (i1 > i0) {
-            PyErr_Format(PyExc_ValueError,
-                         "source must be <= target (future positions are masked), got "
-                         "target=%lld, source=%lld",
-                         i0, i1);
-            goto done;
-        }
-        npy_intp dH[1] = {D.H};
-        if ((out = zeros(1, dH, NPY_FLOAT32)) == NULL)
-            goto done;
-        Py_BEGIN_ALLOW_THREADS;
-        st = ltt_attn_edge_heads_f32(
-            D.T, D.H, D.G, D.dh, D.d, i0, i1, norm, (float *)PyArray_DATA(out), fdata(whole),
-            fdata(attn), fdata(values), fdata(w_o), (const double *)PyArray_DATA(total), fix);
-        Py_END_ALLOW_THREADS;
-    } else {
-        if (fix_index(&i0, D.H, "head") < 0)
-            goto done;
-        npy_intp dTT[2] = {D.T, D.T};
-        if ((out = zeros(2, dTT, NPY_FLOAT32)) == NULL)
-            goto done;
-        Py_BEGIN_ALLOW_THREADS;
-        st = ltt_attn_head_map_f32(D.T, D.H, D.G, D.dh, D.d, i0, norm, (float *)PyArray_DATA(out),
-                                   fdata(whole), fdata(attn), fdata(values), fdata(w_o),
-                                   (const double *)PyArray_DATA(total), fix);
-        Py_END_ALLOW_THREADS;
-    }
-    if (check_status(st, fn) < 0)
-        goto done;
-    ret = (PyObject *)out;
-    out = NULL;
-done:
-    Py_XDECREF(whole);
-    Py_XDECREF(attn);
-    Py_XDECREF(values);
-    Py_XDECREF(w_o);
-    Py_XDECREF(total);
-    Py_XDECREF(row_scale);
-    Py_XDECREF(col_scale);
-    Py_XDECREF(out);
-    return ret;
-}
-
-static PyObject *py_attn_head_map(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"head",      "whole",     "attn",   "values", "w_o", "total",
-                             "row_scale", "col_scale", "center", "norm",   NULL};
-    long long head = 0;
-    PyObject *o[7] = {NULL};
-    int center = 0, norm = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LOOOOO|OOpi:attn_head_map", kwlist, &head, &o[0],
-                                     &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &center, &norm))
-        return NULL;
-    return head_run(0, head, 0, o, center, norm);
-}
-
-static PyObject *py_attn_edge_heads(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"target", "source",    "whole",     "attn",   "values", "w_o",
-                             "total",  "row_scale", "col_scale", "center", "norm",   NULL};
-    long long target = 0, source = 0;
-    PyObject *o[7] = {NULL};
-    int center = 0, norm = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LLOOOOO|OOpi:attn_edge_heads", kwlist, &target,
-                                     &source, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6],
-                                     &center, &norm))
-        return NULL;
-    return head_run(1, target, source, o, center, norm);
-}
-
-PyDoc_STRVAR(ffn_neuron_contrib_doc,
-             "ffn_neuron_contrib(act, w_down, resid, whole, bias=None, row_scale=None, "
-             "col_scale=None, center=False, norm=1)\n--\n\n"
-             "Per-neuron FFN contributions. See ltt._reference.ffn_neuron_contrib.");
-
-static PyObject *py_ffn_neuron_contrib(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"act",       "w_down",    "resid",  "whole", "bias",
-                             "row_scale", "col_scale", "center", "norm",  NULL};
-    PyObject *o[7] = {NULL};
-    int center = 0, norm = 1;
-    PyArrayObject *act = NULL, *wd = NULL, *resid = NULL, *whole = NULL, *bias = NULL,
-                  *row_scale = NULL, *col_scale = NULL, *raw = NULL;
-    PyArrayObject *outs[4] = {NULL};
-    PyObject *ret = NULL;
-    ltt_status st;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|OOOpi:ffn_neuron_contrib", kwlist, &o[0],
-                                     &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &center, &norm))
-        return NULL;
-    if (to_array(o[0], "act", 0, NPY_FLOAT32, &act) < 0)
-        goto done;
-    /* w_down: keep a [F, d] C-contiguous array or the .T view of a [d, F] one without a copy. */
-    if (o[1] == Py_None) {
-        PyErr_SetString(PyExc_TypeError, "w_down is required, got None");
-        goto done;
-    }
-    if ((raw = (PyArrayObject *)PyArray_FROM_O(o[1])) == NULL) {
-        conversion_failed(o[1], "w_down");
-        goto done;
-    }
-    if (require_float_kind(raw, "w_down") < 0)
-        goto done;
-    wd = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)raw, NPY_FLOAT32,
-                                           NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
-    if (wd == NULL)
-        goto done;
-    if (to_array(o[2], "resid", 0, NPY_FLOAT32, &resid) < 0 ||
-        to_array(o[3], "whole", 0, NPY_FLOAT32, &whole) < 0 ||
-        to_array(o[4], "bias", 1, NPY_FLOAT32, &bias) < 0 ||
-        to_array(o[5], "row_scale", 1, NPY_FLOAT32, &row_scale) < 0 ||
-        to_array(o[6], "col_scale", 1, NPY_FLOAT32, &col_scale) < 0 || check_norm(norm) < 0)
-        goto done;
-    npy_intp any2[2] = {-1, -1};
-    if (check_shape(whole, "whole", "(N, d)", 2, any2) < 0 || check_nonempty(whole, "whole") < 0)
-        goto done;
-    const npy_intp N = PyArray_DIM(whole, 0), d = PyArray_DIM(whole, 1);
-    npy_intp wa[2] = {N, -1};
-    if (check_shape(act, "act", "(N, F)", 2, wa) < 0 || check_nonempty(act, "act") < 0)
-        goto done;
-    const npy_intp F = PyArray_DIM(act, 1);
-    npy_intp ww[2] = {F, d}, wr[2] = {N, d}, wn[1] = {N}, wc[1] = {d};
-    if (check_shape(wd, "w_down", "(F, d)", 2, ww) < 0 ||
-        check_shape(resid, "resid", "(N, d)", 2, wr) < 0)
-        goto done;
-    int64_t bias_stride = 0;
-    if (check_bias(bias, N, d, "N", &bias_stride) < 0)
-        goto done;
-    if (row_scale != NULL && check_shape(row_scale, "row_scale", "(N,)", 1, wn) < 0)
-        goto done;
-    if (col_scale != NULL && check_shape(col_scale, "col_scale", "(d,)", 1, wc) < 0)
-        goto done;
-    int64_t si, sj;
-    const npy_intp s0 = PyArray_STRIDE(wd, 0), s1 = PyArray_STRIDE(wd, 1), fs = sizeof(float);
-    if ((d == 1 || s1 == fs) && (F == 1 || s0 == fs * d)) {
-        si = d; /* [F, d] C-contiguous */
-        sj = 1;
-    } else if ((F == 1 || s0 == fs) && (d == 1 || s1 == fs * F)) {
-        si = 1; /* the .T view of a [d, F] C-contiguous weight */
-        sj = F;
-    } else {
-        PyArrayObject *c = (PyArrayObject *)PyArray_NewCopy(wd, NPY_CORDER);
-        if (c == NULL)
-            goto done;
-        Py_SETREF(wd, c);
-        si = d;
-        sj = 1;
-    }
-    {
-        /* Both layouts are one dense block of F * d floats. */
-        const float *x = fdata(wd);
-        for (npy_intp k = 0; k < F * d; k++)
-            if (!isfinite(x[k])) {
-                PyErr_Format(PyExc_ValueError,
-                             "w_down contains NaN or inf after the cast to float32 (neuron "
-                             "%zd, coordinate %zd)",
-                             (Py_ssize_t)(si == 1 ? k % F : k / d),
-                             (Py_ssize_t)(si == 1 ? k / F : k % d));
-                goto done;
-            }
-    }
-    npy_intp dNF[2] = {N, F};
-    outs[0] = zeros(2, dNF, NPY_FLOAT32);
-    outs[1] = zeros(1, wn, NPY_FLOAT32);
-    outs[2] = zeros(1, wn, NPY_FLOAT32);
-    outs[3] = zeros(1, wn, NPY_FLOAT64);
-    if (!outs[0] || !outs[1] || !outs[2] || !outs[3])
-        goto done;
-    ltt_norm_fix fix = {fdata(row_scale), fdata(col_scale), center};
-    Py_BEGIN_ALLOW_THREADS;
-    st = ltt_ffn_neuron_contrib_f32(N, F, d, si, sj, bias_stride, norm,
-                                    (float *)PyArray_DATA(outs[0]), (float *)PyArray_DATA(outs[1]),
-                                    (float *)PyArray_DATA(outs[2]), (double *)PyArray_DATA(outs[3]),
-                                    fdata(act), fdata(wd), fdata(resid), fdata(whole), fdata(bias),
-                                    fix);
-    Py_END_ALLOW_THREADS;
-    if (check_status(st, "ffn_neuron_contrib") < 0)
-        goto done;
-    {
-        const char *keys[4] = {"neurons", "resid", "bias", "total"};
-        ret = make_dict(4, keys, outs);
-    }
-done:
-    Py_XDECREF(raw);
-    Py_XDECREF(act);
-    Py_XDECREF(wd);
-    Py_XDECREF(resid);
-    Py_XDECREF(whole);
-    Py_XDECREF(bias);
-    Py_XDECREF(row_scale);
-    Py_XDECREF(col_scale);
-    for (int i = 0; i < 4; i++)
-        Py_XDECREF(outs[i]);
-    return ret;
-}
-
-PyDoc_STRVAR(renormalize_doc,
-             "renormalize(heads, single, threshold)\n--\n\n"
-             "The renormalize=True threshold mode. See ltt._reference.renormalize.");
-
-static PyObject *py_renormalize(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"heads", "single", "threshold", NULL};
-    PyObject *ho = NULL, *so = NULL, *ret = NULL;
-    double threshold = 0.0;
-    PyArrayObject *heads = NULL, *single = NULL;
-    PyArrayObject *outs[2] = {NULL};
-    ltt_status st;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOd:renormalize", kwlist, &ho, &so, &threshold))
-        return NULL;
-    if (to_array(ho, "heads", 0, NPY_FLOAT32, &heads) < 0 ||
-        to_array(so, "single", 0, NPY_FLOAT32, &single) < 0 || check_threshold(threshold) < 0)
-        goto done;
-    npy_intp w3[3] = {-1, -1, -1};
-    if (check_shape(heads, "heads", "(K, T, S)", 3, w3) < 0 || check_nonempty(heads, "heads") < 0)
-        goto done;
-    const npy_intp K = PyArray_DIM(heads, 0), T = PyArray_DIM(heads, 1), S = PyArray_DIM(heads, 2);
-    npy_intp ws[2] = {-1, T};
-    if (check_shape(single, "single", "(E, T)", 2, ws) < 0)
-        goto done;
-    const npy_intp E = PyArray_DIM(single, 0);
-    if (require_nonnegative(heads, "heads") < 0 || require_nonnegative(single, "single") < 0)
-        goto done;
-    npy_intp dTS[2] = {T, S}, dET[2] = {E, T};
-    outs[0] = zeros(2, dTS, NPY_FLOAT32);
-    outs[1] = zeros(2, dET, NPY_FLOAT32);
-    if (!outs[0] || !outs[1])
-        goto done;
-    Py_BEGIN_ALLOW_THREADS;
-    st = ltt_renormalize_f32(K, T, S, E, threshold, (float *)PyArray_DATA(outs[0]),
-                             (float *)PyArray_DATA(outs[1]), fdata(heads), fdata(single));
-    Py_END_ALLOW_THREADS;
-    if (check_status(st, "renormalize") < 0)
-        goto done;
-    {
-        const char *keys[2] = {"edges", "single"};
-        ret = make_dict(2, keys, outs);
-    }
-done:
-    Py_XDECREF(heads);
-    Py_XDECREF(single);
-    Py_XDECREF(outs[0]);
-    Py_XDECREF(outs[1]);
-    return ret;
-}
-
-PyDoc_STRVAR(prune_doc,
-             "prune(attn, attn_resid, ffn, ffn_resid, parallel, targets, threshold)\n--\n\n"
-             "Backward pruning of the full graph. See ltt._reference.prune.");
-
-static PyObject *py_prune(PyObject *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"attn",     "attn_resid", "ffn",       "ffn_resid",
-                             "parallel", "targets",    "threshold", NULL};
-    PyObject *o[6] = {NULL}, *ret = NULL;
-    double threshold = 0.0;
-    PyArrayObject *attn = NULL, *ar = NULL, *ffn = NULL, *fr = NULL, *par = NULL, *tg = NULL,
-                  *tmp = NULL;
-    PyArrayObject *outs[4] = {NULL};
-    int64_t *edges = NULL, n_edges = 0;
-    ltt_status st;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOd:prune", kwlist, &o[0], &o[1], &o[2],
-                                     &o[3], &o[4], &o[5], &threshold))
-        return NULL;
-    /* attn [L, T, T] can be huge: the core checks finiteness of the rows it scans only. */
-    if (to_array_checked(o[0], "attn", 0, NPY_FLOAT32, 0, &attn) < 0 ||
-        to_array(o[1], "attn_resid", 0, NPY_FLOAT32, &ar) < 0 ||
-        to_array(o[2], "ffn", 0, NPY_FLOAT32, &ffn) < 0 ||
-        to_array(o[3], "ffn_resid", 0, NPY_FLOAT32, &fr) < 0 || check_threshold(threshold) < 0)
-        goto done;
-    npy_intp w3[3] = {-1, -1, -1};
-    if (check_shape(attn, "attn", "(L, T, T)", 3, w3) < 0 || check_nonempty(attn, "attn") < 0)
-        goto done;
-    const npy_intp L = PyArray_DIM(attn, 0), T = PyArray_DIM(attn, 1);
-    npy_intp wa[3] = {L, T, T}, wlt[2] = {L, T}, wl[1] = {L};
-    if (check_shape(attn, "attn", "(L, T, T)", 3, wa) < 0 ||
-        check_shape(ar, "attn_resid", "(L, T)", 2, wlt) < 0 ||
-        check_shape(ffn, "ffn", "(L, T)", 2, wlt) < 0 ||
-        check_shape(fr, "ffn_resid", "(L, T)", 2, wlt) < 0)
-        goto done;
-    /* parallel: bool or integer flags; targets: integer positions. */
-    if ((tmp = (PyArrayObject *)PyArray_FROM_O(o[4])) == NULL)
-        goto done;
-    if (PyArray_DESCR(tmp)->kind != 'b' && PyArray_DESCR(tmp)->kind != 'i' &&
-        PyArray_DESCR(tmp)->kind != 'u') {
+    *par = *tg = NULL;
+    PyArrayObject *tmp = (PyArrayObject *)PyArray_FROM_O(par_o);
+    if (tmp == NULL)
+        return -1;
+    const char pk = PyArray_DESCR(tmp)->kind;
+    if (pk != 'b' && pk != 'i' && pk != 'u') {
         PyErr_Format(PyExc_TypeError, "parallel must be an array of bools, got dtype %S",
                      (PyObject *)PyArray_DESCR(tmp));
-        goto done;
+        Py_DECREF(tmp);
+        return -1;
     }
-    par = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_BOOL,
-                                            NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
-    Py_CLEAR(tmp);
-    if (par == NULL || check_shape(par, "parallel", "(L,)", 1, wl) < 0)
-        goto done;
-    if ((tmp = (PyArrayObject *)PyArray_FROM_O(o[5])) == NULL)
-        goto done;
-    if (PyArray_DESCR(tmp)->kind != 'i' && PyArray_DESCR(tmp)->kind != 'u') {
-        PyErr_Format(PyExc_TypeError, "targets must be integer token positions, got dtype %S",
-                     (PyObject *)PyArray_DESCR(tmp));
-        goto done;
+    *par = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_BOOL,
+                                             NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    Py_DECREF(tmp);
+    npy_intp wl[1] = {L};
+    if (*par == NULL || check_shape(*par, "parallel", "(L,)", 1, wl) < 0)
+        return -1;
+    if ((tmp = (PyArrayObject *)PyArray_FROM_O(tg_o)) == NULL)
+        return -1;
+    const char tk = PyArray_DESCR(tmp)->kind;
+    if ((tk != 'i' && tk != 'u') || PyArray_NDIM(tmp) > 1) {
+        if (tk != 'i' && tk != 'u')
+            PyErr_Format(PyExc_TypeError, "targets must be integer token positions, got dtype %S",
+                         (PyObject *)PyArray_DESCR(tmp));
+        else
+            PyErr_Format(PyExc_ValueError, "targets must be a 1-d list of positions, got %d dims",
+                         PyArray_NDIM(tmp));
+        Py_DECREF(tmp);
+        return -1;
     }
-    if (PyArray_DESCR(tmp)->kind == 'u' && PyArray_ITEMSIZE(tmp) >= 8) {
+    if (tk == 'u' && PyArray_ITEMSIZE(tmp) >= 8) {
         /* Issue 11: the cast to int64 read 2**64-1 as -1 (the last token). */
-        PyArrayObject *u = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_UINT64,
-                                                             NPY_ARRAY_IN_ARRAY);
-        if (u == NULL)
-            goto done;
-        const npy_intp nu = PyArray_SIZE(u);
-        const npy_uint64 *uv = (const npy_uint64 *)PyArray_DATA(u);
-        for (npy_intp i = 0; i < nu; i++)
-            if (uv[i] > (npy_uint64)INT64_MAX) {
+        PyArrayObject *u =
+            (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_UINT64, NPY_ARRAY_IN_ARRAY);
+        if (u == NULL) {
+            Py_DECREF(tmp);
+            return -1;
+        }
+        const uint64_t *uv = (const uint64_t *)PyArray_DATA(u);
+        for (npy_intp i = 0; i < PyArray_SIZE(u); i++)
+            if (uv[i] > (uint64_t)INT64_MAX) {
                 PyErr_Format(PyExc_ValueError,
                              "targets holds %llu, which does not fit in int64 (token positions "
                              "are in [-T, T))",
                              (unsigned long long)uv[i]);
                 Py_DECREF(u);
-                goto done;
+                Py_DECREF(tmp);
+                return -1;
             }
         Py_DECREF(u);
     }
-    tg = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_INT64,
-                                           NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY |
-                                               NPY_ARRAY_FORCECAST);
-    Py_CLEAR(tmp);
-    if (tg == NULL)
-        goto done;
-    if (PyArray_NDIM(tg) > 1) {
-        PyErr_Format(PyExc_ValueError, "targets must be a 1-d list of positions, got %d dims",
-                     PyArray_NDIM(tg));
-        goto done;
-    }
-    const npy_intp nt = PyArray_SIZE(tg);
-    int64_t *tv = (int64_t *)PyArray_DATA(tg);
-    for (npy_intp i = 0; i < nt; i++) {
+    *tg = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_INT64,
+                                            NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY |
+                                                NPY_ARRAY_FORCECAST);
+    Py_DECREF(tmp);
+    if (*tg == NULL)
+        return -1;
+    int64_t *tv = (int64_t *)PyArray_DATA(*tg);
+    for (npy_intp i = 0; i < PyArray_SIZE(*tg); i++) {
         long long v = tv[i];
         if (fix_index(&v, T, "targets") < 0)
-            goto done;
+            return -1;
         tv[i] = v;
     }
-    outs[1] = zeros(2, wlt, NPY_BOOL);
-    outs[2] = zeros(2, wlt, NPY_BOOL);
-    outs[3] = zeros(2, wlt, NPY_BOOL);
-    if (!outs[1] || !outs[2] || !outs[3])
-        goto done;
-    Py_BEGIN_ALLOW_THREADS;
-    st = ltt_prune_f32(L, T, nt, threshold, (uint8_t *)PyArray_DATA(outs[1]),
-                       (uint8_t *)PyArray_DATA(outs[2]), (uint8_t *)PyArray_DATA(outs[3]), &edges,
-                       &n_edges, fdata(attn), fdata(ar), fdata(ffn), fdata(fr),
-                       (const uint8_t *)PyArray_DATA(par), tv);
-    Py_END_ALLOW_THREADS;
-    if (st == LTT_ERR_NONFINITE) {
-        PyErr_SetString(PyExc_ValueError,
-                        "attn contains NaN or inf in a row reached by the pruning");
-        goto done;
-    }
-    if (check_status(st, "prune") < 0)
-        goto done;
-    npy_intp de[2] = {n_edges, 3};
-    if ((outs[0] = zeros(2, de, NPY_INT64)) == NULL)
-        goto done;
-    if (n_edges > 0)
-        memcpy(PyArray_DATA(outs[0]), edges, (size_t)n_edges * 3 * sizeof(int64_t));
-    {
-        const char *keys[4] = {"attn_edges", "attn_resid", "ffn", "ffn_resid"};
-        ret = make_dict(4, keys, outs);
-    }
-done:
-    free(edges);
-    Py_XDECREF(attn);
-    Py_XDECREF(ar);
-    Py_XDECREF(ffn);
-    Py_XDECREF(fr);
-    Py_XDECREF(par);
-    Py_XDECREF(tg);
-    Py_XDECREF(tmp);
-    for (int i = 0; i < 4; i++)
-        Py_XDECREF(outs[i]);
-    return ret;
+    return 0;
 }
 
-/* ---- sparse rows --------------------------------------------------------------------------- */
-
-/* obj -> C-contiguous aligned array of exactly the integer dtype `type` (no cast: TypeError). */
-static int to_index_array(PyObject *obj, const char *name, int type, PyArrayObject **out)
+/* prune's outputs: attn_edges [n_edges, 3] (made after the call), the keep masks [L, T]. */
+static void prune_outputs_spec(out_spec *spec, npy_intp L, npy_intp T)
 {
-    *out = NULL;
-    if (obj == NULL || obj == Py_None) {
-        PyErr_Format(PyExc_TypeError, "%s is required, got None", name);
-        return -1;
-    }
-    PyArrayObject *raw = (PyArrayObject *)PyArray_FROM_O(obj);
-    if (raw == NULL)
-        return -1;
-    if (PyArray_TYPE(raw) != type) {
-        PyArray_Descr *want = PyArray_DescrFromType(type);
-        PyErr_Format(PyExc_TypeError, "%s must be an array of %S, got dtype %S", name,
-                     (PyObject *)want, (PyObject *)PyArray_DESCR(raw));
-        Py_XDECREF(want);
-        Py_DECREF(raw);
-        return -1;
-    }
-    *out = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)raw, type, NPY_ARRAY_IN_ARRAY);
-    Py_DECREF(raw);
-    return *out == NULL ? -1 : 0;
+    const out_spec s[4] = {{"attn_edges", NPY_INT64, 2, {0, 3}},
+                           {"attn_resid", NPY_BOOL, 2, {L, T}},
+                           {"ffn", NPY_BOOL, 2, {L, T}},
+                           {"ffn_resid", NPY_BOOL, 2, {L, T}}};
+    memcpy(spec, s, sizeof s);
+}
+
+/* The dict of prune's results: the kernel's edge rows (l, t, s) copied into attn_edges. */
+static PyObject *prune_result(out_spec *spec, PyArrayObject **outs, const int64_t *edges,
+                              int64_t n_edges)
+{
+    spec[0].dims[0] = n_edges;
+    if (alloc_outputs(1, spec, outs) < 0)
+        return NULL;
+    if (n_edges > 0)
+        memcpy(PyArray_DATA(outs[0]), edges, (size_t)n_edges * 3 * sizeof(int64_t));
+    return outputs_dict(4, spec, outs);
 }
 
 /* Shapes of sparse rows: indptr [R + 1], sources [nnz], heads [nnz] (when not NULL). */
@@ -1041,74 +637,428 @@ static int sparse_rows_status(ltt_status st, const char *fn, PyArrayObject *indp
     return -1;
 }
 
-/* parallel [L] flags (bool or integer dtype) and targets (integer positions, negative ones from
- * the end, each checked against [-T, T)) as prune takes them. */
-static int prune_flags_targets(PyObject *par_o, PyObject *tg_o, npy_intp L, npy_intp T,
-                               PyArrayObject **par, PyArrayObject **tg)
+/* ---- entry points -------------------------------------------------------------------------- */
+
+/*
+ * Every entry point runs the same fixed sequence (STYLE.md 5): parse the keywords, convert the
+ * arrays by its argument table, check shapes and scalars, allocate the outputs by its output
+ * table, call the core without the GIL, map the status, clean up in one place. Their heads and
+ * tails look alike on purpose; what differs (the shape rules, the call) is written out.
+ */
+
+/* The head-vector inputs every attention entry point reads, in this order in its table. */
+#define HEAD_INPUTS                                                                                \
+    {"whole", NPY_FLOAT32, 0}, {"attn", NPY_FLOAT32, 0}, {"values", NPY_FLOAT32, 0},               \
+        {"w_o", NPY_FLOAT32, 0}
+#define NORM_SCALES {"row_scale", NPY_FLOAT32, ARG_OPTIONAL}, {"col_scale", NPY_FLOAT32, ARG_OPTIONAL}
+
+PyDoc_STRVAR(contributions_doc,
+             "contributions(parts, whole, norm=1)\n--\n\n"
+             "Proximity shares of parts [K, ..., d] in whole [..., d] -> float32 [K, ...].\n"
+             "See ltt._reference.contributions.");
+
+static PyObject *py_contributions(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    *par = *tg = NULL;
-    PyArrayObject *tmp = (PyArrayObject *)PyArray_FROM_O(par_o);
-    if (tmp == NULL)
-        return -1;
-    const char pk = PyArray_DESCR(tmp)->kind;
-    if (pk != 'b' && pk != 'i' && pk != 'u') {
-        PyErr_Format(PyExc_TypeError, "parallel must be an array of bools, got dtype %S",
-                     (PyObject *)PyArray_DESCR(tmp));
-        Py_DECREF(tmp);
-        return -1;
+    static char *kwlist[] = {"parts", "whole", "norm", NULL};
+    static const arg_spec spec[] = {{"parts", NPY_FLOAT32, 0}, {"whole", NPY_FLOAT32, 0}};
+    enum { PARTS, WHOLE, N_ARGS };
+    PyObject *o[N_ARGS] = {NULL}, *ret = NULL;
+    PyArrayObject *a[N_ARGS], *out[1] = {NULL};
+    int norm = 1;
+    ltt_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|i:contributions", kwlist, &o[PARTS],
+                                     &o[WHOLE], &norm))
+        return NULL;
+    if (convert_args(N_ARGS, spec, o, a) < 0 || check_norm(norm) < 0)
+        goto done;
+    PyArrayObject *parts = a[PARTS], *whole = a[WHOLE];
+    const int wd = PyArray_NDIM(whole);
+    int ok = wd >= 1 && PyArray_NDIM(parts) == wd + 1;
+    for (int i = 0; ok && i < wd; i++)
+        ok = PyArray_DIM(parts, i + 1) == PyArray_DIM(whole, i);
+    if (!ok) {
+        char gp[160], gw[160];
+        fmt_shape(gp, sizeof gp, PyArray_NDIM(parts), PyArray_DIMS(parts));
+        fmt_shape(gw, sizeof gw, wd, PyArray_DIMS(whole));
+        PyErr_Format(PyExc_ValueError,
+                     "parts must have shape (K, *whole.shape) with whole of shape (..., d); "
+                     "got parts %s and whole %s",
+                     gp, gw);
+        goto done;
     }
-    *par = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_BOOL,
-                                             NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
-    Py_DECREF(tmp);
-    npy_intp wl[1] = {L};
-    if (*par == NULL || check_shape(*par, "parallel", "(L,)", 1, wl) < 0)
-        return -1;
-    if ((tmp = (PyArrayObject *)PyArray_FROM_O(tg_o)) == NULL)
-        return -1;
-    const char tk = PyArray_DESCR(tmp)->kind;
-    if ((tk != 'i' && tk != 'u') || PyArray_NDIM(tmp) > 1) {
-        if (tk != 'i' && tk != 'u')
-            PyErr_Format(PyExc_TypeError, "targets must be integer token positions, got dtype %S",
-                         (PyObject *)PyArray_DESCR(tmp));
-        else
-            PyErr_Format(PyExc_ValueError, "targets must be a 1-d list of positions, got %d dims",
-                         PyArray_NDIM(tmp));
-        Py_DECREF(tmp);
-        return -1;
+    if (check_nonempty(parts, "parts") < 0)
+        goto done;
+    const int64_t K = PyArray_DIM(parts, 0), d = PyArray_DIM(whole, wd - 1);
+    const int64_t M = PyArray_SIZE(whole) / d;
+    /* the shares have the shape of parts less its last axis (any number of axes) */
+    if ((out[0] = (PyArrayObject *)PyArray_ZEROS(wd, PyArray_DIMS(parts), NPY_FLOAT32, 0)) == NULL)
+        goto done;
+    Py_BEGIN_ALLOW_THREADS;
+    st = ltt_contributions_f32(K, M, d, norm, (float *)PyArray_DATA(out[0]), fdata(parts),
+                               fdata(whole));
+    Py_END_ALLOW_THREADS;
+    if (check_status(st, "contributions") < 0)
+        goto done;
+    ret = (PyObject *)out[0];
+    out[0] = NULL;
+done:
+    return cleanup(ret, N_ARGS, a, 1, out);
+}
+
+PyDoc_STRVAR(attn_contrib_doc,
+             "attn_contrib(resid, whole, attn, values, w_o, bias=None, extra=None, "
+             "row_scale=None, col_scale=None, center=False, norm=1, keep_heads=False)\n--\n\n"
+             "Contributions of one attention layer. See ltt._reference.attn_contrib.");
+
+static PyObject *py_attn_contrib(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"resid", "whole",      "attn",      "values",    "w_o",
+                             "bias",  "extra",      "row_scale", "col_scale", "center",
+                             "norm",  "keep_heads", NULL};
+    static const arg_spec spec[] = {{"resid", NPY_FLOAT32, 0},           HEAD_INPUTS,
+                                    {"bias", NPY_FLOAT32, ARG_OPTIONAL}, {"extra", NPY_FLOAT32, ARG_OPTIONAL},
+                                    NORM_SCALES};
+    enum { RESID, WHOLE, ATTN, VALUES, W_O, BIAS, EXTRA, ROW_SCALE, COL_SCALE, N_ARGS };
+    PyObject *o[N_ARGS] = {NULL}, *ret = NULL;
+    PyArrayObject *a[N_ARGS], *outs[6] = {NULL};
+    int center = 0, norm = 1, keep_heads = 0;
+    ltt_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|OOOOpip:attn_contrib", kwlist, &o[RESID],
+                                     &o[WHOLE], &o[ATTN], &o[VALUES], &o[W_O], &o[BIAS], &o[EXTRA],
+                                     &o[ROW_SCALE], &o[COL_SCALE], &center, &norm, &keep_heads))
+        return NULL;
+    if (convert_args(N_ARGS, spec, o, a) < 0 || check_norm(norm) < 0)
+        goto done;
+    attn_dims D;
+    if (check_attn_inputs(&D, a[WHOLE], a[ATTN], a[VALUES], a[W_O], a[ROW_SCALE], a[COL_SCALE]) < 0)
+        goto done;
+    npy_intp wr[2] = {D.T, D.d};
+    if (check_shape(a[RESID], "resid", "(T, d)", 2, wr) < 0)
+        goto done;
+    int64_t bias_stride = 0, E = 0;
+    if (check_bias(a[BIAS], D.T, D.d, "T", &bias_stride) < 0)
+        goto done;
+    if (a[EXTRA] != NULL) {
+        npy_intp we[3] = {-1, D.T, D.d};
+        if (check_shape(a[EXTRA], "extra", "(E, T, d)", 3, we) < 0 ||
+            check_nonempty(a[EXTRA], "extra") < 0)
+            goto done;
+        E = PyArray_DIM(a[EXTRA], 0);
     }
-    /* Unsigned values are checked before the cast (a huge uint64 would wrap to a negative). */
-    if (tk == 'u') {
-        PyArrayObject *u =
-            (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_UINT64, NPY_ARRAY_IN_ARRAY);
-        if (u == NULL) {
-            Py_DECREF(tmp);
-            return -1;
+    const out_spec os[6] = {{"edges", NPY_FLOAT32, 2, {D.T, D.T}},
+                            {"resid", NPY_FLOAT32, 1, {D.T}},
+                            {"bias", NPY_FLOAT32, 1, {D.T}},
+                            {"extra", NPY_FLOAT32, 2, {E, D.T}},
+                            {"total", NPY_FLOAT64, 1, {D.T}},
+                            {"heads", NPY_FLOAT32, 3, {D.H, D.T, D.T}}};
+    const int n_out = keep_heads ? 6 : 5;
+    if (alloc_outputs(n_out, os, outs) < 0)
+        goto done;
+    ltt_norm_fix fix = {fdata(a[ROW_SCALE]), fdata(a[COL_SCALE]), center};
+    Py_BEGIN_ALLOW_THREADS;
+    st = ltt_attn_contrib_f32(
+        D.T, D.H, D.G, D.dh, D.d, E, bias_stride, norm, (float *)PyArray_DATA(outs[0]),
+        (float *)PyArray_DATA(outs[1]), (float *)PyArray_DATA(outs[2]),
+        (float *)PyArray_DATA(outs[3]), (double *)PyArray_DATA(outs[4]),
+        keep_heads ? (float *)PyArray_DATA(outs[5]) : NULL, fdata(a[RESID]), fdata(a[WHOLE]),
+        fdata(a[ATTN]), fdata(a[VALUES]), fdata(a[W_O]), fdata(a[BIAS]), fdata(a[EXTRA]), fix);
+    Py_END_ALLOW_THREADS;
+    ret = check_status(st, "attn_contrib") < 0 ? NULL : outputs_dict(n_out, os, outs);
+done:
+    return cleanup(ret, N_ARGS, a, 6, outs);
+}
+
+PyDoc_STRVAR(attn_head_map_doc,
+             "attn_head_map(head, whole, attn, values, w_o, total, row_scale=None, "
+             "col_scale=None, center=False, norm=1)\n--\n\n"
+             "One head's share map [T, T]. See ltt._reference.attn_head_map.");
+
+PyDoc_STRVAR(attn_edge_heads_doc,
+             "attn_edge_heads(target, source, whole, attn, values, w_o, total, row_scale=None, "
+             "col_scale=None, center=False, norm=1)\n--\n\n"
+             "Every head's share [H] of one edge. See ltt._reference.attn_edge_heads.");
+
+/* attn_head_map and attn_edge_heads share everything after their index arguments. */
+static PyObject *head_run(int edge, long long i0, long long i1, PyObject **o, int center, int norm)
+{
+    static const arg_spec spec[] = {HEAD_INPUTS, {"total", NPY_FLOAT64, 0}, NORM_SCALES};
+    enum { WHOLE, ATTN, VALUES, W_O, TOTAL, ROW_SCALE, COL_SCALE, N_ARGS };
+    PyArrayObject *a[N_ARGS], *out[1] = {NULL};
+    PyObject *ret = NULL;
+    ltt_status st;
+    const char *fn = edge ? "attn_edge_heads" : "attn_head_map";
+    if (convert_args(N_ARGS, spec, o, a) < 0 || check_norm(norm) < 0)
+        goto done;
+    attn_dims D;
+    if (check_attn_inputs(&D, a[WHOLE], a[ATTN], a[VALUES], a[W_O], a[ROW_SCALE], a[COL_SCALE]) <
+            0 ||
+        check_total(a[TOTAL], D.T) < 0)
+        goto done;
+    ltt_norm_fix fix = {fdata(a[ROW_SCALE]), fdata(a[COL_SCALE]), center};
+    const double *total = (const double *)PyArray_DATA(a[TOTAL]);
+    if (edge) {
+        if (fix_index(&i0, D.T, "target") < 0 || fix_index(&i1, D.T, "source") < 0)
+            goto done;
+        if (i1 > i0) {
+            PyErr_Format(PyExc_ValueError,
+                         "source must be <= target (future positions are masked), got "
+                         "target=%lld, source=%lld",
+                         i0, i1);
+            goto done;
         }
-        const uint64_t *uv = (const uint64_t *)PyArray_DATA(u);
-        for (npy_intp i = 0; i < PyArray_SIZE(u); i++)
-            if (uv[i] >= (uint64_t)T) {
-                PyErr_Format(PyExc_ValueError, "targets must be in [-%lld, %lld), got %llu",
-                             (long long)T, (long long)T, (unsigned long long)uv[i]);
-                Py_DECREF(u);
-                Py_DECREF(tmp);
-                return -1;
+        const out_spec os = {"", NPY_FLOAT32, 1, {D.H}};
+        if (alloc_outputs(1, &os, out) < 0)
+            goto done;
+        Py_BEGIN_ALLOW_THREADS;
+        st = ltt_attn_edge_heads_f32(D.T, D.H, D.G, D.dh, D.d, i0, i1, norm,
+                                     (float *)PyArray_DATA(out[0]), fdata(a[WHOLE]),
+                                     fdata(a[ATTN]), fdata(a[VALUES]), fdata(a[W_O]), total, fix);
+        Py_END_ALLOW_THREADS;
+    } else {
+        if (fix_index(&i0, D.H, "head") < 0)
+            goto done;
+        const out_spec os = {"", NPY_FLOAT32, 2, {D.T, D.T}};
+        if (alloc_outputs(1, &os, out) < 0)
+            goto done;
+        Py_BEGIN_ALLOW_THREADS;
+        st = ltt_attn_head_map_f32(D.T, D.H, D.G, D.dh, D.d, i0, norm,
+                                   (float *)PyArray_DATA(out[0]), fdata(a[WHOLE]), fdata(a[ATTN]),
+                                   fdata(a[VALUES]), fdata(a[W_O]), total, fix);
+        Py_END_ALLOW_THREADS;
+    }
+    if (check_status(st, fn) < 0)
+        goto done;
+    ret = (PyObject *)out[0];
+    out[0] = NULL;
+done:
+    return cleanup(ret, N_ARGS, a, 1, out);
+}
+
+static PyObject *py_attn_head_map(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"head",      "whole",     "attn",   "values", "w_o", "total",
+                             "row_scale", "col_scale", "center", "norm",   NULL};
+    long long head = 0;
+    PyObject *o[7] = {NULL};
+    int center = 0, norm = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LOOOOO|OOpi:attn_head_map", kwlist, &head, &o[0],
+                                     &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &center, &norm))
+        return NULL;
+    return head_run(0, head, 0, o, center, norm);
+}
+
+static PyObject *py_attn_edge_heads(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"target", "source",    "whole",     "attn",   "values", "w_o",
+                             "total",  "row_scale", "col_scale", "center", "norm",   NULL};
+    long long target = 0, source = 0;
+    PyObject *o[7] = {NULL};
+    int center = 0, norm = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LLOOOOO|OOpi:attn_edge_heads", kwlist, &target,
+                                     &source, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6],
+                                     &center, &norm))
+        return NULL;
+    return head_run(1, target, source, o, center, norm);
+}
+
+PyDoc_STRVAR(ffn_neuron_contrib_doc,
+             "ffn_neuron_contrib(act, w_down, resid, whole, bias=None, row_scale=None, "
+             "col_scale=None, center=False, norm=1)\n--\n\n"
+             "Per-neuron FFN contributions. See ltt._reference.ffn_neuron_contrib.");
+
+static PyObject *py_ffn_neuron_contrib(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"act",       "w_down",    "resid",  "whole", "bias",
+                             "row_scale", "col_scale", "center", "norm",  NULL};
+    /* w_down: a [F, d] C-contiguous array, or the .T view of a [d, F] one kept without a copy;
+     * its finiteness is checked below, in whichever layout it has. */
+    static const arg_spec spec[] = {{"act", NPY_FLOAT32, 0},
+                                    {"w_down", NPY_FLOAT32, ARG_STRIDED | ARG_UNCHECKED},
+                                    {"resid", NPY_FLOAT32, 0},
+                                    {"whole", NPY_FLOAT32, 0},
+                                    {"bias", NPY_FLOAT32, ARG_OPTIONAL},
+                                    NORM_SCALES};
+    enum { ACT, W_DOWN, RESID, WHOLE, BIAS, ROW_SCALE, COL_SCALE, N_ARGS };
+    PyObject *o[N_ARGS] = {NULL}, *ret = NULL;
+    PyArrayObject *a[N_ARGS], *outs[4] = {NULL};
+    int center = 0, norm = 1;
+    ltt_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO|OOOpi:ffn_neuron_contrib", kwlist, &o[ACT],
+                                     &o[W_DOWN], &o[RESID], &o[WHOLE], &o[BIAS], &o[ROW_SCALE],
+                                     &o[COL_SCALE], &center, &norm))
+        return NULL;
+    if (convert_args(N_ARGS, spec, o, a) < 0 || check_norm(norm) < 0)
+        goto done;
+    PyArrayObject *act = a[ACT], *resid = a[RESID], *whole = a[WHOLE], *bias = a[BIAS],
+                  *row_scale = a[ROW_SCALE], *col_scale = a[COL_SCALE];
+    npy_intp any2[2] = {-1, -1};
+    if (check_shape(whole, "whole", "(N, d)", 2, any2) < 0 || check_nonempty(whole, "whole") < 0)
+        goto done;
+    const npy_intp N = PyArray_DIM(whole, 0), d = PyArray_DIM(whole, 1);
+    npy_intp wa[2] = {N, -1};
+    if (check_shape(act, "act", "(N, F)", 2, wa) < 0 || check_nonempty(act, "act") < 0)
+        goto done;
+    const npy_intp F = PyArray_DIM(act, 1);
+    npy_intp ww[2] = {F, d}, wr[2] = {N, d}, wn[1] = {N}, wc[1] = {d};
+    if (check_shape(a[W_DOWN], "w_down", "(F, d)", 2, ww) < 0 ||
+        check_shape(resid, "resid", "(N, d)", 2, wr) < 0)
+        goto done;
+    int64_t bias_stride = 0;
+    if (check_bias(bias, N, d, "N", &bias_stride) < 0)
+        goto done;
+    if (row_scale != NULL && check_shape(row_scale, "row_scale", "(N,)", 1, wn) < 0)
+        goto done;
+    if (col_scale != NULL && check_shape(col_scale, "col_scale", "(d,)", 1, wc) < 0)
+        goto done;
+    int64_t si, sj;
+    const npy_intp s0 = PyArray_STRIDE(a[W_DOWN], 0), s1 = PyArray_STRIDE(a[W_DOWN], 1),
+                   fs = sizeof(float);
+    if ((d == 1 || s1 == fs) && (F == 1 || s0 == fs * d)) {
+        si = d; /* [F, d] C-contiguous */
+        sj = 1;
+    } else if ((F == 1 || s0 == fs) && (d == 1 || s1 == fs * F)) {
+        si = 1; /* the .T view of a [d, F] C-contiguous weight */
+        sj = F;
+    } else {
+        PyArrayObject *c = (PyArrayObject *)PyArray_NewCopy(a[W_DOWN], NPY_CORDER);
+        if (c == NULL)
+            goto done;
+        Py_SETREF(a[W_DOWN], c);
+        si = d;
+        sj = 1;
+    }
+    {
+        /* Both layouts are one dense block of F * d floats. */
+        const float *x = fdata(a[W_DOWN]);
+        for (npy_intp k = 0; k < F * d; k++)
+            if (!isfinite(x[k])) {
+                PyErr_Format(PyExc_ValueError,
+                             "w_down contains NaN or inf after the cast to float32 (neuron "
+                             "%zd, coordinate %zd)",
+                             (Py_ssize_t)(si == 1 ? k % F : k / d),
+                             (Py_ssize_t)(si == 1 ? k / F : k % d));
+                goto done;
             }
-        Py_DECREF(u);
     }
-    *tg = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)tmp, NPY_INT64,
-                                            NPY_ARRAY_IN_ARRAY | NPY_ARRAY_ENSURECOPY |
-                                                NPY_ARRAY_FORCECAST);
-    Py_DECREF(tmp);
-    if (*tg == NULL)
-        return -1;
-    int64_t *tv = (int64_t *)PyArray_DATA(*tg);
-    for (npy_intp i = 0; i < PyArray_SIZE(*tg); i++) {
-        long long v = tv[i];
-        if (fix_index(&v, T, "targets") < 0)
-            return -1;
-        tv[i] = v;
+    const out_spec os[4] = {{"neurons", NPY_FLOAT32, 2, {N, F}},
+                            {"resid", NPY_FLOAT32, 1, {N}},
+                            {"bias", NPY_FLOAT32, 1, {N}},
+                            {"total", NPY_FLOAT64, 1, {N}}};
+    if (alloc_outputs(4, os, outs) < 0)
+        goto done;
+    ltt_norm_fix fix = {fdata(row_scale), fdata(col_scale), center};
+    Py_BEGIN_ALLOW_THREADS;
+    st = ltt_ffn_neuron_contrib_f32(N, F, d, si, sj, bias_stride, norm,
+                                    (float *)PyArray_DATA(outs[0]), (float *)PyArray_DATA(outs[1]),
+                                    (float *)PyArray_DATA(outs[2]), (double *)PyArray_DATA(outs[3]),
+                                    fdata(act), fdata(a[W_DOWN]), fdata(resid), fdata(whole), fdata(bias),
+                                    fix);
+    Py_END_ALLOW_THREADS;
+    ret = check_status(st, "ffn_neuron_contrib") < 0 ? NULL : outputs_dict(4, os, outs);
+done:
+    return cleanup(ret, N_ARGS, a, 4, outs);
+}
+
+PyDoc_STRVAR(renormalize_doc,
+             "renormalize(heads, single, threshold)\n--\n\n"
+             "The renormalize=True threshold mode. See ltt._reference.renormalize.");
+
+static PyObject *py_renormalize(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"heads", "single", "threshold", NULL};
+    static const arg_spec spec[] = {{"heads", NPY_FLOAT32, 0}, {"single", NPY_FLOAT32, 0}};
+    enum { HEADS, SINGLE, N_ARGS };
+    PyObject *o[N_ARGS] = {NULL}, *ret = NULL;
+    PyArrayObject *a[N_ARGS], *outs[2] = {NULL};
+    double threshold = 0.0;
+    ltt_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOd:renormalize", kwlist, &o[HEADS], &o[SINGLE],
+                                     &threshold))
+        return NULL;
+    if (convert_args(N_ARGS, spec, o, a) < 0 || check_threshold(threshold) < 0)
+        goto done;
+    npy_intp w3[3] = {-1, -1, -1};
+    if (check_shape(a[HEADS], "heads", "(K, T, S)", 3, w3) < 0 ||
+        check_nonempty(a[HEADS], "heads") < 0)
+        goto done;
+    const npy_intp K = PyArray_DIM(a[HEADS], 0), T = PyArray_DIM(a[HEADS], 1),
+                   S = PyArray_DIM(a[HEADS], 2);
+    npy_intp ws[2] = {-1, T};
+    if (check_shape(a[SINGLE], "single", "(E, T)", 2, ws) < 0)
+        goto done;
+    const npy_intp E = PyArray_DIM(a[SINGLE], 0);
+    if (require_nonnegative(a[HEADS], "heads") < 0 || require_nonnegative(a[SINGLE], "single") < 0)
+        goto done;
+    const out_spec os[2] = {{"edges", NPY_FLOAT32, 2, {T, S}}, {"single", NPY_FLOAT32, 2, {E, T}}};
+    if (alloc_outputs(2, os, outs) < 0)
+        goto done;
+    Py_BEGIN_ALLOW_THREADS;
+    st = ltt_renormalize_f32(K, T, S, E, threshold, (float *)PyArray_DATA(outs[0]),
+                             (float *)PyArray_DATA(outs[1]), fdata(a[HEADS]), fdata(a[SINGLE]));
+    Py_END_ALLOW_THREADS;
+    ret = check_status(st, "renormalize") < 0 ? NULL : outputs_dict(2, os, outs);
+done:
+    return cleanup(ret, N_ARGS, a, 2, outs);
+}
+
+PyDoc_STRVAR(prune_doc,
+             "prune(attn, attn_resid, ffn, ffn_resid, parallel, targets, threshold)\n--\n\n"
+             "Backward pruning of the full graph. See ltt._reference.prune.");
+
+static PyObject *py_prune(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"attn",     "attn_resid", "ffn",       "ffn_resid",
+                             "parallel", "targets",    "threshold", NULL};
+    /* attn [L, T, T] can be huge: the core checks finiteness of the rows it scans only. */
+    static const arg_spec spec[] = {{"attn", NPY_FLOAT32, ARG_UNCHECKED},
+                                    {"attn_resid", NPY_FLOAT32, 0},
+                                    {"ffn", NPY_FLOAT32, 0},
+                                    {"ffn_resid", NPY_FLOAT32, 0}};
+    enum { ATTN, ATTN_RESID, FFN, FFN_RESID, PARALLEL, TARGETS, N_ARGS };
+    PyObject *o[N_ARGS] = {NULL}, *ret = NULL;
+    PyArrayObject *a[N_ARGS], *outs[4] = {NULL};
+    out_spec os[4];
+    double threshold = 0.0;
+    int64_t *edges = NULL, n_edges = 0;
+    ltt_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOd:prune", kwlist, &o[ATTN], &o[ATTN_RESID],
+                                     &o[FFN], &o[FFN_RESID], &o[PARALLEL], &o[TARGETS], &threshold))
+        return NULL;
+    a[PARALLEL] = a[TARGETS] = NULL;
+    if (convert_args(PARALLEL, spec, o, a) < 0 || check_threshold(threshold) < 0)
+        goto done;
+    npy_intp w3[3] = {-1, -1, -1};
+    if (check_shape(a[ATTN], "attn", "(L, T, T)", 3, w3) < 0 || check_nonempty(a[ATTN], "attn") < 0)
+        goto done;
+    const npy_intp L = PyArray_DIM(a[ATTN], 0), T = PyArray_DIM(a[ATTN], 1);
+    npy_intp wa[3] = {L, T, T}, wlt[2] = {L, T};
+    if (check_shape(a[ATTN], "attn", "(L, T, T)", 3, wa) < 0 ||
+        check_shape(a[ATTN_RESID], "attn_resid", "(L, T)", 2, wlt) < 0 ||
+        check_shape(a[FFN], "ffn", "(L, T)", 2, wlt) < 0 ||
+        check_shape(a[FFN_RESID], "ffn_resid", "(L, T)", 2, wlt) < 0 ||
+        prune_flags_targets(o[PARALLEL], o[TARGETS], L, T, &a[PARALLEL], &a[TARGETS]) < 0)
+        goto done;
+    prune_outputs_spec(os, L, T);
+    if (alloc_outputs(3, os + 1, outs + 1) < 0)
+        goto done;
+    Py_BEGIN_ALLOW_THREADS;
+    st = ltt_prune_f32(L, T, PyArray_SIZE(a[TARGETS]), threshold, (uint8_t *)PyArray_DATA(outs[1]),
+                       (uint8_t *)PyArray_DATA(outs[2]), (uint8_t *)PyArray_DATA(outs[3]), &edges,
+                       &n_edges, fdata(a[ATTN]), fdata(a[ATTN_RESID]), fdata(a[FFN]),
+                       fdata(a[FFN_RESID]), (const uint8_t *)PyArray_DATA(a[PARALLEL]),
+                       (const int64_t *)PyArray_DATA(a[TARGETS]));
+    Py_END_ALLOW_THREADS;
+    if (st == LTT_ERR_NONFINITE) {
+        PyErr_SetString(PyExc_ValueError,
+                        "attn contains NaN or inf in a row reached by the pruning");
+        goto done;
     }
-    return 0;
+    if (check_status(st, "prune") < 0)
+        goto done;
+    ret = prune_result(os, outs, edges, n_edges);
+done:
+    free(edges);
+    return cleanup(ret, N_ARGS, a, 4, outs);
 }
 
 PyDoc_STRVAR(prune_sparse_doc,
@@ -1120,71 +1070,52 @@ static PyObject *py_prune_sparse(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"indptr",    "sources",  "weights", "attn_resid", "ffn",
                              "ffn_resid", "parallel", "targets", "threshold",  NULL};
-    PyObject *o[8] = {NULL}, *ret = NULL;
+    static const arg_spec spec[] = {{"indptr", NPY_INT64, 0},     {"sources", NPY_INT32, 0},
+                                    {"weights", NPY_FLOAT32, 0},  {"attn_resid", NPY_FLOAT32, 0},
+                                    {"ffn", NPY_FLOAT32, 0},      {"ffn_resid", NPY_FLOAT32, 0}};
+    enum { INDPTR, SOURCES, WEIGHTS, ATTN_RESID, FFN, FFN_RESID, PARALLEL, TARGETS, N_ARGS };
+    PyObject *o[N_ARGS] = {NULL}, *ret = NULL;
+    PyArrayObject *a[N_ARGS], *outs[4] = {NULL};
+    out_spec os[4];
     double threshold = 0.0;
-    PyArrayObject *ip = NULL, *src = NULL, *w = NULL, *ar = NULL, *ffn = NULL, *fr = NULL,
-                  *par = NULL, *tg = NULL;
-    PyArrayObject *outs[4] = {NULL};
     int64_t *edges = NULL, n_edges = 0;
     ltt_status st;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOd:prune_sparse", kwlist, &o[0], &o[1],
-                                     &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &threshold))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOd:prune_sparse", kwlist, &o[INDPTR],
+                                     &o[SOURCES], &o[WEIGHTS], &o[ATTN_RESID], &o[FFN],
+                                     &o[FFN_RESID], &o[PARALLEL], &o[TARGETS], &threshold))
         return NULL;
-    if (to_index_array(o[0], "indptr", NPY_INT64, &ip) < 0 ||
-        to_index_array(o[1], "sources", NPY_INT32, &src) < 0 ||
-        to_array(o[2], "weights", 0, NPY_FLOAT32, &w) < 0 ||
-        to_array(o[3], "attn_resid", 0, NPY_FLOAT32, &ar) < 0 ||
-        to_array(o[4], "ffn", 0, NPY_FLOAT32, &ffn) < 0 ||
-        to_array(o[5], "ffn_resid", 0, NPY_FLOAT32, &fr) < 0 || check_threshold(threshold) < 0)
+    a[PARALLEL] = a[TARGETS] = NULL;
+    if (convert_args(PARALLEL, spec, o, a) < 0 || check_threshold(threshold) < 0)
         goto done;
     npy_intp w2[2] = {-1, -1};
-    if (check_shape(ar, "attn_resid", "(L, T)", 2, w2) < 0 || check_nonempty(ar, "attn_resid") < 0)
+    if (check_shape(a[ATTN_RESID], "attn_resid", "(L, T)", 2, w2) < 0 ||
+        check_nonempty(a[ATTN_RESID], "attn_resid") < 0)
         goto done;
-    const npy_intp L = PyArray_DIM(ar, 0), T = PyArray_DIM(ar, 1);
-    npy_intp wlt[2] = {L, T}, wn[1] = {PyArray_SIZE(src)};
-    if (check_shape(ffn, "ffn", "(L, T)", 2, wlt) < 0 ||
-        check_shape(fr, "ffn_resid", "(L, T)", 2, wlt) < 0 ||
-        check_sparse_shapes(ip, src, NULL, L * T, 1) < 0 ||
-        check_shape(w, "weights", "(nnz,) = sources.shape", 1, wn) < 0 ||
-        prune_flags_targets(o[6], o[7], L, T, &par, &tg) < 0)
+    const npy_intp L = PyArray_DIM(a[ATTN_RESID], 0), T = PyArray_DIM(a[ATTN_RESID], 1);
+    npy_intp wlt[2] = {L, T}, wn[1] = {PyArray_SIZE(a[SOURCES])};
+    if (check_shape(a[FFN], "ffn", "(L, T)", 2, wlt) < 0 ||
+        check_shape(a[FFN_RESID], "ffn_resid", "(L, T)", 2, wlt) < 0 ||
+        check_sparse_shapes(a[INDPTR], a[SOURCES], NULL, L * T, 1) < 0 ||
+        check_shape(a[WEIGHTS], "weights", "(nnz,) = sources.shape", 1, wn) < 0 ||
+        prune_flags_targets(o[PARALLEL], o[TARGETS], L, T, &a[PARALLEL], &a[TARGETS]) < 0)
         goto done;
-    outs[1] = zeros(2, wlt, NPY_BOOL);
-    outs[2] = zeros(2, wlt, NPY_BOOL);
-    outs[3] = zeros(2, wlt, NPY_BOOL);
-    if (!outs[1] || !outs[2] || !outs[3])
+    prune_outputs_spec(os, L, T);
+    if (alloc_outputs(3, os + 1, outs + 1) < 0)
         goto done;
     Py_BEGIN_ALLOW_THREADS;
     st = ltt_prune_sparse_f32(
-        L, T, PyArray_SIZE(src), PyArray_SIZE(tg), threshold, (uint8_t *)PyArray_DATA(outs[1]),
+        L, T, wn[0], PyArray_SIZE(a[TARGETS]), threshold, (uint8_t *)PyArray_DATA(outs[1]),
         (uint8_t *)PyArray_DATA(outs[2]), (uint8_t *)PyArray_DATA(outs[3]), &edges, &n_edges,
-        (const int64_t *)PyArray_DATA(ip), (const int32_t *)PyArray_DATA(src), fdata(w), fdata(ar),
-        fdata(ffn), fdata(fr), (const uint8_t *)PyArray_DATA(par),
-        (const int64_t *)PyArray_DATA(tg));
+        (const int64_t *)PyArray_DATA(a[INDPTR]), (const int32_t *)PyArray_DATA(a[SOURCES]),
+        fdata(a[WEIGHTS]), fdata(a[ATTN_RESID]), fdata(a[FFN]), fdata(a[FFN_RESID]),
+        (const uint8_t *)PyArray_DATA(a[PARALLEL]), (const int64_t *)PyArray_DATA(a[TARGETS]));
     Py_END_ALLOW_THREADS;
-    if (sparse_rows_status(st, "prune_sparse", ip, src, NULL, L * T, T, 1) < 0)
+    if (sparse_rows_status(st, "prune_sparse", a[INDPTR], a[SOURCES], NULL, L * T, T, 1) < 0)
         goto done;
-    npy_intp de[2] = {n_edges, 3};
-    if ((outs[0] = zeros(2, de, NPY_INT64)) == NULL)
-        goto done;
-    if (n_edges > 0)
-        memcpy(PyArray_DATA(outs[0]), edges, (size_t)n_edges * 3 * sizeof(int64_t));
-    {
-        const char *keys[4] = {"attn_edges", "attn_resid", "ffn", "ffn_resid"};
-        ret = make_dict(4, keys, outs);
-    }
+    ret = prune_result(os, outs, edges, n_edges);
 done:
     free(edges);
-    Py_XDECREF(ip);
-    Py_XDECREF(src);
-    Py_XDECREF(w);
-    Py_XDECREF(ar);
-    Py_XDECREF(ffn);
-    Py_XDECREF(fr);
-    Py_XDECREF(par);
-    Py_XDECREF(tg);
-    for (int i = 0; i < 4; i++)
-        Py_XDECREF(outs[i]);
-    return ret;
+    return cleanup(ret, N_ARGS, a, 4, outs);
 }
 
 PyDoc_STRVAR(renormalize_sparse_doc,
@@ -1195,33 +1126,32 @@ PyDoc_STRVAR(renormalize_sparse_doc,
 static PyObject *py_renormalize_sparse(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"indptr", "sources", "heads", "parts", "single", "threshold", NULL};
-    PyObject *o[5] = {NULL}, *ret = NULL;
+    static const arg_spec spec[] = {{"indptr", NPY_INT64, 0}, {"sources", NPY_INT32, 0},
+                                    {"heads", NPY_INT16, 0},  {"parts", NPY_FLOAT32, 0},
+                                    {"single", NPY_FLOAT32, 0}};
+    enum { INDPTR, SOURCES, HEADS, PARTS, SINGLE, N_ARGS };
+    PyObject *o[N_ARGS] = {NULL}, *ret = NULL;
+    PyArrayObject *a[N_ARGS], *outs[2] = {NULL};
     double threshold = 0.0;
-    PyArrayObject *ip = NULL, *src = NULL, *hd = NULL, *parts = NULL, *single = NULL;
-    PyArrayObject *outs[2] = {NULL};
     ltt_status st;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOd:renormalize_sparse", kwlist, &o[0], &o[1],
-                                     &o[2], &o[3], &o[4], &threshold))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOd:renormalize_sparse", kwlist, &o[INDPTR],
+                                     &o[SOURCES], &o[HEADS], &o[PARTS], &o[SINGLE], &threshold))
         return NULL;
-    if (to_index_array(o[0], "indptr", NPY_INT64, &ip) < 0 ||
-        to_index_array(o[1], "sources", NPY_INT32, &src) < 0 ||
-        to_index_array(o[2], "heads", NPY_INT16, &hd) < 0 ||
-        to_array(o[3], "parts", 0, NPY_FLOAT32, &parts) < 0 ||
-        to_array(o[4], "single", 0, NPY_FLOAT32, &single) < 0 || check_threshold(threshold) < 0)
+    if (convert_args(N_ARGS, spec, o, a) < 0 || check_threshold(threshold) < 0)
         goto done;
     npy_intp w2[2] = {-1, -1};
-    if (check_shape(single, "single", "(E, T)", 2, w2) < 0)
+    if (check_shape(a[SINGLE], "single", "(E, T)", 2, w2) < 0)
         goto done;
-    const npy_intp E = PyArray_DIM(single, 0), T = PyArray_DIM(single, 1);
+    const npy_intp E = PyArray_DIM(a[SINGLE], 0), T = PyArray_DIM(a[SINGLE], 1);
     if (T == 0) {
         PyErr_SetString(PyExc_ValueError, "single must have shape (E, T) with T >= 1, got T = 0");
         goto done;
     }
-    npy_intp wn[1] = {PyArray_SIZE(src)};
-    if (check_sparse_shapes(ip, src, hd, T, 0) < 0 ||
-        check_shape(parts, "parts", "(nnz,) = sources.shape", 1, wn) < 0)
+    npy_intp wn[1] = {PyArray_SIZE(a[SOURCES])};
+    if (check_sparse_shapes(a[INDPTR], a[SOURCES], a[HEADS], T, 0) < 0 ||
+        check_shape(a[PARTS], "parts", "(nnz,) = sources.shape", 1, wn) < 0)
         goto done;
-    const float *pv = fdata(parts);
+    const float *pv = fdata(a[PARTS]);
     int negative = 0;
     for (npy_intp j = 0; j < wn[0]; j++)
         negative |= pv[j] < 0.0f;
@@ -1232,34 +1162,22 @@ static PyObject *py_renormalize_sparse(PyObject *self, PyObject *args, PyObject 
                          fmt_double(v, sizeof v, (double)pv[j]), (Py_ssize_t)j);
             goto done;
         }
-    if (require_nonnegative(single, "single") < 0) /* as renormalize: shares only */
+    if (require_nonnegative(a[SINGLE], "single") < 0) /* as renormalize: shares only */
         goto done;
-    npy_intp dET[2] = {E, T};
-    outs[0] = zeros(1, wn, NPY_FLOAT32);
-    outs[1] = zeros(2, dET, NPY_FLOAT32);
-    if (!outs[0] || !outs[1])
+    const out_spec os[2] = {{"parts", NPY_FLOAT32, 1, {wn[0]}},
+                            {"single", NPY_FLOAT32, 2, {E, T}}};
+    if (alloc_outputs(2, os, outs) < 0)
         goto done;
     Py_BEGIN_ALLOW_THREADS;
     st = ltt_renormalize_sparse_f32(
         T, wn[0], E, threshold, (float *)PyArray_DATA(outs[0]), (float *)PyArray_DATA(outs[1]),
-        (const int64_t *)PyArray_DATA(ip), (const int32_t *)PyArray_DATA(src),
-        (const int16_t *)PyArray_DATA(hd), pv, fdata(single));
+        (const int64_t *)PyArray_DATA(a[INDPTR]), (const int32_t *)PyArray_DATA(a[SOURCES]),
+        (const int16_t *)PyArray_DATA(a[HEADS]), pv, fdata(a[SINGLE]));
     Py_END_ALLOW_THREADS;
-    if (sparse_rows_status(st, "renormalize_sparse", ip, src, hd, T, T, 0) < 0)
-        goto done;
-    {
-        const char *keys[2] = {"parts", "single"};
-        ret = make_dict(2, keys, outs);
-    }
+    if (sparse_rows_status(st, "renormalize_sparse", a[INDPTR], a[SOURCES], a[HEADS], T, T, 0) == 0)
+        ret = outputs_dict(2, os, outs);
 done:
-    Py_XDECREF(ip);
-    Py_XDECREF(src);
-    Py_XDECREF(hd);
-    Py_XDECREF(parts);
-    Py_XDECREF(single);
-    Py_XDECREF(outs[0]);
-    Py_XDECREF(outs[1]);
-    return ret;
+    return cleanup(ret, N_ARGS, a, 2, outs);
 }
 
 /* ---- build information --------------------------------------------------------------------- */
@@ -1297,7 +1215,37 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused)
     return info;
 }
 
+/* ---- threads ------------------------------------------------------------------------------- */
+
+PyDoc_STRVAR(set_num_threads_doc, "set_num_threads(n)\n--\n\n"
+                                  "Threads of the core's large calls (n >= 1). See "
+                                  "ltt.set_num_threads.");
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"n", NULL};
+    int n = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i:set_num_threads", kwlist, &n))
+        return NULL;
+    if (ltt_set_num_threads(n) != LTT_OK) {
+        PyErr_Format(PyExc_ValueError, "n must be a positive int, got %d", n);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(get_num_threads_doc, "get_num_threads()\n--\n\n"
+                                  "Threads of the core's large calls. See ltt.get_num_threads.");
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
+{
+    return PyLong_FromLong(ltt_get_num_threads());
+}
+
 static PyMethodDef methods[] = {
+    {"set_num_threads", (PyCFunction)(void (*)(void))py_set_num_threads,
+     METH_VARARGS | METH_KEYWORDS, set_num_threads_doc},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, get_num_threads_doc},
     {"contributions", (PyCFunction)(void (*)(void))py_contributions, METH_VARARGS | METH_KEYWORDS,
      contributions_doc},
     {"attn_contrib", (PyCFunction)(void (*)(void))py_attn_contrib, METH_VARARGS | METH_KEYWORDS,

@@ -6,23 +6,31 @@
 
 #include "ltt_internal.h"
 
-/* The single parts of target t (after its head parts): the largest, taken only when strictly
- * larger than *best (then *best_e = e), and the sum and count of those >= threshold. */
+/* One part p of a target, in order: added to *z and counted when >= threshold. Returns whether
+ * it is the new largest: strictly larger than *best (the first one wins ties), or `first`. */
+static inline int renorm_take(double p, double threshold, int first, double *best, double *z,
+                              int64_t *nkept)
+{
+    if (p >= threshold) {
+        *z += p;
+        (*nkept)++;
+    }
+    if (first || p > *best) {
+        *best = p;
+        return 1;
+    }
+    return 0;
+}
+
+/* The single parts of target t (after its head parts): the largest (then *best_e = e), and the
+ * sum and count of those >= threshold. */
 static void renorm_scan_single(int64_t E, int64_t T, int64_t t, double threshold,
                                const float *restrict single, double *best, int64_t *best_e,
                                double *z, int64_t *nkept)
 {
-    for (int64_t e = 0; e < E; e++) {
-        const double p = single[e * T + t];
-        if (p > *best) {
-            *best = p;
+    for (int64_t e = 0; e < E; e++)
+        if (renorm_take(single[e * T + t], threshold, 0, best, z, nkept))
             *best_e = e;
-        }
-        if (p >= threshold) {
-            *z += p;
-            (*nkept)++;
-        }
-    }
 }
 
 /*
@@ -67,17 +75,9 @@ ltt_status ltt_renormalize_f32(int64_t K, int64_t T, int64_t S, int64_t E, doubl
         int64_t best_s = -1, best_e = -1, nkept = 0;
         for (int64_t k = 0; k < K; k++) {
             const float *row = heads + (k * T + t) * S;
-            for (int64_t s = 0; s < S; s++) {
-                const double p = row[s];
-                if (best_s < 0 || p > best) {
-                    best = p;
+            for (int64_t s = 0; s < S; s++)
+                if (renorm_take(row[s], threshold, best_s < 0, &best, &z, &nkept))
                     best_s = s;
-                }
-                if (p >= threshold) {
-                    z += p;
-                    nkept++;
-                }
-            }
         }
         renorm_scan_single(E, T, t, threshold, single, &best, &best_e, &z, &nkept);
         float one;
@@ -194,17 +194,9 @@ ltt_status ltt_renormalize_sparse_f32(int64_t T, int64_t P, int64_t E, double th
         const int64_t j0 = indptr[t], j1 = indptr[t + 1];
         double best = 0.0, z = 0.0;
         int64_t best_j = -1, best_e = -1, nkept = 0;
-        for (int64_t j = j0; j < j1; j++) {
-            const double p = parts[j];
-            if (p > best) {
-                best = p;
+        for (int64_t j = j0; j < j1; j++)
+            if (renorm_take(parts[j], threshold, 0, &best, &z, &nkept))
                 best_j = j;
-            }
-            if (p >= threshold) {
-                z += p;
-                nkept++;
-            }
-        }
         renorm_scan_single(E, T, t, threshold, single, &best, &best_e, &z, &nkept);
         float one;
         const double scale =

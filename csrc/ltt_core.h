@@ -27,6 +27,17 @@ const char *ltt_status_str(ltt_status status);
 /* The SIMD variant the hot loops run with on this CPU: "avx512", "avx2" or "scalar". */
 const char *ltt_simd_variant(void);
 
+/*
+ * Threads of the core's parallel kernels: n >= 1 (LTT_ERR_SIZE otherwise), for every call from
+ * any thread after this one. Until it is called, OpenMP's default (omp_get_max_threads(), which
+ * honours OMP_NUM_THREADS). Calls below a small-work cutoff run on one thread; results are
+ * bitwise identical for any thread count. Without OpenMP the core runs on one thread.
+ */
+ltt_status ltt_set_num_threads(int n);
+
+/* The thread count a large call runs on now (1 in a build without OpenMP). */
+int ltt_get_num_threads(void);
+
 /* Floor of a raw contribution: raw = max(||w|| - ||w - p||, LTT_EPS). */
 #define LTT_EPS 1e-5
 

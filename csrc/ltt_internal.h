@@ -23,18 +23,24 @@ void ltt__l1_rows(int64_t n, int nr, int64_t ns, double *restrict acc, int64_t l
                   const float *restrict a, int64_t lda, const float *restrict rs);
 
 /*
- * C = A B^T (trans_b) or A B for row-major float matrices. With threads > 1 the rows of C are
- * split across that many OpenMP threads, OpenBLAS single-threaded inside each (no OpenBLAS pool
- * fighting OpenMP); threads <= 1 runs on the calling thread.
+ * C = A B^T (trans_b) or A B for row-major float matrices, one OpenBLAS call per fixed block of
+ * C (so no value depends on the thread count). With threads > 1 the blocks are shared by that
+ * many OpenMP threads, OpenBLAS single-threaded inside each (no OpenBLAS pool fighting OpenMP).
  */
 void ltt__sgemm(int threads, int trans_b, int64_t M, int64_t N, int64_t K, const float *A,
                 int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc);
 
+/* The number of fixed blocks of an M x N product, and block b alone (ltt__sgemm's arguments):
+ * for callers that share the blocks among their own threads. */
+int64_t ltt__sgemm_blocks(int64_t M, int64_t N);
+void ltt__sgemm_block(int64_t b, int trans_b, int64_t M, int64_t N, int64_t K, const float *A,
+                      int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc);
+
 /*
- * Threads for a call of about `work` element operations: 1 below a fixed bar (a parallel region
- * costs far more than a small call when the cores are busy: a woken thread may wait a whole
- * scheduler slice) or inside a parallel region, else omp_get_max_threads(). The environment
- * variable LTT_PAR_MIN_WORK moves the bar (tests set 0 to thread every call).
+ * Threads for a call of about `work` element operations: 1 below the small-work cutoff or inside
+ * a parallel region, else ltt_get_num_threads(). The environment variable LTT_PAR_MIN_WORK moves
+ * the cutoff (tests set 0 to thread every call). Every kernel reduces in an order that does not
+ * depend on this number: results are bitwise the same for any thread count.
  */
 int ltt__threads(double work);
 

@@ -48,10 +48,10 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken buil
         "(or `make test`, which creates a virtual environment and installs everything)."
     ) from exc
 
-from ltt.attribution import contributions
+from ltt.attribution import contributions, get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
-__all__ = ["contributions", "load", "diff", "Graph", "GraphWidget", "DiffWidget", "RouteSet", "Trace", "__version__"]
+__all__ = ["contributions", "set_num_threads", "get_num_threads", "load", "diff", "Graph", "GraphWidget", "DiffWidget", "RouteSet", "Trace", "__version__"]
 
 
 def __getattr__(name: str):

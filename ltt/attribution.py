@@ -35,6 +35,8 @@ __all__ = [
     "prune_sparse",
     "renormalize_sparse",
     "build_info",
+    "set_num_threads",
+    "get_num_threads",
 ]
 
 
@@ -319,3 +321,34 @@ def build_info() -> dict[str, Any]:
     ['blas', 'cflags', 'numpy']
     """
     return _core.build_info()
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads (a positive int) in the C core's large calls, from now on.
+
+    Until it is called the core uses OpenMP's default, which honours ``OMP_NUM_THREADS``.
+    Calls too small to gain from threads run on one thread whatever ``n`` is. Results are
+    bitwise identical for any thread count: every reduction runs in a fixed order.
+
+    >>> import ltt
+    >>> before = ltt.get_num_threads()
+    >>> ltt.set_num_threads(1)
+    >>> ltt.get_num_threads()
+    1
+    >>> ltt.set_num_threads(before)
+    """
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be a positive int, got {type(n).__name__} {n!r}")
+    if not 1 <= n <= 2**31 - 1:
+        raise ValueError(f"n must be a positive int (at most 2**31 - 1), got {n!r}")
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """The number of threads the C core's large calls run on now (1 in a build without OpenMP).
+
+    >>> import ltt
+    >>> ltt.get_num_threads() >= 1
+    True
+    """
+    return _core.get_num_threads()

@@ -103,7 +103,8 @@ def test_wheel_contents(wheel):
     source_static = {f"ltt/widget/static/{p.name}" for p in (ROOT / "ltt" / "widget" / "static").iterdir()
                      if p.is_file()}
     assert source_static <= static, source_static - static
-    for module in ("__init__", "cli", "trace", "graph", "interpret/__init__", "attribution", "_reference",
+    for module in ("__init__", "cli", "trace", "buffers", "scores", "graph", "nodes", "checks", "interpret/__init__",
+                   "attribution", "_reference/__init__", "routes/__init__", "models/model", "models/unembedding",
                    "export", "models/__init__", "models/families", "models/embedded", "widget/__init__"):
         assert f"ltt/{module}.py" in names, module
     unwanted = [n for n in names if n.endswith((".o", ".c", ".h", ".pyc")) or "/tests/" in n

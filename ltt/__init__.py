@@ -10,15 +10,6 @@ Model loading (``ltt.load``) imports torch and transformers on first use only.
 from __future__ import annotations
 
 
-def _passive_openmp() -> None:
-    # The core's OpenMP threads would otherwise spin after each kernel and take the CPUs from
-    # the model's own threads: a trace interleaves the two, layer by layer (4x slower forward
-    # passes were measured on 2 cores). A value the user set is kept.
-    import os
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def _load_core():
     try:
         from ltt import _core
@@ -39,8 +30,7 @@ def _load_core():
 
 
 try:
-    _passive_openmp()
-    _core = _load_core()
+        _core = _load_core()
 except ImportError as exc:  # pragma: no cover - exercised only on a broken build
     raise ImportError(
         "ltt's C extension (ltt._core) is not built or failed to load: "

@@ -18,13 +18,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
+
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` in torch's thread pool when torch is loaded (as while a model is traced):
-    NumPy's BLAS threads would spin between the model's own operations and slow them down."""
+    NumPy's BLAS threads would spin between the model's own operations and slow them down. A
+    matrix ``b`` is read in its own layout (usually the transposed view of a torch weight, which
+    ``linear`` reads without a copy)."""
     torch = sys.modules.get("torch")
     if torch is None:
         return a @ b
-    return (torch.from_numpy(np.ascontiguousarray(a)) @ torch.from_numpy(np.ascontiguousarray(b))).numpy()
+    ta = torch.from_numpy(np.ascontiguousarray(a))
+    if a.ndim == 2 and b.ndim == 2:
+        return torch.nn.functional.linear(ta, torch.from_numpy(b).T).numpy()
+    return (ta @ torch.from_numpy(np.ascontiguousarray(b))).numpy()
 
 
 @dataclass(frozen=True)
@@ -239,8 +245,7 @@ class LayerBuffers:
         if rows is None:
             out = _mm(self.act.astype(np.float64), self.w_down.astype(np.float64))
         else:
-            # w_down is usually the transposed view of a torch weight: multiply in its own layout
-            out = _mm(self.w_down.T, self.act[idx].T).T.astype(np.float64)
+            out = _mm(self.act[idx], self.w_down).astype(np.float64)
         out = self.ffn_norm.linear(out)  # centring each neuron's vector = centring their sum
         if self.ffn_norm.row_scale is not None:
             out *= self.ffn_norm.row_scale.astype(np.float64)[idx][:, None]

@@ -322,7 +322,7 @@ def build(trace: Any, settings: GraphSettings) -> Graph:
     threshold, renormalize = settings.threshold, settings.renormalize
     settings = dataclasses.replace(settings, targets=tuple(settings.positions(len(trace.token_ids))))
     full = attribute(trace, settings.norm)
-    if threshold >= full.floor:
+    if threshold >= full.floor and not full.holds_dense:  # a short trace prunes its dense arrays
         w = sparse_edge_weights(full, threshold, renormalize)
         kept = _prune_sparse(w, full.parallel, list(settings.targets), threshold)
         edge_at = lambda l, t, s: float(w.edges[l].lookup([t], [s])[0])  # noqa: E731

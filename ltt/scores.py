@@ -127,24 +127,27 @@ class LayerScores:
     ffn_resid: np.ndarray
     total: np.ndarray
     parallel: bool
-    edges: SparseRows
-    parts: SparseRows
+    edges: SparseRows | None  # None when only the dense arrays are kept (sparsified on demand)
+    parts: SparseRows | None
     n_heads: int
     dense_heads: np.ndarray | None = None  # [H, T, T] when the caller keeps it
     dense_edges: np.ndarray | None = None
 
 
 def attribute_layer(lb: Any, probs: np.ndarray | list, norm: int = 1, floor: float = FLOOR,
-                    keep_dense: bool = False) -> LayerScores:
+                    keep_dense: bool = False, sparse: bool = True) -> LayerScores:
     """Score one layer (buffers ``lb``, probabilities ``probs [H, T, T]``) with the C core.
     ``probs`` may be given in a one-item list, which is emptied once the core has read it (so
-    a long trace frees the probabilities before it sparsifies the per-head shares).
+    a long trace frees the probabilities before it sparsifies the per-head shares). With
+    ``keep_dense`` the dense shares are kept, and ``sparse=False`` leaves the sparse rows to be
+    made from them when first asked for (a short trace never needs them).
 
     >>> scores = attribute_layer(trace.layers[0], trace.layers[0].attn)   # doctest: +SKIP
     """
     whole = lb.resid_post if lb.parallel else lb.resid_mid
     attn = probs.pop() if isinstance(probs, list) else probs
     H, T = attn.shape[0], attn.shape[1]
+    sparse = sparse or not keep_dense
     by_head = not keep_dense and 4 * H * T * T > HEAD_CHUNK_BYTES
     post = dict(lb.attn_norm.core_args(), norm=norm)
     out = attribution.attn_contrib(
@@ -158,7 +161,7 @@ def attribute_layer(lb: Any, probs: np.ndarray | list, norm: int = 1, floor: flo
             floor)
     del attn
     if not by_head:
-        parts = SparseRows.from_dense(out["heads"], floor)
+        parts = SparseRows.from_dense(out["heads"], floor) if sparse else None
     if lb.parallel:
         ffn, ffn_resid = out["extra"][0], np.zeros(T, np.float32)
     else:
@@ -167,12 +170,12 @@ def attribute_layer(lb: Any, probs: np.ndarray | list, norm: int = 1, floor: flo
     return LayerScores(
         attn_resid=out["resid"], attn_bias=out["bias"], ffn=ffn, ffn_resid=ffn_resid,
         total=out["total"], parallel=bool(lb.parallel),
-        edges=SparseRows.from_dense(out["edges"], floor), parts=parts, n_heads=int(H),
+        edges=SparseRows.from_dense(out["edges"], floor) if sparse else None, parts=parts, n_heads=int(H),
         dense_heads=out["heads"] if keep_dense else None, dense_edges=out["edges"] if keep_dense else None,
     )
 
 
-def _dense_nbytes(L: int, H: int, T: int) -> int:
+def dense_nbytes(L: int, H: int, T: int) -> int:
     return 4 * L * (H + 1) * T * T
 
 
@@ -201,8 +204,8 @@ class FullGraph:
         self.ffn_resid = np.stack([s.ffn_resid for s in scores])
         self.attn_total = np.stack([s.total for s in scores])
         self.parallel = np.array([s.parallel for s in scores])
-        self.edges = [s.edges for s in scores]
-        self.parts = [s.parts for s in scores]
+        self._edges = [s.edges for s in scores]
+        self._parts = [s.parts for s in scores]
         self.n_heads = scores[0].n_heads
         self.norm = norm
         self.floor = floor
@@ -217,19 +220,40 @@ class FullGraph:
         return len(self.parallel)
 
     @property
+    def holds_dense(self) -> bool:
+        """Whether the dense ``heads``/``attn`` arrays are held (a trace within the dense budget)."""
+        return self._dense is not None
+
+    @property
+    def edges(self) -> list[SparseRows]:
+        """Per layer, the attention edge weights at or above the floor (:class:`SparseRows`)."""
+        return self._sparse(self._edges, 1)
+
+    @property
+    def parts(self) -> list[SparseRows]:
+        """Per layer, the per-head shares at or above the floor (:class:`SparseRows` with heads)."""
+        return self._sparse(self._parts, 0)
+
+    def _sparse(self, rows: list, which: int) -> list[SparseRows]:
+        for l, r in enumerate(rows):
+            if r is None:  # kept dense only: sparsified once, on first use
+                rows[l] = SparseRows.from_dense(self.layer_dense(l)[which], self.floor)
+        return rows
+
+    @property
     def n_tokens(self) -> int:
         return int(self.attn_resid.shape[1])
 
     def nbytes(self) -> int:
         """Bytes held (the sparse rows and the per-state arrays; dense arrays when kept)."""
         total = sum(a.nbytes for a in (self.attn_resid, self.attn_bias, self.ffn, self.ffn_resid, self.attn_total))
-        total += sum(e.nbytes + p.nbytes for e, p in zip(self.edges, self.parts))
+        total += sum(r.nbytes for r in self._edges + self._parts if r is not None)
         if self._dense is not None:
             total += self._dense[0].nbytes + self._dense[1].nbytes
         return total
 
     def dense_fits(self) -> bool:
-        return _dense_nbytes(self.n_layers, self.n_heads, self.n_tokens) <= DENSE_BUDGET
+        return dense_nbytes(self.n_layers, self.n_heads, self.n_tokens) <= DENSE_BUDGET
 
     def layer_dense(self, l: int) -> tuple[np.ndarray, np.ndarray]:
         """Layer ``l``'s dense per-head shares ``[H, T, T]`` and edge weights ``[T, T]``,
@@ -242,7 +266,7 @@ class FullGraph:
             return self._dense[0][l], self._dense[1][l]
         if l not in self._layer_dense:
             L, H, T = self.n_layers, self.n_heads, self.n_tokens
-            need = _dense_nbytes(L, H, T)
+            need = dense_nbytes(L, H, T)
             if need > DENSE_BUDGET or self._source is None:
                 raise ValueError(
                     f"the dense per-head shares [L={L}, H={H}, T={T}, T] would take {need / 2**30:.2f} GiB, "
@@ -290,8 +314,8 @@ def attribute(trace: Any, norm: int = 1) -> FullGraph:
         return cache[norm]
     layers = trace.layers
     H, T = int(layers[0].w_o.shape[0]), int(layers[0].resid_pre.shape[0])
-    keep = _dense_nbytes(len(layers), H, T) <= DENSE_BUDGET
-    scores = [attribute_layer(lb, lb.attn, norm, FLOOR, keep_dense=keep) for lb in layers]
+    keep = dense_nbytes(len(layers), H, T) <= DENSE_BUDGET
+    scores = [attribute_layer(lb, lb.attn, norm, FLOOR, keep_dense=keep, sparse=not keep) for lb in layers]
     full = FullGraph(scores, norm, FLOOR, source=trace)
     if cache is not None:
         cache[norm] = full

@@ -53,18 +53,24 @@ def test_head_detail_on_demand_equals_dense(key, traced):
             np.testing.assert_allclose(got, full.heads[l, h], rtol=1e-4, atol=1e-6)
 
 
-def test_sparse_graphs_equal_dense_graphs(traced):
-    """Above the floor, the graph built from the sparse rows equals the one built from the
-    dense arrays, in both threshold modes and for several targets."""
+def test_sparse_graphs_equal_dense_graphs(traced, monkeypatch):
+    """Above the floor, the graph built from the sparse rows (a trace over the dense budget)
+    equals the one built from the dense arrays (a short trace holds them), in both threshold
+    modes and for several targets."""
     from ltt import attribution
 
     for key in ("llama", "gpt_neox", "gemma2"):
         model, trace = traced(key)
         full = attribute(trace)
+        assert full.holds_dense
+        with monkeypatch.context() as m:
+            m.setattr(S, "DENSE_BUDGET", 0)
+            sparse_trace = model.trace(PROMPT)
+        assert not attribute(sparse_trace).holds_dense
         for renormalize in (True, False):
             for threshold in (full.floor, 0.01, 0.04, 0.1):
                 for targets in ([trace.n_tokens - 1], [0, 3], "all"):
-                    g = build_graph(trace, threshold=threshold, renormalize=renormalize, targets=targets)
+                    g = build_graph(sparse_trace, threshold=threshold, renormalize=renormalize, targets=targets)
                     w = edge_weights(full, threshold, renormalize)
                     tgt = G.resolve_targets(targets, trace.n_tokens)
                     kept = attribution.prune(w.attn, w.attn_resid, w.ffn, w.ffn_resid, full.parallel,

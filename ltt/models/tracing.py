@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ltt.scores import FLOOR, FullGraph, attribute_layer
+from ltt import scores as scores_module
+from ltt.scores import FLOOR, FullGraph, attribute_layer, dense_nbytes
 from ltt.models import moe, record
 from ltt.buffers import LayerBuffers, PostNorm
 from ltt.trace import Trace
@@ -223,6 +224,9 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
     kind = dtype_name(model)
     tol = TOLERANCE.get(kind, 1e-3)
     rows = _sample_rows(T)
+    # a short trace keeps its dense shares (within the dense budget): its graphs are pruned from
+    # them directly, and sparse rows are made only if something asks for them
+    keep = dense_nbytes(model.n_layers, model.n_heads, T) <= scores_module.DENSE_BUDGET
     layers: list[LayerBuffers | None] = [None] * model.n_layers
     scores: list[Any] = [None] * model.n_layers
 
@@ -255,7 +259,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
             )
         holder = [probs]
         del probs  # attribute_layer releases the probabilities as soon as the core has read them
-        scores[l] = attribute_layer(lb, holder, norm=1, floor=FLOOR)
+        scores[l] = attribute_layer(lb, holder, norm=1, floor=FLOOR, keep_dense=keep, sparse=not keep)
         lb.pinned = None
         if spill is not None:
             for name in ("resid_pre", "resid_mid", "resid_post", "values", "act", "ffn_out"):

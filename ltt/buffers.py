@@ -209,6 +209,10 @@ class LayerBuffers:
         """``[H, len(rows), T]`` float32: every head's probabilities at the target rows."""
         return self._attention.probs(rows=rows)
 
+    def attn_heads(self, heads: Sequence[int]) -> np.ndarray:
+        """``[len(heads), T, T]`` float32: some heads' probabilities."""
+        return self._attention.probs(heads=list(heads))
+
     def attn_head(self, head: int) -> np.ndarray:
         """``[T, T]`` float32: one head's probabilities."""
         return self._attention.probs(heads=[head])[0]

@@ -142,8 +142,14 @@ def attribute_layer(lb: Any, probs: np.ndarray | list, norm: int = 1, floor: flo
     ``keep_dense`` the dense shares are kept, and ``sparse=False`` leaves the sparse rows to be
     made from them when first asked for (a short trace never needs them).
 
+    ``probs`` may also be a function of a list of heads giving their probabilities ``[n, T, T]``
+    (:meth:`ltt.buffers.LayerBuffers.attn_heads`): the layer is then scored one kv group and one
+    head at a time and no ``[H, T, T]`` array is made (:func:`_attribute_streamed`).
+
     >>> scores = attribute_layer(trace.layers[0], trace.layers[0].attn)   # doctest: +SKIP
     """
+    if callable(probs):
+        return _attribute_streamed(lb, probs, norm, floor)
     whole = lb.resid_post if lb.parallel else lb.resid_mid
     attn = probs.pop() if isinstance(probs, list) else probs
     H, T = attn.shape[0], attn.shape[1]
@@ -172,6 +178,52 @@ def attribute_layer(lb: Any, probs: np.ndarray | list, norm: int = 1, floor: flo
         total=out["total"], parallel=bool(lb.parallel),
         edges=SparseRows.from_dense(out["edges"], floor) if sparse else None, parts=parts, n_heads=int(H),
         dense_heads=out["heads"] if keep_dense else None, dense_edges=out["edges"] if keep_dense else None,
+    )
+
+
+def _attribute_streamed(lb: Any, probs_of: Any, norm: int, floor: float) -> LayerScores:
+    """:func:`attribute_layer` with the probabilities given per head (recomputed on demand): a
+    first pass scores each kv group's heads for the normalisers (the single parts' raws are the
+    same in every group's call), a second scores each head alone with the layer's normalisers.
+    Memory: one group's ``[H/G, T, T]`` at a time and the edges ``[T, T]``. Shares agree with the
+    one-call path to float32 rounding."""
+    whole = lb.resid_post if lb.parallel else lb.resid_mid
+    values, w_o = lb.values, lb.w_o
+    H, G, T = int(w_o.shape[0]), int(values.shape[1]), lb.n_tokens
+    per = H // G
+    post = dict(lb.attn_norm.core_args(), norm=norm)
+    extra = lb.ffn_out[None] if lb.parallel else None
+    singles = None  # raws of the residual, bias and extra parts [2 + E, T] float64
+    head_raws = np.zeros(T)
+    for g in range(G):
+        out = attribution.attn_contrib(
+            lb.resid_pre, whole, probs_of(range(g * per, (g + 1) * per)), values[:, g : g + 1],
+            w_o[g * per : (g + 1) * per], bias=lb.attn_bias, extra=extra, **post,
+        )  # fmt: skip
+        shares = np.vstack([out["resid"], out["bias"], out["extra"]]).astype(np.float64)
+        raws = shares * out["total"]
+        singles = raws if singles is None else singles
+        head_raws += out["total"] - raws.sum(axis=0)
+    total = singles.sum(axis=0) + head_raws
+    edges = np.zeros((T, T), np.float32)
+
+    def head_maps():
+        for h in range(H):
+            g = h // per
+            m = attribution.attn_head_map(0, whole, probs_of([h]), values[:, g : g + 1], w_o[h : h + 1], total, **post)
+            np.add(edges, m, out=edges)
+            yield m
+
+    parts = SparseRows.from_heads(head_maps(), floor)
+    single = (singles / total).astype(np.float32)
+    if lb.parallel:
+        ffn, ffn_resid = single[2], np.zeros(T, np.float32)
+    else:
+        block = attribution.contributions(np.stack([lb.resid_mid, lb.ffn_out]), lb.resid_post, norm=norm)
+        ffn_resid, ffn = block[0], block[1]
+    return LayerScores(
+        attn_resid=single[0], attn_bias=single[1], ffn=ffn, ffn_resid=ffn_resid, total=total,
+        parallel=bool(lb.parallel), edges=SparseRows.from_dense(edges, floor), parts=parts, n_heads=H,
     )
 
 

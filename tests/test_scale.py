@@ -250,12 +250,24 @@ def test_sparse_rows_equal_the_twins_sparsify(seed):
 
 @pytest.mark.parametrize("key", ["llama", "gpt_neox", "gemma2"])
 def test_long_layers_scored_head_by_head_keep_the_same_parts(key, tiny_model, monkeypatch):
-    """A layer too large for one [H, T, T] array is scored head by head: the sparse parts and
-    the graphs equal the one-array path."""
+    """A layer too large for one [H, T, T] array runs its attention one kv group at a time and
+    is scored head by head from recomputed probabilities: the model's outputs, the sparse parts
+    and the graphs equal the one-array path, and no probabilities of a whole layer are made."""
+    from ltt.models import attention
+
     model = tiny_model(key)
+    monkeypatch.setattr(S, "DENSE_BUDGET", 0)  # both traces sparse: only the head streaming differs
     whole = model.trace(PROMPT)
     monkeypatch.setattr(S, "HEAD_CHUNK_BYTES", 0)
+    groups = []
+    real = attention._by_group
+    monkeypatch.setattr(attention, "_by_group", lambda *a: groups.append(a[2].shape[1]) or real(*a))
     chunked = model.trace(PROMPT)
+    assert groups == [model.n_heads] * model.n_layers  # every layer's attention ran by group
+    np.testing.assert_array_equal(chunked.logits, whole.logits)
+    for la, lb in zip(whole.layers, chunked.layers):
+        np.testing.assert_array_equal(la.resid_post, lb.resid_post)
+    assert max(chunked.check().values()) < 1e-4
     fa, fb = attribute(whole), attribute(chunked)
     for pa, pb in zip(fa.parts, fb.parts):
         np.testing.assert_array_equal(pa.indptr, pb.indptr)

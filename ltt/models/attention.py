@@ -41,11 +41,37 @@ def eager_function(module: Any) -> Callable[..., Any] | None:
 
 def _record_attention(module, query, key, value, attention_mask, *args, **kwargs):
     fn = eager_function(module)
-    out, weights = fn(module, query, key, value, attention_mask, *args, **kwargs)
     callback = _ACTIVE.get(id(module))
+    if callback is not None and getattr(callback, "stream_heads", False):
+        out = _by_group(fn, module, query, key, value, attention_mask, args, kwargs)
+        if out is not None:  # the layer's [H, T, T] probabilities never existed at once
+            callback(query, key, attention_mask, args, kwargs, None)
+            return out, None
+    out, weights = fn(module, query, key, value, attention_mask, *args, **kwargs)
     if callback is not None:
         callback(query, key, attention_mask, args, kwargs, weights)
     return out, weights
+
+
+def _by_group(fn, module, query, key, value, mask, args, kwargs):
+    """The module's own eager attention run one kv group at a time (its query heads with their
+    one key and value head), outputs joined along the head axis: the same numbers as one call,
+    with one group's scores and probabilities alive at a time. None when the eager output is not
+    laid out ``[B, T, heads, d_h]`` (the caller then runs it whole)."""
+    import torch
+
+    H, G = query.shape[1], key.shape[1]
+    per = H // G
+    outs = []
+    for g in range(G):
+        heads = slice(g * per, (g + 1) * per)
+        m = mask[:, heads] if mask is not None and mask.shape[1] > 1 else mask
+        out, _ = fn(_GroupModule(module, heads, per), query[:, heads], key[:, g : g + 1],
+                    value[:, g : g + 1], m, *args, **kwargs)
+        if out.ndim != 4 or out.shape[2] != per or out.shape[1] != query.shape[2]:
+            return None
+        outs.append(out)
+    return torch.cat(outs, dim=2)
 
 
 def ensure_registered() -> None:
@@ -73,6 +99,21 @@ class _SlicedModule:
         sinks = getattr(module, "sinks", None)
         if sinks is not None:
             self.sinks = sinks.detach()[head : head + 1].to("cpu")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
+class _GroupModule:
+    """The attention module seen by its eager function for one kv group's query heads: the
+    group's repeat count, per-head parameters (sinks) sliced to those heads."""
+
+    def __init__(self, module: Any, heads: slice, per_group: int):
+        self._module = module
+        self.num_key_value_groups = per_group
+        sinks = getattr(module, "sinks", None)
+        if sinks is not None:
+            self.sinks = sinks[heads]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._module, name)

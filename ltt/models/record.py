@@ -107,9 +107,11 @@ class Recording:
     """Hooks on every layer of ``model`` (an :class:`ltt.models.Model`) for one forward pass of
     ``T`` tokens; ``on_layer(layer, record)`` receives each finished layer's tensors."""
 
-    def __init__(self, model: Any, T: int, on_layer: Callable[[int, dict[str, Any]], None]):
+    def __init__(self, model: Any, T: int, on_layer: Callable[[int, dict[str, Any]], None],
+                 stream_heads: bool = False):
         self.model = model
         self.T = T
+        self.stream_heads = stream_heads  # attention run and recorded one kv group at a time
         self.on_layer = on_layer
         self.records: list[dict[str, Any]] = [dict() for _ in range(model.n_layers)]
         self.masks: dict[tuple, Any] = {}
@@ -214,8 +216,9 @@ class Recording:
             def callback(query, key, mask, args, kwargs, weights):
                 point(f"hook:{l}:attention")
                 rec = self.records[l]
-                rec["probs"] = _probs_numpy(weights)
+                rec["probs"] = None if weights is None else _probs_numpy(weights)
                 rec["attention"] = attn_capture.AttentionState(module, fn, query, key, mask, args, kwargs, self.masks)
+            callback.stream_heads = self.stream_heads
             return callback
 
         def weight(l, key):

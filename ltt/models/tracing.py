@@ -227,6 +227,9 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
     # a short trace keeps its dense shares (within the dense budget): its graphs are pruned from
     # them directly, and sparse rows are made only if something asks for them
     keep = dense_nbytes(model.n_layers, model.n_heads, T) <= scores_module.DENSE_BUDGET
+    # a long layer runs its attention one kv group at a time and is scored head by head from
+    # probabilities recomputed per head: no [H, T, T] array exists (ltt.models.attention)
+    stream = not keep and 4 * model.n_heads * T * T > scores_module.HEAD_CHUNK_BYTES
     layers: list[LayerBuffers | None] = [None] * model.n_layers
     scores: list[Any] = [None] * model.n_layers
 
@@ -240,14 +243,17 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
             prev = layers[l - 1].resid_post
             if prev.shape == rec["x"].shape and np.array_equal(prev, rec["x"]):
                 rec["x"], shared = prev, True  # one array for the state between two layers
-        if rec.get("probs") is None and rec.get("attention") is not None:
+        streamed = stream and rec.get("probs") is None  # the attention ran one kv group at a time
+        if rec.get("probs") is None and rec.get("attention") is not None and not streamed:
             rec["probs"] = rec["attention"].probs()
         lb = layer_buffers(model, l, rec, T, model.layer_stamp(l))
         lb.pinned = {"w_o": rec["w_o"], "w_down": rec["w_down"]}  # converted once, in the forward pass
-        probs = rec.pop("probs")
+        probs = lb.attn_heads if streamed else rec.pop("probs")
         # the decomposition must rebuild the model's own states: a foreign forward hook or an
         # unsupported variant that changes a branch shows here, on a few rows (cheap)
-        errors = lb.check(rows=rows, probs=probs[:, rows]) if verify else {}
+        errors = {}
+        if verify:
+            errors = lb.check(rows=rows, probs=lb.attn_rows(rows) if streamed else probs[:, rows])
         worst = max(errors.items(), key=lambda kv: kv[1]) if errors else ("", 0.0)
         if worst[1] > tol or not np.isfinite(worst[1]):
             raise RuntimeError(
@@ -257,7 +263,8 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
                 "module's output, or a variant of this family that ltt does not support. Pass "
                 "verify=False to trace anyway (the graph is then not exact)."
             )
-        holder = [probs]
+        rec.pop("probs", None)
+        holder = probs if streamed else [probs]
         del probs  # attribute_layer releases the probabilities as soon as the core has read them
         scores[l] = attribute_layer(lb, holder, norm=1, floor=FLOOR, keep_dense=keep, sparse=not keep)
         lb.pinned = None
@@ -283,7 +290,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
     if not all_logits and _accepts(hf, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
     started = time.perf_counter()
-    with record.Recording(model, T, on_layer):
+    with record.Recording(model, T, on_layer, stream_heads=stream):
         record.point("forward")
         with torch.no_grad():
             out = hf(input_ids=torch.tensor([list(ids)], device=device), **kwargs)

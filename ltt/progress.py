@@ -25,6 +25,13 @@ def quiet_requested() -> bool:
     return bool(os.environ.get("LTT_QUIET"))
 
 
+def _in_notebook() -> bool:
+    """Whether this process is a running Jupyter kernel (an IPython shell over ZMQ)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def quiet() -> bool:
     """Whether ltt's progress bars stay off: ``LTT_QUIET`` is set, or stderr is not a terminal
     (a log file, a pipe, a captured stream) outside a Jupyter kernel.
@@ -34,7 +41,7 @@ def quiet() -> bool:
     """
     if quiet_requested():
         return True
-    if "ipykernel" in sys.modules:  # a notebook: tqdm.auto draws its bars as widgets
+    if _in_notebook():  # tqdm.auto draws its bars as widgets there
         return False
     try:
         return not sys.stderr.isatty()

@@ -138,3 +138,15 @@ def test_hf_workflow(kernel_name, tmp_path):
     rows = [l for l in text_of(nb, "heads").splitlines() if l.startswith("L")]
     assert len(rows) >= 5
     assert (tmp_path / "ioi-route.graphml").stat().st_size > 1000
+
+
+def test_progress_bars_shown_in_a_kernel(kernel_name, tmp_path):
+    """In a Jupyter kernel (stderr is no terminal there) ltt's progress bars stay on unless
+    LTT_QUIET is set (the kernel fixture unsets it, as a user's environment would)."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell("from ltt import progress\nprint(progress.quiet())"))
+    NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name=kernel_name,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert "".join(o.get("text", "") for o in nb.cells[0].outputs).strip() == "False"

@@ -114,6 +114,8 @@ def attn_contrib(
     )  # fmt: skip
 
 
+# The wrappers' argument lists repeat each other and the twins' (ltt._reference) on purpose: one
+# name and one signature per kernel, in C, in its twin and here.
 def attn_head_map(
     head: int,
     whole: ArrayLike,

@@ -61,8 +61,11 @@ def estimate_bytes(model: Any, T: int, all_logits: bool = False) -> dict[str, in
     kept = L * per_layer + sparse + 6 * L * T * _F32
     # eager attention: scores and masked scores in the model dtype, the float32 softmax; ltt: the
     # per-head shares and the mask that sparsifies them, plus a float32 copy of the
-    # probabilities for a half-precision model; edge weights, the mask [T, T]
-    layer_peak = H * T * T * (2 * esize + 4 + _F32 + 1 + (0 if esize == 4 else _F32)) + 3 * T * T * _F32
+    # probabilities for a half-precision model; edge weights, the mask [T, T]. A streamed layer
+    # (ltt.scores.HEAD_CHUNK_BYTES) has all that for one kv group's heads only.
+    streamed = dense_nbytes(L, H, T) > scores_module.DENSE_BUDGET and 4 * H * T * T > scores_module.HEAD_CHUNK_BYTES
+    heads_at_once = H // max(G, 1) if streamed else H
+    layer_peak = heads_at_once * T * T * (2 * esize + 4 + _F32 + 1 + (0 if esize == 4 else _F32)) + 3 * T * T * _F32
     logits = (T if all_logits else 1) * model.vocab_size * _F32 * 2
     return {"kept": kept, "layer_peak": layer_peak, "logits": logits, "total": kept + layer_peak + logits}
 

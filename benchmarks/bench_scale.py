@@ -76,6 +76,9 @@ def _load(name: str):
     with torch.device("meta"):
         hf = LlamaForCausalLM(cfg)
     hf = hf.to_empty(device="cpu").to(torch.bfloat16)
+    # to_empty leaves buffers uninitialised: the rotary frequencies are made again (garbage there
+    # once gave NaN states, which the trace's running check refused)
+    hf.model.rotary_emb = type(hf.model.rotary_emb)(config=cfg)
     with torch.no_grad():
         for p in hf.parameters():
             p.normal_(0.0, 0.02) if p.ndim > 1 else p.fill_(1.0)

@@ -26,8 +26,12 @@ from ltt.checks import check_norm
 FLOOR = 1e-3
 DENSE_BUDGET = int(os.environ.get("LTT_DENSE_BUDGET", 64 * 2**20))
 #: A layer whose per-head shares ``[H, T, T]`` would take more bytes than this is scored head
-#: by head (twice the core's work, an H-th of the memory).
-HEAD_CHUNK_BYTES = int(os.environ.get("LTT_HEAD_CHUNK_BYTES", 256 * 2**20))
+#: by head (twice the core's attention work, an H-th of the shares' memory).
+HEAD_CHUNK_BYTES = int(os.environ.get("LTT_HEAD_CHUNK_BYTES", 128 * 2**20))
+#: A layer whose probabilities ``[H, T, T]`` would take more bytes than this streams its heads:
+#: the model's attention runs one kv group at a time and each head is scored from probabilities
+#: recomputed on demand, so no ``[H, T, T]`` array exists at all (:func:`_attribute_streamed`).
+STREAM_BYTES = int(os.environ.get("LTT_STREAM_BYTES", 256 * 2**20))
 
 
 @dataclass

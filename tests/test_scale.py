@@ -248,22 +248,25 @@ def test_sparse_rows_equal_the_twins_sparsify(seed):
         np.testing.assert_array_equal(edges.values, want["weights"])
 
 
+@pytest.mark.parametrize("knob", ["HEAD_CHUNK_BYTES", "STREAM_BYTES"])
 @pytest.mark.parametrize("key", ["llama", "gpt_neox", "gemma2"])
-def test_long_layers_scored_head_by_head_keep_the_same_parts(key, tiny_model, monkeypatch):
-    """A layer too large for one [H, T, T] array runs its attention one kv group at a time and
-    is scored head by head from recomputed probabilities: the model's outputs, the sparse parts
-    and the graphs equal the one-array path, and no probabilities of a whole layer are made."""
+def test_long_layers_scored_head_by_head_keep_the_same_parts(key, knob, tiny_model, monkeypatch):
+    """A layer whose per-head shares are too large is scored head by head; one whose
+    probabilities are too large also runs its attention one kv group at a time and scores each
+    head from recomputed probabilities. The model's outputs, the sparse parts and the graphs
+    equal the one-array path."""
     from ltt.models import attention
 
     model = tiny_model(key)
-    monkeypatch.setattr(S, "DENSE_BUDGET", 0)  # both traces sparse: only the head streaming differs
+    monkeypatch.setattr(S, "DENSE_BUDGET", 0)  # both traces sparse: only the head scoring differs
     whole = model.trace(PROMPT)
-    monkeypatch.setattr(S, "HEAD_CHUNK_BYTES", 0)
+    monkeypatch.setattr(S, knob, 0)
     groups = []
     real = attention._by_group
     monkeypatch.setattr(attention, "_by_group", lambda *a: groups.append(a[2].shape[1]) or real(*a))
     chunked = model.trace(PROMPT)
-    assert groups == [model.n_heads] * model.n_layers  # every layer's attention ran by group
+    streamed = knob == "STREAM_BYTES"
+    assert groups == ([model.n_heads] * model.n_layers if streamed else [])  # attention by kv group
     np.testing.assert_array_equal(chunked.logits, whole.logits)
     for la, lb in zip(whole.layers, chunked.layers):
         np.testing.assert_array_equal(la.resid_post, lb.resid_post)

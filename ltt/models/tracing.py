@@ -62,10 +62,13 @@ def estimate_bytes(model: Any, T: int, all_logits: bool = False) -> dict[str, in
     # eager attention: scores and masked scores in the model dtype, the float32 softmax; ltt: the
     # per-head shares and the mask that sparsifies them, plus a float32 copy of the
     # probabilities for a half-precision model; edge weights, the mask [T, T]. A streamed layer
-    # (ltt.scores.HEAD_CHUNK_BYTES) has all that for one kv group's heads only.
-    streamed = dense_nbytes(L, H, T) > scores_module.DENSE_BUDGET and 4 * H * T * T > scores_module.HEAD_CHUNK_BYTES
+    # (ltt.scores.STREAM_BYTES) has all that for one kv group's heads only, one scored head by head
+    # (HEAD_CHUNK_BYTES) no per-head shares.
+    long_trace = dense_nbytes(L, H, T) > scores_module.DENSE_BUDGET
+    streamed = long_trace and 4 * H * T * T > scores_module.STREAM_BYTES
     heads_at_once = H // max(G, 1) if streamed else H
-    layer_peak = heads_at_once * T * T * (2 * esize + 4 + _F32 + 1 + (0 if esize == 4 else _F32)) + 3 * T * T * _F32
+    shares = 0 if long_trace and 4 * H * T * T > scores_module.HEAD_CHUNK_BYTES else _F32 + 1
+    layer_peak = heads_at_once * T * T * (2 * esize + 4 + shares + (0 if esize == 4 else _F32)) + 3 * T * T * _F32
     logits = (T if all_logits else 1) * model.vocab_size * _F32 * 2
     return {"kept": kept, "layer_peak": layer_peak, "logits": logits, "total": kept + layer_peak + logits}
 
@@ -232,7 +235,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
     keep = dense_nbytes(model.n_layers, model.n_heads, T) <= scores_module.DENSE_BUDGET
     # a long layer runs its attention one kv group at a time and is scored head by head from
     # probabilities recomputed per head: no [H, T, T] array exists (ltt.models.attention)
-    stream = not keep and 4 * model.n_heads * T * T > scores_module.HEAD_CHUNK_BYTES
+    stream = not keep and 4 * model.n_heads * T * T > scores_module.STREAM_BYTES
     layers: list[LayerBuffers | None] = [None] * model.n_layers
     scores: list[Any] = [None] * model.n_layers
 

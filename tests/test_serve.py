@@ -370,6 +370,7 @@ def test_token_required_off_loopback_and_ctrl_c_stops_cleanly(dirs, browser):
             connect(f"ws://127.0.0.1:{s.port}/ws?token={token}", origin="http://evil.example", open_timeout=10)
         # the browser with the printed URL (on loopback): page, modules and socket all pass
         pg = browser.new_page()
+        pg.set_default_timeout(60_000)  # a fresh server loads the model first; CI machines may be slow
         try:
             _open(pg, f"{base}/?token={token}")
             # three requests at once: the first loads the model (seconds in a fresh server) and

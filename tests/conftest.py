@@ -371,3 +371,36 @@ def traced(tiny_model):
         return cache[key]
 
     return get
+
+
+class ServeSession:
+    """An ``ltt serve`` page's session driven without a browser: ``ask(msg)`` sends one message
+    and waits for its job to end (returning the job), ``got`` lists every message sent back."""
+
+    def __init__(self, state):
+        import threading
+
+        from ltt.serve import session as sess
+
+        self.state, self.got, self._done = state, [], threading.Event()
+        self.session = sess.Session(state, self._send)
+
+    def _send(self, msg: dict) -> None:
+        self.got.append(msg)
+        if msg["method"] == "job" and msg["job"]["state"] in ("done", "failed"):
+            self._done.set()
+
+    def send(self, msg: dict) -> None:
+        import json
+
+        self.session.handle(json.dumps(msg))
+
+    def ask(self, msg: dict) -> dict:
+        self._done.clear()
+        self.send(msg)
+        assert self._done.wait(60)
+        return self.got[-1]["job"]
+
+    def close(self) -> None:
+        self.session.close()
+        self.state.worker.stop(timeout=10)

@@ -171,39 +171,21 @@ def test_bos_is_a_token_in_graph_and_report(models):
 
 def test_serve_prompt_box_bos(tiny_dir, tmp_path):
     """``ltt serve``: the page's run message carries the BOS checkbox to the trace."""
-    import json
     import os
-    import threading
 
-    from ltt.serve import session as sess
+    from conftest import ServeSession
     from ltt.serve.app import ServeConfig, ServeState
 
     path = tiny_dir("gpt2")
-    state = ServeState(ServeConfig(models=[path], models_dirs=[], embedded=False, max_tokens=40))
-    got: list[dict] = []
-    done = threading.Event()
-
-    def send(msg):
-        got.append(msg)
-        if msg["method"] == "job" and msg["job"]["state"] in ("done", "failed"):
-            done.set()
-
-    s = sess.Session(state, send)
-
-    def ask(msg):
-        done.clear()
-        s.handle(json.dumps(msg))
-        assert done.wait(60)
-        return got[-1]["job"]
-
+    driver = ServeSession(ServeState(ServeConfig(models=[path], models_dirs=[], embedded=False, max_tokens=40)))
+    s, got, ask = driver.session, driver.got, driver.ask
     try:
         assert ask({"method": "open", "model": os.path.basename(path), "prompt": "Mary went"})["state"] == "done"
         bos_id = s.widget.trace.model.tokenizer.bos_token_id
         assert s.widget.trace.token_ids[0] != bos_id
         job = ask({"method": "custom", "content": {"type": "run", "prompt": "Mary went", "bos": True}})
         assert job["state"] == "done" and s.widget.trace.token_ids[0] == bos_id
-        s.handle(json.dumps({"method": "custom", "content": {"type": "run", "prompt": "x", "bos": "yes"}}))
+        driver.send({"method": "custom", "content": {"type": "run", "prompt": "x", "bos": "yes"}})
         assert got[-1]["method"] == "error" and "bos must be true, false or null" in got[-1]["message"]
     finally:
-        s.close()
-        state.worker.stop(timeout=10)
+        driver.close()

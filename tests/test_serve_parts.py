@@ -122,6 +122,7 @@ def test_model_cache_keeps_the_most_recently_used(dirs, tmp_path):
 
 def test_session_bounds_the_traces_a_page_keeps(dirs, monkeypatch, tmp_path):
     """A Session on its own (no server): real models, the real worker, messages collected."""
+    from conftest import ServeSession
     from ltt.serve import session as sess
     from ltt.serve.app import ServeConfig, ServeState
 
@@ -129,25 +130,10 @@ def test_session_bounds_the_traces_a_page_keeps(dirs, monkeypatch, tmp_path):
     broken = tmp_path / "models" / "broken"
     broken.mkdir(parents=True)
     (broken / "config.json").write_text("{not json", encoding="utf-8")
-    state = ServeState(ServeConfig(models=[dirs["llama"]], models_dirs=[str(tmp_path / "models")],
-                                   embedded=False, max_tokens=40))
-    got: list[dict] = []
-    done = threading.Event()
-
-    def send(msg):
-        got.append(msg)
-        if msg["method"] == "job" and msg["job"]["state"] in ("done", "failed"):
-            done.set()
-
-    s = sess.Session(state, send)
+    driver = ServeSession(ServeState(ServeConfig(models=[dirs["llama"]], models_dirs=[str(tmp_path / "models")],
+                                                 embedded=False, max_tokens=40)))
+    s, got, ask = driver.session, driver.got, driver.ask
     llama = os.path.basename(dirs["llama"])
-
-    def ask(msg):
-        done.clear()
-        s.handle(json.dumps(msg))
-        assert done.wait(60)
-        return got[-1]["job"]
-
     try:
         job = ask({"method": "open", "model": "broken", "prompt": "The cat"})  # a model that cannot load
         assert job["state"] == "failed" and job["error"], job
@@ -168,8 +154,7 @@ def test_session_bounds_the_traces_a_page_keeps(dirs, monkeypatch, tmp_path):
         assert got[-2]["method"] == "diff" and got[-2]["changes"] and "b: " in got[-2]["labels"][1]
         assert ask({"method": "pick", "index": 0})["state"] == "done"
         assert s.views["a"].selection and s.views["b"].selection
-        s.handle(json.dumps({"method": "update", "state": {"threshold": 0.1}}))  # which view?
+        driver.send({"method": "update", "state": {"threshold": 0.1}})  # which view?
         assert got[-1] == {"method": "error", "message": "view must be one of a, b, got None"}
     finally:
-        s.close()
-        state.worker.stop(timeout=10)
+        driver.close()

@@ -156,9 +156,12 @@ def _kept_head_parts(full: FullGraph, threshold: float,
     down to the threshold (the trace's sparse rows keep only the parts at or above the floor)."""
     if threshold < full.floor:
         tiny = float(np.finfo(np.float32).tiny)  # every part > 0: masked positions are not parts
+        parts = [SparseRows.from_dense(full.layer_dense(l)[0], max(threshold, tiny)) if l in edges
+                 else full.parts[l] for l in range(full.n_layers)]
+        # a shallow copy whose per-head rows list down to the threshold: ``parts`` is a read-only
+        # property over ``_parts``, and the trace's own FullGraph keeps its rows at the floor
         full = copy.copy(full)
-        full.parts = [SparseRows.from_dense(full.layer_dense(l)[0], max(threshold, tiny)) if l in edges
-                      else full.parts[l] for l in range(full.n_layers)]
+        full._parts = parts
     kept = sparse_edge_weights(full, threshold, True).parts
     T, H = full.n_tokens, full.n_heads
     out: dict[int, np.ndarray] = {}

@@ -36,7 +36,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from ltt.graph import GraphSettings, build, edge_weights
+from ltt.graph import GraphSettings, ModeWeights, build, mode_weights
+from ltt.interpret import edge_head_shares
 from ltt.nodes import Stage, endpoint_names
 from ltt.scores import attribute
 from ltt.routes import summarize
@@ -236,10 +237,16 @@ def _key(edge) -> tuple | None:
     return (edge.stage, edge.layer, edge.target_token, edge.source_token)
 
 
-def _weight(key: tuple, w) -> float:
+def _weight(key: tuple, mw: ModeWeights, trace: Any, norm: int) -> float:
+    """The weight of the edge ``key`` in one trace's threshold mode, before pruning. An attention
+    edge that a long trace's sparse rows do not list is, with ``renormalize=False``, a raw share
+    below the floor: it is recomputed exactly from its heads (the one-edge sub-problem)."""
     stage, l, t, s = key
+    w = mw.weights
     if stage is Stage.ATTENTION:
-        return float(w.attn[l, t, s])
+        if mw.sparse and not mw.renormalize and not mw.listed(l, t, s):
+            return float(np.asarray(edge_head_shares(trace, l, t, s, norm, dense=False), np.float64).sum())
+        return mw.attention(l, t, s)
     if stage is Stage.ATTENTION_RESIDUAL:
         return float(w.attn_resid[l, t])
     if stage is Stage.FFN_RESIDUAL:
@@ -294,7 +301,7 @@ def diff(
     for tr in (trace_a, trace_b):
         g = build(tr, settings)
         graphs.append(g)
-        weights.append(edge_weights(attribute(tr, settings.norm), g.threshold, g.renormalize))
+        weights.append(mode_weights(attribute(tr, settings.norm), g.threshold, g.renormalize))
         flows.append(g.flow())
         sums.append(summarize(tr, graph=g))
     parallel_a = attribute(trace_a, settings.norm).parallel
@@ -324,7 +331,8 @@ def diff(
         stage, layer, t, s = ka
         src, tgt = endpoint_names(stage, layer, t, s, bool(parallel_a[layer]))
         src_b, tgt_b = endpoint_names(stage, layer, kb[2], kb[3], bool(parallel_b[layer]))
-        wa, wb = _weight(ka, weights[0]), _weight(kb, weights[1])
+        wa = _weight(ka, weights[0], trace_a, settings.norm)
+        wb = _weight(kb, weights[1], trace_b, settings.norm)
         fa, fb = kept[0].get(ka, 0.0), kept[1].get(kb, 0.0)
         edges.append(EdgeChange(src, tgt, stage.kind, layer, src_b, tgt_b, wa, wb, wb - wa, fa, fb, fb - fa,
                                 stage, t, s, kb[2], kb[3]))

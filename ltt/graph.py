@@ -33,7 +33,7 @@ from ltt.nodes import ATTENTION, FFN, RESIDUAL, Edge, Node, Stage, attention_sta
 from ltt.scores import FullGraph, SparseRows, attribute
 
 __all__ = ["GraphSettings", "Graph", "Node", "Edge", "Stage", "build", "build_graph", "edge_weights",
-           "sparse_edge_weights", "resolve_targets", "ATTENTION", "RESIDUAL", "FFN"]
+           "sparse_edge_weights", "mode_weights", "ModeWeights", "resolve_targets", "ATTENTION", "RESIDUAL", "FFN"]
 
 
 @dataclass(frozen=True)
@@ -289,6 +289,55 @@ def _prune_sparse(w: SparseEdgeWeights, parallel: np.ndarray, targets: list[int]
                                     parallel, np.array(targets, np.int64), threshold)
 
 
+@dataclass
+class ModeWeights:
+    """The edge weights of one threshold mode, before pruning, as :func:`build` reads them: dense
+    :class:`EdgeWeights` for a trace that holds its dense arrays (or a threshold below the floor,
+    recomputed within the dense budget), else :class:`SparseEdgeWeights` from the sparse rows.
+    ``attention(l, t, s)`` is one attention edge's weight either way; the per-state arrays
+    ``attn_resid``, ``attn_bias``, ``ffn``, ``ffn_resid [L, T]`` are on ``weights``.
+
+    On the sparse rows an attention edge that is not listed reads 0: with ``renormalize=True``
+    that is exact (a part under the floor is under the threshold too, and each state's largest
+    part is always listed); with ``renormalize=False`` its raw weight is below the floor
+    (``listed`` tells which, for a caller that needs the exact value)."""
+
+    weights: EdgeWeights | SparseEdgeWeights
+    sparse: bool
+    renormalize: bool
+
+    def attention(self, l: int, t: int, s: int) -> float:
+        if self.sparse:
+            return float(self.weights.edges[l].lookup([t], [s])[0])
+        return float(self.weights.attn[l, t, s])
+
+    def listed(self, l: int, t: int, s: int) -> bool:
+        """Whether the weight of attention edge ``(l, t, s)`` is held (always, when dense)."""
+        if not self.sparse:
+            return True
+        rows = self.weights.edges[l]
+        lo, hi = rows.indptr[t], rows.indptr[t + 1]
+        return bool(np.any(rows.sources[lo:hi] == s))
+
+
+def mode_weights(full: FullGraph, threshold: float, renormalize: bool) -> ModeWeights:
+    """The edge weights of ``full`` under one threshold mode, from the sparse rows when the
+    threshold is at or above the floor and the trace holds no dense arrays, else from the dense
+    arrays (refused with a message naming the threshold when they do not fit the dense budget).
+
+    >>> mw = mode_weights(attribute(trace), 0.04, True); mw.attention(0, 3, 1)   # doctest: +SKIP
+    """
+    if threshold >= full.floor and not full.holds_dense:  # a short trace prunes its dense arrays
+        return ModeWeights(sparse_edge_weights(full, threshold, renormalize), True, renormalize)
+    if not full.dense_fits():
+        raise ValueError(
+            f"threshold={threshold!r} is below the floor {full.floor} under which this trace keeps "
+            f"no contributions, and its dense arrays do not fit the dense budget "
+            f"({scores.DENSE_BUDGET / 2**30:.2f} GiB, LTT_DENSE_BUDGET): choose threshold >= {full.floor}"
+        )
+    return ModeWeights(edge_weights(full, threshold, renormalize), False, renormalize)
+
+
 # The public keyword signature of the four graph settings; summarize, diff and the exports repeat
 # it on purpose (a researcher's IDE shows each option) and hand it to GraphSettings at once.
 def build_graph(
@@ -322,21 +371,14 @@ def build(trace: Any, settings: GraphSettings) -> Graph:
     threshold, renormalize = settings.threshold, settings.renormalize
     settings = dataclasses.replace(settings, targets=tuple(settings.positions(len(trace.token_ids))))
     full = attribute(trace, settings.norm)
-    if threshold >= full.floor and not full.holds_dense:  # a short trace prunes its dense arrays
-        w = sparse_edge_weights(full, threshold, renormalize)
-        kept = _prune_sparse(w, full.parallel, list(settings.targets), threshold)
-        edge_at = lambda l, t, s: float(w.edges[l].lookup([t], [s])[0])  # noqa: E731
+    mw = mode_weights(full, threshold, renormalize)
+    if mw.sparse:
+        kept = _prune_sparse(mw.weights, full.parallel, list(settings.targets), threshold)
     else:
-        if not full.dense_fits():
-            raise ValueError(
-                f"threshold={threshold!r} is below the floor {full.floor} under which this trace keeps "
-                f"no contributions, and its dense arrays do not fit the dense budget "
-                f"({scores.DENSE_BUDGET / 2**30:.2f} GiB, LTT_DENSE_BUDGET): choose threshold >= {full.floor}"
-            )
-        w = edge_weights(full, threshold, renormalize)
+        w = mw.weights
         kept = attribution.prune(w.attn, w.attn_resid, w.ffn, w.ffn_resid, full.parallel,
                                  np.array(settings.targets, np.int64), threshold)
-        edge_at = lambda l, t, s: float(w.attn[l, t, s])  # noqa: E731
+    w, edge_at = mw.weights, mw.attention
     return _assemble(trace, full, w, kept, edge_at, settings)
 
 

@@ -66,7 +66,9 @@ def test_diff_of_long_traces_reads_the_sparse_rows(llama, monkeypatch, renormali
         assert e.weight_a == pytest.approx(w.weight_a, rel=1e-5, abs=1e-7), e
         assert e.weight_b == pytest.approx(w.weight_b, rel=1e-5, abs=1e-7), e
         assert e.flow_delta == pytest.approx(w.flow_delta, rel=1e-5, abs=1e-7), e
-    np.testing.assert_allclose(got.heads_delta, want.heads_delta, rtol=1e-5, atol=1e-7)
+    # head shares: the sparse rows / the one-edge sub-problem against the dense array, float32
+    # rounding apart (as tests/test_scale.py compares them)
+    np.testing.assert_allclose(got.heads_delta, want.heads_delta, rtol=1e-4, atol=1e-6)
 
 
 def test_diff_of_long_traces_below_the_floor_is_refused_by_name(llama, monkeypatch):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ltt import _core
-from ltt.checks import check_threshold
+from ltt.checks import check_threshold, is_int
 
 ArrayLike = Any
 
@@ -50,7 +50,7 @@ def _arr(x: ArrayLike) -> ArrayLike:
 
 
 def _int(x: Any, name: str) -> int:
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+    if not is_int(x):
         raise TypeError(f"{name} must be an int, got {type(x).__name__} {x!r}")
     return int(x)
 
@@ -339,7 +339,7 @@ def set_num_threads(n: int) -> None:
     1
     >>> ltt.set_num_threads(before)
     """
-    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+    if not is_int(n):
         raise TypeError(f"n must be a positive int, got {type(n).__name__} {n!r}")
     if not 1 <= n <= 2**31 - 1:
         raise ValueError(f"n must be a positive int (at most 2**31 - 1), got {n!r}")

@@ -16,7 +16,22 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["check_threshold", "check_renormalize", "check_norm", "check_targets", "resolve_targets"]
+__all__ = ["DEFAULT_THRESHOLD", "is_int", "check_threshold", "check_renormalize", "check_norm", "check_targets",
+           "resolve_targets"]
+
+#: The default pruning threshold tau of every graph (the method's choice, DESIGN.md): the one
+#: value behind ``trace.graph``, the widget, the report, ``ltt.diff``, the routes and the CLI.
+DEFAULT_THRESHOLD = 0.04
+
+
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (Python's or NumPy's) and not a bool: ``True`` is an int
+    to Python, never a count or a position to ltt.
+
+    >>> is_int(3), is_int(np.int64(3)), is_int(True), is_int(np.True_), is_int(3.0)
+    (True, True, False, False, False)
+    """
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def check_threshold(threshold: Any) -> float:
@@ -54,7 +69,7 @@ def check_norm(norm: Any) -> int:
     Traceback (most recent call last):
     TypeError: norm must be the int 1 or 2, got float 1.0
     """
-    if isinstance(norm, (bool, np.bool_)) or not isinstance(norm, (int, np.integer)):
+    if not is_int(norm):
         raise TypeError(f"norm must be the int 1 or 2, got {type(norm).__name__} {norm!r}")
     if norm not in (1, 2):
         raise ValueError(f"norm must be 1 or 2, got {norm!r}")
@@ -75,17 +90,15 @@ def check_targets(targets: Any) -> tuple[int, ...] | str | None:
         if targets != "all":
             raise ValueError(f"targets must be a list of token positions or 'all', got {targets!r}")
         return "all"
-    if isinstance(targets, (bool, np.bool_)) or isinstance(targets, Mapping) or not (
-        isinstance(targets, (int, np.integer)) or isinstance(targets, Iterable)
-    ):
+    if isinstance(targets, (bool, np.bool_, Mapping)) or not (is_int(targets) or isinstance(targets, Iterable)):
         # issue 11: a dict passed its keys as positions, True passed as token 1
         raise TypeError(f"targets must be an int, a list of int token positions or 'all', got "
                         f"{type(targets).__name__} {targets!r}"[:300])
-    if isinstance(targets, (int, np.integer)):
+    if is_int(targets):
         targets = [targets]
     out: list[int] = []
     for t in targets:
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+        if not is_int(t):
             raise TypeError(f"targets must hold integer token positions, got {t!r}")
         out.append(int(t))
     if not out:

@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Sequence
 
+from ltt.checks import DEFAULT_THRESHOLD
+
 DEMO_MODEL = "smollm2-135m"
 DEMO_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -201,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add_graph_options(p: argparse.ArgumentParser, json_default: str | None, html_default: str | None) -> None:
         p.add_argument("--target", type=int, default=None,
                        help="token position whose prediction to explain (negative counts from the end; default: the last)")
-        p.add_argument("--threshold", type=float, default=0.04,
-                       help="prune edges whose contribution is below this share, in [0, 1) (default 0.04)")
+        p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                       help=f"prune edges whose contribution is below this share, in [0, 1) (default {DEFAULT_THRESHOLD})")
         p.add_argument("--no-renormalize", action="store_true",
                        help="keep raw shares instead of dropping parts below the threshold and rescaling the rest")
         p.add_argument("--json", default=json_default, metavar="PATH", help="write the pruned graph as JSON here")

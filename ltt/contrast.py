@@ -36,6 +36,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from ltt.checks import DEFAULT_THRESHOLD, is_int
 from ltt.graph import GraphSettings, ModeWeights, build, mode_weights
 from ltt.interpret import edge_head_shares
 from ltt.nodes import Stage, endpoint_names
@@ -216,7 +217,7 @@ def _alignment(align: Any, Ta: int, Tb: int) -> list[int]:
         pairs = [(i, j) for i, j in enumerate(items) if j is not None and j != -1]
     for i, j in pairs:
         for name, v, T in (("a", i, Ta), ("b", j, Tb)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            if not is_int(v):
                 raise TypeError(f"align holds {v!r}, not an integer position in trace_{name}")
             if not -T <= v < T:
                 raise ValueError(f"align holds {int(v)}, outside the {T} tokens of trace_{name}")
@@ -267,7 +268,7 @@ def diff(
     trace_b: Any,
     *,
     align: Sequence[int | None] | Mapping[int, int] | None = None,
-    threshold: float = 0.04,
+    threshold: float = DEFAULT_THRESHOLD,
     renormalize: bool = True,
     targets: Sequence[int] | str | int | None = None,
     norm: int = 1,

@@ -41,6 +41,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ltt.checks import DEFAULT_THRESHOLD, is_int
 from ltt import interpret
 from ltt.graph import GraphSettings, resolve_targets
 from ltt.nodes import ATTENTION, RESIDUAL, Edge, Node, Stage, edge_key, node_name
@@ -51,7 +52,7 @@ from ltt.widget import STATIC
 __all__ = ["to_html", "report_data", "embed_json", "pack"]
 
 _HEADS_AT_ONCE = 256  # head views computed per batch in the report (bounds their maps' memory)
-FLOOR = 0.01  # default lowest threshold the report can show
+REPORT_LOWEST_THRESHOLD = 0.01  # the report's slider goes down to this threshold by default
 
 
 def embed_json(data: Any) -> str:
@@ -113,7 +114,7 @@ def _carried(carry: Any, T: int, shown: list[int]) -> list[int]:
     list; the shown targets are always among them."""
     if carry is None or (isinstance(carry, str) and carry == "all"):
         out = list(range(T))
-    elif isinstance(carry, (int, np.integer)) and not isinstance(carry, bool):
+    elif is_int(carry):
         if carry < 1:
             raise ValueError(f"carry must be 'all', a positive number of targets or a list of positions, got {carry!r}")
         out = list(range(max(0, T - int(carry)), T))
@@ -198,7 +199,7 @@ def _offline_data(trace: Any, carried: list[int], floor: float, norm: int, with_
 
 def report_data(
     trace: Any,
-    threshold: float = 0.04,
+    threshold: float = DEFAULT_THRESHOLD,
     renormalize: bool = True,
     targets: Sequence[int] | int | str | None = None,
     normalize: bool = True,
@@ -225,7 +226,7 @@ def report_data(
     g_raw = trace.graph(threshold=threshold, renormalize=False, targets=tgt)
     graphs = {"renorm": panels.graph_payload(trace, g_renorm), "raw": panels.graph_payload(trace, g_raw)}
     threshold = float(g_renorm.threshold)
-    floor = min(FLOOR, threshold) if floor is None else float(floor)
+    floor = min(REPORT_LOWEST_THRESHOLD, threshold) if floor is None else float(floor)
     if not (0.0 <= floor <= threshold):
         raise ValueError(f"floor must be a number in [0, threshold={threshold}], got {floor!r}")
     with_model = getattr(trace, "model", None) is not None
@@ -401,7 +402,7 @@ def _report_js() -> str:
 def to_html(
     trace: Any,
     path: str | os.PathLike | None = None,
-    threshold: float = 0.04,
+    threshold: float = DEFAULT_THRESHOLD,
     renormalize: bool = True,
     targets: Sequence[int] | int | str | None = None,
     normalize: bool = True,

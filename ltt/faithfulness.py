@@ -42,6 +42,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ltt.checks import is_int
 from ltt.graph import ATTENTION, Graph
 
 __all__ = ["faithfulness", "Faithfulness", "TargetFaithfulness", "Score", "summary_line", "report_line",
@@ -312,7 +313,7 @@ def random_parts(edges: dict[int, tuple[np.ndarray, np.ndarray]], ffn: dict[int,
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if not is_int(value):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}: {value!r}")
     if value < lo or (hi is not None and value > hi):
         bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
@@ -333,7 +334,7 @@ def _watched_ids(model: Any, tokens: Any) -> list[int]:
                 raise ValueError(f"tokens: {tok!r} is {len(ids)} tokens for this tokenizer, not one; "
                                  "name a single token (e.g. with its leading space) or give its id")
             out.append(int(ids[0]))
-        elif isinstance(tok, (int, np.integer)) and not isinstance(tok, bool):
+        elif is_int(tok):
             if not 0 <= int(tok) < model.vocab_size:
                 raise ValueError(f"tokens: id {int(tok)} is outside the vocabulary [0, {model.vocab_size})")
             out.append(int(tok))

@@ -28,7 +28,8 @@ import numpy as np
 
 from ltt import attribution
 from ltt import scores
-from ltt.checks import check_norm, check_renormalize, check_targets, check_threshold, resolve_targets
+from ltt.checks import (DEFAULT_THRESHOLD, check_norm, check_renormalize, check_targets, check_threshold,
+                        resolve_targets)
 from ltt.nodes import ATTENTION, FFN, RESIDUAL, Edge, Node, Stage, attention_state, endpoints, node_name
 from ltt.scores import FullGraph, SparseRows, attribute
 
@@ -48,7 +49,7 @@ class GraphSettings:
     ((-1,), [4], True)
     """
 
-    threshold: float = 0.04
+    threshold: float = DEFAULT_THRESHOLD
     renormalize: bool = True
     targets: tuple[int, ...] | str | None = None
     norm: int = 1
@@ -342,7 +343,7 @@ def mode_weights(full: FullGraph, threshold: float, renormalize: bool) -> ModeWe
 # it on purpose (a researcher's IDE shows each option) and hand it to GraphSettings at once.
 def build_graph(
     trace: Any,
-    threshold: float = 0.04,
+    threshold: float = DEFAULT_THRESHOLD,
     renormalize: bool = True,
     targets: Sequence[int] | str | int | None = None,
     norm: int = 1,

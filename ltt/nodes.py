@@ -125,7 +125,7 @@ def parse_node(name: str) -> tuple[str, int, int]:
 def split_name(name: str) -> tuple[str, int, int] | None:
     """``(letter, number, token)`` of anything shaped like a node name (any letter, signed
     numbers: ``"Z-1_4"`` gives ``("Z", -1, 4)``), or None; for callers that say what is wrong
-    with a near miss (:func:`ltt.interpret.checks._parse_node`)."""
+    with a near miss (:func:`ltt.interpret.trace_indices._parse_node`)."""
     m = _NEAR_RE.match(name.strip()) if isinstance(name, str) else None
     return None if m is None else (m.group(1), int(m.group(2)), int(m.group(3)))
 

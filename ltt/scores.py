@@ -1,7 +1,7 @@
 """Per-layer attribution scores of a Trace: every part of every state, kept sparse above a floor.
 
 :func:`attribute_layer` scores one layer in the C core (per head and source token, residual,
-bias, FFN) and keeps the parts at or above :data:`FLOOR` as :class:`SparseRows`;
+bias, FFN) and keeps the parts at or above :data:`CONTRIBUTION_FLOOR` as :class:`SparseRows`;
 :func:`attribute` gives a trace's :class:`FullGraph` (all layers, one norm), cached on the
 trace. :mod:`ltt.graph` prunes a FullGraph to a prediction's routes.
 
@@ -23,7 +23,7 @@ from ltt.checks import check_norm
 
 #: Contributions below this floor are not kept by a trace (sparse storage); thresholds below it
 #: are answered from an exact dense recomputation when it fits in :data:`DENSE_BUDGET` bytes.
-FLOOR = 1e-3
+CONTRIBUTION_FLOOR = 1e-3
 DENSE_BUDGET = int(os.environ.get("LTT_DENSE_BUDGET", 64 * 2**20))
 #: A layer whose per-head shares ``[H, T, T]`` would take more bytes than this is scored head
 #: by head (twice the core's attention work, an H-th of the shares' memory).
@@ -138,7 +138,7 @@ class LayerScores:
     dense_edges: np.ndarray | None = None
 
 
-def attribute_layer(lb: Any, probs: np.ndarray | list, norm: int = 1, floor: float = FLOOR,
+def attribute_layer(lb: Any, probs: np.ndarray | list, norm: int = 1, floor: float = CONTRIBUTION_FLOOR,
                     keep_dense: bool = False, sparse: bool = True) -> LayerScores:
     """Score one layer (buffers ``lb``, probabilities ``probs [H, T, T]``) with the C core.
     ``probs`` may be given in a one-item list, which is emptied once the core has read it (so
@@ -371,8 +371,8 @@ def attribute(trace: Any, norm: int = 1) -> FullGraph:
     layers = trace.layers
     H, T = int(layers[0].w_o.shape[0]), int(layers[0].resid_pre.shape[0])
     keep = dense_nbytes(len(layers), H, T) <= DENSE_BUDGET
-    scores = [attribute_layer(lb, lb.attn, norm, FLOOR, keep_dense=keep, sparse=not keep) for lb in layers]
-    full = FullGraph(scores, norm, FLOOR, source=trace)
+    scores = [attribute_layer(lb, lb.attn, norm, CONTRIBUTION_FLOOR, keep_dense=keep, sparse=not keep) for lb in layers]
+    full = FullGraph(scores, norm, CONTRIBUTION_FLOOR, source=trace)
     if cache is not None:
         cache[norm] = full
     return full

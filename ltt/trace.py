@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ltt.checks import DEFAULT_THRESHOLD
 from ltt.buffers import Half, LayerBuffers
 
 
@@ -113,7 +114,7 @@ class Trace:
 
     def graph(
         self,
-        threshold: float = 0.04,
+        threshold: float = DEFAULT_THRESHOLD,
         renormalize: bool = True,
         targets: Sequence[int] | str | int | None = None,
         norm: int = 1,

@@ -3,7 +3,8 @@
 The package face: every public name is re-exported here from its module, along the steps of a
 click: ``results`` (the answer objects), ``output`` (the output head: frozen final norm, the
 model's unembedding, decoding), ``lens`` (top tokens of states), ``effects`` (updates and their
-promoted tokens), ``heads`` and ``neurons``; ``checks`` holds the argument checks.
+promoted tokens), ``heads`` and ``neurons``; ``trace_indices`` checks the layers, tokens, heads,
+node names and edges given into a trace.
 
 Every answer here is one click of the explorer and stays small and fast: a vocabulary projection
 is one matrix product, top-k uses ``argpartition``, and the final norm's frozen scales are

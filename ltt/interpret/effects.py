@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ltt.interpret.checks import _check_block, _index, _k, _layer, _n_heads, _names, _token
+from ltt.interpret.trace_indices import _check_block, _index, _k, _layer, _n_heads, _names, _token
 from ltt.interpret.output import OutputHead, _top, output_head
 from ltt.interpret.results import Promoted, TokenEffect
 

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt import attribution
-from ltt.interpret.checks import _edge, _index, _k, _layer, _n_heads, _names, _token
+from ltt.interpret.trace_indices import _edge, _index, _k, _layer, _n_heads, _names, _token
 from ltt.interpret.effects import _effects_many, _probs_head, _probs_row, head_output
 from ltt.interpret.results import EdgeHeads, HeadShare, HeadView, Promoted
 from ltt.scores import attribute

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ltt.interpret.checks import _k, _names, _parse_node
+from ltt.interpret.trace_indices import _k, _names, _parse_node
 from ltt.interpret.output import _top, output_head
 from ltt.interpret.results import TokenScore, TopTokens
 from ltt.nodes import input_state, node_name

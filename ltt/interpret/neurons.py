@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt import attribution
-from ltt.interpret.checks import _k, _layer, _names, _token
+from ltt.interpret.trace_indices import _k, _layer, _names, _token
 from ltt.interpret.effects import _effects_many, _neuron_vectors
 from ltt.interpret.output import _top
 from ltt.interpret.results import NeuronScore, TopNeurons

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ltt.checks import is_int
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, _Result):
@@ -37,7 +39,7 @@ def _fmt(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_int(value):
         return str(value)
     if isinstance(value, list):
         return ", ".join(repr(v.token) if hasattr(v, "token") else str(v) for v in value)

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ltt.checks import is_int
 from ltt import progress
 from ltt.models import moe
 from ltt.models.families import Family, _heads, family_for, get_module
@@ -94,7 +95,7 @@ class Model:
                 ctx = value
                 break
         if max_tokens is not None:
-            if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)):
+            if not is_int(max_tokens):
                 raise TypeError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
             if max_tokens < 1:
                 raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
@@ -255,7 +256,7 @@ class Model:
                                  "list of 1-D sequences to trace several prompts)")
             ids = [int(i) for i in prompt]
         elif isinstance(prompt, (list, tuple)):
-            bad = [i for i in prompt if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer))]
+            bad = [i for i in prompt if not is_int(i)]
             if bad:
                 raise TypeError(f"{argname} must be {what}; element {bad[0]!r} "
                                 f"({type(bad[0]).__name__}) is not a token id"[:300])
@@ -310,7 +311,7 @@ class Model:
         if isinstance(prompt, (list, tuple)):
             if not prompt:
                 raise ValueError("prompt is an empty list: give at least one string (or token ids)")
-            ints = [isinstance(p, (int, np.integer)) and not isinstance(p, (bool, np.bool_)) for p in prompt]
+            ints = [is_int(p) for p in prompt]
             return None if all(ints) else list(prompt)
         return None
 
@@ -390,8 +391,7 @@ class Model:
             raise TypeError(f"verify must be True or False, got {verify!r}")
         if not isinstance(all_logits, (bool, np.bool_)):
             raise TypeError(f"all_logits must be True or False, got {all_logits!r}")
-        if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, np.integer))
-                                         or memory_limit <= 0):
+        if memory_limit is not None and (not is_int(memory_limit) or memory_limit <= 0):
             raise ValueError(f"memory_limit must be a positive number of bytes or None, got {memory_limit!r}")
         opts = dict(all_logits=bool(all_logits), verify=bool(verify), spill=spill, memory_limit=memory_limit)
         batch = self._batch(prompt)

@@ -6,7 +6,7 @@ each, :class:`ltt.buffers.Half`): the states entering and leaving it and after a
 (``~3 T d``; a layer's input is the previous layer's output array when equal), the values
 ``T G d_h``, the FFN activations ``T F`` and branch output ``T d``, the recorded queries and
 keys ``T (H + G) d_h`` (model dtype) and the sparse contributions above
-:data:`ltt.scores.FLOOR`. The probabilities ``[H, T, T]`` and per-head shares exist for one
+:data:`ltt.scores.CONTRIBUTION_FLOOR`. The probabilities ``[H, T, T]`` and per-head shares exist for one
 layer at a time, inside its output hook. Nothing kept grows like ``L H T^2``.
 
 >>> trace = model.trace("The capital of France is")     # doctest: +SKIP
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt import scores as scores_module
-from ltt.scores import FLOOR, FullGraph, attribute_layer, dense_nbytes
+from ltt.scores import CONTRIBUTION_FLOOR, FullGraph, attribute_layer, dense_nbytes
 from ltt.models import moe, record
 from ltt.buffers import LayerBuffers, PostNorm
 from ltt.trace import Trace
@@ -57,7 +57,7 @@ def estimate_bytes(model: Any, T: int, all_logits: bool = False) -> dict[str, in
     esize = {"float16": 2, "bfloat16": 2, "float64": 8}.get(dtype_name(model), 4)
     kept_size = min(esize, _F32)  # half-precision models keep their own numbers (Half)
     per_layer = kept_size * T * (3 * d + G * dh + F) + esize * T * (H + G) * dh
-    sparse = L * T * min(H * T, 64) * 10  # typical parts above the floor per state (bounded by 1/FLOOR)
+    sparse = L * T * min(H * T, 64) * 10  # typical parts above the floor per state (bounded by 1/CONTRIBUTION_FLOOR)
     kept = L * per_layer + sparse + 6 * L * T * _F32
     # eager attention: scores and masked scores in the model dtype, the float32 softmax; ltt: the
     # per-head shares and the mask that sparsifies them, plus a float32 copy of the
@@ -272,7 +272,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
         rec.pop("probs", None)
         holder = probs if streamed else [probs]
         del probs  # attribute_layer releases the probabilities as soon as the core has read them
-        scores[l] = attribute_layer(lb, holder, norm=1, floor=FLOOR, keep_dense=keep, sparse=not keep)
+        scores[l] = attribute_layer(lb, holder, norm=1, floor=CONTRIBUTION_FLOOR, keep_dense=keep, sparse=not keep)
         lb.pinned = None
         if spill is not None:
             for name in ("resid_pre", "resid_mid", "resid_post", "values", "act", "ffn_out"):
@@ -316,7 +316,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
         model=model,
         all_logits=record._to_numpy(logits_all) if all_logits else None,
     )
-    trace.full_graphs[1] = FullGraph(scores, 1, FLOOR, source=trace)
+    trace.full_graphs[1] = FullGraph(scores, 1, CONTRIBUTION_FLOOR, source=trace)
     trace.timings = {"forward": total - spent[0], "attribute": spent[0]}
     return trace
 

@@ -17,8 +17,7 @@ import os
 import re
 from typing import Any, Iterable, Sequence
 
-import numpy as np
-
+from ltt.checks import is_int
 from ltt.routes import store
 from ltt.routes.fingerprint import PromptChain, differences, settings_of
 from ltt.routes.routeset import RouteSet
@@ -55,7 +54,7 @@ def check_shard(shard: Any) -> tuple[int, int] | None:
         return shard_from_env()
     try:
         i, n = shard
-        ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (i, n))
+        ok = all(is_int(v) for v in (i, n))
     except (TypeError, ValueError):
         ok = False
     if not ok or not (n >= 1 and 0 <= i < n):

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ltt.checks import is_int
 from ltt.routes import store
 from ltt.routes.summary import PATTERNS, PromptRoutes
 
@@ -157,13 +158,13 @@ class RouteSet:
 
         >>> routes.top_prompts(12, 3, k=5)[0]["prompt"]      # doctest: +SKIP
         """
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -self.n_layers <= layer < self.n_layers:
+        if not is_int(layer) or not -self.n_layers <= layer < self.n_layers:
             raise ValueError(f"layer must be an int in [0, {self.n_layers}), got {layer!r}")
         layer = int(layer) % self.n_layers
         if head is None:
             values = self.ffn[:, layer] if self.records else np.zeros(0)
         else:
-            if isinstance(head, bool) or not isinstance(head, (int, np.integer)) or not 0 <= head < self.n_heads:
+            if not is_int(head) or not 0 <= head < self.n_heads:
                 raise ValueError(f"head must be an int in [0, {self.n_heads}) or None (the FFN), got {head!r}")
             values = self.heads[:, layer, int(head)] if self.records else np.zeros(0)
         order = np.argsort(-values, kind="stable")[: max(int(k), 0)]

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ltt.checks import DEFAULT_THRESHOLD, is_int
 from ltt import progress as progress_bars
 from ltt.graph import GraphSettings, build
 from ltt.routes import files, store
@@ -31,7 +32,7 @@ def trace_many(
     model: Any,
     prompts: Any,
     *,
-    threshold: float = 0.04,
+    threshold: float = DEFAULT_THRESHOLD,
     renormalize: bool = True,
     targets: Sequence[int] | str | int | None = None,
     norm: int = 1,
@@ -221,7 +222,7 @@ def _faithfulness_baselines(value: Any) -> int:
     """The number of random graphs of ``trace_many(faithfulness=...)``: True -> 16, an int >= 0."""
     if value is True:
         return 16
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= 4096:
+    if not is_int(value) or not 0 <= value <= 4096:
         raise ValueError(f"faithfulness must be True, False or a number of random graphs in [0, 4096], got {value!r}")
     return int(value)
 

@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ltt.checks import DEFAULT_THRESHOLD
 from ltt.graph import Graph, GraphSettings, build, sparse_edge_weights
 from ltt.interpret import edge_head_shares
 from ltt.nodes import Stage
@@ -181,7 +182,7 @@ def _kept_head_parts(full: FullGraph, threshold: float,
 # The graph settings' keywords, as build_graph takes them (checked by GraphSettings).
 def summarize(
     trace: Any,
-    threshold: float = 0.04,
+    threshold: float = DEFAULT_THRESHOLD,
     renormalize: bool = True,
     targets: Sequence[int] | str | int | None = None,
     norm: int = 1,

@@ -29,6 +29,7 @@ from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, R
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ltt.checks import is_int
 from ltt.serve.jobs import Worker
 from ltt.serve.models import ModelCache, ModelRegistry
 from ltt.serve.session import Session
@@ -84,9 +85,9 @@ class ServeConfig:
         """Raise ValueError naming the option and value that cannot be served."""
         for name in ("max_tokens", "max_connections", "max_models", "max_prompts"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+        if not is_int(self.port) or not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be in [0, 65535], got {self.port!r}")
         if not self.host:
             raise ValueError("--host is empty: give an address to bind, e.g. 127.0.0.1")

@@ -18,6 +18,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from ltt.checks import is_int
+
 __all__ = ["ModelEntry", "ModelRegistry", "ModelCache", "machine_choices", "clip"]
 
 
@@ -142,7 +144,7 @@ class ModelCache:
     """
 
     def __init__(self, registry: ModelRegistry, max_models: int, max_tokens: int):
-        if isinstance(max_models, bool) or not isinstance(max_models, int) or max_models < 1:
+        if not is_int(max_models) or max_models < 1:
             raise ValueError(f"--max-models must be a positive integer, got {max_models!r}")
         self.registry = registry
         self.max_models = max_models

@@ -21,6 +21,7 @@ import base64
 import json
 from typing import Any, Callable
 
+from ltt.checks import is_int
 from ltt.serve.models import clip
 
 __all__ = ["Session", "WRITABLE", "synced_traits", "check_prompt"]
@@ -223,13 +224,13 @@ class Session:
         index = msg.get("index")
         if self.diff is None:
             raise ClientError("pick selects a change of a diff: diff two prompts first")
-        if isinstance(index, bool) or not isinstance(index, int):
+        if not is_int(index):
             raise ClientError(f"pick needs the index of a listed change (an integer), got {clip(index, 40)}")
         self._queue("selecting the change in both views", lambda job: self._select_change(index))
 
     def _cancel(self, msg: dict) -> None:
         job_id = msg.get("job")
-        if isinstance(job_id, bool) or not isinstance(job_id, int):
+        if not is_int(job_id):
             raise ClientError(f"cancel needs a job id (an integer), got {clip(job_id, 40)}")
         if not self.state.worker.cancel(self, job_id):
             raise ClientError(f"job {job_id} is not waiting (it is running, finished, or not this page's)")

@@ -24,7 +24,7 @@ import anywidget
 import numpy as np
 import traitlets as tl
 
-from ltt.checks import check_threshold, resolve_targets
+from ltt.checks import DEFAULT_THRESHOLD, check_threshold, is_int, resolve_targets
 from ltt.nodes import edge_key, node_name, parse_edge, parse_node
 from ltt.widget import panels
 
@@ -60,7 +60,7 @@ class GraphWidget(anywidget.AnyWidget):
     _css = STATIC / "graph.css"
 
     graph = tl.Dict().tag(sync=True)
-    threshold = tl.Float(0.04).tag(sync=True)
+    threshold = tl.Float(DEFAULT_THRESHOLD).tag(sync=True)
     renormalize = tl.Bool(True).tag(sync=True)
     normalize = tl.Bool(True).tag(sync=True)
     targets = tl.List(tl.Int()).tag(sync=True)
@@ -87,7 +87,7 @@ class GraphWidget(anywidget.AnyWidget):
         source: Any,
         *,
         model: Any = None,
-        threshold: float = 0.04,
+        threshold: float = DEFAULT_THRESHOLD,
         renormalize: bool = True,
         targets: Sequence[int] | int | str | None = None,
         normalize: bool = True,
@@ -230,7 +230,7 @@ class GraphWidget(anywidget.AnyWidget):
         if "head" in sel and sel["head"] is not None:
             H = panels.n_heads(self.trace)
             h = sel["head"]
-            if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < H:
+            if not is_int(h) or not 0 <= h < H:
                 raise tl.TraitError(f"selection: head must be an integer in [0, {H}), got {h!r}")
         return sel
 

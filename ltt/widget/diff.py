@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import ipywidgets as W
 
+from ltt.checks import DEFAULT_THRESHOLD, is_int
 from ltt.contrast import EdgeChange, TraceDiff, diff
 from ltt.nodes import Stage, edge_key, endpoint_names
 from ltt.widget import GraphWidget
@@ -95,14 +96,14 @@ class DiffWidget(W.VBox):
         trace_b: Any,
         *,
         align: Sequence[int | None] | Mapping[int, int] | None = None,
-        threshold: float = 0.04,
+        threshold: float = DEFAULT_THRESHOLD,
         renormalize: bool = True,
         targets: Sequence[int] | int | str | None = None,
         k: int = 12,
         min_change: float = 0.01,
         **kwargs: Any,
     ):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if not is_int(k) or k < 1:
             raise ValueError(f"k must be a positive integer (how many changes to list), got {k!r}")
         if isinstance(min_change, bool) or not isinstance(min_change, (int, float)) \
                 or not math.isfinite(min_change) or min_change < 0:

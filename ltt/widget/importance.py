@@ -22,6 +22,7 @@ import anywidget
 import numpy as np
 import traitlets as tl
 
+from ltt.checks import is_int
 from ltt.widget import STATIC, GraphWidget
 
 METRICS = ("frequency", "mean_share", "mean")
@@ -58,7 +59,7 @@ class ImportanceWidget(anywidget.AnyWidget):
     def __init__(self, routes: Any, *, model: Any = None, metric: str = "frequency", k: int = 10, **kwargs: Any):
         if not (hasattr(routes, "head_frequency") and hasattr(routes, "top_prompts")):
             raise TypeError(f"routes must be a ltt.routes.RouteSet, got {type(routes).__name__}")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        if not is_int(k) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         self._routes = routes
         self._model = model if model is not None else getattr(routes, "model", None)
@@ -88,9 +89,9 @@ class ImportanceWidget(anywidget.AnyWidget):
             return sel
         L, H = self._routes.n_layers, self._routes.n_heads
         layer, head = sel.get("layer"), sel.get("head")
-        if set(sel) - {"layer", "head"} or isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < L:
+        if set(sel) - {"layer", "head"} or not is_int(layer) or not 0 <= layer < L:
             raise tl.TraitError(f"selection must be {{'layer': 0..{L - 1}, 'head': 0..{H - 1} or None}}, got {sel!r}")
-        if head is not None and (isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < H):
+        if head is not None and (not is_int(head) or not 0 <= head < H):
             raise tl.TraitError(f"selection head must be in 0..{H - 1} or None (the FFN), got {sel!r}")
         return {"layer": layer, "head": head}
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
+from ltt.checks import is_int
 from ltt.nodes import split_name
 
 
 
 def _index(name: str, value: Any, n: int, what: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    if not is_int(value):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     v = int(value)
     p = v + n if v < 0 else v
@@ -33,7 +32,7 @@ def _token(trace: Any, token: Any, name: str = "token") -> int:
 
 
 def _k(k: Any, name: str = "k") -> int:
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+    if not is_int(k):
         raise TypeError(f"{name} must be a positive integer, got {k!r}")
     if k <= 0:
         raise ValueError(f"{name} must be a positive integer, got {k!r}")

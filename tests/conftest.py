@@ -35,6 +35,14 @@ CORE_FILES = {
 SLOW_FILES = {"test_wheel.py", "test_notebooks.py"}
 
 
+def pytest_ignore_collect(collection_path, config):
+    """Under ``-m core`` the other test files are not even imported (their imports load torch)."""
+    if config.getoption("markexpr", "") == "core" and collection_path.suffix == ".py" \
+            and collection_path.name.startswith("test_"):
+        return collection_path.name not in CORE_FILES or None
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark every test by its file (and the browser fixture): ``core``, ``models``, ``browser``,
     ``slow`` (registered in pyproject.toml)."""

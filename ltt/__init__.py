@@ -30,7 +30,7 @@ def _load_core():
 
 
 try:
-        _core = _load_core()
+    _core = _load_core()
 except ImportError as exc:  # pragma: no cover - exercised only on a broken build
     raise ImportError(
         "ltt's C extension (ltt._core) is not built or failed to load: "
@@ -41,41 +41,42 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken buil
 from ltt.attribution import contributions, get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
-__all__ = ["contributions", "set_num_threads", "get_num_threads", "load", "diff", "Graph", "GraphWidget", "DiffWidget", "RouteSet", "Trace", "__version__"]
+
+# Public names imported on first use (torch, transformers, anywidget load only when asked for):
+# name -> (module, attribute); the attribute None means the module itself.
+_LAZY = {
+    "load": ("ltt.models", "load"),
+    "Model": ("ltt.models.model", "Model"),
+    "Trace": ("ltt.trace", "Trace"),
+    "load_trace": ("ltt.trace_file", "load_trace"),
+    "Graph": ("ltt.graph", "Graph"),
+    "GraphSettings": ("ltt.graph", "GraphSettings"),
+    "Node": ("ltt.nodes", "Node"),
+    "Edge": ("ltt.nodes", "Edge"),
+    "DEFAULT_THRESHOLD": ("ltt.checks", "DEFAULT_THRESHOLD"),
+    "diff": ("ltt.contrast", "diff"),  # ltt.diff(trace_a, trace_b): contrastive graphs
+    "TraceDiff": ("ltt.contrast", "TraceDiff"),
+    "Faithfulness": ("ltt.faithfulness", "Faithfulness"),
+    "RouteSet": ("ltt.routes", "RouteSet"),
+    "GraphWidget": ("ltt.widget", "GraphWidget"),  # anywidget is imported only when asked for
+    "DiffWidget": ("ltt.widget.diff", "DiffWidget"),  # two traces' graphs side by side
+    "export": ("ltt.export", None),
+}
+
+__all__ = ["contributions", "set_num_threads", "get_num_threads", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):
     # Heavy modules (torch, transformers) load only when a model is asked for.
-    if name == "load":
-        from ltt.models import load
-
-        return load
-    if name == "Trace":
-        from ltt.trace import Trace
-
-        return Trace
-    if name == "Graph":
-        from ltt.graph import Graph
-
-        return Graph
-    if name == "GraphWidget":  # anywidget is imported only when the widget is asked for
-        from ltt.widget import GraphWidget
-
-        return GraphWidget
-    if name == "DiffWidget":  # two traces' graphs side by side, the changes of ltt.diff marked
-        from ltt.widget.diff import DiffWidget
-
-        return DiffWidget
-    if name == "diff":  # ltt.diff(trace_a, trace_b): contrastive graphs
-        from ltt.contrast import diff
-
-        return diff
-    if name == "RouteSet":
-        from ltt.routes import RouteSet
-
-        return RouteSet
-    if name == "export":
+    if name in _LAZY:
         import importlib
 
-        return importlib.import_module("ltt.export")
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(module)
+        return mod if attr is None else getattr(mod, attr)
     raise AttributeError(f"module 'ltt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # completion shows the lazily imported names too (load, Trace, ...)
+    return sorted(set(globals()) | set(__all__))

@@ -119,6 +119,56 @@ class Graph:
                 fh.write(text)
         return text
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Graph":
+        """The Graph that :meth:`to_dict` gave ``data`` (equal to the original, typed edges
+        included: each edge's stage and tokens are read from its kind and its end nodes).
+
+        >>> Graph.from_dict(g.to_dict()) == g                # doctest: +SKIP
+        True
+        """
+        try:
+            st = data["settings"]
+            nodes = [Node(str(n["name"]), int(n["layer"]), int(n["token"]), str(n["kind"]), float(n["bias"]))
+                     for n in data["nodes"]]
+            by_name = {n.name: n for n in nodes}
+            edges = []
+            for e in data["edges"]:
+                src, dst = by_name[e["source"]], by_name[e["target"]]
+                stage = _stage_of(str(e["kind"]), src.kind, dst.kind)
+                edges.append(Edge(src.name, dst.name, stage.kind, float(e["weight"]), int(e["layer"]), stage,
+                                  dst.token, src.token))
+            return cls(tokens=[str(t) for t in data["tokens"]], token_ids=[int(i) for i in data["token_ids"]],
+                       model_name=str(data["model"]), n_layers=int(data["n_layers"]),
+                       threshold=check_threshold(st["threshold"]), renormalize=check_renormalize(st["renormalize"]),
+                       targets=[int(t) for t in st["targets"]], norm=check_norm(st["norm"]), nodes=nodes, edges=edges)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"data is not a graph written by Graph.to_dict/to_json: {type(exc).__name__} {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text_or_path: str) -> "Graph":
+        """The Graph of :meth:`to_json`'s text, or of the file at that path.
+
+        >>> Graph.from_json(g.to_json()) == g               # doctest: +SKIP
+        True
+        """
+        if not isinstance(text_or_path, str):
+            import os
+
+            text_or_path = os.fspath(text_or_path)
+            with open(text_or_path, encoding="utf-8") as fh:
+                text = fh.read()
+        elif text_or_path.lstrip().startswith("{"):
+            text = text_or_path
+        else:
+            with open(text_or_path, encoding="utf-8") as fh:
+                text = fh.read()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"text_or_path holds no JSON graph: {exc}") from exc
+        return cls.from_dict(data)
+
     def to_networkx(self):
         """A ``networkx.MultiDiGraph``: nodes with ``layer``, ``token``, ``kind``, ``bias``;
         edges keyed by kind with ``weight`` and ``kind`` (needs the ``networkx`` extra).
@@ -172,6 +222,18 @@ class Graph:
             f"nodes={len(self.nodes)}, edges={len(self.edges)}, threshold={self.threshold}, "
             f"renormalize={self.renormalize}, targets={self.targets})"
         )
+
+
+def _stage_of(kind: str, source_kind: str, target_kind: str) -> Stage:
+    """The stage of an exported edge from its kind and its end nodes' letters (the residual
+    around an FFN leaves ``A{l}_t``; the one around attention leaves ``I{l-1}_t`` or ``X0_t``)."""
+    if kind == ATTENTION:
+        return Stage.ATTENTION
+    if kind == RESIDUAL:
+        return Stage.FFN_RESIDUAL if source_kind == "A" else Stage.ATTENTION_RESIDUAL
+    if kind == FFN:
+        return Stage.FFN_IN if target_kind == "M" else Stage.FFN_OUT
+    raise ValueError(f"an edge has kind {kind!r}: expected 'attention', 'residual' or 'ffn'")
 
 
 @dataclass
@@ -427,7 +489,7 @@ def _assemble(trace, full, w, kept, edge_at, settings: GraphSettings) -> Graph:
     return Graph(
         tokens=list(trace.tokens),
         token_ids=[int(i) for i in trace.token_ids],
-        model_name=str(getattr(model, "name", "model")),
+        model_name=str(getattr(model, "name", None) or getattr(trace, "model_name", None) or "model"),
         n_layers=L,
         threshold=settings.threshold,
         renormalize=settings.renormalize,

@@ -200,15 +200,24 @@ class Trace:
 
         return interpret.top_neurons(self, layer, token, k=k)
 
-    def show(self, **kw):
-        """The Jupyter widget of this trace (:class:`ltt.widget.GraphWidget`; ``kw``: threshold,
-        renormalize, targets, normalize, k, model).
+    def show(
+        self,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        renormalize: bool = True,
+        targets: Sequence[int] | int | str | None = None,
+        normalize: bool = True,
+        k: int = 10,
+        slider: Sequence[float] = (0.01, 0.10),
+    ):
+        """The Jupyter widget of this trace (:class:`ltt.widget.GraphWidget`, same keywords).
 
         >>> trace.show(threshold=0.05)                     # doctest: +SKIP
         """
         from ltt.widget import GraphWidget
 
-        return GraphWidget(self, **kw)
+        return GraphWidget(self, threshold=threshold, renormalize=renormalize, targets=targets,
+                           normalize=normalize, k=k, slider=slider)
 
     def faithfulness(self, graph, **kw):
         """Rerun the model with only ``graph``'s parts, without them, and with random graphs of
@@ -221,14 +230,45 @@ class Trace:
 
         return faithfulness(self, graph, **kw)
 
-    def to_html(self, path, **kw):
-        """Write the standalone offline HTML report of this trace (:func:`ltt.export.to_html`).
+    def to_html(
+        self,
+        path: Any = None,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        renormalize: bool = True,
+        targets: Sequence[int] | int | str | None = None,
+        normalize: bool = True,
+        k: int = 10,
+        heads_per_edge: int = 3,
+        max_map_bytes: int = 12 << 20,
+        title: str | None = None,
+        with_panels: bool = True,
+        carry: Sequence[int] | int | str | None = "all",
+        floor: float | None = None,
+        max_extra_states: int = 1000,
+    ) -> str:
+        """Write the standalone offline HTML report of this trace (:func:`ltt.export.to_html`,
+        same keywords; ``path=None`` returns the HTML text).
 
         >>> trace.to_html("report.html", threshold=0.04)   # doctest: +SKIP
         """
         from ltt.export import to_html
 
-        return to_html(self, path, **kw)
+        return to_html(self, path, threshold=threshold, renormalize=renormalize, targets=targets,
+                       normalize=normalize, k=k, heads_per_edge=heads_per_edge, max_map_bytes=max_map_bytes,
+                       title=title, with_panels=with_panels, carry=carry, floor=floor,
+                       max_extra_states=max_extra_states)
+
+    def save(self, path: Any) -> str:
+        """Write this trace to ``path`` (a directory: ``trace.json`` and ``arrays.safetensors``,
+        no pickle) to reopen with :func:`ltt.load_trace`, with or without the model; what works
+        without it is listed in :mod:`ltt.trace_file` (docs/api.md).
+
+        >>> trace.save("mary.ltt"); ltt.load_trace("mary.ltt").graph()   # doctest: +SKIP
+        """
+        from ltt.trace_file import save_trace
+
+        return save_trace(self, path)
 
     def __repr__(self) -> str:
         name = getattr(self.model, "name", "?")

@@ -16,12 +16,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_THRESHOLD", "is_int", "check_threshold", "check_renormalize", "check_norm", "check_targets",
+__all__ = ["DEFAULT_THRESHOLD", "ModelNeeded", "is_int", "check_threshold", "check_renormalize", "check_norm", "check_targets",
            "resolve_targets"]
 
 #: The default pruning threshold tau of every graph (the method's choice, DESIGN.md): the one
 #: value behind ``trace.graph``, the widget, the report, ``ltt.diff``, the routes and the CLI.
 DEFAULT_THRESHOLD = 0.04
+
+
+class ModelNeeded(ValueError):
+    """An operation that needs the model (its weights, or the layer buffers recorded with it)
+    asked of a trace that has none, such as one reopened by :func:`ltt.load_trace` without
+    ``model=``."""
 
 
 def is_int(value: Any) -> bool:

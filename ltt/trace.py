@@ -53,6 +53,8 @@ class Trace:
     output_head: Any = field(repr=False, default=None, compare=False)
     #: target position -> its top prediction (token string), filled by the widget on first use
     predictions: dict = field(repr=False, default_factory=dict, compare=False)
+    #: the model's name for a trace reopened without its model (:func:`ltt.load_trace`)
+    model_name: str | None = field(repr=False, default=None, compare=False)
 
     def nbytes(self) -> dict[str, int]:
         """Bytes this trace holds: ``layers`` (states, values, activations, recorded queries and

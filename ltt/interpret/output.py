@@ -12,6 +12,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ltt.checks import ModelNeeded
+
 
 class OutputHead:
     """The final norm and unembedding of a trace's model, as used by every answer here.
@@ -29,8 +31,9 @@ class OutputHead:
     def __init__(self, trace: Any):
         model = trace.model
         if model is None:
-            raise ValueError("this trace has no model attached (trace.model is None): interpretation "
-                             "needs the model's final norm and unembedding")
+            saved = "; reopen with ltt.load_trace(path, model=model)" if getattr(trace, "model_name", None) else ""
+            raise ModelNeeded("this trace has no model attached (trace.model is None): interpretation "
+                              f"needs the model's final norm and unembedding{saved}")
         self.model = model
         self.tokenizer = getattr(model, "tokenizer", None)
         self.frozen_norm = model.final_norm_scale(trace.layers[-1].resid_post)  # scale [T]

@@ -131,7 +131,7 @@ class Trace:
 
     # -- interpretation (ltt.interpret) ---------------------------------------------------------
 
-    def top_tokens(self, node: str, k: int = 10, normalize: bool = True):
+    def top_tokens(self, node: Any, k: int = 10, normalize: bool = True):
         """Logit lens of a state node (``X0_t``, ``A{l}_t``, ``I{l}_t``): its top-k tokens with
         logits, probabilities and rank changes (:func:`ltt.interpret.top_tokens`).
 
@@ -142,7 +142,7 @@ class Trace:
 
         return interpret.top_tokens(self, node, k=k, normalize=normalize)
 
-    def promoted(self, layer: int, token: int, block: str = "attn", head: int | None = None,
+    def promoted(self, layer: Any, token: int | None = None, block: str = "attn", head: int | None = None,
                  neuron: int | None = None, k: int = 10, raw: bool = False):
         """Tokens an update (attention block, one head, FFN block, one neuron) promotes and
         suppresses at ``token`` (:func:`ltt.interpret.promoted`).
@@ -153,7 +153,7 @@ class Trace:
 
         return interpret.promoted(self, layer, token, block=block, head=head, neuron=neuron, k=k, raw=raw)
 
-    def head_shares(self, layer: int, target: int, source: int) -> np.ndarray:
+    def head_shares(self, layer: Any, target: int | None = None, source: int | None = None) -> np.ndarray:
         """Each head's share ``[H]`` of the attention edge ``source -> target`` of ``layer``
         (:func:`ltt.interpret.head_shares`).
 
@@ -163,8 +163,9 @@ class Trace:
 
         return interpret.head_shares(self, layer, target, source)
 
-    def edge_heads(self, layer: int, target: int, source: int):
-        """Every head's share of an attention edge, largest first (:func:`ltt.interpret.edge_heads`).
+    def edge_heads(self, layer: Any, target: int | None = None, source: int | None = None):
+        """Every head's share of an attention edge (``layer, target, source`` or an ``Edge`` of
+        ``g.edges``), largest first (:func:`ltt.interpret.edge_heads`).
 
         >>> trace.edge_heads(5, -1, 0).heads[0]              # doctest: +SKIP
         """
@@ -182,7 +183,7 @@ class Trace:
 
         return interpret.head_view(self, layer, head, target=target, k=k)
 
-    def neuron_shares(self, layer: int, token: int) -> np.ndarray:
+    def neuron_shares(self, layer: Any, token: int | None = None) -> np.ndarray:
         """Each neuron's share ``[F]`` of the FFN output state at ``token``
         (:func:`ltt.interpret.neuron_shares`).
 
@@ -192,7 +193,7 @@ class Trace:
 
         return interpret.neuron_shares(self, layer, token)
 
-    def top_neurons(self, layer: int, token: int, k: int = 10):
+    def top_neurons(self, layer: Any, token: int | None = None, k: int = 10):
         """The FFN node's top-k neurons with activation, share and promoted tokens
         (:func:`ltt.interpret.top_neurons`).
 

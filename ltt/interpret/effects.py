@@ -10,7 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ltt.interpret.trace_indices import _check_block, _index, _k, _layer, _n_heads, _names, _token
+from ltt.interpret.trace_indices import (_check_block, _index, _k, _layer, _n_heads, _names, _token,
+                                         _update_of)
 from ltt.interpret.output import OutputHead, _top, output_head
 from ltt.interpret.results import Promoted, TokenEffect
 
@@ -147,7 +148,7 @@ def _update_spec(trace: Any, spec: Any) -> tuple[int, int, str, int | None, int 
 
 
 def promoted(
-    trace: Any, layer: int, token: int, block: str = "attn", head: int | None = None,
+    trace: Any, layer: Any, token: int | None = None, block: str = "attn", head: int | None = None,
     neuron: int | None = None, k: int = 10, raw: bool = False,
 ) -> Promoted:
     """The tokens an update promotes and suppresses most at ``token``: the attention block
@@ -157,9 +158,15 @@ def promoted(
     Scores are direct effects on the final logits (:func:`direct_effect`); ``raw=True`` projects
     the update through the unembedding without the final norm.
 
+    The update may also be named by a graph's ``Edge`` (an attention edge: the attention block
+    at its target; an FFN edge: the FFN block) or node (``"A{l}_t"``, ``"M{l}_t"`` or a Node),
+    given alone in place of ``layer`` and ``token``.
+
     >>> p = promoted(trace, 20, -1, block="attn", head=3, k=5)   # doctest: +SKIP
     >>> [t.token for t in p.promoted]                        # doctest: +SKIP
+    >>> promoted(trace, "M3_5")                              # doctest: +SKIP
     """
+    layer, token, block = _update_of(trace, layer, token, block)
     return promoted_many(trace, [(layer, token, block, head, neuron)], k=k, raw=raw)[0]
 
 

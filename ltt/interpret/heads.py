@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt import attribution
-from ltt.interpret.trace_indices import _edge, _index, _k, _layer, _n_heads, _names, _token
+from ltt.interpret.trace_indices import _attention_edge, _edge, _index, _k, _layer, _n_heads, _names, _token
 from ltt.interpret.effects import _effects_many, _probs_head, _probs_row, head_output
 from ltt.interpret.results import EdgeHeads, HeadShare, HeadView, Promoted
 from ltt.scores import attribute
@@ -65,23 +65,27 @@ def _head_map(trace: Any, full: Any, layer: int, head: int) -> np.ndarray:
     )
 
 
-def head_shares(trace: Any, layer: int, target: int, source: int) -> np.ndarray:
+def head_shares(trace: Any, layer: Any, target: int | None = None, source: int | None = None) -> np.ndarray:
     """Each head's share ``[H]`` (head order) of the attention edge ``source -> target`` of
-    ``layer``; the shares sum to the edge's weight before any threshold.
+    ``layer`` (or of an attention ``Edge`` from ``g.edges``, given alone); the shares sum to the
+    edge's weight before any threshold.
 
     >>> trace.head_shares(5, -1, 0).argmax()                 # doctest: +SKIP
+    >>> trace.head_shares(g.edges[0])                        # doctest: +SKIP
     """
-    layer, target, source = _edge(trace, layer, target, source)
+    layer, target, source = _edge(trace, *_attention_edge(layer, target, source))
     return edge_head_shares(trace, layer, target, source)
 
 
-def edge_heads(trace: Any, layer: int, target: int, source: int) -> EdgeHeads:
-    """Every head's share of the attention edge ``source -> target`` of ``layer``, largest first.
+def edge_heads(trace: Any, layer: Any, target: int | None = None, source: int | None = None) -> EdgeHeads:
+    """Every head's share of the attention edge ``source -> target`` of ``layer`` (or of an
+    attention ``Edge`` from ``g.edges``, given alone), largest first.
 
     >>> eh = edge_heads(trace, 5, -1, 0)                     # doctest: +SKIP
     >>> eh.heads[0].head, eh.heads[0].share                  # doctest: +SKIP
+    >>> edge_heads(trace, g.edges[0]).weight == g.edges[0].weight   # doctest: +SKIP
     """
-    layer, target, source = _edge(trace, layer, target, source)
+    layer, target, source = _edge(trace, *_attention_edge(layer, target, source))
     full = attribute(trace)
     shares = edge_head_shares(trace, layer, target, source)
     order = np.argsort(-shares, kind="stable")

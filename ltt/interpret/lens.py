@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ltt.interpret.trace_indices import _k, _names, _parse_node
+from ltt.interpret.trace_indices import _k, _names, _parse_node, _state_name
 from ltt.interpret.output import _top, output_head
 from ltt.interpret.results import TokenScore, TopTokens
 from ltt.nodes import input_state, node_name
@@ -67,11 +67,13 @@ def top_tokens(trace: Any, node: str, k: int = 10, normalize: bool = True) -> To
     logit softcap), as the model does for its last state; ``normalize=False`` unembeds the raw
     state. ``rank_change`` is ``prev_rank - rank``: positive when the token rose in this step.
 
+    ``node``: a state's name, a ``Node`` of ``g.nodes``, or an ``Edge`` (its target state).
+
     >>> tt = top_tokens(trace, "I29_5", k=5)                 # doctest: +SKIP
     >>> tt.tokens[0].token, tt.tokens[0].prob                # doctest: +SKIP
     (' Paris', 0.41)
     """
-    return top_tokens_many(trace, [node], k=k, normalize=normalize)[0]
+    return top_tokens_many(trace, [_state_name(node)], k=k, normalize=normalize)[0]
 
 
 def top_tokens_many(trace: Any, nodes: Sequence[str], k: int = 10, normalize: bool = True) -> list[TopTokens]:

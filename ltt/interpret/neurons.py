@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt import attribution
-from ltt.interpret.trace_indices import _k, _layer, _names, _token
+from ltt.interpret.trace_indices import _ffn_block, _k, _layer, _names, _token
 from ltt.interpret.effects import _effects_many, _neuron_vectors
 from ltt.interpret.output import _top
 from ltt.interpret.results import NeuronScore, TopNeurons
@@ -35,23 +35,29 @@ def _neuron_contrib(trace: Any, layer: int, token: int) -> dict[str, np.ndarray]
     )
 
 
-def neuron_shares(trace: Any, layer: int, token: int) -> np.ndarray:
+def neuron_shares(trace: Any, layer: Any, token: int | None = None) -> np.ndarray:
     """Each neuron's share ``[F]`` of the FFN output state ``I{layer}_token``; with the residual's
     and the bias's shares they sum to 1.
 
+    The block may also be an FFN ``Edge`` or its node (``"M{l}_t"`` or a Node), given alone.
+
     >>> trace.neuron_shares(5, -1).argmax()                  # doctest: +SKIP
     """
+    layer, token = _ffn_block(trace, layer, token)
     layer, token = _layer(trace, layer), _token(trace, token)
     return _neuron_contrib(trace, layer, token)["neurons"][0]
 
 
-def top_neurons(trace: Any, layer: int, token: int, k: int = 10, k_tokens: int = 5) -> TopNeurons:
+def top_neurons(trace: Any, layer: Any, token: int | None = None, k: int = 10, k_tokens: int = 5) -> TopNeurons:
     """The k neurons with the largest shares in the FFN node ``M{layer}_token``, each with its
     activation, share and the ``k_tokens`` tokens its output promotes and suppresses.
+
+    The block may also be an FFN ``Edge`` or its node (``"M{l}_t"`` or a Node), given alone.
 
     >>> tn = top_neurons(trace, 5, -1, k=5)                  # doctest: +SKIP
     >>> tn.neurons[0].neuron, tn.neurons[0].share            # doctest: +SKIP
     """
+    layer, token = _ffn_block(trace, layer, token)
     return top_neurons_many(trace, [(layer, token)], k=k, k_tokens=k_tokens)[0]
 
 

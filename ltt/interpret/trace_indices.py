@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ltt.checks import is_int
-from ltt.nodes import split_name
+from ltt.nodes import Edge, Node, Stage, split_name
 
 
 
@@ -106,3 +106,77 @@ def _parse_node(trace: Any, node: Any) -> tuple[str, int, int]:
     if kind == "A" and trace.layers[layer_s].parallel:
         raise _parallel_error(layer_s)
     return kind, layer_s, token_s
+
+
+# -- a graph's edges and nodes where (layer, target, source) or (layer, token) are asked for ------
+
+
+def _attention_edge(layer: Any, target: Any, source: Any) -> tuple[Any, Any, Any]:
+    """``(layer, target, source)`` of an attention edge given as an :class:`ltt.nodes.Edge` (from
+    ``g.edges``; ``target`` and ``source`` then left out) or as the three indices."""
+    if isinstance(layer, Edge):
+        if target is not None or source is not None:
+            raise TypeError(f"an Edge names its own target and source: give it alone, got target={target!r}, "
+                            f"source={source!r} too")
+        if layer.stage is not Stage.ATTENTION:
+            raise ValueError(f"edge {layer.source} -> {layer.target} is a {layer.kind} edge: head shares belong "
+                             "to attention edges")
+        return layer.layer, layer.target_token, layer.source_token
+    if target is None or source is None:
+        raise TypeError(f"give an attention Edge (from g.edges), or layer, target and source; got layer={layer!r}, "
+                        f"target={target!r}, source={source!r}")
+    return layer, target, source
+
+
+def _ffn_block(trace: Any, layer: Any, token: Any) -> tuple[Any, Any]:
+    """``(layer, token)`` of an FFN block given as an FFN :class:`Edge`, its node (a
+    :class:`Node` or a name ``"M{l}_t"``), or the two indices."""
+    if isinstance(layer, Edge):
+        if layer.kind != "ffn":
+            raise ValueError(f"edge {layer.source} -> {layer.target} is a {layer.kind} edge, not an FFN edge")
+        what, layer = (layer.layer, layer.target_token), None
+    elif isinstance(layer, Node) or (isinstance(layer, str) and token is None):
+        name = layer.name if isinstance(layer, Node) else layer
+        parts = split_name(name)
+        if parts is None or parts[0] != "M":
+            raise ValueError(f"node={name!r} is not an FFN block: FFN nodes are named M{{l}}_t, e.g. 'M3_5'")
+        what = (parts[1], parts[2])
+    else:
+        if token is None:
+            raise TypeError(f"give an FFN Edge or node ('M3_5'), or layer and token; got layer={layer!r}, token=None")
+        return layer, token
+    if token is not None:
+        raise TypeError(f"an FFN edge or node names its own token: give it alone, got token={token!r} too")
+    return what
+
+
+def _update_of(trace: Any, layer: Any, token: Any, block: Any) -> tuple[Any, Any, Any]:
+    """``(layer, token, block)`` of an update given as an Edge (an attention edge: the attention
+    block at its target; an FFN edge: the FFN block), a node (``"A{l}_t"``: the attention block,
+    ``"M{l}_t"``: the FFN block) or the indices."""
+    if isinstance(layer, Edge):
+        if layer.kind == "residual":
+            raise ValueError(f"edge {layer.source} -> {layer.target} is a residual edge: it carries no update")
+        return layer.layer, layer.target_token, "attn" if layer.stage is Stage.ATTENTION else "ffn"
+    if isinstance(layer, Node) or (isinstance(layer, str) and token is None):  # a name stands alone
+        name = layer.name if isinstance(layer, Node) else layer
+        parts = split_name(name)
+        if parts is None or parts[0] not in ("A", "M"):
+            raise ValueError(f"node={name!r} is not an update: give 'A{{l}}_t' (the attention block) or "
+                             "'M{l}_t' (the FFN block)")
+        return parts[1], parts[2], "attn" if parts[0] == "A" else "ffn"
+    if token is None:
+        raise TypeError(f"give an Edge, a node ('A3_5', 'M3_5') or layer and token; got layer={layer!r}, token=None")
+    return layer, token, block
+
+
+def _state_name(node: Any) -> Any:
+    """A residual state's name from a :class:`Node`, or an :class:`Edge`'s target state."""
+    if isinstance(node, Node):
+        return node.name
+    if isinstance(node, Edge):
+        if node.stage is Stage.FFN_IN:
+            raise ValueError(f"edge {node.source} -> {node.target} ends in an FFN block, not a state: read the "
+                             f"block with promoted(...) or top_neurons(...)")
+        return node.target
+    return node

@@ -36,7 +36,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from ltt.checks import DEFAULT_THRESHOLD, is_int
+from ltt.checks import DEFAULT_THRESHOLD, check_norm, is_int
 from ltt.graph import GraphSettings, ModeWeights, build, mode_weights
 from ltt.interpret import edge_head_shares
 from ltt.nodes import Stage, endpoint_names
@@ -287,7 +287,8 @@ def diff(
         if not (hasattr(tr, "layers") and hasattr(tr, "tokens") and hasattr(tr, "token_ids")):
             raise TypeError(f"{name} must be a Trace (model.trace(prompt)), got {type(tr).__name__}")
     La, Lb = len(trace_a.layers), len(trace_b.layers)
-    Ha, Hb = trace_a.layers[0].attn.shape[0], trace_b.layers[0].attn.shape[0]
+    # the heads from each trace's scores (no probabilities recomputed; a saved trace has none)
+    Ha, Hb = attribute(trace_a, check_norm(norm)).n_heads, attribute(trace_b, check_norm(norm)).n_heads
     if (La, Ha) != (Lb, Hb):
         raise ValueError(f"trace_b comes from a model with {Lb} layers and {Hb} heads, trace_a from one with "
                          f"{La} layers and {Ha} heads: diff needs traces of the same architecture")

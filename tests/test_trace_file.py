@@ -52,6 +52,8 @@ def test_graphs_and_arrays_round_trip(model, sparse_trace, tmp_path):
         assert back.graph(**kw) == g, kw
         assert ltt.Graph.from_json(back.graph(**kw).to_json()) == g
     assert g.model_name == model.name
+    d0, d1 = ltt.diff(sparse_trace, sparse_trace), ltt.diff(back, back)
+    assert d0.edges == d1.edges and d1.edges
     s0, s1 = summarize(sparse_trace), summarize(back)
     np.testing.assert_array_equal(s0.heads, s1.heads)
     np.testing.assert_array_equal(s0.sources, s1.sources)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 import pathlib
 
-import pytest
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "ltt"
 MAX_PY_LINES = 500
 MAX_JS_LINES = 400

@@ -331,7 +331,7 @@ def build(trace: Any, settings: GraphSettings) -> Graph:
             raise ValueError(
                 f"threshold={threshold!r} is below the floor {full.floor} under which this trace keeps "
                 f"no contributions, and its dense arrays do not fit the dense budget "
-                f"({scores.DENSE_BUDGET / 2**30:.2f} GiB, LTT_DENSE_BUDGET): choose threshold >= {full.floor}"
+                f"({scores.dense_budget() / 2**30:.2f} GiB, LTT_DENSE_BUDGET): choose threshold >= {full.floor}"
             )
         w = edge_weights(full, threshold, renormalize)
         kept = attribution.prune(w.attn, w.attn_resid, w.ffn, w.ffn_resid, full.parallel,

@@ -22,7 +22,9 @@ def quiet_requested() -> bool:
     >>> quiet_requested()                  # doctest: +SKIP
     False
     """
-    return bool(os.environ.get("LTT_QUIET"))
+    from ltt import config
+
+    return config.quiet()
 
 
 def _in_notebook() -> bool:

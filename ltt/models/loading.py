@@ -102,7 +102,9 @@ _TRUE = ("1", "ON", "YES", "TRUE")
 def _hub_offline() -> bool:
     """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set now: read at each load,
     not only when huggingface_hub was imported (a notebook may set it later)."""
-    return any(os.environ.get(k, "").strip().upper() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    from ltt import config
+
+    return config.hub_offline()
 
 
 def _local_or_hub(name: str, argname: str) -> str:

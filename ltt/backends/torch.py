@@ -49,7 +49,10 @@ def _t(x: Any, device: torch.device, dtype: torch.dtype = torch.float32) -> torc
     arr = np.asarray(x)
     if arr.dtype.kind not in "f":
         raise TypeError(f"expected a floating array, got dtype {arr.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(arr)).to(device=device, dtype=dtype)
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # a read-only view (a spilled memory map): torch wants to own it
+        arr = arr.copy()
+    return torch.from_numpy(arr).to(device=device, dtype=dtype)
 
 
 def _host(x: torch.Tensor, dtype: Any = np.float32) -> np.ndarray:

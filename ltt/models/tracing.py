@@ -45,10 +45,15 @@ def _sample_rows(T: int, k: int = 8) -> np.ndarray:
 def plan_for(model: Any, T: int, memory: Any = None) -> TracePlan:
     """The :class:`ltt.plan.TracePlan` of a trace of ``T`` tokens through ``model``."""
     backend = getattr(model, "backend", None)
+    budgets = scores_module.budgets()
+    if backend is not None and backend.device.type == "cuda" and memory in (None, "auto"):
+        # "stream" recomputes probabilities from queries and keys kept on the host: on a GPU the
+        # model's own probabilities are taken once and the device scores heads in batches
+        budgets = dict(budgets, stream=2**62)
     return make_plan(model.n_layers, model.n_heads, T, memory=memory, dtype=dtype_name(model),
                      backend="core" if backend is None else backend.name,
-                     devices=() if backend is None else tuple(backend.layer_devices),
-                     budgets=scores_module.budgets())
+                     devices=() if backend is None else tuple(str(d) for d in backend.layer_devices),
+                     budgets=budgets)
 
 
 def estimate_bytes(model: Any, T: int, all_logits: bool = False, plan: TracePlan | None = None) -> dict[str, int]:

@@ -87,23 +87,55 @@ def head_vectors(values: torch.Tensor, w_o: torch.Tensor, heads: Sequence[int], 
     return u
 
 
+def _dist_block(w: torch.Tensor, a: torch.Tensor, u: torch.Tensor, norm: int) -> torch.Tensor:
+    """``||w[t] - a[h,t,s] u[h,s]||`` ``[n, nt, S]`` accumulated in float32 (``w [nt, d]``,
+    ``a [n, nt, S]``, ``u [n, S, d]``): the CUDA path, compiled into one reduction kernel so the
+    ``[n, nt, S, d]`` block is never materialised."""
+    x = w[None, :, None, :] - a[..., None] * u[:, None, :, :]
+    return x.abs().sum(-1) if norm == 1 else (x * x).sum(-1).sqrt()
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _fused() -> Any:
+    """:func:`_dist_block` compiled by torch.compile (dynamic shapes), or None where it cannot
+    be (no Triton): the eager chunked path is used then."""
+    if "fn" not in _COMPILED:
+        try:
+            _COMPILED["fn"] = torch.compile(_dist_block, dynamic=True)
+        except Exception:  # pragma: no cover - depends on the installation
+            _COMPILED["fn"] = None
+    return _COMPILED["fn"]
+
+
 def head_raws(whole: torch.Tensor, a: torch.Tensor, u: torch.Tensor, norm: int,
               chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
     """Raws ``[n, T, T]`` float64 of every (head, target, source <= t) part ``a[h,t,s] u[h,s]``
-    (``a`` already times the row scale), zero above the diagonal, in chunks of targets."""
+    (``a`` already times the row scale), zero above the diagonal, in chunks of targets. On the
+    CPU the distances are accumulated in float64 from float32 parts (as the C core); on CUDA by
+    the fused float32 kernel of :func:`_dist_block` when torch.compile works there."""
     n, T, d = u.shape
     out = torch.zeros((n, T, T), dtype=_F64, device=u.device)
     wn = _dist(whole, norm)  # [T]
-    per_target = 16 * n * T * d  # bytes: the float32 parts, their distances, the float64 cast
+    fused = _fused() if u.is_cuda else None
+    per_target = 4 * n * T if fused is not None else 16 * n * T * d  # bytes of one target row's block
     step = max(1, min(T, chunk_bytes // max(per_target, 1)))
     heads_step = n if step > 1 or per_target <= chunk_bytes else max(1, chunk_bytes // (16 * T * d))
     for h0 in range(0, n, heads_step):
         h1 = min(n, h0 + heads_step)
         for t0 in range(0, T, step):
             t1 = min(T, t0 + step)
-            parts = a[h0:h1, t0:t1, :t1, None] * u[h0:h1, None, :t1, :]  # [nh, nt, S, d]
-            dist = _dist(whole[None, t0:t1, None, :] - parts, norm)
-            del parts
+            if fused is not None:
+                try:
+                    dist = fused(whole[t0:t1], a[h0:h1, t0:t1, :t1].contiguous(), u[h0:h1, :t1], norm).to(_F64)
+                except Exception:  # pragma: no cover - a compiler failure: eager from now on
+                    _COMPILED["fn"] = fused = None
+                    return head_raws(whole, a, u, norm, chunk_bytes)
+            else:
+                parts = a[h0:h1, t0:t1, :t1, None] * u[h0:h1, None, :t1, :]  # [nh, nt, S, d]
+                dist = _dist(whole[None, t0:t1, None, :] - parts, norm)
+                del parts
             raw = (wn[None, t0:t1, None] - dist).clamp_min(EPS)
             causal = torch.ones((t1 - t0, t1), dtype=torch.bool, device=u.device).tril(t0)
             out[h0:h1, t0:t1, :t1] = raw * causal

@@ -202,3 +202,41 @@ def test_device_memory_formula_and_refusal(tiny_dir, monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (1000, 10**10))
     with pytest.raises(MemoryError, match="device memory per layer on cuda:0.*attribution='core'"):
         model.trace(PROMPT)
+
+
+def test_no_host_synchronisation_per_head(monkeypatch):
+    """The device-to-host copies and syncing calls (``.cpu()``, ``.item()``, ``.tolist()``,
+    ``.numpy()``, ``nonzero``) of one layer's attribution do not grow with the number of heads:
+    counted on a 4-head and a 16-head model (heads are scored in one batch per layer)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import _make_tokenizer
+
+    counts = {}
+    for H in (4, 16):
+        config, bos = tiny_configs()["llama"]
+        config = config.__class__(**{**config.to_dict(), "num_attention_heads": H, "num_key_value_heads": H // 2,
+                                     "head_dim": 8})
+        torch.manual_seed(0)
+        hf = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+        model = ltt.load(hf, tokenizer=_make_tokenizer(bos), attribution="torch")
+        assert model.n_heads == H
+        calls = []
+        with monkeypatch.context() as m:
+            for name in ("cpu", "item", "tolist", "numpy", "nonzero"):
+                real = getattr(torch.Tensor, name)
+                m.setattr(torch.Tensor, name, lambda self, *a, _r=real, _n=name, **k: calls.append(_n) or _r(self, *a, **k))
+            real_layer = model.backend.attribute_layer
+            per_layer = []
+
+            def counted(*a, **k):
+                before = len(calls)
+                out = real_layer(*a, **k)
+                per_layer.append(len(calls) - before)
+                return out
+
+            m.setattr(model.backend, "attribute_layer", counted)
+            model.trace(PROMPT, memory="layer")
+        counts[H] = per_layer
+    assert counts[4] == counts[16] and max(counts[4]) <= 32, counts  # about 20 result copies per layer

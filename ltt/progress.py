@@ -11,7 +11,6 @@ it as ``show`` (True or False decides; None follows the rule). Depends on nothin
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 

@@ -110,9 +110,6 @@ def _with_backend(model: Model, attribution: str | None) -> Model:
     return model
 
 
-_TRUE = ("1", "ON", "YES", "TRUE")
-
-
 def _hub_offline() -> bool:
     """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set now: read at each load,
     not only when huggingface_hub was imported (a notebook may set it later)."""

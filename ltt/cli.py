@@ -16,6 +16,7 @@ import sys
 from typing import Sequence
 
 from ltt.checks import DEFAULT_THRESHOLD
+from ltt import config
 
 DEMO_MODEL = "smollm2-135m"
 DEMO_PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -281,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_model_name(args.model)
         _check_writable(args.json, "--json")
         _check_writable(args.out, "--out")
-        if os.environ.get("LTT_QUIET"):
+        if config.quiet():
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # the loading bars; ltt's own bars read LTT_QUIET

@@ -396,7 +396,7 @@ def mode_weights(full: FullGraph, threshold: float, renormalize: bool) -> ModeWe
         raise ValueError(
             f"threshold={threshold!r} is below the floor {full.floor} under which this trace keeps "
             f"no contributions, and its dense arrays do not fit the dense budget "
-            f"({scores.DENSE_BUDGET / 2**30:.2f} GiB, LTT_DENSE_BUDGET): choose threshold >= {full.floor}"
+            f"({scores.dense_budget() / 2**30:.2f} GiB, LTT_DENSE_BUDGET): choose threshold >= {full.floor}"
         )
     return ModeWeights(edge_weights(full, threshold, renormalize), False, renormalize)
 

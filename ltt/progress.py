@@ -11,7 +11,6 @@ it as ``show`` (True or False decides; None follows the rule). Depends on nothin
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -22,7 +21,9 @@ def quiet_requested() -> bool:
     >>> quiet_requested()                  # doctest: +SKIP
     False
     """
-    return bool(os.environ.get("LTT_QUIET"))
+    from ltt import config
+
+    return config.quiet()
 
 
 def _in_notebook() -> bool:

@@ -12,26 +12,37 @@ trace. :mod:`ltt.graph` prunes a FullGraph to a prediction's routes.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from ltt import attribution
+from ltt import attribution, config
 from ltt.checks import check_norm
+from ltt.plan import CONTRIBUTION_FLOOR, dense_nbytes, make_plan
 
-#: Contributions below this floor are not kept by a trace (sparse storage); thresholds below it
-#: are answered from an exact dense recomputation when it fits in :data:`DENSE_BUDGET` bytes.
-CONTRIBUTION_FLOOR = 1e-3
-DENSE_BUDGET = int(os.environ.get("LTT_DENSE_BUDGET", 64 * 2**20))
-#: A layer whose per-head shares ``[H, T, T]`` would take more bytes than this is scored head
-#: by head (twice the core's attention work, an H-th of the shares' memory).
-HEAD_CHUNK_BYTES = int(os.environ.get("LTT_HEAD_CHUNK_BYTES", 128 * 2**20))
-#: A layer whose probabilities ``[H, T, T]`` would take more bytes than this streams its heads:
-#: the model's attention runs one kv group at a time and each head is scored from probabilities
-#: recomputed on demand, so no ``[H, T, T]`` array exists at all (:func:`_attribute_streamed`).
-STREAM_BYTES = int(os.environ.get("LTT_STREAM_BYTES", 256 * 2**20))
+#: Process-wide overrides of the budgets of :mod:`ltt.config` (None: read the environment
+#: variable at each trace). Thresholds below :data:`CONTRIBUTION_FLOOR` are answered from an exact dense
+#: recomputation when it fits the dense budget (``LTT_DENSE_BUDGET``); a layer whose per-head
+#: shares ``[H, T, T]`` exceed ``LTT_HEAD_CHUNK_BYTES`` is scored head by head; one whose
+#: probabilities exceed ``LTT_STREAM_BYTES`` streams its heads (:func:`_attribute_streamed`).
+#: The policy itself is decided once per trace, in :mod:`ltt.plan`.
+DENSE_BUDGET: int | None = None
+HEAD_CHUNK_BYTES: int | None = None
+STREAM_BYTES: int | None = None
+
+
+def dense_budget() -> int:
+    return config.dense_budget() if DENSE_BUDGET is None else int(DENSE_BUDGET)
+
+
+def budgets() -> dict[str, int]:
+    """The three byte budgets of the memory modes, read now (overrides first)."""
+    return {
+        "dense": dense_budget(),
+        "head_chunk": config.head_chunk_bytes() if HEAD_CHUNK_BYTES is None else int(HEAD_CHUNK_BYTES),
+        "stream": config.stream_bytes() if STREAM_BYTES is None else int(STREAM_BYTES),
+    }
 
 
 @dataclass
@@ -138,27 +149,61 @@ class LayerScores:
     dense_edges: np.ndarray | None = None
 
 
-def attribute_layer(lb: Any, probs: np.ndarray | list, norm: int = 1, floor: float = CONTRIBUTION_FLOOR,
-                    keep_dense: bool = False, sparse: bool = True) -> LayerScores:
-    """Score one layer (buffers ``lb``, probabilities ``probs [H, T, T]``) with the C core.
-    ``probs`` may be given in a one-item list, which is emptied once the core has read it (so
-    a long trace frees the probabilities before it sparsifies the per-head shares). With
-    ``keep_dense`` the dense shares are kept, and ``sparse=False`` leaves the sparse rows to be
-    made from them when first asked for (a short trace never needs them).
+class LayerProbs:
+    """One layer's attention probabilities as :func:`attribute_layer` reads them: ``held``
+    ``[H, T, T]`` (taken once with :meth:`take`, after which this object no longer refers to
+    it, so a long trace frees it before sparsifying), or ``of_heads``, a function of a list of
+    heads giving their probabilities ``[n, T, T]`` recomputed on demand
+    (:meth:`ltt.buffers.LayerBuffers.attn_heads`; the ``"stream"`` mode needs it)."""
 
-    ``probs`` may also be a function of a list of heads giving their probabilities ``[n, T, T]``
-    (:meth:`ltt.buffers.LayerBuffers.attn_heads`): the layer is then scored one kv group and one
-    head at a time and no ``[H, T, T]`` array is made (:func:`_attribute_streamed`).
+    def __init__(self, held: Any = None, of_heads: Any = None):
+        if held is None and of_heads is None:
+            raise ValueError("LayerProbs needs held probabilities or of_heads")
+        self._held, self._of_heads = held, of_heads
+
+    def take(self) -> Any:
+        """All heads ``[H, T, T]``: the held array, released here (taken once)."""
+        if self._held is None:
+            raise RuntimeError("these probabilities are given per head only (the 'stream' mode)")
+        held, self._held = self._held, None
+        return held
+
+    def heads(self, heads: Sequence[int]) -> Any:
+        """Some heads' probabilities ``[len(heads), T, T]``."""
+        if self._of_heads is not None:
+            return self._of_heads(list(heads))
+        return self._held[list(heads)]
+
+    @property
+    def streamed(self) -> bool:
+        return self._held is None
+
+
+def attribute_layer(lb: Any, probs: Any, mode: str = "layer", norm: int = 1, floor: float = CONTRIBUTION_FLOOR,
+                    backend: Any = None) -> LayerScores:
+    """Score one layer (buffers ``lb``, probabilities ``probs``: a :class:`LayerProbs` or an
+    array ``[H, T, T]``) in the memory ``mode`` of the trace's plan (:data:`ltt.plan.MODES`):
+    ``"dense"`` keeps the dense shares (sparse rows made when first asked for), ``"layer"``
+    sparsifies the layer's shares at once, ``"heads"`` scores and sparsifies head by head,
+    ``"stream"`` also takes each head's probabilities on demand (:func:`_attribute_streamed`).
+    ``backend``: None for the C core, or the torch backend (:mod:`ltt.backends`).
 
     >>> scores = attribute_layer(trace.layers[0], trace.layers[0].attn)   # doctest: +SKIP
     """
-    if callable(probs):
-        return _attribute_streamed(lb, probs, norm, floor)
+    if not isinstance(probs, LayerProbs):
+        probs = LayerProbs(held=probs)
+    if backend is not None:
+        return backend.attribute_layer(lb, probs, mode, norm, floor)
+    if mode == "stream":
+        if not probs.streamed:
+            held = probs.take()
+            probs = LayerProbs(of_heads=lambda hs: held[list(hs)])
+        return _attribute_streamed(lb, probs.heads, norm, floor)
     whole = lb.resid_post if lb.parallel else lb.resid_mid
-    attn = probs.pop() if isinstance(probs, list) else probs
+    attn = probs.take()
     H, T = attn.shape[0], attn.shape[1]
-    sparse = sparse or not keep_dense
-    by_head = not keep_dense and 4 * H * T * T > HEAD_CHUNK_BYTES
+    keep_dense = mode == "dense"
+    by_head = mode == "heads"
     post = dict(lb.attn_norm.core_args(), norm=norm)
     out = attribution.attn_contrib(
         lb.resid_pre, whole, attn, lb.values, lb.w_o, bias=lb.attn_bias,
@@ -171,7 +216,7 @@ def attribute_layer(lb: Any, probs: np.ndarray | list, norm: int = 1, floor: flo
             floor)
     del attn
     if not by_head:
-        parts = SparseRows.from_dense(out["heads"], floor) if sparse else None
+        parts = None if keep_dense else SparseRows.from_dense(out["heads"], floor)
     if lb.parallel:
         ffn, ffn_resid = out["extra"][0], np.zeros(T, np.float32)
     else:
@@ -180,7 +225,7 @@ def attribute_layer(lb: Any, probs: np.ndarray | list, norm: int = 1, floor: flo
     return LayerScores(
         attn_resid=out["resid"], attn_bias=out["bias"], ffn=ffn, ffn_resid=ffn_resid,
         total=out["total"], parallel=bool(lb.parallel),
-        edges=SparseRows.from_dense(out["edges"], floor) if sparse else None, parts=parts, n_heads=int(H),
+        edges=None if keep_dense else SparseRows.from_dense(out["edges"], floor), parts=parts, n_heads=int(H),
         dense_heads=out["heads"] if keep_dense else None, dense_edges=out["edges"] if keep_dense else None,
     )
 
@@ -229,10 +274,6 @@ def _attribute_streamed(lb: Any, probs_of: Any, norm: int, floor: float) -> Laye
         attn_resid=single[0], attn_bias=single[1], ffn=ffn, ffn_resid=ffn_resid, total=total,
         parallel=bool(lb.parallel), edges=SparseRows.from_dense(edges, floor), parts=parts, n_heads=H,
     )
-
-
-def dense_nbytes(L: int, H: int, T: int) -> int:
-    return 4 * L * (H + 1) * T * T
 
 
 class FullGraph:
@@ -309,7 +350,7 @@ class FullGraph:
         return total
 
     def dense_fits(self) -> bool:
-        return dense_nbytes(self.n_layers, self.n_heads, self.n_tokens) <= DENSE_BUDGET
+        return dense_nbytes(self.n_layers, self.n_heads, self.n_tokens) <= dense_budget()
 
     def layer_dense(self, l: int) -> tuple[np.ndarray, np.ndarray]:
         """Layer ``l``'s dense per-head shares ``[H, T, T]`` and edge weights ``[T, T]``,
@@ -322,16 +363,16 @@ class FullGraph:
             return self._dense[0][l], self._dense[1][l]
         if l not in self._layer_dense:
             L, H, T = self.n_layers, self.n_heads, self.n_tokens
-            need = dense_nbytes(L, H, T)
-            if need > DENSE_BUDGET or self._source is None:
+            need, budget = dense_nbytes(L, H, T), dense_budget()
+            if need > budget or self._source is None:
                 raise ValueError(
                     f"the dense per-head shares [L={L}, H={H}, T={T}, T] would take {need / 2**30:.2f} GiB, "
-                    f"over the dense budget of {DENSE_BUDGET / 2**30:.2f} GiB (LTT_DENSE_BUDGET): use "
+                    f"over the dense budget of {budget / 2**30:.2f} GiB (LTT_DENSE_BUDGET): use "
                     f"thresholds >= the floor {self.floor} and the on-demand head functions "
                     "(trace.head_shares, trace.head_view), or raise LTT_DENSE_BUDGET"
                 )
             lb = self._source.layers[l]
-            s = attribute_layer(lb, lb.attn, self.norm, self.floor, keep_dense=True)
+            s = attribute_layer(lb, lb.attn, "dense", self.norm, self.floor, backend=_backend_of(self._source))
             self._layer_dense[l] = (s.dense_heads, s.dense_edges)
         return self._layer_dense[l]
 
@@ -370,9 +411,17 @@ def attribute(trace: Any, norm: int = 1) -> FullGraph:
         return cache[norm]
     layers = trace.layers
     H, T = int(layers[0].w_o.shape[0]), int(layers[0].resid_pre.shape[0])
-    keep = dense_nbytes(len(layers), H, T) <= DENSE_BUDGET
-    scores = [attribute_layer(lb, lb.attn, norm, CONTRIBUTION_FLOOR, keep_dense=keep, sparse=not keep) for lb in layers]
-    full = FullGraph(scores, norm, CONTRIBUTION_FLOOR, source=trace)
+    plan = make_plan(len(layers), H, T, budgets=budgets())
+    backend = _backend_of(trace)
+    mode = "heads" if plan.mode(0) == "stream" else plan.mode(0)  # lb.attn holds every head already
+    scores = [attribute_layer(lb, lb.attn, mode, norm, plan.floor, backend) for lb in layers]
+    full = FullGraph(scores, norm, plan.floor, source=trace)
     if cache is not None:
         cache[norm] = full
     return full
+
+
+def _backend_of(trace: Any) -> Any:
+    """The torch backend the trace's model was loaded with (:mod:`ltt.backends`), or None (the
+    C core)."""
+    return getattr(getattr(trace, "model", None), "backend", None)

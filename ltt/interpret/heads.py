@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ltt import attribution
+from ltt import backends
 from ltt.interpret.trace_indices import _attention_edge, _edge, _index, _k, _layer, _n_heads, _names, _token
 from ltt.interpret.effects import _effects_many, _probs_head, _probs_row, head_output
 from ltt.interpret.results import EdgeHeads, HeadShare, HeadView, Promoted
@@ -39,7 +39,7 @@ def edge_head_shares(trace: Any, layer: int, target: int, source: int, norm: int
     n = len(idx)
     a = np.zeros((_n_heads(trace), n, n), np.float32)
     a[:, n - 1, 0] = _probs_row(lb, target)[:, source]
-    return attribution.attn_edge_heads(
+    return backends.of(trace).attn_edge_heads(
         n - 1, 0, _whole(lb)[idx], a, lb.values[idx], lb.w_o, full.attn_total[layer][idx],
         norm=full.norm, **lb.attn_norm.core_args(rows=idx),
     )
@@ -59,7 +59,7 @@ def _head_map(trace: Any, full: Any, layer: int, head: int) -> np.ndarray:
     lb = trace.layers[layer]
     G = lb.values.shape[1]
     g = head // (_n_heads(trace) // G)
-    return attribution.attn_head_map(
+    return backends.of(trace).attn_head_map(
         0, _whole(lb), _probs_head(lb, head)[None], np.ascontiguousarray(lb.values[:, g : g + 1]),
         lb.w_o[head : head + 1], full.attn_total[layer], norm=full.norm, **lb.attn_norm.core_args(),
     )

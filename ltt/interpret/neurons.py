@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ltt import attribution
+from ltt import backends
 from ltt.interpret.trace_indices import _ffn_block, _k, _layer, _names, _token
 from ltt.interpret.effects import _effects_many, _neuron_vectors
 from ltt.interpret.output import _top
@@ -29,7 +29,7 @@ def _neuron_contrib(trace: Any, layer: int, token: int) -> dict[str, np.ndarray]
     bias = lb.ffn_bias
     if bias is not None and np.ndim(bias) == 2:
         bias = bias[token : token + 1]
-    return attribution.ffn_neuron_contrib(
+    return backends.of(trace).ffn_neuron_contrib(
         lb.act[token : token + 1], lb.w_down, resid, whole, bias=bias,
         **lb.ffn_norm.core_args(rows=slice(token, token + 1)),
     )

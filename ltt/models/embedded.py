@@ -32,7 +32,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 
-from ltt import progress
+from ltt import config, progress
 
 
 @dataclass(frozen=True)
@@ -104,12 +104,7 @@ def cache_dir() -> str:
     >>> cache_dir()                                          # doctest: +SKIP
     '/home/me/.cache/ltt'
     """
-    own = os.environ.get("LTT_CACHE_DIR")
-    if own:
-        return os.path.abspath(os.path.expanduser(own))
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = xdg if xdg and os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "ltt")
+    return config.cache_dir()
 
 
 def file_checksum(path: str) -> str:
@@ -153,7 +148,7 @@ class _QuietGGUF:
     def __enter__(self):
         self.mod = None
         self.bars = False
-        if os.environ.get("LTT_PROGRESS", "") not in ("", "0"):
+        if config.gguf_progress():
             return self
         from transformers import modeling_gguf_pytorch_utils as mod
         from transformers.utils import logging as hf_logging

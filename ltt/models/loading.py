@@ -31,6 +31,7 @@ def load(
     revision: str | None = None,
     trust_remote_code: bool = False,
     max_tokens: int | None = None,
+    attribution: str | None = None,
 ) -> Model:
     """Load a causal LM for tracing.
 
@@ -45,11 +46,16 @@ def load(
       come back to the CPU as float32.
     * ``trust_remote_code``: off unless asked; ``max_tokens``: the longest prompt accepted (default
       the model's context).
+    * ``attribution``: where layers are attributed (:mod:`ltt.backends`): None picks "core" (the
+      C core) for CPU layers and "torch" for CUDA layers; "torch" on the CPU is allowed.
 
     >>> model = ltt.load("smollm2-135m")                          # doctest: +SKIP
     >>> model = ltt.load("gpt2", dtype="float32")                 # doctest: +SKIP
     >>> model = ltt.load(hf_model, tokenizer=tok)                 # doctest: +SKIP
     """
+    from ltt import backends
+
+    backends.check_requested_device(backends.check_attribution(attribution), device, device_map)
     if isinstance(tokenizer, (str, os.PathLike)):
         from transformers import AutoTokenizer
 
@@ -57,7 +63,7 @@ def load(
         tokenizer = _from_hub(AutoTokenizer.from_pretrained, tok_name, "tokenizer", "tokenizer",
                               revision=revision, trust_remote_code=trust_remote_code)
     if not isinstance(name_or_path, (str, os.PathLike)):
-        return _wrap(name_or_path, tokenizer, max_tokens)
+        return _with_backend(_wrap(name_or_path, tokenizer, max_tokens), attribution)
     torch_dtype = _dtype(dtype)
     name = os.fspath(name_or_path)
     if not is_embedded(name):
@@ -66,8 +72,8 @@ def load(
         if device_map is not None:
             raise ValueError(f"device_map is not supported for the embedded model {name!r}; use device")
         hf_model, tok = load_embedded(name, dtype=torch_dtype, device=device)
-        return Model(hf_model, tokenizer if tokenizer is not None else tok, name=name.lower(),
-                     max_tokens=max_tokens)
+        return _with_backend(Model(hf_model, tokenizer if tokenizer is not None else tok, name=name.lower(),
+                                   max_tokens=max_tokens), attribution)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = _from_hub(AutoConfig.from_pretrained, name, "name_or_path", "config",
@@ -93,16 +99,23 @@ def load(
     if tokenizer is None:
         tokenizer = _from_hub(AutoTokenizer.from_pretrained, name, "name_or_path", "tokenizer",
                               revision=revision, trust_remote_code=trust_remote_code)
-    return Model(hf_model, tokenizer, name=name, max_tokens=max_tokens)
+    return _with_backend(Model(hf_model, tokenizer, name=name, max_tokens=max_tokens), attribution)
 
 
-_TRUE = ("1", "ON", "YES", "TRUE")
+def _with_backend(model: Model, attribution: str | None) -> Model:
+    """``model`` with its attribution backend chosen (:func:`ltt.backends.resolve`)."""
+    from ltt import backends
+
+    model.backend = backends.resolve(attribution, model)
+    return model
 
 
 def _hub_offline() -> bool:
     """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set now: read at each load,
     not only when huggingface_hub was imported (a notebook may set it later)."""
-    return any(os.environ.get(k, "").strip().upper() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    from ltt import config
+
+    return config.hub_offline()
 
 
 def _local_or_hub(name: str, argname: str) -> str:

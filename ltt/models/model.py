@@ -74,6 +74,7 @@ class Model:
         self._logit_scale = float(fam.logit_scale(config))  # Cohere, Granite: logits times a constant
         self.max_tokens = self._context_limit(max_tokens)
         self._weights: dict[Any, tuple[tuple, Any]] = {}  # key -> (parameter versions, value)
+        self.backend: Any = None  # the torch attribution backend (ltt.backends), None: the C core
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -359,7 +360,7 @@ class Model:
 
     def trace(self, prompt: Any, all_logits: bool = False, *, prepend_bos: bool | None = None,
               verify: bool = True, spill: str | os.PathLike | None = None,
-              memory_limit: int | None = None) -> Trace | list[Trace]:
+              memory_limit: int | None = None, memory: str | None = None) -> Trace | list[Trace]:
         """Record one forward pass of ``prompt``: a :class:`ltt.trace.Trace` (a list of them for a
         list of prompts, each traced on its own). Each layer is attributed as soon as it has run
         (:mod:`ltt.models.tracing`); the trace keeps no per-head ``[T, T]`` array.
@@ -379,6 +380,8 @@ class Model:
         * ``memory_limit``: bytes the trace may take (default: the memory available now); a
           trace whose estimate (:func:`ltt.models.tracing.estimate_bytes`) exceeds it is refused
           before the forward pass.
+        * ``memory``: how each layer is attributed (:mod:`ltt.plan`): ``"auto"`` (default, from
+          the budgets of docs/config.md), ``"dense"``, ``"layer"``, ``"heads"`` or ``"stream"``.
 
         Thread-safe: traces of one model run one at a time (a second thread waits). Whatever
         happens (an exception, Ctrl-C), the model is left as found.
@@ -393,7 +396,10 @@ class Model:
             raise TypeError(f"all_logits must be True or False, got {all_logits!r}")
         if memory_limit is not None and (not is_int(memory_limit) or memory_limit <= 0):
             raise ValueError(f"memory_limit must be a positive number of bytes or None, got {memory_limit!r}")
-        opts = dict(all_logits=bool(all_logits), verify=bool(verify), spill=spill, memory_limit=memory_limit)
+        from ltt.plan import check_memory_mode
+
+        opts = dict(all_logits=bool(all_logits), verify=bool(verify), spill=spill, memory_limit=memory_limit,
+                    memory=check_memory_mode(memory))
         batch = self._batch(prompt)
         if batch is not None:
             for i, p in enumerate(batch):

@@ -22,15 +22,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt import scores as scores_module
-from ltt.scores import CONTRIBUTION_FLOOR, FullGraph, attribute_layer, dense_nbytes
+from ltt.scores import FullGraph, LayerProbs, attribute_layer
 from ltt.models import moe, record
 from ltt.buffers import LayerBuffers, PostNorm
+from ltt.plan import TOLERANCE, TracePlan, make_plan  # noqa: F401  (TOLERANCE: its home is ltt.plan)
 from ltt.trace import Trace
-
-#: Relative error above which a layer's decomposition is called inexact, by model dtype. The
-#: parts are computed in float32 from the model's tensors; a half-precision model rounds its
-#: own sums, so the tolerance follows its precision.
-TOLERANCE = {"float32": 1e-3, "float64": 1e-3, "float16": 2e-2, "bfloat16": 1e-1}
 
 #: Bytes per element of each kept array, for the memory estimate.
 _F32 = 4
@@ -46,7 +42,21 @@ def _sample_rows(T: int, k: int = 8) -> np.ndarray:
     return np.unique(np.linspace(0, T - 1, num=min(T, k + 2)).round().astype(np.int64))
 
 
-def estimate_bytes(model: Any, T: int, all_logits: bool = False) -> dict[str, int]:
+def plan_for(model: Any, T: int, memory: Any = None) -> TracePlan:
+    """The :class:`ltt.plan.TracePlan` of a trace of ``T`` tokens through ``model``."""
+    backend = getattr(model, "backend", None)
+    budgets = scores_module.budgets()
+    if backend is not None and backend.device.type == "cuda" and memory in (None, "auto"):
+        # "stream" recomputes probabilities from queries and keys kept on the host: on a GPU the
+        # model's own probabilities are taken once and the device scores heads in batches
+        budgets = dict(budgets, stream=2**62)
+    return make_plan(model.n_layers, model.n_heads, T, memory=memory, dtype=dtype_name(model),
+                     backend="core" if backend is None else backend.name,
+                     devices=() if backend is None else tuple(str(d) for d in backend.layer_devices),
+                     budgets=budgets)
+
+
+def estimate_bytes(model: Any, T: int, all_logits: bool = False, plan: TracePlan | None = None) -> dict[str, int]:
     """A trace's memory as a formula of L, H, G, d, d_h, F, T, V: ``kept`` (what the trace holds
     afterwards), ``layer_peak`` (one layer's transient probabilities, per-head shares and the
     model's own eager attention), ``logits`` and ``total``.
@@ -62,12 +72,11 @@ def estimate_bytes(model: Any, T: int, all_logits: bool = False) -> dict[str, in
     # eager attention: scores and masked scores in the model dtype, the float32 softmax; ltt: the
     # per-head shares and the mask that sparsifies them, plus a float32 copy of the
     # probabilities for a half-precision model; edge weights, the mask [T, T]. A streamed layer
-    # (ltt.scores.STREAM_BYTES) has all that for one kv group's heads only, one scored head by head
-    # (HEAD_CHUNK_BYTES) no per-head shares.
-    long_trace = dense_nbytes(L, H, T) > scores_module.DENSE_BUDGET
-    streamed = long_trace and 4 * H * T * T > scores_module.STREAM_BYTES
-    heads_at_once = H // max(G, 1) if streamed else H
-    shares = 0 if long_trace and 4 * H * T * T > scores_module.HEAD_CHUNK_BYTES else _F32 + 1
+    # (the plan's "stream" mode) has all that for one kv group's heads only, one scored head by
+    # head ("heads") no per-head shares.
+    mode = (plan or plan_for(model, T)).mode(0)
+    heads_at_once = H // max(G, 1) if mode == "stream" else H
+    shares = 0 if mode in ("heads", "stream") else _F32 + 1
     layer_peak = heads_at_once * T * T * (2 * esize + 4 + shares + (0 if esize == 4 else _F32)) + 3 * T * T * _F32
     logits = (T if all_logits else 1) * model.vocab_size * _F32 * 2
     return {"kept": kept, "layer_peak": layer_peak, "logits": logits, "total": kept + layer_peak + logits}
@@ -97,8 +106,8 @@ def available_bytes() -> int | None:
     return avail
 
 
-def check_memory(model: Any, T: int, all_logits: bool, limit: int | None) -> None:
-    est = estimate_bytes(model, T, all_logits)
+def check_memory(model: Any, T: int, all_logits: bool, limit: int | None, plan: TracePlan | None = None) -> None:
+    est = estimate_bytes(model, T, all_logits, plan)
     avail = available_bytes() if limit is None else int(limit)
     if avail is None or est["total"] <= avail:
         return
@@ -215,27 +224,29 @@ def layer_buffers(model: Any, l: int, rec: dict[str, Any], T: int, stamp: tuple)
 
 def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool = False,
               verify: bool = True, spill: str | os.PathLike | None = None,
-              memory_limit: int | None = None, progress: Any = None) -> Trace:
+              memory_limit: int | None = None, progress: Any = None, memory: Any = None) -> Trace:
     """Record one forward pass of ``ids`` and attribute it layer by layer (see
     :meth:`ltt.models.Model.trace` for the options)."""
     import torch
 
     T = len(ids)
-    check_memory(model, T, all_logits, memory_limit)
+    plan = plan_for(model, T, memory)
+    check_memory(model, T, all_logits, memory_limit, plan)
+    backend = getattr(model, "backend", None)
+    if backend is not None:
+        backend.check_device_memory(model, plan)
     if spill is not None:
         spill = os.fspath(spill)
         if not os.path.isdir(spill):
             raise ValueError(f"spill={spill!r} is not an existing directory")
     hf = model.hf_model
     kind = dtype_name(model)
-    tol = TOLERANCE.get(kind, 1e-3)
+    tol = plan.tolerance
     rows = _sample_rows(T)
-    # a short trace keeps its dense shares (within the dense budget): its graphs are pruned from
-    # them directly, and sparse rows are made only if something asks for them
-    keep = dense_nbytes(model.n_layers, model.n_heads, T) <= scores_module.DENSE_BUDGET
-    # a long layer runs its attention one kv group at a time and is scored head by head from
-    # probabilities recomputed per head: no [H, T, T] array exists (ltt.models.attention)
-    stream = not keep and 4 * model.n_heads * T * T > scores_module.STREAM_BYTES
+    # a short trace keeps its dense shares; a streamed layer runs its attention one kv group at
+    # a time and is scored head by head from probabilities recomputed per head: no [H, T, T]
+    # array exists (ltt.models.attention). The plan decides (ltt.plan).
+    stream = plan.stream
     layers: list[LayerBuffers | None] = [None] * model.n_layers
     scores: list[Any] = [None] * model.n_layers
 
@@ -270,9 +281,9 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
                 "verify=False to trace anyway (the graph is then not exact)."
             )
         rec.pop("probs", None)
-        holder = probs if streamed else [probs]
+        holder = LayerProbs(of_heads=probs) if streamed else LayerProbs(held=probs)
         del probs  # attribute_layer releases the probabilities as soon as the core has read them
-        scores[l] = attribute_layer(lb, holder, norm=1, floor=CONTRIBUTION_FLOOR, keep_dense=keep, sparse=not keep)
+        scores[l] = attribute_layer(lb, holder, plan.mode(l), norm=1, floor=plan.floor, backend=backend)
         lb.pinned = None
         if spill is not None:
             for name in ("resid_pre", "resid_mid", "resid_post", "values", "act", "ffn_out"):
@@ -316,7 +327,8 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
         model=model,
         all_logits=record._to_numpy(logits_all) if all_logits else None,
     )
-    trace.full_graphs[1] = FullGraph(scores, 1, CONTRIBUTION_FLOOR, source=trace)
+    trace.full_graphs[1] = FullGraph(scores, 1, plan.floor, source=trace)
+    trace.plan = plan
     trace.timings = {"forward": total - spent[0], "attribute": spent[0]}
     return trace
 

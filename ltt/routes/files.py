@@ -18,6 +18,9 @@ import re
 from typing import Any, Iterable, Sequence
 
 from ltt.checks import is_int
+import numpy as np
+
+from ltt import config
 from ltt.routes import store
 from ltt.routes.fingerprint import PromptChain, differences, settings_of
 from ltt.routes.routeset import RouteSet
@@ -34,14 +37,10 @@ def shard_from_env() -> tuple[int, int] | None:
     >>> shard_from_env()                                          # doctest: +SKIP
     (0, 2)
     """
-    world = os.environ.get("WORLD_SIZE")
-    rank = os.environ.get("RANK")
-    if world is None or rank is None:
+    pair = config.torchrun_shard()
+    if pair is None:
         return None
-    try:
-        n, i = int(world), int(rank)
-    except ValueError as exc:
-        raise ValueError(f"RANK={rank!r} and WORLD_SIZE={world!r} must be integers") from exc
+    i, n = pair
     if n <= 1:
         return None
     if not 0 <= i < n:
@@ -49,9 +48,62 @@ def shard_from_env() -> tuple[int, int] | None:
     return i, n
 
 
+def auto_shard() -> tuple[int, int] | None:
+    """``shard="auto"``: torchrun's ``(RANK, WORLD_SIZE)``, else a Slurm job array's
+    ``(SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT)``, else None (one
+    process). Out-of-range values raise naming the variables.
+
+    >>> auto_shard()                                              # doctest: +SKIP
+    (3, 8)
+    """
+    found = shard_from_env()
+    if found is not None:
+        return found
+    pair = config.slurm_shard()
+    if pair is None or pair[1] <= 1:
+        return None
+    i, n = pair
+    if not 0 <= i < n:
+        raise ValueError(f"SLURM_ARRAY_TASK_ID (minus SLURM_ARRAY_TASK_MIN) = {i} is outside "
+                         f"[0, SLURM_ARRAY_TASK_COUNT={n}): ltt expects an array of consecutive task ids")
+    return i, n
+
+
+def shard_device() -> str:
+    """The device this shard's model should load on: ``cuda:LOCAL_RANK`` under torchrun, ``cuda``
+    (the GPU Slurm gave the task) where CUDA is available, else ``cpu``.
+
+    >>> model = ltt.load(name, device=shard_device())             # doctest: +SKIP
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    local = config.local_rank()
+    return "cuda" if local is None else f"cuda:{local}"
+
+
+def check_shard_device(model: Any) -> None:
+    """Under torchrun, a CUDA model must sit on this process's GPU (``LOCAL_RANK``): several
+    shards on one GPU would compete for its memory."""
+    local = config.local_rank()
+    backend = getattr(model, "backend", None)
+    devices = [] if backend is None else [d for d in backend.layer_devices if d.type == "cuda"]
+    if local is None or not devices:
+        return
+    wrong = sorted({str(d) for d in devices if d.index not in (None, local)})
+    if wrong:
+        raise ValueError(f"shard='auto' with LOCAL_RANK={local}, but the model's layers are on {', '.join(wrong)}: "
+                         f"load it with device=ltt.routes.files.shard_device() ('cuda:{local}')")
+
+
 def check_shard(shard: Any) -> tuple[int, int] | None:
     if shard is None:
         return shard_from_env()
+    if isinstance(shard, str):
+        if shard != "auto":
+            raise ValueError(f"shard must be (i, n), 'auto' or None, got {shard!r}")
+        return auto_shard()
     try:
         i, n = shard
         ok = all(is_int(v) for v in (i, n))

@@ -38,11 +38,12 @@ def trace_many(
     norm: int = 1,
     out: str | os.PathLike | None = None,
     resume: bool = True,
-    shard: tuple[int, int] | None = None,
+    shard: tuple[int, int] | str | None = None,
     on_error: str = "raise",
     progress: bool | None = None,
     faithfulness: bool | int = False,
     prepend_bos: bool | None = None,
+    memory: str | None = None,
 ) -> RouteSet:
     """Trace every prompt, build its pruned graph and keep only its :class:`PromptRoutes`.
 
@@ -66,8 +67,12 @@ def trace_many(
       ``resume=False`` replaces an existing ltt routes file;
     * ``shard=(i, n)``: trace only the prompts whose index is ``i`` modulo ``n``; by default
       taken from the ``RANK`` / ``WORLD_SIZE`` environment (``torchrun``, ``accelerate
-      launch``). A sharded run writes ``out`` as :func:`shard_path` (``routes.shard0of2.jsonl``);
-      :func:`merge_shards` joins the files;
+      launch``). ``shard="auto"`` takes it from torchrun (``RANK`` / ``WORLD_SIZE``) or else from
+      a Slurm job array (``SLURM_ARRAY_TASK_ID`` / ``SLURM_ARRAY_TASK_COUNT``), and checks that a
+      CUDA model sits on this process's GPU (``LOCAL_RANK``; load it with
+      ``device=ltt.routes.files.shard_device()``). A sharded run writes ``out`` as
+      :func:`shard_path` (``routes.shard0of2.jsonl``); :func:`merge_shards` joins the files
+      (docs/gpu.md has an sbatch example);
     * ``on_error``: ``"raise"`` (default: stop at a bad prompt, naming ``prompts[i]``; the file
       keeps everything done before it) or ``"skip"`` (record the error and go on);
     * ``progress``: a tqdm bar (default: when stderr is a terminal);
@@ -75,6 +80,7 @@ def trace_many(
       (True: 16 random graphs, an int: that many) and keep its summary in the record; off by default;
     * ``prepend_bos``: as in :meth:`ltt.models.Model.trace` (a prompt may also be a list of
       token ids); when given, it is one of the run's settings.
+    * ``memory``: each trace's memory mode (:mod:`ltt.plan`; it does not change the results).
 
     Returns the :class:`RouteSet` of this process's prompts, in input order.
 
@@ -86,7 +92,13 @@ def trace_many(
         else list(graph_settings.targets)
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    auto = isinstance(shard, str) and shard == "auto"
     shard = files.check_shard(shard)
+    if auto:
+        files.check_shard_device(model)
+    from ltt.plan import check_memory_mode
+
+    memory = check_memory_mode(memory)
     settings = {"threshold": threshold, "renormalize": bool(renormalize), "targets": targets,
                 "norm": int(norm)}
     if faithfulness is not False:
@@ -137,7 +149,7 @@ def trace_many(
     try:
         bar = progress_bars.bar(count, "tracing prompts", "prompt", show=progress)
         _run(model, routes, source, done, writer, shard, on_error, graph_settings, bar,
-             settings.get("faithfulness"), prepend_bos)
+             settings.get("faithfulness"), prepend_bos, memory)
         completed = True
     finally:
         if bar is not None:
@@ -155,7 +167,7 @@ def trace_many(
 
 
 def _run(model, routes, source, done, writer, shard, on_error, graph_settings, bar, faithfulness=None,
-         prepend_bos=None) -> None:
+         prepend_bos=None, memory=None) -> None:
     """The loop of :func:`trace_many`: each prompt from the file when it is there (its chain
     checked), else traced, summarised and written."""
     chain = PromptChain()
@@ -181,7 +193,7 @@ def _run(model, routes, source, done, writer, shard, on_error, graph_settings, b
                 routes.records.append(PromptRoutes.from_record(old, routes.n_layers, routes.n_heads))
         else:
             try:
-                trace = _trace_one(model, prompt, index, prepend_bos)
+                trace = _trace_one(model, prompt, index, prepend_bos, memory)
                 graph = build(trace, graph_settings)
                 summary = summarize(trace, graph=graph, index=index)
                 if faithfulness is not None:
@@ -211,10 +223,10 @@ def _run(model, routes, source, done, writer, shard, on_error, graph_settings, b
                          "or resume=False to replace it")
 
 
-def _trace_one(model: Any, prompt: Any, index: int, prepend_bos: bool | None = None):
+def _trace_one(model: Any, prompt: Any, index: int, prepend_bos: bool | None = None, memory: str | None = None):
     """The trace of one prompt; a bad prompt raises naming ``prompts[index]``."""
     model._encode(prompt, argname=f"prompts[{index}]", prepend_bos=prepend_bos)
-    return model.trace(prompt, prepend_bos=prepend_bos)
+    return model.trace(prompt, prepend_bos=prepend_bos, memory=memory)
 
 
 

@@ -24,6 +24,8 @@ import json
 import os
 from typing import Any, Sequence
 
+from ltt import config
+
 __all__ = ["serve", "read_prompts", "add_parser", "run_command"]
 
 EXTRA_HINT = "ltt serve needs the serve extra: pip install 'ltt[serve]' (starlette, uvicorn, websockets)"
@@ -103,7 +105,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run_command(args: argparse.Namespace) -> int:
     """``ltt serve``'s body: check the options, then serve."""
     prompts = read_prompts(args.prompts) if args.prompts else []
-    if os.environ.get("LTT_QUIET"):
+    if config.quiet():
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()

@@ -49,6 +49,7 @@ import numpy as np
 
 from ltt.models.families import get_module, split_values
 from ltt.models.instrument import Run
+from ltt.models.record import point
 
 __all__ = ["PartSet", "run_batched", "uses_interface"]
 
@@ -230,7 +231,7 @@ def _run(model: Any, ids: list[int], rows: Sequence[PartSet], targets: list[int]
     interface = uses_interface(model)
     emb = model.hf_model.get_input_embeddings()
     device = emb.weight.device if emb is not None and emb.weight.device.type != "meta" else None
-    with Run(model) as run:
+    with Run(model, point=point) as run:
         for l, layer in enumerate(model.decoder_layers):
             attn = sub(layer, fam.attn)
             if interface:

@@ -212,7 +212,8 @@ def _in_cleanup(frame: Any) -> bool:
 class Run:
     """One instrumented forward pass of ``model`` (an :class:`ltt.models.Model`); see the
     module docstring. ``point`` is the client's fault-injection function (called with
-    ``"hook-registered"`` after each hook, ``"restore"`` at the start of the clean-up)."""
+    ``"hook-registered"`` after each hook, ``"run-forward"`` before the forward call,
+    ``"restore:<n>"`` before each clean-up step of the first pass)."""
 
     def __init__(self, model: Any, point: Callable[[str], None] | None = None):
         self.model = model
@@ -326,6 +327,7 @@ class Run:
         unless ``grad=True``)."""
         import torch
 
+        self.point("run-forward")
         token = _CURRENT.set(self)
         try:
             with torch.set_grad_enabled(bool(grad)):
@@ -377,6 +379,8 @@ class Run:
         failure = None
         while undo:
             try:
+                if not tolerant:
+                    self.point(f"restore:{len(undo)}")  # fault injection, first pass only
                 undo[-1]()
             except BaseException as exc:
                 if not tolerant:

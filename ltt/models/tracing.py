@@ -266,7 +266,9 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
                 f"layer {l} of {model.name!r} is not decomposed exactly: the {worst[0]!r} parts "
                 f"rebuild its state with a relative error of {worst[1]:.3g} (tolerance {tol:g} for "
                 f"{dtype_name(model)}). Likely cause: a forward hook or patch on the model that changes a "
-                "module's output, or a variant of this family that ltt does not support. Pass "
+                "module's output, a weight edited in place through .data or a NumPy view (ltt's "
+                "sampled weight check missed it: load the model again), or a variant of this family "
+                "that ltt does not support. Pass "
                 "verify=False to trace anyway (the graph is then not exact)."
             )
         rec.pop("probs", None)

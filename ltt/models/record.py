@@ -21,11 +21,10 @@ import numpy as np
 from ltt.models import attention as attn_capture
 from ltt.models import moe
 from ltt.models.families import split_values
-from ltt.models.instrument import Run, model_lock  # noqa: F401 - model_lock: the model's lock
+from ltt.models.instrument import Run
 
 #: Test hook: called with the name of every fault-injection point (None in normal use).
 FAULT: Callable[[str], None] | None = None
-
 
 
 def point(name: str) -> None:
@@ -102,57 +101,32 @@ class Recording:
     def _register(self, run: Run) -> bool:
         """Hooks on every layer; True when the attention goes through the registered function."""
         model, T, recs = self.model, self.T, self.records
-        fam, sub = model.spec, model.submodule
-        config = model.hf_model.config
-        H, G, dh = model.n_heads, model.n_kv_heads, model.d_head
+        fam, sub, config = model.spec, model.submodule, model.hf_model.config
 
-        def pre(l, key):
-            def hook(module, args, kwargs):
+        def keep(l, key, read):  # a hook storing read(module, args, out_or_kwargs) items
+            def hook(module, args, out):
                 point(f"hook:{l}:{key}")
-                recs[l][key] = _rows(_to_numpy(args[0] if args else kwargs.get("hidden_states")), T)
+                recs[l].update(read(module, args, out))
             return hook
 
-        def post(l, key, fn=None):
-            def hook(module, args, output):
-                point(f"hook:{l}:{key}")
-                recs[l][key] = fn(module, output) if fn else _rows(_to_numpy(_first(output)), T)
-            return hook
+        def arg(key):
+            return lambda m, args, kw: {key: _rows(_to_numpy(args[0] if args else kw.get("hidden_states")), T)}
 
-        def values(module, output):
-            full = _rows(_to_numpy(_first(output)), T)
-            return np.ascontiguousarray(split_values(fam, config, full, H, G, dh))
+        def out(key):
+            return lambda m, args, o: {key: _rows(_to_numpy(_first(o)), T)}
 
-        def probs_out(module, output):
-            p = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
-            return None if p is None else np.ascontiguousarray(_to_numpy(p)[0])
+        def values(m, args, o):
+            full = _rows(_to_numpy(_first(o)), T)
+            return {"values": np.ascontiguousarray(
+                split_values(fam, config, full, model.n_heads, model.n_kv_heads, model.d_head))}
 
-        def replay_in(l):
-            def hook(module, args, kwargs):
-                point(f"hook:{l}:replay")
-                recs[l]["attention"] = attn_capture.ModuleReplay(module, args, dict(kwargs))
-            return hook
+        def probs(m, args, o):
+            p = o[1] if isinstance(o, (tuple, list)) and len(o) > 1 else None
+            return {"probs": None if p is None else np.ascontiguousarray(_to_numpy(p)[0])}
 
-        def capture(l):
-            def handle(call):  # the module's own eager attention (by kv group for long layers)
-                out, weights = None, None
-                if self.stream_heads:
-                    out = attn_capture._by_group(call.eager_fn, call.module, call.query, call.key,
-                                                 call.value, call.mask, call.args, call.kwargs)
-                if out is None:
-                    out, weights = call.eager()
-                point(f"hook:{l}:attention")
-                recs[l]["probs"] = None if weights is None else _probs_numpy(weights)
-                recs[l]["attention"] = attn_capture.AttentionState(call.module, call.eager_fn, call.query, call.key,
-                                                                   call.mask, call.args, call.kwargs, self.masks)
-                return out, weights
-            return handle
-
-        def weight(l, key):
-            def hook(module, args, output):
-                point(f"hook:{l}:{key}")
-                recs[l][key] = model._module_weight(l, key, module)
-                recs[l][key.replace("w_", "out_")] = _rows(_to_numpy(_first(output)), T)
-            return hook
+        def weight(l, key, output=True):
+            return lambda m, args, o: {key: model._module_weight(l, key, m),
+                                       **(out(key.replace("w_", "out_"))(m, args, o) if output else {})}
 
         def layer_out(l):
             def hook(module, args, output):
@@ -162,29 +136,44 @@ class Recording:
                 recs[l].clear()  # what the trace keeps is in the layer's buffers now
             return hook
 
+        def capture(l):
+            def handle(call):  # the module's own eager attention (by kv group for long layers)
+                out_, w = None, None
+                if self.stream_heads:
+                    out_ = attn_capture._by_group(call.eager_fn, call.module, call.query, call.key,
+                                                  call.value, call.mask, call.args, call.kwargs)
+                if out_ is None:
+                    out_, w = call.eager()
+                point(f"hook:{l}:attention")
+                recs[l]["probs"] = None if w is None else _probs_numpy(w)
+                recs[l]["attention"] = attn_capture.AttentionState(call.module, call.eager_fn, call.query, call.key,
+                                                                   call.mask, call.args, call.kwargs, self.masks)
+                return out_, w
+            return handle
+
         interface = attn_capture.eager_function(sub(model.decoder_layers[0], fam.attn)) is not None
         for l, layer in enumerate(model.decoder_layers):
             attn = sub(layer, fam.attn)
-            run.hook(layer, pre(l, "x"), pre=True, with_kwargs=True)
+            run.hook(layer, keep(l, "x", arg("x")), pre=True, with_kwargs=True)
             run.hook(layer, layer_out(l))
             if interface:
                 run.attention(attn, capture(l))
-            else:
-                run.hook(attn, replay_in(l), pre=True, with_kwargs=True)
-                run.hook(attn, post(l, "probs", probs_out))
-            run.hook(sub(layer, fam.qkv), post(l, "values", values))
-            run.hook(sub(layer, fam.o_proj), weight(l, "w_o"))
+            else:  # probabilities from the module's output; recomputed by re-running the module
+                run.hook(attn, keep(l, "replay", lambda m, a, kw: {"attention": attn_capture.ModuleReplay(
+                    m, a, dict(kw))}), pre=True, with_kwargs=True)
+                run.hook(attn, keep(l, "probs", probs))
+            run.hook(sub(layer, fam.qkv), keep(l, "values", values))
+            run.hook(sub(layer, fam.o_proj), keep(l, "w_o", weight(l, "w_o")))
             experts = moe.experts_module(fam, layer)
             if experts is not None:  # a MoE layer: ltt.models.moe; every expert's down rows read in place
                 for handle in moe.register(fam, layer, recs[l], T, _to_numpy, run.tag):
                     run.added(handle)
-                run.hook(experts, lambda m, a, o, l=l: point(f"hook:{l}:w_down") or recs[l].__setitem__(
-                    "w_down", model._module_weight(l, "w_down", m)))
+                run.hook(experts, keep(l, "w_down", weight(l, "w_down", output=False)))
             else:
-                run.hook(sub(layer, fam.down), pre(l, "act"), pre=True, with_kwargs=True)
-                run.hook(sub(layer, fam.down), weight(l, "w_down"))
+                run.hook(sub(layer, fam.down), keep(l, "act", arg("act")), pre=True, with_kwargs=True)
+                run.hook(sub(layer, fam.down), keep(l, "w_down", weight(l, "w_down")))
             if fam.ffn_post_norm:
-                run.hook(sub(layer, fam.ffn_post_norm), post(l, "ffn"))
+                run.hook(sub(layer, fam.ffn_post_norm), keep(l, "ffn", out("ffn")))
             if not model.parallel[l]:
-                run.hook(sub(layer, fam.ffn_norm), pre(l, "mid"), pre=True, with_kwargs=True)
+                run.hook(sub(layer, fam.ffn_norm), keep(l, "mid", arg("mid")), pre=True, with_kwargs=True)
         return interface

@@ -12,7 +12,7 @@ fault hook ``ltt.models.record.FAULT``.
   fails when the user's logits are not ``torch.equal`` to the untraced model's, the user's
   forward raises, or a trace (faithfulness result) differs from the single-thread one.
 * **interrupts**: at the trace's ``forward-done`` point a timer thread is armed that calls
-  ``_thread.interrupt_main()`` after a random delay (0 to 3 ms: inside the clean-up); a case
+  ``_thread.interrupt_main()`` after a random delay (0 to 1 ms: mostly inside the clean-up); a case
   fails when the model is not as found afterwards (hooks, every config's attention
   implementation, modes, owner entry) or the next trace is not exact.
 """
@@ -114,26 +114,35 @@ def audit_interrupts(model, n, rng):
     before = _state(hf)
     failing, messages = 0, {}
 
+    timers = []
+
     def arm(name):
         if name == "forward-done":
-            delay = rng.random() * 0.003
-            threading.Timer(delay, _thread.interrupt_main).start()
+            timers.append(threading.Timer(rng.random() * 0.001, _thread.interrupt_main))
+            timers[-1].start()
+
+    def settle():  # wait for the timer; an interrupt that fires after the trace lands here
+        while True:
+            try:
+                for t in timers:
+                    t.join()
+                time.sleep(0.02)
+                return
+            except KeyboardInterrupt:
+                pass
 
     for _ in range(n):
         record.FAULT = arm
         try:
             model.trace(PROMPT)
-            time.sleep(0.01)  # an interrupt that fires after the trace returned lands here
         except KeyboardInterrupt:
             pass
         except Exception as exc:  # noqa: BLE001 - counted
             messages[type(exc).__name__] = messages.get(type(exc).__name__, 0) + 1
         finally:
             record.FAULT = None
-        try:
-            time.sleep(0.005)
-        except KeyboardInterrupt:
-            pass
+        settle()
+        timers.clear()
         problems = []
         if _state(hf) != before:
             problems.append("model changed")

@@ -22,8 +22,10 @@ implementation the config had before the run (``eager``, ``sdpa``, ...). Its out
 bit-identical to an untraced model's. Two cases cannot be switched per call, and there a
 foreign forward waits on the model's lock until the run has restored the model: a family whose
 attention module does not use transformers' attention interface while the config is not
-``eager`` (the run must switch the whole config to eager), and a model with modules in train
-mode (the run switches them to eval).
+``eager`` (the run must switch the whole config to eager), GPT-2 with
+``reorder_and_upcast_attn`` (its own upcast attention runs only under ``eager``), and a model
+with modules in train mode (the run switches them to eval). docs/instrument.md lists the
+families.
 
 **Clean-up.** Every undo step is idempotent and kept in a list; :meth:`Run.__exit__` runs the
 list twice through an :class:`contextlib.ExitStack` (the second pass finishes whatever an
@@ -311,6 +313,8 @@ class Run:
         saved = [(c, c.__dict__.get("_attn_implementation_internal", _MISSING)) for c in configs]
         self._undo.append(lambda: self._restore_configs(saved))
         if interface:
+            if getattr(self.hf.config, "reorder_and_upcast_attn", False):
+                self._gate()  # GPT-2's upcast attention runs only under "eager": not switchable per call
             _register()
             for c in configs:
                 _ORIGINAL[id(c)] = (self, c._attn_implementation)

@@ -360,6 +360,8 @@ class Run:
         if threading.current_thread() is not threading.main_thread():
             return
         previous = signal.getsignal(signal.SIGINT)
+        if previous is None:  # a handler not installed from Python: left alone
+            return
         run = self
 
         def on_sigint(signum: int, frame: Any) -> None:

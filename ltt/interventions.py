@@ -26,14 +26,15 @@ probability but reads the mean value vector, ``A^h[t, s] v_s -> A^h[t, s] mean_s
 kv head); a removed FFN block's branch output at ``t`` becomes the mean branch output of the
 layer over positions.
 
-How: families whose attention calls transformers' attention-function interface (all but
-GPT-Neo and Falcon, and GPT-2 with ``reorder_and_upcast_attn``) run with the config's attention
-implementation switched to a private registered function that calls the module's own eager
-function, then recomputes ``(A * keep) @ V`` for the rows with removals (exact zeros). GPT-Neo
-and Falcon do not call the interface; there a forward hook on the attention module subtracts
-``W_O ((A * (1 - keep)) @ V)`` from its output (no bias), which equals the removal to float
-rounding. FFN blocks are removed by a forward hook on the branch's last module. Every hook, the
-config and the train/eval modes are restored under one ``ExitStack``, whatever happens inside.
+How: every run is a :class:`ltt.models.instrument.Run` (lock, modes, configs, hooks, clean-up;
+only its own forward is changed, another thread's forward of the model is the model's own).
+Families whose attention calls transformers' attention-function interface (all but GPT-Neo and
+Falcon, and GPT-2 with ``reorder_and_upcast_attn``) have a handler on the run's registered
+attention function that calls the module's own eager function, then recomputes
+``(A * keep) @ V`` for the rows with removals (exact zeros). GPT-Neo and Falcon do not call the
+interface; there a forward hook on the attention module subtracts ``W_O ((A * (1 - keep)) @ V)``
+from its output (no bias), which equals the removal to float rounding. FFN blocks are removed
+by a forward hook on the branch's last module.
 
 >>> from ltt.interventions import PartSet, run_batched             # doctest: +SKIP
 >>> logits = run_batched(model, ids, [PartSet({}, {}, only=True)], [len(ids) - 1], "zero")  # doctest: +SKIP
@@ -41,25 +42,17 @@ config and the train/eval modes are restored under one ``ExitStack``, whatever h
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from ltt.models.families import get_module, split_values
-from ltt.models.record import model_lock
+from ltt.models.instrument import Run
+from ltt.models.record import point
 
 __all__ = ["PartSet", "run_batched", "uses_interface"]
 
-_IMPL = "ltt_intervention"  # the private attention implementation's registered name
-_ACTIVE: dict[int, Any] = {}  # id(attention module) -> handler, only during a run
-_REGISTERED = False
-_REGISTER_LOCK = threading.Lock()
-_OWNERS: dict[int, int] = {}  # id(hf model) -> thread ident running on it
-_MISSING = object()
 
 
 @dataclass
@@ -80,7 +73,7 @@ def uses_interface(model: Any) -> bool:
     >>> uses_interface(ltt.load("smollm2-135m"))                 # doctest: +SKIP
     True
     """
-    fam = model._family.name
+    fam = model.family
     if fam in ("gpt_neo", "falcon"):
         return False
     if fam == "gpt2" and getattr(model.hf_model.config, "reorder_and_upcast_attn", False):
@@ -88,31 +81,7 @@ def uses_interface(model: Any) -> bool:
     from ltt.models.attention import eager_function
 
     # Bloom, MPT: modeling files without the attention interface (their module's own attention)
-    return eager_function(model._sub(model._layers[0], model._family.attn)) is not None
-
-
-def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any):
-    """The registered attention function: the module's own eager attention, then the active
-    run's removals (or nothing, outside a run)."""
-    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    if eager is None:
-        raise RuntimeError(f"{type(module).__name__} has no eager_attention_forward in its module; "
-                           "ltt cannot intervene on its attention")
-    out, weights = eager(module, query, key, value, attention_mask, **kwargs)
-    handler = _ACTIVE.get(id(module))
-    return (out, weights) if handler is None else handler(out, weights, value)
-
-
-def _register() -> None:
-    global _REGISTERED
-    with _REGISTER_LOCK:
-        if not _REGISTERED:
-            from transformers import AttentionInterface
-            from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
-            AttentionInterface.register(_IMPL, _attention)
-            AttentionMaskInterface.register(_IMPL, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
-            _REGISTERED = True
+    return eager_function(model.submodule(model.decoder_layers[0], model.spec.attn)) is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,12 +207,12 @@ def _ffn_branches(model: Any, layer: Any) -> list[Any]:
     block (and a shared MLP the layer adds outside it), or the down projection."""
     from ltt.models import moe
 
-    fam = model._family
+    fam, sub = model.spec, model.submodule
     if fam.ffn_post_norm:
-        return [model._sub(layer, fam.ffn_post_norm)]
+        return [sub(layer, fam.ffn_post_norm)]
     if moe.experts_module(fam, layer) is None:
-        return [model._sub(layer, fam.down)]
-    out = [model._sub(layer, fam.moe_block)]
+        return [sub(layer, fam.down)]
+    out = [sub(layer, fam.moe_block)]
     shared = get_module(layer, fam.shared_expert) if fam.shared_outside else None
     return out + ([shared] if shared is not None else [])
 
@@ -252,82 +221,32 @@ def _ffn_branches(model: Any, layer: Any) -> list[Any]:
 # running
 
 
-def _configs(hf: Any) -> list[Any]:
-    seen: dict[int, Any] = {id(hf.config): hf.config}
-    for m in hf.modules():
-        c = getattr(m, "config", None)
-        if c is not None and hasattr(c, "_attn_implementation_internal"):
-            seen.setdefault(id(c), c)
-    return list(seen.values())
-
-
-def _restore_configs(saved: list[tuple[Any, Any]]) -> None:
-    for c, value in saved:
-        if value is _MISSING:
-            c.__dict__.pop("_attn_implementation_internal", None)
-        else:
-            c._attn_implementation_internal = value
-
-
-def _restore_modes(modes: list[tuple[Any, bool]]) -> None:
-    for m, mode in modes:
-        m.training = mode
-
-
-@contextlib.contextmanager
-def _model_lock(hf: Any):
-    """One intervened run at a time per model; a re-entrant call from the same thread raises."""
-    me = threading.get_ident()
-    with _REGISTER_LOCK:
-        if _OWNERS.get(id(hf)) == me:
-            raise RuntimeError("an intervened run of this model is already in progress in this thread")
-    with model_lock(hf):  # the model's trace lock: a trace and an intervened run take turns too
-        _OWNERS[id(hf)] = me
-        try:
-            yield
-        finally:
-            _OWNERS.pop(id(hf), None)
-
-
 def _run(model: Any, ids: list[int], rows: Sequence[PartSet], targets: list[int], ablation: str) -> np.ndarray:
     """One batched forward: ``[1 + len(rows), len(targets), V]`` float64 logits, row 0 full."""
     import torch
 
-    hf = model.hf_model
-    fam = model._family
+    fam, sub = model.spec, model.submodule
     B, T = 1 + len(rows), len(ids)
     mean = ablation == "mean"
     interface = uses_interface(model)
-    emb = hf.get_input_embeddings()
+    emb = model.hf_model.get_input_embeddings()
     device = emb.weight.device if emb is not None and emb.weight.device.type != "meta" else None
-    with _model_lock(hf), contextlib.ExitStack() as stack:
-        stack.callback(_restore_modes, [(m, m.training) for m in hf.modules()])
-        configs = _configs(hf)
-        stack.callback(_restore_configs, [(c, c.__dict__.get("_attn_implementation_internal", _MISSING))
-                                          for c in configs])
-        for l, layer in enumerate(model._layers):
-            attn = model._sub(layer, fam.attn)
+    with Run(model, point=point) as run:
+        for l, layer in enumerate(model.decoder_layers):
+            attn = sub(layer, fam.attn)
             if interface:
-                _ACTIVE[id(attn)] = _interface_handler(rows, l, T, mean)
-                stack.callback(_ACTIVE.pop, id(attn), None)
+                handle = _interface_handler(rows, l, T, mean)
+                run.attention(attn, lambda call, handle=handle: handle(*call.eager(), call.value))
             else:
                 values_hook, attn_hook = _subtract_hooks(model, layer, rows, l, T, mean, B)
-                stack.callback(model._sub(layer, fam.qkv).register_forward_hook(values_hook).remove)
-                stack.callback(attn.register_forward_hook(attn_hook).remove)
+                run.hook(sub(layer, fam.qkv), values_hook)
+                run.hook(attn, attn_hook)
             for branch in _ffn_branches(model, layer):
-                stack.callback(branch.register_forward_hook(_ffn_hook(rows, l, T, mean, B)).remove)
-        if interface:
-            _register()
-            for c in configs:
-                c._attn_implementation_internal = _IMPL
-        else:
-            for c in configs:
-                c._attn_implementation_internal = "eager"
-        hf.eval()
-        with torch.no_grad():
-            input_ids = torch.tensor([ids], device=device).expand(B, T)
-            # on the CPU: it indexes the last layer's states, wherever device_map put them
-            out = hf(input_ids=input_ids, use_cache=False, logits_to_keep=torch.tensor(targets))
+                run.hook(branch, _ffn_hook(rows, l, T, mean, B))
+        run.switch_attention(interface)
+        input_ids = torch.tensor([ids], device=device).expand(B, T)
+        # on the CPU: it indexes the last layer's states, wherever device_map put them
+        out = run.forward(input_ids=input_ids, use_cache=False, logits_to_keep=torch.tensor(targets))
         logits = out.logits.detach().to(device="cpu", dtype=torch.float64).numpy()
     if logits.shape[:2] != (B, len(targets)):
         raise RuntimeError(f"the model returned logits of shape {tuple(logits.shape)}, expected "

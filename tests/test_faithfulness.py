@@ -13,6 +13,7 @@ import torch
 
 import ltt
 from ltt import interventions
+from ltt.models import instrument
 from ltt.faithfulness import faithfulness, graph_parts, random_parts, summary_line
 from ltt.graph import Graph
 from ltt.models.families import split_values
@@ -325,7 +326,7 @@ def test_model_left_as_found_after_a_failure_inside_the_run(tiny_dir, key, exc):
     assert _hooks(hf) == hooks
     assert [mod.training for mod in hf.modules()] == modes
     assert hf.config._attn_implementation == impl
-    assert not interventions._ACTIVE and not interventions._OWNERS
+    assert not instrument._ACTIVE and not instrument._OWNERS
     hf.eval()
     again = m.trace(PROMPT)
     np.testing.assert_array_equal(again.logits, trace.logits)
@@ -513,7 +514,7 @@ def test_two_threads_on_one_model_take_turns(traced):
     for th in threads:
         th.join(timeout=120)
     assert not errors and got == want
-    assert not interventions._ACTIVE and not interventions._OWNERS
+    assert not instrument._ACTIVE and not instrument._OWNERS
 
 
 def test_gpt2_upcast_attention_takes_the_subtraction_path():

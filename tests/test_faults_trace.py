@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ltt
-from ltt.models import attention, record
+from ltt.models import instrument, record
 from ltt.models.tracing import estimate_bytes
 
 from test_models import PROMPT
@@ -68,7 +68,7 @@ def test_interrupt_at_every_point_leaves_the_model_as_found(llama, fault):
         with pytest.raises(KeyboardInterrupt):
             llama.trace(PROMPT)
         assert _state(hf) == before, f"model changed by an interrupt at point {k}: {points[k]}"
-        assert attention._ACTIVE == {}
+        assert instrument._ACTIVE == {}
     fault(None)
     _same_trace(llama.trace(PROMPT), reference)  # the lock was released, nothing left behind
     hf.model.layers[1].eval()

@@ -14,6 +14,8 @@ The parts, in the order of the data flow:
 * :mod:`ltt.models.model` — :class:`Model`: shapes, prompts, cached weights, final norm and
   unembedding; its weights are read by :mod:`ltt.models.weights`, its norms are
   :mod:`ltt.models.norms`;
+* :mod:`ltt.models.instrument` — the one instrumented run every way into the model uses (lock,
+  modes, attention implementation, hooks, clean-up; only its own forward is instrumented);
 * :mod:`ltt.models.tracing`, :mod:`ltt.models.record`, :mod:`ltt.models.attention` — one
   forward pass with hooks, each layer attributed as it runs.
 

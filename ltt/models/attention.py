@@ -2,10 +2,11 @@
 recompute any head's rows exactly later with the model's own attention code.
 
 A trace never keeps the ``[H, T, T]`` probabilities of all layers. While the model runs, every
-attention call goes through :func:`_record_attention` (registered with transformers'
-``AttentionInterface`` under :data:`IMPLEMENTATION`), which calls the module's own eager
-function (so masking, scaling, soft-capping, sliding windows and sinks are the family's own)
-and hands the probabilities, the queries, keys and mask to the trace. Afterwards an
+attention call of the trace's own forward goes through the registered function of
+:mod:`ltt.models.instrument` to the recording's handler, which calls the module's own eager
+function (so masking, scaling, soft-capping, sliding windows and sinks are the family's own;
+:func:`_by_group` runs it one kv group at a time for long layers) and keeps the
+probabilities, the queries, keys and mask. Afterwards an
 :class:`AttentionState` answers "the probabilities of heads ``heads`` at rows ``rows``" by
 calling that same eager function on the sliced queries and keys.
 
@@ -16,18 +17,9 @@ Families whose attention modules do not use the interface (GPT-Neo, Falcon, ...)
 from __future__ import annotations
 
 import sys
-import threading
 from typing import Any, Callable
 
 import numpy as np
-
-IMPLEMENTATION = "ltt_record"
-
-# id(attention module) -> callback(query, key, mask, kwargs, weights); set only during a trace.
-_ACTIVE: dict[int, Callable[..., None]] = {}
-_LOCK = threading.Lock()
-_registered = False
-
 
 def eager_function(module: Any) -> Callable[..., Any] | None:
     """The ``eager_attention_forward`` of the module's own modeling file, or None when the
@@ -37,20 +29,6 @@ def eager_function(module: Any) -> Callable[..., Any] | None:
         return None
     fn = getattr(mod, "eager_attention_forward", None)
     return fn if callable(fn) else None
-
-
-def _record_attention(module, query, key, value, attention_mask, *args, **kwargs):
-    fn = eager_function(module)
-    callback = _ACTIVE.get(id(module))
-    if callback is not None and getattr(callback, "stream_heads", False):
-        out = _by_group(fn, module, query, key, value, attention_mask, args, kwargs)
-        if out is not None:  # the layer's [H, T, T] probabilities never existed at once
-            callback(query, key, attention_mask, args, kwargs, None)
-            return out, None
-    out, weights = fn(module, query, key, value, attention_mask, *args, **kwargs)
-    if callback is not None:
-        callback(query, key, attention_mask, args, kwargs, weights)
-    return out, weights
 
 
 def _by_group(fn, module, query, key, value, mask, args, kwargs):
@@ -72,20 +50,6 @@ def _by_group(fn, module, query, key, value, mask, args, kwargs):
             return None
         outs.append(out)
     return torch.cat(outs, dim=2)
-
-
-def ensure_registered() -> None:
-    """Register :data:`IMPLEMENTATION` (attention function and eager mask) once per process."""
-    global _registered
-    with _LOCK:
-        if _registered:
-            return
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-        AttentionInterface.register(IMPLEMENTATION, _record_attention)
-        AttentionMaskInterface.register(IMPLEMENTATION, eager_mask)
-        _registered = True
 
 
 class _SlicedModule:

@@ -30,7 +30,7 @@ from ltt.trace import Trace
 class Model:
     """A traceable causal LM: a transformers model, its tokenizer and its family's hook points.
 
-    Attributes: ``name``, ``family`` (name), ``n_layers``, ``n_heads``, ``n_kv_heads``,
+    Attributes: ``name``, ``family`` (name), ``spec`` (its :class:`Family`), ``decoder_layers`` (the layer modules), ``n_layers``, ``n_heads``, ``n_kv_heads``,
     ``d_model``, ``d_head``, ``d_ffn``, ``vocab_size``, ``parallel`` (per layer), ``hf_model``,
     ``tokenizer``, ``max_tokens`` (the longest prompt :meth:`trace` accepts, or None).
 
@@ -43,26 +43,26 @@ class Model:
                  max_tokens: int | None = None):
         config = hf_model.config
         fam = family_for(config)
-        self._family: Family = fam
+        self.spec: Family = fam  # the family's module paths and quirks (ltt.models.families)
         self.family: str = fam.name
         self.hf_model = hf_model
         self.tokenizer = tokenizer
         self.name = name or getattr(config, "name_or_path", None) or type(hf_model).__name__
-        self._layers = get_module(hf_model, fam.layers)
-        if self._layers is None:
+        self.decoder_layers = get_module(hf_model, fam.layers)  # the model's list of layer modules
+        if self.decoder_layers is None:
             raise ValueError(
                 f"{type(hf_model).__name__} (model_type={config.model_type!r}) has no layer list at "
                 f"{fam.layers!r}; ltt expects the causal-LM class (e.g. AutoModelForCausalLM)"
             )
-        self.n_layers = len(self._layers)
+        self.n_layers = len(self.decoder_layers)
         self.n_heads = _heads(config)
         self.n_kv_heads = fam.n_kv_heads(config)
-        layer0 = self._layers[0]
-        o_in, o_out = _in_out_shape(self._sub(layer0, fam.o_proj))  # [H*d_h, d]
+        layer0 = self.decoder_layers[0]
+        o_in, o_out = _in_out_shape(self.submodule(layer0, fam.o_proj))  # [H*d_h, d]
         self.d_head = o_in // self.n_heads
         self.d_model = o_out
         self.d_ffn = (moe.ffn_width(fam, layer0) if moe.experts_module(fam, layer0) is not None
-                      else _in_out_shape(self._sub(layer0, fam.down))[0])
+                      else _in_out_shape(self.submodule(layer0, fam.down))[0])
         self.parallel = [bool(fam.parallel(config))] * self.n_layers
         head = hf_model.get_output_embeddings()
         if head is None:
@@ -78,7 +78,9 @@ class Model:
 
     # -- structure ---------------------------------------------------------------------------
 
-    def _sub(self, layer: Any, path: str) -> Any:
+    def submodule(self, layer: Any, path: str) -> Any:
+        """The module at ``path`` (a :attr:`spec` path such as ``spec.attn``) inside ``layer``
+        (one of :attr:`decoder_layers`); a ValueError naming the path when it is missing."""
         mod = get_module(layer, path)
         if mod is None:
             raise ValueError(
@@ -86,6 +88,13 @@ class Model:
                 "match this model's layout"
             )
         return mod
+
+    # private spellings kept for older callers (tests)
+    _family = property(lambda self: self.spec)
+    _layers = property(lambda self: self.decoder_layers)
+
+    def _sub(self, layer: Any, path: str) -> Any:
+        return self.submodule(layer, path)
 
     def _context_limit(self, max_tokens: int | None) -> int | None:
         cfg = self.hf_model.config
@@ -122,10 +131,10 @@ class Model:
         return value
 
     def _layer_modules(self, layer: int) -> tuple[Any, Any, Any, Any]:
-        fam = self._family
-        mod = self._layers[layer]
+        fam = self.spec
+        mod = self.decoder_layers[layer]
         experts = moe.experts_module(fam, mod)  # a MoE layer: the experts stand for the down projection
-        return (self._sub(mod, fam.o_proj), self._sub(mod, fam.down) if experts is None else experts,
+        return (self.submodule(mod, fam.o_proj), self.submodule(mod, fam.down) if experts is None else experts,
                 get_module(mod, fam.attn_post_norm), get_module(mod, fam.ffn_post_norm))
 
     def layer_stamp(self, layer: int) -> tuple:
@@ -140,9 +149,9 @@ class Model:
             def make():
                 return np.ascontiguousarray(
                     _linear_in_out(module).reshape(self.n_heads, self.d_head, self.d_model), dtype=np.float32)
-        elif moe.experts_module(self._family, self._layers[layer]) is module:
+        elif moe.experts_module(self.spec, self.decoder_layers[layer]) is module:
             def make():  # every expert's down rows (and the shared experts'), stacked
-                return moe.down_weights(self._family, self._layers[layer], _param_numpy)[0]
+                return moe.down_weights(self.spec, self.decoder_layers[layer], _param_numpy)[0]
         else:
             def make():
                 return _linear_in_out(module)
@@ -155,7 +164,7 @@ class Model:
         norms (:class:`NormParams` or None). Cached for float32 CPU weights until they change;
         converted on each call for other dtypes, and paged in for offloaded layers."""
         o, down, _, _ = self._layer_modules(layer)
-        with _on_device(self._layers[layer]):
+        with _on_device(self.decoder_layers[layer]):
             out = {"w_o": self._module_weight(layer, "w_o", o), "w_down": self._module_weight(layer, "w_down", down)}
         out.update(self.branch_params(layer))
         return out
@@ -165,7 +174,7 @@ class Model:
         m = self._final_norm_module
         if m is None:
             return None
-        fam = self._family
+        fam = self.spec
         return self._cached("final_norm", [m], lambda: NormParams.of(m, fam.norm_offset, fam.norm_kind, fam.norm_eps))
 
     # -- the final norm and unembedding ----------------------------------------------------
@@ -205,7 +214,7 @@ class Model:
 
         >>> model.unembedding_head().project(trace.layers[-1].resid_post).shape   # doctest: +SKIP
         """
-        head, pre = self._lm_head, get_module(self.hf_model, self._family.unembed_pre)
+        head, pre = self._lm_head, get_module(self.hf_model, self.spec.unembed_pre)
         return self._cached("unembedding", [pre, head], lambda: Unembedding.of(
             head, pre, self._logit_scale, self._softcap))
 
@@ -435,8 +444,8 @@ class Model:
         """The small per-layer parameters of the decomposition: ``b_o``, ``b_down`` and the
         post-branch norms (see :meth:`layer_weights`)."""
         o, down, post_a, post_f = self._layer_modules(layer)
-        fam = self._family
-        with _on_device(self._layers[layer]):
+        fam = self.spec
+        with _on_device(self.decoder_layers[layer]):
             return {
                 "b_o": self._cached((layer, "b_o"), [o], lambda: _bias(o)),
                 "b_down": self._cached((layer, "b_down"), [down], lambda: _bias(down)),

@@ -156,7 +156,7 @@ def _spill(arr: np.ndarray | None, path: str) -> np.ndarray | None:
 def layer_buffers(model: Any, l: int, rec: dict[str, Any], T: int, stamp: tuple) -> LayerBuffers:
     """The :class:`LayerBuffers` of layer ``l`` from its recorded tensors."""
     if rec.get("moe_act") is not None:  # a MoE layer: assemble its wide activations
-        moe.finish(model._family, model._layers[l], rec, T)
+        moe.finish(model.spec, model.decoder_layers[l], rec, T)
     for key in ("x", "y", "attention", "values", "out_o", "act", "out_down"):
         if rec.get(key) is None:
             what = "attention probabilities" if key == "attention" else f"the {key!r} tensor"
@@ -277,7 +277,9 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
                 f"layer {l} of {model.name!r} is not decomposed exactly: the {worst[0]!r} parts "
                 f"rebuild its state with a relative error of {worst[1]:.3g} (tolerance {tol:g} for "
                 f"{dtype_name(model)}). Likely cause: a forward hook or patch on the model that changes a "
-                "module's output, or a variant of this family that ltt does not support. Pass "
+                "module's output, a weight edited in place through .data or a NumPy view (ltt's "
+                "sampled weight check missed it: load the model again), or a variant of this family "
+                "that ltt does not support. Pass "
                 "verify=False to trace anyway (the graph is then not exact)."
             )
         rec.pop("probs", None)
@@ -307,10 +309,9 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
     if not all_logits and _accepts(hf, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
     started = time.perf_counter()
-    with record.Recording(model, T, on_layer, stream_heads=stream):
+    with record.Recording(model, T, on_layer, stream_heads=stream) as recording:
         record.point("forward")
-        with torch.no_grad():
-            out = hf(input_ids=torch.tensor([list(ids)], device=device), **kwargs)
+        out = recording.forward(input_ids=torch.tensor([list(ids)], device=device), **kwargs)
         record.point("forward-done")
     total = time.perf_counter() - started
     missing = [l for l, lb in enumerate(layers) if lb is None]

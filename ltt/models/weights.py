@@ -58,10 +58,34 @@ def _float32():
     return torch.float32
 
 
+#: How many evenly strided elements of each parameter :func:`weights_stamp` hashes.
+SAMPLE = 4096
+
+
+def _sample_hash(p: Any) -> int | None:
+    """A hash of :data:`SAMPLE` evenly strided elements of ``p``'s bytes (all of them for a
+    parameter of up to that many elements): it changes when the values are edited behind the
+    version counter, through ``p.data`` or a NumPy view of the weight."""
+    import torch
+
+    if p.device.type == "meta":
+        return None
+    flat = p.detach().reshape(-1)
+    step = max(1, flat.numel() // SAMPLE)
+    sample = flat[::step].contiguous()
+    if sample.dtype != torch.uint8:
+        sample = sample.view(torch.uint8)
+    return hash(sample.cpu().numpy().tobytes())
+
+
 def weights_stamp(params: Sequence[Any]) -> tuple:
     """What identifies the current values of ``params``: version counter, storage, dtype,
-    device and shape of each (changes with ``load_state_dict``, optimiser steps, in-place edits)."""
-    return tuple((p._version, p.data_ptr(), str(p.dtype), str(p.device), tuple(p.shape)) for p in params)
+    device, shape and a sampled hash of the values of each (changes with ``load_state_dict``,
+    optimiser steps, in-place edits, and edits through ``.data`` or a NumPy view that the
+    version counter does not see; an edit of elements between the sampled ones of a parameter
+    larger than :data:`SAMPLE` elements is found by the trace's exactness check instead)."""
+    return tuple((p._version, p.data_ptr(), str(p.dtype), str(p.device), tuple(p.shape), _sample_hash(p))
+                 for p in params)
 
 
 def _offloaded(module: Any) -> bool:

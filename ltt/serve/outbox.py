@@ -136,7 +136,6 @@ class Outbox:
         key = ("prompts-add",)
         old = self._items.get(key)
         if old is not None:  # deltas merge: the first start, every added prompt
-            self.coalesced += 1
             data = json.loads(old[1])
             data["add"] = data["add"] + list(msg["add"])
             self._set(key, "text", encode(data))

@@ -270,3 +270,32 @@ def test_prompt_list_changes_go_as_deltas_to_every_page(dirs):
         assert state.prompts == ["The cat", "The dog"]
     finally:
         state.worker.stop()
+
+
+def test_a_flood_of_changes_from_one_page_is_one_job(dirs):
+    from conftest import ServeSession
+    from ltt.serve.app import ServeConfig, ServeState
+
+    driver = ServeSession(ServeState(ServeConfig(models=[dirs["llama"]], embedded=False, max_tokens=40)))
+    s, got, ask = driver.session, driver.got, driver.ask
+    llama = os.path.basename(dirs["llama"])
+    gate = threading.Event()
+    try:
+        assert ask({"method": "open", "model": llama, "prompt": "The cat sat on the mat"})["state"] == "done"
+        s.state.worker.submit(object(), "busy", lambda job: gate.wait(30))  # another page's long job
+        start = len(got)
+        for i in range(40):
+            driver.send({"method": "update", "state": {"threshold": 0.01 + i / 1000}})
+        driver.send({"method": "update", "state": {"normalize": False}})
+        waiting = [j for j in s.state.worker.waiting() if j.owner is s]
+        assert len(waiting) == 1  # 41 messages, one job: the latest value of each trait
+        driver._done.clear()
+        gate.set()
+        assert driver._done.wait(60)
+        assert s.widget.threshold == 0.049 and s.widget.normalize is False
+        assert s.widget.graph["settings"]["threshold"] == 0.049
+        ids = {m["job"]["id"] for m in got[start:] if m["method"] == "job"}
+        assert len(ids) == 1
+    finally:
+        gate.set()
+        driver.close()

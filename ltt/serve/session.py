@@ -94,6 +94,7 @@ class Session:
         self._dirty: dict[str, list[str]] = {}
         self._traits = synced_traits()
         self.closed = False
+        self._pending: dict[str, tuple[Any, dict]] = {}  # view -> its waiting update job and changes
         self.last_seen = time.monotonic()  # the page's last message (idle pages yield a full server's slot)
 
     @property
@@ -153,7 +154,7 @@ class Session:
         except Exception as exc:  # never let a message take the connection (or server) down
             self.error(f"{type(exc).__name__}: {exc}")
 
-    def _queue(self, label: str, fn: Callable[[Any], None]) -> None:
+    def _queue(self, label: str, fn: Callable[[Any], None]) -> Any:
         waiting = sum(1 for j in self.state.worker.waiting() if j.owner is self)
         if waiting >= MAX_WAITING:
             raise ClientError(f"{waiting} requests of this page are already waiting: wait or cancel some")
@@ -164,7 +165,7 @@ class Session:
                 if not self.closed:
                     self._account()
 
-        self.state.worker.submit(self, label, run)
+        return self.state.worker.submit(self, label, run)
 
     def _model_key(self, msg: dict) -> tuple[str, str, str]:
         try:
@@ -233,8 +234,12 @@ class Session:
         if bad:
             raise ClientError(f"the page may only set {', '.join(WRITABLE)}; got {', '.join(map(str, bad))[:200]}")
         view = self._view(msg)
+        pending = self._pending.get(view)
+        if pending is not None and self.state.worker.merge(self, pending[0], lambda: pending[1].update(changes)):
+            return  # a flood of changes is one job: the latest value of each trait
+        changes = dict(changes)
         label = "re-pruning" if {"threshold", "renormalize", "targets"} & set(changes) else "filling the panel"
-        self._queue(label, lambda job: self._apply(view, changes))
+        self._pending[view] = (self._queue(label, lambda job: self._apply(view, changes)), changes)
 
     def _pick(self, msg: dict) -> None:
         index = msg.get("index")

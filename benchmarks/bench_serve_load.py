@@ -182,6 +182,7 @@ def main() -> None:
         check("flood answered", True, f"{sent} messages from {len(tabs) - 1} tabs in {took:.1f} s")
         # -- silent pages while the list grows ------------------------------------------------------
         silent = [silent_socket(srv.port) for _ in range(args.silent)]
+        opened = time.monotonic()
         time.sleep(1)
         before = rss(srv.proc.pid)[0]
         for k in range(args.broadcasts):
@@ -192,9 +193,10 @@ def main() -> None:
         figures["RSS growth with silent pages"] = during - before
         check("silent pages cost bounded memory", during - before < 64 << 20,
               f"RSS {before >> 20} -> {during >> 20} MiB after {args.broadcasts} broadcasts to {args.silent} silent pages")
-        # the silent pages cannot take the broadcasts: within the send timeout the server closes
-        # them (1013) and frees their slots, while their sockets are still open on this side
-        time.sleep(36)
+        # the silent pages answer no ping (every 20 s, 20 s to answer) and take no message: the
+        # server closes them (keepalive, or 1013 when a send waits over 30 s) and frees their
+        # slots, while their sockets are still open on this side
+        time.sleep(max(0.0, opened + 2 * 20 + 8 - time.monotonic()))
         extra = [connect(srv.url, open_timeout=30) for _ in range(cap - len(tabs))]
         got = [json.loads(c.recv(timeout=30))["method"] for c in extra]
         check("silent pages' slots freed by the server", got.count("hello") == len(extra),

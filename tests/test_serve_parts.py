@@ -158,3 +158,144 @@ def test_session_bounds_the_traces_a_page_keeps(dirs, monkeypatch, tmp_path):
         assert got[-1] == {"method": "error", "message": "view must be one of a, b, got None"}
     finally:
         driver.close()
+
+
+def test_outbox_coalesces_by_key_and_overflows_at_its_byte_bound():
+    from ltt.serve.outbox import Outbox
+
+    box = Outbox(4096)
+    box.put({"method": "update", "view": "main", "state": {"threshold": 0.1, "graph": {"edges": [1]}}})
+    box.put({"method": "job", "job": {"id": 7, "state": "running"}})
+    for i in range(500):  # a flood: only the latest value of each trait and job waits
+        box.put({"method": "update", "view": "main", "state": {"threshold": i / 1000}})
+        box.put({"method": "job", "job": {"id": 7, "state": "running", "n": i}})
+    box.put({"method": "prompts", "start": 3, "add": ["a"]})
+    box.put({"method": "prompts", "start": 4, "add": ["b"]})
+    assert len(box) == 3 and box.coalesced == 1001 and box.pending_bytes < 4096
+    got = [json.loads(t) for t in iter(box.pop, None)]
+    assert got[0] == {"method": "update", "view": "main", "state": {"threshold": 0.499, "graph": {"edges": [1]}}}
+    assert got[1]["job"]["n"] == 499 and got[2] == {"method": "prompts", "start": 3, "add": ["a", "b"]}
+    # a state message replaces the views: waiting updates of the old ones are dropped
+    box.put({"method": "update", "view": "main", "state": {"threshold": 0.2}})
+    box.put({"method": "state", "views": {"main": {}}})
+    assert [json.loads(t)["method"] for t in iter(box.pop, None)] == ["state"]
+    # one message larger than the bound still goes when nothing else waits; a second one overflows
+    box.put({"method": "error", "message": "x" * 10_000})
+    assert not box.overflowed and len(box) == 1
+    box.put({"method": "diff", "summary": "y" * 100})
+    assert "behind" in box.overflowed and box.pending_bytes == 0 and len(box) == 0
+    box.put({"method": "error", "message": "after"})  # nothing more is kept for a page being closed
+    assert len(box) == 0
+
+
+def test_trace_budget_refuses_before_tracing_and_evicts_the_least_recently_used(dirs, monkeypatch):
+    from conftest import ServeSession
+    from ltt.serve.app import ServeConfig, ServeState
+
+    state = ServeState(ServeConfig(models=[dirs["llama"]], embedded=False, max_tokens=40))
+    driver = ServeSession(state)
+    s, got, ask = driver.session, driver.got, driver.ask
+    llama = os.path.basename(dirs["llama"])
+    try:
+        model = state.cache.get(llama)
+        calls = []
+        real = model.trace
+        monkeypatch.setattr(model, "trace", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
+        state.budget.max_bytes = 100  # smaller than any trace: refused by its estimate, never run
+        job = ask({"method": "open", "model": llama, "prompt": "The cat sat"})
+        assert job["state"] == "failed" and "trace budget of 0.0 MiB (--max-memory)" in job["error"], job
+        assert calls == [] and s.widget is None and state.budget.used == 0
+        state.budget.max_bytes = 1 << 30
+        assert ask({"method": "open", "model": llama, "prompt": "The cat sat"})["state"] == "done"
+        one = state.budget.used
+        assert one > 0 and state.budget.held(s) == 1
+        state.budget.max_bytes = int(one * 1.5)  # room for one trace: the next evicts the first
+        assert ask({"method": "custom", "content": {"type": "run", "prompt": "The dog ran"}})["state"] == "done"
+        assert s.widget._traces[0] is None and s.widget._traces[1] is not None
+        notice = [m for m in got if m["method"] == "evicted"]
+        assert len(notice) == 1 and "'The cat sat'" in notice[0]["message"] and "--max-memory" in notice[0]["message"]
+        assert state.budget.used <= state.budget.max_bytes and state.budget.evictions == 1
+        n = len(calls)
+        assert ask({"method": "update", "state": {"prompt_index": 0}})["state"] == "done"  # traced again
+        assert len(calls) == n + 1 and s.widget._traces[0] is not None and s.widget._traces[1] is None
+        assert s.widget.graph["tokens"] and state.budget.used <= state.budget.max_bytes
+    finally:
+        driver.close()
+
+
+def test_token_guesses_are_rate_limited_per_address_and_bad_families_refused(dirs, tmp_path):
+    from starlette.requests import Request
+
+    from ltt.serve import parse_size
+    from ltt.serve.app import DEMO_PROMPTS, TOKEN_FAILURES, ServeConfig, ServeState
+
+    state = ServeState(ServeConfig(models=[dirs["llama"]], embedded=False, host="0.0.0.0", token="right-token-123"))
+    try:
+        def ask(token, client="10.0.0.9"):
+            scope = {"type": "http", "method": "GET", "path": "/", "headers": [(b"host", b"example.org:8765")],
+                     "query_string": f"token={token}".encode(), "client": (client, 5555)}
+            return state.refusal_status(Request(scope))
+
+        assert ask("right-token-123") is None
+        for i in range(TOKEN_FAILURES):
+            assert ask(f"guess-{i}")[0] == 403
+        status, why = ask("right-token-123")  # even the right token waits once the address guessed too often
+        assert status == 429 and "too many wrong tokens from 10.0.0.9" in why
+        assert ask("right-token-123", client="10.0.0.10") is None  # another address is not blocked
+        assert state.prompts == list(DEMO_PROMPTS)  # no --prompts: the demo prompts
+    finally:
+        state.worker.stop()
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    with pytest.raises(ValueError, match=r"unsupported architecture model_type='bert'; ltt supports the model types: .*llama"):
+        ServeState(ServeConfig(models=[str(bert)], embedded=False))
+    assert parse_size("2G") == 2 << 30 and parse_size("800M") == 800 << 20
+    with pytest.raises(ValueError, match="--max-memory must be a size"):
+        parse_size("lots")
+
+
+def test_prompt_list_changes_go_as_deltas_to_every_page(dirs):
+    from ltt.serve.app import ServeConfig, ServeState
+    from ltt.serve.session import Session
+
+    state = ServeState(ServeConfig(models=[dirs["llama"]], embedded=False, prompts=["The cat"]))
+    heard: list[dict] = []
+    try:
+        pages = [Session(state, heard.append) for _ in range(3)]
+        state.sessions.update(pages)
+        assert pages[0].hello()["prompts"] == ["The cat"]
+        pages[0].handle(json.dumps({"method": "add_prompt", "prompt": "The dog"}))
+        assert heard == [{"method": "prompts", "start": 1, "add": ["The dog"]}] * 3  # the change, not the list
+        assert state.prompts == ["The cat", "The dog"]
+    finally:
+        state.worker.stop()
+
+
+def test_a_flood_of_changes_from_one_page_is_one_job(dirs):
+    from conftest import ServeSession
+    from ltt.serve.app import ServeConfig, ServeState
+
+    driver = ServeSession(ServeState(ServeConfig(models=[dirs["llama"]], embedded=False, max_tokens=40)))
+    s, got, ask = driver.session, driver.got, driver.ask
+    llama = os.path.basename(dirs["llama"])
+    gate = threading.Event()
+    try:
+        assert ask({"method": "open", "model": llama, "prompt": "The cat sat on the mat"})["state"] == "done"
+        s.state.worker.submit(object(), "busy", lambda job: gate.wait(30))  # another page's long job
+        start = len(got)
+        for i in range(40):
+            driver.send({"method": "update", "state": {"threshold": 0.01 + i / 1000}})
+        driver.send({"method": "update", "state": {"normalize": False}})
+        waiting = [j for j in s.state.worker.waiting() if j.owner is s]
+        assert len(waiting) == 1  # 41 messages, one job: the latest value of each trait
+        driver._done.clear()
+        gate.set()
+        assert driver._done.wait(60)
+        assert s.widget.threshold == 0.049 and s.widget.normalize is False
+        assert s.widget.graph["settings"]["threshold"] == 0.049
+        ids = {m["job"]["id"] for m in got[start:] if m["method"] == "job"}
+        assert len(ids) == 1
+    finally:
+        gate.set()
+        driver.close()

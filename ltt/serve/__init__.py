@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from ltt import config
 
-__all__ = ["serve", "read_prompts", "add_parser", "run_command"]
+__all__ = ["serve", "read_prompts", "add_parser", "run_command", "parse_size"]
 
 EXTRA_HINT = "ltt serve needs the serve extra: pip install 'ltt[serve]' (starlette, uvicorn, websockets)"
 
@@ -71,6 +71,7 @@ def serve(
     max_tokens: int = 512,
     max_connections: int = 8,
     max_models: int = 2,
+    max_memory: int | None = None,
 ) -> int:
     """Run the live app until Ctrl-C (what ``ltt serve`` runs); returns 0 on a clean stop.
 
@@ -82,7 +83,7 @@ def serve(
         raise ImportError(f"{EXTRA_HINT} ({exc})") from None
     return run(ServeConfig(models=list(models), models_dirs=list(models_dirs), prompts=list(prompts),
                            host=host, port=port, token=token, max_tokens=max_tokens,
-                           max_connections=max_connections, max_models=max_models))
+                           max_connections=max_connections, max_models=max_models, max_memory=max_memory))
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -99,16 +100,38 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=512, help="longest prompt in tokens (default 512)")
     p.add_argument("--max-connections", type=int, default=8, help="open pages at once (default 8)")
     p.add_argument("--max-models", type=int, default=2, help="models kept loaded, least recently used evicted (default 2)")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="bytes the kept traces of all pages may hold together, e.g. 4G or 800M (default: half "
+                        "the memory available at startup); least recently used traces are dropped")
     return p
+
+
+def parse_size(text: str, what: str = "--max-memory") -> int:
+    """A byte count from ``4G``, ``800M``, ``512K`` or a plain number of bytes.
+
+    >>> parse_size("1.5G"), parse_size("800M"), parse_size("4096")
+    (1610612736, 838860800, 4096)
+    """
+    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    number = t[:-1] if factor > 1 else t
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{what} must be a size such as 4G, 800M or a number of bytes, got {text!r}") from None
+    if not value > 0 or value * factor > 1 << 50:
+        raise ValueError(f"{what} must be a positive size, got {text!r}")
+    return int(value * factor)
 
 
 def run_command(args: argparse.Namespace) -> int:
     """``ltt serve``'s body: check the options, then serve."""
     prompts = read_prompts(args.prompts) if args.prompts else []
+    max_memory = parse_size(args.max_memory) if args.max_memory is not None else None
     if config.quiet():
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     return serve(models=args.model, models_dirs=args.models_dir, prompts=prompts, host=args.host,
                  port=args.port, token=args.token, max_tokens=args.max_tokens,
-                 max_connections=args.max_connections, max_models=args.max_models)
+                 max_connections=args.max_connections, max_models=args.max_models, max_memory=max_memory)

@@ -93,6 +93,17 @@ class Worker:
         self._announce()
         return True
 
+    def merge(self, owner: Any, job: Job, fn: Callable[[], None]) -> bool:
+        """Run ``fn()`` (which folds new work into ``job``) if ``job`` still waits and is
+        ``owner``'s last waiting job; False otherwise (it started, or later work of the owner
+        waits behind it, which must keep its order)."""
+        with self._cond:
+            mine = [j for j in self._queue if j.owner is owner]
+            if job.state != "queued" or not mine or mine[-1] is not job:
+                return False
+            fn()
+            return True
+
     def cancel_owner(self, owner: Any) -> None:
         """Drop every waiting job of ``owner`` (its connection closed)."""
         with self._cond:

@@ -43,6 +43,27 @@ class ModelEntry:
     label: str
 
 
+def check_family(path: str, what: str) -> str | None:
+    """Why the model directory ``path`` cannot be traced (its ``config.json``'s ``model_type`` is
+    not a supported family, the list of supported ones included), or None."""
+    import json
+
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as fh:
+            config = json.load(fh)
+    except (OSError, ValueError):  # no config or a broken one: the load says why, later
+        return None
+    from ltt.models.families import FAMILIES, REFUSED, supported
+
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type in FAMILIES:
+        return None
+    if model_type in REFUSED:
+        return f"{what} {path!r}: cannot trace model_type={model_type!r}: {REFUSED[model_type]}"
+    return (f"{what} {path!r}: unsupported architecture model_type={model_type!r}; ltt supports the model "
+            f"types: {', '.join(supported())}")
+
+
 def _embedded_available(name: str) -> bool:
     from ltt.models.embedded import locate
 
@@ -65,11 +86,15 @@ class ModelRegistry:
 
     def __init__(self, models: list[str], models_dirs: list[str], embedded: bool = True):
         self._by_id: dict[str, ModelEntry] = {}
+        self.skipped: list[str] = []  # --models-dir entries of unsupported families
         for m in models:
             if not isinstance(m, str) or not m.strip():
                 raise ValueError(f"--model must name a model, got {m!r}")
             if os.path.isdir(m):
                 path = os.path.abspath(m)
+                why = check_family(path, "--model")
+                if why:
+                    raise ValueError(why)
                 name = os.path.basename(path.rstrip(os.sep)) or path
                 self._add(name, path, f"{name} (--model directory)")
             else:
@@ -86,6 +111,10 @@ class ModelRegistry:
             for sub in sorted(os.listdir(d)):
                 path = os.path.abspath(os.path.join(d, sub))
                 if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+                    why = check_family(path, "--models-dir entry")
+                    if why:  # not offered; said at startup
+                        self.skipped.append(why)
+                        continue
                     self._add(sub, path, f"{sub} ({os.path.basename(os.path.abspath(d))}/)")
         if embedded:
             from ltt.models.embedded import EMBEDDED

@@ -9,7 +9,12 @@ its traits (validated by the widget), its observers re-prune and fill panels, an
 trait it changed goes back to the page. Serve's own messages: ``hello`` (models, devices, dtypes,
 prompts, limits), ``open`` (load a model, trace a prompt), ``diff`` (two prompts side by side,
 the views of a :class:`ltt.widget.diff.DiffWidget`, with ``pick`` for its list of changes),
-``cancel``, ``add_prompt``, ``job`` (queue position and progress) and ``error``.
+``cancel``, ``add_prompt``, ``job`` (queue position and progress), ``prompts`` (the shared
+list: whole in ``hello``, then only what was added: ``{"start": n, "add": [...]}``),
+``evicted`` (a kept trace was dropped to stay within the trace budget) and ``error``.
+
+Every trace a view keeps is counted in the server's one :class:`ltt.serve.budget.TraceBudget`:
+estimated and refused before it runs when it cannot fit, measured once made.
 
 All widget work runs in the server's single worker thread (:mod:`ltt.serve.jobs`); ``handle``
 only validates the message's shape on the event loop and queues the work.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any, Callable
 
 from ltt.checks import is_int
@@ -89,6 +95,8 @@ class Session:
         self._dirty: dict[str, list[str]] = {}
         self._traits = synced_traits()
         self.closed = False
+        self._pending: dict[str, tuple[Any, dict]] = {}  # view -> its waiting update job and changes
+        self.last_seen = time.monotonic()  # the page's last message (idle pages yield a full server's slot)
 
     @property
     def widget(self) -> Any:
@@ -123,6 +131,7 @@ class Session:
 
     def handle(self, text: Any) -> None:
         """Act on one message from the page; a bad one gets an ``error`` message back."""
+        self.last_seen = time.monotonic()
         try:
             if not isinstance(text, str):
                 raise ClientError("binary messages are not understood: send JSON text")
@@ -146,11 +155,18 @@ class Session:
         except Exception as exc:  # never let a message take the connection (or server) down
             self.error(f"{type(exc).__name__}: {exc}")
 
-    def _queue(self, label: str, fn: Callable[[Any], None]) -> None:
+    def _queue(self, label: str, fn: Callable[[Any], None]) -> Any:
         waiting = sum(1 for j in self.state.worker.waiting() if j.owner is self)
         if waiting >= MAX_WAITING:
             raise ClientError(f"{waiting} requests of this page are already waiting: wait or cancel some")
-        self.state.worker.submit(self, label, fn)
+        def run(job: Any) -> None:
+            try:
+                fn(job)
+            finally:
+                if not self.closed:
+                    self._account()
+
+        return self.state.worker.submit(self, label, run)
 
     def _model_key(self, msg: dict) -> tuple[str, str, str]:
         try:
@@ -172,6 +188,7 @@ class Session:
             if w is not None and self.model_key == key and (prompt in w.prompts or len(w.prompts) < MAX_TRACES):
                 return self._run_here("main", prompt)
             model = self._load(job, key)
+            self._reserve(model, [prompt])
             job.progress(f"tracing {_short(prompt)} on {key[0]}")
             self._show(model, key, prompt)
 
@@ -185,6 +202,7 @@ class Session:
 
         def work(job: Any) -> None:
             model = self._load(job, key)
+            self._reserve(model, [pa, pb])
             job.progress(f"tracing and diffing {_short(pa, 24)} and {_short(pb, 24)}")
             self._show_diff(model, key, pa, pb)
 
@@ -217,8 +235,12 @@ class Session:
         if bad:
             raise ClientError(f"the page may only set {', '.join(WRITABLE)}; got {', '.join(map(str, bad))[:200]}")
         view = self._view(msg)
+        pending = self._pending.get(view)
+        if pending is not None and self.state.worker.merge(self, pending[0], lambda: pending[1].update(changes)):
+            return  # a flood of changes is one job: the latest value of each trait
+        changes = dict(changes)
         label = "re-pruning" if {"threshold", "renormalize", "targets"} & set(changes) else "filling the panel"
-        self._queue(label, lambda job: self._apply(view, changes))
+        self._pending[view] = (self._queue(label, lambda job: self._apply(view, changes)), changes)
 
     def _pick(self, msg: dict) -> None:
         index = msg.get("index")
@@ -256,11 +278,16 @@ class Session:
         if w is None or self.closed:
             return
         if bos is None and prompt in w.prompts:
-            w.prompt_index = w.prompts.index(prompt)
+            index = w.prompts.index(prompt)
+            self._ensure(w, index)
+            w.prompt_index = index
         elif len(w.prompts) >= MAX_TRACES:
             raise ValueError(f"this view already keeps {len(w.prompts)} traced prompts, the most a page keeps: "
                              "press the toolbar's Run to start a fresh view with this prompt")
         else:
+            model = w._model or getattr(w._traces[w.prompt_index], "model", None)
+            if model is not None:
+                self._reserve(model, [prompt], bos)
             w.run(prompt, prepend_bos=bos)
         self._flush()
 
@@ -274,6 +301,7 @@ class Session:
         for name, w in views.items():
             self._watch(name, w)
         for w in old:
+            self._release(w)
             w.close()
         self.send({"method": "state", "views": {name: {n: _wire(getattr(w, n)) for n in self._traits}
                                                 for name, w in views.items()},
@@ -317,6 +345,10 @@ class Session:
         w = self.views.get(view)
         if w is None or self.closed:
             return
+        index = changes.get("prompt_index", w.prompt_index)
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(w._traces):
+            self._ensure(w, index)  # an evicted prompt is traced again within the budget
+        self._ensure(w, w.prompt_index)
         errors = []
         for name, value in changes.items():
             try:
@@ -327,6 +359,52 @@ class Session:
         self._flush()
         if errors:
             raise ValueError("; ".join(errors))
+
+    # -- the trace budget (worker thread) --------------------------------------------------------
+
+    def _reserve(self, model: Any, prompts: list[str], bos: bool | None = None) -> None:
+        """Refuse, before any forward pass, traces whose estimated kept size cannot fit the
+        server's budget; otherwise make room for them (least recently used traces go)."""
+        from ltt.models.tracing import estimate_bytes
+
+        need = 0
+        for p in prompts:
+            T = len(model._encode(p, prepend_bos=bos))
+            need += estimate_bytes(model, T)["kept"]
+        what = f"a trace of {_short(prompts[0])}" if len(prompts) == 1 else f"the {len(prompts)} traces of this diff"
+        keep = frozenset((id(w), w.prompt_index) for w in self.views.values())
+        self.state.budget.reserve(need, what, keep)
+
+    def _ensure(self, w: Any, index: int) -> None:
+        if w._traces[index] is None and w._model is not None:
+            self._reserve(w._model, [w.prompts[index]])
+
+    def _account(self) -> None:
+        """Count every trace the views keep now; the shown ones become the most recently used."""
+        budget = self.state.budget
+        for w in self.views.values():
+            for i, t in enumerate(w._traces):
+                if t is not None and not budget.holds(w, i):
+                    budget.hold(w, i, t, self, self._evict)
+            budget.touch(w, w.prompt_index)
+
+    def _release(self, w: Any) -> None:
+        self.state.budget.release_widget(w)
+
+    def _evict(self, w: Any, index: int, why: str) -> None:
+        """The budget dropped trace ``index`` of view widget ``w``: a prompt view traces it again
+        when picked; a diff (made from traces, not prompts) is dropped whole."""
+        prompt = w.prompts[index] if index < len(w.prompts) else "?"
+        if self.diff is not None and w in self.views.values():
+            for other in list(self.views.values()):
+                self._release(other)
+            self.views, self.diff = {}, None
+            self.send({"method": "evicted", "message": f"the diff was dropped from the server's memory {why}; "
+                                                       "press Diff to trace it again"})
+            return
+        w._traces[index] = None
+        self.send({"method": "evicted", "message": f"the trace of {_short(prompt)} was dropped from the server's "
+                                                   f"memory {why}; picking it again traces it again"})
 
     def _flush(self) -> None:
         dirty, self._dirty = self._dirty, {}
@@ -350,6 +428,7 @@ class Session:
 
         def drop(job: Any) -> None:
             for w in list(self.views.values()) + ([self.diff] if self.diff is not None else []):
+                self._release(w)
                 w.close()
             self.views, self.diff = {}, None
 

@@ -121,12 +121,14 @@ export function servePage(root, appEl, url = socketURL()) {
       const L = msg.limits || {};
       limitsBox.textContent = `limits: prompts up to ${L.max_tokens} tokens · ${L.max_connections} pages at once · ${L.max_models} models kept loaded`;
     },
-    prompts(msg) {
+    prompts(msg) { // the whole list (hello), or a delta: {start, add} appended at start
       const keep = listSel.value;
-      options(listSel, [["", `prompt list (${msg.prompts.length})`]].concat(msg.prompts.map((p, i) => [String(i), short(p)])));
-      listSel.dataset.prompts = JSON.stringify(msg.prompts);
-      listSel.value = keep && Number(keep) < msg.prompts.length ? keep : "";
+      const list = msg.add ? JSON.parse(listSel.dataset.prompts || "[]").slice(0, msg.start).concat(msg.add) : msg.prompts;
+      options(listSel, [["", `prompt list (${list.length})`]].concat(list.map((p, i) => [String(i), short(p)])));
+      listSel.dataset.prompts = JSON.stringify(list);
+      listSel.value = keep && Number(keep) < list.length ? keep : "";
     },
+    evicted(msg) { showError(msg.message); }, // a kept trace dropped to stay within --max-memory
     state(msg) {
       for (const v of views.values()) v.cleanup();
       views = new Map();

@@ -17,10 +17,8 @@ import os
 import re
 from typing import Any, Iterable, Sequence
 
-from ltt.checks import is_int
-import numpy as np
-
 from ltt import config
+from ltt.checks import is_int
 from ltt.routes import store
 from ltt.routes.fingerprint import PromptChain, differences, settings_of
 from ltt.routes.routeset import RouteSet

@@ -116,7 +116,10 @@ def _run_trace(args: argparse.Namespace) -> int:
         if tokenizer is not None:
             _check_target(tokenizer, args.prompt, args.target)
     model = _load(args, tokenizer)
-    trace = model.trace(_parse_ids(ids) if ids is not None else args.prompt, prepend_bos=args.bos)
+    if ids is not None:  # checked against the vocabulary under the option's own name, then traced as given
+        trace = model.trace(model._encode(_parse_ids(ids), argname="--ids", prepend_bos=args.bos))
+    else:
+        trace = model.trace(args.prompt, prepend_bos=args.bos)
     from ltt.graph import GraphSettings, build
 
     targets = None if args.target is None else [args.target]
@@ -150,15 +153,10 @@ def _parse_ids(text: str) -> list[int]:
 
 
 def _check_writable(path: str | None, option: str) -> None:
-    if path is None:
-        return
-    if os.path.isdir(path):
-        raise ValueError(f"{option} {path!r} is a directory: cannot write there (give a file path)")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise ValueError(f"{option} {path!r}: cannot write there (folder missing or not writable)")
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise ValueError(f"{option} {path!r}: cannot write there (the file is not writable)")
+    if path is not None:
+        from ltt.export import check_output_path
+
+        check_output_path(path, option)
 
 
 def _tokenizer_first(args: argparse.Namespace):

@@ -86,7 +86,11 @@ class Steps:
         self._last = None  # when the last plain line was written
         self._bar = None
         self._off = quiet_requested()
-        self._terminal = not quiet()
+        if stream is None:
+            self._terminal = not quiet()
+        else:  # a stream of the caller's: a bar only on a terminal
+            isatty = getattr(stream, "isatty", None)
+            self._terminal = bool(isatty and isatty())
 
     @property
     def stream(self) -> Any:

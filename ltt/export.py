@@ -215,8 +215,10 @@ def _offline_data(trace: Any, carried: list[int], floor: float, norm: int, with_
     best: list[tuple[float, int, str, dict]] = []  # a min-heap of the heads kept so far
     cols: dict[str, list[np.ndarray]] = {"l": [], "t": [], "k": [], "s": [], "v": []}
     maps: dict[str, Any] = {}
+    row_sums: list[np.ndarray] = []
     for layer in range(L):
         contrib, pattern = _head_maps(trace, full, layer, H, with_model)
+        row_sums.append(np.array([[contrib[h, t].sum() for t in range(T)] for h in range(H)], np.float32))
         progress.step(f"head maps of layer {layer}")
         rows = SparseRows.from_dense(np.tril(contrib), floor)  # parts >= floor and each state's largest
         cols["l"].append(np.full(len(rows.values), layer, np.uint16))
@@ -245,7 +247,8 @@ def _offline_data(trace: Any, carried: list[int], floor: float, norm: int, with_
             rw.append(e.weight)
     raw = {"l": np.array(rl, np.uint16), "t": np.array(rt, np.uint16), "s": np.array(rs, np.uint16),
            "w": np.array(rw, np.float32)}
-    return {"single": single, "heads": heads, "raw": raw, "maps": maps, "n_maps": [len(maps), L * H]}
+    return {"single": single, "heads": heads, "raw": raw, "maps": maps, "n_maps": [len(maps), L * H],
+            "_row_sums": row_sums}
 
 
 def report_data(
@@ -361,9 +364,11 @@ def report_data(
                     P[hkey] = None  # filled below, in this order
                     wanted.append((layer, hs["head"], t))
     progress.step("head views")
+    row_sums = offline.pop("_row_sums")  # [L][H, T]: each head's share of each state, from the maps
     for i in range(0, len(wanted), _HEADS_AT_ONCE):
         some = wanted[i : i + _HEADS_AT_ONCE]
-        for (layer, head, t), (view, _m) in zip(some, panels.head_views(trace, some, k)):
+        for (layer, head, t), view in zip(some, panels.head_effects(
+                trace, some, lambda l, h, t: row_sums[l][h, t], k)):
             P[f"hv:{layer}:{head}:{t}"] = view
     info = panels.model_info(trace, graphs["renorm"])
     prompt = str(getattr(trace, "prompt", "")) or "".join(trace.tokens)

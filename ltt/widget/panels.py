@@ -155,6 +155,21 @@ def head_views(trace: Any, heads: list[tuple[int, int, int]], k: int = 10) -> li
     return out
 
 
+def head_effects(trace: Any, heads: list[tuple[int, int, int]], shares: Any, k: int = 10) -> list[dict[str, Any]]:
+    """:func:`head_view`'s panel without its maps, for many ``(layer, head, target)`` at once: the
+    promoted and suppressed tokens in one batched projection, ``share_of_state`` read from
+    ``shares(layer, head, target)`` (the head's contribution row sum, as the report has it from
+    the maps it computes anyway)."""
+    found = interpret.promoted_many(trace, [(layer, t, "attn", head) for layer, head, t in heads], k=k)
+    out = []
+    for (layer, head, t), p in zip(heads, found):
+        view = effects(p)
+        view["head"] = int(head)
+        view["share_of_state"] = float(shares(layer, head, t))
+        out.append(view)
+    return out
+
+
 def attention_panel(
     trace: Any, edge: str, weight: float | None = None, head: int | None = None, k: int = 10,
     with_head: bool = True, block: Any = None,

@@ -302,6 +302,7 @@ def report_data(
         "predictions": predictions,
         "offline": offline,
         "panels": {},
+        "panel_keys": dict(panels.PANEL_KEYS),  # report_kernel.js builds its keys from these
         "precision": _precision(floor, carried, T, offline["n_maps"]),
     }
     P = store["panels"]
@@ -328,10 +329,10 @@ def report_data(
             for flag in (1, 0)}
     for name, n in nodes.items():
         if n.kind == "M":
-            P[f"ffn:{name}"] = next(ffn)
+            P[panels.panel_key("ffn", node=name)] = next(ffn)
         else:
             for norm_flag in (1, 0):
-                P[f"state:{name}:{norm_flag}"] = next(lens[norm_flag])
+                P[panels.panel_key("state", node=name, normalize=norm_flag)] = next(lens[norm_flag])
     progress.step("the other targets' states")
     if nodes and max_extra_states > 0:  # the other targets' states: top tokens with the final norm
         extra: list[str] = []
@@ -343,7 +344,7 @@ def report_data(
             if len(extra) >= max_extra_states:
                 break
         for name, panel in zip(extra[:max_extra_states], panels.state_panels(trace, extra[:max_extra_states], True, k)):
-            P[f"state:{name}:1"] = panel
+            P[panels.panel_key("state", node=name, normalize=1)] = panel
     progress.step("attention edges")
     targets = {key: (e.layer, e.target_token) for key, e in edges.items()
                if e.kind == ATTENTION}  # edge -> (layer, target token)
@@ -352,14 +353,14 @@ def report_data(
     wanted: list[tuple[int, int, int]] = []  # (layer, head, target) of the head views, in order
     for key, e in edges.items():
         if e.kind == RESIDUAL:
-            P[f"edge:{key}"] = panels.residual_panel(key, e.weight)
+            P[panels.panel_key("edge", edge=key)] = panels.residual_panel(key, e.weight)
         elif e.kind == ATTENTION:
             layer, t = targets[key]
             panel, _ = panels.attention_panel(trace, key, e.weight, k=k, with_head=False,
                                               block=blocks[(layer, t)])
-            P[f"edge:{key}"] = panel
+            P[panels.panel_key("edge", edge=key)] = panel
             for hs in panel["heads"][: max(1, heads_per_edge)]:
-                hkey = f"hv:{layer}:{hs['head']}:{t}"
+                hkey = panels.panel_key("head", layer=layer, head=hs["head"], target=t)
                 if hkey not in P:
                     P[hkey] = None  # filled below, in this order
                     wanted.append((layer, hs["head"], t))
@@ -369,7 +370,7 @@ def report_data(
         some = wanted[i : i + _HEADS_AT_ONCE]
         for (layer, head, t), view in zip(some, panels.head_effects(
                 trace, some, lambda l, h, t: row_sums[l][h, t], k)):
-            P[f"hv:{layer}:{head}:{t}"] = view
+            P[panels.panel_key("head", layer=layer, head=head, target=t)] = view
     info = panels.model_info(trace, graphs["renorm"])
     prompt = str(getattr(trace, "prompt", "")) or "".join(trace.tokens)
     store["state"] = {

@@ -160,7 +160,7 @@ def _parse_ids(text: str) -> list[int]:
 
 def _check_writable(path: str | None, option: str) -> None:
     if path is not None:
-        from ltt.export import check_output_path
+        from ltt.output import check_output_path
 
         check_output_path(path, option)
 

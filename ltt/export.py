@@ -43,52 +43,18 @@ import numpy as np
 
 from ltt import attribution, interpret
 from ltt.graph import GraphSettings, resolve_targets
+from ltt.output import check_output_path, write_whole
 from ltt.progress import Steps
 from ltt.nodes import ATTENTION, RESIDUAL, Edge, Node, Stage, edge_key, node_name
 from ltt.scores import SparseRows, attribute
 from ltt.widget import panels
 from ltt.widget import STATIC
 
-__all__ = ["to_html", "report_data", "embed_json", "pack", "check_output_path"]
+__all__ = ["to_html", "report_data", "embed_json", "pack"]
 
 _HEADS_AT_ONCE = 256  # head views computed per batch in the report (bounds their maps' memory)
 FLOOR = 0.01  # default lowest threshold the report can show
 REPORT_STEPS = 6  # the report's progress steps besides one per layer
-
-
-def check_output_path(path: Any, argname: str = "path") -> str:
-    """``path`` as a string once it is known that a file can be written there, checked before any
-    work: a ValueError naming ``argname`` and the path otherwise (a folder, a missing folder, no
-    permission, a file system that refuses new files such as ``/proc``). A file that exists is
-    opened for appending and left as it was; one that did not is created and removed again.
-
-    >>> check_output_path("/proc/x.html", "--out")           # doctest: +IGNORE_EXCEPTION_DETAIL
-    Traceback (most recent call last):
-    ValueError: --out '/proc/x.html': cannot write a file there (No such file or directory)
-    """
-    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
-        raise TypeError(f"{argname} must be a file path (str or os.PathLike), got {type(path).__name__}: {path!r}"[:300])
-    text = os.fspath(path)
-    if not text:
-        raise ValueError(f"{argname} is empty: give a file path")
-    if os.path.isdir(text):
-        raise ValueError(f"{argname} {text!r} is a directory: cannot write there (give a file path)")
-    folder = os.path.dirname(os.path.abspath(text))
-    if not os.path.isdir(folder):
-        why = "is not a folder" if os.path.exists(folder) else "does not exist"
-        raise ValueError(f"{argname} {text!r}: cannot write there ({folder!r} {why})")
-    existed = os.path.exists(text)
-    try:
-        with open(text, "ab"):
-            pass
-    except OSError as exc:
-        raise ValueError(f"{argname} {text!r}: cannot write a file there ({exc.strerror or exc})") from None
-    if not existed:
-        try:
-            os.remove(text)
-        except OSError:
-            pass
-    return text
 
 
 def embed_json(data: Any) -> str:
@@ -510,19 +476,5 @@ def to_html(
         )
         if path is None:
             return page
-        _write_whole(path, page)
+        write_whole(path, page)
     return path
-
-
-def _write_whole(path: str, text: str) -> None:
-    """``text`` into ``path`` through a temporary file beside it, renamed over it only once
-    complete: a failure or an interrupt leaves whatever was there before."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

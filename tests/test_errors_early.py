@@ -126,7 +126,7 @@ def test_to_html_checks_its_path_first(traced, monkeypatch, tmp_path):
 
 
 def test_to_html_keeps_the_old_file_on_failure(traced, monkeypatch, tmp_path):
-    from ltt import export
+    from ltt import output
 
     _, trace = traced("llama")
     out = tmp_path / "report.html"
@@ -135,7 +135,7 @@ def test_to_html_keeps_the_old_file_on_failure(traced, monkeypatch, tmp_path):
     def fail(*a, **k):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(export.os, "replace", fail)  # the page is complete, the rename fails
+    monkeypatch.setattr(output.os, "replace", fail)  # the page is complete, the rename fails
     with pytest.raises(RuntimeError, match="injected"):
         trace.to_html(str(out))
     assert out.read_text() == "the user's own file" and os.listdir(tmp_path) == ["report.html"]

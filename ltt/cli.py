@@ -49,8 +49,12 @@ def routes_report(trace, graph, k: int = 5) -> str:
     mode = "renormalized" if graph.renormalize else "raw"
     lines.append(
         f"graph: {len(graph.nodes)} nodes, {len(graph.edges)} edges "
-        f"(threshold {graph.threshold}, {mode}, targets {graph.targets})"
+        f"(threshold {graph.threshold}, {mode}, targets {graph.targets}; edges of every kind: attention, "
+        "residual, FFN)"
     )
+    lines.append("node names: X0_t = token t's embedding, A{l}_t = its state after layer l's attention, "
+                 "M{l}_t = layer l's FFN block at t, I{l}_t = its state after layer l (t: token position from 0, "
+                 "l: layer from 0); flow = the share of the prediction's state a node or edge carries")
     flow = graph.flow()
     token_flow = sorted(
         ((flow.get(n.name, 0.0), n.token) for n in graph.nodes if n.kind == "X"), reverse=True
@@ -69,10 +73,12 @@ def routes_report(trace, graph, k: int = 5) -> str:
             edge_flow.append((f, e))
         elif e.stage is Stage.FFN_OUT:
             ffn_flow[e.layer] = ffn_flow.get(e.layer, 0.0) + f
-    lines.append("layers whose attention moves the most flow:")
+    lines.append("layers whose attention moves the most flow: (attention: through the layer's attention "
+                 "edges between tokens; ffn: through its FFN blocks)")
     for l, f in sorted(attn_flow.items(), key=lambda kv: -kv[1])[:k]:
         lines.append(f"  layer {l:3d}  attention {f:6.3f}   ffn {ffn_flow.get(l, 0.0):6.3f}")
-    lines.append("strongest attention edges and their top heads:")
+    lines.append("strongest attention edges and their top heads: (source state -> target state, its flow, "
+                 "the tokens, each head's share of the edge)")
     for f, e in sorted(edge_flow, key=lambda fe: -fe[0])[:k]:
         s, t = e.source_token, e.target_token
         shares = edge_head_shares(trace, e.layer, t, s, graph.norm)
@@ -119,7 +125,10 @@ def _run_trace(args: argparse.Namespace) -> int:
         if tokenizer is not None:
             _check_target(tokenizer, args.prompt, args.target)
     model = _load(args, tokenizer)
-    trace = model.trace(_parse_ids(ids) if ids is not None else args.prompt, prepend_bos=args.bos)
+    if ids is not None:  # checked against the vocabulary under the option's own name, then traced as given
+        trace = model.trace(model._encode(_parse_ids(ids), argname="--ids", prepend_bos=args.bos))
+    else:
+        trace = model.trace(args.prompt, prepend_bos=args.bos)
     from ltt.graph import GraphSettings, build
 
     targets = None if args.target is None else [args.target]
@@ -153,15 +162,10 @@ def _parse_ids(text: str) -> list[int]:
 
 
 def _check_writable(path: str | None, option: str) -> None:
-    if path is None:
-        return
-    if os.path.isdir(path):
-        raise ValueError(f"{option} {path!r} is a directory: cannot write there (give a file path)")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise ValueError(f"{option} {path!r}: cannot write there (folder missing or not writable)")
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise ValueError(f"{option} {path!r}: cannot write there (the file is not writable)")
+    if path is not None:
+        from ltt.output import check_output_path
+
+        check_output_path(path, option)
 
 
 def _tokenizer_first(args: argparse.Namespace):

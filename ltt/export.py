@@ -42,8 +42,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt.checks import DEFAULT_THRESHOLD, is_int
-from ltt import interpret
+from ltt import attribution, interpret
 from ltt.graph import GraphSettings, resolve_targets
+from ltt.output import check_output_path, write_whole
+from ltt.progress import Steps
 from ltt.nodes import ATTENTION, RESIDUAL, Edge, Node, Stage, edge_key, node_name
 from ltt.scores import SparseRows, attribute
 from ltt.widget import panels
@@ -53,6 +55,7 @@ __all__ = ["to_html", "report_data", "embed_json", "pack"]
 
 _HEADS_AT_ONCE = 256  # head views computed per batch in the report (bounds their maps' memory)
 REPORT_LOWEST_THRESHOLD = 0.01  # the report's slider goes down to this threshold by default
+REPORT_STEPS = 6  # the report's progress steps besides one per layer
 
 
 def embed_json(data: Any) -> str:
@@ -105,7 +108,7 @@ def pack(data: Any) -> tuple[str, str]:
 
     plain = walk(data)
     text = json.dumps(plain, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-    b64 = lambda raw: base64.b64encode(zlib.compress(raw, 9)).decode("ascii")  # noqa: E731
+    b64 = lambda raw: base64.b64encode(zlib.compress(raw, 6)).decode("ascii")  # noqa: E731
     return b64(text), b64(b"".join(chunks))
 
 
@@ -131,19 +134,33 @@ def _quantise(m: np.ndarray) -> tuple[np.ndarray, float]:
     return np.rint(np.clip(m, 0, None) * (255.0 / top)).astype(np.uint8), top / 255.0
 
 
-def _head_maps(trace: Any, layer: int, H: int, with_model: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _head_maps(trace: Any, full: Any, layer: int, H: int, with_model: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """All heads' contribution maps ``[H, T, T]`` of a layer and, with a model, their attention
-    patterns, through the public interpret functions (recomputed on demand there)."""
-    T = len(trace.token_ids)
-    if with_model:
-        views = interpret.head_view_many(trace, [(layer, h, T - 1) for h in range(H)], k=1)
-        return (np.stack([np.asarray(v.contribution, np.float32) for v in views]),
-                np.stack([np.asarray(v.pattern, np.float32) for v in views]))
-    return np.stack([np.asarray(interpret.head_map(trace, layer, h), np.float32) for h in range(H)]), None
+    patterns: each head's probabilities recomputed once and used for both (the kept dense
+    shares when the trace holds them), without any vocabulary projection."""
+    if not with_model:
+        return np.stack([np.asarray(interpret.head_map(trace, layer, h), np.float32) for h in range(H)]), None
+    lb = trace.layers[layer]
+    whole = lb.resid_post if lb.parallel else lb.resid_mid
+    G = lb.values.shape[1]
+    dense = full.layer_dense(layer)[0] if full.dense_fits() else None
+    contrib = np.empty((H, len(whole), len(whole)), np.float32)
+    pattern = np.empty_like(contrib)
+    for h in range(H):
+        probs = np.asarray(lb.attn_head(h), np.float32)
+        pattern[h] = np.tril(probs)
+        if dense is not None:
+            contrib[h] = dense[h]
+            continue
+        g = h // (H // G)
+        contrib[h] = attribution.attn_head_map(
+            0, whole, probs[None], np.ascontiguousarray(lb.values[:, g : g + 1]), lb.w_o[h : h + 1],
+            full.attn_total[layer], norm=full.norm, **lb.attn_norm.core_args())
+    return contrib, pattern
 
 
 def _offline_data(trace: Any, carried: list[int], floor: float, norm: int, with_model: bool,
-                  max_map_bytes: int) -> dict[str, Any]:
+                  max_map_bytes: int, progress: Steps) -> dict[str, Any]:
     """What the page prunes from, for every state (l, t), as flat arrays (index l*T + t):
 
     * ``single``: the residual, bias and FFN shares of the states (raw, before any threshold);
@@ -165,8 +182,11 @@ def _offline_data(trace: Any, carried: list[int], floor: float, norm: int, with_
     best: list[tuple[float, int, str, dict]] = []  # a min-heap of the heads kept so far
     cols: dict[str, list[np.ndarray]] = {"l": [], "t": [], "k": [], "s": [], "v": []}
     maps: dict[str, Any] = {}
+    row_sums: list[np.ndarray] = []
     for layer in range(L):
-        contrib, pattern = _head_maps(trace, layer, H, with_model)
+        contrib, pattern = _head_maps(trace, full, layer, H, with_model)
+        row_sums.append(np.array([[contrib[h, t].sum() for t in range(T)] for h in range(H)], np.float32))
+        progress.step(f"head maps of layer {layer}")
         rows = SparseRows.from_dense(np.tril(contrib), floor)  # parts >= floor and each state's largest
         cols["l"].append(np.full(len(rows.values), layer, np.uint16))
         cols["t"].append(rows.rows.astype(np.uint16))
@@ -194,7 +214,8 @@ def _offline_data(trace: Any, carried: list[int], floor: float, norm: int, with_
             rw.append(e.weight)
     raw = {"l": np.array(rl, np.uint16), "t": np.array(rt, np.uint16), "s": np.array(rs, np.uint16),
            "w": np.array(rw, np.float32)}
-    return {"single": single, "heads": heads, "raw": raw, "maps": maps, "n_maps": [len(maps), L * H]}
+    return {"single": single, "heads": heads, "raw": raw, "maps": maps, "n_maps": [len(maps), L * H],
+            "_row_sums": row_sums}
 
 
 def report_data(
@@ -211,6 +232,7 @@ def report_data(
     carry: Sequence[int] | int | str | None = "all",
     floor: float | None = None,
     max_extra_states: int = 1000,
+    _progress: Steps | None = None,
 ) -> dict[str, Any]:
     """Everything the report embeds, as plain data and NumPy arrays (see the module docstring).
     With ``with_panels=False`` (or a trace without a model) only the graphs are embedded.
@@ -220,6 +242,7 @@ def report_data(
     """
     T = len(trace.token_ids)
     settings = GraphSettings(threshold, renormalize, targets)  # every argument checked here, once
+    progress = _progress if _progress is not None else Steps(len(trace.layers) + REPORT_STEPS, "writing the report")
     tgt, renormalize = settings.positions(T), settings.renormalize
     carried = _carried(carry, T, tgt)
     g_renorm = trace.graph(threshold=threshold, renormalize=True, targets=tgt)
@@ -230,7 +253,7 @@ def report_data(
     if not (0.0 <= floor <= threshold):
         raise ValueError(f"floor must be a number in [0, threshold={threshold}], got {floor!r}")
     with_model = getattr(trace, "model", None) is not None
-    offline = _offline_data(trace, carried, floor, g_renorm.norm, with_model, int(max_map_bytes))
+    offline = _offline_data(trace, carried, floor, g_renorm.norm, with_model, int(max_map_bytes), progress)
     predictions: dict[str, str] = {}
     if with_model:
         L = len(trace.layers)
@@ -246,6 +269,7 @@ def report_data(
         "predictions": predictions,
         "offline": offline,
         "panels": {},
+        "panel_keys": dict(panels.PANEL_KEYS),  # report_kernel.js builds its keys from these
         "precision": _precision(floor, carried, T, offline["n_maps"]),
     }
     P = store["panels"]
@@ -263,6 +287,7 @@ def report_data(
     # answers as single clicks): one logit lens per norm setting over all the states, one
     # projection of the FFN nodes' neurons and blocks, one of the attention blocks, one of the
     # heads. The panels keep the order in which they were filled one by one.
+    progress.step("panels of the shown graph")
     ffn_nodes = [name for name, n in nodes.items() if n.kind == "M"]
     states = [name for name, n in nodes.items() if n.kind != "M"]
     ffn = iter(panels.ffn_panels(trace, ffn_nodes, [ffn_weight.get(name) for name in ffn_nodes], k=k))
@@ -271,10 +296,11 @@ def report_data(
             for flag in (1, 0)}
     for name, n in nodes.items():
         if n.kind == "M":
-            P[f"ffn:{name}"] = next(ffn)
+            P[panels.panel_key("ffn", node=name)] = next(ffn)
         else:
             for norm_flag in (1, 0):
-                P[f"state:{name}:{norm_flag}"] = next(lens[norm_flag])
+                P[panels.panel_key("state", node=name, normalize=norm_flag)] = next(lens[norm_flag])
+    progress.step("the other targets' states")
     if nodes and max_extra_states > 0:  # the other targets' states: top tokens with the final norm
         extra: list[str] = []
         for t in sorted(set(carried) - set(tgt), reverse=True):  # nearest the last token first
@@ -285,7 +311,8 @@ def report_data(
             if len(extra) >= max_extra_states:
                 break
         for name, panel in zip(extra[:max_extra_states], panels.state_panels(trace, extra[:max_extra_states], True, k)):
-            P[f"state:{name}:1"] = panel
+            P[panels.panel_key("state", node=name, normalize=1)] = panel
+    progress.step("attention edges")
     targets = {key: (e.layer, e.target_token) for key, e in edges.items()
                if e.kind == ATTENTION}  # edge -> (layer, target token)
     where = sorted(set(targets.values()))
@@ -293,21 +320,24 @@ def report_data(
     wanted: list[tuple[int, int, int]] = []  # (layer, head, target) of the head views, in order
     for key, e in edges.items():
         if e.kind == RESIDUAL:
-            P[f"edge:{key}"] = panels.residual_panel(key, e.weight)
+            P[panels.panel_key("edge", edge=key)] = panels.residual_panel(key, e.weight)
         elif e.kind == ATTENTION:
             layer, t = targets[key]
             panel, _ = panels.attention_panel(trace, key, e.weight, k=k, with_head=False,
                                               block=blocks[(layer, t)])
-            P[f"edge:{key}"] = panel
+            P[panels.panel_key("edge", edge=key)] = panel
             for hs in panel["heads"][: max(1, heads_per_edge)]:
-                hkey = f"hv:{layer}:{hs['head']}:{t}"
+                hkey = panels.panel_key("head", layer=layer, head=hs["head"], target=t)
                 if hkey not in P:
                     P[hkey] = None  # filled below, in this order
                     wanted.append((layer, hs["head"], t))
+    progress.step("head views")
+    row_sums = offline.pop("_row_sums")  # [L][H, T]: each head's share of each state, from the maps
     for i in range(0, len(wanted), _HEADS_AT_ONCE):
         some = wanted[i : i + _HEADS_AT_ONCE]
-        for (layer, head, t), (view, _m) in zip(some, panels.head_views(trace, some, k)):
-            P[f"hv:{layer}:{head}:{t}"] = view
+        for (layer, head, t), view in zip(some, panels.head_effects(
+                trace, some, lambda l, h, t: row_sums[l][h, t], k)):
+            P[panels.panel_key("head", layer=layer, head=head, target=t)] = view
     info = panels.model_info(trace, graphs["renorm"])
     prompt = str(getattr(trace, "prompt", "")) or "".join(trace.tokens)
     store["state"] = {
@@ -319,6 +349,7 @@ def report_data(
     }
     from ltt.faithfulness import report_line  # the exported graph's check, one batched rerun
 
+    progress.step("faithfulness check")
     store["state"]["faithfulness"] = report_line(trace, g_renorm if renormalize else g_raw)
     return store
 
@@ -426,22 +457,25 @@ def to_html(
     >>> to_html(trace, "report.html", threshold=0.05, targets=[-1], carry=20)   # doctest: +SKIP
     'report.html'
     """
-    store = report_data(trace, threshold, renormalize, targets, normalize, k, heads_per_edge,
-                        max_map_bytes, with_panels=with_panels, carry=carry, floor=floor,
-                        max_extra_states=max_extra_states)
-    model_name = store["state"]["model_info"].get("name", "model")
-    heading = title or f"ltt · {model_name}"
-    data, blob = pack(store)
-    page = _PAGE.format(
-        title=html.escape(heading),
-        heading=html.escape(heading),
-        css=(STATIC / "graph.css").read_text(encoding="utf-8").replace("</", "<\\/"),
-        data=data,
-        blob=blob,
-        js=_report_js(),
-    )
-    if path is None:
-        return page
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(page)
-    return os.fspath(path)
+    if path is not None:
+        path = check_output_path(path, "path")  # before any work
+    with Steps(len(trace.layers) + REPORT_STEPS, "writing the report") as progress:
+        store = report_data(trace, threshold, renormalize, targets, normalize, k, heads_per_edge,
+                            max_map_bytes, with_panels=with_panels, carry=carry, floor=floor,
+                            max_extra_states=max_extra_states, _progress=progress)
+        progress.step("compressing and writing")
+        model_name = store["state"]["model_info"].get("name", "model")
+        heading = title or f"ltt · {model_name}"
+        data, blob = pack(store)
+        page = _PAGE.format(
+            title=html.escape(heading),
+            heading=html.escape(heading),
+            css=(STATIC / "graph.css").read_text(encoding="utf-8").replace("</", "<\\/"),
+            data=data,
+            blob=blob,
+            js=_report_js(),
+        )
+        if path is None:
+            return page
+        write_whole(path, page)
+    return path

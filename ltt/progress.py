@@ -62,3 +62,76 @@ def bar(total: int | None, desc: str, unit: str, *, leave: bool = True, show: An
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, leave=leave)
+
+
+class Steps:
+    """Progress of a long piece of work in ``total`` steps, shown only once it has run ``delay``
+    seconds (default 2): a tqdm bar when stderr is a terminal (or in a Jupyter kernel), plain
+    lines on any other stderr (a log, a pipe: one line at most every ``every`` seconds and one
+    at the end), nothing with ``LTT_QUIET`` set. ``step(note)`` counts one step; ``note`` says
+    what is running now.
+
+    >>> with Steps(3, "writing the report") as steps:      # doctest: +SKIP
+    ...     for layer in range(3):
+    ...         steps.step(f"layer {layer}")
+    """
+
+    def __init__(self, total: int, desc: str, *, delay: float = 2.0, every: float = 5.0, stream: Any = None):
+        import time
+
+        self._clock = time.perf_counter
+        self.total, self.desc, self.delay, self.every = int(total), desc, float(delay), float(every)
+        self.done, self.note = 0, ""
+        self._stream = stream
+        self._start = self._clock()
+        self._last = None  # when the last plain line was written
+        self._bar = None
+        self._off = quiet_requested()
+        if stream is None:
+            self._terminal = not quiet()
+        else:  # a stream of the caller's: a bar only on a terminal
+            isatty = getattr(stream, "isatty", None)
+            self._terminal = bool(isatty and isatty())
+
+    @property
+    def stream(self) -> Any:
+        return self._stream if self._stream is not None else sys.stderr
+
+    def elapsed(self) -> float:
+        return self._clock() - self._start
+
+    def step(self, note: str = "", n: int = 1) -> None:
+        self.done = min(self.total, self.done + int(n))
+        self.note = note or self.note
+        if self._off or self.elapsed() < self.delay:
+            return
+        if self._terminal:
+            if self._bar is None:
+                from tqdm.auto import tqdm
+
+                self._bar = tqdm(total=self.total, desc=self.desc, unit="step", initial=self.done - n,
+                                 file=self._stream)
+            self._bar.set_postfix_str(self.note, refresh=False)
+            self._bar.update(n)
+        elif self._last is None or self._clock() - self._last >= self.every:
+            self._line(f"{self.done}/{self.total}" + (f", {self.note}" if self.note else ""))
+
+    def _line(self, text: str) -> None:
+        self._last = self._clock()
+        try:
+            print(f"ltt: {self.desc}: {text} ({self.elapsed():.0f} s)", file=self.stream, flush=True)
+        except (OSError, ValueError):  # a closed or broken stderr: the work goes on
+            self._off = True
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elif self._last is not None and not self._off:
+            self._line("done")
+
+    def __enter__(self) -> "Steps":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

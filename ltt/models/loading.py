@@ -11,6 +11,7 @@ wrapped as it is.
 
 from __future__ import annotations
 
+import difflib
 import os
 from typing import Any
 
@@ -68,6 +69,7 @@ def load(
     name = os.fspath(name_or_path)
     if not is_embedded(name):
         name = _local_or_hub(name, "name_or_path")
+        near_embedded(name, "name_or_path")
     if is_embedded(name) and not os.path.isdir(name):
         if device_map is not None:
             raise ValueError(f"device_map is not supported for the embedded model {name!r}; use device")
@@ -136,12 +138,48 @@ def _local_or_hub(name: str, argname: str) -> str:
                        or name.replace(os.sep, "/").count("/") > 1 or ("/" in name and os.path.isdir(head)))
     if not looks_like_path:
         return name
-    existing = os.path.dirname(os.path.abspath(path))
+    raise FileNotFoundError(f"{argname}={name!r}: no such directory ({missing_folder(path)}); a local "
+                            "model is a folder holding config.json and the weights, a hub id looks like 'org/name'")
+
+
+def missing_folder(path: str) -> str:
+    """Where ``path``, which names no folder, went wrong: the nearest folder that exists and,
+    when one of its folders is a near miss of the part not found, "did you mean" it.
+
+    >>> missing_folder("/no-such-folder-here/model")
+    "the nearest folder that exists is '/'"
+    """
+    path = os.path.abspath(os.path.expanduser(path))
+    existing, child = os.path.dirname(path), os.path.basename(path)
     while existing and not os.path.isdir(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    raise FileNotFoundError(
-        f"{argname}={name!r}: no such directory (the nearest folder that exists is {existing!r}); a local "
-        "model is a folder holding config.json and the weights, a hub id looks like 'org/name'")
+        existing, child = os.path.dirname(existing), os.path.basename(existing)
+    text = f"the nearest folder that exists is {existing!r}"
+    try:
+        entries = [e for e in os.listdir(existing) if os.path.isdir(os.path.join(existing, e))]
+    except OSError:
+        entries = []
+    near = difflib.get_close_matches(child, entries, n=3, cutoff=0.6)
+    if near:
+        text += "; did you mean " + " or ".join(repr(os.path.join(existing, e)) for e in near) + "?"
+    return text
+
+
+def near_embedded(name: str, argname: str) -> None:
+    """Refuse a bare name (no folder, no ``org/``) that is a near miss of an embedded model's name,
+    before any hub call: ``smollm-135m`` is a typo, not a hub id worth 26 s of retries.
+
+    >>> near_embedded("gpt2", "name_or_path")          # a real hub id: fine
+    >>> near_embedded("smollm-135m", "name_or_path")   # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ValueError: name_or_path='smollm-135m' is not a model ltt knows: did you mean 'smollm2-135m'? ...
+    """
+    if "/" in name or os.sep in name or is_embedded(name) or os.path.exists(os.path.expanduser(name)):
+        return
+    near = difflib.get_close_matches(name.lower(), list(EMBEDDED), n=1, cutoff=0.8)
+    if near:
+        raise ValueError(f"{argname}={name!r} is not a model ltt knows: did you mean {near[0]!r}? (the "
+                         f"embedded models are {', '.join(map(repr, EMBEDDED))}; a hub id looks like "
+                         "'org/name')")
 
 
 def _from_hub(load_fn: Any, name: str, argname: str, what: str, **kwargs: Any) -> Any:
@@ -207,11 +245,14 @@ def check_model_name(name: str) -> None:
     Traceback (most recent call last):
     ValueError: --model './no/such/dir': no such model directory ...
     """
-    if is_embedded(name) or os.path.isdir(name):
+    if is_embedded(name) or os.path.isdir(os.path.expanduser(name)):
         return
+    if os.path.exists(os.path.expanduser(name)):
+        raise ValueError(f"--model {name!r} is a file, not a model directory (give the folder that holds "
+                         "config.json and the weights, a hub id such as 'gpt2', or 'smollm2-135m')")
     looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
-    if looks_like_path or os.path.exists(name):
+    if looks_like_path:
         raise ValueError(
-            f"--model {name!r}: no such model directory (give a local directory holding config.json, "
-            "a hub id such as 'gpt2', or 'smollm2-135m')"
-        )
+            f"--model {name!r}: no such model directory ({missing_folder(name)}; give a local directory "
+            "holding config.json, a hub id such as 'gpt2', or 'smollm2-135m')")
+    near_embedded(name, "--model")

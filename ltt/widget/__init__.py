@@ -299,27 +299,22 @@ class GraphWidget(anywidget.AnyWidget):
         return None
 
     def _refresh_panel(self) -> None:
-        sel, trace = self.selection, self.trace
+        trace = self.trace
         maps = None
-        if not sel:
+        kind, what = panels.choose(self.selection)
+        if kind == "none":
             panel: dict[str, Any] = {}
-        elif "node" in sel:
-            kind, layer, token = parse_node(sel["node"])
-            if kind == "M":
-                w = self._edge_weight(edge_key(sel["node"], node_name("I", layer, token), "ffn"))
-                panel = panels.ffn_panel(trace, sel["node"], weight=w, k=self._k)
-            else:
-                panel = panels.state_panel(trace, sel["node"], normalize=self.normalize, k=self._k)
+        elif kind == "ffn":
+            layer, token = parse_node(what["node"])[1:]
+            w = self._edge_weight(what.get("edge") or edge_key(what["node"], node_name("I", layer, token), "ffn"))
+            panel = panels.ffn_panel(trace, what["node"], weight=w, k=self._k)
+        elif kind == "state":
+            panel = panels.state_panel(trace, what["node"], normalize=self.normalize, k=self._k)
+        elif kind == "attention":
+            panel, maps = panels.attention_panel(trace, what["edge"], self._edge_weight(what["edge"]),
+                                                 what["head"], k=self._k)
         else:
-            src, dst, kind = parse_edge(sel["edge"])
-            weight = self._edge_weight(sel["edge"])
-            if kind == "attention":
-                panel, maps = panels.attention_panel(trace, sel["edge"], weight, sel.get("head"), k=self._k)
-            elif kind == "ffn":
-                mid = src if parse_node(src)[0] == "M" else dst
-                panel = panels.ffn_panel(trace, mid, weight=weight, k=self._k)
-            else:
-                panel = panels.residual_panel(sel["edge"], weight)
+            panel = panels.residual_panel(what["edge"], self._edge_weight(what["edge"]))
         with self.hold_sync():
             if maps is not None:
                 maps = np.ascontiguousarray(maps, dtype=np.float32)

@@ -19,6 +19,49 @@ from ltt.nodes import node_name, parse_edge, parse_node
 
 MAP_NAMES = ["attention pattern", "contribution map"]
 
+#: The panel protocol: every panel kind a click can ask for and the key of its payload in the
+#: report (``store["panels"]``). The widget, the report and the report's kernel
+#: (``report_kernel.js`` reads these templates from ``store["panel_keys"]``) all use these.
+PANEL_KEYS = {
+    "state": "state:{node}:{normalize}",  # a residual state's logit lens, normalize 1 or 0
+    "ffn": "ffn:{node}",                   # an FFN node's neurons
+    "edge": "edge:{edge}",                 # an attention or residual edge (edge_key)
+    "head": "hv:{layer}:{head}:{target}",  # one head's view at one target
+}
+
+
+def panel_key(kind: str, **fields: Any) -> str:
+    """The report's key of a panel (:data:`PANEL_KEYS`); a bool field is written 1 or 0.
+
+    >>> panel_key("state", node="I3_5", normalize=True), panel_key("head", layer=2, head=1, target=5)
+    ('state:I3_5:1', 'hv:2:1:5')
+    """
+    if kind not in PANEL_KEYS:
+        raise ValueError(f"kind must be one of {sorted(PANEL_KEYS)}, got {kind!r}")
+    return PANEL_KEYS[kind].format(**{k: int(v) if isinstance(v, bool) else v for k, v in fields.items()})
+
+
+def choose(selection: Any) -> tuple[str, dict[str, Any]]:
+    """Which panel a selection shows, as ``(kind, fields)``: ``("none", {})``, ``("state", {node})``,
+    ``("ffn", {node[, edge]})`` (an FFN node, or the FFN node of an FFN edge), ``("attention",
+    {edge, head})`` or ``("residual", {edge})``. The one rule for the widget and the report.
+
+    >>> choose({"edge": "A3_5|M3_5|ffn"}), choose({"node": "I3_5"})
+    (('ffn', {'node': 'M3_5', 'edge': 'A3_5|M3_5|ffn'}), ('state', {'node': 'I3_5'}))
+    """
+    if not selection or not (selection.get("node") or selection.get("edge")):
+        return "none", {}
+    if selection.get("node"):
+        node = selection["node"]
+        return ("ffn" if parse_node(node)[0] == "M" else "state"), {"node": node}
+    edge = selection["edge"]
+    src, dst, kind = parse_edge(edge)
+    if kind == "ffn":  # the edge's own weight goes with it
+        return "ffn", {"node": src if parse_node(src)[0] == "M" else dst, "edge": edge}
+    if kind == "attention":
+        return "attention", {"edge": edge, "head": selection.get("head")}
+    return "residual", {"edge": edge}
+
 
 def graph_payload(trace: Any, graph: Any) -> dict[str, Any]:
     """``graph.to_dict()`` plus what the view needs: per-layer ``parallel`` flags and each target's
@@ -152,6 +195,21 @@ def head_views(trace: Any, heads: list[tuple[int, int, int]], k: int = 10) -> li
         view["head"] = int(hv.head)
         view["share_of_state"] = float(np.asarray(hv.contribution)[hv.target].sum())
         out.append((view, maps))
+    return out
+
+
+def head_effects(trace: Any, heads: list[tuple[int, int, int]], shares: Any, k: int = 10) -> list[dict[str, Any]]:
+    """:func:`head_view`'s panel without its maps, for many ``(layer, head, target)`` at once: the
+    promoted and suppressed tokens in one batched projection, ``share_of_state`` read from
+    ``shares(layer, head, target)`` (the head's contribution row sum, as the report has it from
+    the maps it computes anyway)."""
+    found = interpret.promoted_many(trace, [(layer, t, "attn", head) for layer, head, t in heads], k=k)
+    out = []
+    for (layer, head, t), p in zip(heads, found):
+        view = effects(p)
+        view["head"] = int(head)
+        view["share_of_state"] = float(shares(layer, head, t))
+        out.append(view)
     return out
 
 

@@ -237,21 +237,24 @@ export function offlineKernel(store) {
     }
     return { array: f, shape: [2, T, T] };
   };
+  // panel keys from the templates the report carries (ltt/widget/panels.py PANEL_KEYS)
+  const keys = store.panel_keys || {};
+  const keyOf = (kind, fields) => String(keys[kind]).replace(/\{(\w+)\}/g, (_, name) => String(fields[name]));
   const panelFor = (sel, normalize) => {
     const P = store.panels;
     if (!sel || (!sel.node && !sel.edge)) return [{}, null];
     if (sel.node) {
       const p = parseNode(sel.node);
-      if (p && p.kind === "M") return [P[`ffn:${sel.node}`] || needsKernel(sel.node), null];
-      return [P[`state:${sel.node}:${normalize ? 1 : 0}`] || needsKernel(sel.node), null];
+      if (p && p.kind === "M") return [P[keyOf("ffn", { node: sel.node })] || needsKernel(sel.node), null];
+      return [P[keyOf("state", { node: sel.node, normalize: normalize ? 1 : 0 })] || needsKernel(sel.node), null];
     }
     const [src, dst, kind] = String(sel.edge).split("|");
     if (kind === "ffn") return panelFor({ node: parseNode(src).kind === "M" ? src : dst }, normalize);
-    const base = P[`edge:${sel.edge}`];
+    const base = P[keyOf("edge", { edge: sel.edge })];
     if (!base) return [needsKernel(sel.edge), null];
     if (base.type !== "attention") return [base, null];
     const head = Number.isInteger(sel.head) && sel.head >= 0 ? sel.head : base.heads[0].head;
-    const hv = P[`hv:${base.layer}:${head}:${base.target}`];
+    const hv = P[keyOf("head", { layer: base.layer, head, target: base.target })];
     const maps = mapsOf(base.layer, head);
     const panel = { ...base, head, head_view: hv || null, maps: maps ? base.maps : [] };
     return [panel, maps];

@@ -212,7 +212,9 @@ class Trace:
     def faithfulness(self, graph, **kw):
         """Rerun the model with only ``graph``'s parts, without them, and with random graphs of
         the same size (:func:`ltt.faithfulness.faithfulness`; ``kw``: ablation, baselines, seed,
-        tokens, random).
+        tokens, random, counterfactual, reference). With ``counterfactual=`` (a prompt, trace or
+        ids of the same token length) removed parts are patched from it, and two ``tokens``
+        ``[answer, counterfactual answer]`` give the normalised faithfulness.
 
         >>> trace.faithfulness(trace.graph(), baselines=16).summary()["kept"]   # doctest: +SKIP
         """

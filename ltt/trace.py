@@ -222,6 +222,20 @@ class Trace:
 
         return faithfulness(self, graph, **kw)
 
+    def circuit(self, min_faithfulness: float = 0.8, counterfactual=None, tokens=None, ablation=None,
+                ranking: str = "routes", **kw):
+        """The smallest graph along ``ranking`` whose measured normalised faithfulness reaches
+        ``min_faithfulness``, with ``graph.faithfulness`` attached (:func:`ltt.circuits.search.circuit`;
+        without a counterfactual: dataset mean ablation over a built-in reference set).
+
+        >>> g = trace.circuit(0.8, counterfactual="When Mary and John went to the store, Mary gave a drink to")  # doctest: +SKIP
+        >>> g.faithfulness.normalized >= 0.8                # doctest: +SKIP
+        True
+        """
+        from ltt.circuits.search import circuit
+
+        return circuit(self, min_faithfulness, counterfactual, tokens, ablation, ranking, **kw)
+
     def to_html(self, path, **kw):
         """Write the standalone offline HTML report of this trace (:func:`ltt.export.to_html`).
 

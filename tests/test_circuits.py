@@ -121,7 +121,12 @@ def test_routes_scores_and_rankings(traced):
     assert len(order) == rankings.n_parts(L, T) == L * (T * (T + 1) // 2 + T)
     assert len({tuple(k) for k in order.tolist()}) == len(order)
     comp = rankings.component_scores([contrast, paths])
-    assert comp["attn"].shape == (L,) and comp["mlp"].shape == (L,)
+    assert comp["attn"].shape == (L,) and comp["mlp"].shape == (L,) and comp["heads"] is None
+    ig = rankings.score_parts(trace, "eap-ig", cf, a, b)
+    both = rankings.component_scores([ig, paths])
+    assert both["heads"].shape == (L, model.n_heads)
+    # a head's EAP-IG score sums to the layer's edge scores over heads
+    np.testing.assert_allclose(ig.heads.sum(1), ig.attn.sum((1, 2)), rtol=1e-9, atol=1e-12)
 
 
 def test_curve_and_areas(traced):

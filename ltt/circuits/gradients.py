@@ -47,6 +47,9 @@ class PartScores:
     attn: np.ndarray
     ffn: np.ndarray
     method: str
+    #: ``[L, H]`` per-head scores (the head's edge scores summed over targets and sources), where
+    #: the ranking has them: MIB's component level (:func:`ltt.circuits.rankings.component_scores`)
+    heads: np.ndarray | None = None
 
 
 def _metric(answer: int, cf_answer: int, rows: slice):
@@ -68,11 +71,11 @@ def _z_grad(cap: dict, g: Any) -> Any:
 
 
 def _edge_terms(probs: Any, v: Any, gz: Any) -> Any:
-    """``[T, T]``: ``sum_h A^h[t, s] <v_s^h, g_t^h>`` for one row's probabilities and values."""
+    """``[H, T, T]``: ``A^h[t, s] <v_s^h, g_t^h>`` for one row's probabilities and values."""
     import torch
 
     dots = torch.einsum("hsd,htd->hts", v.double(), gz.double())
-    return (probs.double() * dots).sum(0)
+    return probs.double() * dots
 
 
 def _capture_run(model: Any, ids: list[int], rows: int, spec: Any, target: int) -> None:
@@ -83,21 +86,26 @@ def _capture_run(model: Any, ids: list[int], rows: int, spec: Any, target: int) 
 
 def _scores(model: Any, spec: Any, clean: int, cf: int, grad_rows: list[int], method: str,
             T: int) -> PartScores:
+    import torch
+
     L = model.n_layers
     attn = np.zeros((L, T, T))
     ffn = np.zeros((L, T))
+    heads = np.zeros((L, model.n_heads))
     for key, cap in spec.capture.items():
         g = spec.grads[key]
         if key[0] == "attn":
             gz = _z_grad(cap, g)[grad_rows].mean(0)  # [H, T, d_h]
             p, v = cap["probs"], cap["v"]
             d = _edge_terms(p[cf], v[cf], gz) - _edge_terms(p[clean], v[clean], gz)
-            attn[key[1]] = np.tril(d.cpu().numpy())
+            d = torch.tril(d)
+            attn[key[1]] = d.sum(0).cpu().numpy()
+            heads[key[1]] = d.sum((1, 2)).cpu().numpy()
         else:
             x = cap["x"].double()
             gf = g[grad_rows].double().mean(0)
             ffn[key[1]] += ((x[cf] - x[clean]) * gf).sum(-1).cpu().numpy()
-    return PartScores(attn, ffn, method)
+    return PartScores(attn, ffn, method, heads)
 
 
 def eap(model: Any, ids: list[int], cf_ids: list[int], target: int, answer: int, cf_answer: int) -> PartScores:

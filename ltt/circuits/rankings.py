@@ -129,14 +129,18 @@ def route_influence(attn: np.ndarray, attn_resid: np.ndarray, ffn: np.ndarray, f
     inf_out[target] = 1.0  # I_{L-1}: the output state of the target
     e_scores = np.zeros((L, T, T))
     f_scores = np.zeros((L, T))
+    intos = np.zeros((L, T))
     for l in range(L - 1, -1, -1):
         inf_m = ffn[l] * inf_out  # influence through the FFN block's output
         f_scores[l] = sf[l] * inf_out
         into = inf_out if parallel[l] else ffn_resid[l] * inf_out + inf_m  # influence of A{l}
         e_scores[l] = sa[l] * into[:, None]
+        intos[l] = into
         below = (attn[l] * into[:, None]).sum(0) + attn_resid[l] * into
         inf_out = below + (inf_m if parallel[l] else 0.0)  # a parallel FFN reads I{l-1}
-    return PartScores(e_scores, f_scores, "routes-paths")
+    out = PartScores(e_scores, f_scores, "routes-paths")
+    out.into = intos  # the influence of each layer's attention target states [L, T]
+    return out
 
 
 def route_flow(attn: np.ndarray, attn_resid: np.ndarray, ffn: np.ndarray, ffn_resid: np.ndarray,
@@ -174,7 +178,13 @@ def routes(trace: Any, form: str, cf_ids: Any = None, target: int | None = None)
     if form == "edge":
         return PartScores(sh[0].copy(), sh[2].copy(), "routes-edge")
     if form == "paths":
-        return route_influence(*sh, target=target)
+        out = route_influence(*sh, target=target)
+        from ltt.scores import attribute
+
+        full = attribute(trace)  # per-head shares times their target's influence: the heads' scores
+        out.heads = np.stack([(full.layer_dense(l)[0] * out.into[l][None, :, None]).sum((1, 2))
+                              for l in range(full.n_layers)])
+        return out
     if cf_ids is None:
         raise ValueError("ranking 'routes-contrast' needs a counterfactual")
     changed = np.array([int(a) != int(b) for a, b in zip(trace.token_ids, cf_ids)])
@@ -259,12 +269,11 @@ def refined(trace: Any, cf_ids: Any, answer: int, cf_answer: int, ig: PartScores
 
 
 def component_scores(scores: Sequence[PartScores]) -> dict[str, np.ndarray]:
-    """MIB's component level: per layer, the attention block's score (its edges' ``|score|``
-    summed over sources, averaged over target positions) and the MLP's (``|score|`` averaged
-    over positions), each then averaged over the examples. ltt's edges sum over heads, so the
-    attention component is the layer's attention block; per-head scores need a per-head
-    ranking (EAP's can be split by head with the same formulas). Returns ``{"attn": [L],
-    "mlp": [L]}``.
+    """MIB's component level, over a task set: per layer, the attention block's score (its
+    edges' ``|score|`` summed over sources, averaged over target positions), each head's
+    (``|heads|``, where the ranking scores heads: EAP, EAP-IG, routes-paths) and the MLP's
+    (``|score|`` averaged over positions), each averaged over the examples. Returns
+    ``{"attn": [L], "heads": [L, H] or None, "mlp": [L]}``.
 
     >>> component_scores([score_parts(tr, "eap-ig", cf, a, b) for tr, cf, a, b in pairs])  # doctest: +SKIP
     """
@@ -272,4 +281,7 @@ def component_scores(scores: Sequence[PartScores]) -> dict[str, np.ndarray]:
         raise ValueError("scores: give at least one example's PartScores")
     attn = np.mean([np.abs(s.attn).sum(-1).mean(-1) for s in scores], axis=0)
     mlp = np.mean([np.abs(s.ffn).mean(-1) for s in scores], axis=0)
-    return {"attn": attn, "mlp": mlp}
+    heads = None
+    if all(s.heads is not None for s in scores):
+        heads = np.mean([np.abs(s.heads) for s in scores], axis=0)
+    return {"attn": attn, "heads": heads, "mlp": mlp}

@@ -195,3 +195,29 @@ def test_bad_curve_arguments_are_named(traced):
         C.curve(trace, "eap", [1.5], counterfactual=cf, tokens=[a, b])
     with pytest.raises(ValueError, match="counterfactual: with 2 traces"):
         C.curve([trace, trace], "eap", counterfactual=cf, tokens=[a, b])
+
+
+def test_cli_trace_prints_the_circuit(tiny_dir):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from conftest import PROMPT
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", LTT_QUIET="1")
+    cf = PROMPT.replace("John gave", "Mary gave")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "ltt.cli", "trace", "--model", tiny_dir("llama"),  # noqa: E731
+                                     "--prompt", PROMPT, *a], capture_output=True, text=True, env=env, timeout=300)
+    proc = run("--counterfactual", cf, "--min-faithfulness", "0.8", "--ranking", "eap-ig", "--baselines", "2")
+    assert proc.returncode == 0, proc.stderr
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("circuit at"))
+    assert re.fullmatch(r"circuit at normalised faithfulness >= 0.8 \(eap-ig ranking, patched from the "
+                        r"counterfactual\): \d+ attention edges and \d+ FFN blocks of \d+ parts, normalised "
+                        r"faithfulness \d\.\d\d \(random graphs of the same size: -?\d\.\d\d\)", line), line
+    assert float(line.split("normalised faithfulness ")[-1].split()[0]) >= 0.8
+    assert "faithfulness: normalised faithfulness" in proc.stdout
+    bad = run("--min-faithfulness", "1.5")
+    assert bad.returncode == 1 and "--min-faithfulness" in bad.stderr and "1.5" in bad.stderr
+    bad = run("--counterfactual", "When Mary")
+    assert bad.returncode == 1 and "counterfactual has" in bad.stderr

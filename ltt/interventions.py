@@ -26,6 +26,13 @@ probability but reads the mean value vector, ``A^h[t, s] v_s -> A^h[t, s] mean_s
 kv head); a removed FFN block's branch output at ``t`` becomes the mean branch output of the
 layer over positions.
 
+``ablation="patch"`` (with an :class:`ltt.ablations.RunSpec` naming the counterfactual's ids):
+batch row 1 runs the counterfactual in full and a removed edge or block takes its term from
+that row: each row's attention output gets ``(A_cf (1 - keep)) V_cf - (A (1 - keep)) V`` added
+(:func:`_patch_difference`, exactly 0 when the counterfactual is the prompt), a removed FFN
+block's branch output becomes row 1's. A spec can also hold dataset means (``ablation="mean"``
+over a reference set) or record values and gradients (:mod:`ltt.ablations`).
+
 How: families whose attention calls transformers' attention-function interface (all but
 GPT-Neo and Falcon, and GPT-2 with ``reorder_and_upcast_attn``) run with the config's attention
 implementation switched to a private registered function that calls the module's own eager

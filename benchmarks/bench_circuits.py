@@ -23,7 +23,7 @@ import numpy as np
 
 os.environ.setdefault("LTT_QUIET", "1")
 
-EXTRA = (0.0005, 0.003, 0.0075, 0.015, 0.03, 0.075, 0.15, 0.3)
+EXTRA = (0.003, 0.03, 0.3)
 
 
 def run(model_name: str, tasks: list[str], rankings: list[str], pairs: int, circuit_ranking: str | None,

@@ -255,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the smallest circuit reaching this normalised faithfulness (default "
                             "0.8 when a counterfactual is given; without one: mean ablation over a "
                             "built-in reference set)")
-        p.add_argument("--ranking", default="routes", help="the circuit's ranking (routes, eap, eap-ig, ...)")
+        p.add_argument("--ranking", default=None,
+                       help="the circuit's ranking (eap-ig with a counterfactual, routes without; "
+                            "also eap, routes-paths, routes-contrast, refined, random)")
 
     t = sub.add_parser("trace", help="trace a prompt through a model and print the routes to its prediction")
     t.add_argument("--model", required=True, help="hub id, local directory, or 'smollm2-135m' (the embedded model)")
@@ -304,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--min-faithfulness must be in (0, 1], got {args.min_faithfulness}")
         from ltt.circuits.rankings import RANKINGS
 
-        if args.ranking not in RANKINGS:
+        if args.ranking is not None and args.ranking not in RANKINGS:
             raise ValueError(f"--ranking must be one of {', '.join(RANKINGS)}, got {args.ranking!r}")
         if not 0 <= args.baselines <= 4096:
             raise ValueError(f"--baselines must be an integer in [0, 4096], got {args.baselines}")

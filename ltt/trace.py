@@ -223,10 +223,11 @@ class Trace:
         return faithfulness(self, graph, **kw)
 
     def circuit(self, min_faithfulness: float = 0.8, counterfactual=None, tokens=None, ablation=None,
-                ranking: str = "routes", **kw):
+                ranking: str | None = None, **kw):
         """The smallest graph along ``ranking`` whose measured normalised faithfulness reaches
         ``min_faithfulness``, with ``graph.faithfulness`` attached (:func:`ltt.circuits.search.circuit`;
-        without a counterfactual: dataset mean ablation over a built-in reference set).
+        ``ranking`` None: EAP-IG with a counterfactual, ltt's routes without; without a
+        counterfactual: dataset mean ablation over a built-in reference set).
 
         >>> g = trace.circuit(0.8, counterfactual="When Mary and John went to the store, Mary gave a drink to")  # doctest: +SKIP
         >>> g.faithfulness.normalized >= 0.8                # doctest: +SKIP

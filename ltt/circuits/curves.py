@@ -209,7 +209,7 @@ def curve(traces: Any, ranking: str, budgets: Sequence[Any] = MIB_FRACTIONS, *, 
 
     >>> ltt.circuits.curve(trace, "routes", [0.01, 0.1, 1.0], counterfactual=cf, tokens=[" Mary", " John"])  # doctest: +SKIP
     """
-    check_ranking(ranking)
+    check_ranking(ranking, True)
     many = isinstance(traces, (list, tuple))
     traces = list(traces) if many else [traces]
     if not traces:
@@ -242,6 +242,6 @@ def curve(traces: Any, ranking: str, budgets: Sequence[Any] = MIB_FRACTIONS, *, 
     with np.errstate(divide="ignore", invalid="ignore"):
         per = (lds_a - empties_a[:, None]) / (fulls_a - empties_a)[:, None]
     cpr, cmd = areas(fracs, f)
-    return Curve(check_ranking(ranking), exs[0].ablation, fracs, np.array(counts), f, per,
+    return Curve(check_ranking(ranking, exs[0].cf_ids is not None), exs[0].ablation, fracs, np.array(counts), f, per,
                  float(fulls_a.mean()), float(empties_a.mean()), cpr, cmd,
                  {"ranking": t_rank / n, "measure": t_meas / n})

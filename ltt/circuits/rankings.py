@@ -7,7 +7,8 @@ has ``L (T (T + 1) / 2 + T)`` parts: every causal pair ``s <= t`` per layer and 
 
 Rankings (``ranking=``):
 
-* ``"routes"``: ltt's contributions (the default; see ``DEFAULT`` below for which form);
+* ``"routes"``: ltt's contributions in their best form: ``routes-contrast`` with a
+  counterfactual, ``routes-paths`` without (``DEFAULT``, ``DEFAULT_NO_CF``);
 * ``"routes-paths"``: the total influence of a part on the target over every path of the
   contribution graph (its shares renormalised per state: each state's parts sum to 1):
   ``inf(I_{L-1, target}) = 1``, a state's influence is the sum over the states it enters of
@@ -48,14 +49,21 @@ RANKINGS = ("routes", "routes-paths", "routes-edge", "routes-contrast", "eap", "
             "refined", "random")
 #: candidates per ranking that ``"refined"`` measures exactly
 REFINE_CANDIDATES = 96
-#: what ``"routes"`` means (chosen by benchmarks/bench_circuits.py; docs/circuits.md)
+#: what ``"routes"`` means: ltt's best routes form with a counterfactual (benchmarks/bench_circuits.py)
 DEFAULT = "routes-contrast"
+#: what ``"routes"`` means without one (mean ablation: no changed tokens to flow from)
+DEFAULT_NO_CF = "routes-paths"
+#: the default ranking of :func:`ltt.circuits.search.circuit` with a counterfactual: EAP-IG
+#: reaches every level with fewer parts than any routes form in the benchmark (docs/circuits.md)
+CIRCUIT_DEFAULT = "eap-ig"
 
 
-def check_ranking(ranking: Any) -> str:
+def check_ranking(ranking: Any, counterfactual: bool = True) -> str:
     if not isinstance(ranking, str) or ranking not in RANKINGS:
         raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
-    return DEFAULT if ranking == "routes" else ranking
+    if ranking == "routes":
+        return DEFAULT if counterfactual else DEFAULT_NO_CF
+    return ranking
 
 
 def n_parts(L: int, T: int) -> int:
@@ -218,7 +226,7 @@ def score_parts(trace: Any, ranking: str, counterfactual: Any = None, answer: in
     """Scores of every part of ``trace`` under ``ranking`` (module docstring). ``counterfactual``:
     the counterfactual's token ids (for the gradient rankings and ``routes-contrast``);
     ``answer`` / ``cf_answer``: the logit difference's token ids; ``steps``: EAP-IG's."""
-    ranking = check_ranking(ranking)
+    ranking = check_ranking(ranking, counterfactual is not None)
     model = trace.model
     ids = [int(i) for i in trace.token_ids]
     L, T = model.n_layers, len(ids)

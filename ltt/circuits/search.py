@@ -109,10 +109,11 @@ def _graph(trace: Any, keys: np.ndarray):
 
 
 def circuit(trace: Any, min_faithfulness: float = 0.8, counterfactual: Any = None, tokens: Any = None,
-            ablation: str | None = None, ranking: str = "routes", *, steps: int = DEFAULT_STEPS,
+            ablation: str | None = None, ranking: str | None = None, *, steps: int = DEFAULT_STEPS,
             greedy: bool = True, max_parts: int | float | None = None, baselines: int = 8, seed: int = 0,
             max_batch_bytes: int = 1 << 30):
-    """The smallest graph along ``ranking`` whose measured normalised faithfulness reaches
+    """The smallest graph along ``ranking`` (None: ``"eap-ig"`` with a counterfactual, the
+    benchmark's winner; ``"routes"`` without, i.e. ``routes-paths``) whose measured normalised faithfulness reaches
     ``min_faithfulness`` (module docstring), with ``graph.faithfulness`` attached (re-measured,
     with ``baselines`` random graphs of the same size). ``counterfactual``: a prompt, trace or
     ids of the same token length (patching); None: dataset mean ablation over
@@ -122,8 +123,12 @@ def circuit(trace: Any, min_faithfulness: float = 0.8, counterfactual: Any = Non
 
     >>> g = circuit(trace, 0.8, counterfactual="When Mary and John went to the store, Mary gave a drink to")  # doctest: +SKIP
     """
+    from ltt.circuits.rankings import CIRCUIT_DEFAULT
+
     level = _check_level(min_faithfulness)
-    ranking = check_ranking(ranking)
+    if ranking is None:
+        ranking = CIRCUIT_DEFAULT if counterfactual is not None else "routes"
+    ranking = check_ranking(ranking, counterfactual is not None)
     reference = None
     if counterfactual is None and ablation in (None, "mean"):
         ablation, reference = "mean", list(REFERENCE)

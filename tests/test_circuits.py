@@ -125,6 +125,10 @@ def test_routes_scores_and_rankings(traced):
     ig = rankings.score_parts(trace, "eap-ig", cf, a, b)
     both = rankings.component_scores([ig, paths])
     assert both["heads"].shape == (L, model.n_heads)
+    b2 = rankings.score_parts(trace, "best", cf, a, b)
+    assert b2.method in ("best (eap-ig (5 steps))", "best (routes-contrast)")
+    pick = ig if "eap-ig" in b2.method else contrast
+    np.testing.assert_array_equal(b2.attn, pick.attn)
     # a head's EAP-IG score sums to the layer's edge scores over heads
     np.testing.assert_allclose(ig.heads.sum(1), ig.attn.sum((1, 2)), rtol=1e-9, atol=1e-12)
 

@@ -25,6 +25,9 @@ Rankings (``ranking=``):
   ``routes-contrast`` and of ``eap-ig`` each, re-ordered by their exact patching effect (each
   part patched alone from the counterfactual, all in one batch: ``|LD(full) - LD(part
   patched)|``), then every other part in ``eap-ig`` order;
+* ``"best"``: routes and EAP-IG refined by measured effects: per prompt, whichever of
+  ``routes-contrast`` and ``eap-ig`` has the larger measured area under its faithfulness curve
+  at MIB's fractions (both curves in one batched pass);
 * ``"random"``: a uniformly random order (``seed``).
 
 :func:`component_scores` aggregates part scores to MIB's component level (attention heads and
@@ -46,7 +49,7 @@ __all__ = ["RANKINGS", "DEFAULT", "score_parts", "part_order", "n_parts", "parts
            "route_influence"]
 
 RANKINGS = ("routes", "routes-paths", "routes-edge", "routes-contrast", "eap", "eap-ig", "routes+eap-ig",
-            "refined", "random")
+            "refined", "best", "random")
 #: candidates per ranking that ``"refined"`` measures exactly
 REFINE_CANDIDATES = 96
 #: what ``"routes"`` means: ltt's best routes form with a counterfactual (benchmarks/bench_circuits.py)
@@ -250,6 +253,8 @@ def score_parts(trace: Any, ranking: str, counterfactual: Any = None, answer: in
         return ig
     if ranking == "refined":
         return refined(trace, counterfactual, answer, cf_answer, ig, routes(trace, "contrast", counterfactual))
+    if ranking == "best":
+        return best(trace, counterfactual, answer, cf_answer, [routes(trace, "contrast", counterfactual), ig])
     return _rank_average(routes(trace, "contrast", counterfactual, target=target), ig, "routes+eap-ig")
 
 
@@ -274,6 +279,27 @@ def refined(trace: Any, cf_ids: Any, answer: int, cf_answer: int, ig: PartScores
         else:
             ffn[l, t] = 1.0 + e
     return PartScores(attn, ffn, "refined")
+
+
+def best(trace: Any, cf_ids: Any, answer: int, cf_answer: int, candidates: list[PartScores]) -> PartScores:
+    """The ``"best"`` ranking: the candidate ranking with the larger measured area under its
+    normalised faithfulness curve at MIB's fractions (all candidates' circuits in one batch)."""
+    from ltt.ablations import RunSpec
+    from ltt.interventions import PartSet, run_batched
+
+    ids = [int(i) for i in trace.token_ids]
+    N = n_parts(trace.model.n_layers, len(ids))
+    fracs = np.array([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
+    counts = np.maximum(1, np.round(fracs * N).astype(int))
+    rows = [PartSet(*parts_of(part_order(c)[:k]), only=True) for c in candidates for k in counts]
+    rows.append(PartSet({}, {}, only=True))
+    lg = run_batched(trace.model, ids, rows, [len(ids) - 1], "patch", spec=RunSpec("patch", cf_ids=list(cf_ids)))
+    ld = lg[:, 0, answer] - lg[:, 0, cf_answer]
+    span = ld[0] - ld[-1]
+    f = (ld[1:-1] - ld[-1]) / (span if span != 0 else 1.0)
+    area = [float(np.trapezoid(f[i * len(counts):(i + 1) * len(counts)], counts / N)) for i in range(len(candidates))]
+    pick = candidates[int(np.argmax(area))]
+    return PartScores(pick.attn, pick.ffn, f"best ({pick.method})", pick.heads)
 
 
 def component_scores(scores: Sequence[PartScores]) -> dict[str, np.ndarray]:

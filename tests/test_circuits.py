@@ -194,7 +194,7 @@ def test_bad_curve_arguments_are_named(traced):
     model, trace = traced("llama")
     ids, cf, a, b = _pair(model, trace)
     with pytest.raises(ValueError, match="ranking"):
-        C.curve(trace, "best", counterfactual=cf, tokens=[a, b])
+        C.curve(trace, "acdc", counterfactual=cf, tokens=[a, b])
     with pytest.raises(ValueError, match="budgets: fraction 1.5"):
         C.curve(trace, "eap", [1.5], counterfactual=cf, tokens=[a, b])
     with pytest.raises(ValueError, match="counterfactual: with 2 traces"):

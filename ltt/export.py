@@ -47,6 +47,7 @@ from ltt.nodes import ATTENTION, RESIDUAL, Edge, Node, Stage, edge_key, node_nam
 from ltt.scores import SparseRows, attribute
 from ltt.widget import panels
 from ltt.widget import STATIC
+from ltt.widget import state as widget_state
 
 __all__ = ["to_html", "report_data", "embed_json", "pack"]
 
@@ -309,12 +310,11 @@ def report_data(
             P[f"hv:{layer}:{head}:{t}"] = view
     info = panels.model_info(trace, graphs["renorm"])
     prompt = str(getattr(trace, "prompt", "")) or "".join(trace.tokens)
-    store["state"] = {
+    store["state"] = {**widget_state.initial(),  # every field of the one schema (ltt/widget/state.py)
         "graph": graphs["renorm"] if renormalize else graphs["raw"],
         "threshold": threshold, "renormalize": bool(renormalize), "normalize": bool(normalize),
-        "targets": tgt, "selection": {}, "panel": {}, "panel_maps": "", "panel_maps_shape": [],
-        "prompts": [prompt], "prompt_index": 0, "model_info": info, "status": "", "error": "",
-        "notice": "", "live": False, "slider": [float(min(slider[0], floor)), float(slider[1])],
+        "targets": tgt, "prompts": [prompt], "model_info": info, "live": False,
+        "slider": [float(min(slider[0], floor)), float(slider[1])],
     }
     from ltt.faithfulness import report_line  # the exported graph's check, one batched rerun
 

@@ -26,7 +26,7 @@ from ltt.serve.models import clip
 __all__ = ["Session", "WRITABLE", "synced_traits", "check_prompt"]
 
 # Traits the page may set (what render() commits); everything else is the kernel's to set.
-WRITABLE = ("threshold", "renormalize", "normalize", "targets", "selection", "prompt_index")
+from ltt.widget.state import WRITABLE  # noqa: E402  (the schema: ltt/widget/state.py)
 MAX_WAITING = 32  # jobs one page may have waiting at once
 MAX_TRACES = 64  # traced prompts one view keeps (its picker); the toolbar's Run then starts afresh
 

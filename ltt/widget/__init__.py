@@ -27,6 +27,7 @@ import traitlets as tl
 from ltt.checks import check_threshold, resolve_targets
 from ltt.nodes import edge_key, node_name, parse_edge, parse_node
 from ltt.widget import panels
+from ltt.widget import state as widget_state
 
 STATIC = pathlib.Path(__file__).parent / "static"
 
@@ -59,27 +60,12 @@ class GraphWidget(anywidget.AnyWidget):
     _esm = STATIC / "graph.js"
     _css = STATIC / "graph.css"
 
-    graph = tl.Dict().tag(sync=True)
-    threshold = tl.Float(0.04).tag(sync=True)
-    renormalize = tl.Bool(True).tag(sync=True)
-    normalize = tl.Bool(True).tag(sync=True)
-    targets = tl.List(tl.Int()).tag(sync=True)
-    selection = tl.Dict().tag(sync=True)
-    panel = tl.Dict().tag(sync=True)
-    panel_maps = tl.Bytes(b"").tag(sync=True)
-    panel_maps_shape = tl.List(tl.Int()).tag(sync=True)
-    prompts = tl.List(tl.Unicode()).tag(sync=True)
-    prompt_index = tl.Int(0).tag(sync=True)
-    model_info = tl.Dict().tag(sync=True)
-    status = tl.Unicode("").tag(sync=True)
-    error = tl.Unicode("").tag(sync=True)
-    notice = tl.Unicode("").tag(sync=True)
-    live = tl.Bool(True).tag(sync=True)
-    marks = tl.Dict().tag(sync=True)
-    slider = tl.List(tl.Float(), default_value=[0.01, 0.10], minlen=2, maxlen=2).tag(sync=True)
-    # ltt.faithfulness.summary_line of the shown graph, recomputed with it (one batched rerun of
-    # the model with faithfulness_baselines random graphs; 0 turns the check off)
-    faithfulness = tl.Unicode("").tag(sync=True)
+    # every synced field comes from the one schema, ltt/widget/state.py (the report's state, serve's
+    # writable set and the page's STATE_FIELDS derive from it too)
+    locals().update(widget_state.traits())
+    # the faithfulness line of the shown graph (ltt.faithfulness.summary_line), recomputed with it in
+    # a worker thread (one batched rerun of the model with faithfulness_baselines random graphs;
+    # 0 turns the check off); faithfulness_state says whether the line is current
     faithfulness_baselines = 8
 
     def __init__(

@@ -46,7 +46,7 @@ from ltt.graph import GraphSettings, resolve_targets
 from ltt.nodes import ATTENTION, RESIDUAL, Edge, Node, Stage, edge_key, node_name
 from ltt.scores import SparseRows, attribute
 from ltt.widget import panels
-from ltt.widget import STATIC
+from ltt.widget import STATIC, outputs
 from ltt.widget import state as widget_state
 
 __all__ = ["to_html", "report_data", "embed_json", "pack"]
@@ -319,6 +319,8 @@ def report_data(
     from ltt.faithfulness import report_line  # the exported graph's check, one batched rerun
 
     store["state"]["faithfulness"] = report_line(trace, g_renorm if renormalize else g_raw)
+    store["state"].update(faithfulness_for=tgt, faithfulness_state="current" if store["state"]["faithfulness"] else "",
+                          outputs=outputs(trace) if with_model else [])
     return store
 
 

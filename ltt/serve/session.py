@@ -286,7 +286,10 @@ class Session:
             return
         from ltt.widget import GraphWidget
 
-        self._replace({"main": GraphWidget([prompt], model=model, **self._settings())}, None, key)
+        def background(label: str, fn: Callable[[], None]) -> None:  # the faithfulness check: a job
+            self._queue(label, lambda job: (fn(), self._flush()))
+
+        self._replace({"main": GraphWidget([prompt], model=model, background=background, **self._settings())}, None, key)
 
     def _show_diff(self, model: Any, key: tuple[str, str, str], pa: str, pb: str) -> None:
         """Trace two prompts and show them side by side with ltt.diff's changes marked (a

@@ -26,7 +26,7 @@ __all__ = ["Field", "FIELDS", "WRITABLE", "NAMES", "traits", "initial", "js_modu
 @dataclass(frozen=True)
 class Field:
     """One synced field: ``kind`` is one of ``dict``, ``float``, ``bool``, ``int``, ``str``,
-    ``bytes``, ``list[int]``, ``list[float]``, ``list[str]``; ``writable``: the page may set it."""
+    ``bytes``, ``list[int]``, ``list[float]``, ``list[str]``, ``list[dict]``; ``writable``: the page may set it."""
 
     name: str
     kind: str
@@ -56,6 +56,8 @@ FIELDS: tuple[Field, ...] = (
     Field("slider", "list[float]", [0.01, 0.10], False, "the threshold slider's [min, max]"),
     Field("faithfulness", "str", "", False, "the shown graph's faithfulness line"),
     Field("faithfulness_state", "str", "", False, "'' (none), 'computing' (the line is stale), 'current', 'failed'"),
+    Field("faithfulness_for", "list[int]", [], False, "the targets the faithfulness line holds for"),
+    Field("outputs", "list[dict]", [], False, "the top prediction after every token: {token, prob}"),
     Field("counterfactual", "str", "", True, "a counterfactual prompt to patch from (empty: zero ablation)"),
 )
 
@@ -85,6 +87,7 @@ def traits() -> dict[str, Any]:
         "bytes": lambda d: tl.Bytes(d),
         "list[int]": lambda d: tl.List(tl.Int(), default_value=list(d)),
         "list[str]": lambda d: tl.List(tl.Unicode(), default_value=list(d)),
+        "list[dict]": lambda d: tl.List(tl.Dict(), default_value=list(d)),
         "list[float]": lambda d: tl.List(tl.Float(), default_value=list(d), minlen=2, maxlen=2),
     }
     return {f.name: make[f.kind](f.default).tag(sync=True) for f in FIELDS}

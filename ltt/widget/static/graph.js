@@ -27,6 +27,8 @@ export const STATE_FIELDS = [
   {"name": "slider", "kind": "list[float]", "default": [0.01, 0.1], "writable": false},
   {"name": "faithfulness", "kind": "str", "default": "", "writable": false},
   {"name": "faithfulness_state", "kind": "str", "default": "", "writable": false},
+  {"name": "faithfulness_for", "kind": "list[int]", "default": [], "writable": false},
+  {"name": "outputs", "kind": "list[dict]", "default": [], "writable": false},
   {"name": "counterfactual", "kind": "str", "default": "", "writable": true},
 ];
 
@@ -182,10 +184,10 @@ export function visibleToken(s) {
   return t;
 }
 
-/** A sequential colour (white -> hue) for v in [0, 1], as [r, g, b]. */
-export function colorRamp(v, rgb = [47, 111, 223]) {
+/** A sequential colour (base, default white -> hue) for v in [0, 1], as [r, g, b]. */
+export function colorRamp(v, rgb = [47, 111, 223], base = [255, 255, 255]) {
   const t = Math.min(1, Math.max(0, Number(v) || 0));
-  return rgb.map((c) => Math.round(255 + (c - 255) * t));
+  return rgb.map((c, i) => Math.round(base[i] + (c - base[i]) * t));
 }
 
 /** Bytes as they come from a model (DataView, ArrayBuffer, typed array, base64 string) to a
@@ -360,6 +362,7 @@ export function axes(st) {
   const targets = new Set(st.graph.settings.targets || []);
   const fewTargets = targets.size <= 16;
   let shownCol = -1;
+  const bar = [];
   for (let t = 0; t < T; t++) {
     const x = sx(st, (cols.x[t] + cols.w[t] / 2) * GRID.col);
     if (x < MARGIN.left - 2 || x > MARGIN.left + plotW(st) + 2) continue;
@@ -382,16 +385,18 @@ export function axes(st) {
         label.setAttribute("text-anchor", "middle");
       }
       st.axisX.append(label);
+      bar.push([t, x]);
     }
     // output markers along the top: click picks the target, shift/ctrl-click adds or removes
     const mw = cols.w[t] * colW;
     const mk = s("rect", {
       class: `ltt-out${targets.has(t) ? " ltt-is-target" : ""}${active ? "" : " ltt-inactive"}`, "data-output": t,
       x: x - Math.min(7, mw * 0.4), y: MARGIN.top - 13, width: Math.max(2, Math.min(14, mw * 0.8)), height: 10, rx: 2,
-      tabindex: 0, role: "button", "aria-label": `target ${t} ${quoted(st.graph.tokens[t])}${targets.has(t) ? " (selected)" : ""}`,
+      tabindex: 0, role: "button", "aria-label": `target ${t} ${quoted(st.graph.tokens[t])}${targets.has(t) ? " (selected)" : ""}${predicts(st, t)}`,
     });
     st.axisTop.append(mk);
   }
+  columnBar(st, bar, colW);
   const preds = st.graph.predictions || {};
   let lastEnd = -Infinity;
   for (const t of [...targets].sort((a, b) => a - b)) {
@@ -460,6 +465,46 @@ export function highlight(st) {
   }
 }
 
+
+/** ", predicts “x” (p 0.123)": what the model predicts after token t, or "" when unknown. */
+export function predicts(st, t) {
+  const o = (st.model.get("outputs") || [])[t];
+  return o ? `, predicts ${quoted(o.token)} (p ${Number(o.prob).toFixed(3)})` : "";
+}
+
+/** Positions of the tokens whose string occurs more than once in the prompt. */
+export function repeatedTokens(tokens) {
+  const count = new Map();
+  for (const t of tokens) count.set(t, (count.get(t) || 0) + 1);
+  const out = new Set();
+  tokens.forEach((t, i) => { if (count.get(t) > 1) out.add(i); });
+  return out;
+}
+
+// The token labels again, in an HTML strip that stays at the top of the viewport (position:
+// sticky) while the graph is scrolled past; a repeated token (or every one, with "position
+// numbers" on) carries its position.
+function columnBar(st, shown, colW) {
+  const box = st.colbar;
+  box.replaceChildren();
+  const dx = st.graphBox.offsetLeft - box.offsetLeft;
+  const rep = repeatedTokens(st.graph.tokens);
+  const every = st.numBox && st.numBox.checked;
+  const targets = new Set(st.graph.settings.targets || []);
+  for (const [t, x] of shown) {
+    let text = visibleToken(st.graph.tokens[t]);
+    const num = every || rep.has(t) ? `${t}:` : "";
+    const room = Math.max(2, Math.floor(Math.max(colW, 14) / 6.5));
+    if ((num + text).length > room) text = text.slice(0, Math.max(1, room - num.length - 1)) + "…";
+    const lab = document.createElement("span");
+    lab.className = `ltt-colbar-label${targets.has(t) ? " ltt-is-target" : ""}`;
+    lab.dataset.token = String(t);
+    lab.textContent = num + text;
+    lab.title = `token ${t} ${quoted(st.graph.tokens[t])}`;
+    lab.style.left = `${(dx + x).toFixed(1)}px`;
+    box.append(lab);
+  }
+}
 
 // --- page/drawing.js ---
 // Drawing: the graph as SVG elements (or, past ELEMENT_LIMIT edges, on a canvas), fitting and
@@ -781,7 +826,10 @@ export function hover(st, ev) {
   let lines = null;
   if (out !== undefined || tok !== undefined) {
     const t = Number(out ?? tok);
-    lines = [`token ${t}: ${quoted(st.graph.tokens[t])}`, out !== undefined ? "click: target · shift-click: add/remove" : null];
+    const o = (st.model.get("outputs") || [])[t];
+    lines = [`token ${t}: ${quoted(st.graph.tokens[t])}`,
+      o ? `predicts ${quoted(o.token)} · probability ${Number(o.prob).toFixed(3)}` : null,
+      out !== undefined ? "click: target · shift-click: add/remove" : null];
   } else if (hit && hit.node) {
     const n = st.nodeByName.get(hit.node);
     const p = parseNode(hit.node);
@@ -842,6 +890,7 @@ export function wireGraph(st) {
 
 
 export function heatmap(st, data, R, C, name, target, source, rgb) {
+  const base = cssRGB(st, "--ltt-bg"); // zero is the panel's background: white, or dark in a dark scheme
   const box = h("div", { class: "ltt-heatmap" });
   let max = 0;
   for (let i = 0; i < data.length; i++) if (data[i] > max) max = data[i];
@@ -850,7 +899,7 @@ export function heatmap(st, data, R, C, name, target, source, rgb) {
   if (ctx) {
     const img = ctx.createImageData(C, R);
     for (let i = 0; i < R * C; i++) {
-      const [r, g, b] = colorRamp(max > 0 ? data[i] / max : 0, rgb);
+      const [r, g, b] = colorRamp(max > 0 ? data[i] / max : 0, rgb, base);
       img.data[4 * i] = r; img.data[4 * i + 1] = g; img.data[4 * i + 2] = b; img.data[4 * i + 3] = 255;
     }
     ctx.putImageData(img, 0, 0);
@@ -915,6 +964,25 @@ export function heatmap(st, data, R, C, name, target, source, rgb) {
 }
 
 
+export function bar(st, v, max, color) {
+  const w = Math.max(0, Math.min(1, (Number(v) || 0) / (max || 1)));
+  const b = h("span", { class: "ltt-bar" });
+  b.style.width = `${(w * 60).toFixed(1)}px`;
+  b.style.background = color;
+  return b;
+}
+
+/** A colour variable of the view's theme as [r, g, b] (as the browser resolves it). */
+export function cssRGB(st, name) {
+  const probe = document.createElement("span");
+  probe.style.color = `var(${name})`;
+  probe.style.display = "none";
+  st.root.append(probe);
+  const m = (getComputedStyle(probe).color.match(/[\d.]+/g) || [255, 255, 255]).map(Number);
+  probe.remove();
+  return m.slice(0, 3);
+}
+
 // --- page/panels.js ---
 // The side panel: what the selected state, edge or FFN block holds (top tokens, heads, neurons).
 
@@ -960,13 +1028,6 @@ export function panelState(st, p) {
   if (p.block) st.panel.append(effects(st, `what the ${p.block.what} added here promoted (direct effect on the logits)`, p.block));
 }
 
-export function bar(st, v, max, color) {
-  const w = Math.max(0, Math.min(1, (Number(v) || 0) / (max || 1)));
-  const b = h("span", { class: "ltt-bar" });
-  b.style.width = `${(w * 60).toFixed(1)}px`;
-  b.style.background = color;
-  return b;
-}
 
 export function effects(st, label, p) {
   const box = h("div", { class: "ltt-effects" });
@@ -1003,7 +1064,7 @@ export function panelAttention(st, p) {
       const row = h("div", { class: "ltt-maps" });
       const names = p.maps || [];
       for (let i = 0; i < shape[0]; i++) {
-        row.append(heatmap(st, maps.subarray(i * shape[1] * shape[2], (i + 1) * shape[1] * shape[2]), shape[1], shape[2], names[i] || `map ${i}`, p.target, p.source, i === 0 ? [47, 111, 223] : [232, 137, 28]));
+        row.append(heatmap(st, maps.subarray(i * shape[1] * shape[2], (i + 1) * shape[1] * shape[2]), shape[1], shape[2], names[i] || `map ${i}`, p.target, p.source, cssRGB(st, i === 0 ? "--ltt-attn" : "--ltt-ffn")));
       }
       st.panel.append(row);
     } else if (st.model.get("live") === false) {
@@ -1078,21 +1139,28 @@ export function buildPage(st) {
   st.focusBtn = h("button", { class: "ltt-focus", text: "Focus" });
   st.fitBtn = h("button", { class: "ltt-fit", text: "Fit" });
   st.allBox = h("input", { class: "ltt-all-positions", type: "checkbox" });
+  st.numBox = h("input", { class: "ltt-numbers", type: "checkbox" });
+  st.cfBox = h("input", { class: "ltt-counterfactual", type: "text", size: "28", "aria-label": "counterfactual prompt",
+    placeholder: "counterfactual prompt (patching)…", title: "a prompt of the same token length to patch removed edges from; empty: zero ablation" });
+  st.faith = h("span", { class: "ltt-faithfulness", role: "status" });
   st.root.append(
     h("div", { class: "ltt-controls" },
       h("label", { class: "ltt-ctl" }, h("span", { text: "threshold" }), st.slider, st.thrBox),
+      h("span", { class: "ltt-ctl ltt-faith-ctl" }, h("span", { text: "faithfulness" }), st.faith, st.cfBox),
       h("label", { class: "ltt-ctl" }, st.renormBox, h("span", { text: "renormalize" })),
       h("label", { class: "ltt-ctl", title: "apply the final norm before unembedding in the top-token panels" }, st.normBox, h("span", { text: "normalize before unembedding" })),
       h("label", { class: "ltt-ctl" }, h("span", { text: "targets" }), st.targetBox),
       h("span", { class: "ltt-ctl" }, h("span", { text: "tokens" }), st.fromBox, h("span", { text: "–" }), st.toBox, st.focusBtn, st.fitBtn),
-      h("label", { class: "ltt-ctl", title: "give every token a full column, the ones without nodes greyed (long prompts show only the columns that carry nodes)" }, st.allBox, h("span", { text: "all positions" }))),
+      h("label", { class: "ltt-ctl", title: "give every token a full column, the ones without nodes greyed (long prompts show only the columns that carry nodes)" }, st.allBox, h("span", { text: "all positions" })),
+      h("label", { class: "ltt-ctl", title: "number every token label (repeated tokens are always numbered)" }, st.numBox, h("span", { text: "position numbers" }))),
   );
 
   // -- main: graph and side panel
   st.graphBox = h("div", { class: "ltt-graph" });
   st.panel = h("div", { class: "ltt-panel" });
   st.tooltip = h("div", { class: "ltt-tooltip" });
-  st.root.append(h("div", { class: "ltt-main" }, st.graphBox, st.panel), st.tooltip, legend());
+  st.colbar = h("div", { class: "ltt-colbar", "aria-hidden": "true" });
+  st.root.append(st.colbar, h("div", { class: "ltt-main" }, st.graphBox, st.panel), st.tooltip, legend());
 
   st.svg = s("svg", { class: "ltt-svg", role: "group" });
   st.plot = s("svg", { class: "ltt-plot", overflow: "hidden" });
@@ -1194,6 +1262,8 @@ export function wireControls(st) {
   st.promptInput.addEventListener("keydown", (ev) => { if (ev.key === "Enter") run(); });
   st.picker.addEventListener("change", () => st.commit({ prompt_index: Number(st.picker.value) }));
   st.allBox.addEventListener("change", () => { draw(st); fit(st); });
+  st.numBox.addEventListener("change", () => axes(st));
+  st.cfBox.addEventListener("change", () => st.commit({ counterfactual: st.cfBox.value }));
 }
 
 export function showError(st, msg) {
@@ -1224,6 +1294,28 @@ function legend() {
   return lg;
 }
 
+/** The faithfulness figure next to the threshold: the kernel's line, marked stale while it is
+ *  recomputed for the graph shown (never shown as current), and naming the targets it holds for
+ *  when they are not the selected ones (the offline report's figure is of the exported graph). */
+export function faith_(st) {
+  const line = st.model.get("faithfulness") || "";
+  const state = st.model.get("faithfulness_state") || "";
+  const holds = st.model.get("faithfulness_for") || [];
+  const now = (st.model.get("targets") || []).slice().sort((a, b) => a - b);
+  const other = holds.length > 0 && holds.slice().sort((a, b) => a - b).join(",") !== now.join(",");
+  const toks = (st.graph && st.graph.tokens) || [];
+  const stale = state === "computing";
+  st.faith.classList.toggle("ltt-stale", stale || other);
+  st.faith.classList.toggle("ltt-failed", state === "failed");
+  st.faith.dataset.state = stale ? "stale" : other ? "other-targets" : state || "none";
+  let text = line || (stale ? "computing…" : "—");
+  if (stale && line) text = `stale (recomputing for this graph) · ${line}`;
+  else if (other) text = `${line} — holds for target${holds.length > 1 ? "s" : ""} ${holds.map((t) => `${t} ${quoted(toks[t] ?? "")}`).join(", ")}, not the selected one${now.length > 1 ? "s" : ""}`;
+  st.faith.textContent = text;
+  if (document.activeElement !== st.cfBox) st.cfBox.value = st.model.get("counterfactual") || "";
+  st.cfBox.style.display = st.model.get("live") === false ? "none" : "";
+}
+
 // --- page/view.js ---
 // ltt graph view: a trace's pruned contribution graph as a token x layer grid, its controls and its
 // panels (top tokens, heads, neurons), with anywidget's render({ model, el }) contract. The parts
@@ -1245,7 +1337,8 @@ export function render({ model, el }) {
     const first = !st.lay;
     const prevT = st.graph ? st.graph.tokens.length : -1;
     const prevW = st.lay ? st.lay.width : -1;
-    draw(st); controls_(st); facts_(st);
+    dropStale(st);
+    draw(st); controls_(st); facts_(st); faith_(st);
     // a new prompt, or columns that moved (a compact layout of other targets): fit again
     if (first || st.graph.tokens.length !== prevT || Math.abs(st.lay.width - prevW) > 1e-6) fit(st);
   };
@@ -1266,12 +1359,10 @@ export function render({ model, el }) {
   st.on("change:status", () => { st.status.textContent = st.model.get("status") || ""; st.root.classList.toggle("ltt-busy", !!st.model.get("status")); });
   st.on("change:error", () => showError(st, st.model.get("error")));
   st.on("change:notice", () => { st.notice.textContent = st.model.get("notice") || ""; st.notice.style.display = st.model.get("notice") ? "block" : "none"; });
-  // the faithfulness line (ltt.faithfulness.summary_line) under the header, as text, when there is one
-  st.faith = h("div", { class: "ltt-faithfulness" });
-  st.notice.before(st.faith);
-  const faith_ = () => { const v = st.model.get("faithfulness") || ""; st.faith.textContent = v; st.faith.style.display = v ? "block" : "none"; };
-  st.on("change:faithfulness", faith_);
-  faith_();
+  // the faithfulness figure next to the threshold (controls.js faith_)
+  for (const k of ["faithfulness", "faithfulness_state", "faithfulness_for", "targets", "counterfactual", "live"]) st.on(`change:${k}`, () => faith_(st));
+  st.on("change:outputs", () => axes(st));
+  faith_(st);
 
   const ro = typeof ResizeObserver !== "undefined" ? new ResizeObserver(() => {
     const w = Math.floor(st.graphBox.clientWidth);
@@ -1297,6 +1388,18 @@ export function render({ model, el }) {
     if (ro) ro.disconnect();
     st.root.remove();
   };
+}
+
+/** A selection the new graph no longer holds (nor marks) is cleared, with its panel: the side
+ *  panel never keeps an edge of an old graph. (A live kernel does the same on its side.) */
+function dropStale(st) {
+  const g = st.model.get("graph") || {};
+  const sel = st.model.get("selection") || {};
+  if (!sel.node && !sel.edge) return;
+  const marks = st.model.get("marks") || {};
+  const here = sel.node ? (g.nodes || []).some((n) => n.name === sel.node)
+    : (g.edges || []).some((e) => `${e.source}|${e.target}|${e.kind}` === sel.edge) || sel.edge in marks;
+  if (!here) st.commit({ selection: {} });
 }
 
 export default { render };

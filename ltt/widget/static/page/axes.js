@@ -18,6 +18,7 @@ export function axes(st) {
   const targets = new Set(st.graph.settings.targets || []);
   const fewTargets = targets.size <= 16;
   let shownCol = -1;
+  const bar = [];
   for (let t = 0; t < T; t++) {
     const x = sx(st, (cols.x[t] + cols.w[t] / 2) * GRID.col);
     if (x < MARGIN.left - 2 || x > MARGIN.left + plotW(st) + 2) continue;
@@ -40,16 +41,18 @@ export function axes(st) {
         label.setAttribute("text-anchor", "middle");
       }
       st.axisX.append(label);
+      bar.push([t, x]);
     }
     // output markers along the top: click picks the target, shift/ctrl-click adds or removes
     const mw = cols.w[t] * colW;
     const mk = s("rect", {
       class: `ltt-out${targets.has(t) ? " ltt-is-target" : ""}${active ? "" : " ltt-inactive"}`, "data-output": t,
       x: x - Math.min(7, mw * 0.4), y: MARGIN.top - 13, width: Math.max(2, Math.min(14, mw * 0.8)), height: 10, rx: 2,
-      tabindex: 0, role: "button", "aria-label": `target ${t} ${quoted(st.graph.tokens[t])}${targets.has(t) ? " (selected)" : ""}`,
+      tabindex: 0, role: "button", "aria-label": `target ${t} ${quoted(st.graph.tokens[t])}${targets.has(t) ? " (selected)" : ""}${predicts(st, t)}`,
     });
     st.axisTop.append(mk);
   }
+  columnBar(st, bar, colW);
   const preds = st.graph.predictions || {};
   let lastEnd = -Infinity;
   for (const t of [...targets].sort((a, b) => a - b)) {
@@ -118,3 +121,43 @@ export function highlight(st) {
   }
 }
 
+
+/** ", predicts “x” (p 0.123)": what the model predicts after token t, or "" when unknown. */
+export function predicts(st, t) {
+  const o = (st.model.get("outputs") || [])[t];
+  return o ? `, predicts ${quoted(o.token)} (p ${Number(o.prob).toFixed(3)})` : "";
+}
+
+/** Positions of the tokens whose string occurs more than once in the prompt. */
+export function repeatedTokens(tokens) {
+  const count = new Map();
+  for (const t of tokens) count.set(t, (count.get(t) || 0) + 1);
+  const out = new Set();
+  tokens.forEach((t, i) => { if (count.get(t) > 1) out.add(i); });
+  return out;
+}
+
+// The token labels again, in an HTML strip that stays at the top of the viewport (position:
+// sticky) while the graph is scrolled past; a repeated token (or every one, with "position
+// numbers" on) carries its position.
+function columnBar(st, shown, colW) {
+  const box = st.colbar;
+  box.replaceChildren();
+  const dx = st.graphBox.offsetLeft - box.offsetLeft;
+  const rep = repeatedTokens(st.graph.tokens);
+  const every = st.numBox && st.numBox.checked;
+  const targets = new Set(st.graph.settings.targets || []);
+  for (const [t, x] of shown) {
+    let text = visibleToken(st.graph.tokens[t]);
+    const num = every || rep.has(t) ? `${t}:` : "";
+    const room = Math.max(2, Math.floor(Math.max(colW, 14) / 6.5));
+    if ((num + text).length > room) text = text.slice(0, Math.max(1, room - num.length - 1)) + "…";
+    const lab = document.createElement("span");
+    lab.className = `ltt-colbar-label${targets.has(t) ? " ltt-is-target" : ""}`;
+    lab.dataset.token = String(t);
+    lab.textContent = num + text;
+    lab.title = `token ${t} ${quoted(st.graph.tokens[t])}`;
+    lab.style.left = `${(dx + x).toFixed(1)}px`;
+    box.append(lab);
+  }
+}

@@ -1,7 +1,8 @@
 // The page's header and controls: model facts, prompt bar, threshold, targets, focus; their wiring.
 
 import { MARK_LABEL, edgeStyle, parseTargets } from "./layout.js";
-import { h, s } from "./state.js";
+import { h, s, quoted } from "./state.js";
+import { axes } from "./axes.js";
 import { draw, fit } from "./drawing.js";
 
 /** The header, controls and main area's elements, made once and kept on the view state. */
@@ -31,21 +32,28 @@ export function buildPage(st) {
   st.focusBtn = h("button", { class: "ltt-focus", text: "Focus" });
   st.fitBtn = h("button", { class: "ltt-fit", text: "Fit" });
   st.allBox = h("input", { class: "ltt-all-positions", type: "checkbox" });
+  st.numBox = h("input", { class: "ltt-numbers", type: "checkbox" });
+  st.cfBox = h("input", { class: "ltt-counterfactual", type: "text", size: "28", "aria-label": "counterfactual prompt",
+    placeholder: "counterfactual prompt (patching)…", title: "a prompt of the same token length to patch removed edges from; empty: zero ablation" });
+  st.faith = h("span", { class: "ltt-faithfulness", role: "status" });
   st.root.append(
     h("div", { class: "ltt-controls" },
       h("label", { class: "ltt-ctl" }, h("span", { text: "threshold" }), st.slider, st.thrBox),
+      h("span", { class: "ltt-ctl ltt-faith-ctl" }, h("span", { text: "faithfulness" }), st.faith, st.cfBox),
       h("label", { class: "ltt-ctl" }, st.renormBox, h("span", { text: "renormalize" })),
       h("label", { class: "ltt-ctl", title: "apply the final norm before unembedding in the top-token panels" }, st.normBox, h("span", { text: "normalize before unembedding" })),
       h("label", { class: "ltt-ctl" }, h("span", { text: "targets" }), st.targetBox),
       h("span", { class: "ltt-ctl" }, h("span", { text: "tokens" }), st.fromBox, h("span", { text: "–" }), st.toBox, st.focusBtn, st.fitBtn),
-      h("label", { class: "ltt-ctl", title: "give every token a full column, the ones without nodes greyed (long prompts show only the columns that carry nodes)" }, st.allBox, h("span", { text: "all positions" }))),
+      h("label", { class: "ltt-ctl", title: "give every token a full column, the ones without nodes greyed (long prompts show only the columns that carry nodes)" }, st.allBox, h("span", { text: "all positions" })),
+      h("label", { class: "ltt-ctl", title: "number every token label (repeated tokens are always numbered)" }, st.numBox, h("span", { text: "position numbers" }))),
   );
 
   // -- main: graph and side panel
   st.graphBox = h("div", { class: "ltt-graph" });
   st.panel = h("div", { class: "ltt-panel" });
   st.tooltip = h("div", { class: "ltt-tooltip" });
-  st.root.append(h("div", { class: "ltt-main" }, st.graphBox, st.panel), st.tooltip, legend());
+  st.colbar = h("div", { class: "ltt-colbar", "aria-hidden": "true" });
+  st.root.append(st.colbar, h("div", { class: "ltt-main" }, st.graphBox, st.panel), st.tooltip, legend());
 
   st.svg = s("svg", { class: "ltt-svg", role: "group" });
   st.plot = s("svg", { class: "ltt-plot", overflow: "hidden" });
@@ -147,6 +155,8 @@ export function wireControls(st) {
   st.promptInput.addEventListener("keydown", (ev) => { if (ev.key === "Enter") run(); });
   st.picker.addEventListener("change", () => st.commit({ prompt_index: Number(st.picker.value) }));
   st.allBox.addEventListener("change", () => { draw(st); fit(st); });
+  st.numBox.addEventListener("change", () => axes(st));
+  st.cfBox.addEventListener("change", () => st.commit({ counterfactual: st.cfBox.value }));
 }
 
 export function showError(st, msg) {
@@ -175,4 +185,26 @@ function legend() {
   diff.style.display = "none";
   lg.append(diff);
   return lg;
+}
+
+/** The faithfulness figure next to the threshold: the kernel's line, marked stale while it is
+ *  recomputed for the graph shown (never shown as current), and naming the targets it holds for
+ *  when they are not the selected ones (the offline report's figure is of the exported graph). */
+export function faith_(st) {
+  const line = st.model.get("faithfulness") || "";
+  const state = st.model.get("faithfulness_state") || "";
+  const holds = st.model.get("faithfulness_for") || [];
+  const now = (st.model.get("targets") || []).slice().sort((a, b) => a - b);
+  const other = holds.length > 0 && holds.slice().sort((a, b) => a - b).join(",") !== now.join(",");
+  const toks = (st.graph && st.graph.tokens) || [];
+  const stale = state === "computing";
+  st.faith.classList.toggle("ltt-stale", stale || other);
+  st.faith.classList.toggle("ltt-failed", state === "failed");
+  st.faith.dataset.state = stale ? "stale" : other ? "other-targets" : state || "none";
+  let text = line || (stale ? "computing…" : "—");
+  if (stale && line) text = `stale (recomputing for this graph) · ${line}`;
+  else if (other) text = `${line} — holds for target${holds.length > 1 ? "s" : ""} ${holds.map((t) => `${t} ${quoted(toks[t] ?? "")}`).join(", ")}, not the selected one${now.length > 1 ? "s" : ""}`;
+  st.faith.textContent = text;
+  if (document.activeElement !== st.cfBox) st.cfBox.value = st.model.get("counterfactual") || "";
+  st.cfBox.style.display = st.model.get("live") === false ? "none" : "";
 }

@@ -112,7 +112,10 @@ export function hover(st, ev) {
   let lines = null;
   if (out !== undefined || tok !== undefined) {
     const t = Number(out ?? tok);
-    lines = [`token ${t}: ${quoted(st.graph.tokens[t])}`, out !== undefined ? "click: target · shift-click: add/remove" : null];
+    const o = (st.model.get("outputs") || [])[t];
+    lines = [`token ${t}: ${quoted(st.graph.tokens[t])}`,
+      o ? `predicts ${quoted(o.token)} · probability ${Number(o.prob).toFixed(3)}` : null,
+      out !== undefined ? "click: target · shift-click: add/remove" : null];
   } else if (hit && hit.node) {
     const n = st.nodeByName.get(hit.node);
     const p = parseNode(hit.node);

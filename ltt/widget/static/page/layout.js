@@ -146,10 +146,10 @@ export function visibleToken(s) {
   return t;
 }
 
-/** A sequential colour (white -> hue) for v in [0, 1], as [r, g, b]. */
-export function colorRamp(v, rgb = [47, 111, 223]) {
+/** A sequential colour (base, default white -> hue) for v in [0, 1], as [r, g, b]. */
+export function colorRamp(v, rgb = [47, 111, 223], base = [255, 255, 255]) {
   const t = Math.min(1, Math.max(0, Number(v) || 0));
-  return rgb.map((c) => Math.round(255 + (c - 255) * t));
+  return rgb.map((c, i) => Math.round(base[i] + (c - base[i]) * t));
 }
 
 /** Bytes as they come from a model (DataView, ArrayBuffer, typed array, base64 string) to a

@@ -4,6 +4,7 @@ import { visibleToken, colorRamp } from "./layout.js";
 import { h, fmt, quoted } from "./state.js";
 
 export function heatmap(st, data, R, C, name, target, source, rgb) {
+  const base = cssRGB(st, "--ltt-bg"); // zero is the panel's background: white, or dark in a dark scheme
   const box = h("div", { class: "ltt-heatmap" });
   let max = 0;
   for (let i = 0; i < data.length; i++) if (data[i] > max) max = data[i];
@@ -12,7 +13,7 @@ export function heatmap(st, data, R, C, name, target, source, rgb) {
   if (ctx) {
     const img = ctx.createImageData(C, R);
     for (let i = 0; i < R * C; i++) {
-      const [r, g, b] = colorRamp(max > 0 ? data[i] / max : 0, rgb);
+      const [r, g, b] = colorRamp(max > 0 ? data[i] / max : 0, rgb, base);
       img.data[4 * i] = r; img.data[4 * i + 1] = g; img.data[4 * i + 2] = b; img.data[4 * i + 3] = 255;
     }
     ctx.putImageData(img, 0, 0);
@@ -76,3 +77,22 @@ export function heatmap(st, data, R, C, name, target, source, rgb) {
   return box;
 }
 
+
+export function bar(st, v, max, color) {
+  const w = Math.max(0, Math.min(1, (Number(v) || 0) / (max || 1)));
+  const b = h("span", { class: "ltt-bar" });
+  b.style.width = `${(w * 60).toFixed(1)}px`;
+  b.style.background = color;
+  return b;
+}
+
+/** A colour variable of the view's theme as [r, g, b] (as the browser resolves it). */
+export function cssRGB(st, name) {
+  const probe = document.createElement("span");
+  probe.style.color = `var(${name})`;
+  probe.style.display = "none";
+  st.root.append(probe);
+  const m = (getComputedStyle(probe).color.match(/[\d.]+/g) || [255, 255, 255]).map(Number);
+  probe.remove();
+  return m.slice(0, 3);
+}

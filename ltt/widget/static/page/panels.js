@@ -2,7 +2,7 @@
 
 import { KIND_LABEL, parseNode, visibleToken, toFloat32 } from "./layout.js";
 import { h, fmt, quoted } from "./state.js";
-import { heatmap } from "./maps.js";
+import { heatmap, bar, cssRGB } from "./maps.js";
 
 export function renderPanel(st) {
   const p = st.model.get("panel") || {};
@@ -45,13 +45,6 @@ export function panelState(st, p) {
   if (p.block) st.panel.append(effects(st, `what the ${p.block.what} added here promoted (direct effect on the logits)`, p.block));
 }
 
-export function bar(st, v, max, color) {
-  const w = Math.max(0, Math.min(1, (Number(v) || 0) / (max || 1)));
-  const b = h("span", { class: "ltt-bar" });
-  b.style.width = `${(w * 60).toFixed(1)}px`;
-  b.style.background = color;
-  return b;
-}
 
 export function effects(st, label, p) {
   const box = h("div", { class: "ltt-effects" });
@@ -88,7 +81,7 @@ export function panelAttention(st, p) {
       const row = h("div", { class: "ltt-maps" });
       const names = p.maps || [];
       for (let i = 0; i < shape[0]; i++) {
-        row.append(heatmap(st, maps.subarray(i * shape[1] * shape[2], (i + 1) * shape[1] * shape[2]), shape[1], shape[2], names[i] || `map ${i}`, p.target, p.source, i === 0 ? [47, 111, 223] : [232, 137, 28]));
+        row.append(heatmap(st, maps.subarray(i * shape[1] * shape[2], (i + 1) * shape[1] * shape[2]), shape[1], shape[2], names[i] || `map ${i}`, p.target, p.source, cssRGB(st, i === 0 ? "--ltt-attn" : "--ltt-ffn")));
       }
       st.panel.append(row);
     } else if (st.model.get("live") === false) {

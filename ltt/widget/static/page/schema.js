@@ -22,6 +22,8 @@ export const STATE_FIELDS = [
   {"name": "slider", "kind": "list[float]", "default": [0.01, 0.1], "writable": false},
   {"name": "faithfulness", "kind": "str", "default": "", "writable": false},
   {"name": "faithfulness_state", "kind": "str", "default": "", "writable": false},
+  {"name": "faithfulness_for", "kind": "list[int]", "default": [], "writable": false},
+  {"name": "outputs", "kind": "list[dict]", "default": [], "writable": false},
   {"name": "counterfactual", "kind": "str", "default": "", "writable": true},
 ];
 

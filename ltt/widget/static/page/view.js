@@ -6,11 +6,11 @@
 
 import { MARGIN } from "./layout.js";
 import { h, createState } from "./state.js";
-import { marks_, highlight } from "./axes.js";
+import { axes, marks_, highlight } from "./axes.js";
 import { draw, fit } from "./drawing.js";
 import { wireGraph } from "./interaction.js";
 import { renderPanel } from "./panels.js";
-import { buildPage, facts_, prompts_, controls_, wireControls, showError } from "./controls.js";
+import { buildPage, facts_, prompts_, controls_, wireControls, showError, faith_ } from "./controls.js";
 
 export function render({ model, el }) {
   const st = createState(model, el);
@@ -25,7 +25,8 @@ export function render({ model, el }) {
     const first = !st.lay;
     const prevT = st.graph ? st.graph.tokens.length : -1;
     const prevW = st.lay ? st.lay.width : -1;
-    draw(st); controls_(st); facts_(st);
+    dropStale(st);
+    draw(st); controls_(st); facts_(st); faith_(st);
     // a new prompt, or columns that moved (a compact layout of other targets): fit again
     if (first || st.graph.tokens.length !== prevT || Math.abs(st.lay.width - prevW) > 1e-6) fit(st);
   };
@@ -46,12 +47,10 @@ export function render({ model, el }) {
   st.on("change:status", () => { st.status.textContent = st.model.get("status") || ""; st.root.classList.toggle("ltt-busy", !!st.model.get("status")); });
   st.on("change:error", () => showError(st, st.model.get("error")));
   st.on("change:notice", () => { st.notice.textContent = st.model.get("notice") || ""; st.notice.style.display = st.model.get("notice") ? "block" : "none"; });
-  // the faithfulness line (ltt.faithfulness.summary_line) under the header, as text, when there is one
-  st.faith = h("div", { class: "ltt-faithfulness" });
-  st.notice.before(st.faith);
-  const faith_ = () => { const v = st.model.get("faithfulness") || ""; st.faith.textContent = v; st.faith.style.display = v ? "block" : "none"; };
-  st.on("change:faithfulness", faith_);
-  faith_();
+  // the faithfulness figure next to the threshold (controls.js faith_)
+  for (const k of ["faithfulness", "faithfulness_state", "faithfulness_for", "targets", "counterfactual", "live"]) st.on(`change:${k}`, () => faith_(st));
+  st.on("change:outputs", () => axes(st));
+  faith_(st);
 
   const ro = typeof ResizeObserver !== "undefined" ? new ResizeObserver(() => {
     const w = Math.floor(st.graphBox.clientWidth);
@@ -77,6 +76,18 @@ export function render({ model, el }) {
     if (ro) ro.disconnect();
     st.root.remove();
   };
+}
+
+/** A selection the new graph no longer holds (nor marks) is cleared, with its panel: the side
+ *  panel never keeps an edge of an old graph. (A live kernel does the same on its side.) */
+function dropStale(st) {
+  const g = st.model.get("graph") || {};
+  const sel = st.model.get("selection") || {};
+  if (!sel.node && !sel.edge) return;
+  const marks = st.model.get("marks") || {};
+  const here = sel.node ? (g.nodes || []).some((n) => n.name === sel.node)
+    : (g.edges || []).some((e) => `${e.source}|${e.target}|${e.kind}` === sel.edge) || sel.edge in marks;
+  if (!here) st.commit({ selection: {} });
 }
 
 export default { render };

@@ -122,7 +122,8 @@ def test_a_target_change_clears_a_selection_the_new_graph_lacks(trace):
     w = GraphWidget(trace, threshold=0.01)
     w.faithfulness_baselines = 0
     old = {f"{e['source']}|{e['target']}|{e['kind']}" for e in w.graph["edges"]}
-    key = next(k for k in old if k.endswith("|attention"))  # the default graph is the last token's
+    key = next(k for k in sorted(old) if k.endswith("|attention")  # not a self-edge: its source is another token
+               and k.split("|")[0].split("_")[1] != k.split("|")[1].split("_")[1])
     w.selection = {"edge": key}
     assert w.panel["type"] == "attention"
     w.targets = [int(key.split("|")[0].split("_")[1])]  # the edge's source as the target: no edge reaches it

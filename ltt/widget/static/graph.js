@@ -487,6 +487,8 @@ export function repeatedTokens(tokens) {
 function columnBar(st, shown, colW) {
   const box = st.colbar;
   box.replaceChildren();
+  const controls = st.root.querySelector(".ltt-controls"); // sticky too: the labels go just under it
+  box.style.top = controls && getComputedStyle(controls).position === "sticky" ? `${controls.offsetHeight}px` : "0px";
   const dx = st.graphBox.offsetLeft - box.offsetLeft;
   const rep = repeatedTokens(st.graph.tokens);
   const every = st.numBox && st.numBox.checked;
@@ -1151,8 +1153,8 @@ export function buildPage(st) {
       h("label", { class: "ltt-ctl", title: "apply the final norm before unembedding in the top-token panels" }, st.normBox, h("span", { text: "normalize before unembedding" })),
       h("label", { class: "ltt-ctl" }, h("span", { text: "targets" }), st.targetBox),
       h("span", { class: "ltt-ctl" }, h("span", { text: "tokens" }), st.fromBox, h("span", { text: "–" }), st.toBox, st.focusBtn, st.fitBtn),
-      h("label", { class: "ltt-ctl", title: "give every token a full column, the ones without nodes greyed (long prompts show only the columns that carry nodes)" }, st.allBox, h("span", { text: "all positions" })),
-      h("label", { class: "ltt-ctl", title: "number every token label (repeated tokens are always numbered)" }, st.numBox, h("span", { text: "position numbers" }))),
+      h("label", { class: "ltt-ctl", title: "number every token label (repeated tokens are always numbered)" }, st.numBox, h("span", { text: "position numbers" })),
+      h("label", { class: "ltt-ctl", title: "give every token a full column, the ones without nodes greyed (long prompts show only the columns that carry nodes)" }, st.allBox, h("span", { text: "all positions" }))),
   );
 
   // -- main: graph and side panel
@@ -1312,6 +1314,7 @@ export function faith_(st) {
   if (stale && line) text = `stale (recomputing for this graph) · ${line}`;
   else if (other) text = `${line} — holds for target${holds.length > 1 ? "s" : ""} ${holds.map((t) => `${t} ${quoted(toks[t] ?? "")}`).join(", ")}, not the selected one${now.length > 1 ? "s" : ""}`;
   st.faith.textContent = text;
+  st.faith.title = text; // the whole line, where the controls' row cuts it short
   if (document.activeElement !== st.cfBox) st.cfBox.value = st.model.get("counterfactual") || "";
   st.cfBox.style.display = st.model.get("live") === false ? "none" : "";
 }

@@ -143,6 +143,8 @@ export function repeatedTokens(tokens) {
 function columnBar(st, shown, colW) {
   const box = st.colbar;
   box.replaceChildren();
+  const controls = st.root.querySelector(".ltt-controls"); // sticky too: the labels go just under it
+  box.style.top = controls && getComputedStyle(controls).position === "sticky" ? `${controls.offsetHeight}px` : "0px";
   const dx = st.graphBox.offsetLeft - box.offsetLeft;
   const rep = repeatedTokens(st.graph.tokens);
   const every = st.numBox && st.numBox.checked;

@@ -49,7 +49,8 @@ from ltt.progress import Steps
 from ltt.nodes import ATTENTION, RESIDUAL, Edge, Node, Stage, edge_key, node_name
 from ltt.scores import SparseRows, attribute
 from ltt.widget import panels
-from ltt.widget import STATIC
+from ltt.widget import STATIC, outputs
+from ltt.widget import state as widget_state
 
 __all__ = ["to_html", "report_data", "embed_json", "pack"]
 
@@ -340,17 +341,18 @@ def report_data(
             P[panels.panel_key("head", layer=layer, head=head, target=t)] = view
     info = panels.model_info(trace, graphs["renorm"])
     prompt = str(getattr(trace, "prompt", "")) or "".join(trace.tokens)
-    store["state"] = {
+    store["state"] = {**widget_state.initial(),  # every field of the one schema (ltt/widget/state.py)
         "graph": graphs["renorm"] if renormalize else graphs["raw"],
         "threshold": threshold, "renormalize": bool(renormalize), "normalize": bool(normalize),
-        "targets": tgt, "selection": {}, "panel": {}, "panel_maps": "", "panel_maps_shape": [],
-        "prompts": [prompt], "prompt_index": 0, "model_info": info, "status": "", "error": "",
-        "notice": "", "live": False, "slider": [float(min(slider[0], floor)), float(slider[1])],
+        "targets": tgt, "prompts": [prompt], "model_info": info, "live": False,
+        "slider": [float(min(slider[0], floor)), float(slider[1])],
     }
     from ltt.faithfulness import report_line  # the exported graph's check, one batched rerun
 
     progress.step("faithfulness check")
     store["state"]["faithfulness"] = report_line(trace, g_renorm if renormalize else g_raw)
+    store["state"].update(faithfulness_for=tgt, faithfulness_state="current" if store["state"]["faithfulness"] else "",
+                          outputs=outputs(trace) if with_model else [])
     return store
 
 

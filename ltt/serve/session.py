@@ -33,7 +33,7 @@ from ltt.serve.models import clip
 __all__ = ["Session", "WRITABLE", "synced_traits", "check_prompt"]
 
 # Traits the page may set (what render() commits); everything else is the kernel's to set.
-WRITABLE = ("threshold", "renormalize", "normalize", "targets", "selection", "prompt_index")
+from ltt.widget.state import WRITABLE  # noqa: E402  (the schema: ltt/widget/state.py)
 MAX_WAITING = 32  # jobs one page may have waiting at once
 MAX_TRACES = 64  # traced prompts one view keeps (its picker); the toolbar's Run then starts afresh
 
@@ -315,7 +315,10 @@ class Session:
             return
         from ltt.widget import GraphWidget
 
-        self._replace({"main": GraphWidget([prompt], model=model, **self._settings())}, None, key)
+        def background(label: str, fn: Callable[[], None]) -> None:  # the faithfulness check: a job
+            self._queue(label, lambda job: (fn(), self._flush()))
+
+        self._replace({"main": GraphWidget([prompt], model=model, background=background, **self._settings())}, None, key)
 
     def _show_diff(self, model: Any, key: tuple[str, str, str], pa: str, pb: str) -> None:
         """Trace two prompts and show them side by side with ltt.diff's changes marked (a

@@ -17,8 +17,10 @@ heatmaps travel as float32 bytes with their shape.
 
 from __future__ import annotations
 
+import inspect
 import pathlib
-from typing import Any, Sequence
+import threading
+from typing import Any, Callable, Sequence
 
 import anywidget
 import numpy as np
@@ -27,12 +29,34 @@ import traitlets as tl
 from ltt.checks import DEFAULT_THRESHOLD, check_threshold, is_int, resolve_targets
 from ltt.nodes import edge_key, node_name, parse_edge, parse_node
 from ltt.widget import panels
+from ltt.widget import state as widget_state
 
 STATIC = pathlib.Path(__file__).parent / "static"
 
-__all__ = ["GraphWidget", "STATIC", "MARK_STATUSES"]
+__all__ = ["GraphWidget", "STATIC", "MARK_STATUSES", "outputs", "patching_available"]
 
 MARK_STATUSES = ("rose", "fell", "appeared", "vanished")
+
+
+def outputs(trace: Any) -> list[dict]:
+    """The model's top prediction after every token, ``[{"token": str, "prob": float}]`` (the
+    output markers' hover text); empty without a model or a vocabulary projection."""
+    try:
+        from ltt import interpret
+
+        L, T = len(trace.layers), len(trace.token_ids)
+        tops = interpret.top_tokens_many(trace, [node_name("I", L - 1, t) for t in range(T)], k=1, normalize=True)
+        return [{"token": top.tokens[0].token, "prob": round(float(top.tokens[0].prob), 6)} for top in tops]
+    except Exception:  # a synthetic trace without a model: markers say the token only
+        return []
+
+
+def patching_available(trace: Any) -> bool:
+    """Whether ``trace.faithfulness`` can patch from a counterfactual prompt (``counterfactual=``)."""
+    try:
+        return "counterfactual" in inspect.signature(trace.faithfulness).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
 
 
 class GraphWidget(anywidget.AnyWidget):
@@ -59,28 +83,16 @@ class GraphWidget(anywidget.AnyWidget):
     _esm = STATIC / "graph.js"
     _css = STATIC / "graph.css"
 
-    graph = tl.Dict().tag(sync=True)
-    threshold = tl.Float(DEFAULT_THRESHOLD).tag(sync=True)
-    renormalize = tl.Bool(True).tag(sync=True)
-    normalize = tl.Bool(True).tag(sync=True)
-    targets = tl.List(tl.Int()).tag(sync=True)
-    selection = tl.Dict().tag(sync=True)
-    panel = tl.Dict().tag(sync=True)
-    panel_maps = tl.Bytes(b"").tag(sync=True)
-    panel_maps_shape = tl.List(tl.Int()).tag(sync=True)
-    prompts = tl.List(tl.Unicode()).tag(sync=True)
-    prompt_index = tl.Int(0).tag(sync=True)
-    model_info = tl.Dict().tag(sync=True)
-    status = tl.Unicode("").tag(sync=True)
-    error = tl.Unicode("").tag(sync=True)
-    notice = tl.Unicode("").tag(sync=True)
-    live = tl.Bool(True).tag(sync=True)
-    marks = tl.Dict().tag(sync=True)
-    slider = tl.List(tl.Float(), default_value=[0.01, 0.10], minlen=2, maxlen=2).tag(sync=True)
-    # ltt.faithfulness.summary_line of the shown graph, recomputed with it (one batched rerun of
-    # the model with faithfulness_baselines random graphs; 0 turns the check off)
-    faithfulness = tl.Unicode("").tag(sync=True)
+    # every synced field comes from the one schema, ltt/widget/state.py (the report's state, serve's
+    # writable set and the page's STATE_FIELDS derive from it too)
+    locals().update(widget_state.traits())
+    # the faithfulness line of the shown graph (ltt.faithfulness.summary_line), recomputed with it in
+    # a worker thread (one batched rerun of the model with faithfulness_baselines random graphs;
+    # 0 turns the check off); faithfulness_state says whether the line is current
     faithfulness_baselines = 8
+    # where the faithfulness check runs: None = a daemon thread; else background(label, fn) runs fn
+    # off the UI thread (ltt serve queues it as a job)
+    background: Callable[[str, Callable[[], None]], None] | None = None
 
     def __init__(
         self,
@@ -93,8 +105,10 @@ class GraphWidget(anywidget.AnyWidget):
         normalize: bool = True,
         k: int = 10,
         slider: Sequence[float] = (0.01, 0.10),
+        background: Callable[[str, Callable[[], None]], None] | None = None,
         **kwargs: Any,
     ):
+        self.background = background
         items = list(source) if isinstance(source, (list, tuple)) else [source]
         if not items:
             raise ValueError("GraphWidget needs a trace, a prompt, or a non-empty list of them, got []")
@@ -114,7 +128,8 @@ class GraphWidget(anywidget.AnyWidget):
         self._model = model
         self._k = int(k)
         self._quiet = 0
-        self._faith_lines: dict[tuple, str] = {}  # per (trace, settings): a slider going back costs nothing
+        self._faith_lines: dict[tuple, tuple[str, bool]] = {}  # per (trace, settings): going back costs nothing
+        self._faith_want: tuple | None = None  # the key of the figure the shown graph needs
         super().__init__(**kwargs)
         self._quiet += 1
         try:
@@ -161,6 +176,7 @@ class GraphWidget(anywidget.AnyWidget):
                 self._quiet -= 1
             self._refresh_graph()
             self.model_info = panels.model_info(trace, self.graph)
+            self.outputs = outputs(trace)
 
     # -- validation: every message names the trait and the value --------------------------------
 
@@ -236,7 +252,7 @@ class GraphWidget(anywidget.AnyWidget):
 
     # -- reactions -------------------------------------------------------------------------------
 
-    @tl.observe("threshold", "renormalize", "targets")
+    @tl.observe("threshold", "renormalize", "targets", "counterfactual")
     def _on_settings(self, change):
         if not self._quiet:
             self._guard(self._refresh_graph)
@@ -274,22 +290,80 @@ class GraphWidget(anywidget.AnyWidget):
         trace = self.trace
         g = trace.graph(threshold=self.threshold, renormalize=self.renormalize, targets=list(self.targets))
         self.graph = panels.graph_payload(trace, g)
+        self._resolve_selection()
         self._refresh_faithfulness(trace, g)
 
+    def _resolve_selection(self) -> None:
+        """After a re-prune: a selection the new graph no longer holds (nor marks) is cleared with
+        its panel; one it still holds has its panel refilled (its weight may have changed)."""
+        sel = self.selection
+        if not sel:
+            return
+        names = {n["name"] for n in self.graph.get("nodes", ())}
+        keys = {f"{e['source']}|{e['target']}|{e['kind']}" for e in self.graph.get("edges", ())}
+        here = sel.get("node") in names if "node" in sel else (sel.get("edge") in keys or sel.get("edge") in self.marks)
+        self._quiet += 1
+        try:
+            if not here:
+                self.selection = {}
+                self.panel, self.panel_maps, self.panel_maps_shape = {}, b"", []
+        finally:
+            self._quiet -= 1
+        if here:
+            self._refresh_panel()
+
+    def _faith_key(self, trace: Any, g: Any) -> tuple:
+        return (id(trace), g.threshold, g.renormalize, tuple(g.targets), self.faithfulness_baselines, self.counterfactual)
+
     def _refresh_faithfulness(self, trace: Any, g: Any) -> None:
+        """Show the graph's faithfulness: at once when known, else computed off the UI thread
+        (``background(label, fn)``, default a daemon thread; ``ltt serve`` queues a job) while the
+        old line stays, marked stale (``faithfulness_state = "computing"``)."""
+        if not self.faithfulness_baselines or getattr(trace, "model", None) is None:
+            self.faithfulness, self.faithfulness_state, self.faithfulness_for = "", "", []
+            return
+        key = self._faith_key(trace, g)
+        self._faith_want = key
+        if key in self._faith_lines:
+            line, ok = self._faith_lines[key]
+            self.faithfulness, self.faithfulness_state, self.faithfulness_for = line, ("current" if ok else "failed"), list(g.targets)
+            return
+        self.faithfulness_state = "computing"
+        cf = self.counterfactual
+
+        def work() -> None:
+            try:
+                line, ok = self._faith_figure(trace, g, cf), True
+            except Exception as exc:  # the graph stays usable without its check
+                line, ok = f"faithfulness check failed: {type(exc).__name__}: {exc}", False
+            self._faith_lines[key] = (line, ok)
+            if self._faith_want == key:  # a figure of a graph no longer shown is never shown as current
+                self.faithfulness, self.faithfulness_for = line, list(g.targets)
+                self.faithfulness_state = "current" if ok else "failed"
+
+        if self.background is not None:
+            self.background("checking the graph's faithfulness", work)
+        else:
+            threading.Thread(target=work, name="ltt-faithfulness", daemon=True).start()
+
+    def _faith_figure(self, trace: Any, g: Any, cf: str) -> str:
         from ltt.faithfulness import summary_line
 
-        if not self.faithfulness_baselines or getattr(trace, "model", None) is None:
-            self.faithfulness = ""
-            return
-        cache = self._faith_lines
-        key = (id(trace), g.threshold, g.renormalize, tuple(g.targets), self.faithfulness_baselines)
-        if key not in cache:
-            try:
-                cache[key] = summary_line(trace.faithfulness(g, baselines=self.faithfulness_baselines))
-            except Exception as exc:  # the graph stays usable without its check
-                cache[key] = f"faithfulness check failed: {type(exc).__name__}: {exc}"
-        self.faithfulness = cache[key]
+        if not cf.strip():
+            return summary_line(trace.faithfulness(g, baselines=self.faithfulness_baselines))
+        if not patching_available(trace):
+            raise ValueError("patching from a counterfactual is not available in this ltt "
+                             "(trace.faithfulness has no counterfactual=): clear the counterfactual box for zero ablation")
+        model = self._model or trace.model
+        other = model.trace(cf)
+        t = list(g.targets)[-1]
+        answer, cf_answer = outputs(trace)[t]["token"], outputs(other)[t]["token"] if t < len(other.token_ids) else None
+        if cf_answer is None:
+            raise ValueError(f"counterfactual has {len(other.token_ids)} tokens, the prompt {len(trace.token_ids)}: "
+                             "patching needs the same length")
+        result = trace.faithfulness(g, ablation="patch", counterfactual=cf, tokens=[answer, cf_answer],
+                                    baselines=self.faithfulness_baselines)
+        return f"patched from {cf!r} ({answer!r} vs {cf_answer!r}): " + summary_line(result)
 
     def _edge_weight(self, key: str) -> float | None:
         src, dst, kind = parse_edge(key)

@@ -59,7 +59,7 @@ export function servePage(root, appEl, url = socketURL()) {
   const promptBox = h("input", { class: "ltt-serve-prompt", type: "text", placeholder: "type a prompt, or pick one from the list…", "aria-label": "prompt" });
   const runBtn = h("button", { class: "ltt-serve-run", text: "Run" });
   const addBtn = h("button", { class: "ltt-serve-add", text: "Add to list", title: "keep this prompt in the list for every page of this server" });
-  const promptB = h("input", { class: "ltt-serve-prompt-b", type: "text", placeholder: "…and a second prompt to diff against it (same length: token by token)", "aria-label": "second prompt" });
+  const promptB = h("input", { class: "ltt-serve-prompt-b", type: "text", placeholder: "…and a second prompt to diff against it (any length; same length: compared token by token, else aligned at the last token)", "aria-label": "second prompt" });
   const diffBtn = h("button", { class: "ltt-serve-diff-run", text: "Diff" });
   const jobsBox = h("div", { class: "ltt-serve-jobs" });
   const errorBox = h("div", { class: "ltt-serve-error", role: "alert" });
@@ -150,6 +150,7 @@ export function servePage(root, appEl, url = socketURL()) {
         }
         views.set(name, { model, cleanup: render({ model, el: target }) });
       }
+      follow();
       if (msg.model) {
         modelSel.value = msg.model.id;
         deviceSel.value = msg.model.device;
@@ -174,7 +175,7 @@ export function servePage(root, appEl, url = socketURL()) {
       diffBox.replaceChildren(h("div", { class: "ltt-serve-diff-summary", text: msg.summary || "" }),
         h("div", { class: "ltt-serve-sub", text: "top changes, flow b − a (click one to select it in both views):" }), list);
     },
-    update(msg) { const v = views.get(msg.view || "main"); if (v) v.model.apply(msg.state); },
+    update(msg) { const v = views.get(msg.view || "main"); if (v) { v.model.apply(msg.state); follow(); } },
     job(msg) {
       const job = msg.job;
       if (job.state === "queued" || job.state === "running") {
@@ -195,6 +196,20 @@ export function servePage(root, appEl, url = socketURL()) {
     },
   };
 
+  // One prompt state: the toolbar's box and the view's own box show the same text (typing in
+  // either types in both), and after any run both show the prompt on screen.
+  const viewBoxes = () => [...appEl.querySelectorAll("input.ltt-prompt")];
+  function follow() {
+    const m = views.get("main") && views.get("main").model;
+    const editing = [promptBox, ...viewBoxes()].includes(document.activeElement);
+    if (!m || editing) return;
+    const p = (m.get("prompts") || [])[m.get("prompt_index") || 0];
+    if (typeof p === "string") for (const box of [promptBox, ...viewBoxes()]) box.value = p;
+  }
+  promptBox.addEventListener("input", () => { for (const box of viewBoxes()) box.value = promptBox.value; });
+  appEl.addEventListener("input", (ev) => {
+    if (ev.target && ev.target.classList && ev.target.classList.contains("ltt-prompt")) promptBox.value = ev.target.value;
+  });
   page.conn = connectKernel(url, handlers);
   listSel.addEventListener("change", () => {
     const list = JSON.parse(listSel.dataset.prompts || "[]");

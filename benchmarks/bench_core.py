@@ -4,7 +4,7 @@ The baseline is written here from the method's math, the way the original tool c
 materialise every (target, source, head) part vector as one ``[T, T, H, d]`` tensor, take the
 L1 distances of the whole to each part with torch, turn them into contributions, renormalise,
 build the graph edge by edge in Python with networkx, and prune it by a reverse breadth-first
-search from the target. The C side runs the same steps through ``ltt.attribution``
+search from the target. The C side runs the same steps through ``ltt.kernels``
 (``attn_contrib``, ``contributions``, ``renormalize``, ``prune``) without ever forming that tensor.
 
 Both sides read the very same inputs (generated once here, saved as ``.npy``) and each side runs
@@ -114,7 +114,7 @@ def make_prune_graph(seed: int, L: int, T: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# the C side: ltt.attribution
+# the C side: ltt.kernels
 
 
 def c_layer(lay: dict, keep_heads: bool = True) -> tuple[dict, np.ndarray, float, float]:

@@ -44,7 +44,7 @@ REPORT = """
 import json, os, sys, time
 sys.path.insert(0, os.path.join(%r, "tests"))
 import ltt
-from ltt.export import to_html
+from ltt.report import to_html
 from test_report import LONG_PROMPT
 trace = ltt.load("smollm2-135m").trace(LONG_PROMPT)
 t0 = time.perf_counter()

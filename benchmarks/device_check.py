@@ -57,7 +57,7 @@ def _max_diff(sa, sb) -> float:
 
 def check_model(name: str, hf, tok, device: str, quick: bool) -> dict:
     import ltt
-    from ltt.scores import FullGraph, attribute_layer
+    from ltt.scores import TraceScores, attribute_layer
 
     model = ltt.load(hf.to(device), tokenizer=tok, attribution="torch")
     trace = model.trace(PROMPT)
@@ -80,9 +80,9 @@ def check_model(name: str, hf, tok, device: str, quick: bool) -> dict:
         worst_own = max(worst_own, float(np.abs(getattr(own, key) - np.stack([getattr(s, key) for s in core_scores])).max()))
     graphs_equal = True
     for kw in (dict(), dict(threshold=0.01, renormalize=False, targets="all")):
-        trace.full_graphs[1] = FullGraph(torch_scores, 1, plan.floor, source=trace)
+        trace.full_graphs[1] = TraceScores(torch_scores, 1, plan.floor, source=trace)
         g_torch = trace.graph(**kw)
-        trace.full_graphs[1] = FullGraph(core_scores, 1, plan.floor, source=trace)
+        trace.full_graphs[1] = TraceScores(core_scores, 1, plan.floor, source=trace)
         g_core = trace.graph(**kw)
         graphs_equal &= _graph_key(g_torch) == _graph_key(g_core)
     return dict(name=name, device=str(model.backend.device), T=trace.n_tokens, max_error=worst,

@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken buil
         "(or `make test`, which creates a virtual environment and installs everything)."
     ) from exc
 
-from ltt.attribution import contributions, get_num_threads, set_num_threads
+from ltt.kernels import contributions, get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
@@ -60,7 +60,7 @@ _LAZY = {
     "RouteSet": ("ltt.routes", "RouteSet"),
     "GraphWidget": ("ltt.widget", "GraphWidget"),  # anywidget is imported only when asked for
     "DiffWidget": ("ltt.widget.diff", "DiffWidget"),  # two traces' graphs side by side
-    "export": ("ltt.export", None),
+    "report": ("ltt.report", None),  # the offline HTML report (ltt.report.to_html)
 }
 
 __all__ = ["contributions", "set_num_threads", "get_num_threads", "__version__", *_LAZY]

@@ -69,7 +69,7 @@ class PostNorm:
 
     def core_args(self, rows: Any = None) -> dict[str, Any]:
         """``row_scale`` (at ``rows`` when given), ``col_scale`` and ``center``, as the C core's
-        entry points take them (:mod:`ltt.attribution`)."""
+        entry points take them (:mod:`ltt.kernels`)."""
         rs = self.row_scale
         if rs is not None and rows is not None:
             rs = rs[rows]

@@ -3,7 +3,7 @@
 Two steps, both in the C core:
 
 1. :func:`ltt.scores.attribute` scores every part of every state of a trace (per head and
-   source token, residual, bias, FFN) into compact per-layer arrays, a :class:`FullGraph`. It
+   source token, residual, bias, FFN) into compact per-layer arrays, a :class:`TraceScores`. It
    runs once per trace and norm and is cached on the trace.
 2. :func:`build` (keyword face: :func:`build_graph`) applies a threshold mode (DESIGN.md) and
    prunes backwards from the chosen target tokens, giving a :class:`Graph` of nodes (``X0_t``,
@@ -26,12 +26,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ltt import attribution
+from ltt import kernels
 from ltt import scores
 from ltt.checks import (DEFAULT_THRESHOLD, check_norm, check_renormalize, check_targets, check_threshold,
                         resolve_targets)
 from ltt.nodes import ATTENTION, FFN, RESIDUAL, Edge, Node, Stage, attention_state, endpoints, node_name
-from ltt.scores import FullGraph, SparseRows, attribute
+from ltt.scores import TraceScores, SparseRows, attribute
 
 __all__ = ["GraphSettings", "Graph", "Node", "Edge", "Stage", "build", "build_graph", "edge_weights",
            "sparse_edge_weights", "mode_weights", "ModeWeights", "resolve_targets", "ATTENTION", "RESIDUAL", "FFN"]
@@ -238,7 +238,7 @@ def _stage_of(kind: str, source_kind: str, target_kind: str) -> Stage:
 
 @dataclass
 class EdgeWeights:
-    """The edge weights of one threshold mode, before pruning (same layout as :class:`FullGraph`)."""
+    """The edge weights of one threshold mode, before pruning (same layout as :class:`TraceScores`)."""
 
     attn: np.ndarray
     attn_resid: np.ndarray
@@ -247,10 +247,10 @@ class EdgeWeights:
     ffn_resid: np.ndarray
 
 
-def edge_weights(full: FullGraph, threshold: float, renormalize: bool) -> EdgeWeights:
+def edge_weights(full: TraceScores, threshold: float, renormalize: bool) -> EdgeWeights:
     """Dense edge weights of a threshold mode: the raw head-summed shares (``renormalize=False``),
     or per state: drop every part below ``threshold``, rescale the rest to 1, then sum heads.
-    Needs the dense arrays (:attr:`FullGraph.heads`), so only for traces within the dense budget;
+    Needs the dense arrays (:attr:`TraceScores.heads`), so only for traces within the dense budget;
     :func:`build_graph` works from the sparse rows instead."""
     if not renormalize:
         return EdgeWeights(full.attn, full.attn_resid, full.attn_bias, full.ffn, full.ffn_resid)
@@ -261,13 +261,13 @@ def edge_weights(full: FullGraph, threshold: float, renormalize: bool) -> EdgeWe
     ffn = np.empty_like(full.ffn)
     ffn_resid = np.zeros_like(full.ffn_resid)
     for l in range(L):
-        r = attribution.renormalize(full.heads[l], _singles(full, l), threshold)
+        r = kernels.renormalize(full.heads[l], _singles(full, l), threshold)
         attn[l], attn_resid[l], attn_bias[l] = r["edges"], r["single"][0], r["single"][1]
         ffn[l], ffn_resid[l] = _ffn_renormalized(full, l, r, threshold)
     return EdgeWeights(attn, attn_resid, attn_bias, ffn, ffn_resid)
 
 
-def _singles(full: FullGraph, l: int) -> np.ndarray:
+def _singles(full: TraceScores, l: int) -> np.ndarray:
     # The non-edge parts of the state the attention edges enter: residual, bias (and the FFN
     # output in a parallel layer, where attention and FFN share one decomposition).
     if full.parallel[l]:
@@ -275,10 +275,10 @@ def _singles(full: FullGraph, l: int) -> np.ndarray:
     return np.stack([full.attn_resid[l], full.attn_bias[l]])
 
 
-def _ffn_renormalized(full: FullGraph, l: int, r: dict[str, np.ndarray], threshold: float):
+def _ffn_renormalized(full: TraceScores, l: int, r: dict[str, np.ndarray], threshold: float):
     if full.parallel[l]:
         return r["single"][2], np.zeros_like(full.ffn_resid[l])
-    b = attribution.renormalize(full.ffn[l][None, :, None], full.ffn_resid[l][None], threshold)
+    b = kernels.renormalize(full.ffn[l][None, :, None], full.ffn_resid[l][None], threshold)
     return b["edges"][:, 0], b["single"][0]
 
 
@@ -286,7 +286,7 @@ def _ffn_renormalized(full: FullGraph, l: int, r: dict[str, np.ndarray], thresho
 class SparseEdgeWeights:
     """Edge weights of a threshold mode for thresholds >= the floor: attention edges as one
     :class:`SparseRows` per layer, the rest ``[L, T]``. ``parts[l]``: the per-head parts of
-    ``FullGraph.parts[l]`` after the threshold mode (kept ones rescaled, the others 0; the raw
+    ``TraceScores.parts[l]`` after the threshold mode (kept ones rescaled, the others 0; the raw
     values for ``renormalize=False``)."""
 
     edges: list[SparseRows]
@@ -301,7 +301,7 @@ def _renormalize_rows(parts: SparseRows, single: np.ndarray, threshold: float):
     """The renormalize rule on one layer's sparse per-head parts: the kept parts summed per
     (target, source), the renormalised single parts, and the kept parts themselves."""
     T = len(parts.indptr) - 1
-    r = attribution.renormalize_sparse(parts.indptr, parts.sources, parts.heads, parts.values, single, threshold)
+    r = kernels.renormalize_sparse(parts.indptr, parts.sources, parts.heads, parts.values, single, threshold)
     kept = r["parts"]
     nz = kept != 0
     key = parts.rows[nz] * T + parts.sources[nz]
@@ -313,7 +313,7 @@ def _renormalize_rows(parts: SparseRows, single: np.ndarray, threshold: float):
     return SparseRows(indptr, (uniq % T).astype(np.int32), vals.astype(np.float32)), r["single"], kept
 
 
-def sparse_edge_weights(full: FullGraph, threshold: float, renormalize: bool) -> SparseEdgeWeights:
+def sparse_edge_weights(full: TraceScores, threshold: float, renormalize: bool) -> SparseEdgeWeights:
     """Edge weights of a threshold mode from the sparse rows (``threshold >= full.floor``);
     equal to :func:`edge_weights` on the listed entries.
 
@@ -348,7 +348,7 @@ def _prune_sparse(w: SparseEdgeWeights, parallel: np.ndarray, targets: list[int]
         offset += int(e.indptr[-1])
     sources = np.concatenate([e.sources for e in w.edges])
     values = np.concatenate([e.values for e in w.edges])
-    return attribution.prune_sparse(indptr, sources, values, w.attn_resid, w.ffn, w.ffn_resid,
+    return kernels.prune_sparse(indptr, sources, values, w.attn_resid, w.ffn, w.ffn_resid,
                                     parallel, np.array(targets, np.int64), threshold)
 
 
@@ -383,7 +383,7 @@ class ModeWeights:
         return bool(np.any(rows.sources[lo:hi] == s))
 
 
-def mode_weights(full: FullGraph, threshold: float, renormalize: bool) -> ModeWeights:
+def mode_weights(full: TraceScores, threshold: float, renormalize: bool) -> ModeWeights:
     """The edge weights of ``full`` under one threshold mode, from the sparse rows when the
     threshold is at or above the floor and the trace holds no dense arrays, else from the dense
     arrays (refused with a message naming the threshold when they do not fit the dense budget).
@@ -439,7 +439,7 @@ def build(trace: Any, settings: GraphSettings) -> Graph:
         kept = _prune_sparse(mw.weights, full.parallel, list(settings.targets), threshold)
     else:
         w = mw.weights
-        kept = attribution.prune(w.attn, w.attn_resid, w.ffn, w.ffn_resid, full.parallel,
+        kept = kernels.prune(w.attn, w.attn_resid, w.ffn, w.ffn_resid, full.parallel,
                                  np.array(settings.targets, np.int64), threshold)
     w, edge_at = mw.weights, mw.attention
     return _assemble(trace, full, w, kept, edge_at, settings)

@@ -2,8 +2,8 @@
 
 :func:`attribute_layer` scores one layer in the C core (per head and source token, residual,
 bias, FFN) and keeps the parts at or above :data:`CONTRIBUTION_FLOOR` as :class:`SparseRows`;
-:func:`attribute` gives a trace's :class:`FullGraph` (all layers, one norm), cached on the
-trace. :mod:`ltt.graph` prunes a FullGraph to a prediction's routes.
+:func:`attribute` gives a trace's :class:`TraceScores` (all layers, one norm), cached on the
+trace. :mod:`ltt.graph` prunes a TraceScores to a prediction's routes.
 
 >>> full = attribute(trace)                              # doctest: +SKIP
 >>> full.edges[0].to_dense().shape                       # doctest: +SKIP
@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ltt import attribution, config
+from ltt import config, kernels
 from ltt.checks import check_norm
 from ltt.plan import CONTRIBUTION_FLOOR, dense_nbytes, make_plan
 
@@ -205,14 +205,14 @@ def attribute_layer(lb: Any, probs: Any, mode: str = "layer", norm: int = 1, flo
     keep_dense = mode == "dense"
     by_head = mode == "heads"
     post = dict(lb.attn_norm.core_args(), norm=norm)
-    out = attribution.attn_contrib(
+    out = kernels.attn_contrib(
         lb.resid_pre, whole, attn, lb.values, lb.w_o, bias=lb.attn_bias,
         extra=lb.ffn_out[None] if lb.parallel else None, keep_heads=not by_head, **post,
     )  # fmt: skip
     if by_head:  # a long layer: each head's shares scored and sparsified on its own
         w_o = lb.w_o
         parts = SparseRows.from_heads(
-            (attribution.attn_head_map(h, whole, attn, lb.values, w_o, out["total"], **post) for h in range(H)),
+            (kernels.attn_head_map(h, whole, attn, lb.values, w_o, out["total"], **post) for h in range(H)),
             floor)
     del attn
     if not by_head:
@@ -220,7 +220,7 @@ def attribute_layer(lb: Any, probs: Any, mode: str = "layer", norm: int = 1, flo
     if lb.parallel:
         ffn, ffn_resid = out["extra"][0], np.zeros(T, np.float32)
     else:
-        block = attribution.contributions(np.stack([lb.resid_mid, lb.ffn_out]), lb.resid_post, norm=norm)
+        block = kernels.contributions(np.stack([lb.resid_mid, lb.ffn_out]), lb.resid_post, norm=norm)
         ffn_resid, ffn = block[0], block[1]
     return LayerScores(
         attn_resid=out["resid"], attn_bias=out["bias"], ffn=ffn, ffn_resid=ffn_resid,
@@ -245,7 +245,7 @@ def _attribute_streamed(lb: Any, probs_of: Any, norm: int, floor: float) -> Laye
     singles = None  # raws of the residual, bias and extra parts [2 + E, T] float64
     head_raws = np.zeros(T)
     for g in range(G):
-        out = attribution.attn_contrib(
+        out = kernels.attn_contrib(
             lb.resid_pre, whole, probs_of(range(g * per, (g + 1) * per)), values[:, g : g + 1],
             w_o[g * per : (g + 1) * per], bias=lb.attn_bias, extra=extra, **post,
         )  # fmt: skip
@@ -259,7 +259,7 @@ def _attribute_streamed(lb: Any, probs_of: Any, norm: int, floor: float) -> Laye
     def head_maps():
         for h in range(H):
             g = h // per
-            m = attribution.attn_head_map(0, whole, probs_of([h]), values[:, g : g + 1], w_o[h : h + 1], total, **post)
+            m = kernels.attn_head_map(0, whole, probs_of([h]), values[:, g : g + 1], w_o[h : h + 1], total, **post)
             np.add(edges, m, out=edges)
             yield m
 
@@ -268,7 +268,7 @@ def _attribute_streamed(lb: Any, probs_of: Any, norm: int, floor: float) -> Laye
     if lb.parallel:
         ffn, ffn_resid = single[2], np.zeros(T, np.float32)
     else:
-        block = attribution.contributions(np.stack([lb.resid_mid, lb.ffn_out]), lb.resid_post, norm=norm)
+        block = kernels.contributions(np.stack([lb.resid_mid, lb.ffn_out]), lb.resid_post, norm=norm)
         ffn_resid, ffn = block[0], block[1]
     return LayerScores(
         attn_resid=single[0], attn_bias=single[1], ffn=ffn, ffn_resid=ffn_resid, total=total,
@@ -276,7 +276,7 @@ def _attribute_streamed(lb: Any, probs_of: Any, norm: int, floor: float) -> Laye
     )
 
 
-class FullGraph:
+class TraceScores:
     """Every contribution of a trace (L layers, H heads, T tokens), kept compactly:
 
     * ``attn_resid [L, T]``, ``attn_bias [L, T]``: residual and bias shares of the state after
@@ -396,8 +396,8 @@ class FullGraph:
         return self._dense_arrays()[1]
 
 
-def attribute(trace: Any, norm: int = 1) -> FullGraph:
-    """Every contribution of ``trace`` (a :class:`FullGraph`), computed by the C core once per
+def attribute(trace: Any, norm: int = 1) -> TraceScores:
+    """Every contribution of ``trace`` (a :class:`TraceScores`), computed by the C core once per
     ``norm`` and kept on the trace. A trace from :meth:`ltt.models.Model.trace` is attributed
     during its forward pass for ``norm=1``; other norms are computed here from the layers.
 
@@ -415,7 +415,7 @@ def attribute(trace: Any, norm: int = 1) -> FullGraph:
     backend = _backend_of(trace)
     mode = "heads" if plan.mode(0) == "stream" else plan.mode(0)  # lb.attn holds every head already
     scores = [attribute_layer(lb, lb.attn, mode, norm, plan.floor, backend) for lb in layers]
-    full = FullGraph(scores, norm, plan.floor, source=trace)
+    full = TraceScores(scores, norm, plan.floor, source=trace)
     if cache is not None:
         cache[norm] = full
     return full

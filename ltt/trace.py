@@ -45,7 +45,7 @@ class Trace:
     layers: list[LayerBuffers]
     model: Any = field(repr=False, default=None)
     all_logits: np.ndarray | None = field(repr=False, default=None)
-    #: norm -> :class:`ltt.scores.FullGraph`; norm 1 is attributed during the forward pass
+    #: norm -> :class:`ltt.scores.TraceScores`; norm 1 is attributed during the forward pass
     full_graphs: dict = field(repr=False, default_factory=dict)
     #: seconds spent in the model's forward pass and in ltt's per-layer attribution
     timings: dict = field(repr=False, default_factory=dict)
@@ -296,12 +296,12 @@ class Trace:
         floor: float | None = None,
         max_extra_states: int = 1000,
     ) -> str:
-        """Write the standalone offline HTML report of this trace (:func:`ltt.export.to_html`,
+        """Write the standalone offline HTML report of this trace (:func:`ltt.report.to_html`,
         same keywords; ``path=None`` returns the HTML text).
 
         >>> trace.to_html("report.html", threshold=0.04)   # doctest: +SKIP
         """
-        from ltt.export import to_html
+        from ltt.report import to_html
 
         return to_html(self, path, threshold=threshold, renormalize=renormalize, targets=targets,
                        normalize=normalize, k=k, heads_per_edge=heads_per_edge, max_map_bytes=max_map_bytes,

@@ -5,7 +5,7 @@ The file keeps what a trace's graphs are built from, and nothing per (token, tok
 
 * the prompt, token strings and ids, the next-token ``logits [V]`` (and ``all_logits [T, V]``
   when the trace has them), the model's name and shape (JSON header);
-* the norm-1 contributions (:class:`ltt.scores.FullGraph`): the per-state shares ``[L, T]``
+* the norm-1 contributions (:class:`ltt.scores.TraceScores`): the per-state shares ``[L, T]``
   (attention residual and bias, FFN and its residual, the normalisers) and, per layer, the
   attention edges and per-head parts at or above the floor as sparse rows.
 
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ltt.checks import ModelNeeded
-from ltt.scores import FullGraph, LayerScores, SparseRows, attribute
+from ltt.scores import TraceScores, LayerScores, SparseRows, attribute
 
 __all__ = ["save_trace", "load_trace", "ModelNeeded", "FORMAT"]
 
@@ -165,7 +165,7 @@ def load_trace(path: str | os.PathLike, model: Any = None):
                   token_ids=arrays["token_ids"], logits=arrays["logits"],
                   layers=[SavedLayer(l, bool(parallel[l]), path) for l in range(L)],
                   all_logits=arrays.get("all_logits"), model_name=str(info["model"]))
-    full = FullGraph(scores, int(info["norm"]), float(info["floor"]), source=trace)
+    full = TraceScores(scores, int(info["norm"]), float(info["floor"]), source=trace)
     trace.full_graphs[int(info["norm"])] = full
     return trace
 

@@ -27,7 +27,7 @@ def llama(tiny_model):
 @pytest.mark.parametrize("threshold", [0.0, 5e-4])
 def test_summary_below_the_floor_matches_the_oracle(llama, threshold):
     """A threshold below the floor (renormalize=True) used to raise AttributeError (assigning the
-    read-only FullGraph.parts); the summary now equals the dense oracle."""
+    read-only TraceScores.parts); the summary now equals the dense oracle."""
     trace = llama.trace(PROMPT_A)
     assert threshold < attribute(trace).floor
     s = R.summarize(trace, threshold=threshold, renormalize=True)

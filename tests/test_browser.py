@@ -18,7 +18,7 @@ import pytest
 from conftest import assert_draws, visible_token  # noqa: E402
 from ltt.buffers import PostNorm
 from ltt import interpret  # noqa: E402
-from ltt.export import to_html  # noqa: E402
+from ltt.report import to_html  # noqa: E402
 
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "artifacts"
 PROMPT = "When Mary and John went to the store, John gave a drink to"

@@ -12,7 +12,7 @@ import pytest
 import ltt
 from ltt import _core
 from ltt import _reference
-from ltt.attribution import build_info
+from ltt.kernels import build_info
 
 
 def test_build_info_fields():

@@ -1,6 +1,6 @@
 """Bad input to the C core gets a clear Python exception naming the argument, never a crash or hang.
 
-Each entry point of ``ltt.attribution`` starts from one valid call (every optional argument
+Each entry point of ``ltt.kernels`` starts from one valid call (every optional argument
 given, so every argument can be corrupted) and is handed, one at a time: a wrong dtype (int,
 complex, object, bool: ``TypeError``), a wrong number of dimensions, a wrong size or sizes that
 do not match each other, GQA heads that are not a multiple of the kv groups, a NaN or an

@@ -1,4 +1,4 @@
-"""The C core (``ltt.attribution``) against its float64 NumPy twin (``ltt._reference``).
+"""The C core (``ltt.kernels``) against its float64 NumPy twin (``ltt._reference``).
 
 Every kernel runs over a seeded zoo of inputs: size 1, odd sizes, GQA groupings, zeros, huge
 and tiny magnitudes, non-contiguous views, float64 inputs (cast to float32 on purpose by the

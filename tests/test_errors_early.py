@@ -110,7 +110,7 @@ def test_cli_unwritable_path_before_the_model(option, no_work, capsys, monkeypat
 
 
 def test_to_html_checks_its_path_first(traced, monkeypatch, tmp_path):
-    from ltt import export
+    from ltt import report
 
     _, trace = traced("llama")
     calls = []

@@ -440,7 +440,7 @@ def test_trace_many_records_and_routeset_summarises(tiny_model, tmp_path):
 
 
 def test_widget_and_report_carry_the_line(traced):
-    from ltt.export import report_data
+    from ltt.report import report_data
     from ltt.widget import GraphWidget
 
     model, trace = traced("llama")
@@ -460,7 +460,7 @@ def test_report_page_shows_the_line_as_text(traced, tmp_path):
     from playwright import sync_api
 
     from conftest import chromium_path
-    from ltt.export import to_html
+    from ltt.report import to_html
 
     model, trace = traced("llama")
     path = to_html(trace, tmp_path / "report.html", threshold=0.05)

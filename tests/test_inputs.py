@@ -164,7 +164,7 @@ def test_bos_is_a_token_in_graph_and_report(models):
     g = tr.graph()
     assert g.tokens[0] == "<bos>" and any(n.token == 0 for n in g.nodes)
     assert json.loads(g.to_json())["tokens"][0] == "<bos>"
-    from ltt.export import report_data
+    from ltt.report import report_data
 
     assert report_data(tr)["state"]["graph"]["tokens"][0] == "<bos>"  # what the report's page shows
 

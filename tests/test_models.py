@@ -206,7 +206,7 @@ def test_states_and_logits_match_the_model(key, traced):
 @pytest.mark.parametrize("key", list(FAMILIES))
 def test_attribution_on_traced_buffers(key, traced):
     """Per layer, the C core's shares sum to 1 and agree with the NumPy reference."""
-    from ltt import attribution
+    from ltt import kernels
 
     model, trace = traced(key)
     for lb in trace.layers[:2]:
@@ -215,7 +215,7 @@ def test_attribution_on_traced_buffers(key, traced):
             bias=lb.attn_bias, extra=lb.ffn_out[None] if lb.parallel else None,
             row_scale=lb.attn_norm.row_scale, col_scale=lb.attn_norm.col_scale, center=lb.attn_norm.center,
         )
-        got = attribution.attn_contrib(lb.resid_pre, whole, lb.attn, lb.values, lb.w_o, **kw)
+        got = kernels.attn_contrib(lb.resid_pre, whole, lb.attn, lb.values, lb.w_o, **kw)
         ref = _reference.attn_contrib(lb.resid_pre, whole, lb.attn, lb.values, lb.w_o, **kw)
         total = got["edges"].sum(-1) + got["resid"] + got["bias"] + got["extra"].sum(0)
         np.testing.assert_allclose(total, 1.0, atol=1e-4)
@@ -224,7 +224,7 @@ def test_attribution_on_traced_buffers(key, traced):
         resid = lb.resid_post - lb.ffn_out if lb.parallel else lb.resid_mid
         fkw = dict(bias=lb.ffn_bias, row_scale=lb.ffn_norm.row_scale, col_scale=lb.ffn_norm.col_scale,
                    center=lb.ffn_norm.center)
-        got = attribution.ffn_neuron_contrib(lb.act, lb.w_down, resid, lb.resid_post, **fkw)
+        got = kernels.ffn_neuron_contrib(lb.act, lb.w_down, resid, lb.resid_post, **fkw)
         ref = _reference.ffn_neuron_contrib(lb.act, lb.w_down, resid, lb.resid_post, **fkw)
         np.testing.assert_allclose(got["neurons"].sum(-1) + got["resid"] + got["bias"], 1.0, atol=1e-4)
         np.testing.assert_allclose(got["neurons"], ref["neurons"], atol=2e-5)

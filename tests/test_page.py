@@ -27,7 +27,7 @@ def trace(tiny_model):
 # -- one schema ----------------------------------------------------------------------------------
 
 def test_traits_report_serve_and_page_derive_from_one_schema(trace):
-    from ltt.export import report_data
+    from ltt.report import report_data
     from ltt.serve.session import WRITABLE, synced_traits
 
     names = [f.name for f in state.FIELDS]
@@ -149,7 +149,7 @@ def test_outputs_are_the_top_prediction_after_every_token(trace):
 
 @pytest.fixture(scope="module")
 def report(trace, tmp_path_factory):
-    from ltt.export import to_html
+    from ltt.report import to_html
 
     path = tmp_path_factory.mktemp("page") / "report.html"
     to_html(trace, path, threshold=0.02)

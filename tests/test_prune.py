@@ -1,4 +1,4 @@
-"""Pruning (``ltt.attribution.prune``) against a plain breadth-first search written here.
+"""Pruning (``ltt.kernels.prune``) against a plain breadth-first search written here.
 
 The search below does not share the layer-by-layer sweep of ``ltt._reference.prune``: it builds
 the full graph of DESIGN.md explicitly (nodes ``X0_t``, ``A{l}_t``, ``M{l}_t``, ``I{l}_t``, each

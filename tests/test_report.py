@@ -15,7 +15,7 @@ import pytest
 
 import ltt
 from conftest import assert_draws, visible_token
-from ltt.export import to_html
+from ltt.report import to_html
 
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "artifacts"
 PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -219,7 +219,7 @@ def test_map_budget_keeps_the_heads_with_the_largest_shares(trace):
     import numpy as np
 
     from ltt import interpret
-    from ltt.export import report_data
+    from ltt.report import report_data
 
     T = len(trace.token_ids)
     L, H = trace.n_layers, trace.model.n_heads

@@ -57,7 +57,7 @@ def test_sparse_graphs_equal_dense_graphs(traced, monkeypatch):
     """Above the floor, the graph built from the sparse rows (a trace over the dense budget)
     equals the one built from the dense arrays (a short trace holds them), in both threshold
     modes and for several targets."""
-    from ltt import attribution
+    from ltt import kernels
 
     for key in ("llama", "gpt_neox", "gemma2"):
         model, trace = traced(key)
@@ -73,7 +73,7 @@ def test_sparse_graphs_equal_dense_graphs(traced, monkeypatch):
                     g = build_graph(sparse_trace, threshold=threshold, renormalize=renormalize, targets=targets)
                     w = edge_weights(full, threshold, renormalize)
                     tgt = G.resolve_targets(targets, trace.n_tokens)
-                    kept = attribution.prune(w.attn, w.attn_resid, w.ffn, w.ffn_resid, full.parallel,
+                    kept = kernels.prune(w.attn, w.attn_resid, w.ffn, w.ffn_resid, full.parallel,
                                              np.array(tgt, np.int64), threshold)
                     dense = G._assemble(trace, full, w, kept, lambda l, t, s: float(w.attn[l, t, s]),
                                         G.GraphSettings(threshold, renormalize, tgt, 1))

@@ -104,8 +104,8 @@ def test_wheel_contents(wheel):
                      if p.is_file()}
     assert source_static <= static, source_static - static
     for module in ("__init__", "cli", "trace", "buffers", "scores", "graph", "nodes", "checks", "interpret/__init__",
-                   "attribution", "_reference/__init__", "routes/__init__", "models/model", "models/unembedding",
-                   "export", "models/__init__", "models/families", "models/embedded", "widget/__init__"):
+                   "kernels", "_reference/__init__", "routes/__init__", "models/model", "models/unembedding",
+                   "report", "models/__init__", "models/families", "models/embedded", "widget/__init__"):
         assert f"ltt/{module}.py" in names, module
     unwanted = [n for n in names if n.endswith((".o", ".c", ".h", ".pyc")) or "/tests/" in n
                 or n.startswith("tests/") or "__pycache__" in n]

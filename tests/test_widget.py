@@ -16,7 +16,7 @@ import pytest
 import traitlets  # noqa: E402
 
 from ltt import interpret  # noqa: E402
-from ltt.export import embed_json, report_data, to_html  # noqa: E402
+from ltt.report import embed_json, report_data, to_html  # noqa: E402
 from ltt.widget import GraphWidget  # noqa: E402
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -224,16 +224,16 @@ def test_report_embeds_the_graph_and_the_panels(trace, tmp_path):
 def test_report_module_is_the_view_then_its_kernel(monkeypatch):
     """The report inlines graph.js and report_kernel.js as one module, the kernel's import of the
     view dropped; a module importing one that is not inlined before it is refused by name."""
-    from ltt import export
+    from ltt import report
 
-    js = export._report_js()
+    js = report._report_js()
     assert js.index("// --- graph.js ---") < js.index("// --- report_kernel.js ---")
     assert not [line for line in js.splitlines() if line.startswith("import ")]
     for name in ("export function render(", "export function offlineKernel(", "export function createModelShim("):
         assert js.count(name) == 1, name
     monkeypatch.setattr(export, "_REPORT_MODULES", ("report_kernel.js", "graph.js"))
     with pytest.raises(RuntimeError, match="report_kernel.js imports 'graph.js'"):
-        export._report_js()
+        report._report_js()
 
 
 def test_report_panels_are_the_single_clicks_panels(trace, parallel_trace):

@@ -34,7 +34,7 @@ from ltt._reference.dense import (
 )
 from ltt._reference.sparse import densify, prune_sparse, renormalize_sparse, sparsify
 
-# The twins of the C entry points of ltt._core (and of ltt.attribution): dense ones take dense
+# The twins of the C entry points of ltt._core (and of ltt.kernels): dense ones take dense
 # arrays, sparse ones sparse rows (indptr, sources, ...).
 DENSE_KERNELS = dense.KERNELS
 SPARSE_KERNELS = sparse.KERNELS

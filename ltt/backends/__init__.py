@@ -1,6 +1,6 @@
 """Attribution backends: where a layer's contributions are computed.
 
-* ``"core"``: the C core (:mod:`ltt.attribution`), on the host; the CPU engine.
+* ``"core"``: the C core (:mod:`ltt.kernels`), on the host; the CPU engine.
 * ``"torch"``: the same math in PyTorch on the device holding the layer
   (:mod:`ltt.backends.torch`), streaming per layer, with only compact results copied back.
 
@@ -90,11 +90,11 @@ def resolve(attribution: Any, model: Any) -> Any:
 
 def of(trace_or_model: Any) -> Any:
     """The kernels a trace (or model) is attributed with: the torch backend, or the C core's
-    wrappers (:mod:`ltt.attribution`); both have the same functions and signatures."""
+    wrappers (:mod:`ltt.kernels`); both have the same functions and signatures."""
     model = getattr(trace_or_model, "model", trace_or_model)
     backend = getattr(model, "backend", None)
     if backend is not None:
         return backend
-    from ltt import attribution
+    from ltt import kernels
 
     return attribution

@@ -1,7 +1,7 @@
 """The torch attribution backend: the C core's math (:mod:`ltt._reference` defines it) in
 PyTorch, on the device that holds the layer.
 
-Every kernel of :mod:`ltt.attribution` has its namesake here with the same arguments and
+Every kernel of :mod:`ltt.kernels` has its namesake here with the same arguments and
 results (NumPy arrays back on the host). Precision: the parts are formed in float32 from the
 model's float32 (or half-precision, widened) numbers as in the core, distances and normalisers
 are accumulated in float64, shares are float32.
@@ -203,7 +203,7 @@ class TorchBackend:
     def __repr__(self) -> str:
         return f"TorchBackend(device={str(self.device)!r})"
 
-    # -- the kernels of ltt.attribution ---------------------------------------------------------
+    # -- the kernels of ltt.kernels ---------------------------------------------------------
 
     def contributions(self, parts: Any, whole: Any, norm: int = 1) -> np.ndarray:
         dev = self.device

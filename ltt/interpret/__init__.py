@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from ltt.interpret.effects import direct_effect, head_output, promoted, promoted_many, update_vector
 from ltt.interpret.heads import (
-    _head_map,  # noqa: F401 - tests/test_scale.py calls it with its own FullGraph
+    _head_map,  # noqa: F401 - tests/test_scale.py calls it with its own TraceScores
     edge_head_shares,
     edge_heads,
     head_map,

@@ -306,7 +306,7 @@ def expert_shares(trace: Any, layer: int, token: int, norm: int = 1) -> ExpertSh
     >>> es.experts, es.shares                            # doctest: +SKIP
     ([5, 1], array([0.41, 0.22], dtype=float32))
     """
-    from ltt.attribution import contributions
+    from ltt.kernels import contributions
 
     if not isinstance(layer, (int, np.integer)) or not -trace.n_layers <= layer < trace.n_layers:
         raise ValueError(f"layer must be an int in [-{trace.n_layers}, {trace.n_layers}), got {layer!r}")

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt import scores as scores_module
-from ltt.scores import FullGraph, LayerProbs, attribute_layer
+from ltt.scores import TraceScores, LayerProbs, attribute_layer
 from ltt.models import moe, record
 from ltt.buffers import LayerBuffers, PostNorm
 from ltt.plan import TOLERANCE, TracePlan, make_plan  # noqa: F401  (TOLERANCE: its home is ltt.plan)
@@ -328,7 +328,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
         model=model,
         all_logits=record._to_numpy(logits_all) if all_logits else None,
     )
-    trace.full_graphs[1] = FullGraph(scores, 1, plan.floor, source=trace)
+    trace.full_graphs[1] = TraceScores(scores, 1, plan.floor, source=trace)
     trace.plan = plan
     trace.timings = {"forward": total - spent[0], "attribute": spent[0]}
     return trace

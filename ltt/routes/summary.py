@@ -7,7 +7,7 @@ For one prompt's pruned graph ``g`` (threshold, threshold mode and targets as in
   of layer l of ``frac_h(e) * weight(e) * flow(target(e))``. ``frac_h(e)`` is head h's fraction
   of the edge's weight, from the C core's own per-head parts: with ``renormalize=False`` the raw
   parts ``heads[l,h,t,s] / sum_h' heads[l,h',t,s]``; with ``renormalize=True`` the parts after
-  the threshold mode (:func:`ltt.attribution.renormalize_sparse`: the parts of the state at or
+  the threshold mode (:func:`ltt.kernels.renormalize_sparse`: the parts of the state at or
   above the threshold, or its single largest part when none is), that head's renormalised part
   over the edge's. A head's share is the fraction of the targets' output that passes through
   that head on the pruned routes; the shares of one layer's heads, its residual edges and its
@@ -40,7 +40,7 @@ from ltt.checks import DEFAULT_THRESHOLD
 from ltt.graph import Graph, GraphSettings, build, sparse_edge_weights
 from ltt.interpret import edge_head_shares
 from ltt.nodes import Stage
-from ltt.scores import FullGraph, SparseRows, attribute
+from ltt.scores import TraceScores, SparseRows, attribute
 
 #: Source-position patterns of an attention edge ``s -> t``, in the order they are tested.
 PATTERNS = ("same", "previous", "first", "other")
@@ -148,7 +148,7 @@ class PromptRoutes:
                 f"{int((self.heads > 0).sum())}, prediction={self.prediction.get('token')!r})")
 
 
-def _kept_head_parts(full: FullGraph, threshold: float,
+def _kept_head_parts(full: TraceScores, threshold: float,
                      edges: dict[int, list[tuple[int, int]]]) -> dict[int, np.ndarray]:
     """``{layer: [E, H]}``: the per-head parts, after the ``renormalize=True`` threshold mode as
     the C core applies it, of the attention edges ``(t, s)`` of each layer in ``edges``.
@@ -160,7 +160,7 @@ def _kept_head_parts(full: FullGraph, threshold: float,
         parts = [SparseRows.from_dense(full.layer_dense(l)[0], max(threshold, tiny)) if l in edges
                  else full.parts[l] for l in range(full.n_layers)]
         # a shallow copy whose per-head rows list down to the threshold: ``parts`` is a read-only
-        # property over ``_parts``, and the trace's own FullGraph keeps its rows at the floor
+        # property over ``_parts``, and the trace's own TraceScores keeps its rows at the floor
         full = copy.copy(full)
         full._parts = parts
     kept = sparse_edge_weights(full, threshold, True).parts

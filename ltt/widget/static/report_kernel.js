@@ -1,8 +1,8 @@
 // ltt report kernel: the offline report's answers to the page, from the data embedded in it.
 // A JavaScript port of the C core's threshold modes and pruning (renormalizeState, pruneGraph:
-// backward reachability from the targets' outputs) over every state's parts that ltt.export
+// backward reachability from the targets' outputs) over every state's parts that ltt.report
 // carries; tests/test_browser.py and tests/test_report.py pin what the page then draws to
-// trace.graph(...). ltt.export inlines this file after graph.js as the report's one module (the
+// trace.graph(...). ltt.report inlines this file after graph.js as the report's one module (the
 // import line below is dropped there); the widget and ltt serve never load it.
 
 import { parseNode, createModel } from "./graph.js";
@@ -119,7 +119,7 @@ export function nodesOf(edges, L, targets, biasOf) {
 
 /** The report's data from its <script> elements: deflated base64 JSON whose {"$a": [dtype,
  *  offset, length]} entries point into a second deflated base64 buffer of typed arrays (see
- *  ltt.export.pack); a plain JSON element is parsed as it is. */
+ *  ltt.report.pack); a plain JSON element is parsed as it is. */
 export async function loadStore(dataEl, binEl) {
   if (!dataEl.dataset || !dataEl.dataset.encoding) return JSON.parse(dataEl.textContent);
   const inflate = async (b64) => {
@@ -142,7 +142,7 @@ export async function loadStore(dataEl, binEl) {
 
 /** The report's "kernel": answers setting changes from the data embedded in the page. Any set of
  *  the carried targets, at any threshold from the report's floor up, in either threshold mode,
- *  is pruned here from every state's parts (store.offline, see ltt.export). */
+ *  is pruned here from every state's parts (store.offline, see ltt.report). */
 export function offlineKernel(store) {
   const exp = store.exported;
   const L = store.n_layers;

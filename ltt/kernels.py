@@ -96,7 +96,7 @@ def attn_contrib(
     ``total [T]`` (float64) and, with ``keep_heads``, ``heads [H, T, T]``.
 
     >>> import numpy as np
-    >>> from ltt.attribution import attn_contrib
+    >>> from ltt.kernels import attn_contrib
     >>> rng = np.random.default_rng(0)
     >>> T, H, G, dh, d = 3, 2, 1, 2, 4
     >>> x = rng.normal(size=(T, d)); v = rng.normal(size=(T, G, dh)); wo = rng.normal(size=(H, dh, d))
@@ -131,7 +131,7 @@ def attn_head_map(
     """One head's share map ``[T, T]``, from the normalisers ``total`` of :func:`attn_contrib`.
 
     >>> import numpy as np
-    >>> from ltt.attribution import attn_contrib, attn_head_map
+    >>> from ltt.kernels import attn_contrib, attn_head_map
     >>> rng = np.random.default_rng(0)
     >>> x, m = rng.normal(size=(2, 3, 4)); a = np.tril(np.full((2, 3, 3), 0.5))
     >>> v, wo = rng.normal(size=(3, 1, 2)), rng.normal(size=(2, 2, 4))
@@ -162,7 +162,7 @@ def attn_edge_heads(
     """Every head's share ``[H]`` of the edge ``source -> target`` (``source <= target``).
 
     >>> import numpy as np
-    >>> from ltt.attribution import attn_contrib, attn_edge_heads
+    >>> from ltt.kernels import attn_contrib, attn_edge_heads
     >>> rng = np.random.default_rng(0)
     >>> x, m = rng.normal(size=(2, 3, 4)); a = np.tril(np.full((2, 3, 3), 0.5))
     >>> v, wo = rng.normal(size=(3, 1, 2)), rng.normal(size=(2, 2, 4))
@@ -196,7 +196,7 @@ def ffn_neuron_contrib(
     ``resid [N]``, ``bias [N]`` float32 shares and ``total [N]`` float64.
 
     >>> import numpy as np
-    >>> from ltt.attribution import ffn_neuron_contrib
+    >>> from ltt.kernels import ffn_neuron_contrib
     >>> rng = np.random.default_rng(0)
     >>> act, wd, x = rng.normal(size=(2, 5)), rng.normal(size=(5, 3)), rng.normal(size=(2, 3))
     >>> out = ffn_neuron_contrib(act, wd, x, x + act @ wd)
@@ -214,7 +214,7 @@ def renormalize(heads: ArrayLike, single: ArrayLike, threshold: float) -> dict[s
     """The ``renormalize=True`` threshold mode: drop parts below ``threshold``, rescale to 1.
     Parts are shares: a negative one is a ``ValueError`` naming ``heads`` or ``single``.
 
-    >>> from ltt.attribution import renormalize
+    >>> from ltt.kernels import renormalize
     >>> r = renormalize([[[0.05, 0.15], [0.05, 0.05]]], [[0.8, 0.9]], 0.1)
     >>> [round(float(x), 6) for x in r["edges"][0]], [round(float(x), 6) for x in r["single"][0]]
     ([0.0, 0.157895], [0.842105, 1.0])
@@ -238,7 +238,7 @@ def prune(
     in ``[-T, T)``; one that does not fit in int64 (``2**64 - 1``) is a ``ValueError``, not ``-1``.
 
     >>> import numpy as np
-    >>> from ltt.attribution import prune
+    >>> from ltt.kernels import prune
     >>> L, T = 1, 2
     >>> a = np.array([[[0.0, 0.0], [0.7, 0.1]]]); ar = np.array([[1.0, 0.2]])
     >>> f = np.full((L, T), 0.3); fr = np.full((L, T), 0.7)
@@ -272,7 +272,7 @@ def prune_sparse(
     weights for every threshold ``>= floor``.
 
     >>> import numpy as np
-    >>> from ltt.attribution import prune_sparse
+    >>> from ltt.kernels import prune_sparse
     >>> ip, src = np.array([0, 0, 2]), np.array([0, 1], np.int32)
     >>> out = prune_sparse(ip, src, [0.7, 0.1], [[1.0, 0.2]], [[0.3, 0.3]], [[0.7, 0.7]], [False], [1], 0.5)
     >>> out["attn_edges"].tolist()
@@ -303,7 +303,7 @@ def renormalize_sparse(
     ``edges`` to within ``rtol=1e-6`` (each head's term is rounded to float32 before the sum).
 
     >>> import numpy as np
-    >>> from ltt.attribution import renormalize_sparse
+    >>> from ltt.kernels import renormalize_sparse
     >>> ip, src, hd = np.array([0, 2, 4]), np.array([0, 0, 0, 1], np.int32), np.array([0, 1, 0, 0], np.int16)
     >>> r = renormalize_sparse(ip, src, hd, [0.05, 0.15, 0.05, 0.05], [[0.8, 0.9]], 0.1)
     >>> [round(float(x), 6) for x in r["parts"]], [round(float(x), 6) for x in r["single"][0]]
@@ -318,7 +318,7 @@ def renormalize_sparse(
 def build_info() -> dict[str, Any]:
     """How the C core was built (BLAS, OpenMP, NumPy, flags) and the SIMD variant in use.
 
-    >>> from ltt.attribution import build_info
+    >>> from ltt.kernels import build_info
     >>> sorted(build_info())[:3]
     ['blas', 'cflags', 'numpy']
     """

@@ -24,7 +24,7 @@ never markup: the page sets them with ``textContent`` only.
 
 >>> import ltt                                                 # doctest: +SKIP
 >>> trace = ltt.load("smollm2-135m").trace("The capital of France is")   # doctest: +SKIP
->>> ltt.export.to_html(trace, "report.html", threshold=0.04)    # doctest: +SKIP
+>>> ltt.report.to_html(trace, "report.html", threshold=0.04)    # doctest: +SKIP
 'report.html'
 """
 
@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt.checks import DEFAULT_THRESHOLD, is_int
-from ltt import attribution, interpret
+from ltt import interpret, kernels
 from ltt.graph import GraphSettings, resolve_targets
 from ltt.output import check_output_path, write_whole
 from ltt.progress import Steps
@@ -154,7 +154,7 @@ def _head_maps(trace: Any, full: Any, layer: int, H: int, with_model: bool) -> t
             contrib[h] = dense[h]
             continue
         g = h // (H // G)
-        contrib[h] = attribution.attn_head_map(
+        contrib[h] = kernels.attn_head_map(
             0, whole, probs[None], np.ascontiguousarray(lb.values[:, g : g + 1]), lb.w_o[h : h + 1],
             full.attn_total[layer], norm=full.norm, **lb.attn_norm.core_args())
     return contrib, pattern

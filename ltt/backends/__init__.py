@@ -97,4 +97,4 @@ def of(trace_or_model: Any) -> Any:
         return backend
     from ltt import kernels
 
-    return attribution
+    return kernels

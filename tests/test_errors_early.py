@@ -114,7 +114,7 @@ def test_to_html_checks_its_path_first(traced, monkeypatch, tmp_path):
 
     _, trace = traced("llama")
     calls = []
-    monkeypatch.setattr(export, "report_data", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(report, "report_data", lambda *a, **k: calls.append(1))
     for bad, why in (("/proc/ltt-no-such.html", "cannot write"), (str(tmp_path), "is a directory"),
                      (str(tmp_path / "no" / "x.html"), "does not exist")):
         with pytest.raises(ValueError, match=why) as info:

@@ -231,7 +231,7 @@ def test_report_module_is_the_view_then_its_kernel(monkeypatch):
     assert not [line for line in js.splitlines() if line.startswith("import ")]
     for name in ("export function render(", "export function offlineKernel(", "export function createModelShim("):
         assert js.count(name) == 1, name
-    monkeypatch.setattr(export, "_REPORT_MODULES", ("report_kernel.js", "graph.js"))
+    monkeypatch.setattr(report, "_REPORT_MODULES", ("report_kernel.js", "graph.js"))
     with pytest.raises(RuntimeError, match="report_kernel.js imports 'graph.js'"):
         report._report_js()
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import assert_draws  # noqa: F401
-from ltt.widget import GraphWidget, STATIC, bundle, outputs, patching_available, state
+from ltt.widget import GraphWidget, STATIC, bundle, outputs, state
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -102,16 +102,17 @@ def test_faithfulness_runs_off_the_ui_thread_and_a_stale_figure_is_marked(trace)
     assert w.faithfulness_state == "current" and w.faithfulness == first
 
 
-def test_counterfactual_box_patches_or_says_patching_is_not_available(trace):
+def test_counterfactual_box_patches_from_the_counterfactual(trace):
     w = GraphWidget(trace, threshold=0.04)
     _wait(lambda: w.faithfulness_state == "current")
-    w.counterfactual = PROMPT.replace("Mary", "Anne")
+    w.counterfactual = "When John and Mary went to the store, Mary gave a drink to"  # the same tokens, reordered
     _wait(lambda: w.faithfulness_state in ("current", "failed"))
-    if patching_available(trace):
-        assert w.faithfulness_state == "current" and w.faithfulness.startswith("patched from")
-    else:
-        assert w.faithfulness_state == "failed"
-        assert "patching from a counterfactual is not available" in w.faithfulness
+    assert w.faithfulness_state == "current", w.faithfulness
+    assert w.faithfulness.startswith("patched from 'When John and Mary"), w.faithfulness
+    assert "normalised faithfulness" in w.faithfulness, w.faithfulness
+    w.counterfactual = "When Mary and John went"  # another length: refused, the figure says why
+    _wait(lambda: w.faithfulness_state in ("current", "failed"))
+    assert w.faithfulness_state == "failed" and "tokens" in w.faithfulness, w.faithfulness
     w.counterfactual = ""
     _wait(lambda: w.faithfulness_state == "current")
     assert "keeps" in w.faithfulness

@@ -17,7 +17,6 @@ heatmaps travel as float32 bytes with their shape.
 
 from __future__ import annotations
 
-import inspect
 import pathlib
 import threading
 from typing import Any, Callable, Sequence
@@ -33,30 +32,24 @@ from ltt.widget import state as widget_state
 
 STATIC = pathlib.Path(__file__).parent / "static"
 
-__all__ = ["GraphWidget", "STATIC", "MARK_STATUSES", "outputs", "patching_available"]
+__all__ = ["GraphWidget", "STATIC", "MARK_STATUSES", "outputs"]
 
 MARK_STATUSES = ("rose", "fell", "appeared", "vanished")
 
 
 def outputs(trace: Any) -> list[dict]:
-    """The model's top prediction after every token, ``[{"token": str, "prob": float}]`` (the
+    """The model's top prediction after every token, ``[{"token": str, "id": int, "prob": float}]`` (the
     output markers' hover text); empty without a model or a vocabulary projection."""
     try:
         from ltt import interpret
 
         L, T = len(trace.layers), len(trace.token_ids)
         tops = interpret.top_tokens_many(trace, [node_name("I", L - 1, t) for t in range(T)], k=1, normalize=True)
-        return [{"token": top.tokens[0].token, "prob": round(float(top.tokens[0].prob), 6)} for top in tops]
+        return [{"token": top.tokens[0].token, "id": int(top.tokens[0].token_id),
+                 "prob": round(float(top.tokens[0].prob), 6)} for top in tops]
     except Exception:  # a synthetic trace without a model: markers say the token only
         return []
 
-
-def patching_available(trace: Any) -> bool:
-    """Whether ``trace.faithfulness`` can patch from a counterfactual prompt (``counterfactual=``)."""
-    try:
-        return "counterfactual" in inspect.signature(trace.faithfulness).parameters
-    except (TypeError, ValueError, AttributeError):
-        return False
 
 
 class GraphWidget(anywidget.AnyWidget):
@@ -351,18 +344,17 @@ class GraphWidget(anywidget.AnyWidget):
 
         if not cf.strip():
             return summary_line(trace.faithfulness(g, baselines=self.faithfulness_baselines))
-        if not patching_available(trace):
-            raise ValueError("patching from a counterfactual is not available in this ltt "
-                             "(trace.faithfulness has no counterfactual=): clear the counterfactual box for zero ablation")
         model = self._model or trace.model
         other = model.trace(cf)
         t = list(g.targets)[-1]
-        answer, cf_answer = outputs(trace)[t]["token"], outputs(other)[t]["token"] if t < len(other.token_ids) else None
-        if cf_answer is None:
+        if len(other.token_ids) != len(trace.token_ids):
             raise ValueError(f"counterfactual has {len(other.token_ids)} tokens, the prompt {len(trace.token_ids)}: "
                              "patching needs the same length")
-        result = trace.faithfulness(g, ablation="patch", counterfactual=cf, tokens=[answer, cf_answer],
+        answer, cf_answer = outputs(trace)[t], outputs(other)[t]
+        # token ids, not their text: a byte-level token's text need not encode back to one token
+        result = trace.faithfulness(g, ablation="patch", counterfactual=other, tokens=[answer["id"], cf_answer["id"]],
                                     baselines=self.faithfulness_baselines)
+        answer, cf_answer = answer["token"], cf_answer["token"]
         return f"patched from {cf!r} ({answer!r} vs {cf_answer!r}): " + summary_line(result)
 
     def _edge_weight(self, key: str) -> float | None:

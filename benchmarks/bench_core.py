@@ -119,7 +119,7 @@ def make_prune_graph(seed: int, L: int, T: int) -> dict:
 
 def c_layer(lay: dict, keep_heads: bool = True) -> tuple[dict, np.ndarray, float, float]:
     """One layer's contributions; also the attention call's wall and process CPU seconds."""
-    from ltt import attribution as A
+    from ltt import kernels as A
 
     t0, c0 = time.perf_counter(), time.process_time()
     out = A.attn_contrib(lay["x"], lay["m"], lay["attn"], lay["values"], lay["w_o"],
@@ -131,7 +131,7 @@ def c_layer(lay: dict, keep_heads: bool = True) -> tuple[dict, np.ndarray, float
 
 def c_graph(layers: list[dict], target: int) -> tuple[dict, float, float]:
     """Whole graph: every layer's contributions, the renormalize threshold mode, pruning."""
-    from ltt import attribution as A
+    from ltt import kernels as A
 
     L = len(layers)
     T = layers[0]["x"].shape[0]
@@ -281,11 +281,11 @@ def worker(side: str, case: str, folder: str, repeats: int, out_path: str) -> No
         torch.set_num_threads(os.cpu_count() or 1)
     else:
         import ltt._core
-        from ltt import attribution as A
+        from ltt import kernels as A
 
         result["build_info"] = ltt._core.build_info()
     if case == "prune":
-        from ltt import attribution as A
+        from ltt import kernels as A
 
         with open(os.path.join(folder, "meta.json")) as fh:
             meta = json.load(fh)

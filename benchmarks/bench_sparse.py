@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from ltt import _reference as R
-from ltt import attribution as A
+from ltt import kernels as A
 
 
 def head_shares(rng: np.random.Generator, H: int, T: int, sharp: float) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 
 import ltt
 from ltt import _reference as ref
-from ltt import attribution as core
+from ltt import kernels as core
 from ltt.scores import attribute
 
 from conftest import PROMPT, build_tiny, tiny_configs

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from ltt import _reference as R
-from ltt import attribution as A
+from ltt import kernels as A
 
 T, H, G, DH, D, E, F = 5, 4, 2, 3, 6, 2, 7
 L = 3

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from ltt import _reference as R
-from ltt import attribution as A
+from ltt import kernels as A
 
 # Tolerance per kernel (as ggml's test-backend-ops states one per operation). The C core reads
 # float32 inputs and accumulates in float64; the twin works in float64 from the same float32

@@ -17,7 +17,7 @@ import pytest
 import ltt
 from ltt import _core
 from ltt import _reference as R
-from ltt import attribution as A
+from ltt import kernels as A
 from ltt import routes as routes_mod
 
 from test_core_errors import FLOAT_ARGS, NAMES, base

@@ -25,7 +25,7 @@ from hypothesis.extra.numpy import arrays
 
 from ltt import _core
 from ltt import _reference as R
-from ltt import attribution as A
+from ltt import kernels as A
 
 from test_core_reference import TOL, noncontig
 

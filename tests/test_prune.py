@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ltt import _reference as R
-from ltt import attribution as A
+from ltt import kernels as A
 
 
 def _state(l: int, t: int):

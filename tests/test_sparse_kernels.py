@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from ltt import _reference as R
-from ltt import attribution as A
+from ltt import kernels as A
 
 EDGE_RTOL = 1e-6  # summed per-head float32 terms vs the dense kernel's one rounding (<= ~2 ulp)
 TWIN = dict(atol=2e-7, rtol=1e-6)  # C (sequential double sums, p * (1/z)) vs the twin (p / z)
@@ -497,7 +497,7 @@ def test_threads_do_not_change_results():
     code = textwrap.dedent("""
         import hashlib
         import numpy as np
-        from ltt import _reference as R, attribution as A
+        from ltt import _reference as R, kernels as A
         rng = np.random.default_rng(5)
         H, T = 6, 120
         raw = rng.random((H, T, T)) ** 3 * np.tril(np.ones((T, T)))[None]

@@ -13,7 +13,7 @@ import pytest
 
 import ltt
 from ltt import _reference as R
-from ltt import attribution as A
+from ltt import kernels as A
 
 from test_core_reference import attn_case, ffn_case
 

@@ -435,11 +435,21 @@ class ServeSession:
         from ltt.serve import session as sess
 
         self.state, self.got, self._done = state, [], threading.Event()
+        self._want, self._seen, self._ended = None, set(), None
         self.session = sess.Session(state, self._send)
 
     def _send(self, msg: dict) -> None:
+        # the job a message asks for is the first job id seen after it (a page may queue more
+        # jobs of its own afterwards, e.g. the graph's faithfulness check)
         self.got.append(msg)
-        if msg["method"] == "job" and msg["job"]["state"] in ("done", "failed"):
+        if msg["method"] != "job":
+            return
+        job = msg["job"]
+        if self._want is None and job["id"] not in self._seen:
+            self._want = job["id"]
+        self._seen.add(job["id"])
+        if job["id"] == self._want and job["state"] in ("done", "failed"):
+            self._ended = job
             self._done.set()
 
     def send(self, msg: dict) -> None:
@@ -449,9 +459,10 @@ class ServeSession:
 
     def ask(self, msg: dict) -> dict:
         self._done.clear()
+        self._want = None
         self.send(msg)
         assert self._done.wait(60)
-        return self.got[-1]["job"]
+        return self._ended
 
     def close(self) -> None:
         self.session.close()

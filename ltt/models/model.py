@@ -142,7 +142,7 @@ class Model:
         params = [p for m in self._layer_modules(layer) if m is not None for p in m.parameters(recurse=False)]
         return weights_stamp(params)
 
-    def _module_weight(self, layer: int, key: str, module: Any) -> np.ndarray:
+    def module_weight(self, layer: int, key: str, module: Any) -> np.ndarray:
         """``w_o [H, d_h, d]`` or ``w_down [F, d]`` float32 of a module, read while the module's
         forward has its weights in place (accelerate offload pages them in for the forward)."""
         if key == "w_o":
@@ -165,7 +165,7 @@ class Model:
         converted on each call for other dtypes, and paged in for offloaded layers."""
         o, down, _, _ = self._layer_modules(layer)
         with _on_device(self.decoder_layers[layer]):
-            out = {"w_o": self._module_weight(layer, "w_o", o), "w_down": self._module_weight(layer, "w_down", down)}
+            out = {"w_o": self.module_weight(layer, "w_o", o), "w_down": self.module_weight(layer, "w_down", down)}
         out.update(self.branch_params(layer))
         return out
 

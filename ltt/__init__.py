@@ -42,26 +42,25 @@ from ltt.kernels import contributions, get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
-# Public names imported on first use (torch, transformers, anywidget load only when asked for):
-# name -> (module, attribute); the attribute None means the module itself.
-_LAZY = {
-    "load": ("ltt.models", "load"),
-    "Model": ("ltt.models.model", "Model"),
-    "Trace": ("ltt.trace", "Trace"),
-    "load_trace": ("ltt.trace_file", "load_trace"),
-    "Graph": ("ltt.graph", "Graph"),
-    "GraphSettings": ("ltt.graph", "GraphSettings"),
-    "Node": ("ltt.nodes", "Node"),
-    "Edge": ("ltt.nodes", "Edge"),
-    "DEFAULT_THRESHOLD": ("ltt.checks", "DEFAULT_THRESHOLD"),
-    "diff": ("ltt.contrast", "diff"),  # ltt.diff(trace_a, trace_b): contrastive graphs
-    "TraceDiff": ("ltt.contrast", "TraceDiff"),
-    "Faithfulness": ("ltt.faithfulness", "Faithfulness"),
-    "RouteSet": ("ltt.routes", "RouteSet"),
-    "GraphWidget": ("ltt.widget", "GraphWidget"),  # anywidget is imported only when asked for
-    "DiffWidget": ("ltt.widget.diff", "DiffWidget"),  # two traces' graphs side by side
-    "report": ("ltt.report", None),  # the offline HTML report (ltt.report.to_html)
+# Public names imported on first use (torch, transformers, anywidget load only when asked for),
+# by the module that holds them; "report" is the module ltt.report itself (ltt.report.to_html).
+_LAZY_FROM = {
+    "ltt.models": ("load",),
+    "ltt.models.model": ("Model",),
+    "ltt.trace": ("Trace",),
+    "ltt.trace_file": ("load_trace",),
+    "ltt.graph": ("Graph", "GraphSettings"),
+    "ltt.nodes": ("Node", "Edge"),
+    "ltt.checks": ("DEFAULT_THRESHOLD",),
+    "ltt.contrast": ("diff", "TraceDiff"),  # ltt.diff(trace_a, trace_b): contrastive graphs
+    "ltt.faithfulness": ("Faithfulness",),
+    "ltt.routes": ("RouteSet",),
+    "ltt.widget": ("GraphWidget",),  # anywidget is imported only when asked for
+    "ltt.widget.diff": ("DiffWidget",),  # two traces' graphs side by side
 }
+#: name -> (module, attribute); the attribute None means the module itself.
+_LAZY = {name: (module, name) for module, names in _LAZY_FROM.items() for name in names}
+_LAZY["report"] = ("ltt.report", None)
 
 __all__ = ["contributions", "set_num_threads", "get_num_threads", "__version__", *_LAZY]
 

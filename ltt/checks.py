@@ -23,6 +23,10 @@ __all__ = ["DEFAULT_THRESHOLD", "ModelNeeded", "is_int", "check_threshold", "che
 #: value behind ``trace.graph``, the widget, the report, ``ltt.diff``, the routes and the CLI.
 DEFAULT_THRESHOLD = 0.04
 
+#: What ``targets=`` may be in every graph signature: token positions (one or a list), ``"all"``,
+#: or None for the last position (:func:`check_targets` reads it).
+Targets = Sequence[int] | str | int | None
+
 
 class ModelNeeded(ValueError):
     """An operation that needs the model (its weights, or the layer buffers recorded with it)
@@ -112,7 +116,7 @@ def check_targets(targets: Any) -> tuple[int, ...] | str | None:
     return tuple(out)
 
 
-def resolve_targets(targets: Sequence[int] | str | int | None, n_tokens: int) -> list[int]:
+def resolve_targets(targets: Targets, n_tokens: int) -> list[int]:
     """Token positions from ``targets`` (as :func:`check_targets` takes them) in a prompt of
     ``n_tokens``: sorted, without repeats; out-of-range positions raise a ValueError naming them.
 

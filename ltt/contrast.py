@@ -36,7 +36,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from ltt.checks import DEFAULT_THRESHOLD, check_norm, is_int
+from ltt.checks import DEFAULT_THRESHOLD, Targets, check_norm, is_int
 from ltt.graph import GraphSettings, ModeWeights, build, mode_weights
 from ltt.interpret import edge_head_shares
 from ltt.nodes import Stage, endpoint_names
@@ -270,7 +270,7 @@ def diff(
     align: Sequence[int | None] | Mapping[int, int] | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     renormalize: bool = True,
-    targets: Sequence[int] | str | int | None = None,
+    targets: Targets = None,
     norm: int = 1,
 ) -> TraceDiff:
     """Compare the routes of two traces (module docstring): which edges and components change

@@ -22,13 +22,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ltt import kernels
 from ltt import scores
-from ltt.checks import (DEFAULT_THRESHOLD, check_norm, check_renormalize, check_targets, check_threshold,
+from ltt.checks import (DEFAULT_THRESHOLD, Targets, check_norm, check_renormalize, check_targets, check_threshold,
                         resolve_targets)
 from ltt.nodes import ATTENTION, FFN, RESIDUAL, Edge, Node, Stage, attention_state, endpoints, node_name
 from ltt.scores import TraceScores, SparseRows, attribute
@@ -407,7 +407,7 @@ def build_graph(
     trace: Any,
     threshold: float = DEFAULT_THRESHOLD,
     renormalize: bool = True,
-    targets: Sequence[int] | str | int | None = None,
+    targets: Targets = None,
     norm: int = 1,
 ) -> Graph:
     """The pruned contribution graph of ``trace`` for the predictions at ``targets``: the

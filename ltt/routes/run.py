@@ -15,11 +15,11 @@ forward pass, dominates the time per prompt on small models anyway.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 
-from ltt.checks import DEFAULT_THRESHOLD, is_int
+from ltt.checks import DEFAULT_THRESHOLD, Targets, is_int
 from ltt import progress as progress_bars
 from ltt.graph import GraphSettings, build
 from ltt.routes import files, store
@@ -34,7 +34,7 @@ def trace_many(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     renormalize: bool = True,
-    targets: Sequence[int] | str | int | None = None,
+    targets: Targets = None,
     norm: int = 1,
     out: str | os.PathLike | None = None,
     resume: bool = True,

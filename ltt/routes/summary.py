@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from ltt.checks import DEFAULT_THRESHOLD
+from ltt.checks import DEFAULT_THRESHOLD, Targets
 from ltt.graph import Graph, GraphSettings, build, sparse_edge_weights
 from ltt.interpret import edge_head_shares
 from ltt.nodes import Stage
@@ -184,7 +184,7 @@ def summarize(
     trace: Any,
     threshold: float = DEFAULT_THRESHOLD,
     renormalize: bool = True,
-    targets: Sequence[int] | str | int | None = None,
+    targets: Targets = None,
     norm: int = 1,
     graph: Graph | None = None,
     index: int = 0,

@@ -24,6 +24,7 @@ from ltt.models.norms import FrozenNorm, NormParams
 from ltt.models.unembedding import Unembedding
 from ltt.models.weights import (_bias, _float32, _in_out_shape, _linear_in_out, _offloaded, _on_device,
                                 _param_numpy, weights_stamp)
+from ltt.routes.run import trace_many as _trace_many
 from ltt.trace import Trace
 
 
@@ -416,15 +417,10 @@ class Model:
             return [self._trace_one(p, prepend_bos=prepend_bos, **opts) for p in batch]
         return self._trace_one(prompt, prepend_bos=prepend_bos, **opts)
 
-    def trace_many(self, prompts: Any, **kwargs: Any):
-        """Trace many prompts, keeping only each one's component importance: a
-        :class:`ltt.routes.RouteSet` (see :func:`ltt.routes.trace_many` for the options).
-
-        >>> routes = model.trace_many(["Hello", "World"], out="routes.jsonl")   # doctest: +SKIP
-        """
-        from ltt.routes import trace_many
-
-        return trace_many(self, prompts, **kwargs)
+    #: ``model.trace_many(prompts, *, threshold=..., out=..., ...)``: many prompts, each kept as
+    #: its component importance, a :class:`ltt.routes.RouteSet`; the function
+    #: :func:`ltt.routes.trace_many` itself (its keywords and docstring), this model as ``model``.
+    trace_many = _trace_many
 
     def _trace_one(self, prompt: Any, prepend_bos: bool | None = None, **opts: Any) -> Trace:
         from ltt.models.tracing import run_trace

@@ -17,7 +17,10 @@ The parts, in the order of the data flow:
 * :mod:`ltt.models.instrument` — the one instrumented run every way into the model uses (lock,
   modes, attention implementation, hooks, clean-up; only its own forward is instrumented);
 * :mod:`ltt.models.tracing`, :mod:`ltt.models.record`, :mod:`ltt.models.attention` — one
-  forward pass with hooks, each layer attributed as it runs.
+  forward pass with hooks, each layer attributed as it runs (:mod:`ltt.models.tensors` reads
+  the hooks' tensors into NumPy);
+* :mod:`ltt.models.handlers` — what an intervened run (:mod:`ltt.interventions`) does at each
+  attention and FFN output: removal, patching, gradient capture.
 
 Modules inside the package import from these files, never from this face.
 

@@ -13,7 +13,7 @@ import pytest
 import traitlets as tl
 
 import ltt
-from ltt.widget import STATIC
+from ltt.widget import STATIC, bundle
 from ltt.widget.diff import DiffWidget
 
 from conftest import node_path
@@ -198,7 +198,7 @@ def test_both_views_mark_exactly_the_changed_edges_in_a_browser(model, new_page)
     page.set_content(page_html)
     page.evaluate("([la, lb]) => { document.getElementById('label-a').textContent = la; "
                   "document.getElementById('label-b').textContent = lb; }", [w.label_a.value, w.label_b.value])
-    page.evaluate(_RENDER, [(STATIC / "graph.js").read_text(encoding="utf-8"), states])
+    page.evaluate(_RENDER, [bundle.script(), states])
     page.wait_for_selector("#b svg.ltt-svg[data-marks]")
     page.wait_for_timeout(200)
     drawn = {}
@@ -234,12 +234,13 @@ def test_both_views_mark_exactly_the_changed_edges_in_a_browser(model, new_page)
     assert not errors and not dialogs, (errors, dialogs)
 
 
-def test_key_path_puts_a_ghost_where_the_edge_is_drawn(pair):
+def test_key_path_puts_a_ghost_where_the_edge_is_drawn(pair, tmp_path):
     """keyPath (a mark on an edge this graph does not keep) draws the same path as the layout of
     a kept edge; a malformed key gives null."""
     w = DiffWidget(*pair)
+    (tmp_path / "graph.js").write_text(bundle.script(), encoding="utf-8")  # the joined module, as the page loads it
     code = textwrap.dedent(f"""
-        import {{ keyPath, layoutGraph, edgePath }} from {json.dumps((STATIC / "graph.js").as_uri())};
+        import {{ keyPath, layoutGraph, edgePath }} from {json.dumps((tmp_path / "graph.js").as_uri())};
         const g = {json.dumps(w.b.graph)};
         const lay = layoutGraph(g);
         let n = 0;

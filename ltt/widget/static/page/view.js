@@ -1,8 +1,8 @@
 // ltt graph view: a trace's pruned contribution graph as a token x layer grid, its controls and its
 // panels (top tokens, heads, neurons), with anywidget's render({ model, el }) contract. The parts
 // live in page/*.js (layout, state, drawing, axes, interaction, maps, panels, controls, view); the
-// Jupyter widget, ltt serve and the report load them joined into one module, static/graph.js
-// (python -m ltt.widget.bundle). Token strings only ever reach the page as textContent.
+// Jupyter widget, ltt serve and the report load them joined into one module, graph.js, joined in
+// memory by ltt/widget/bundle.py (no build step). Token strings only ever reach the page as textContent.
 
 import { MARGIN } from "./layout.js";
 import { h, createState } from "./state.js";
@@ -31,19 +31,13 @@ export function render({ model, el }) {
     if (first || st.graph.tokens.length !== prevT || Math.abs(st.lay.width - prevW) > 1e-6) fit(st);
   };
   st.on("change:graph", onGraph);
-  st.on("change:threshold", () => controls_(st));
-  st.on("change:renormalize", () => controls_(st));
-  st.on("change:normalize", () => controls_(st));
-  st.on("change:targets", () => controls_(st));
-  st.on("change:slider", () => controls_(st));
+  for (const name of ["threshold", "renormalize", "normalize", "targets", "slider"]) st.on(`change:${name}`, () => controls_(st));
   st.on("change:selection", () => highlight(st));
   st.on("change:marks", () => { marks_(st); highlight(st); });
   st.on("change:panel", () => renderPanel(st));
   st.on("change:panel_maps", () => renderPanel(st));
   st.on("change:model_info", () => facts_(st));
-  st.on("change:prompts", () => prompts_(st));
-  st.on("change:prompt_index", () => prompts_(st));
-  st.on("change:live", () => prompts_(st));
+  for (const name of ["prompts", "prompt_index", "live"]) st.on(`change:${name}`, () => prompts_(st));
   st.on("change:status", () => { st.status.textContent = st.model.get("status") || ""; st.root.classList.toggle("ltt-busy", !!st.model.get("status")); });
   st.on("change:error", () => showError(st, st.model.get("error")));
   st.on("change:notice", () => { st.notice.textContent = st.model.get("notice") || ""; st.notice.style.display = st.model.get("notice") ? "block" : "none"; });

@@ -1,5 +1,5 @@
-"""The page in ``ltt serve`` (real Chromium against a real server): one prompt state for the
-toolbar's and the view's prompt boxes, the panel cleared after a target change, the faithfulness
+"""The page in ``ltt serve`` (real Chromium against a real server): one prompt bar (the toolbar's;
+the view shows no box of its own), the panel cleared after a target change, the faithfulness
 figure computed as a job and never shown as current while stale, the diff box's wording."""
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ def page(new_page):
 def test_one_prompt_state_and_the_panel_cleared_after_a_target_change(page, server, llama_id):
     _open(page, server.url)
     _run(page, llama_id, PROMPT)
+    # one prompt bar: one prompt box and one Run button on the page (the view shows none of its own)
+    assert page.locator("input.ltt-prompt, input.ltt-serve-prompt").count() == 1
+    assert page.locator("button.ltt-run, button.ltt-serve-run").count() == 1
+    assert page.locator("#ltt-app input.ltt-prompt, #ltt-app button.ltt-run").count() == 0
     # both boxes show the prompt on screen; typing in one types in the other
     assert page.input_value(".ltt-serve-prompt") == page.input_value("input.ltt-prompt") == PROMPT
     page.fill("input.ltt-prompt", OTHER)

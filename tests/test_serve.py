@@ -251,7 +251,7 @@ def test_prompt_box_and_picker_add_prompts_live(page, server, tiny_model, llama_
 
     _open(page, server.url)
     _run(page, llama_id, PROMPT)
-    page.fill("input.ltt-prompt", "A quick brown fox")  # the widget's own prompt box
+    page.fill("input.ltt-prompt", "A quick brown fox")  # the page's one prompt box
     page.press("input.ltt-prompt", "Enter")
     _wait_shown(page, "A quick brown fox")
     assert_draws(page, tiny_model("llama").trace("A quick brown fox").graph())

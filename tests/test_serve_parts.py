@@ -301,3 +301,28 @@ def test_a_flood_of_changes_from_one_page_is_one_job(dirs):
     finally:
         gate.set()
         driver.close()
+
+
+def test_the_toolbar_prompt_bar_carries_the_bos_checkbox(dirs):
+    """The page's one prompt bar (``open``) traces as ``model.trace(prompt, prepend_bos=bos)``,
+    in a fresh view and in the view already shown; a bos that is not true/false/null is refused."""
+    from conftest import ServeSession
+    from ltt.serve.app import ServeConfig, ServeState
+
+    driver = ServeSession(ServeState(ServeConfig(models=[dirs["llama"]], embedded=False, max_tokens=40)))
+    llama = os.path.basename(dirs["llama"])
+    try:
+        assert driver.ask({"method": "open", "model": llama, "prompt": "The cat sat", "bos": False})["state"] == "done"
+        model = driver.session.widget._model
+        ids = lambda p, bos: [int(i) for i in model.trace(p, prepend_bos=bos).token_ids]  # noqa: E731
+        assert len(ids("The dog ran", True)) == len(ids("The dog ran", False)) + 1  # the checkbox matters here
+        assert [int(i) for i in driver.session.widget.trace.token_ids] == ids("The cat sat", False)
+        assert driver.ask({"method": "open", "model": llama, "prompt": "The dog ran", "bos": True})["state"] == "done"
+        w = driver.session.widget
+        assert w.prompts == ["The cat sat", "The dog ran"]  # the same view: a second prompt in its picker
+        assert [int(i) for i in w.trace.token_ids] == ids("The dog ran", True)
+        driver.send({"method": "open", "model": llama, "prompt": "The dog ran", "bos": "yes"})
+        assert driver.got[-1] == {"method": "error", "message": "bos must be true, false or null, got 'yes'"}
+    finally:
+        driver.close()
+        driver.state.worker.stop()

@@ -19,7 +19,8 @@ export function buildPage(st) {
   st.status = h("span", { class: "ltt-status" });
   st.notice = h("div", { class: "ltt-notice" });
   st.errorBox = h("div", { class: "ltt-error" });
-  st.root.append(h("div", { class: "ltt-header" }, st.facts, h("div", { class: "ltt-promptbar" }, st.picker, st.promptInput, st.bosLabel, st.runBtn, st.status)), st.notice, st.errorBox);
+  st.root.append(h("div", { class: "ltt-header" }, st.facts, h("div", { class: "ltt-promptbar" }, st.picker,
+    ...(st.ownPrompt === false ? [] : [st.promptInput, st.bosLabel, st.runBtn]), st.status)), st.notice, st.errorBox);
 
   // -- controls
   st.slider = h("input", { class: "ltt-threshold-slider", type: "range", step: "0.005", "aria-label": "threshold" });

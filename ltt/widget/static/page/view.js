@@ -12,8 +12,11 @@ import { wireGraph } from "./interaction.js";
 import { renderPanel } from "./panels.js";
 import { buildPage, facts_, prompts_, controls_, wireControls, showError, faith_ } from "./controls.js";
 
-export function render({ model, el }) {
+/** anywidget's render(). `promptBar: false` leaves the view's own prompt box, BOS and Run out:
+ *  ltt serve's toolbar holds the page's one prompt bar (its picker of traced prompts stays). */
+export function render({ model, el, promptBar = true }) {
   const st = createState(model, el);
+  st.ownPrompt = promptBar;
   st.root = h("div", { class: "ltt-root" });
   el.append(st.root);
   buildPage(st);

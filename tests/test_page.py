@@ -255,3 +255,31 @@ def test_head_maps_follow_the_scheme_with_3_to_1_marks(new_page, report, scheme)
         assert _contrast(pg, c["top"], bg) >= 3.0, (scheme, c)
     outline = rgb(pg.eval_on_selector(".ltt-map-row", "e => getComputedStyle(e).outlineColor"))
     assert _contrast(pg, outline, bg) >= 3.0, (scheme, outline)
+
+
+# the colours that draw marks: edges and nodes by kind, the target, the markers, the diff's change
+# marks and the panels' up/down numbers
+MARK_COLOURS = ("--ltt-attn", "--ltt-resid", "--ltt-ffn", "--ltt-emb", "--ltt-state", "--ltt-target", "--ltt-marker",
+                "--ltt-rose", "--ltt-fell", "--ltt-appeared", "--ltt-vanished", "--ltt-up", "--ltt-down")
+
+
+def mark_contrasts(pg, root=".ltt-root"):
+    """Each mark colour of the view's theme against the view's background, as the browser resolves them."""
+    colours = pg.evaluate("""([sel, names]) => { const root = document.querySelector(sel);
+        const rgb = (css) => css.match(/[\\d.]+/g).slice(0, 3).map(Number);
+        const probe = document.createElement('span'); root.append(probe); const out = {};
+        for (const n of names) { probe.style.color = `var(${n})`; out[n] = rgb(getComputedStyle(probe).color); }
+        probe.remove(); out.bg = rgb(getComputedStyle(root).backgroundColor); return out; }""", [root, list(MARK_COLOURS)])
+    bg = colours.pop("bg")
+    return bg, {name: _contrast(pg, c, bg) for name, c in colours.items()}
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_every_mark_colour_keeps_3_to_1_in_either_scheme(new_page, report, scheme):
+    pg = new_page(1400, 900, color_scheme=scheme)
+    _open(pg, report)
+    bg, contrasts = mark_contrasts(pg)
+    assert (sum(bg) < 3 * 80) == (scheme == "dark"), bg
+    assert pg.evaluate("() => document.querySelector('.ltt-root').classList.contains('ltt-dark')") == (scheme == "dark")
+    low = {n: round(c, 2) for n, c in contrasts.items() if c < 3.0}
+    assert not low, (scheme, low)

@@ -254,3 +254,17 @@ def test_key_path_puts_a_ghost_where_the_edge_is_drawn(pair, tmp_path):
     proc = subprocess.run([node_path(), "--input-type=module", "-e", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) == len(w.b.graph["edges"]) > 0
+
+
+def test_summary_says_how_the_positions_are_compared(pair, model):
+    """Same length: token by token; other lengths: the pairs ``align`` gives, as the diff uses them."""
+    w = DiffWidget(*pair)
+    assert "compared token by token" in w.summary.value
+    a, c = pair[0], model.trace("The cat sat")
+    Ta, Tc = len(a.token_ids), len(c.token_ids)
+    assert Ta != Tc
+    w = DiffWidget(a, c, align={Ta - 1: Tc - 1})
+    assert f"compared at a's token {Ta - 1} ↔ b's token {Tc - 1}" in w.summary.value
+    assert "token by token" not in w.summary.value
+    w = DiffWidget(a, c, align=[None] * (Ta - 3) + [Tc - 3, Tc - 2, Tc - 1])
+    assert f"a's token {Ta - 3} ↔ b's token {Tc - 3}" in w.summary.value

@@ -326,3 +326,33 @@ def test_the_toolbar_prompt_bar_carries_the_bos_checkbox(dirs):
     finally:
         driver.close()
         driver.state.worker.stop()
+
+
+def test_a_diffs_faithfulness_checks_are_jobs_whose_lines_reach_the_page(dirs):
+    """Each view of a diff checks its graph's faithfulness as a job of the page, and the line
+    reaches the page (it never stays "computing" there)."""
+    from conftest import ServeSession
+    from ltt.serve.app import ServeConfig, ServeState
+
+    driver = ServeSession(ServeState(ServeConfig(models=[dirs["llama"]], embedded=False, max_tokens=40)))
+    llama = os.path.basename(dirs["llama"])
+    try:
+        assert driver.ask({"method": "diff", "model": llama, "prompt_a": "The cat sat on the mat",
+                           "prompt_b": "A dog ran"})["state"] == "done"
+        views = driver.session.views
+        assert sorted(views) == ["a", "b"]
+        deadline = time.monotonic() + 60
+        while any(w.faithfulness_state != "current" for w in views.values()) or driver.state.worker.waiting():
+            assert time.monotonic() < deadline, {n: w.faithfulness_state for n, w in views.items()}
+            time.sleep(0.05)
+        time.sleep(0.3)  # the flush after the last check
+        checks = [m["job"] for m in driver.got if m["method"] == "job" and m["job"]["label"] == "checking the graph's faithfulness"]
+        ids = {j["id"] for j in checks}
+        assert len(ids) == 2 and {j["id"] for j in checks if j["state"] == "done"} == ids  # one per view, both done
+        for name, w in views.items():
+            sent = [m["state"] for m in driver.got if m["method"] == "update" and m.get("view") == name
+                    and "faithfulness_state" in m["state"]]
+            assert sent and sent[-1]["faithfulness_state"] == "current" and sent[-1]["faithfulness"] == w.faithfulness != ""
+    finally:
+        driver.close()
+        driver.state.worker.stop()

@@ -316,6 +316,10 @@ class Session:
         if diff is not None:
             self._send_diff()
 
+    def _background(self, label: str, fn: Callable[[], None]) -> None:
+        """Where a view's faithfulness check runs: a job of this page, its result flushed to it."""
+        self._queue(label, lambda job: (fn(), self._flush()))
+
     def _show(self, model: Any, key: tuple[str, str, str], prompt: str, bos: bool | None = None) -> None:
         """Show ``prompt`` traced on ``model`` in a new GraphWidget (the settings carried over;
         ``bos`` as the BOS checkbox says)."""
@@ -323,11 +327,8 @@ class Session:
             return
         from ltt.widget import GraphWidget
 
-        def background(label: str, fn: Callable[[], None]) -> None:  # the faithfulness check: a job
-            self._queue(label, lambda job: (fn(), self._flush()))
-
         source = [prompt] if bos is None else [model.trace(prompt, prepend_bos=bos)]
-        self._replace({"main": GraphWidget(source, model=model, background=background, **self._settings())}, None, key)
+        self._replace({"main": GraphWidget(source, model=model, background=self._background, **self._settings())}, None, key)
 
     def _show_diff(self, model: Any, key: tuple[str, str, str], pa: str, pb: str) -> None:
         """Trace two prompts and show them side by side with ltt.diff's changes marked (a
@@ -339,7 +340,7 @@ class Session:
         ta, tb = model.trace(pa), model.trace(pb)
         Ta, Tb = len(ta.token_ids), len(tb.token_ids)
         align = None if Ta == Tb else {Ta - 1: Tb - 1}
-        dw = DiffWidget(ta, tb, align=align, **self._settings())
+        dw = DiffWidget(ta, tb, align=align, background=self._background, **self._settings())
         self._replace({"a": dw.a, "b": dw.b}, dw, key)
 
     def _send_diff(self) -> None:

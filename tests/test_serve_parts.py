@@ -328,31 +328,40 @@ def test_the_toolbar_prompt_bar_carries_the_bos_checkbox(dirs):
         driver.state.worker.stop()
 
 
-def test_a_diffs_faithfulness_checks_are_jobs_whose_lines_reach_the_page(dirs):
-    """Each view of a diff checks its graph's faithfulness as a job of the page, and the line
-    reaches the page (it never stays "computing" there)."""
+def test_a_diffs_faithfulness_lines_reach_the_page(dirs):
+    """A diff's two views come with their faithfulness lines current (checked in the diff's job);
+    after a threshold change each view checks again as a job of the page, and the new lines
+    reach the page (they never stay "computing" there)."""
     from conftest import ServeSession
     from ltt.serve.app import ServeConfig, ServeState
 
     driver = ServeSession(ServeState(ServeConfig(models=[dirs["llama"]], embedded=False, max_tokens=40)))
     llama = os.path.basename(dirs["llama"])
+    check = "checking the graph's faithfulness"
     try:
         assert driver.ask({"method": "diff", "model": llama, "prompt_a": "The cat sat on the mat",
                            "prompt_b": "A dog ran"})["state"] == "done"
         views = driver.session.views
         assert sorted(views) == ["a", "b"]
+        state = next(m for m in driver.got if m["method"] == "state")
+        for name, w in views.items():
+            assert state["views"][name]["faithfulness_state"] == "current" and state["views"][name]["faithfulness"]
+        start = len(driver.got)
+        driver.ask({"method": "update", "view": "a", "state": {"threshold": 0.02}})
         deadline = time.monotonic() + 60
-        while any(w.faithfulness_state != "current" for w in views.values()) or driver.state.worker.waiting():
+        while any(w.faithfulness_state != "current" for w in views.values()) or driver.state.worker.waiting() \
+                or driver.state.worker.running is not None:
             assert time.monotonic() < deadline, {n: w.faithfulness_state for n, w in views.items()}
             time.sleep(0.05)
-        time.sleep(0.3)  # the flush after the last check
-        checks = [m["job"] for m in driver.got if m["method"] == "job" and m["job"]["label"] == "checking the graph's faithfulness"]
-        ids = {j["id"] for j in checks}
-        assert len(ids) == 2 and {j["id"] for j in checks if j["state"] == "done"} == ids  # one per view, both done
+        time.sleep(0.3)
+        got = driver.got[start:]
+        ids = {m["job"]["id"] for m in got if m["method"] == "job" and m["job"]["label"] == check}
+        assert len(ids) == 2  # one check per view (the threshold is shared)
         for name, w in views.items():
-            sent = [m["state"] for m in driver.got if m["method"] == "update" and m.get("view") == name
+            sent = [m["state"] for m in got if m["method"] == "update" and m.get("view") == name
                     and "faithfulness_state" in m["state"]]
-            assert sent and sent[-1]["faithfulness_state"] == "current" and sent[-1]["faithfulness"] == w.faithfulness != ""
+            assert sent and sent[-1]["faithfulness_state"] == "current" and sent[-1]["faithfulness"] == w.faithfulness
+            assert w.faithfulness_for and w.graph["settings"]["threshold"] == 0.02
     finally:
         driver.close()
         driver.state.worker.stop()

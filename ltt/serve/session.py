@@ -213,7 +213,7 @@ class Session:
             model = self._load(job, key)
             self._reserve(model, [pa, pb])
             job.progress(f"tracing and diffing {_short(pa, 24)} and {_short(pb, 24)}")
-            self._show_diff(model, key, pa, pb)
+            self._show_diff(model, key, pa, pb, job)
 
         self._queue(f"diffing {_short(pa, 24)} and {_short(pb, 24)} on {key[0]}", work)
 
@@ -330,9 +330,11 @@ class Session:
         source = [prompt] if bos is None else [model.trace(prompt, prepend_bos=bos)]
         self._replace({"main": GraphWidget(source, model=model, background=self._background, **self._settings())}, None, key)
 
-    def _show_diff(self, model: Any, key: tuple[str, str, str], pa: str, pb: str) -> None:
+    def _show_diff(self, model: Any, key: tuple[str, str, str], pa: str, pb: str, job: Any = None) -> None:
         """Trace two prompts and show them side by side with ltt.diff's changes marked (a
-        DiffWidget); prompts of different lengths are aligned at their last tokens."""
+        DiffWidget); prompts of different lengths are aligned at their last tokens. The two
+        views' first faithfulness checks run here, in this job, so that they arrive current with
+        the views; later ones are jobs of the page, as a single view's are."""
         if self.closed:
             return
         from ltt.widget.diff import DiffWidget
@@ -340,7 +342,14 @@ class Session:
         ta, tb = model.trace(pa), model.trace(pb)
         Ta, Tb = len(ta.token_ids), len(tb.token_ids)
         align = None if Ta == Tb else {Ta - 1: Tb - 1}
-        dw = DiffWidget(ta, tb, align=align, background=self._background, **self._settings())
+        first: list[Callable[[], None]] = []
+        dw = DiffWidget(ta, tb, align=align, background=lambda label, fn: first.append(fn), **self._settings())
+        if first and job is not None:
+            job.progress("checking both graphs' faithfulness")
+        for fn in first:
+            fn()
+        for w in (dw.a, dw.b):
+            w.background = self._background
         self._replace({"a": dw.a, "b": dw.b}, dw, key)
 
     def _send_diff(self) -> None:

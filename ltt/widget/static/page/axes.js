@@ -163,3 +163,36 @@ function columnBar(st, shown, colW) {
     box.append(lab);
   }
 }
+
+// Where position: sticky cannot hold (the nearest box that clips does not scroll, as in
+// JupyterLab's output area), the controls and the column bar are moved by hand to the top of the
+// box that does scroll, so the token labels stay in view whatever the scroll. Returns the
+// function that places them (called on every scroll, from the capture phase of any element's).
+export function pinHeaders(st) {
+  const controls = st.root.querySelector(".ltt-controls");
+  return () => {
+    const scroller = brokenSticky(st.root);
+    if (!scroller) { controls.style.transform = st.colbar.style.transform = ""; return; }
+    const top = scroller === document.scrollingElement ? 0 : Math.max(0, scroller.getBoundingClientRect().top);
+    const over = top - st.root.getBoundingClientRect().top; // how far the view's top has gone past it
+    const ch = controls.offsetHeight, bh = st.colbar.offsetHeight, H = st.root.offsetHeight;
+    const cT = controls.offsetTop, bT = st.colbar.offsetTop; // where they sit in the view
+    const clamp = (v, hi) => Math.max(0, Math.min(v, hi)); // never past the view's end
+    controls.style.transform = `translateY(${clamp(over - cT, H - cT - ch - bh)}px)`;
+    st.colbar.style.transform = `translateY(${clamp(over + ch - bT, H - bT - bh)}px)`;
+  };
+}
+
+/** The box that scrolls the view when sticky positioning cannot follow it, else null: sticky
+ *  holds to the nearest ancestor that clips, so it works when that one is the one that scrolls
+ *  (or none clips and the document scrolls). */
+function brokenSticky(root) {
+  let clip = null;
+  for (let e = root.parentElement; e && e !== document.body && e !== document.documentElement; e = e.parentElement) {
+    const cs = getComputedStyle(e);
+    const clips = ![cs.overflowX, cs.overflowY].every((o) => o === "visible" || o === "clip");
+    if (/(auto|scroll)/.test(cs.overflowY) && e.scrollHeight > e.clientHeight) return clip ? e : null;
+    if (clips && !clip) clip = e;
+  }
+  return clip ? document.scrollingElement : null;
+}

@@ -6,7 +6,7 @@
 
 import { MARGIN } from "./layout.js";
 import { h, createState } from "./state.js";
-import { axes, marks_, highlight } from "./axes.js";
+import { axes, marks_, highlight, pinHeaders } from "./axes.js";
 import { draw, fit } from "./drawing.js";
 import { wireGraph } from "./interaction.js";
 import { renderPanel } from "./panels.js";
@@ -67,9 +67,15 @@ export function render({ model, el, promptBar = true }) {
   st.notice.textContent = st.model.get("notice") || "";
   st.notice.style.display = st.model.get("notice") ? "block" : "none";
   requestAnimationFrame(() => { const w = Math.floor(st.graphBox.clientWidth); if (w > 0) st.size.w = w; fit(st); });
+  // the token labels in view whatever scrolls (any element's scroll reaches a capturing listener)
+  const pin = pinHeaders(st);
+  let pinFrame = 0;
+  const onScroll = () => { if (!pinFrame) pinFrame = requestAnimationFrame(() => { pinFrame = 0; pin(); }); };
+  document.addEventListener("scroll", onScroll, { capture: true, passive: true });
 
   return () => {
     for (const [ev, cb] of st.listeners) st.model.off(ev, cb);
+    document.removeEventListener("scroll", onScroll, { capture: true });
     if (ro) ro.disconnect();
     st.root.remove();
   };

@@ -283,3 +283,22 @@ def test_every_mark_colour_keeps_3_to_1_in_either_scheme(new_page, report, schem
     assert pg.evaluate("() => document.querySelector('.ltt-root').classList.contains('ltt-dark')") == (scheme == "dark")
     low = {n: round(c, 2) for n, c in contrasts.items() if c < 3.0}
     assert not low, (scheme, low)
+
+
+def test_switching_the_scheme_repaints_the_accents_and_the_maps(new_page, report):
+    """The reader switches to dark with the page open: the view turns dark, its accents keep 3:1
+    and an open head map is repainted from the new background (its pixels are not left light)."""
+    pg = new_page(1400, 900, color_scheme="light")
+    _open(pg, report)
+    key = pg.eval_on_selector_all("[data-edge$='|attention']", "els => els.map(e => e.dataset.edge)")[-1]
+    pg.focus(f'[data-edge="{key}"]')
+    pg.keyboard.press("Enter")
+    pg.wait_for_selector(".ltt-heatmap-canvas")
+    zero = "() => { const c = document.querySelector('.ltt-heatmap-canvas'); return [...c.getContext('2d').getImageData(c.width - 1, 0, 1, 1).data].slice(0, 3); }"
+    assert sum(pg.evaluate(zero)) > 3 * 200  # light: the masked cell is the white background
+    pg.emulate_media(color_scheme="dark")
+    pg.wait_for_function("() => document.querySelector('.ltt-root').classList.contains('ltt-dark')")
+    pg.wait_for_selector(".ltt-heatmap-canvas")
+    bg, contrasts = mark_contrasts(pg)
+    assert sum(bg) < 3 * 80 and not {n: c for n, c in contrasts.items() if c < 3.0}, contrasts
+    assert _contrast(pg, pg.evaluate(zero), bg) < 1.1

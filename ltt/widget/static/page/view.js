@@ -72,10 +72,15 @@ export function render({ model, el, promptBar = true }) {
   let pinFrame = 0;
   const onScroll = () => { if (!pinFrame) pinFrame = requestAnimationFrame(() => { pinFrame = 0; pin(); }); };
   document.addEventListener("scroll", onScroll, { capture: true, passive: true });
+  // the reader switches the scheme: the accents and the maps' pixels follow at once
+  const dark = window.matchMedia ? window.matchMedia("(prefers-color-scheme: dark)") : null;
+  const onScheme = () => { draw(st); renderPanel(st); };
+  if (dark && dark.addEventListener) dark.addEventListener("change", onScheme);
 
   return () => {
     for (const [ev, cb] of st.listeners) st.model.off(ev, cb);
     document.removeEventListener("scroll", onScroll, { capture: true });
+    if (dark && dark.removeEventListener) dark.removeEventListener("change", onScheme);
     if (ro) ro.disconnect();
     st.root.remove();
   };

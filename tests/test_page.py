@@ -302,3 +302,16 @@ def test_switching_the_scheme_repaints_the_accents_and_the_maps(new_page, report
     bg, contrasts = mark_contrasts(pg)
     assert sum(bg) < 3 * 80 and not {n: c for n, c in contrasts.items() if c < 3.0}, contrasts
     assert _contrast(pg, pg.evaluate(zero), bg) < 1.1
+
+
+def test_column_labels_never_overlap_and_the_target_keeps_its_own(new_page, report, trace):
+    pg = new_page(760, 700)
+    _open(pg, report)
+    pg.check(".ltt-numbers")  # every label numbered: longer labels than the columns are wide
+    pg.wait_for_timeout(50)
+    boxes = pg.eval_on_selector_all(".ltt-colbar-label", """els => els.map(e => { const r = e.getBoundingClientRect();
+        return [Number(e.dataset.token), r.left, r.right]; }).sort((a, b) => a[1] - b[1])""")
+    assert len(boxes) > 2
+    assert all(a[2] <= b[1] + 0.5 for a, b in zip(boxes, boxes[1:])), boxes
+    assert len(boxes) < len(trace.tokens)  # some left out, not squeezed
+    assert len(trace.tokens) - 1 in {t for t, _, _ in boxes}  # the target's label is always there

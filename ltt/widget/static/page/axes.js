@@ -149,11 +149,17 @@ function columnBar(st, shown, colW) {
   const rep = repeatedTokens(st.graph.tokens);
   const every = st.numBox && st.numBox.checked;
   const targets = new Set(st.graph.settings.targets || []);
+  const placed = []; // [right edge, label, is a target] of the labels kept, left to right
   for (const [t, x] of shown) {
     let text = visibleToken(st.graph.tokens[t]);
     const num = every || rep.has(t) ? `${t}:` : "";
-    const room = Math.max(2, Math.floor(Math.max(colW, 14) / 6.5));
+    const room = Math.max(num.length + 2, Math.floor(Math.max(colW, 14) / 6.5));
     if ((num + text).length > room) text = text.slice(0, Math.max(1, room - num.length - 1)) + "…";
+    // labels never overlap: one that would is left out (a target's pushes an ordinary one out)
+    const half = ((num + text).length * 6.7) / 2, isTarget = targets.has(t);
+    const last = () => placed[placed.length - 1];
+    while (isTarget && placed.length && !last()[2] && last()[0] + 4 > dx + x - half) placed.pop()[1].remove();
+    if (!isTarget && placed.length && last()[0] + 4 > dx + x - half) continue;
     const lab = document.createElement("span");
     lab.className = `ltt-colbar-label${targets.has(t) ? " ltt-is-target" : ""}`;
     lab.dataset.token = String(t);
@@ -161,6 +167,7 @@ function columnBar(st, shown, colW) {
     lab.title = `token ${t} ${quoted(st.graph.tokens[t])}`;
     lab.style.left = `${(dx + x).toFixed(1)}px`;
     box.append(lab);
+    placed.push([dx + x + half, lab, isTarget]);
   }
 }
 

@@ -169,6 +169,7 @@ function columnBar(st, shown, colW) {
     box.append(lab);
     placed.push([dx + x + half, lab, isTarget]);
   }
+  if (st.pin) st.pin();
 }
 
 // Where position: sticky cannot hold (the nearest box that clips does not scroll, as in

@@ -68,9 +68,9 @@ export function render({ model, el, promptBar = true }) {
   st.notice.style.display = st.model.get("notice") ? "block" : "none";
   requestAnimationFrame(() => { const w = Math.floor(st.graphBox.clientWidth); if (w > 0) st.size.w = w; fit(st); });
   // the token labels in view whatever scrolls (any element's scroll reaches a capturing listener)
-  const pin = pinHeaders(st);
+  st.pin = pinHeaders(st); // also placed again after every redraw of the labels (axes.js)
   let pinFrame = 0;
-  const onScroll = () => { if (!pinFrame) pinFrame = requestAnimationFrame(() => { pinFrame = 0; pin(); }); };
+  const onScroll = () => { if (!pinFrame) pinFrame = requestAnimationFrame(() => { pinFrame = 0; st.pin(); }); };
   document.addEventListener("scroll", onScroll, { capture: true, passive: true });
   // the reader switches the scheme: the accents and the maps' pixels follow at once
   const dark = window.matchMedia ? window.matchMedia("(prefers-color-scheme: dark)") : null;

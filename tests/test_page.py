@@ -315,3 +315,20 @@ def test_column_labels_never_overlap_and_the_target_keeps_its_own(new_page, repo
     assert all(a[2] <= b[1] + 0.5 for a, b in zip(boxes, boxes[1:])), boxes
     assert len(boxes) < len(trace.tokens)  # some left out, not squeezed
     assert len(trace.tokens) - 1 in {t for t, _, _ in boxes}  # the target's label is always there
+
+
+def test_labels_and_panel_pinned_by_hand_where_sticky_cannot_hold(new_page, report):
+    """An ancestor that clips without scrolling (as JupyterLab's output area does) defeats
+    position: sticky; the view then places its controls, token labels and side panel itself."""
+    pg = new_page(1400, 420)
+    _open(pg, report)
+    pg.evaluate("() => { document.getElementById('ltt-app').style.overflowX = 'auto'; }")
+    pg.evaluate("() => window.scrollTo(0, document.querySelector('.ltt-graph').getBoundingClientRect().top + window.scrollY + 120)")
+    pg.wait_for_timeout(150)
+    assert pg.eval_on_selector(".ltt-graph", "e => e.getBoundingClientRect().top") < 0
+    at = pg.evaluate("""() => { const r = (s) => document.querySelector(s).getBoundingClientRect();
+        return { controls: r('.ltt-controls').top, under: r('.ltt-controls').bottom, bar: r('.ltt-colbar').bottom,
+                 panel: r('.ltt-panel').top, labels: [...document.querySelectorAll('.ltt-colbar-label')].map(e => e.getBoundingClientRect().top) }; }""")
+    assert abs(at["controls"]) < 2, at  # the controls at the viewport's top
+    assert at["labels"] and all(at["under"] - 1 <= t < at["under"] + 30 for t in at["labels"]), at
+    assert abs(at["panel"] - at["bar"]) <= 1, at  # the (short) help panel right under the labels

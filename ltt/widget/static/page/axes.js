@@ -173,14 +173,14 @@ function columnBar(st, shown, colW) {
 }
 
 // Where position: sticky cannot hold (the nearest box that clips does not scroll, as in
-// JupyterLab's output area), the controls and the column bar are moved by hand to the top of the
-// box that does scroll, so the token labels stay in view whatever the scroll. Returns the
-// function that places them (called on every scroll, from the capture phase of any element's).
+// JupyterLab's output area), the controls, the column bar and the side panel are moved by hand
+// to the top of the box that does scroll, so the token labels stay in view whatever the scroll.
+// Returns the function that places them (on every scroll, from the capture phase of any element's).
 export function pinHeaders(st) {
   const controls = st.root.querySelector(".ltt-controls");
   return () => {
     const scroller = brokenSticky(st.root);
-    if (!scroller) { controls.style.transform = st.colbar.style.transform = ""; return; }
+    if (!scroller) { controls.style.transform = st.colbar.style.transform = st.panel.style.transform = ""; return; }
     const top = scroller === document.scrollingElement ? 0 : Math.max(0, scroller.getBoundingClientRect().top);
     const over = top - st.root.getBoundingClientRect().top; // how far the view's top has gone past it
     const ch = controls.offsetHeight, bh = st.colbar.offsetHeight, H = st.root.offsetHeight;
@@ -188,6 +188,12 @@ export function pinHeaders(st) {
     const clamp = (v, hi) => Math.max(0, Math.min(v, hi)); // never past the view's end
     controls.style.transform = `translateY(${clamp(over - cT, H - cT - ch - bh)}px)`;
     st.colbar.style.transform = `translateY(${clamp(over + ch - bT, H - bT - bh)}px)`;
+    // the side panel beside the graph follows too, under the bars, within the graph's row
+    const main = st.panel.parentElement, po = st.panel.offsetParent;
+    const rel = (el) => el.getBoundingClientRect().top - st.root.getBoundingClientRect().top; // untransformed boxes
+    const pT = (po === st.root || !po ? 0 : rel(po)) + st.panel.offsetTop; // where the panel sits in the view
+    st.panel.style.transform = getComputedStyle(st.panel).position !== "sticky" ? ""
+      : `translateY(${clamp(over + ch + bh - pT, rel(main) + main.offsetHeight - pT - st.panel.offsetHeight)}px)`;
   };
 }
 

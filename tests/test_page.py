@@ -231,6 +231,18 @@ def _contrast(pg, a, b):
         const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); }""", [a, b])
 
 
+def map_cells(pg):
+    """Each open head map's masked zero cell (row 0, last column) and its most intense cell (the
+    farthest from that zero), as painted."""
+    return pg.eval_on_selector_all(".ltt-heatmap-canvas", """cs => cs.map(c => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; const z = 4 * (c.width - 1);
+        let hi = null, best = -1;
+        for (let i = 0; i < d.length; i += 4) {
+          const dist = Math.abs(d[i] - d[z]) + Math.abs(d[i + 1] - d[z + 1]) + Math.abs(d[i + 2] - d[z + 2]);
+          if (dist > best) { best = dist; hi = [d[i], d[i + 1], d[i + 2]]; } }
+        return { zero: [d[z], d[z + 1], d[z + 2]], top: hi, w: c.width }; })""")
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_head_maps_follow_the_scheme_with_3_to_1_marks(new_page, report, scheme):
     pg = new_page(1400, 900, color_scheme=scheme)
@@ -242,13 +254,7 @@ def test_head_maps_follow_the_scheme_with_3_to_1_marks(new_page, report, scheme)
     rgb = lambda css: [int(float(v)) for v in css[css.index("(") + 1:css.index(")")].split(",")[:3]]  # noqa: E731
     bg = rgb(pg.evaluate("() => getComputedStyle(document.querySelector('.ltt-root')).backgroundColor"))
     assert (sum(bg) < 3 * 80) == (scheme == "dark"), bg
-    cells = pg.eval_on_selector_all(".ltt-heatmap-canvas", """cs => cs.map(c => {
-        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; const z = 4 * (c.width - 1);
-        let hi = null, best = -1;  // the most intense cell: the farthest from the masked zero cell (row 0, last column)
-        for (let i = 0; i < d.length; i += 4) {
-          const dist = Math.abs(d[i] - d[z]) + Math.abs(d[i + 1] - d[z + 1]) + Math.abs(d[i + 2] - d[z + 2]);
-          if (dist > best) { best = dist; hi = [d[i], d[i + 1], d[i + 2]]; } }
-        return { zero: [d[z], d[z + 1], d[z + 2]], top: hi, w: c.width }; })""")
+    cells = map_cells(pg)
     assert len(cells) == 2
     for c in cells:  # the upper-right cell is masked (zero): it is the background, not white in the dark
         assert _contrast(pg, c["zero"], bg) < 1.1, (scheme, c)

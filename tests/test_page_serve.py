@@ -66,7 +66,7 @@ def test_serve_follows_the_scheme_maps_and_marks_at_3_to_1_and_labels_stay_in_vi
     """ltt serve in the reader's scheme: the page, the view and its panel dark (or light) alike;
     the head maps ramp from the background with 3:1 marks, every mark colour keeps 3:1; the token
     labels stay at the top of the viewport when the graph scrolls by."""
-    from test_page import _contrast, mark_contrasts
+    from test_page import _contrast, map_cells, mark_contrasts
 
     page = new_page(1400, 400, color_scheme=scheme)
     _open(page, server.url)
@@ -94,13 +94,7 @@ def test_serve_follows_the_scheme_maps_and_marks_at_3_to_1_and_labels_stay_in_vi
     page.focus(f'[data-edge="{key}"]')
     page.keyboard.press("Enter")
     page.wait_for_selector(".ltt-heatmap-canvas")
-    cells = page.eval_on_selector_all(".ltt-heatmap-canvas", """cs => cs.map(c => {
-        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; const z = 4 * (c.width - 1);
-        let hi = null, best = -1;
-        for (let i = 0; i < d.length; i += 4) {
-          const dist = Math.abs(d[i] - d[z]) + Math.abs(d[i + 1] - d[z + 1]) + Math.abs(d[i + 2] - d[z + 2]);
-          if (dist > best) { best = dist; hi = [d[i], d[i + 1], d[i + 2]]; } }
-        return { zero: [d[z], d[z + 1], d[z + 2]], top: hi }; })""")
+    cells = map_cells(page)
     assert len(cells) == 2
     for c in cells:
         assert _contrast(page, c["zero"], bg) < 1.1 and _contrast(page, c["top"], bg) >= 3.0, (scheme, c)

@@ -49,7 +49,7 @@ from ltt.progress import Steps
 from ltt.nodes import ATTENTION, RESIDUAL, Edge, Node, Stage, edge_key, node_name
 from ltt.scores import SparseRows, attribute
 from ltt.widget import panels
-from ltt.widget import STATIC, outputs
+from ltt.widget import STATIC, bundle, outputs
 from ltt.widget import state as widget_state
 
 __all__ = ["to_html", "report_data", "embed_json", "pack"]
@@ -411,7 +411,7 @@ window.__ltt = {{ model, store }};
 """
 
 
-_REPORT_MODULES = ("graph.js", "report_kernel.js")  # the view, then the offline kernel
+_REPORT_MODULES = ("graph.js", "report_kernel.js")  # the view (ltt.widget.bundle joins it), then the offline kernel
 _LOCAL_IMPORT = re.compile(r'^import \{[^}]*\} from "\./([\w.]+\.js)";[ \t]*\n', re.M)
 
 
@@ -420,7 +420,7 @@ def _report_js() -> str:
     an earlier one dropped (they share one scope). An import of anything else is an error."""
     parts = []
     for name in _REPORT_MODULES:
-        text = (STATIC / name).read_text(encoding="utf-8")
+        text = bundle.script() if name == "graph.js" else (STATIC / name).read_text(encoding="utf-8")
         for m in _LOCAL_IMPORT.finditer(text):
             if m.group(1) not in _REPORT_MODULES[: _REPORT_MODULES.index(name)]:
                 raise RuntimeError(f"{name} imports {m.group(1)!r}, which the report does not inline before it")

@@ -13,7 +13,7 @@ import pytest
 import traitlets as tl
 
 import ltt
-from ltt.widget import STATIC
+from ltt.widget import STATIC, bundle
 from ltt.widget.diff import DiffWidget
 
 from conftest import node_path
@@ -198,7 +198,7 @@ def test_both_views_mark_exactly_the_changed_edges_in_a_browser(model, new_page)
     page.set_content(page_html)
     page.evaluate("([la, lb]) => { document.getElementById('label-a').textContent = la; "
                   "document.getElementById('label-b').textContent = lb; }", [w.label_a.value, w.label_b.value])
-    page.evaluate(_RENDER, [(STATIC / "graph.js").read_text(encoding="utf-8"), states])
+    page.evaluate(_RENDER, [bundle.script(), states])
     page.wait_for_selector("#b svg.ltt-svg[data-marks]")
     page.wait_for_timeout(200)
     drawn = {}
@@ -234,12 +234,13 @@ def test_both_views_mark_exactly_the_changed_edges_in_a_browser(model, new_page)
     assert not errors and not dialogs, (errors, dialogs)
 
 
-def test_key_path_puts_a_ghost_where_the_edge_is_drawn(pair):
+def test_key_path_puts_a_ghost_where_the_edge_is_drawn(pair, tmp_path):
     """keyPath (a mark on an edge this graph does not keep) draws the same path as the layout of
     a kept edge; a malformed key gives null."""
     w = DiffWidget(*pair)
+    (tmp_path / "graph.js").write_text(bundle.script(), encoding="utf-8")  # the joined module, as the page loads it
     code = textwrap.dedent(f"""
-        import {{ keyPath, layoutGraph, edgePath }} from {json.dumps((STATIC / "graph.js").as_uri())};
+        import {{ keyPath, layoutGraph, edgePath }} from {json.dumps((tmp_path / "graph.js").as_uri())};
         const g = {json.dumps(w.b.graph)};
         const lay = layoutGraph(g);
         let n = 0;
@@ -253,3 +254,17 @@ def test_key_path_puts_a_ghost_where_the_edge_is_drawn(pair):
     proc = subprocess.run([node_path(), "--input-type=module", "-e", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) == len(w.b.graph["edges"]) > 0
+
+
+def test_summary_says_how_the_positions_are_compared(pair, model):
+    """Same length: token by token; other lengths: the pairs ``align`` gives, as the diff uses them."""
+    w = DiffWidget(*pair)
+    assert "compared token by token" in w.summary.value
+    a, c = pair[0], model.trace("The cat sat")
+    Ta, Tc = len(a.token_ids), len(c.token_ids)
+    assert Ta != Tc
+    w = DiffWidget(a, c, align={Ta - 1: Tc - 1})
+    assert f"compared at a's token {Ta - 1} ↔ b's token {Tc - 1}" in w.summary.value
+    assert "token by token" not in w.summary.value
+    w = DiffWidget(a, c, align=[None] * (Ta - 3) + [Tc - 3, Tc - 2, Tc - 1])
+    assert f"a's token {Ta - 3} ↔ b's token {Tc - 3}" in w.summary.value

@@ -232,6 +232,29 @@ def test_widget_renders_and_answers_clicks(server, new_page):
         "svg.ltt-svg", "s => ({threshold: s.dataset.threshold, nodes: +s.dataset.nodes, edges: +s.dataset.edges})")
     assert after["edges"] < before["edges"] and after["nodes"] <= before["nodes"], (before, after)
 
+    # the token labels stay at the top of the notebook's viewport when the graph scrolls by
+    page.set_viewport_size({"width": 1500, "height": 520})  # a graph taller than the view
+    page.wait_for_timeout(300)
+    sticky = page.evaluate("""() => {
+        const graph = document.querySelector('.ltt-graph');
+        let box = graph.parentElement;
+        while (box && !(/(auto|scroll)/.test(getComputedStyle(box).overflowY) && box.scrollHeight > box.clientHeight)) box = box.parentElement;
+        if (!box) return null;
+        box.scrollTop += graph.getBoundingClientRect().top - box.getBoundingClientRect().top + 60;
+        window.__lttScroller = box; return true; }""")
+    page.wait_for_timeout(150)  # the scroll event, then the frame that places the labels
+    sticky = sticky and page.evaluate("""() => {
+        const graph = document.querySelector('.ltt-graph'), box = window.__lttScroller;
+        const top = box.getBoundingClientRect().top, controls = document.querySelector('.ltt-controls').getBoundingClientRect();
+        return { top, under: Math.max(top, controls.bottom), graph: graph.getBoundingClientRect().top,
+                 labels: [...document.querySelectorAll('.ltt-colbar-label')].map(e => e.getBoundingClientRect().top) }; }""")
+    assert sticky and sticky["graph"] < sticky["top"], sticky  # the graph's top scrolled out of the notebook's view
+    assert sticky["labels"] and all(sticky["under"] - 1 <= t < sticky["under"] + 30 for t in sticky["labels"]), sticky
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{frontend.name}_scrolled.png"))
+    page.evaluate("() => document.querySelector('.ltt-root').scrollIntoView()")
+    page.set_viewport_size({"width": 1500, "height": 1000})
+
     if frontend.theme:  # the widget follows the theme: its colours are JupyterLab's
         page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
         colours = page.evaluate("""() => {
@@ -246,6 +269,10 @@ def test_widget_renders_and_answers_clicks(server, new_page):
         assert sum(rgb) < 3 * 80, colours  # a dark background, not the light fallback
         label = [float(v) for v in colours["label"][colours["label"].index("(") + 1:-1].split(",")[:3]]
         assert sum(label) > 3 * 170, colours  # token labels light on the dark background
+        from test_page import mark_contrasts
+
+        _, contrasts = mark_contrasts(page)  # the accents on JupyterLab's dark background: 3:1
+        assert not {n: round(c, 2) for n, c in contrasts.items() if c < 3.0}, contrasts
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{frontend.name}.png"))

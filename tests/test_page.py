@@ -51,10 +51,10 @@ def test_traits_report_serve_and_page_derive_from_one_schema(trace):
     assert [(f["name"], f["kind"], f["writable"]) for f in page] == [(f.name, f.kind, f.writable) for f in state.FIELDS]
 
 
-def test_graph_js_is_the_join_of_the_page_modules(monkeypatch):
-    assert bundle.stale() == [], "run python -m ltt.widget.bundle"
-    js = (STATIC / "graph.js").read_text(encoding="utf-8")
-    assert js == bundle.join()
+def test_graph_js_is_the_join_of_the_page_modules_in_memory(monkeypatch):
+    assert not (STATIC / "graph.js").exists()  # no generated file: joined in memory, once
+    js = bundle.script()
+    assert js == bundle.join() and bundle.script() is js
     assert not [line for line in js.splitlines() if line.startswith("import ")]
     for name in bundle.MODULES:
         n = len((bundle.PAGE / f"{name}.js").read_text(encoding="utf-8").splitlines())
@@ -231,6 +231,18 @@ def _contrast(pg, a, b):
         const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); }""", [a, b])
 
 
+def map_cells(pg):
+    """Each open head map's masked zero cell (row 0, last column) and its most intense cell (the
+    farthest from that zero), as painted."""
+    return pg.eval_on_selector_all(".ltt-heatmap-canvas", """cs => cs.map(c => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; const z = 4 * (c.width - 1);
+        let hi = null, best = -1;
+        for (let i = 0; i < d.length; i += 4) {
+          const dist = Math.abs(d[i] - d[z]) + Math.abs(d[i + 1] - d[z + 1]) + Math.abs(d[i + 2] - d[z + 2]);
+          if (dist > best) { best = dist; hi = [d[i], d[i + 1], d[i + 2]]; } }
+        return { zero: [d[z], d[z + 1], d[z + 2]], top: hi, w: c.width }; })""")
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_head_maps_follow_the_scheme_with_3_to_1_marks(new_page, report, scheme):
     pg = new_page(1400, 900, color_scheme=scheme)
@@ -242,16 +254,87 @@ def test_head_maps_follow_the_scheme_with_3_to_1_marks(new_page, report, scheme)
     rgb = lambda css: [int(float(v)) for v in css[css.index("(") + 1:css.index(")")].split(",")[:3]]  # noqa: E731
     bg = rgb(pg.evaluate("() => getComputedStyle(document.querySelector('.ltt-root')).backgroundColor"))
     assert (sum(bg) < 3 * 80) == (scheme == "dark"), bg
-    cells = pg.eval_on_selector_all(".ltt-heatmap-canvas", """cs => cs.map(c => {
-        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; const z = 4 * (c.width - 1);
-        let hi = null, best = -1;  // the most intense cell: the farthest from the masked zero cell (row 0, last column)
-        for (let i = 0; i < d.length; i += 4) {
-          const dist = Math.abs(d[i] - d[z]) + Math.abs(d[i + 1] - d[z + 1]) + Math.abs(d[i + 2] - d[z + 2]);
-          if (dist > best) { best = dist; hi = [d[i], d[i + 1], d[i + 2]]; } }
-        return { zero: [d[z], d[z + 1], d[z + 2]], top: hi, w: c.width }; })""")
+    cells = map_cells(pg)
     assert len(cells) == 2
     for c in cells:  # the upper-right cell is masked (zero): it is the background, not white in the dark
         assert _contrast(pg, c["zero"], bg) < 1.1, (scheme, c)
         assert _contrast(pg, c["top"], bg) >= 3.0, (scheme, c)
     outline = rgb(pg.eval_on_selector(".ltt-map-row", "e => getComputedStyle(e).outlineColor"))
     assert _contrast(pg, outline, bg) >= 3.0, (scheme, outline)
+
+
+# the colours that draw marks: edges and nodes by kind, the target, the markers, the diff's change
+# marks and the panels' up/down numbers
+MARK_COLOURS = ("--ltt-attn", "--ltt-resid", "--ltt-ffn", "--ltt-emb", "--ltt-state", "--ltt-target", "--ltt-marker",
+                "--ltt-rose", "--ltt-fell", "--ltt-appeared", "--ltt-vanished", "--ltt-up", "--ltt-down")
+
+
+def mark_contrasts(pg, root=".ltt-root"):
+    """Each mark colour of the view's theme against the view's background, as the browser resolves them."""
+    colours = pg.evaluate("""([sel, names]) => { const root = document.querySelector(sel);
+        const rgb = (css) => css.match(/[\\d.]+/g).slice(0, 3).map(Number);
+        const probe = document.createElement('span'); root.append(probe); const out = {};
+        for (const n of names) { probe.style.color = `var(${n})`; out[n] = rgb(getComputedStyle(probe).color); }
+        probe.remove(); out.bg = rgb(getComputedStyle(root).backgroundColor); return out; }""", [root, list(MARK_COLOURS)])
+    bg = colours.pop("bg")
+    return bg, {name: _contrast(pg, c, bg) for name, c in colours.items()}
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_every_mark_colour_keeps_3_to_1_in_either_scheme(new_page, report, scheme):
+    pg = new_page(1400, 900, color_scheme=scheme)
+    _open(pg, report)
+    bg, contrasts = mark_contrasts(pg)
+    assert (sum(bg) < 3 * 80) == (scheme == "dark"), bg
+    assert pg.evaluate("() => document.querySelector('.ltt-root').classList.contains('ltt-dark')") == (scheme == "dark")
+    low = {n: round(c, 2) for n, c in contrasts.items() if c < 3.0}
+    assert not low, (scheme, low)
+
+
+def test_switching_the_scheme_repaints_the_accents_and_the_maps(new_page, report):
+    """The reader switches to dark with the page open: the view turns dark, its accents keep 3:1
+    and an open head map is repainted from the new background (its pixels are not left light)."""
+    pg = new_page(1400, 900, color_scheme="light")
+    _open(pg, report)
+    key = pg.eval_on_selector_all("[data-edge$='|attention']", "els => els.map(e => e.dataset.edge)")[-1]
+    pg.focus(f'[data-edge="{key}"]')
+    pg.keyboard.press("Enter")
+    pg.wait_for_selector(".ltt-heatmap-canvas")
+    zero = "() => { const c = document.querySelector('.ltt-heatmap-canvas'); return [...c.getContext('2d').getImageData(c.width - 1, 0, 1, 1).data].slice(0, 3); }"
+    assert sum(pg.evaluate(zero)) > 3 * 200  # light: the masked cell is the white background
+    pg.emulate_media(color_scheme="dark")
+    pg.wait_for_function("() => document.querySelector('.ltt-root').classList.contains('ltt-dark')")
+    pg.wait_for_selector(".ltt-heatmap-canvas")
+    bg, contrasts = mark_contrasts(pg)
+    assert sum(bg) < 3 * 80 and not {n: c for n, c in contrasts.items() if c < 3.0}, contrasts
+    assert _contrast(pg, pg.evaluate(zero), bg) < 1.1
+
+
+def test_column_labels_never_overlap_and_the_target_keeps_its_own(new_page, report, trace):
+    pg = new_page(760, 700)
+    _open(pg, report)
+    pg.check(".ltt-numbers")  # every label numbered: longer labels than the columns are wide
+    pg.wait_for_timeout(50)
+    boxes = pg.eval_on_selector_all(".ltt-colbar-label", """els => els.map(e => { const r = e.getBoundingClientRect();
+        return [Number(e.dataset.token), r.left, r.right]; }).sort((a, b) => a[1] - b[1])""")
+    assert len(boxes) > 2
+    assert all(a[2] <= b[1] + 0.5 for a, b in zip(boxes, boxes[1:])), boxes
+    assert len(boxes) < len(trace.tokens)  # some left out, not squeezed
+    assert len(trace.tokens) - 1 in {t for t, _, _ in boxes}  # the target's label is always there
+
+
+def test_labels_and_panel_pinned_by_hand_where_sticky_cannot_hold(new_page, report):
+    """An ancestor that clips without scrolling (as JupyterLab's output area does) defeats
+    position: sticky; the view then places its controls, token labels and side panel itself."""
+    pg = new_page(1400, 420)
+    _open(pg, report)
+    pg.evaluate("() => { document.getElementById('ltt-app').style.overflowX = 'auto'; }")
+    pg.evaluate("() => window.scrollTo(0, document.querySelector('.ltt-graph').getBoundingClientRect().top + window.scrollY + 120)")
+    pg.wait_for_timeout(150)
+    assert pg.eval_on_selector(".ltt-graph", "e => e.getBoundingClientRect().top") < 0
+    at = pg.evaluate("""() => { const r = (s) => document.querySelector(s).getBoundingClientRect();
+        return { controls: r('.ltt-controls').top, under: r('.ltt-controls').bottom, bar: r('.ltt-colbar').bottom,
+                 panel: r('.ltt-panel').top, labels: [...document.querySelectorAll('.ltt-colbar-label')].map(e => e.getBoundingClientRect().top) }; }""")
+    assert abs(at["controls"]) < 2, at  # the controls at the viewport's top
+    assert at["labels"] and all(at["under"] - 1 <= t < at["under"] + 30 for t in at["labels"]), at
+    assert abs(at["panel"] - at["bar"]) <= 1, at  # the (short) help panel right under the labels

@@ -251,7 +251,7 @@ def test_prompt_box_and_picker_add_prompts_live(page, server, tiny_model, llama_
 
     _open(page, server.url)
     _run(page, llama_id, PROMPT)
-    page.fill("input.ltt-prompt", "A quick brown fox")  # the widget's own prompt box
+    page.fill("input.ltt-prompt", "A quick brown fox")  # the page's one prompt box
     page.press("input.ltt-prompt", "Enter")
     _wait_shown(page, "A quick brown fox")
     assert_draws(page, tiny_model("llama").trace("A quick brown fox").graph())
@@ -476,3 +476,20 @@ def test_loopback_server_answers_loopback_names_and_its_own_page_only(server, ll
         assert hello["method"] == "hello" and hello["limits"]["max_tokens"] == 48
         assert [m["id"] for m in hello["models"]][:2] == [llama_id, "tiny-gpt2"]
         assert not any(dirs["models_dir"] in m["label"] for m in hello["models"])  # no server paths shown
+
+
+def test_the_page_names_its_favicon_and_the_script_is_the_joined_view(server):
+    """The page links its icon, which the server answers as SVG (no 404 in the console); the
+    view's script is the page's modules joined in memory, exactly."""
+    from ltt.widget import bundle
+
+    base = f"http://127.0.0.1:{server.port}"
+    with urllib.request.urlopen(base + "/", timeout=10) as resp:
+        html = resp.read().decode()
+    assert '<link rel="icon" href="favicon.ico" type="image/svg+xml">' in html
+    with urllib.request.urlopen(base + "/favicon.ico", timeout=10) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == "image/svg+xml"
+        assert resp.read().startswith(b"<svg")
+    with urllib.request.urlopen(base + "/static/graph.js", timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/javascript")
+        assert resp.read().decode() == bundle.script()

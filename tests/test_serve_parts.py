@@ -301,3 +301,67 @@ def test_a_flood_of_changes_from_one_page_is_one_job(dirs):
     finally:
         gate.set()
         driver.close()
+
+
+def test_the_toolbar_prompt_bar_carries_the_bos_checkbox(dirs):
+    """The page's one prompt bar (``open``) traces as ``model.trace(prompt, prepend_bos=bos)``,
+    in a fresh view and in the view already shown; a bos that is not true/false/null is refused."""
+    from conftest import ServeSession
+    from ltt.serve.app import ServeConfig, ServeState
+
+    driver = ServeSession(ServeState(ServeConfig(models=[dirs["llama"]], embedded=False, max_tokens=40)))
+    llama = os.path.basename(dirs["llama"])
+    try:
+        assert driver.ask({"method": "open", "model": llama, "prompt": "The cat sat", "bos": False})["state"] == "done"
+        model = driver.session.widget._model
+        ids = lambda p, bos: [int(i) for i in model.trace(p, prepend_bos=bos).token_ids]  # noqa: E731
+        assert len(ids("The dog ran", True)) == len(ids("The dog ran", False)) + 1  # the checkbox matters here
+        assert [int(i) for i in driver.session.widget.trace.token_ids] == ids("The cat sat", False)
+        assert driver.ask({"method": "open", "model": llama, "prompt": "The dog ran", "bos": True})["state"] == "done"
+        w = driver.session.widget
+        assert w.prompts == ["The cat sat", "The dog ran"]  # the same view: a second prompt in its picker
+        assert [int(i) for i in w.trace.token_ids] == ids("The dog ran", True)
+        driver.send({"method": "open", "model": llama, "prompt": "The dog ran", "bos": "yes"})
+        assert driver.got[-1] == {"method": "error", "message": "bos must be true, false or null, got 'yes'"}
+    finally:
+        driver.close()
+        driver.state.worker.stop()
+
+
+def test_a_diffs_faithfulness_lines_reach_the_page(dirs):
+    """A diff's two views come with their faithfulness lines current (checked in the diff's job);
+    after a threshold change each view checks again as a job of the page, and the new lines
+    reach the page (they never stay "computing" there)."""
+    from conftest import ServeSession
+    from ltt.serve.app import ServeConfig, ServeState
+
+    driver = ServeSession(ServeState(ServeConfig(models=[dirs["llama"]], embedded=False, max_tokens=40)))
+    llama = os.path.basename(dirs["llama"])
+    check = "checking the graph's faithfulness"
+    try:
+        assert driver.ask({"method": "diff", "model": llama, "prompt_a": "The cat sat on the mat",
+                           "prompt_b": "A dog ran"})["state"] == "done"
+        views = driver.session.views
+        assert sorted(views) == ["a", "b"]
+        state = next(m for m in driver.got if m["method"] == "state")
+        for name, w in views.items():
+            assert state["views"][name]["faithfulness_state"] == "current" and state["views"][name]["faithfulness"]
+        start = len(driver.got)
+        driver.ask({"method": "update", "view": "a", "state": {"threshold": 0.02}})
+        deadline = time.monotonic() + 60
+        while any(w.faithfulness_state != "current" for w in views.values()) or driver.state.worker.waiting() \
+                or driver.state.worker.running is not None:
+            assert time.monotonic() < deadline, {n: w.faithfulness_state for n, w in views.items()}
+            time.sleep(0.05)
+        time.sleep(0.3)
+        got = driver.got[start:]
+        ids = {m["job"]["id"] for m in got if m["method"] == "job" and m["job"]["label"] == check}
+        assert len(ids) == 2  # one check per view (the threshold is shared)
+        for name, w in views.items():
+            sent = [m["state"] for m in got if m["method"] == "update" and m.get("view") == name
+                    and "faithfulness_state" in m["state"]]
+            assert sent and sent[-1]["faithfulness_state"] == "current" and sent[-1]["faithfulness"] == w.faithfulness
+            assert w.faithfulness_for and w.graph["settings"]["threshold"] == 0.02
+    finally:
+        driver.close()
+        driver.state.worker.stop()

@@ -103,6 +103,8 @@ def test_wheel_contents(wheel):
     source_static = {f"ltt/widget/static/{p.name}" for p in (ROOT / "ltt" / "widget" / "static").iterdir()
                      if p.is_file()}
     assert source_static <= static, source_static - static
+    page = {f"ltt/widget/static/page/{p.name}" for p in (ROOT / "ltt" / "widget" / "static" / "page").glob("*.js")}
+    assert page and page <= static, page - static  # the page's modules, which bundle.script() joins
     for module in ("__init__", "cli", "trace", "buffers", "scores", "graph", "nodes", "checks", "interpret/__init__",
                    "kernels", "_reference/__init__", "routes/__init__", "models/model", "models/unembedding",
                    "report", "models/__init__", "models/families", "models/embedded", "widget/__init__"):
@@ -143,6 +145,9 @@ from ltt import _reference
 assert np.allclose(c, _reference.contributions(parts, parts.sum(axis=0)), atol=1e-6)
 from importlib import resources
 assert resources.files("ltt.widget").joinpath("static").is_dir()
+from ltt.widget import bundle
+assert os.path.realpath(bundle.PAGE).startswith(site + os.sep), bundle.PAGE
+assert "export function render(" in bundle.script()  # the page joined from the wheel's own modules
 print("build_info:", _core.build_info())
 print("contributions:", c.tolist())
 print("ltt from:", ltt.__file__)

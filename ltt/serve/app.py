@@ -1,7 +1,8 @@
 """The ``ltt serve`` web app: Starlette routes (the page, its static modules, the WebSocket) on uvicorn.
 
 ``GET /`` is the serve page (``ltt/widget/static/serve.html``), which loads the widget's own ES
-module (``graph.js``) and the WebSocket kernel (``socket_kernel.js``) from ``/static/``;
+module (``graph.js``, joined in memory by :mod:`ltt.widget.bundle`) and the WebSocket kernel
+(``socket_kernel.js``) from ``/static/``;
 ``/ws`` is one page's connection to its :class:`ltt.serve.session.Session`.
 
 Safe by default: a token is required whenever one is set, and always on a non-loopback bind
@@ -48,7 +49,7 @@ from ltt.serve.jobs import Worker
 from ltt.serve.outbox import CLOSE_BEHIND, Outbox
 from ltt.serve.models import ModelCache, ModelRegistry
 from ltt.serve.session import Session
-from ltt.widget import STATIC
+from ltt.widget import STATIC, bundle
 
 __all__ = ["ServeConfig", "ServeState", "create_app", "is_loopback"]
 
@@ -264,6 +265,8 @@ def create_app(config: ServeConfig) -> Starlette:
         name = request.path_params["name"]
         if name not in STATIC_FILES:  # a fixed list: no path from the request reaches the disk
             return PlainTextResponse("404 not found\n", status_code=404)
+        if name == "graph.js":  # the page's modules, joined in memory (ltt/widget/bundle.py)
+            return Response(bundle.script(), media_type=STATIC_FILES[name], headers={"Cache-Control": "no-store"})
         return FileResponse(STATIC / name, media_type=STATIC_FILES[name], headers={"Cache-Control": "no-store"})
 
     async def favicon(request: Request) -> Response:

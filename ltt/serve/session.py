@@ -2,12 +2,13 @@
 
 The page exchanges the widget's own messages with this kernel, as JSON over a WebSocket:
 ``{"method": "update", "state": {...}}`` (trait changes, both ways) and ``{"method": "custom",
-"content": {"type": "run", "prompt": ...}}`` (the prompt box), the same two kinds of message
+"content": {"type": "run", "prompt": ...}}`` (the widget's prompt box), the same two kinds of message
 anywidget's comm carries. The widget's logic is not re-implemented here: each session holds a
 real :class:`ltt.widget.GraphWidget` created without a front end; the page's changes are set on
 its traits (validated by the widget), its observers re-prune and fill panels, and every synced
 trait it changed goes back to the page. Serve's own messages: ``hello`` (models, devices, dtypes,
-prompts, limits), ``open`` (load a model, trace a prompt), ``diff`` (two prompts side by side,
+prompts, limits), ``open`` (the toolbar's one prompt bar: load a model, trace a prompt, with its BOS
+checkbox), ``diff`` (two prompts side by side,
 the views of a :class:`ltt.widget.diff.DiffWidget`, with ``pick`` for its list of changes),
 ``cancel``, ``add_prompt``, ``job`` (queue position and progress), ``prompts`` (the shared
 list: whole in ``hello``, then only what was added: ``{"start": n, "add": [...]}``),
@@ -61,6 +62,13 @@ def check_prompt(value: Any, max_chars: int, what: str = "prompt") -> str:
         raise ClientError(f"{what} is empty: type some text first")
     if len(value) > max_chars:
         raise ClientError(f"{what} is {len(value)} characters long, more than this server's limit of {max_chars}")
+    return value
+
+
+def _check_bos(value: Any) -> bool | None:
+    """The BOS checkbox: true or false force a BOS token first, null follows the tokenizer."""
+    if value is not None and not isinstance(value, bool):
+        raise ClientError(f"bos must be true, false or null, got {clip(value, 40)}")
     return value
 
 
@@ -182,15 +190,16 @@ class Session:
     def _open(self, msg: dict) -> None:
         key = self._model_key(msg)
         prompt = check_prompt(msg.get("prompt"), self.state.max_chars)
+        bos = _check_bos(msg.get("bos"))
 
         def work(job: Any) -> None:
             w = self.widget
             if w is not None and self.model_key == key and (prompt in w.prompts or len(w.prompts) < MAX_TRACES):
-                return self._run_here("main", prompt)
+                return self._run_here("main", prompt, bos)
             model = self._load(job, key)
-            self._reserve(model, [prompt])
+            self._reserve(model, [prompt], bos)
             job.progress(f"tracing {_short(prompt)} on {key[0]}")
-            self._show(model, key, prompt)
+            self._show(model, key, prompt, bos)
 
         loading = not self.state.cache.cached(key)
         self._queue(f"loading {key[0]} ({key[1]}, {key[2]})" if loading else f"tracing {_short(prompt)} on {key[0]}", work)
@@ -204,7 +213,7 @@ class Session:
             model = self._load(job, key)
             self._reserve(model, [pa, pb])
             job.progress(f"tracing and diffing {_short(pa, 24)} and {_short(pb, 24)}")
-            self._show_diff(model, key, pa, pb)
+            self._show_diff(model, key, pa, pb, job)
 
         self._queue(f"diffing {_short(pa, 24)} and {_short(pb, 24)} on {key[0]}", work)
 
@@ -221,9 +230,7 @@ class Session:
         if not isinstance(content, dict) or content.get("type") != "run":
             raise ClientError(f"custom message must be {{'type': 'run', 'prompt': ...}}, got {clip(content, 80)}")
         prompt = check_prompt(content.get("prompt"), self.state.max_chars)
-        bos = content.get("bos")  # the BOS checkbox: null = the tokenizer's choice
-        if bos is not None and not isinstance(bos, bool):
-            raise ClientError(f"bos must be true, false or null, got {clip(bos, 40)}")
+        bos = _check_bos(content.get("bos"))
         view = self._view(msg)
         self._queue(f"tracing {_short(prompt)}", lambda job: self._run_here(view, prompt, bos))
 
@@ -309,20 +316,25 @@ class Session:
         if diff is not None:
             self._send_diff()
 
-    def _show(self, model: Any, key: tuple[str, str, str], prompt: str) -> None:
-        """Show ``prompt`` traced on ``model`` in a new GraphWidget (the settings carried over)."""
+    def _background(self, label: str, fn: Callable[[], None]) -> None:
+        """Where a view's faithfulness check runs: a job of this page, its result flushed to it."""
+        self._queue(label, lambda job: (fn(), self._flush()))
+
+    def _show(self, model: Any, key: tuple[str, str, str], prompt: str, bos: bool | None = None) -> None:
+        """Show ``prompt`` traced on ``model`` in a new GraphWidget (the settings carried over;
+        ``bos`` as the BOS checkbox says)."""
         if self.closed:
             return
         from ltt.widget import GraphWidget
 
-        def background(label: str, fn: Callable[[], None]) -> None:  # the faithfulness check: a job
-            self._queue(label, lambda job: (fn(), self._flush()))
+        source = [prompt] if bos is None else [model.trace(prompt, prepend_bos=bos)]
+        self._replace({"main": GraphWidget(source, model=model, background=self._background, **self._settings())}, None, key)
 
-        self._replace({"main": GraphWidget([prompt], model=model, background=background, **self._settings())}, None, key)
-
-    def _show_diff(self, model: Any, key: tuple[str, str, str], pa: str, pb: str) -> None:
+    def _show_diff(self, model: Any, key: tuple[str, str, str], pa: str, pb: str, job: Any = None) -> None:
         """Trace two prompts and show them side by side with ltt.diff's changes marked (a
-        DiffWidget); prompts of different lengths are aligned at their last tokens."""
+        DiffWidget); prompts of different lengths are aligned at their last tokens. The two
+        views' first faithfulness checks run here, in this job, so that they arrive current with
+        the views; later ones are jobs of the page, as a single view's are."""
         if self.closed:
             return
         from ltt.widget.diff import DiffWidget
@@ -330,7 +342,14 @@ class Session:
         ta, tb = model.trace(pa), model.trace(pb)
         Ta, Tb = len(ta.token_ids), len(tb.token_ids)
         align = None if Ta == Tb else {Ta - 1: Tb - 1}
-        dw = DiffWidget(ta, tb, align=align, **self._settings())
+        first: list[Callable[[], None]] = []
+        dw = DiffWidget(ta, tb, align=align, background=lambda label, fn: first.append(fn), **self._settings())
+        if first and job is not None:
+            job.progress("checking both graphs' faithfulness")
+        for fn in first:
+            fn()
+        for w in (dw.a, dw.b):
+            w.background = self._background
         self._replace({"a": dw.a, "b": dw.b}, dw, key)
 
     def _send_diff(self) -> None:

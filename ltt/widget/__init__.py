@@ -27,7 +27,7 @@ import traitlets as tl
 
 from ltt.checks import DEFAULT_THRESHOLD, check_threshold, is_int, resolve_targets
 from ltt.nodes import edge_key, node_name, parse_edge, parse_node
-from ltt.widget import panels
+from ltt.widget import bundle, panels
 from ltt.widget import state as widget_state
 
 STATIC = pathlib.Path(__file__).parent / "static"
@@ -73,7 +73,7 @@ class GraphWidget(anywidget.AnyWidget):
     Bad values raise ``traitlets.TraitError`` naming the trait and the value.
     """
 
-    _esm = STATIC / "graph.js"
+    _esm = bundle.script()  # static/page/*.js joined in memory (ltt/widget/bundle.py)
     _css = STATIC / "graph.css"
 
     # every synced field comes from the one schema, ltt/widget/state.py (the report's state, serve's

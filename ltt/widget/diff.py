@@ -18,7 +18,7 @@ its counterpart in the other. Running a new prompt in either view diffs it again
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import ipywidgets as W
 
@@ -101,6 +101,7 @@ class DiffWidget(W.VBox):
         targets: Sequence[int] | int | str | None = None,
         k: int = 12,
         min_change: float = 0.01,
+        background: Callable[[str, Callable[[], None]], None] | None = None,
         **kwargs: Any,
     ):
         if not is_int(k) or k < 1:
@@ -113,8 +114,9 @@ class DiffWidget(W.VBox):
         self.diff = diff(trace_a, trace_b, align=align, threshold=threshold, renormalize=renormalize,
                          targets=targets)
         same = align is None  # same length, token by token: targets are shared as well
-        self.a = GraphWidget(trace_a, threshold=threshold, renormalize=renormalize, targets=targets)
-        self.b = GraphWidget(trace_b, threshold=threshold, renormalize=renormalize, targets=targets)
+        # background: where each view's faithfulness check runs (GraphWidget's; ltt serve queues a job)
+        self.a = GraphWidget(trace_a, threshold=threshold, renormalize=renormalize, targets=targets, background=background)
+        self.b = GraphWidget(trace_b, threshold=threshold, renormalize=renormalize, targets=targets, background=background)
         self._busy = 0
         self._pairs: dict[str, str] = {}  # a key -> b key of the diff's edges, and back
         self._top: list[EdgeChange] = []
@@ -165,6 +167,16 @@ class DiffWidget(W.VBox):
             raise
         self._show()
 
+    def _compared(self) -> str:
+        """How the two prompts' positions meet: token by token, or the pairs ``align`` gives."""
+        if self._align is None:
+            return "compared token by token"
+        a = self._align
+        pairs = sorted(a.items()) if isinstance(a, Mapping) else [(i, j) for i, j in enumerate(a) if j is not None]
+        if len(pairs) > 3:
+            return f"compared at {len(pairs)} aligned positions"
+        return "compared at " + ", ".join(f"a's token {i} ↔ b's token {j}" for i, j in pairs)
+
     def _show(self) -> None:
         d = self.diff
         ma, mb = diff_marks(d, self.a.graph["parallel"], self.b.graph["parallel"], self.min_change)
@@ -194,8 +206,8 @@ class DiffWidget(W.VBox):
         self.label_a.value = f"a: {''.join(d.tokens_a)!r} → {pa.get('token')!r} ({pa.get('prob', 0.0):.3f})"
         self.label_b.value = f"b: {''.join(d.tokens_b)!r} → {pb.get('token')!r} ({pb.get('prob', 0.0):.3f})"
         summary = ", ".join(f"{n} {s}" for s, n in counts.items())
-        self.summary.value = (f"{len(d.edges)} edges in either graph at threshold {d.settings['threshold']:g}: "
-                              f"{summary} (|flow b − a| ≥ {self.min_change:g})"
+        self.summary.value = (f"{len(d.edges)} edges in either graph at threshold {d.settings['threshold']:g}, "
+                              f"{self._compared()}: {summary} (|flow b − a| ≥ {self.min_change:g})"
                               + (f"; {d.unmatched} without a counterpart" if d.unmatched else ""))
 
     def select(self, index: int) -> None:

@@ -81,12 +81,12 @@ class ImportanceWidget(anywidget.AnyWidget):
             raise tl.TraitError(f"metric must be one of {METRICS}, got {value!r}")
         return value
 
-    # Shaped like GraphWidget's selection check (another trait, other keys): each widget owns its own.
     @tl.validate("selection")
     def _valid_selection(self, proposal):
-        sel = dict(proposal["value"])
-        if not sel:
-            return sel
+        return self._layer_head(dict(proposal["value"])) if proposal["value"] else {}
+
+    def _layer_head(self, sel: dict) -> dict:
+        """``{"layer": l, "head": h or None}`` checked against the routes' layers and heads."""
         L, H = self._routes.n_layers, self._routes.n_heads
         layer, head = sel.get("layer"), sel.get("head")
         if set(sel) - {"layer", "head"} or not is_int(layer) or not 0 <= layer < L:

@@ -56,7 +56,12 @@ export function servePage(root, appEl, url = socketURL()) {
   const deviceBox = h("label", { class: "ltt-serve-ctl" }, h("span", { text: "device" }), deviceSel);
   const dtypeBox = h("label", { class: "ltt-serve-ctl" }, h("span", { text: "dtype" }), dtypeSel);
   const listSel = h("select", { class: "ltt-serve-prompts", "aria-label": "prompt list" });
-  const promptBox = h("input", { class: "ltt-serve-prompt", type: "text", placeholder: "type a prompt, or pick one from the list…", "aria-label": "prompt" });
+  // the page's one prompt bar (the view below shows no prompt box of its own: render({ promptBar: false }))
+  const promptBox = h("input", { class: "ltt-serve-prompt ltt-prompt", type: "text", placeholder: "type a prompt, or pick one from the list…", "aria-label": "prompt" });
+  // BOS for the prompt: indeterminate = the tokenizer's choice; checked/unchecked force it
+  const bosBox = h("input", { class: "ltt-serve-bos ltt-bos", type: "checkbox", "aria-label": "prepend BOS" });
+  bosBox.indeterminate = true;
+  const bosLabel = h("label", { class: "ltt-serve-ctl", title: "BOS first (dash: as the tokenizer does)" }, bosBox, h("span", { text: "BOS" }));
   const runBtn = h("button", { class: "ltt-serve-run", text: "Run" });
   const addBtn = h("button", { class: "ltt-serve-add", text: "Add to list", title: "keep this prompt in the list for every page of this server" });
   const promptB = h("input", { class: "ltt-serve-prompt-b", type: "text", placeholder: "…and a second prompt to diff against it (any length; same length: compared token by token, else aligned at the last token)", "aria-label": "second prompt" });
@@ -68,7 +73,7 @@ export function servePage(root, appEl, url = socketURL()) {
   root.append(
     h("div", { class: "ltt-serve-bar" },
       h("label", { class: "ltt-serve-ctl" }, h("span", { text: "model" }), modelSel), deviceBox, dtypeBox, connBox),
-    h("div", { class: "ltt-serve-bar" }, listSel, promptBox, runBtn, addBtn),
+    h("div", { class: "ltt-serve-bar ltt-serve-promptbar" }, listSel, promptBox, bosLabel, runBtn, addBtn),
     h("div", { class: "ltt-serve-bar" }, promptB, diffBtn),
     jobsBox, errorBox, limitsBox);
 
@@ -148,7 +153,7 @@ export function servePage(root, appEl, url = socketURL()) {
           target = h("div", { class: `ltt-serve-side ltt-serve-side-${name}`, "data-view": name });
           row.append(h("div", { class: "ltt-serve-sidebox" }, h("div", { class: "ltt-serve-side-label", "data-view": name }), target));
         }
-        views.set(name, { model, cleanup: render({ model, el: target }) });
+        views.set(name, { model, cleanup: render({ model, el: target, promptBar: false }) });
       }
       follow();
       if (msg.model) {
@@ -196,20 +201,14 @@ export function servePage(root, appEl, url = socketURL()) {
     },
   };
 
-  // One prompt state: the toolbar's box and the view's own box show the same text (typing in
-  // either types in both), and after any run both show the prompt on screen.
-  const viewBoxes = () => [...appEl.querySelectorAll("input.ltt-prompt")];
+  // One prompt state: after any run or pick the one box shows the prompt on screen (unless the
+  // user is typing in it).
   function follow() {
     const m = views.get("main") && views.get("main").model;
-    const editing = [promptBox, ...viewBoxes()].includes(document.activeElement);
-    if (!m || editing) return;
+    if (!m || document.activeElement === promptBox) return;
     const p = (m.get("prompts") || [])[m.get("prompt_index") || 0];
-    if (typeof p === "string") for (const box of [promptBox, ...viewBoxes()]) box.value = p;
+    if (typeof p === "string") promptBox.value = p;
   }
-  promptBox.addEventListener("input", () => { for (const box of viewBoxes()) box.value = promptBox.value; });
-  appEl.addEventListener("input", (ev) => {
-    if (ev.target && ev.target.classList && ev.target.classList.contains("ltt-prompt")) promptBox.value = ev.target.value;
-  });
   page.conn = connectKernel(url, handlers);
   listSel.addEventListener("change", () => {
     const list = JSON.parse(listSel.dataset.prompts || "[]");
@@ -219,7 +218,8 @@ export function servePage(root, appEl, url = socketURL()) {
     const prompt = promptBox.value;
     if (!prompt.trim()) { showError("prompt: type a prompt or pick one from the list first"); return; }
     showError("");
-    page.conn.send({ method: "open", model: modelSel.value, device: deviceSel.value, dtype: dtypeSel.value, prompt });
+    page.conn.send({ method: "open", model: modelSel.value, device: deviceSel.value, dtype: dtypeSel.value, prompt,
+      bos: bosBox.indeterminate ? null : bosBox.checked });
   };
   runBtn.addEventListener("click", run);
   promptBox.addEventListener("keydown", (ev) => { if (ev.key === "Enter") run(); });

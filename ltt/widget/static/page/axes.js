@@ -149,11 +149,17 @@ function columnBar(st, shown, colW) {
   const rep = repeatedTokens(st.graph.tokens);
   const every = st.numBox && st.numBox.checked;
   const targets = new Set(st.graph.settings.targets || []);
+  const placed = []; // [right edge, label, is a target] of the labels kept, left to right
   for (const [t, x] of shown) {
     let text = visibleToken(st.graph.tokens[t]);
     const num = every || rep.has(t) ? `${t}:` : "";
-    const room = Math.max(2, Math.floor(Math.max(colW, 14) / 6.5));
+    const room = Math.max(num.length + 2, Math.floor(Math.max(colW, 14) / 6.5));
     if ((num + text).length > room) text = text.slice(0, Math.max(1, room - num.length - 1)) + "…";
+    // labels never overlap: one that would is left out (a target's pushes an ordinary one out)
+    const half = ((num + text).length * 6.7) / 2, isTarget = targets.has(t);
+    const last = () => placed[placed.length - 1];
+    while (isTarget && placed.length && !last()[2] && last()[0] + 4 > dx + x - half) placed.pop()[1].remove();
+    if (!isTarget && placed.length && last()[0] + 4 > dx + x - half) continue;
     const lab = document.createElement("span");
     lab.className = `ltt-colbar-label${targets.has(t) ? " ltt-is-target" : ""}`;
     lab.dataset.token = String(t);
@@ -161,5 +167,46 @@ function columnBar(st, shown, colW) {
     lab.title = `token ${t} ${quoted(st.graph.tokens[t])}`;
     lab.style.left = `${(dx + x).toFixed(1)}px`;
     box.append(lab);
+    placed.push([dx + x + half, lab, isTarget]);
   }
+  if (st.pin) st.pin();
+}
+
+// Where position: sticky cannot hold (the nearest box that clips does not scroll, as in
+// JupyterLab's output area), the controls, the column bar and the side panel are moved by hand
+// to the top of the box that does scroll, so the token labels stay in view whatever the scroll.
+// Returns the function that places them (on every scroll, from the capture phase of any element's).
+export function pinHeaders(st) {
+  const controls = st.root.querySelector(".ltt-controls");
+  return () => {
+    const scroller = brokenSticky(st.root);
+    if (!scroller) { controls.style.transform = st.colbar.style.transform = st.panel.style.transform = ""; return; }
+    const top = scroller === document.scrollingElement ? 0 : Math.max(0, scroller.getBoundingClientRect().top);
+    const over = top - st.root.getBoundingClientRect().top; // how far the view's top has gone past it
+    const ch = controls.offsetHeight, bh = st.colbar.offsetHeight, H = st.root.offsetHeight;
+    const cT = controls.offsetTop, bT = st.colbar.offsetTop; // where they sit in the view
+    const clamp = (v, hi) => Math.max(0, Math.min(v, hi)); // never past the view's end
+    controls.style.transform = `translateY(${clamp(over - cT, H - cT - ch - bh)}px)`;
+    st.colbar.style.transform = `translateY(${clamp(over + ch - bT, H - bT - bh)}px)`;
+    // the side panel beside the graph follows too, under the bars, within the graph's row
+    const main = st.panel.parentElement, po = st.panel.offsetParent;
+    const rel = (el) => el.getBoundingClientRect().top - st.root.getBoundingClientRect().top; // untransformed boxes
+    const pT = (po === st.root || !po ? 0 : rel(po)) + st.panel.offsetTop; // where the panel sits in the view
+    st.panel.style.transform = getComputedStyle(st.panel).position !== "sticky" ? ""
+      : `translateY(${clamp(over + ch + bh - pT, rel(main) + main.offsetHeight - pT - st.panel.offsetHeight)}px)`;
+  };
+}
+
+/** The box that scrolls the view when sticky positioning cannot follow it, else null: sticky
+ *  holds to the nearest ancestor that clips, so it works when that one is the one that scrolls
+ *  (or none clips and the document scrolls). */
+function brokenSticky(root) {
+  let clip = null;
+  for (let e = root.parentElement; e && e !== document.body && e !== document.documentElement; e = e.parentElement) {
+    const cs = getComputedStyle(e);
+    const clips = ![cs.overflowX, cs.overflowY].every((o) => o === "visible" || o === "clip");
+    if (/(auto|scroll)/.test(cs.overflowY) && e.scrollHeight > e.clientHeight) return clip ? e : null;
+    if (clips && !clip) clip = e;
+  }
+  return clip ? document.scrollingElement : null;
 }

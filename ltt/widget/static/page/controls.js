@@ -15,11 +15,12 @@ export function buildPage(st) {
   st.bosBox = h("input", { class: "ltt-bos", type: "checkbox", "aria-label": "prepend BOS" });
   st.bosBox.indeterminate = true;
   st.bosLabel = h("label", { class: "ltt-bos-label", title: "BOS first (dash: as the tokenizer does)" }, st.bosBox, "BOS");
-  st.picker = h("select", { class: "ltt-picker", "aria-label": "prompt picker" });
+  st.picker = h("select", { class: "ltt-picker", "aria-label": "prompt picker", title: "the prompts traced in this view: pick one to show it again" });
   st.status = h("span", { class: "ltt-status" });
   st.notice = h("div", { class: "ltt-notice" });
   st.errorBox = h("div", { class: "ltt-error" });
-  st.root.append(h("div", { class: "ltt-header" }, st.facts, h("div", { class: "ltt-promptbar" }, st.picker, st.promptInput, st.bosLabel, st.runBtn, st.status)), st.notice, st.errorBox);
+  st.root.append(h("div", { class: "ltt-header" }, st.facts, h("div", { class: "ltt-promptbar" }, st.picker,
+    ...(st.ownPrompt === false ? [] : [st.promptInput, st.bosLabel, st.runBtn]), st.status)), st.notice, st.errorBox);
 
   // -- controls
   st.slider = h("input", { class: "ltt-threshold-slider", type: "range", step: "0.005", "aria-label": "threshold" });

@@ -2,7 +2,7 @@
 // applying the pan/zoom of the view state `st`.
 
 import { KIND_LABEL, GRID, parseNode, nodeXY, attnLevel, edgePath, nodeMark, edgeStyle, layoutGraph, MARGIN, COMPACT_ABOVE, ELEMENT_LIMIT } from "./layout.js";
-import { s, fmt, quoted, plotW, plotH } from "./state.js";
+import { s, fmt, quoted, plotW, plotH, scheme } from "./state.js";
 import { axes, marks_, highlight } from "./axes.js";
 
 export function markTokens(st) {
@@ -17,6 +17,7 @@ export function markTokens(st) {
 
 
 export function draw(st) {
+  scheme(st);
   st.graph = st.model.get("graph");
   if (!st.graph || !st.graph.tokens) return;
   const t0 = performance.now();

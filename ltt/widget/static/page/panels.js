@@ -1,10 +1,11 @@
 // The side panel: what the selected state, edge or FFN block holds (top tokens, heads, neurons).
 
 import { KIND_LABEL, parseNode, visibleToken, toFloat32 } from "./layout.js";
-import { h, fmt, quoted } from "./state.js";
+import { h, fmt, quoted, scheme } from "./state.js";
 import { heatmap, bar, cssRGB } from "./maps.js";
 
 export function renderPanel(st) {
+  scheme(st);
   const p = st.model.get("panel") || {};
   st.panel.replaceChildren();
   if (!p.type) {

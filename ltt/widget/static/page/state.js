@@ -98,3 +98,11 @@ export function plotH(st) { return Math.max(50, st.size.h - MARGIN.top - MARGIN.
 /** Model units to screen px (relative to the svg). */
 export function sx(st, x) { return MARGIN.left + st.view.tx + x * st.view.kx; }
 export function sy(st, y) { return MARGIN.top + st.view.ty + y * st.view.ky; }
+
+/** Class ltt-dark on the view when its background is dark, whatever made it so (the report's or
+ *  serve's dark preference, JupyterLab's theme): the accents then take their dark values (graph.css). */
+export function scheme(st) {
+  const [r, g, b, a] = (getComputedStyle(st.root).backgroundColor.match(/[\d.]+/g) || []).map(Number);
+  if (r === undefined || a === 0) return; // no background of its own: keep the light accents
+  st.root.classList.toggle("ltt-dark", 0.2126 * r + 0.7152 * g + 0.0722 * b < 110);
+}

@@ -1,19 +1,22 @@
 // ltt graph view: a trace's pruned contribution graph as a token x layer grid, its controls and its
 // panels (top tokens, heads, neurons), with anywidget's render({ model, el }) contract. The parts
 // live in page/*.js (layout, state, drawing, axes, interaction, maps, panels, controls, view); the
-// Jupyter widget, ltt serve and the report load them joined into one module, static/graph.js
-// (python -m ltt.widget.bundle). Token strings only ever reach the page as textContent.
+// Jupyter widget, ltt serve and the report load them joined into one module, graph.js, joined in
+// memory by ltt/widget/bundle.py (no build step). Token strings only ever reach the page as textContent.
 
 import { MARGIN } from "./layout.js";
 import { h, createState } from "./state.js";
-import { axes, marks_, highlight } from "./axes.js";
+import { axes, marks_, highlight, pinHeaders } from "./axes.js";
 import { draw, fit } from "./drawing.js";
 import { wireGraph } from "./interaction.js";
 import { renderPanel } from "./panels.js";
 import { buildPage, facts_, prompts_, controls_, wireControls, showError, faith_ } from "./controls.js";
 
-export function render({ model, el }) {
+/** anywidget's render(). `promptBar: false` leaves the view's own prompt box, BOS and Run out:
+ *  ltt serve's toolbar holds the page's one prompt bar (its picker of traced prompts stays). */
+export function render({ model, el, promptBar = true }) {
   const st = createState(model, el);
+  st.ownPrompt = promptBar;
   st.root = h("div", { class: "ltt-root" });
   el.append(st.root);
   buildPage(st);
@@ -31,19 +34,13 @@ export function render({ model, el }) {
     if (first || st.graph.tokens.length !== prevT || Math.abs(st.lay.width - prevW) > 1e-6) fit(st);
   };
   st.on("change:graph", onGraph);
-  st.on("change:threshold", () => controls_(st));
-  st.on("change:renormalize", () => controls_(st));
-  st.on("change:normalize", () => controls_(st));
-  st.on("change:targets", () => controls_(st));
-  st.on("change:slider", () => controls_(st));
+  for (const name of ["threshold", "renormalize", "normalize", "targets", "slider"]) st.on(`change:${name}`, () => controls_(st));
   st.on("change:selection", () => highlight(st));
   st.on("change:marks", () => { marks_(st); highlight(st); });
   st.on("change:panel", () => renderPanel(st));
   st.on("change:panel_maps", () => renderPanel(st));
   st.on("change:model_info", () => facts_(st));
-  st.on("change:prompts", () => prompts_(st));
-  st.on("change:prompt_index", () => prompts_(st));
-  st.on("change:live", () => prompts_(st));
+  for (const name of ["prompts", "prompt_index", "live"]) st.on(`change:${name}`, () => prompts_(st));
   st.on("change:status", () => { st.status.textContent = st.model.get("status") || ""; st.root.classList.toggle("ltt-busy", !!st.model.get("status")); });
   st.on("change:error", () => showError(st, st.model.get("error")));
   st.on("change:notice", () => { st.notice.textContent = st.model.get("notice") || ""; st.notice.style.display = st.model.get("notice") ? "block" : "none"; });
@@ -70,9 +67,20 @@ export function render({ model, el }) {
   st.notice.textContent = st.model.get("notice") || "";
   st.notice.style.display = st.model.get("notice") ? "block" : "none";
   requestAnimationFrame(() => { const w = Math.floor(st.graphBox.clientWidth); if (w > 0) st.size.w = w; fit(st); });
+  // the token labels in view whatever scrolls (any element's scroll reaches a capturing listener)
+  st.pin = pinHeaders(st); // also placed again after every redraw of the labels (axes.js)
+  let pinFrame = 0;
+  const onScroll = () => { if (!pinFrame) pinFrame = requestAnimationFrame(() => { pinFrame = 0; st.pin(); }); };
+  document.addEventListener("scroll", onScroll, { capture: true, passive: true });
+  // the reader switches the scheme: the accents and the maps' pixels follow at once
+  const dark = window.matchMedia ? window.matchMedia("(prefers-color-scheme: dark)") : null;
+  const onScheme = () => { draw(st); renderPanel(st); };
+  if (dark && dark.addEventListener) dark.addEventListener("change", onScheme);
 
   return () => {
     for (const [ev, cb] of st.listeners) st.model.off(ev, cb);
+    document.removeEventListener("scroll", onScroll, { capture: true });
+    if (dark && dark.removeEventListener) dark.removeEventListener("change", onScheme);
     if (ro) ro.disconnect();
     st.root.remove();
   };

@@ -312,15 +312,15 @@ class LayerBuffers:
     def probe_weights(self, z: np.ndarray) -> dict[str, np.ndarray]:
         """The layer's weights along directions ``z [d, k]`` of the residual stream, through each
         branch's post-norm (:meth:`PostNorm.along`): ``o [H, d_h, k]`` (``w_o[h] @ z'``) and
-        ``down [F, k]`` (``w_down @ z'``), float32; ``H d_h k + F k`` numbers, one pass over
-        each weight."""
+        ``down [F, k]`` (``w_down @ z'``, float64 for the neurons' sum); ``H d_h k + F k``
+        numbers, one pass over each weight."""
         w_o = self.w_o
         H, dh, d = w_o.shape
         zo = np.ascontiguousarray(self.attn_norm.along(z).T, dtype=np.float32)  # [k, d]
         zf = np.ascontiguousarray(self.ffn_norm.along(z).T, dtype=np.float32)
         o = _mm(zo, w_o.reshape(H * dh, d).T).T.reshape(H, dh, -1)  # the weights read in place
         down = _mm(zf, self.w_down.T).T
-        return {"o": np.ascontiguousarray(o), "down": np.ascontiguousarray(down)}
+        return {"o": np.ascontiguousarray(o), "down": np.ascontiguousarray(down, dtype=np.float64)}
 
     def check_probes(self, rows: np.ndarray, probs: np.ndarray, proj: dict[str, np.ndarray],
                      z: np.ndarray) -> dict[str, float]:
@@ -364,7 +364,7 @@ class LayerBuffers:
             rebuilt = mid + self.ffn_out[idx]
             scale = np.abs(post).max(axis=-1) + 1e-12
             out["ffn"] = float((np.abs(rebuilt - post).max(axis=-1) / scale).max())
-        neurons = self.act[idx].astype(np.float64) @ proj["down"].astype(np.float64)  # [r, k]
+        neurons = self.act[idx].astype(np.float64) @ proj["down"]  # [r, k]
         if self.ffn_norm.row_scale is not None:
             neurons *= self.ffn_norm.row_scale[idx].astype(np.float64)[:, None]
         if self.ffn_bias is not None:

@@ -25,6 +25,7 @@ import numpy as np
 from ltt import scores as scores_module
 from ltt.scores import TraceScores, LayerProbs, attribute_layer
 from ltt.models import moe, record
+from ltt.models.weights import stamp_scope
 from ltt.buffers import LayerBuffers, PostNorm, probe_directions
 from ltt.plan import TOLERANCE, TracePlan, make_plan  # noqa: F401  (TOLERANCE: its home is ltt.plan)
 from ltt.trace import Trace
@@ -353,7 +354,8 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
     if not all_logits and _accepts(hf, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
     started = time.perf_counter()
-    with record.Recording(model, T, on_layer, stream_heads=stream) as recording:
+    # each weight's stamp taken once in this trace (hooks, branch parameters, layer stamps)
+    with stamp_scope(), record.Recording(model, T, on_layer, stream_heads=stream) as recording:
         record.point("forward")
         out = recording.forward(input_ids=torch.tensor([list(ids)], device=device), **kwargs)
         record.point("forward-done")

@@ -149,11 +149,14 @@ def available_bytes() -> int | None:
     return avail
 
 
-def check_memory(model: Any, T: int, all_logits: bool, limit: int | None, plan: TracePlan | None = None) -> None:
+def check_memory(model: Any, T: int, all_logits: bool, limit: int | None,
+                 plan: TracePlan | None = None) -> dict[str, int]:
+    """The trace's :func:`estimate_bytes`, after refusing one that does not fit ``limit`` (or
+    the memory available)."""
     est = estimate_bytes(model, T, all_logits, plan)
     avail = available_bytes() if limit is None else int(limit)
     if avail is None or est["total"] <= avail:
-        return
+        return est
     gib = 2**30
     raise MemoryError(
         f"tracing {T} tokens through {model.name!r} needs about {est['total'] / gib:.1f} GiB "
@@ -181,8 +184,20 @@ def _trim_heap() -> Any:
 
 
 _TRIM = _trim_heap()
-#: Prompts at least this long trim the heap after each layer (a trim costs ~1 ms).
+#: Prompts at least this long trim the heap (a trim costs ~1-3 ms) ...
 TRIM_TOKENS = 256
+#: ... once the layers since the last trim have freed about this many bytes (each layer's
+#: transient peak, :func:`estimate_bytes`), and after the last layer: a short prompt's layers
+#: free a few MB each, a long one's trims after every layer.
+TRIM_BYTES = 32 * 2**20
+
+
+def _trim_layers(n_layers: int, T: int, layer_peak: int) -> frozenset[int]:
+    """The layers after which a trace of ``T`` tokens trims the heap."""
+    if _TRIM is None or T < TRIM_TOKENS:
+        return frozenset()
+    every = max(1, TRIM_BYTES // max(int(layer_peak), 1))
+    return frozenset(l for l in range(n_layers) if (l + 1) % every == 0 or l == n_layers - 1)
 
 
 def _spill(arr: np.ndarray | None, path: str) -> np.ndarray | None:
@@ -274,7 +289,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
 
     T = len(ids)
     plan = plan_for(model, T, memory)
-    check_memory(model, T, all_logits, memory_limit, plan)
+    trims = _trim_layers(model.n_layers, T, check_memory(model, T, all_logits, memory_limit, plan)["layer_peak"])
     backend = getattr(model, "backend", None)
     if backend is not None:
         backend.check_device_memory(model, plan)
@@ -342,7 +357,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
             if shared:
                 lb.resid_pre = layers[l - 1].stored("resid_post")
         layers[l] = lb
-        if _TRIM is not None and T >= TRIM_TOKENS:
+        if l in trims:
             _TRIM(0)
         if progress is not None:
             progress.update(1)

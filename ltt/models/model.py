@@ -27,6 +27,11 @@ from ltt.models.weights import (_bias, _float32, _in_out_shape, _linear_in_out, 
 from ltt.trace import Trace
 
 
+def _own_params(modules: Sequence[Any]) -> list[Any]:
+    """The parameters of ``modules`` themselves (``parameters(recurse=False)``, read directly)."""
+    return [p for m in modules if m is not None for p in m._parameters.values() if p is not None]
+
+
 class Model:
     """A traceable causal LM: a transformers model, its tokenizer and its family's hook points.
 
@@ -117,7 +122,7 @@ class Model:
         counter, storage or dtype: ``load_state_dict``, an optimiser step, an in-place edit).
         Only float32 CPU weights are cached; others are converted on each use (no float32 copy
         of a half-precision model is kept)."""
-        params = [p for m in modules if m is not None for p in m.parameters(recurse=False)]
+        params = _own_params(modules)
         stamp = weights_stamp(params)
         hit = self._weights.get(key)
         if hit is not None and hit[0] == stamp:
@@ -139,7 +144,7 @@ class Model:
 
     def layer_stamp(self, layer: int) -> tuple:
         """The versions of the parameters a layer's decomposition reads (see :meth:`_cached`)."""
-        params = [p for m in self._layer_modules(layer) if m is not None for p in m.parameters(recurse=False)]
+        params = _own_params(self._layer_modules(layer))
         return weights_stamp(params)
 
     def _module_weight(self, layer: int, key: str, module: Any) -> np.ndarray:

@@ -555,6 +555,21 @@ static void prune_outputs_spec(out_spec *spec, npy_intp L, npy_intp T)
     memcpy(spec, s, sizeof s);
 }
 
+/* What prune and prune_sparse check alike once L and T are known: ffn and ffn_resid (L, T), the
+ * parallel flags and targets; then the keep masks allocated (outs[1..3], spec in os). */
+static int prune_prepare(PyArrayObject *ffn, PyArrayObject *ffn_resid, PyObject *par_o,
+                         PyObject *tg_o, npy_intp L, npy_intp T, PyArrayObject **par,
+                         PyArrayObject **tg, out_spec *os, PyArrayObject **outs)
+{
+    npy_intp wlt[2] = {L, T};
+    if (check_shape(ffn, "ffn", "(L, T)", 2, wlt) < 0 ||
+        check_shape(ffn_resid, "ffn_resid", "(L, T)", 2, wlt) < 0 ||
+        prune_flags_targets(par_o, tg_o, L, T, par, tg) < 0)
+        return -1;
+    prune_outputs_spec(os, L, T);
+    return alloc_outputs(3, os + 1, outs + 1);
+}
+
 /* The dict of prune's results: the kernel's edge rows (l, t, s) copied into attn_edges. */
 static PyObject *prune_result(out_spec *spec, PyArrayObject **outs, const int64_t *edges,
                               int64_t n_edges)
@@ -1034,12 +1049,8 @@ static PyObject *py_prune(PyObject *self, PyObject *args, PyObject *kwds)
     npy_intp wa[3] = {L, T, T}, wlt[2] = {L, T};
     if (check_shape(a[ATTN], "attn", "(L, T, T)", 3, wa) < 0 ||
         check_shape(a[ATTN_RESID], "attn_resid", "(L, T)", 2, wlt) < 0 ||
-        check_shape(a[FFN], "ffn", "(L, T)", 2, wlt) < 0 ||
-        check_shape(a[FFN_RESID], "ffn_resid", "(L, T)", 2, wlt) < 0 ||
-        prune_flags_targets(o[PARALLEL], o[TARGETS], L, T, &a[PARALLEL], &a[TARGETS]) < 0)
-        goto done;
-    prune_outputs_spec(os, L, T);
-    if (alloc_outputs(3, os + 1, outs + 1) < 0)
+        prune_prepare(a[FFN], a[FFN_RESID], o[PARALLEL], o[TARGETS], L, T, &a[PARALLEL],
+                      &a[TARGETS], os, outs) < 0)
         goto done;
     Py_BEGIN_ALLOW_THREADS;
     st = ltt_prune_f32(L, T, PyArray_SIZE(a[TARGETS]), threshold, (uint8_t *)PyArray_DATA(outs[1]),
@@ -1092,15 +1103,11 @@ static PyObject *py_prune_sparse(PyObject *self, PyObject *args, PyObject *kwds)
         check_nonempty(a[ATTN_RESID], "attn_resid") < 0)
         goto done;
     const npy_intp L = PyArray_DIM(a[ATTN_RESID], 0), T = PyArray_DIM(a[ATTN_RESID], 1);
-    npy_intp wlt[2] = {L, T}, wn[1] = {PyArray_SIZE(a[SOURCES])};
-    if (check_shape(a[FFN], "ffn", "(L, T)", 2, wlt) < 0 ||
-        check_shape(a[FFN_RESID], "ffn_resid", "(L, T)", 2, wlt) < 0 ||
-        check_sparse_shapes(a[INDPTR], a[SOURCES], NULL, L * T, 1) < 0 ||
+    npy_intp wn[1] = {PyArray_SIZE(a[SOURCES])};
+    if (check_sparse_shapes(a[INDPTR], a[SOURCES], NULL, L * T, 1) < 0 ||
         check_shape(a[WEIGHTS], "weights", "(nnz,) = sources.shape", 1, wn) < 0 ||
-        prune_flags_targets(o[PARALLEL], o[TARGETS], L, T, &a[PARALLEL], &a[TARGETS]) < 0)
-        goto done;
-    prune_outputs_spec(os, L, T);
-    if (alloc_outputs(3, os + 1, outs + 1) < 0)
+        prune_prepare(a[FFN], a[FFN_RESID], o[PARALLEL], o[TARGETS], L, T, &a[PARALLEL],
+                      &a[TARGETS], os, outs) < 0)
         goto done;
     Py_BEGIN_ALLOW_THREADS;
     st = ltt_prune_sparse_f32(

@@ -12,6 +12,7 @@ norm (Gemma 2/3, OLMo 2; Granite's branch multiplier) is one :class:`PostNorm` p
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -31,6 +32,19 @@ def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.ndim == 2 and b.ndim == 2:
         return torch.nn.functional.linear(ta, torch.from_numpy(b).T).numpy()
     return (ta @ torch.from_numpy(np.ascontiguousarray(b))).numpy()
+
+
+#: How many fixed random directions the running exactness check projects each layer on.
+PROBES = 4
+
+
+@functools.lru_cache(maxsize=8)
+def probe_directions(d: int, k: int = PROBES) -> np.ndarray:
+    """``[d, k]`` float64 fixed pseudo-random directions of the residual stream (standard normal,
+    seeded by ``d``; read-only), along which :meth:`LayerBuffers.check_probes` compares states."""
+    z = np.random.default_rng(d).standard_normal((d, k))
+    z.setflags(write=False)
+    return z
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,15 @@ class PostNorm:
         if self.col_scale is not None:
             v = v * self.col_scale.astype(v.dtype)
         return v
+
+    def along(self, z: np.ndarray) -> np.ndarray:
+        """Directions ``z [d, k]`` pulled back through the norm's linear part: ``linear(v) . z ==
+        v . along(z)`` (centring is symmetric, so ``along(z) = center(col_scale * z)``)."""
+        if self.col_scale is not None:
+            z = z * self.col_scale.astype(np.float64)[:, None]
+        if self.center:
+            z = z - z.mean(axis=0, keepdims=True)
+        return z
 
     def row(self, t: int) -> float:
         """The row scale of token ``t`` (1.0 without one)."""
@@ -285,3 +308,66 @@ class LayerBuffers:
         return out
 
 
+
+    def probe_weights(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        """The layer's weights along directions ``z [d, k]`` of the residual stream, through each
+        branch's post-norm (:meth:`PostNorm.along`): ``o [H, d_h, k]`` (``w_o[h] @ z'``) and
+        ``down [F, k]`` (``w_down @ z'``, float64 for the neurons' sum); ``H d_h k + F k``
+        numbers, one pass over each weight."""
+        w_o = self.w_o
+        H, dh, d = w_o.shape
+        zo = np.ascontiguousarray(self.attn_norm.along(z).T, dtype=np.float32)  # [k, d]
+        zf = np.ascontiguousarray(self.ffn_norm.along(z).T, dtype=np.float32)
+        o = _mm(zo, w_o.reshape(H * dh, d).T).T.reshape(H, dh, -1)  # the weights read in place
+        down = _mm(zf, self.w_down.T).T
+        return {"o": np.ascontiguousarray(o), "down": np.ascontiguousarray(down, dtype=np.float64)}
+
+    def check_probes(self, rows: np.ndarray, probs: np.ndarray, proj: dict[str, np.ndarray],
+                     z: np.ndarray) -> dict[str, float]:
+        """The running check of a trace: :meth:`check` at target ``rows`` (``probs [H, len(rows),
+        T]``), with the branches compared along directions ``z [d, k]`` of the residual stream
+        (``proj``: :meth:`probe_weights` of ``z``) instead of in full. Per row and direction
+        ``|(lhs - rhs) . z| / |rhs|_2``, the max over rows and directions: for standard normal
+        ``z`` an error ``e`` of a row shows as ``|e|_2 / |rhs|_2`` times a standard normal
+        factor (Freivalds' check; with k directions and several rows a real error is missed
+        with negligible odds). Costs ``O(rows (H T + F + d) k + H T d_h k)``: no pass over a
+        weight (those are in ``proj``). Keys as in :meth:`check`; ``ffn`` (a sum of two
+        recorded states) is compared in full."""
+        idx = np.asarray(rows)
+
+        def rel(lhs: np.ndarray, state: np.ndarray) -> float:  # lhs [r, k] against the state's rows [r, d]
+            state = state.astype(np.float64)
+            scale = np.sqrt((state * state).sum(axis=-1)) + 1e-12
+            return float((np.abs(lhs - state @ z).max(axis=-1) / scale).max())
+
+        def along(a: np.ndarray) -> np.ndarray:
+            return a[idx].astype(np.float64) @ z
+
+        values, o = self.values, proj["o"]  # [T, G, d_h], [H, d_h, k]
+        H, G, k = o.shape[0], values.shape[1], o.shape[2]
+        T = values.shape[0]
+        # each head's values along its directions, [H, T, k]; then the rows' mixing
+        vp = np.matmul(values.transpose(1, 0, 2)[:, None], o.reshape(G, H // G, *o.shape[1:])).reshape(H, T, k)
+        attn = np.matmul(probs.astype(np.float64), vp.astype(np.float64)).sum(axis=0)  # [r, k]
+        if self.attn_norm.row_scale is not None:
+            attn *= self.attn_norm.row_scale[idx].astype(np.float64)[:, None]
+        if self.attn_bias is not None:
+            attn += along(self.attn_bias)
+        x = along(self.resid_pre)
+        out: dict[str, float] = {}
+        if self.parallel:
+            out["attn"] = rel(x + attn + along(self.ffn_out), self.resid_post[idx])
+        else:
+            mid = self.resid_mid[idx].astype(np.float64)
+            out["attn"] = rel(x + attn, mid)
+            post = self.resid_post[idx].astype(np.float64)
+            rebuilt = mid + self.ffn_out[idx]
+            scale = np.abs(post).max(axis=-1) + 1e-12
+            out["ffn"] = float((np.abs(rebuilt - post).max(axis=-1) / scale).max())
+        neurons = self.act[idx].astype(np.float64) @ proj["down"]  # [r, k]
+        if self.ffn_norm.row_scale is not None:
+            neurons *= self.ffn_norm.row_scale[idx].astype(np.float64)[:, None]
+        if self.ffn_bias is not None:
+            neurons += along(self.ffn_bias)
+        out["neurons"] = rel(neurons, self.ffn_out[idx])
+        return out

@@ -74,9 +74,28 @@ class SparseRows:
         >>> SparseRows.from_dense(np.array([[0.5, 0.0], [0.25, 0.0005]], np.float32), 0.01).values.tolist()
         [0.5, 0.25]
         """
-        if dense.ndim == 2:
-            return cls.from_heads([dense], floor, per_head=False)
-        return cls.from_heads(dense, floor)
+        per_head = dense.ndim == 3
+        stack = dense if per_head else dense[None]  # [H, T, S]
+        H, T = stack.shape[0], stack.shape[1]
+        # the kept entries found in (target, head, source) order: already the rows' order
+        t, h, s = np.nonzero(stack.transpose(1, 0, 2) >= floor)
+        v = stack[h, t, s].astype(np.float32)
+        best_s = stack.argmax(axis=2)  # [H, T], each head's first largest
+        best_v = np.take_along_axis(stack, best_s[:, :, None], axis=2)[:, :, 0]
+        rows = np.arange(T)
+        best_h = best_v.argmax(axis=0)  # each row's first largest: the first head holding its max
+        value = best_v[best_h, rows]
+        missing = value < floor  # a row with nothing at or above the floor: its largest alone
+        if missing.any():
+            t = np.concatenate([t, rows[missing]])
+            order = np.argsort(t, kind="stable")
+            t = t[order]
+            h = np.concatenate([h, best_h[missing]])[order]
+            s = np.concatenate([s, best_s[best_h, rows][missing]])[order]
+            v = np.concatenate([v, value[missing].astype(np.float32)])[order]
+        indptr = np.zeros(T + 1, np.int64)
+        np.cumsum(np.bincount(t, minlength=T), out=indptr[1:])
+        return cls(indptr, s.astype(np.int32), v, h.astype(np.int16) if per_head else None)
 
     @classmethod
     def from_heads(cls, maps: Any, floor: float, per_head: bool = True) -> "SparseRows":

@@ -542,3 +542,28 @@ def test_repeat_calls_do_not_grow_rss():
         calls()
     grown = _rss() - before
     assert grown < 2 * 2**20, f"RSS grew by {grown / 2**20:.2f} MiB over 2000 calls"
+
+
+def test_sparse_rows_from_a_dense_stack_match_the_head_by_head_path():
+    """``SparseRows.from_dense`` (entries found in (target, head, source) order at once) keeps the
+    same entries, order, dtypes and each row's largest as ``from_heads`` (one head at a time):
+    ties, rows with nothing above the floor, one map or a stack."""
+    from ltt.scores import SparseRows
+
+    rng = np.random.default_rng(3)
+    for trial in range(120):
+        H, T = int(rng.integers(1, 5)), int(rng.integers(1, 9))
+        d = rng.random((H, T, T)).astype(np.float32) * rng.choice([0.01, 1.0])
+        d[rng.random(d.shape) < 0.3] = 0.5  # ties within and across heads
+        if trial % 5 == 0:
+            d[:, rng.integers(0, T)] = 0.0  # a row with nothing at all
+        floor = float(rng.choice([0.001, 0.3, 0.6]))
+        for dense in (d, d[0]):
+            fast = SparseRows.from_dense(dense, floor)
+            slow = SparseRows.from_heads(dense if dense.ndim == 3 else [dense], floor, per_head=dense.ndim == 3)
+            for name in ("indptr", "sources", "values", "heads"):
+                a, b = getattr(fast, name), getattr(slow, name)
+                assert (a is None) == (b is None), name
+                if a is not None:
+                    assert a.dtype == b.dtype, name
+                    np.testing.assert_array_equal(a, b, err_msg=f"{name} (trial {trial})")

@@ -5,6 +5,9 @@ Part of :mod:`ltt._reference` (read its docstring for the conventions every twin
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import numpy as np
 
 EPS = 1e-5
@@ -179,30 +182,16 @@ def attn_head_map(
     return out.astype(np.float32)
 
 
-# attn_edge_heads takes attn_head_map's arguments past its indices (the C entry points'
-# signatures, repeated on purpose).
-def attn_edge_heads(
-    target: int,
-    source: int,
-    whole: np.ndarray,
-    attn: np.ndarray,
-    values: np.ndarray,
-    w_o: np.ndarray,
-    total: np.ndarray,
-    row_scale: np.ndarray | None = None,
-    col_scale: np.ndarray | None = None,
-    center: bool = False,
-    norm: int = 1,
-) -> np.ndarray:
+def attn_edge_heads(target: int, source: int, *head_map_args: Any, **head_map_kwargs: Any) -> np.ndarray:
     """Every head's share ``[H]`` of the edge ``source -> target`` (``source <= target``),
     recomputed from the kept normalisers ``total [T]``; their sum is ``edges[target, source]``
-    of :func:`attn_contrib`."""
-    w = np.asarray(whole, dtype=np.float64)[target]
-    a = np.asarray(attn, dtype=np.float64)[:, target, source]
-    if row_scale is not None:
-        a = a * float(np.asarray(row_scale, dtype=np.float64)[target])
-    u = head_vectors(values, w_o, col_scale, center)[:, source]  # [H, d]
-    return (_raw(w[None], a[:, None] * u, norm) / total[target]).astype(np.float32)
+    of :func:`attn_contrib`. By definition each head's :func:`attn_head_map` at ``[target,
+    source]``: the arguments after ``head`` are the head map's (``whole, attn, values, w_o,
+    total, row_scale=None, col_scale=None, center=False, norm=1``)."""
+    args = inspect.signature(attn_head_map).bind(0, *head_map_args, **head_map_kwargs).arguments
+    H = np.shape(args["attn"])[0]
+    return np.array([attn_head_map(h, *head_map_args, **head_map_kwargs)[target, source] for h in range(H)],
+                    dtype=np.float32)
 
 
 def ffn_neuron_contrib(

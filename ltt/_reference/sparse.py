@@ -5,6 +5,9 @@ Part of :mod:`ltt._reference` (read its docstring for the conventions every twin
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import numpy as np
 
 from ltt._reference.dense import prune
@@ -94,19 +97,8 @@ def densify(indptr, sources, values, shape, heads=None) -> np.ndarray:
     return out
 
 
-# prune_sparse takes prune's arguments past the sparse rows (the C entry points' signatures,
-# repeated on purpose).
-def prune_sparse(
-    indptr: np.ndarray,
-    sources: np.ndarray,
-    weights: np.ndarray,
-    attn_resid: np.ndarray,
-    ffn: np.ndarray,
-    ffn_resid: np.ndarray,
-    parallel: np.ndarray,
-    targets: np.ndarray,
-    threshold: float,
-) -> dict[str, np.ndarray]:
+def prune_sparse(indptr: np.ndarray, sources: np.ndarray, weights: np.ndarray, *prune_args: Any,
+                 **prune_kwargs: Any) -> dict[str, np.ndarray]:
     """:func:`prune` with the attention weights as sparse rows: by definition, ``prune`` of the
     dense equivalent (:func:`densify`), where an unlisted source has weight 0.
 
@@ -115,21 +107,21 @@ def prune_sparse(
     unlisted source weighs 0, so it is kept at threshold 0 and, when nothing of a node reaches
     the threshold, it can be its largest incoming edge: with a negative residual (and FFN) and
     no listed weight above 0, the first unlisted source s wins (tie order: residual, FFN, then
-    attention sources in increasing s, listed or not). Other arguments and the result are
+    attention sources in increasing s, listed or not). The other arguments (``attn_resid, ffn,
+    ffn_resid, parallel, targets, threshold``) and the result are
     those of :func:`prune`; ``sparsify`` makes rows for which this equals ``prune`` of the
     original dense weights for every threshold ``>= floor``.
     """
-    ar = np.asarray(attn_resid)
-    L, T = ar.shape
+    args = inspect.signature(prune).bind(None, *prune_args, **prune_kwargs).arguments
+    L, T = np.shape(args["attn_resid"])
     _check_rows(indptr, sources, None, L * T, T)
     w = np.asarray(weights, dtype=np.float32)
     if w.shape != np.shape(sources):
         raise ValueError("weights must have one entry per source")
-    for name, x in [("weights", w), ("attn_resid", ar), ("ffn", ffn), ("ffn_resid", ffn_resid)]:
-        if not np.all(np.isfinite(np.asarray(x, dtype=np.float32))):
+    for name in ("weights", "attn_resid", "ffn", "ffn_resid"):
+        if not np.all(np.isfinite(np.asarray(w if name == "weights" else args[name], dtype=np.float32))):
             raise ValueError(f"{name} contains NaN or inf")
-    dense = densify(indptr, np.asarray(sources), w, (L, T, T))
-    return prune(dense, attn_resid, ffn, ffn_resid, parallel, targets, threshold)
+    return prune(densify(indptr, np.asarray(sources), w, (L, T, T)), *prune_args, **prune_kwargs)
 
 
 def renormalize_sparse(

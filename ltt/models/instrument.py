@@ -193,11 +193,14 @@ def _register() -> None:
             _registered = True
 
 
-def configs_of(hf: Any) -> list[Any]:
-    """Every config the model holds that has an attention implementation (sub-configs too)."""
+def configs_of(hf: Any, modules: Any = None) -> list[Any]:
+    """Every config the model holds that has an attention implementation (sub-configs too);
+    ``modules``: ``hf.modules()`` when already listed."""
     seen: dict[int, Any] = {id(hf.config): hf.config}
-    for m in hf.modules():
-        c = getattr(m, "config", None)
+    for m in hf.modules() if modules is None else modules:
+        c = m.__dict__.get("config")
+        if c is None and hasattr(type(m), "config"):  # a config that is not a plain attribute
+            c = getattr(m, "config", None)
         if c is not None and hasattr(c, "_attn_implementation_internal"):
             seen.setdefault(id(c), c)
     return list(seen.values())
@@ -230,6 +233,7 @@ class Run:
         self._sigint: Any = _MISSING
         self._pending = False
         self._gated = False
+        self._modules: list[Any] = []  # the model's modules, listed once on entry
 
     # -- entering -----------------------------------------------------------------------------
 
@@ -252,14 +256,15 @@ class Run:
             self._defer_sigint()
             self._undo.append(self._clear_owner)
             _OWNERS[key] = self
-            modes = [(m, m.training) for m in hf.modules()]
+            self._modules = list(hf.modules())
+            modes = [(m, m.training) for m in self._modules]
             self._undo.append(lambda: self._restore_modes(modes))
             self._undo.append(self._remove_hooks)
             self._undo.append(self._drop_handlers)
             self._undo.append(self._leave_forward)
             if any(mode for _, mode in modes):
                 self._gate()  # a foreign forward must not run in the eval mode switched below
-            hf.eval()
+                hf.eval()
         except BaseException as exc:
             self._exits = None
             exits.__exit__(type(exc), exc, exc.__traceback__)
@@ -309,7 +314,7 @@ class Run:
         function (``interface=True``: the family's attention modules call transformers'
         attention interface, switchable per call), else to ``eager`` where it is not already
         (then a foreign forward waits on the lock until the run is over)."""
-        configs = configs_of(self.hf)
+        configs = configs_of(self.hf, self._modules or None)
         saved = [(c, c.__dict__.get("_attn_implementation_internal", _MISSING)) for c in configs]
         self._undo.append(lambda: self._restore_configs(saved))
         if interface:
@@ -408,7 +413,7 @@ class Run:
     def _remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
-        for m in self.hf.modules():  # a hook registered just before an interrupt, its handle lost
+        for m in self._modules or self.hf.modules():  # a hook registered just before an interrupt, its handle lost
             for name in ("_forward_hooks", "_forward_pre_hooks"):
                 hooks = getattr(m, name, None)
                 for hid, fn in list(hooks.items()) if hooks else ():
@@ -421,7 +426,8 @@ class Run:
     @staticmethod
     def _restore_modes(modes: list[tuple[Any, bool]]) -> None:
         for m, mode in modes:
-            m.training = mode
+            if m.training != mode:
+                m.training = mode
 
     def _restore_configs(self, saved: list[tuple[Any, Any]]) -> None:
         for c, value in saved:

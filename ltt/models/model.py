@@ -28,6 +28,11 @@ from ltt.routes.run import trace_many as _trace_many
 from ltt.trace import Trace
 
 
+def _own_params(modules: Sequence[Any]) -> list[Any]:
+    """The parameters of ``modules`` themselves (``parameters(recurse=False)``, read directly)."""
+    return [p for m in modules if m is not None for p in m._parameters.values() if p is not None]
+
+
 class Model:
     """A traceable causal LM: a transformers model, its tokenizer and its family's hook points.
 
@@ -118,7 +123,7 @@ class Model:
         counter, storage or dtype: ``load_state_dict``, an optimiser step, an in-place edit).
         Only float32 CPU weights are cached; others are converted on each use (no float32 copy
         of a half-precision model is kept)."""
-        params = [p for m in modules if m is not None for p in m.parameters(recurse=False)]
+        params = _own_params(modules)
         stamp = weights_stamp(params)
         hit = self._weights.get(key)
         if hit is not None and hit[0] == stamp:
@@ -140,7 +145,7 @@ class Model:
 
     def layer_stamp(self, layer: int) -> tuple:
         """The versions of the parameters a layer's decomposition reads (see :meth:`_cached`)."""
-        params = [p for m in self._layer_modules(layer) if m is not None for p in m.parameters(recurse=False)]
+        params = _own_params(self._layer_modules(layer))
         return weights_stamp(params)
 
     def module_weight(self, layer: int, key: str, module: Any) -> np.ndarray:

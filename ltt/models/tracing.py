@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import weakref
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,7 +25,8 @@ import numpy as np
 from ltt import scores as scores_module
 from ltt.scores import TraceScores, LayerProbs, attribute_layer
 from ltt.models import moe, record
-from ltt.buffers import LayerBuffers, PostNorm
+from ltt.models.weights import stamp_scope
+from ltt.buffers import LayerBuffers, PostNorm, probe_directions
 from ltt.plan import TOLERANCE, TracePlan, make_plan  # noqa: F401  (TOLERANCE: its home is ltt.plan)
 from ltt.trace import Trace
 
@@ -40,6 +42,47 @@ def dtype_name(model: Any) -> str:
 def _sample_rows(T: int, k: int = 8) -> np.ndarray:
     """Rows the running exactness check looks at: the first, the last and ``k`` spread between."""
     return np.unique(np.linspace(0, T - 1, num=min(T, k + 2)).round().astype(np.int64))
+
+
+#: Per model, each layer's weights along the running check's directions
+#: (:meth:`ltt.buffers.LayerBuffers.probe_weights`), with what they were made from.
+_PROBED: "weakref.WeakKeyDictionary[Any, dict[int, tuple]]" = weakref.WeakKeyDictionary()
+
+
+def _probe_weights(model: Any, l: int, lb: LayerBuffers, stamp: tuple, fresh: bool = False) -> tuple[dict, bool]:
+    """Layer ``l``'s weights along the probe directions and whether they came from the cache: kept
+    while the layer's weight stamp, its post-norms and the very weight arrays the trace pinned
+    (``lb.pinned``, the model's own cached float32 copies or views) are the same; ``fresh``
+    recomputes them."""
+    pinned = lb.pinned
+    norms = tuple((None if n.col_scale is None else n.col_scale.tobytes(), n.center)
+                  for n in (lb.attn_norm, lb.ffn_norm))
+    per_model = _PROBED.setdefault(model, {})
+    hit = per_model.get(l)
+    if (not fresh and hit is not None and hit[0] == stamp and hit[1] == norms
+            and hit[2]() is pinned["w_o"] and hit[3]() is pinned["w_down"]):
+        return hit[4], True
+    proj = lb.probe_weights(probe_directions(lb.resid_pre.shape[1]))
+    try:
+        per_model[l] = (stamp, norms, weakref.ref(pinned["w_o"]), weakref.ref(pinned["w_down"]), proj)
+    except TypeError:  # not weak-referable (an array subclass): not cached
+        per_model.pop(l, None)
+    return proj, False
+
+
+def _running_check(model: Any, l: int, lb: LayerBuffers, stamp: tuple, rows: np.ndarray,
+                   probs: np.ndarray, tol: float) -> dict[str, float]:
+    """The per-layer exactness check of a trace (:meth:`ltt.buffers.LayerBuffers.check_probes`
+    at ``rows``). Weights whose projections came from the cache and fail are projected again
+    before the errors are returned: an edit in place that the stamp's samples missed changes
+    the weights under the same stamp."""
+    z = probe_directions(lb.resid_pre.shape[1])
+    proj, cached = _probe_weights(model, l, lb, stamp)
+    errors = lb.check_probes(rows, probs, proj, z)
+    if cached and not all(e <= tol for e in errors.values()):
+        proj, _ = _probe_weights(model, l, lb, stamp, fresh=True)
+        errors = lb.check_probes(rows, probs, proj, z)
+    return errors
 
 
 def plan_for(model: Any, T: int, memory: Any = None) -> TracePlan:
@@ -106,11 +149,14 @@ def available_bytes() -> int | None:
     return avail
 
 
-def check_memory(model: Any, T: int, all_logits: bool, limit: int | None, plan: TracePlan | None = None) -> None:
+def check_memory(model: Any, T: int, all_logits: bool, limit: int | None,
+                 plan: TracePlan | None = None) -> dict[str, int]:
+    """The trace's :func:`estimate_bytes`, after refusing one that does not fit ``limit`` (or
+    the memory available)."""
     est = estimate_bytes(model, T, all_logits, plan)
     avail = available_bytes() if limit is None else int(limit)
     if avail is None or est["total"] <= avail:
-        return
+        return est
     gib = 2**30
     raise MemoryError(
         f"tracing {T} tokens through {model.name!r} needs about {est['total'] / gib:.1f} GiB "
@@ -138,8 +184,20 @@ def _trim_heap() -> Any:
 
 
 _TRIM = _trim_heap()
-#: Prompts at least this long trim the heap after each layer (a trim costs ~1 ms).
+#: Prompts at least this long trim the heap (a trim costs ~1-3 ms) ...
 TRIM_TOKENS = 256
+#: ... once the layers since the last trim have freed about this many bytes (each layer's
+#: transient peak, :func:`estimate_bytes`), and after the last layer: a short prompt's layers
+#: free a few MB each, a long one's trims after every layer.
+TRIM_BYTES = 32 * 2**20
+
+
+def _trim_layers(n_layers: int, T: int, layer_peak: int) -> frozenset[int]:
+    """The layers after which a trace of ``T`` tokens trims the heap."""
+    if _TRIM is None or T < TRIM_TOKENS:
+        return frozenset()
+    every = max(1, TRIM_BYTES // max(int(layer_peak), 1))
+    return frozenset(l for l in range(n_layers) if (l + 1) % every == 0 or l == n_layers - 1)
 
 
 def _spill(arr: np.ndarray | None, path: str) -> np.ndarray | None:
@@ -231,7 +289,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
 
     T = len(ids)
     plan = plan_for(model, T, memory)
-    check_memory(model, T, all_logits, memory_limit, plan)
+    trims = _trim_layers(model.n_layers, T, check_memory(model, T, all_logits, memory_limit, plan)["layer_peak"])
     backend = getattr(model, "backend", None)
     if backend is not None:
         backend.check_device_memory(model, plan)
@@ -263,14 +321,16 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
         streamed = stream and rec.get("probs") is None  # the attention ran one kv group at a time
         if rec.get("probs") is None and rec.get("attention") is not None and not streamed:
             rec["probs"] = rec["attention"].probs()
-        lb = layer_buffers(model, l, rec, T, model.layer_stamp(l))
+        stamp = model.layer_stamp(l)
+        lb = layer_buffers(model, l, rec, T, stamp)
         lb.pinned = {"w_o": rec["w_o"], "w_down": rec["w_down"]}  # converted once, in the forward pass
         probs = lb.attn_heads if streamed else rec.pop("probs")
         # the decomposition must rebuild the model's own states: a foreign forward hook or an
-        # unsupported variant that changes a branch shows here, on a few rows (cheap)
+        # unsupported variant that changes a branch shows here, on a few rows along a few
+        # directions (cheap: the weights' projections are cached)
         errors = {}
         if verify:
-            errors = lb.check(rows=rows, probs=lb.attn_rows(rows) if streamed else probs[:, rows])
+            errors = _running_check(model, l, lb, stamp, rows, lb.attn_rows(rows) if streamed else probs[:, rows], tol)
         worst = max(errors.items(), key=lambda kv: kv[1]) if errors else ("", 0.0)
         if worst[1] > tol or not np.isfinite(worst[1]):
             raise RuntimeError(
@@ -297,7 +357,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
             if shared:
                 lb.resid_pre = layers[l - 1].stored("resid_post")
         layers[l] = lb
-        if _TRIM is not None and T >= TRIM_TOKENS:
+        if l in trims:
             _TRIM(0)
         if progress is not None:
             progress.update(1)
@@ -309,7 +369,8 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
     if not all_logits and _accepts(hf, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
     started = time.perf_counter()
-    with record.Recording(model, T, on_layer, stream_heads=stream) as recording:
+    # each weight's stamp taken once in this trace (hooks, branch parameters, layer stamps)
+    with stamp_scope(), record.Recording(model, T, on_layer, stream_heads=stream) as recording:
         record.point("forward")
         out = recording.forward(input_ids=torch.tensor([list(ids)], device=device), **kwargs)
         record.point("forward-done")

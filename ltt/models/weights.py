@@ -10,7 +10,9 @@ against), and :func:`_on_device` pages in the weights accelerate offloads to CPU
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+import contextvars
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -70,6 +72,9 @@ def _sample_hash(p: Any) -> int | None:
 
     if p.device.type == "meta":
         return None
+    if p.device.type == "cpu" and p.dtype in (torch.float32, torch.float16, torch.float64):
+        arr = p.detach().numpy().reshape(-1)  # a view: the same sampled bytes, fewer torch calls
+        return hash(arr[:: max(1, arr.size // SAMPLE)].tobytes())
     flat = p.detach().reshape(-1)
     step = max(1, flat.numel() // SAMPLE)
     sample = flat[::step].contiguous()
@@ -78,14 +83,41 @@ def _sample_hash(p: Any) -> int | None:
     return hash(sample.cpu().numpy().tobytes())
 
 
+#: The stamps already taken in the current :func:`stamp_scope`, by parameter, version and storage.
+_MEMO: "contextvars.ContextVar[dict | None]" = contextvars.ContextVar("ltt_weight_stamps", default=None)
+
+
+@contextlib.contextmanager
+def stamp_scope() -> Iterator[None]:
+    """Within the scope (one trace), each parameter's stamp is taken once and reused while its
+    version counter and storage stay the same."""
+    token = _MEMO.set({})
+    try:
+        yield
+    finally:
+        _MEMO.reset(token)
+
+
+def _stamp(p: Any) -> tuple:
+    return (p._version, p.data_ptr(), str(p.dtype), str(p.device), tuple(p.shape), _sample_hash(p))
+
+
 def weights_stamp(params: Sequence[Any]) -> tuple:
     """What identifies the current values of ``params``: version counter, storage, dtype,
     device, shape and a sampled hash of the values of each (changes with ``load_state_dict``,
     optimiser steps, in-place edits, and edits through ``.data`` or a NumPy view that the
     version counter does not see; an edit of elements between the sampled ones of a parameter
     larger than :data:`SAMPLE` elements is found by the trace's exactness check instead)."""
-    return tuple((p._version, p.data_ptr(), str(p.dtype), str(p.device), tuple(p.shape), _sample_hash(p))
-                 for p in params)
+    memo = _MEMO.get()
+    if memo is None:
+        return tuple(_stamp(p) for p in params)
+    out = []
+    for p in params:
+        key = (id(p), p._version, p.data_ptr())
+        if key not in memo:
+            memo[key] = (p, _stamp(p))  # p kept: its id is not reused within the scope
+        out.append(memo[key][1])
+    return tuple(out)
 
 
 def _offloaded(module: Any) -> bool:
@@ -99,12 +131,15 @@ def _on_device(module: Any):
     offload) are paged in, as the model's own forward pages them."""
     from contextlib import ExitStack, nullcontext
 
+    hooked = [m for m in module.modules() if "_hf_hook" in m.__dict__]  # accelerate's, set as a plain attribute
+    if not hooked:
+        return nullcontext()
     try:
         from accelerate.utils import align_module_device, has_offloaded_params
     except ImportError:
         return nullcontext()
     stack = ExitStack()
-    for m in module.modules():
+    for m in hooked:
         if has_offloaded_params(m):
             stack.enter_context(align_module_device(m))
     return stack

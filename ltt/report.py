@@ -46,10 +46,10 @@ from ltt import interpret, kernels
 from ltt.graph import GraphSettings, resolve_targets
 from ltt.output import check_output_path, write_whole
 from ltt.progress import Steps
-from ltt.nodes import ATTENTION, RESIDUAL, Edge, Node, Stage, edge_key, node_name
+from ltt.nodes import ATTENTION, RESIDUAL, Edge, Node, Stage, edge_key
 from ltt.scores import SparseRows, attribute
 from ltt.widget import panels
-from ltt.widget import STATIC, outputs
+from ltt.widget import STATIC
 from ltt.widget import state as widget_state
 
 __all__ = ["to_html", "report_data", "embed_json", "pack"]
@@ -246,6 +246,12 @@ def report_data(
     progress = _progress if _progress is not None else Steps(len(trace.layers) + REPORT_STEPS, "writing the report")
     tgt, renormalize = settings.positions(T), settings.renormalize
     carried = _carried(carry, T, tgt)
+    with_model = getattr(trace, "model", None) is not None
+    # the model's prediction after every token, in one projection: the output markers' hover
+    # text, the carried targets' predictions and the shown graphs' (kept on the trace)
+    tops = interpret.predictions(trace) if with_model else []
+    for t in carried if with_model else ():
+        trace.predictions.setdefault(t, tops[t].token)
     g_renorm = trace.graph(threshold=threshold, renormalize=True, targets=tgt)
     g_raw = trace.graph(threshold=threshold, renormalize=False, targets=tgt)
     graphs = {"renorm": panels.graph_payload(trace, g_renorm), "raw": panels.graph_payload(trace, g_raw)}
@@ -253,13 +259,8 @@ def report_data(
     floor = min(REPORT_LOWEST_THRESHOLD, threshold) if floor is None else float(floor)
     if not (0.0 <= floor <= threshold):
         raise ValueError(f"floor must be a number in [0, threshold={threshold}], got {floor!r}")
-    with_model = getattr(trace, "model", None) is not None
     offline = _offline_data(trace, carried, floor, g_renorm.norm, with_model, int(max_map_bytes), progress)
-    predictions: dict[str, str] = {}
-    if with_model:
-        L = len(trace.layers)
-        tops = interpret.top_tokens_many(trace, [node_name("I", L - 1, t) for t in carried], k=1, normalize=True)
-        predictions = {str(t): top.tokens[0].token for t, top in zip(carried, tops)}
+    predictions = {str(t): tops[t].token for t in carried} if with_model else {}
     store: dict[str, Any] = {
         "exported": {"threshold": threshold, "targets": tgt, "renormalize": bool(renormalize),
                      "carried": carried, "floor": floor},
@@ -352,7 +353,7 @@ def report_data(
     progress.step("faithfulness check")
     store["state"]["faithfulness"] = report_line(trace, g_renorm if renormalize else g_raw)
     store["state"].update(faithfulness_for=tgt, faithfulness_state="current" if store["state"]["faithfulness"] else "",
-                          outputs=outputs(trace) if with_model else [])
+                          outputs=panels.output_markers(tops))
     return store
 
 

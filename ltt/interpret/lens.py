@@ -132,3 +132,29 @@ def top_tokens_many(trace: Any, nodes: Sequence[str], k: int = 10, normalize: bo
             predecessor=node_name(*pred) if pred else None, tokens=items,
         ))
     return out
+
+
+def predictions(trace: Any, positions: Sequence[int] | None = None) -> list[TokenScore]:
+    """The model's top next-token prediction after each of ``positions`` (default: every token),
+    in their order: the last layer's state there through the model's own output head, one
+    batched projection of those states alone (no predecessors, no rank changes). Each answer's
+    token, logit and probability equal ``top_tokens(trace, f"I{L-1}_{t}", k=1).tokens[0]``'s.
+
+    >>> [p.token for p in predictions(trace, [0, -1])]      # doctest: +SKIP
+    """
+    from ltt.interpret.trace_indices import _token
+
+    where = range(len(trace.token_ids)) if positions is None else [_token(trace, t) for t in positions]
+    if not len(where):
+        return []
+    head = output_head(trace)
+    L = len(trace.layers)
+    rows = np.stack([_state_vector(trace, "I", L - 1, t) for t in where])
+    out: list[TokenScore] = []
+    for _, z_chunk in head.logits_chunks(rows, True):
+        for z in z_chunk:
+            ids = _top(z, 1)
+            tok = int(ids[0])
+            out.append(TokenScore(head.decode(tok), tok, float(z[tok]), float(_softmax_at(z, ids)[0]),
+                                  int(_ranks(z, ids)[0])))
+    return out

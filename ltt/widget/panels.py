@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ltt import interpret
-from ltt.nodes import node_name, parse_edge, parse_node
+from ltt.nodes import parse_edge, parse_node
 
 MAP_NAMES = ["attention pattern", "contribution map"]
 
@@ -72,17 +72,22 @@ def graph_payload(trace: Any, graph: Any) -> dict[str, Any]:
     known = getattr(trace, "predictions", None)
     known = {} if known is None else known
     missing = [t for t in graph.targets if t not in known]
-    L = len(trace.layers)
     try:
-        tops = interpret.top_tokens_many(trace, [node_name("I", L - 1, t) for t in missing], k=1, normalize=True)
+        tops = interpret.predictions(trace, missing) if missing else []
     except Exception:  # no model attached (synthetic traces): no predictions shown
         tops = None
     if tops is None:
         data["predictions"] = {}
     else:
-        known.update((t, top.tokens[0].token) for t, top in zip(missing, tops))
+        known.update((t, top.token) for t, top in zip(missing, tops))
         data["predictions"] = {str(t): known[t] for t in graph.targets}
     return data
+
+
+def output_markers(predictions: list[Any]) -> list[dict[str, Any]]:
+    """The output markers' hover data, ``[{"token", "id", "prob"}]``, from
+    :func:`ltt.interpret.predictions` (one per token)."""
+    return [{"token": p.token, "id": int(p.token_id), "prob": round(float(p.prob), 6)} for p in predictions]
 
 
 def n_heads(trace: Any) -> int:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import heapq
 import html
+import inspect
 import json
 import os
 import re
@@ -46,7 +47,7 @@ from ltt import interpret, kernels
 from ltt.graph import GraphSettings, resolve_targets
 from ltt.output import check_output_path, write_whole
 from ltt.progress import Steps
-from ltt.nodes import ATTENTION, RESIDUAL, Edge, Node, Stage, edge_key
+from ltt.nodes import ATTENTION, RESIDUAL, Edge, Node, Stage, edge_key, parse_node
 from ltt.scores import SparseRows, attribute
 from ltt.widget import panels
 from ltt.widget import STATIC
@@ -54,9 +55,8 @@ from ltt.widget import state as widget_state
 
 __all__ = ["to_html", "report_data", "embed_json", "pack"]
 
-_HEADS_AT_ONCE = 256  # head views computed per batch in the report (bounds their maps' memory)
 REPORT_LOWEST_THRESHOLD = 0.01  # the report's slider goes down to this threshold by default
-REPORT_STEPS = 6  # the report's progress steps besides one per layer
+REPORT_STEPS = 4  # the report's progress steps besides one per layer
 
 
 def embed_json(data: Any) -> str:
@@ -186,7 +186,7 @@ def _offline_data(trace: Any, carried: list[int], floor: float, norm: int, with_
     row_sums: list[np.ndarray] = []
     for layer in range(L):
         contrib, pattern = _head_maps(trace, full, layer, H, with_model)
-        row_sums.append(np.array([[contrib[h, t].sum() for t in range(T)] for h in range(H)], np.float32))
+        row_sums.append(contrib.sum(axis=2))  # [H, T] float32, each row summed as contrib[h, t].sum()
         progress.step(f"head maps of layer {layer}")
         rows = SparseRows.from_dense(np.tril(contrib), floor)  # parts >= floor and each state's largest
         cols["l"].append(np.full(len(rows.values), layer, np.uint16))
@@ -274,7 +274,6 @@ def report_data(
         "panel_keys": dict(panels.PANEL_KEYS),  # report_kernel.js builds its keys from these
         "precision": _precision(floor, carried, T, offline["n_maps"]),
     }
-    P = store["panels"]
     nodes: dict[str, Node] = {}
     edges: dict[str, Edge] = {}
     for g in (g_renorm, g_raw):
@@ -282,64 +281,13 @@ def report_data(
             nodes.setdefault(n.name, n)
         for e in g.edges:
             edges.setdefault(edge_key(e.source, e.target, e.kind), e)
-    ffn_weight = {e.source: e.weight for e in edges.values() if e.stage is Stage.FFN_OUT}
-    if not with_panels or not with_model:
-        nodes, edges = {}, {}
-    # Every panel's vocabulary projections are batched (interpret's *_many functions, the same
-    # answers as single clicks): one logit lens per norm setting over all the states, one
-    # projection of the FFN nodes' neurons and blocks, one of the attention blocks, one of the
-    # heads. The panels keep the order in which they were filled one by one.
-    progress.step("panels of the shown graph")
-    ffn_nodes = [name for name, n in nodes.items() if n.kind == "M"]
-    states = [name for name, n in nodes.items() if n.kind != "M"]
-    ffn = iter(panels.ffn_panels(trace, ffn_nodes, [ffn_weight.get(name) for name in ffn_nodes], k=k))
-    before = panels.state_blocks(trace, states)  # the same for both norm settings
-    lens = {flag: iter(panels.state_panels(trace, states, normalize=bool(flag), k=k, blocks=before))
-            for flag in (1, 0)}
-    for name, n in nodes.items():
-        if n.kind == "M":
-            P[panels.panel_key("ffn", node=name)] = next(ffn)
-        else:
-            for norm_flag in (1, 0):
-                P[panels.panel_key("state", node=name, normalize=norm_flag)] = next(lens[norm_flag])
+    panels_too = with_panels and with_model
     progress.step("the other targets' states")
-    if nodes and max_extra_states > 0:  # the other targets' states: top tokens with the final norm
-        extra: list[str] = []
-        for t in sorted(set(carried) - set(tgt), reverse=True):  # nearest the last token first
-            g = trace.graph(threshold=threshold, renormalize=bool(renormalize), targets=[t])
-            for n in g.nodes:
-                if n.kind != "M" and n.name not in nodes and n.name not in extra:
-                    extra.append(n.name)
-            if len(extra) >= max_extra_states:
-                break
-        for name, panel in zip(extra[:max_extra_states], panels.state_panels(trace, extra[:max_extra_states], True, k)):
-            P[panels.panel_key("state", node=name, normalize=1)] = panel
-    progress.step("attention edges")
-    targets = {key: (e.layer, e.target_token) for key, e in edges.items()
-               if e.kind == ATTENTION}  # edge -> (layer, target token)
-    where = sorted(set(targets.values()))
-    blocks = dict(zip(where, interpret.promoted_many(trace, [(l, t, "attn") for l, t in where], k=k)))
-    wanted: list[tuple[int, int, int]] = []  # (layer, head, target) of the head views, in order
-    for key, e in edges.items():
-        if e.kind == RESIDUAL:
-            P[panels.panel_key("edge", edge=key)] = panels.residual_panel(key, e.weight)
-        elif e.kind == ATTENTION:
-            layer, t = targets[key]
-            panel, _ = panels.attention_panel(trace, key, e.weight, k=k, with_head=False,
-                                              block=blocks[(layer, t)])
-            P[panels.panel_key("edge", edge=key)] = panel
-            for hs in panel["heads"][: max(1, heads_per_edge)]:
-                hkey = panels.panel_key("head", layer=layer, head=hs["head"], target=t)
-                if hkey not in P:
-                    P[hkey] = None  # filled below, in this order
-                    wanted.append((layer, hs["head"], t))
-    progress.step("head views")
+    extra = _extra_states(trace, nodes, carried, tgt, threshold, renormalize, max_extra_states) if panels_too else []
+    progress.step("panels")
     row_sums = offline.pop("_row_sums")  # [L][H, T]: each head's share of each state, from the maps
-    for i in range(0, len(wanted), _HEADS_AT_ONCE):
-        some = wanted[i : i + _HEADS_AT_ONCE]
-        for (layer, head, t), view in zip(some, panels.head_effects(
-                trace, some, lambda l, h, t: row_sums[l][h, t], k)):
-            P[panels.panel_key("head", layer=layer, head=head, target=t)] = view
+    if panels_too:
+        store["panels"] = _panels(trace, nodes, edges, extra, k, heads_per_edge, row_sums)
     info = panels.model_info(trace, graphs["renorm"])
     prompt = str(getattr(trace, "prompt", "")) or "".join(trace.tokens)
     store["state"] = {**widget_state.initial(),  # every field of the one schema (ltt/widget/state.py)
@@ -355,6 +303,79 @@ def report_data(
     store["state"].update(faithfulness_for=tgt, faithfulness_state="current" if store["state"]["faithfulness"] else "",
                           outputs=panels.output_markers(tops))
     return store
+
+
+def _extra_states(trace: Any, nodes: dict[str, Node], carried: list[int], shown: list[int], threshold: float,
+                  renormalize: bool, most: int) -> list[str]:
+    """The states of the other carried targets' graphs that the shown graphs lack, nearest the
+    last token first, at most ``most`` of them (their top tokens with the final norm travel)."""
+    extra: dict[str, None] = {}
+    for t in sorted(set(carried) - set(shown), reverse=True) if most > 0 else ():
+        if len(extra) >= most:
+            break
+        for n in trace.graph(threshold=threshold, renormalize=bool(renormalize), targets=[t]).nodes:
+            if n.kind != "M" and n.name not in nodes:
+                extra.setdefault(n.name, None)
+    return list(extra)[:most]
+
+
+def _panels(trace: Any, nodes: dict[str, Node], edges: dict[str, Edge], extra: list[str], k: int,
+            heads_per_edge: int, row_sums: list[np.ndarray]) -> dict[str, Any]:
+    """Every panel the report embeds (module docstring), keyed by :func:`panels.panel_key`.
+
+    Each kind of vocabulary projection is one batched call, the same answers as single clicks:
+    one logit lens with the final norm over the shown and the extra states, one without it over
+    the shown ones, one projection of the FFN nodes' neurons, and one of every block and head
+    the panels show (the block before each state, each FFN node's block, each attention edge's
+    block, the top heads of each edge), an update asked for twice projected once."""
+    ffn_nodes = [name for name, n in nodes.items() if n.kind == "M"]
+    states = [name for name, n in nodes.items() if n.kind != "M"]
+    ffn_weight = {e.source: e.weight for e in edges.values() if e.stage is Stage.FFN_OUT}
+    attention = {key: e for key, e in edges.items() if e.kind == ATTENTION}
+    top_heads = {key: [h.head for h in interpret.edge_heads(trace, e.layer, e.target_token, e.source_token).heads]
+                 [: max(1, heads_per_edge)] for key, e in attention.items()}
+    heads: dict[tuple[int, int, int], None] = {}  # (layer, head, target) of the head views, in order
+    for key, e in attention.items():
+        for h in top_heads[key]:
+            heads.setdefault((e.layer, h, e.target_token), None)
+    # the one projection of updates: (spec, k) per panel part, in this order
+    before = [panels.block_before(trace, n) for n in states + extra]
+    specs = [(w, panels.BLOCK_K) for w in before if w is not None]
+    specs += [((layer, t, "ffn"), k) for layer, t in (parse_node(n)[1:] for n in ffn_nodes)]
+    where = sorted({(e.layer, e.target_token) for e in attention.values()})
+    specs += [((layer, t, "attn"), k) for layer, t in where]
+    specs += [((layer, t, "attn", h), k) for layer, h, t in heads]
+    found = iter(interpret.promoted_many(trace, [s for s, _ in specs], k=[kk for _, kk in specs]))
+    blocks = [None if w is None else panels.block_effects(w, next(found)) for w in before]
+    ffn_blocks = [next(found) for _ in ffn_nodes]
+    attn_blocks = {w: next(found) for w in where}
+    head_found = [next(found) for _ in heads]
+
+    P: dict[str, Any] = {}
+    ffn = iter(panels.ffn_panels(trace, ffn_nodes, [ffn_weight.get(n) for n in ffn_nodes], k=k, blocks=ffn_blocks))
+    lens = {1: iter(panels.state_panels(trace, states + extra, True, k, blocks=blocks)),
+            0: iter(panels.state_panels(trace, states, False, k, blocks=blocks[: len(states)]))}
+    for name, n in nodes.items():  # the panels keep the order in which they were filled one by one
+        if n.kind == "M":
+            P[panels.panel_key("ffn", node=name)] = next(ffn)
+        else:
+            for norm_flag in (1, 0):
+                P[panels.panel_key("state", node=name, normalize=norm_flag)] = next(lens[norm_flag])
+    for name in extra:
+        P[panels.panel_key("state", node=name, normalize=1)] = next(lens[1])
+    for key, e in edges.items():
+        if e.kind == RESIDUAL:
+            P[panels.panel_key("edge", edge=key)] = panels.residual_panel(key, e.weight)
+        elif e.kind == ATTENTION:
+            panel, _ = panels.attention_panel(trace, key, e.weight, k=k, with_head=False,
+                                              block=attn_blocks[(e.layer, e.target_token)])
+            P[panels.panel_key("edge", edge=key)] = panel
+            for h in top_heads[key]:
+                P.setdefault(panels.panel_key("head", layer=e.layer, head=h, target=e.target_token), None)
+    for (layer, head, t), view in zip(heads, panels.head_effects(
+            trace, list(heads), lambda l, h, t: row_sums[l][h, t], k, found=head_found)):
+        P[panels.panel_key("head", layer=layer, head=head, target=t)] = view
+    return P
 
 
 def _precision(floor: float, carried: list[int], T: int, n_maps: list[int]) -> str:
@@ -432,25 +453,10 @@ def _report_js() -> str:
     return "\n".join(parts).replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-# report_data's keywords again, spelled out for the public signature (passed through as they are).
-def to_html(
-    trace: Any,
-    path: str | os.PathLike | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
-    renormalize: bool = True,
-    targets: Sequence[int] | int | str | None = None,
-    normalize: bool = True,
-    k: int = 10,
-    heads_per_edge: int = 3,
-    max_map_bytes: int = 12 << 20,
-    title: str | None = None,
-    with_panels: bool = True,
-    carry: Sequence[int] | int | str | None = "all",
-    floor: float | None = None,
-    max_extra_states: int = 1000,
-) -> str:
+def to_html(trace: Any, path: str | os.PathLike | None = None, *, title: str | None = None, **options: Any) -> str:
     """Write the standalone report of ``trace`` to ``path`` and return the path (with
-    ``path=None``, return the HTML text instead). It carries the graphs of every target in
+    ``path=None``, return the HTML text instead); ``title`` heads the page (default "ltt · model").
+    ``options`` are :func:`report_data`'s keywords: it carries the graphs of every target in
     ``carry`` (default all tokens; an int N: the last N) from ``floor`` up, and shows
     ``targets`` (default the last token) at ``threshold`` first. ``heads_per_edge`` heads of
     each attention edge of that first graph get their promoted tokens embedded; every head's
@@ -460,12 +466,14 @@ def to_html(
     >>> to_html(trace, "report.html", threshold=0.05, targets=[-1], carry=20)   # doctest: +SKIP
     'report.html'
     """
+    try:  # the keywords' names before any work (their values are report_data's to check)
+        _OPTIONS.bind(trace, **options)
+    except TypeError as exc:
+        raise TypeError(f"to_html: {exc}") from None
     if path is not None:
         path = check_output_path(path, "path")  # before any work
     with Steps(len(trace.layers) + REPORT_STEPS, "writing the report") as progress:
-        store = report_data(trace, threshold, renormalize, targets, normalize, k, heads_per_edge,
-                            max_map_bytes, with_panels=with_panels, carry=carry, floor=floor,
-                            max_extra_states=max_extra_states, _progress=progress)
+        store = report_data(trace, **options, _progress=progress)
         progress.step("compressing and writing")
         model_name = store["state"]["model_info"].get("name", "model")
         heading = title or f"ltt · {model_name}"
@@ -482,3 +490,12 @@ def to_html(
             return page
         write_whole(path, page)
     return path
+
+
+# report_data's keywords, without the private ones: what to_html passes through, and its signature
+_OPTIONS = inspect.signature(report_data)
+_OPTIONS = _OPTIONS.replace(parameters=[p for p in _OPTIONS.parameters.values() if not p.name.startswith("_")])
+to_html.__signature__ = inspect.signature(to_html).replace(parameters=[  # type: ignore[attr-defined]
+    *list(inspect.signature(to_html).parameters.values())[:3],
+    *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in list(_OPTIONS.parameters.values())[1:]),
+])

@@ -518,7 +518,7 @@ def test_large_batches_give_the_bits_of_single_rows(traced):
     for i in (0, 1, BIG_ROWS - 1, BIG_ROWS, len(x) - 1):
         np.testing.assert_array_equal(head.project(x[i]), z[i])
     lens = [np.concatenate([c for _, c in head.logits_chunks(x, normalize=n)]) for n in (True, False)]
-    assert list(head._big_rows_same.values()) in ([True], [False])  # checked once, for this ROWS
+    assert unembedding.ROWS in head._big_rows_same  # checked once for this ROWS, whatever it found
     for n, got in zip((True, False), lens):
         np.testing.assert_array_equal(head.logits(x[-1], normalize=n), got[-1])
 
@@ -534,3 +534,22 @@ def test_predictions_equal_the_last_states_lens(traced):
             top.token, top.token_id, top.logit, top.prob, top.rank)
     assert interpret.predictions(trace, [-1])[0] == got[-1]
     assert int(np.argmax(trace.logits)) == got[-1].token_id
+
+
+def test_promoted_many_takes_a_k_per_update_and_projects_repeats_once(traced, monkeypatch):
+    trace = traced("llama")
+    updates = [(1, 2), (1, 2, "attn", 0), (1, 2), (0, -1, "ffn"), (1, 2, "attn", 0)]
+    ks = [2, 3, 5, 4, 3]
+    rows = []
+    head = interpret.output_head(trace)
+    project = type(head).project_chunks
+    monkeypatch.setattr(type(head), "project_chunks", lambda self, z: rows.append(len(z)) or project(self, z))
+    many = interpret.promoted_many(trace, updates, k=ks)
+    assert rows == [3]  # three distinct updates, one projection
+    monkeypatch.undo()
+    assert many == [interpret.promoted(trace, *u, k=k) for u, k in zip(updates, ks)]
+    assert [len(p.promoted) for p in many] == ks
+    with pytest.raises(ValueError, match="one per update"):
+        interpret.promoted_many(trace, updates, k=[1, 2])
+    with pytest.raises(ValueError, match="positive integer"):
+        interpret.promoted_many(trace, updates[:1], k=[0])

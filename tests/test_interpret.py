@@ -553,3 +553,14 @@ def test_promoted_many_takes_a_k_per_update_and_projects_repeats_once(traced, mo
         interpret.promoted_many(trace, updates, k=[1, 2])
     with pytest.raises(ValueError, match="positive integer"):
         interpret.promoted_many(trace, updates[:1], k=[0])
+
+
+def test_lens_ranks_count_every_token_above(traced):
+    trace = traced("llama")
+    head = interpret.output_head(trace)
+    L, T = trace.n_layers, trace.n_tokens
+    for node in ("X0_1", f"A0_{T - 1}", f"I{L - 1}_{T - 1}"):
+        for normalize in (True, False):
+            z = head.logits(interpret.state(trace, node), normalize=normalize)
+            for tok in interpret.top_tokens(trace, node, k=6, normalize=normalize).tokens:
+                assert tok.rank == int(np.count_nonzero(z > z[tok.token_id]))

@@ -233,10 +233,14 @@ def report_data(
     carry: Sequence[int] | int | str | None = "all",
     floor: float | None = None,
     max_extra_states: int = 1000,
+    faithfulness: Any = None,
     _progress: Steps | None = None,
 ) -> dict[str, Any]:
     """Everything the report embeds, as plain data and NumPy arrays (see the module docstring).
     With ``with_panels=False`` (or a trace without a model) only the graphs are embedded.
+    ``faithfulness``: the shown graph's :class:`ltt.faithfulness.Faithfulness` when already
+    measured (``trace.faithfulness(graph)``, zero ablation, as ``ltt trace`` prints it), carried
+    as the report's faithfulness line instead of a rerun of the model (8 random graphs).
 
     >>> store = report_data(trace, threshold=0.04, carry=10)   # doctest: +SKIP
     >>> store["exported"]["carried"][-1], store["precision"]   # doctest: +SKIP
@@ -256,6 +260,8 @@ def report_data(
     g_raw = trace.graph(threshold=threshold, renormalize=False, targets=tgt)
     graphs = {"renorm": panels.graph_payload(trace, g_renorm), "raw": panels.graph_payload(trace, g_raw)}
     threshold = float(g_renorm.threshold)
+    if faithfulness is not None:
+        _check_measured(faithfulness, trace, g_renorm if renormalize else g_raw)
     floor = min(REPORT_LOWEST_THRESHOLD, threshold) if floor is None else float(floor)
     if not (0.0 <= floor <= threshold):
         raise ValueError(f"floor must be a number in [0, threshold={threshold}], got {floor!r}")
@@ -299,10 +305,32 @@ def report_data(
     from ltt.faithfulness import report_line  # the exported graph's check, one batched rerun
 
     progress.step("faithfulness check")
-    store["state"]["faithfulness"] = report_line(trace, g_renorm if renormalize else g_raw)
+    store["state"]["faithfulness"] = report_line(trace, g_renorm if renormalize else g_raw, result=faithfulness)
     store["state"].update(faithfulness_for=tgt, faithfulness_state="current" if store["state"]["faithfulness"] else "",
                           outputs=panels.output_markers(tops))
     return store
+
+
+def _check_measured(result: Any, trace: Any, graph: Any) -> None:
+    """A ValueError naming ``faithfulness`` unless ``result`` is a zero-ablation measurement of
+    ``graph`` (the same prompt, targets and number of edges and FFN blocks in every layer)."""
+    from ltt.faithfulness import Faithfulness
+    from ltt.graph_parts import graph_parts
+
+    if not isinstance(result, Faithfulness):
+        raise TypeError(f"faithfulness must be the shown graph's Faithfulness (trace.faithfulness(graph)), "
+                        f"got {type(result).__name__}")
+    edges, ffn = graph_parts(graph)
+    L = graph.n_layers
+    want = ([len(edges[l][0]) if l in edges else 0 for l in range(L)],
+            [len(ffn[l]) if l in ffn else 0 for l in range(L)], [int(t) for t in graph.targets])
+    got = (list(result.attention_edges), list(result.ffn_blocks), [int(t.position) for t in result.targets])
+    plain = result.ablation == "zero" and result.counterfactual is None and result.reference is None
+    if got != want or not plain or list(result.prompt_tokens) != [str(t) for t in trace.tokens]:
+        raise ValueError(f"faithfulness: not a zero-ablation measurement of the shown graph (threshold "
+                         f"{graph.threshold:g}, targets {list(graph.targets)}): its prompt, targets, parts or "
+                         f"ablation differ (ablation {result.ablation!r}, targets "
+                         f"{[t.position for t in result.targets]})")
 
 
 def _precision(floor: float, carried: list[int], T: int, n_maps: list[int]) -> str:

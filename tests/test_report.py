@@ -251,3 +251,23 @@ def test_to_html_names_an_unknown_keyword_before_any_work(trace, monkeypatch, tm
         trace.show(thresold=0.1)
     assert calls == [] and os.listdir(tmp_path) == []
     assert "max_extra_states" in str(inspect.signature(to_html))  # report_data's keywords, for help()
+
+
+def test_a_measured_faithfulness_is_carried_instead_of_a_rerun(trace, monkeypatch):
+    from ltt import faithfulness as F
+    from ltt.report import report_data
+
+    g = trace.graph(threshold=0.04)
+    measured = trace.faithfulness(g, baselines=3)
+    other = trace.faithfulness(trace.graph(threshold=0.04, targets=[len(trace.token_ids) - 2]), baselines=1)
+    mean = trace.faithfulness(g, baselines=1, ablation="mean")
+    calls = []
+    real = F.faithfulness
+    monkeypatch.setattr(F, "faithfulness", lambda *a, **k: calls.append(1) or real(*a, **k))
+    store = report_data(trace, threshold=0.04, with_panels=False, faithfulness=measured)
+    assert calls == [] and store["state"]["faithfulness"] == f"at threshold 0.04: {F.summary_line(measured)}"
+    assert store["state"]["faithfulness_for"] == [len(trace.token_ids) - 1]
+    for bad, err in ((other, ValueError), ("0.9", TypeError), (mean, ValueError)):
+        with pytest.raises(err, match="faithfulness"):
+            report_data(trace, threshold=0.04, with_panels=False, faithfulness=bad)
+    assert calls == []

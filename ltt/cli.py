@@ -137,31 +137,37 @@ def _run_trace(args: argparse.Namespace) -> int:
     graph = build(trace, settings)
     print(routes_report(trace, graph, k=args.top))
     cf = getattr(args, "counterfactual", None)
+    measured = None  # the graph's faithfulness as printed, which the report then carries
     if args.baselines or cf is not None or args.min_faithfulness is not None:
-        _print_faithfulness(trace, graph, args)
+        measured = _print_faithfulness(trace, graph, args)
     if args.json:
         graph.to_json(args.json)
         print(f"graph JSON written to {args.json}")
     if args.out:
         carry = "all" if args.report_targets is None else args.report_targets
         trace.to_html(args.out, threshold=settings.threshold, renormalize=settings.renormalize, targets=targets,
-                      carry=carry)
+                      carry=carry, faithfulness=measured)
         print(f"HTML report written to {args.out}")
     return 0
 
 
-def _print_faithfulness(trace, graph, args: argparse.Namespace) -> None:
-    """The default graph's faithfulness line and, with a counterfactual or a level, the circuit's."""
+def _print_faithfulness(trace, graph, args: argparse.Namespace):
+    """The default graph's faithfulness line and, with a counterfactual or a level, the circuit's;
+    returns the default graph's Faithfulness when measured with zero ablation (else None)."""
     from ltt.circuits.curves import example
     from ltt.faithfulness import summary_line
 
     cf = getattr(args, "counterfactual", None)
     ex = example(trace, cf, None) if cf is not None else None
     kw = {} if ex is None else {"counterfactual": ex.cf_ids, "tokens": [ex.answer, ex.cf_answer]}
+    measured = None
     if args.baselines:
-        print("faithfulness: " + summary_line(trace.faithfulness(graph, baselines=args.baselines, **kw)))
+        measured = trace.faithfulness(graph, baselines=args.baselines, **kw)
+        print("faithfulness: " + summary_line(measured))
+    if ex is not None:
+        measured = None  # patched from a counterfactual: not the report's zero-ablation line
     if cf is None and args.min_faithfulness is None:
-        return
+        return measured
     level = 0.8 if args.min_faithfulness is None else args.min_faithfulness
     tokens = kw.get("tokens") or [int(i) for i in __import__("numpy").argsort(-trace.logits)[:2]]
     c = trace.circuit(level, counterfactual=kw.get("counterfactual"), tokens=tokens, ranking=args.ranking,
@@ -174,6 +180,7 @@ def _print_faithfulness(trace, graph, args: argparse.Namespace) -> None:
     print(f"circuit at normalised faithfulness >= {level:g} ({info['ranking']} ranking, {how}): "
           f"{n_attn} attention edges and {n_ffn} FFN blocks of {info['of']} parts, normalised "
           f"faithfulness {f.normalized:.2f} (random graphs of the same size: {rand:.2f})")
+    return measured
 
 
 def _parse_ids(text: str) -> list[int]:

@@ -290,17 +290,19 @@ def _normalized_text(result: Faithfulness, t: TargetFaithfulness) -> str:
     return text
 
 
-def report_line(trace: Any, graph: Graph, baselines: int = 8, seed: int = 0) -> str:
+def report_line(trace: Any, graph: Graph, baselines: int = 8, seed: int = 0, result: Any = None) -> str:
     """The faithfulness line of ``graph`` as the HTML report carries it, naming its threshold
     (the report's page can move the threshold; the line stays true of the exported one); ""
-    when the trace has no model to rerun.
+    when the trace has no model to rerun. ``result``: ``graph``'s :class:`Faithfulness` when
+    already measured (the CLI's), phrased instead of a rerun.
 
     >>> report_line(trace, trace.graph(threshold=0.04))     # doctest: +SKIP
     "at threshold 0.01: the graph keeps 0.98 of the probability of ' Mary' (...)"
     """
-    if getattr(trace, "model", None) is None:
-        return ""
-    result = faithfulness(trace, graph, baselines=baselines, seed=seed)
+    if result is None:
+        if getattr(trace, "model", None) is None:
+            return ""
+        result = faithfulness(trace, graph, baselines=baselines, seed=seed)
     return f"at threshold {graph.threshold:g}: {summary_line(result)}"
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import heapq
 import html
+import inspect
 import json
 import os
 import re
@@ -42,21 +43,20 @@ from typing import Any, Sequence
 import numpy as np
 
 from ltt.checks import DEFAULT_THRESHOLD, is_int
-from ltt import interpret, kernels
+from ltt import interpret, kernels, report_panels
 from ltt.graph import GraphSettings, resolve_targets
 from ltt.output import check_output_path, write_whole
 from ltt.progress import Steps
-from ltt.nodes import ATTENTION, RESIDUAL, Edge, Node, Stage, edge_key, node_name
+from ltt.nodes import Edge, Node, edge_key
 from ltt.scores import SparseRows, attribute
 from ltt.widget import panels
-from ltt.widget import STATIC, bundle, outputs
+from ltt.widget import STATIC, bundle
 from ltt.widget import state as widget_state
 
 __all__ = ["to_html", "report_data", "embed_json", "pack"]
 
-_HEADS_AT_ONCE = 256  # head views computed per batch in the report (bounds their maps' memory)
 REPORT_LOWEST_THRESHOLD = 0.01  # the report's slider goes down to this threshold by default
-REPORT_STEPS = 6  # the report's progress steps besides one per layer
+REPORT_STEPS = 4  # the report's progress steps besides one per layer
 
 
 def embed_json(data: Any) -> str:
@@ -186,7 +186,7 @@ def _offline_data(trace: Any, carried: list[int], floor: float, norm: int, with_
     row_sums: list[np.ndarray] = []
     for layer in range(L):
         contrib, pattern = _head_maps(trace, full, layer, H, with_model)
-        row_sums.append(np.array([[contrib[h, t].sum() for t in range(T)] for h in range(H)], np.float32))
+        row_sums.append(contrib.sum(axis=2))  # [H, T] float32, each row summed as contrib[h, t].sum()
         progress.step(f"head maps of layer {layer}")
         rows = SparseRows.from_dense(np.tril(contrib), floor)  # parts >= floor and each state's largest
         cols["l"].append(np.full(len(rows.values), layer, np.uint16))
@@ -233,10 +233,14 @@ def report_data(
     carry: Sequence[int] | int | str | None = "all",
     floor: float | None = None,
     max_extra_states: int = 1000,
+    faithfulness: Any = None,
     _progress: Steps | None = None,
 ) -> dict[str, Any]:
     """Everything the report embeds, as plain data and NumPy arrays (see the module docstring).
     With ``with_panels=False`` (or a trace without a model) only the graphs are embedded.
+    ``faithfulness``: the shown graph's :class:`ltt.faithfulness.Faithfulness` when already
+    measured (``trace.faithfulness(graph)``, zero ablation, as ``ltt trace`` prints it), carried
+    as the report's faithfulness line instead of a rerun of the model (8 random graphs).
 
     >>> store = report_data(trace, threshold=0.04, carry=10)   # doctest: +SKIP
     >>> store["exported"]["carried"][-1], store["precision"]   # doctest: +SKIP
@@ -246,20 +250,23 @@ def report_data(
     progress = _progress if _progress is not None else Steps(len(trace.layers) + REPORT_STEPS, "writing the report")
     tgt, renormalize = settings.positions(T), settings.renormalize
     carried = _carried(carry, T, tgt)
+    with_model = getattr(trace, "model", None) is not None
+    # the model's prediction after every token, in one projection: the output markers' hover
+    # text, the carried targets' predictions and the shown graphs' (kept on the trace)
+    tops = interpret.predictions(trace) if with_model else []
+    for t in carried if with_model else ():
+        trace.predictions.setdefault(t, tops[t].token)
     g_renorm = trace.graph(threshold=threshold, renormalize=True, targets=tgt)
     g_raw = trace.graph(threshold=threshold, renormalize=False, targets=tgt)
     graphs = {"renorm": panels.graph_payload(trace, g_renorm), "raw": panels.graph_payload(trace, g_raw)}
     threshold = float(g_renorm.threshold)
+    if faithfulness is not None:
+        _check_measured(faithfulness, trace, g_renorm if renormalize else g_raw)
     floor = min(REPORT_LOWEST_THRESHOLD, threshold) if floor is None else float(floor)
     if not (0.0 <= floor <= threshold):
         raise ValueError(f"floor must be a number in [0, threshold={threshold}], got {floor!r}")
-    with_model = getattr(trace, "model", None) is not None
     offline = _offline_data(trace, carried, floor, g_renorm.norm, with_model, int(max_map_bytes), progress)
-    predictions: dict[str, str] = {}
-    if with_model:
-        L = len(trace.layers)
-        tops = interpret.top_tokens_many(trace, [node_name("I", L - 1, t) for t in carried], k=1, normalize=True)
-        predictions = {str(t): top.tokens[0].token for t, top in zip(carried, tops)}
+    predictions = {str(t): tops[t].token for t in carried} if with_model else {}
     store: dict[str, Any] = {
         "exported": {"threshold": threshold, "targets": tgt, "renormalize": bool(renormalize),
                      "carried": carried, "floor": floor},
@@ -273,7 +280,6 @@ def report_data(
         "panel_keys": dict(panels.PANEL_KEYS),  # report_kernel.js builds its keys from these
         "precision": _precision(floor, carried, T, offline["n_maps"]),
     }
-    P = store["panels"]
     nodes: dict[str, Node] = {}
     edges: dict[str, Edge] = {}
     for g in (g_renorm, g_raw):
@@ -281,64 +287,13 @@ def report_data(
             nodes.setdefault(n.name, n)
         for e in g.edges:
             edges.setdefault(edge_key(e.source, e.target, e.kind), e)
-    ffn_weight = {e.source: e.weight for e in edges.values() if e.stage is Stage.FFN_OUT}
-    if not with_panels or not with_model:
-        nodes, edges = {}, {}
-    # Every panel's vocabulary projections are batched (interpret's *_many functions, the same
-    # answers as single clicks): one logit lens per norm setting over all the states, one
-    # projection of the FFN nodes' neurons and blocks, one of the attention blocks, one of the
-    # heads. The panels keep the order in which they were filled one by one.
-    progress.step("panels of the shown graph")
-    ffn_nodes = [name for name, n in nodes.items() if n.kind == "M"]
-    states = [name for name, n in nodes.items() if n.kind != "M"]
-    ffn = iter(panels.ffn_panels(trace, ffn_nodes, [ffn_weight.get(name) for name in ffn_nodes], k=k))
-    before = panels.state_blocks(trace, states)  # the same for both norm settings
-    lens = {flag: iter(panels.state_panels(trace, states, normalize=bool(flag), k=k, blocks=before))
-            for flag in (1, 0)}
-    for name, n in nodes.items():
-        if n.kind == "M":
-            P[panels.panel_key("ffn", node=name)] = next(ffn)
-        else:
-            for norm_flag in (1, 0):
-                P[panels.panel_key("state", node=name, normalize=norm_flag)] = next(lens[norm_flag])
+    panels_too = with_panels and with_model
     progress.step("the other targets' states")
-    if nodes and max_extra_states > 0:  # the other targets' states: top tokens with the final norm
-        extra: list[str] = []
-        for t in sorted(set(carried) - set(tgt), reverse=True):  # nearest the last token first
-            g = trace.graph(threshold=threshold, renormalize=bool(renormalize), targets=[t])
-            for n in g.nodes:
-                if n.kind != "M" and n.name not in nodes and n.name not in extra:
-                    extra.append(n.name)
-            if len(extra) >= max_extra_states:
-                break
-        for name, panel in zip(extra[:max_extra_states], panels.state_panels(trace, extra[:max_extra_states], True, k)):
-            P[panels.panel_key("state", node=name, normalize=1)] = panel
-    progress.step("attention edges")
-    targets = {key: (e.layer, e.target_token) for key, e in edges.items()
-               if e.kind == ATTENTION}  # edge -> (layer, target token)
-    where = sorted(set(targets.values()))
-    blocks = dict(zip(where, interpret.promoted_many(trace, [(l, t, "attn") for l, t in where], k=k)))
-    wanted: list[tuple[int, int, int]] = []  # (layer, head, target) of the head views, in order
-    for key, e in edges.items():
-        if e.kind == RESIDUAL:
-            P[panels.panel_key("edge", edge=key)] = panels.residual_panel(key, e.weight)
-        elif e.kind == ATTENTION:
-            layer, t = targets[key]
-            panel, _ = panels.attention_panel(trace, key, e.weight, k=k, with_head=False,
-                                              block=blocks[(layer, t)])
-            P[panels.panel_key("edge", edge=key)] = panel
-            for hs in panel["heads"][: max(1, heads_per_edge)]:
-                hkey = panels.panel_key("head", layer=layer, head=hs["head"], target=t)
-                if hkey not in P:
-                    P[hkey] = None  # filled below, in this order
-                    wanted.append((layer, hs["head"], t))
-    progress.step("head views")
+    extra = report_panels.extra_states(trace, nodes, carried, tgt, threshold, renormalize, max_extra_states) if panels_too else []
+    progress.step("panels")
     row_sums = offline.pop("_row_sums")  # [L][H, T]: each head's share of each state, from the maps
-    for i in range(0, len(wanted), _HEADS_AT_ONCE):
-        some = wanted[i : i + _HEADS_AT_ONCE]
-        for (layer, head, t), view in zip(some, panels.head_effects(
-                trace, some, lambda l, h, t: row_sums[l][h, t], k)):
-            P[panels.panel_key("head", layer=layer, head=head, target=t)] = view
+    if panels_too:
+        store["panels"] = report_panels.embedded_panels(trace, nodes, edges, extra, k, heads_per_edge, row_sums)
     info = panels.model_info(trace, graphs["renorm"])
     prompt = str(getattr(trace, "prompt", "")) or "".join(trace.tokens)
     store["state"] = {**widget_state.initial(),  # every field of the one schema (ltt/widget/state.py)
@@ -350,10 +305,32 @@ def report_data(
     from ltt.faithfulness import report_line  # the exported graph's check, one batched rerun
 
     progress.step("faithfulness check")
-    store["state"]["faithfulness"] = report_line(trace, g_renorm if renormalize else g_raw)
+    store["state"]["faithfulness"] = report_line(trace, g_renorm if renormalize else g_raw, result=faithfulness)
     store["state"].update(faithfulness_for=tgt, faithfulness_state="current" if store["state"]["faithfulness"] else "",
-                          outputs=outputs(trace) if with_model else [])
+                          outputs=panels.output_markers(tops))
     return store
+
+
+def _check_measured(result: Any, trace: Any, graph: Any) -> None:
+    """A ValueError naming ``faithfulness`` unless ``result`` is a zero-ablation measurement of
+    ``graph`` (the same prompt, targets and number of edges and FFN blocks in every layer)."""
+    from ltt.faithfulness import Faithfulness
+    from ltt.graph_parts import graph_parts
+
+    if not isinstance(result, Faithfulness):
+        raise TypeError(f"faithfulness must be the shown graph's Faithfulness (trace.faithfulness(graph)), "
+                        f"got {type(result).__name__}")
+    edges, ffn = graph_parts(graph)
+    L = graph.n_layers
+    want = ([len(edges[l][0]) if l in edges else 0 for l in range(L)],
+            [len(ffn[l]) if l in ffn else 0 for l in range(L)], [int(t) for t in graph.targets])
+    got = (list(result.attention_edges), list(result.ffn_blocks), [int(t.position) for t in result.targets])
+    plain = result.ablation == "zero" and result.counterfactual is None and result.reference is None
+    if got != want or not plain or list(result.prompt_tokens) != [str(t) for t in trace.tokens]:
+        raise ValueError(f"faithfulness: not a zero-ablation measurement of the shown graph (threshold "
+                         f"{graph.threshold:g}, targets {list(graph.targets)}): its prompt, targets, parts or "
+                         f"ablation differ (ablation {result.ablation!r}, targets "
+                         f"{[t.position for t in result.targets]})")
 
 
 def _precision(floor: float, carried: list[int], T: int, n_maps: list[int]) -> str:
@@ -431,25 +408,10 @@ def _report_js() -> str:
     return "\n".join(parts).replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-# report_data's keywords again, spelled out for the public signature (passed through as they are).
-def to_html(
-    trace: Any,
-    path: str | os.PathLike | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
-    renormalize: bool = True,
-    targets: Sequence[int] | int | str | None = None,
-    normalize: bool = True,
-    k: int = 10,
-    heads_per_edge: int = 3,
-    max_map_bytes: int = 12 << 20,
-    title: str | None = None,
-    with_panels: bool = True,
-    carry: Sequence[int] | int | str | None = "all",
-    floor: float | None = None,
-    max_extra_states: int = 1000,
-) -> str:
+def to_html(trace: Any, path: str | os.PathLike | None = None, *, title: str | None = None, **options: Any) -> str:
     """Write the standalone report of ``trace`` to ``path`` and return the path (with
-    ``path=None``, return the HTML text instead). It carries the graphs of every target in
+    ``path=None``, return the HTML text instead); ``title`` heads the page (default "ltt · model").
+    ``options`` are :func:`report_data`'s keywords: it carries the graphs of every target in
     ``carry`` (default all tokens; an int N: the last N) from ``floor`` up, and shows
     ``targets`` (default the last token) at ``threshold`` first. ``heads_per_edge`` heads of
     each attention edge of that first graph get their promoted tokens embedded; every head's
@@ -459,12 +421,14 @@ def to_html(
     >>> to_html(trace, "report.html", threshold=0.05, targets=[-1], carry=20)   # doctest: +SKIP
     'report.html'
     """
+    try:  # the keywords' names before any work (their values are report_data's to check)
+        _OPTIONS.bind(trace, **options)
+    except TypeError as exc:
+        raise TypeError(f"to_html: {exc}") from None
     if path is not None:
         path = check_output_path(path, "path")  # before any work
     with Steps(len(trace.layers) + REPORT_STEPS, "writing the report") as progress:
-        store = report_data(trace, threshold, renormalize, targets, normalize, k, heads_per_edge,
-                            max_map_bytes, with_panels=with_panels, carry=carry, floor=floor,
-                            max_extra_states=max_extra_states, _progress=progress)
+        store = report_data(trace, **options, _progress=progress)
         progress.step("compressing and writing")
         model_name = store["state"]["model_info"].get("name", "model")
         heading = title or f"ltt · {model_name}"
@@ -481,3 +445,12 @@ def to_html(
             return page
         write_whole(path, page)
     return path
+
+
+# report_data's keywords, without the private ones: what to_html passes through, and its signature
+_OPTIONS = inspect.signature(report_data)
+_OPTIONS = _OPTIONS.replace(parameters=[p for p in _OPTIONS.parameters.values() if not p.name.startswith("_")])
+to_html.__signature__ = inspect.signature(to_html).replace(parameters=[  # type: ignore[attr-defined]
+    *list(inspect.signature(to_html).parameters.values())[:3],
+    *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in list(_OPTIONS.parameters.values())[1:]),
+])

@@ -22,6 +22,9 @@ import numpy as np
 from ltt.checks import DEFAULT_THRESHOLD
 from ltt.buffers import Half, LayerBuffers
 
+#: the keywords of :meth:`Trace.show` (GraphWidget's settings of one trace)
+SHOW_OPTIONS = ("threshold", "renormalize", "targets", "normalize", "k", "slider")
+
 
 @dataclass
 class Trace:
@@ -203,24 +206,18 @@ class Trace:
 
         return interpret.top_neurons(self, layer, token, k=k)
 
-    def show(
-        self,
-        *,
-        threshold: float = DEFAULT_THRESHOLD,
-        renormalize: bool = True,
-        targets: Sequence[int] | int | str | None = None,
-        normalize: bool = True,
-        k: int = 10,
-        slider: Sequence[float] = (0.01, 0.10),
-    ):
-        """The Jupyter widget of this trace (:class:`ltt.widget.GraphWidget`, same keywords).
+    def show(self, **options: Any):
+        """The Jupyter widget of this trace (:class:`ltt.widget.GraphWidget`, same keywords:
+        ``threshold``, ``renormalize``, ``targets``, ``normalize``, ``k``, ``slider``).
 
         >>> trace.show(threshold=0.05)                     # doctest: +SKIP
         """
         from ltt.widget import GraphWidget
 
-        return GraphWidget(self, threshold=threshold, renormalize=renormalize, targets=targets,
-                           normalize=normalize, k=k, slider=slider)
+        unknown = sorted(set(options) - set(SHOW_OPTIONS))
+        if unknown:
+            raise TypeError(f"show() got an unexpected keyword argument {unknown[0]!r} (it takes {', '.join(SHOW_OPTIONS)})")
+        return GraphWidget(self, **options)
 
     def faithfulness(
         self,
@@ -279,34 +276,16 @@ class Trace:
                        steps=DEFAULT_STEPS if steps is None else steps, greedy=greedy, max_parts=max_parts,
                        baselines=baselines, seed=seed, max_batch_bytes=max_batch_bytes)
 
-    def to_html(
-        self,
-        path: Any = None,
-        *,
-        threshold: float = DEFAULT_THRESHOLD,
-        renormalize: bool = True,
-        targets: Sequence[int] | int | str | None = None,
-        normalize: bool = True,
-        k: int = 10,
-        heads_per_edge: int = 3,
-        max_map_bytes: int = 12 << 20,
-        title: str | None = None,
-        with_panels: bool = True,
-        carry: Sequence[int] | int | str | None = "all",
-        floor: float | None = None,
-        max_extra_states: int = 1000,
-    ) -> str:
+    def to_html(self, path: Any = None, **options: Any) -> str:
         """Write the standalone offline HTML report of this trace (:func:`ltt.report.to_html`,
-        same keywords; ``path=None`` returns the HTML text).
+        same keywords: ``title`` and :func:`ltt.report.report_data`'s, such as ``threshold``,
+        ``targets``, ``carry``; ``path=None`` returns the HTML text).
 
         >>> trace.to_html("report.html", threshold=0.04)   # doctest: +SKIP
         """
         from ltt.report import to_html
 
-        return to_html(self, path, threshold=threshold, renormalize=renormalize, targets=targets,
-                       normalize=normalize, k=k, heads_per_edge=heads_per_edge, max_map_bytes=max_map_bytes,
-                       title=title, with_panels=with_panels, carry=carry, floor=floor,
-                       max_extra_states=max_extra_states)
+        return to_html(self, path, **options)
 
     def save(self, path: Any) -> str:
         """Write this trace to ``path`` (a directory: ``trace.json`` and ``arrays.safetensors``,

@@ -502,3 +502,65 @@ def test_batched_functions_take_empty_lists_and_refuse_bad_items(traced):
         interpret.top_neurons_many(trace, [(1, 2, 3)])
     with pytest.raises(ValueError, match="k_tokens must be a positive integer"):
         interpret.top_neurons_many(trace, [(1, 2)], k_tokens=0)
+
+
+def test_large_batches_give_the_bits_of_single_rows(traced):
+    # a batch of at least BIG_ROWS vectors may use larger products, only where they were checked
+    # to give each row the same logits as ROWS-row products: every row equals its own projection
+    from ltt.interpret.output import BIG_ROWS
+
+    trace = traced("llama")
+    head = interpret.output_head(trace)
+    x = np.random.default_rng(2).standard_normal((BIG_ROWS + 7, trace.layers[0].resid_pre.shape[1]))
+    x = x.astype(np.float32)
+    z = np.concatenate([c for _, c in head.project_chunks(x)])
+    assert z.shape == (len(x), head.vocab_size)
+    for i in (0, 1, BIG_ROWS - 1, BIG_ROWS, len(x) - 1):
+        np.testing.assert_array_equal(head.project(x[i]), z[i])
+    lens = [np.concatenate([c for _, c in head.logits_chunks(x, normalize=n)]) for n in (True, False)]
+    assert unembedding.ROWS in head._big_rows_same  # checked once for this ROWS, whatever it found
+    for n, got in zip((True, False), lens):
+        np.testing.assert_array_equal(head.logits(x[-1], normalize=n), got[-1])
+
+
+def test_predictions_equal_the_last_states_lens(traced):
+    trace = traced("llama")
+    L, T = trace.n_layers, trace.n_tokens
+    got = interpret.predictions(trace)
+    assert len(got) == T and interpret.predictions(trace, []) == []
+    for t in (0, T // 2, T - 1):
+        top = interpret.top_tokens(trace, f"I{L - 1}_{t}", k=1).tokens[0]
+        assert (got[t].token, got[t].token_id, got[t].logit, got[t].prob, got[t].rank) == (
+            top.token, top.token_id, top.logit, top.prob, top.rank)
+    assert interpret.predictions(trace, [-1])[0] == got[-1]
+    assert int(np.argmax(trace.logits)) == got[-1].token_id
+
+
+def test_promoted_many_takes_a_k_per_update_and_projects_repeats_once(traced, monkeypatch):
+    trace = traced("llama")
+    updates = [(1, 2), (1, 2, "attn", 0), (1, 2), (0, -1, "ffn"), (1, 2, "attn", 0)]
+    ks = [2, 3, 5, 4, 3]
+    rows = []
+    head = interpret.output_head(trace)
+    project = type(head).project_chunks
+    monkeypatch.setattr(type(head), "project_chunks", lambda self, z: rows.append(len(z)) or project(self, z))
+    many = interpret.promoted_many(trace, updates, k=ks)
+    assert rows == [3]  # three distinct updates, one projection
+    monkeypatch.undo()
+    assert many == [interpret.promoted(trace, *u, k=k) for u, k in zip(updates, ks)]
+    assert [len(p.promoted) for p in many] == ks
+    with pytest.raises(ValueError, match="one per update"):
+        interpret.promoted_many(trace, updates, k=[1, 2])
+    with pytest.raises(ValueError, match="positive integer"):
+        interpret.promoted_many(trace, updates[:1], k=[0])
+
+
+def test_lens_ranks_count_every_token_above(traced):
+    trace = traced("llama")
+    head = interpret.output_head(trace)
+    L, T = trace.n_layers, trace.n_tokens
+    for node in ("X0_1", f"A0_{T - 1}", f"I{L - 1}_{T - 1}"):
+        for normalize in (True, False):
+            z = head.logits(interpret.state(trace, node), normalize=normalize)
+            for tok in interpret.top_tokens(trace, node, k=6, normalize=normalize).tokens:
+                assert tok.rank == int(np.count_nonzero(z > z[tok.token_id]))

@@ -7,6 +7,7 @@ Debian's (``/usr/bin/chromium``) driven by Playwright; screenshots go to ``artif
 
 from __future__ import annotations
 
+import inspect
 import os
 import pathlib
 
@@ -234,3 +235,39 @@ def test_map_budget_keeps_the_heads_with_the_largest_shares(trace):
     assert len(full["offline"]["maps"]) == L * H and "every head's" in full["precision"]
     none = report_data(trace, threshold=0.04, max_map_bytes=0)
     assert not none["offline"]["maps"] and "attention pattern" not in none["precision"]
+
+
+def test_to_html_names_an_unknown_keyword_before_any_work(trace, monkeypatch, tmp_path):
+    from ltt import report
+
+    calls = []
+    monkeypatch.setattr(report, "report_data", lambda *a, **k: calls.append(1))
+    for call in (lambda: to_html(trace, tmp_path / "x.html", thresold=0.1),
+                 lambda: trace.to_html(tmp_path / "x.html", thresold=0.1),
+                 lambda: to_html(trace, tmp_path / "x.html", _progress=None)):
+        with pytest.raises(TypeError, match="to_html: .*unexpected keyword argument '(thresold|_progress)'"):
+            call()
+    with pytest.raises(TypeError, match="show\\(\\) got an unexpected keyword argument 'thresold'"):
+        trace.show(thresold=0.1)
+    assert calls == [] and os.listdir(tmp_path) == []
+    assert "max_extra_states" in str(inspect.signature(to_html))  # report_data's keywords, for help()
+
+
+def test_a_measured_faithfulness_is_carried_instead_of_a_rerun(trace, monkeypatch):
+    from ltt import faithfulness as F
+    from ltt.report import report_data
+
+    g = trace.graph(threshold=0.04)
+    measured = trace.faithfulness(g, baselines=3)
+    other = trace.faithfulness(trace.graph(threshold=0.04, targets=[len(trace.token_ids) - 2]), baselines=1)
+    mean = trace.faithfulness(g, baselines=1, ablation="mean")
+    calls = []
+    real = F.faithfulness
+    monkeypatch.setattr(F, "faithfulness", lambda *a, **k: calls.append(1) or real(*a, **k))
+    store = report_data(trace, threshold=0.04, with_panels=False, faithfulness=measured)
+    assert calls == [] and store["state"]["faithfulness"] == f"at threshold 0.04: {F.summary_line(measured)}"
+    assert store["state"]["faithfulness_for"] == [len(trace.token_ids) - 1]
+    for bad, err in ((other, ValueError), ("0.9", TypeError), (mean, ValueError)):
+        with pytest.raises(err, match="faithfulness"):
+            report_data(trace, threshold=0.04, with_panels=False, faithfulness=bad)
+    assert calls == []

@@ -46,3 +46,20 @@ def test_trace_out_writes_the_all_target_report_and_report_targets_limits_it(tin
     bad = subprocess.run([sys.executable, "-m", "ltt.cli", "trace", "--model", tiny_dir("llama"), "--prompt", prompt,
                           "--report-targets", "0"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 1 and "--report-targets must be a positive integer, got 0" in bad.stderr
+
+
+def test_trace_out_carries_the_printed_faithfulness_without_a_second_rerun(tiny_dir, tmp_path, capsys, monkeypatch):
+    from ltt import cli
+    from ltt import faithfulness as F
+
+    monkeypatch.setenv("LTT_QUIET", "1")
+    calls = []
+    real = F.faithfulness
+    monkeypatch.setattr(F, "faithfulness", lambda *a, **k: calls.append(k.get("baselines")) or real(*a, **k))
+    out = tmp_path / "r.html"
+    assert cli.main(["trace", "--model", tiny_dir("llama"), "--prompt", "When Mary and John went to the store, "
+                     "John gave a drink to", "--baselines", "4", "--out", str(out)]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("faithfulness: ")]
+    assert calls == [4] and len(printed) == 1  # one rerun, the one the CLI printed
+    state = _report_store(out)["state"]
+    assert state["faithfulness"] == f"at threshold 0.04: {printed[0][len('faithfulness: '):]}"

@@ -45,7 +45,7 @@ from ltt.interpret.heads import (
     head_view,
     head_view_many,
 )
-from ltt.interpret.lens import state, top_tokens, top_tokens_many
+from ltt.interpret.lens import predictions, state, top_tokens, top_tokens_many
 from ltt.interpret.neurons import neuron_shares, top_neurons, top_neurons_many
 from ltt.interpret.output import OutputHead, output_head
 from ltt.interpret.results import (
@@ -75,6 +75,7 @@ __all__ = [
     "state",
     "top_tokens",
     "top_tokens_many",
+    "predictions",
     "update_vector",
     "direct_effect",
     "promoted",

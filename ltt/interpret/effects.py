@@ -110,14 +110,22 @@ def _effects_many(
 ) -> list[tuple[list[TokenEffect], list[TokenEffect]]]:
     """The k most promoted and suppressed tokens of each update vector ``[d]`` at its token (the
     vectors' :func:`direct_effect`), unembedded ``_ROWS`` per matrix product."""
+    return [found[0] for found in _effects_at_ks(trace, vectors, tokens, [(k,)] * len(vectors), raw)]
+
+
+def _effects_at_ks(
+    trace: Any, vectors: Sequence[np.ndarray], tokens: Sequence[int], ks: Sequence[Sequence[int]], raw: bool = False,
+) -> list[list[tuple[list[TokenEffect], list[TokenEffect]]]]:
+    """:func:`_effects_many` with several k per vector: each vector projected once, its top
+    tokens read at each of its ``ks[i]`` (the same answers as one call per k)."""
     if not len(vectors):
         return []
     head = output_head(trace)
     rows = np.stack([np.asarray(v, dtype=np.float32) if raw else head.frozen(v, t)
                      for v, t in zip(vectors, tokens)])
     out = []
-    for _, z_chunk in head.project_chunks(rows):
-        out.extend(_effects(head, z, k) for z in z_chunk)
+    for start, z_chunk in head.project_chunks(rows):
+        out.extend([_effects(head, z, k) for k in ks[start + i]] for i, z in enumerate(z_chunk))
     return out
 
 
@@ -170,19 +178,32 @@ def promoted(
     return promoted_many(trace, [(layer, token, block, head, neuron)], k=k, raw=raw)[0]
 
 
-def promoted_many(trace: Any, updates: Sequence[Any], k: int = 10, raw: bool = False) -> list[Promoted]:
+def promoted_many(trace: Any, updates: Sequence[Any], k: int | Sequence[int] = 10, raw: bool = False) -> list[Promoted]:
     """:func:`promoted` of many updates at once, in their order, unembedded ``_ROWS`` per matrix
     product. Each update is ``(layer, token[, block[, head[, neuron]]])`` (promoted's arguments
-    in order) or a dict with those keys; each result equals the :func:`promoted` call.
+    in order) or a dict with those keys; ``k`` is one number, or one per update. An update given
+    twice is projected once. Each result equals the :func:`promoted` call.
 
     >>> ps = promoted_many(trace, [(20, -1), (20, -1, "attn", 3), {"layer": 5, "token": -1, "block": "ffn"}])  # doctest: +SKIP
     >>> [p.what for p in ps]                                 # doctest: +SKIP
     ['attention block of layer 20', 'head 3 of layer 20', 'FFN block of layer 5']
     """
-    k = _k(k)
     specs = [_update_spec(trace, u) for u in _names(updates, "updates")]
-    vectors = [update_vector(trace, *spec) for spec in specs]
-    found = _effects_many(trace, vectors, [spec[1] for spec in specs], k, raw=bool(raw))
+    if isinstance(k, (list, tuple, np.ndarray)):
+        if len(k) != len(specs):
+            raise ValueError(f"k must be one number or one per update ({len(specs)}), got {len(k)} numbers")
+        ks = [_k(x) for x in k]
+    else:
+        ks = [_k(k)] * len(specs)
+    wanted: dict[tuple, dict[int, Any]] = {}  # each distinct update -> its k's (filled below)
+    for spec, kk in zip(specs, ks):
+        wanted.setdefault(spec, {})[kk] = None
+    distinct = list(wanted)
+    found_at = _effects_at_ks(trace, [update_vector(trace, *spec) for spec in distinct],
+                              [spec[1] for spec in distinct], [list(wanted[s]) for s in distinct], raw=bool(raw))
+    for spec, answers in zip(distinct, found_at):
+        wanted[spec] = dict(zip(wanted[spec], answers))
+    found = [wanted[spec][kk] for spec, kk in zip(specs, ks)]
     return [
         Promoted(layer=layer, position=token, position_token=str(trace.tokens[token]), block=block,
                  head=head, neuron=neuron, raw=bool(raw), promoted=up, suppressed=down)

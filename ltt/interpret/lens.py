@@ -54,6 +54,12 @@ def _ranks(z: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.array([np.count_nonzero(z > v) for v in z[ids]], dtype=np.int64)
 
 
+def _top_ranks(values: np.ndarray) -> np.ndarray:
+    """:func:`_ranks` of a state's own top-k tokens from their logits ``values`` alone: every
+    token that scores higher than one of the top k is itself among them."""
+    return np.count_nonzero(values[None, :] > values[:, None], axis=1).astype(np.int64)
+
+
 def _depth(kind: str, layer: int) -> int:
     """Order of a residual state along the stream: X0 < A0 < I0 < A1 < ..."""
     return 0 if kind == "X" else 2 * layer + (1 if kind == "A" else 2)
@@ -109,7 +115,7 @@ def top_tokens_many(trace: Any, nodes: Sequence[str], k: int = 10, normalize: bo
             s = order[start + i]
             if s in preds:
                 ids = _top(z, k)
-                lens[s] = (ids, z[ids], _softmax_at(z, ids), _ranks(z, ids))
+                lens[s] = (ids, z[ids], _softmax_at(z, ids), _top_ranks(z[ids]))
                 if preds[s] is not None:
                     waiting.setdefault(preds[s], []).append(s)
             for node in waiting.pop(s, ()):
@@ -131,4 +137,30 @@ def top_tokens_many(trace: Any, nodes: Sequence[str], k: int = 10, normalize: bo
             position_token=str(trace.tokens[token]), normalize=bool(normalize),
             predecessor=node_name(*pred) if pred else None, tokens=items,
         ))
+    return out
+
+
+def predictions(trace: Any, positions: Sequence[int] | None = None) -> list[TokenScore]:
+    """The model's top next-token prediction after each of ``positions`` (default: every token),
+    in their order: the last layer's state there through the model's own output head, one
+    batched projection of those states alone (no predecessors, no rank changes). Each answer's
+    token, logit and probability equal ``top_tokens(trace, f"I{L-1}_{t}", k=1).tokens[0]``'s.
+
+    >>> [p.token for p in predictions(trace, [0, -1])]      # doctest: +SKIP
+    """
+    from ltt.interpret.trace_indices import _token
+
+    where = range(len(trace.token_ids)) if positions is None else [_token(trace, t) for t in positions]
+    if not len(where):
+        return []
+    head = output_head(trace)
+    L = len(trace.layers)
+    rows = np.stack([_state_vector(trace, "I", L - 1, t) for t in where])
+    out: list[TokenScore] = []
+    for _, z_chunk in head.logits_chunks(rows, True):
+        for z in z_chunk:
+            ids = _top(z, 1)
+            tok = int(ids[0])
+            out.append(TokenScore(head.decode(tok), tok, float(z[tok]), float(_softmax_at(z, ids)[0]),
+                                  int(_top_ranks(z[ids])[0])))
     return out

@@ -15,6 +15,14 @@ import numpy as np
 from ltt.checks import ModelNeeded
 
 
+#: rows per unembedding product for a batch of at least this many vectors, where that product
+#: gives every row the same bits as :data:`ltt.models.unembedding.ROWS`-row products (checked
+#: once per head on random rows; else the batch keeps ROWS-row products). 32-row products read
+#: the whole unembedding matrix for few rows: 128 rows cost about half as much per row.
+BIG_ROWS = 128
+MAX_BLOCK_BYTES = 64 << 20  # a block's logits; a larger vocabulary keeps ROWS-row products
+
+
 class OutputHead:
     """The final norm and unembedding of a trace's model, as used by every answer here.
 
@@ -38,6 +46,7 @@ class OutputHead:
         self.tokenizer = getattr(model, "tokenizer", None)
         self.frozen_norm = model.final_norm_scale(trace.layers[-1].resid_post)  # scale [T]
         self._decoded: dict[int, str] = {}
+        self._big_rows_same: dict[int, bool] = {}  # ROWS -> BIG_ROWS-row products give the same bits
 
     @property
     def unembedding(self) -> Any:
@@ -58,7 +67,23 @@ class OutputHead:
         """Unembed vectors ``z [N, d]`` without lm_head's bias or softcap, in fixed blocks of rows
         (:meth:`ltt.models.unembedding.Unembedding.project_chunks`): yields ``(start, logits
         [n, V] float32)``; a row's logits never depend on the other rows."""
-        return self.unembedding.project_chunks(z)
+        unembedding = self.unembedding
+        return unembedding.project_chunks(z, self._rows(unembedding, len(z)))
+
+    def _rows(self, unembedding: Any, n: int) -> int | None:
+        """Rows per product for ``n`` vectors: :data:`BIG_ROWS` for a large batch where those
+        products were found to give each row the bits of ``ROWS``-row ones, else None (ROWS)."""
+        if n < BIG_ROWS or BIG_ROWS * self.vocab_size * 4 > MAX_BLOCK_BYTES:
+            return None
+        from ltt.models.unembedding import ROWS  # read now (tests change it)
+
+        if ROWS not in self._big_rows_same:
+            d = int((unembedding.pre if unembedding.pre is not None else unembedding.weight).shape[1])
+            x = np.random.default_rng(0).standard_normal((BIG_ROWS, d)).astype(np.float32)
+            big = np.concatenate([c for _, c in unembedding.project_chunks(x, BIG_ROWS)])
+            small = np.concatenate([c for _, c in unembedding.project_chunks(x, ROWS)])
+            self._big_rows_same[ROWS] = bool(np.array_equal(big, small))
+        return BIG_ROWS if self._big_rows_same[ROWS] else None
 
     def project(self, z: np.ndarray) -> np.ndarray:
         """Unembed vectors ``z [..., d]`` without lm_head's bias or softcap: ``[..., V]`` float32."""
@@ -93,7 +118,7 @@ class OutputHead:
         logits [n, V])`` (see :meth:`project_chunks`)."""
         z = self.model.final_norm(x) if normalize else np.asarray(x, dtype=np.float32)
         unembedding = self.unembedding
-        for start, chunk in unembedding.project_chunks(z):
+        for start, chunk in unembedding.project_chunks(z, self._rows(unembedding, len(z))):
             yield start, unembedding.finish(chunk, normalize)
 
     def finish(self, out: np.ndarray, normalize: bool) -> np.ndarray:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -210,6 +210,16 @@ class Promoted(_Result):
         return head + "".join(body) + "</tbody></table></div>"
 
 
+class _Table(_Result):
+    """A result that is a header (its other fields, in :meth:`title`) over one table row per
+    item of its list field named by ``_items``: each row the item's fields as they are."""
+
+    _items: ClassVar[str]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{f.name: getattr(item, f.name) for f in fields(item)} for item in getattr(self, self._items)]
+
+
 @dataclass(repr=False)
 class HeadShare(_Result):
     """One head's share of an attention edge."""
@@ -219,10 +229,11 @@ class HeadShare(_Result):
 
 
 @dataclass(repr=False)
-class EdgeHeads(_Result):
+class EdgeHeads(_Table):
     """Every head's share of the attention edge ``source -> target`` in ``layer``, largest first;
     the shares sum to the edge's weight (its share of the target state before any threshold)."""
 
+    _items = "heads"
     layer: int
     target: int
     source: int
@@ -230,9 +241,6 @@ class EdgeHeads(_Result):
     source_token: str
     weight: float
     heads: list[HeadShare] = field(default_factory=list)
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [h.to_dict() for h in self.heads]
 
     @property
     def shares(self) -> np.ndarray:
@@ -299,20 +307,16 @@ class NeuronScore(_Result):
 
 
 @dataclass(repr=False)
-class TopNeurons(_Result):
+class TopNeurons(_Table):
     """The top-k neurons of an FFN node by contribution share, with the state's other shares."""
 
-    # A header and a list of rows, as in EdgeHeads (alike in shape only: other fields, other rows).
+    _items = "neurons"
     layer: int
     position: int
     position_token: str
     resid_share: float
     bias_share: float
     neurons: list[NeuronScore] = field(default_factory=list)
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [{"neuron": n.neuron, "activation": n.activation, "share": n.share,
-                 "promoted": n.promoted, "suppressed": n.suppressed} for n in self.neurons]
 
     def to_pandas(self):
         frame = super().to_pandas()

@@ -82,11 +82,12 @@ class Unembedding:
         bias and softcap; a view of the weight when it is float32 on the CPU."""
         return self.weight.numpy().T
 
-    def project_chunks(self, z: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    def project_chunks(self, z: np.ndarray, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Unembed vectors ``z [N, d]`` without the bias or softcap, :data:`ROWS` of them per
         product: yields ``(start, logits [n, V] float32)`` for rows ``start .. start + n``. Each
         product has exactly ``ROWS`` rows (zeros pad the last), so a row's logits never depend
-        on the other rows.
+        on the other rows. ``rows`` asks for another fixed block (:class:`ltt.interpret.OutputHead`
+        uses a larger one for large batches where it checked that rows come out the same).
 
         >>> for start, logits in u.project_chunks(states): ...   # doctest: +SKIP
         """
@@ -96,7 +97,7 @@ class Unembedding:
         z = np.ascontiguousarray(z, dtype=np.float32)
         if z.ndim != 2:
             raise ValueError(f"z must be [N, d], got shape {z.shape}")
-        rows = ROWS
+        rows = ROWS if rows is None else int(rows)
         with torch.no_grad():
             for start in range(0, z.shape[0], rows):
                 n = min(rows, z.shape[0] - start)

@@ -43,10 +43,7 @@ def outputs(trace: Any) -> list[dict]:
     try:
         from ltt import interpret
 
-        L, T = len(trace.layers), len(trace.token_ids)
-        tops = interpret.top_tokens_many(trace, [node_name("I", L - 1, t) for t in range(T)], k=1, normalize=True)
-        return [{"token": top.tokens[0].token, "id": int(top.tokens[0].token_id),
-                 "prob": round(float(top.tokens[0].prob), 6)} for top in tops]
+        return panels.output_markers(interpret.predictions(trace))
     except Exception:  # a synthetic trace without a model: markers say the token only
         return []
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ltt import interpret
-from ltt.nodes import node_name, parse_edge, parse_node
+from ltt.nodes import parse_edge, parse_node
 
 MAP_NAMES = ["attention pattern", "contribution map"]
 
@@ -72,17 +72,22 @@ def graph_payload(trace: Any, graph: Any) -> dict[str, Any]:
     known = getattr(trace, "predictions", None)
     known = {} if known is None else known
     missing = [t for t in graph.targets if t not in known]
-    L = len(trace.layers)
     try:
-        tops = interpret.top_tokens_many(trace, [node_name("I", L - 1, t) for t in missing], k=1, normalize=True)
+        tops = interpret.predictions(trace, missing) if missing else []
     except Exception:  # no model attached (synthetic traces): no predictions shown
         tops = None
     if tops is None:
         data["predictions"] = {}
     else:
-        known.update((t, top.tokens[0].token) for t, top in zip(missing, tops))
+        known.update((t, top.token) for t, top in zip(missing, tops))
         data["predictions"] = {str(t): known[t] for t in graph.targets}
     return data
+
+
+def output_markers(predictions: list[Any]) -> list[dict[str, Any]]:
+    """The output markers' hover data, ``[{"token", "id", "prob"}]``, from
+    :func:`ltt.interpret.predictions` (one per token)."""
+    return [{"token": p.token, "id": int(p.token_id), "prob": round(float(p.prob), 6)} for p in predictions]
 
 
 def n_heads(trace: Any) -> int:
@@ -165,15 +170,15 @@ def state_blocks(trace: Any, nodes: list[str]) -> list[dict[str, Any] | None]:
     where = [block_before(trace, n) for n in nodes]
     specs = [w for w in where if w is not None]
     found = iter(interpret.promoted_many(trace, specs, k=BLOCK_K) if specs else [])
-    out: list[dict[str, Any] | None] = []
-    for w in where:
-        if w is None:
-            out.append(None)
-            continue
-        layer, _, block = w
-        what = f"attention block of layer {layer}" if block == "attn" else f"FFN block of layer {layer}"
-        out.append({"what": what, **effects(next(found))})
-    return out
+    return [None if w is None else block_effects(w, next(found)) for w in where]
+
+
+def block_effects(where: tuple[int, int, str], promoted: Any) -> dict[str, Any]:
+    """A state panel's ``block`` entry: ``{"what", "promoted", "suppressed"}`` of the update
+    ``where`` (:func:`block_before`) from its :func:`ltt.interpret.promoted` (k = BLOCK_K)."""
+    layer, _, block = where
+    what = f"attention block of layer {layer}" if block == "attn" else f"FFN block of layer {layer}"
+    return {"what": what, **effects(promoted)}
 
 
 def effects(p: Any) -> dict[str, Any]:
@@ -198,12 +203,15 @@ def head_views(trace: Any, heads: list[tuple[int, int, int]], k: int = 10) -> li
     return out
 
 
-def head_effects(trace: Any, heads: list[tuple[int, int, int]], shares: Any, k: int = 10) -> list[dict[str, Any]]:
+def head_effects(trace: Any, heads: list[tuple[int, int, int]], shares: Any, k: int = 10,
+                 found: list[Any] | None = None) -> list[dict[str, Any]]:
     """:func:`head_view`'s panel without its maps, for many ``(layer, head, target)`` at once: the
-    promoted and suppressed tokens in one batched projection, ``share_of_state`` read from
+    promoted and suppressed tokens in one batched projection (``found``: those heads'
+    :func:`ltt.interpret.promoted` when already computed), ``share_of_state`` read from
     ``shares(layer, head, target)`` (the head's contribution row sum, as the report has it from
     the maps it computes anyway)."""
-    found = interpret.promoted_many(trace, [(layer, t, "attn", head) for layer, head, t in heads], k=k)
+    if found is None:
+        found = interpret.promoted_many(trace, [(layer, t, "attn", head) for layer, head, t in heads], k=k)
     out = []
     for (layer, head, t), p in zip(heads, found):
         view = effects(p)
@@ -251,9 +259,11 @@ def ffn_panel(trace: Any, node: str, weight: float | None = None, k: int = 10, k
 
 def ffn_panels(
     trace: Any, nodes: list[str], weights: list[float | None] | None = None, k: int = 10, k_tokens: int = 5,
+    blocks: list[Any] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`ffn_panel` of many FFN nodes at once (their neurons and blocks in one batched
-    projection each), in their order; ``weights`` is one edge weight or None per node."""
+    projection each), in their order; ``weights`` is one edge weight or None per node;
+    ``blocks`` the blocks' :func:`ltt.interpret.promoted` (k = ``k``) when already computed."""
     weights = [None] * len(nodes) if weights is None else list(weights)
     if len(weights) != len(nodes):
         raise ValueError(f"weights must hold one entry per node ({len(nodes)}), got {len(weights)}")
@@ -264,7 +274,8 @@ def ffn_panels(
             raise ValueError(f"not an FFN node (M{{l}}_t): {node!r}")
         where.append((layer, t))
     neurons = interpret.top_neurons_many(trace, where, k=k, k_tokens=k_tokens)
-    blocks = interpret.promoted_many(trace, [(layer, t, "ffn") for layer, t in where], k=k)
+    if blocks is None:
+        blocks = interpret.promoted_many(trace, [(layer, t, "ffn") for layer, t in where], k=k)
     out = []
     for node, weight, tn, block in zip(nodes, weights, neurons, blocks):
         panel = tn.to_dict()

@@ -103,6 +103,21 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def curves_table(rows: list[dict]) -> str:
+    """The curves themselves: normalised faithfulness at each measured budget (the first pair's
+    fractions, rounded; budgets are counts rounded from the fractions, per prompt)."""
+    rows = [r for r in rows if "curve" in r]
+    if not rows:
+        return ""
+    fr = sorted({round(float(f), 3) for r in rows for f in r["curve"]})
+    out = ["| task | ranking | " + " | ".join(f"{f:g}" for f in fr) + " |", "|---|---|" + "---|" * len(fr)]
+    for r in rows:
+        got = {round(float(f), 3): v for f, v in r["curve"].items()}
+        out.append(f"| {r['task']} | {r['ranking']} | " + " | ".join(
+            f"{got[f]:.2f}" if f in got else "" for f in fr) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
@@ -115,8 +130,20 @@ def main() -> None:
     ap.add_argument("--circuit-pairs", type=int, default=None,
                     help="time trace.circuit(0.8) on the first N pairs of each task only (default: all)")
     ap.add_argument("--json", default=None, help="write every row here (rewritten after each row)")
+    ap.add_argument("--tables", nargs="+", default=None, metavar="JSON",
+                    help="print the tables of earlier --json files (merged, one table per model) and exit")
     args = ap.parse_args()
     rows: list[dict] = []
+    if args.tables:
+        for path in args.tables:
+            with open(path) as fh:
+                rows += json.load(fh)
+        order = {t: i for i, t in enumerate(["ioi", "greater-than", "induction", "factual"])}
+        for m in dict.fromkeys(r["model"] for r in rows):
+            mine = [r for r in rows if r["model"] == m]
+            mine.sort(key=lambda r: (order.get(r["task"], 9), "circuit()" in r["ranking"]))
+            print(f"\n**{m}**\n\n" + table(mine) + "\n\n" + curves_table(mine))
+        return
 
     def sink(row):
         rows.append(row)

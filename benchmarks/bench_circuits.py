@@ -104,17 +104,19 @@ def table(rows: list[dict]) -> str:
 
 
 def curves_table(rows: list[dict]) -> str:
-    """The curves themselves: normalised faithfulness at each measured budget (the first pair's
-    fractions, rounded; budgets are counts rounded from the fractions, per prompt)."""
+    """The curves themselves: normalised faithfulness at each budget, by its nominal fraction
+    (MIB's and EXTRA; the counts are rounded per prompt, so a short prompt's actual fractions
+    differ a little)."""
+    from ltt.circuits.curves import MIB_FRACTIONS
+
     rows = [r for r in rows if "curve" in r]
     if not rows:
         return ""
-    fr = sorted({round(float(f), 3) for r in rows for f in r["curve"]})
+    fr = sorted(set(MIB_FRACTIONS) | set(EXTRA))
     out = ["| task | ranking | " + " | ".join(f"{f:g}" for f in fr) + " |", "|---|---|" + "---|" * len(fr)]
     for r in rows:
-        got = {round(float(f), 3): v for f, v in r["curve"].items()}
-        out.append(f"| {r['task']} | {r['ranking']} | " + " | ".join(
-            f"{got[f]:.2f}" if f in got else "" for f in fr) + " |")
+        vals = [v for _, v in sorted((float(f), v) for f, v in r["curve"].items())]
+        out.append(f"| {r['task']} | {r['ranking']} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
     return "\n".join(out)
 
 

@@ -106,7 +106,7 @@ def table(rows: list[dict]) -> str:
 def curves_table(rows: list[dict]) -> str:
     """The curves themselves: normalised faithfulness at each budget, by its nominal fraction
     (MIB's and EXTRA; the counts are rounded per prompt, so a short prompt's actual fractions
-    differ a little)."""
+    differ a little, and two nominal budgets of the same count show once)."""
     from ltt.circuits.curves import MIB_FRACTIONS
 
     rows = [r for r in rows if "curve" in r]
@@ -115,8 +115,11 @@ def curves_table(rows: list[dict]) -> str:
     fr = sorted(set(MIB_FRACTIONS) | set(EXTRA))
     out = ["| task | ranking | " + " | ".join(f"{f:g}" for f in fr) + " |", "|---|---|" + "---|" * len(fr)]
     for r in rows:
-        vals = [v for _, v in sorted((float(f), v) for f, v in r["curve"].items())]
-        out.append(f"| {r['task']} | {r['ranking']} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+        cell = {}  # each measured fraction under its nearest nominal one (a short prompt's
+        for f, v in r["curve"].items():  # smallest budgets can round to the same count: blank)
+            cell[min(fr, key=lambda x: abs(np.log(float(f) / x)))] = v
+        out.append(f"| {r['task']} | {r['ranking']} | " + " | ".join(
+            f"{cell[f]:.2f}" if f in cell else "" for f in fr) + " |")
     return "\n".join(out)
 
 

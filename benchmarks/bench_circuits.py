@@ -27,7 +27,7 @@ EXTRA = (0.003, 0.03, 0.3)
 
 
 def run(model_name: str, tasks: list[str], rankings: list[str], pairs: int, circuit_ranking: str | None,
-        steps: int) -> list[dict]:
+        steps: int, circuit_pairs: int | None = None, sink=None) -> list[dict]:
     import ltt
     import ltt.circuits as C
     import ltt.tasks as T
@@ -58,9 +58,12 @@ def run(model_name: str, tasks: list[str], rankings: list[str], pairs: int, circ
                 row[f"parts_{level}"] = float(c.counts[:, hit[0]].mean()) if hit.size else None
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+            if sink:
+                sink(row)
         if circuit_ranking:
             secs, parts, got = [], [], []
-            for tr, cf, tk in zip(traces, cfs, toks):
+            n_c = len(traces) if circuit_pairs is None else min(circuit_pairs, len(traces))
+            for tr, cf, tk in list(zip(traces, cfs, toks))[:n_c]:
                 t0 = time.perf_counter()
                 try:
                     g = tr.circuit(0.8, counterfactual=cf, tokens=tk, ranking=circuit_ranking, baselines=0)
@@ -69,11 +72,16 @@ def run(model_name: str, tasks: list[str], rankings: list[str], pairs: int, circ
                 except ValueError:
                     parts.append(np.nan)
                 secs.append(time.perf_counter() - t0)
-            row = {"model": model_name, "task": task, "ranking": f"circuit() {circuit_ranking}",
+            row = {"model": model_name, "task": task, "ranking": f"circuit() {circuit_ranking}", "pairs": n_c,
+                   "tokens_mean": float(np.mean([len(tr.token_ids) for tr in traces[:n_c]])),
+                   "circuit_reached": int(np.sum(np.isfinite(parts))),
+                   "circuit_seconds": [float(x) for x in secs],
                    "circuit_parts_mean": float(np.nanmean(parts)), "circuit_seconds_median": float(np.median(secs)),
                    "circuit_faithfulness_mean": float(np.mean(got)) if got else None}
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "circuit_seconds"}), flush=True)
+            if sink:
+                sink(row)
     return rows
 
 
@@ -95,6 +103,26 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def curves_table(rows: list[dict]) -> str:
+    """The curves themselves: normalised faithfulness at each budget, by its nominal fraction
+    (MIB's and EXTRA; the counts are rounded per prompt, so a short prompt's actual fractions
+    differ a little, and two nominal budgets of the same count show once)."""
+    from ltt.circuits.curves import MIB_FRACTIONS
+
+    rows = [r for r in rows if "curve" in r]
+    if not rows:
+        return ""
+    fr = sorted(set(MIB_FRACTIONS) | set(EXTRA))
+    out = ["| task | ranking | " + " | ".join(f"{f:g}" for f in fr) + " |", "|---|---|" + "---|" * len(fr)]
+    for r in rows:
+        cell = {}  # each measured fraction under its nearest nominal one (a short prompt's
+        for f, v in r["curve"].items():  # smallest budgets can round to the same count: blank)
+            cell[min(fr, key=lambda x: abs(np.log(float(f) / x)))] = v
+        out.append(f"| {r['task']} | {r['ranking']} | " + " | ".join(
+            f"{cell[f]:.2f}" if f in cell else "" for f in fr) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
@@ -104,15 +132,34 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=50, help="pairs per task set (>= 50 for the full benchmark)")
     ap.add_argument("--steps", type=int, default=5, help="EAP-IG's interpolation steps")
     ap.add_argument("--circuit", default="routes", help="the ranking trace.circuit(0.8) is timed with ('' for none)")
-    ap.add_argument("--json", default=None, help="write every row here")
+    ap.add_argument("--circuit-pairs", type=int, default=None,
+                    help="time trace.circuit(0.8) on the first N pairs of each task only (default: all)")
+    ap.add_argument("--json", default=None, help="write every row here (rewritten after each row)")
+    ap.add_argument("--tables", nargs="+", default=None, metavar="JSON",
+                    help="print the tables of earlier --json files (merged, one table per model) and exit")
     args = ap.parse_args()
-    rows = []
+    rows: list[dict] = []
+    if args.tables:
+        for path in args.tables:
+            with open(path) as fh:
+                rows += json.load(fh)
+        order = {t: i for i, t in enumerate(["ioi", "greater-than", "induction", "factual"])}
+        for m in dict.fromkeys(r["model"] for r in rows):
+            mine = [r for r in rows if r["model"] == m]
+            mine.sort(key=lambda r: (order.get(r["task"], 9), "circuit()" in r["ranking"]))
+            print(f"\n**{m}**\n\n" + table(mine) + "\n\n" + curves_table(mine))
+        return
+
+    def sink(row):
+        rows.append(row)
+        if args.json:
+            with open(args.json + ".tmp", "w") as fh:
+                json.dump(rows, fh, indent=1)
+            os.replace(args.json + ".tmp", args.json)
+
     for m in args.models:
-        rows += run(m, args.tasks, args.rankings, args.pairs, args.circuit or None, args.steps)
+        run(m, args.tasks, args.rankings, args.pairs, args.circuit or None, args.steps, args.circuit_pairs, sink)
     print(table(rows))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -270,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "0.8 when a counterfactual is given; without one: mean ablation over a "
                             "built-in reference set)")
         p.add_argument("--ranking", default=None,
-                       help="the circuit's ranking (eap-ig with a counterfactual, routes without; "
-                            "also eap, routes-paths, routes-contrast, refined, random)")
+                       help="the circuit's ranking (refined with a counterfactual, routes without; "
+                            "also eap, eap-ig, routes-paths, routes-contrast, random)")
 
     t = sub.add_parser("trace", help="trace a prompt through a model and print the routes to its prediction")
     t.add_argument("--model", required=True, help="hub id, local directory, or 'smollm2-135m' (the embedded model)")

@@ -133,6 +133,31 @@ def test_routes_scores_and_rankings(traced):
     np.testing.assert_allclose(ig.heads.sum(1), ig.attn.sum((1, 2)), rtol=1e-9, atol=1e-12)
 
 
+def test_refined_orders_its_pool_by_measured_effects(traced):
+    from ltt.circuits.curves import example, measure
+
+    model, trace = traced("llama")
+    ids, cf, a, b = _pair(model, trace)
+    ig = rankings.score_parts(trace, "eap-ig", cf, a, b)
+    rt = rankings.score_parts(trace, "routes-contrast", cf)
+    ref = rankings.score_parts(trace, "refined", cf, a, b)
+    order, ig_order = rankings.part_order(ref), rankings.part_order(ig)
+    pool = {tuple(k) for k in ig_order[:rankings.REFINE_IG].tolist()}
+    pool |= {tuple(k) for k in rankings.part_order(rt)[:rankings.REFINE_ROUTES].tolist()}
+    head = [tuple(k) for k in order[:len(pool)].tolist()]
+    assert set(head) == pool and len(order) == rankings.n_parts(model.n_layers, len(ids))
+    # after the pool, every other part in EAP-IG's order
+    assert [tuple(k) for k in order[len(pool):].tolist()] == [k for k in map(tuple, ig_order.tolist()) if k not in pool]
+    # the last elimination round: of the two last survivors, the top one is the one whose removal
+    # from their two-part circuit moves the logit difference further from the full model's
+    ex = example(trace, cf, [a, b])
+    ld, full, empty = measure(ex, [order[1:2], order[0:1], order[:2]])
+    sign = 1.0 if full >= empty else -1.0
+    assert sign * (ld[2] - ld[0]) >= sign * (ld[2] - ld[1]) - 1e-9, (ld, full, empty)
+    # ... and the pool's ranking is not EAP-IG's own (the measurement changed it)
+    assert head != [tuple(k) for k in ig_order[:len(pool)].tolist()]
+
+
 def test_curve_and_areas(traced):
     model, trace = traced("llama")
     ids, cf, a, b = _pair(model, trace)
@@ -147,7 +172,7 @@ def test_curve_and_areas(traced):
     assert "CPR" in repr(two) and two.to_dict()["ranking"] == "random"
 
 
-@pytest.mark.parametrize("ranking", ["eap-ig", "routes", "routes-contrast"])
+@pytest.mark.parametrize("ranking", ["eap-ig", "routes", "routes-contrast", "refined", None])
 def test_circuit_reaches_the_level_when_remeasured(traced, ranking):
     model, trace = traced("llama")
     ids, cf, a, b = _pair(model, trace)

@@ -188,8 +188,8 @@ def _counts(budgets: Sequence[Any], N: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(counts), np.array(fracs)
 
 
-def _listed(value: Any, n: int, name: str, nested: bool = False) -> list:
-    if n == 1:
+def _listed(value: Any, n: int, name: str, many: bool = True) -> list:
+    if not many:
         return [value]
     if value is None:
         return [None] * n
@@ -215,8 +215,8 @@ def curve(traces: Any, ranking: str, budgets: Sequence[Any] = MIB_FRACTIONS, *, 
     if not traces:
         raise ValueError("traces: give at least one trace")
     n = len(traces)
-    cfs = _listed(counterfactual, n, "counterfactual")
-    toks = _listed(tokens, n, "tokens")
+    cfs = _listed(counterfactual, n, "counterfactual", many)
+    toks = _listed(tokens, n, "tokens", many)
     exs = [example(tr, cf, tk, ablation, reference) for tr, cf, tk in zip(traces, cfs, toks)]
     lds, fulls, empties, counts, fracs = [], [], [], [], None
     t_rank = t_meas = 0.0

@@ -112,7 +112,7 @@ def circuit(trace: Any, min_faithfulness: float = 0.8, counterfactual: Any = Non
             ablation: str | None = None, ranking: str | None = None, *, steps: int = DEFAULT_STEPS,
             greedy: bool = True, max_parts: int | float | None = None, baselines: int = 8, seed: int = 0,
             max_batch_bytes: int = 1 << 30):
-    """The smallest graph along ``ranking`` (None: ``"eap-ig"`` with a counterfactual, the
+    """The smallest graph along ``ranking`` (None: ``"refined"`` with a counterfactual, the
     benchmark's winner; ``"routes"`` without, i.e. ``routes-paths``) whose measured normalised faithfulness reaches
     ``min_faithfulness`` (module docstring), with ``graph.faithfulness`` attached (re-measured,
     with ``baselines`` random graphs of the same size). ``counterfactual``: a prompt, trace or

@@ -164,7 +164,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("ltt.models", "ltt.backends", "ltt.interventions", "ltt.ablations")),
     ("graph", ("ltt.graph", "ltt.graph_parts")),
     ("analysis", ("ltt.interpret", "ltt.faithfulness", "ltt.circuits", "ltt.contrast", "ltt.routes", "ltt.tasks")),
-    ("face", ("ltt", "ltt.trace", "ltt.trace_file", "ltt.report", "ltt.widget", "ltt.serve", "ltt.cli")),
+    ("face", ("ltt", "ltt.trace", "ltt.trace_file", "ltt.report", "ltt.report_panels", "ltt.widget", "ltt.serve", "ltt.cli")),
 ]
 MAX_UPWARD = 5
 

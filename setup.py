@@ -30,6 +30,7 @@ SOURCES = [
     "csrc/attn.c",
     "csrc/ffn.c",
     "csrc/graph.c",
+    "csrc/check.c",
 ]
 HEADERS = ["csrc/ltt_core.h", "csrc/ltt_internal.h", "csrc/ltt_blas.h", "csrc/vec.h", "csrc/simd_kernels.h"]
 

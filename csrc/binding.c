@@ -1187,6 +1187,145 @@ done:
     return cleanup(ret, N_ARGS, a, 2, outs);
 }
 
+/* ---- the running exactness check ---------------------------------------------------------- */
+
+/* The rows `rows` of a row-major [T, n] (or [T]) float32 array are finite: the only ones the
+ * check reads (a ValueError naming the argument, the row and the value otherwise). */
+static int require_finite_rows(PyArrayObject *a, const char *name, const int64_t *rows, npy_intp R)
+{
+    if (a == NULL)
+        return 0;
+    const npy_intp n = PyArray_NDIM(a) == 1 ? 1 : PyArray_SIZE(a) / PyArray_DIM(a, 0);
+    for (npy_intp j = 0; j < R; j++) {
+        const float *row = fdata(a) + rows[j] * n;
+        if (!any_nonfinite(row, n, 0))
+            continue;
+        for (npy_intp i = 0; i < n; i++)
+            if (!isfinite(row[i])) {
+                char v[64];
+                PyErr_Format(PyExc_ValueError,
+                             "%s contains NaN or inf after the cast to float32 (row %lld, column "
+                             "%zd: %s)",
+                             name, (long long)rows[j], (Py_ssize_t)i,
+                             fmt_double(v, sizeof v, (double)row[i]));
+                return -1;
+            }
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(probe_check_doc,
+             "probe_check(rows, probs, values, o, down, z, resid_pre, resid_mid, resid_post, "
+             "ffn_out, act, attn_row_scale=None, attn_bias=None, ffn_row_scale=None, "
+             "ffn_bias=None)\n--\n\n"
+             "One layer's running exactness check at rows, along directions z -> dict of "
+             "relative errors. See ltt._reference.probe_check.");
+
+static PyObject *py_probe_check(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"rows",       "probs",   "values",         "o",         "down",
+                             "z",          "resid_pre", "resid_mid",    "resid_post", "ffn_out",
+                             "act",        "attn_row_scale", "attn_bias", "ffn_row_scale",
+                             "ffn_bias",   NULL};
+    enum { ROWS, PROBS, VALUES, O, DOWN, Z, PRE, MID, POST, FFN, ACT, A_ROW, A_BIAS, F_ROW, F_BIAS,
+           N_ARGS };
+    /* the states are read at rows only: their finiteness is checked there, below */
+    static const arg_spec spec[] = {{"rows", NPY_INT64, 0},
+                                    {"probs", NPY_FLOAT32, 0},
+                                    {"values", NPY_FLOAT32, 0},
+                                    {"o", NPY_FLOAT32, 0},
+                                    {"down", NPY_FLOAT64, 0},
+                                    {"z", NPY_FLOAT64, 0},
+                                    {"resid_pre", NPY_FLOAT32, ARG_UNCHECKED},
+                                    {"resid_mid", NPY_FLOAT32, ARG_OPTIONAL | ARG_UNCHECKED},
+                                    {"resid_post", NPY_FLOAT32, ARG_UNCHECKED},
+                                    {"ffn_out", NPY_FLOAT32, ARG_UNCHECKED},
+                                    {"act", NPY_FLOAT32, ARG_UNCHECKED},
+                                    {"attn_row_scale", NPY_FLOAT32, ARG_OPTIONAL | ARG_UNCHECKED},
+                                    {"attn_bias", NPY_FLOAT32, ARG_OPTIONAL | ARG_UNCHECKED},
+                                    {"ffn_row_scale", NPY_FLOAT32, ARG_OPTIONAL | ARG_UNCHECKED},
+                                    {"ffn_bias", NPY_FLOAT32, ARG_OPTIONAL | ARG_UNCHECKED}};
+    PyObject *o[N_ARGS] = {NULL}, *ret = NULL;
+    PyArrayObject *a[N_ARGS];
+    ltt_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOOOOOO|OOOO:probe_check", kwlist, &o[ROWS],
+                                     &o[PROBS], &o[VALUES], &o[O], &o[DOWN], &o[Z], &o[PRE],
+                                     &o[MID], &o[POST], &o[FFN], &o[ACT], &o[A_ROW], &o[A_BIAS],
+                                     &o[F_ROW], &o[F_BIAS]))
+        return NULL;
+    if (convert_args(N_ARGS, spec, o, a) < 0)
+        goto done;
+    npy_intp any1[1] = {-1}, any2[2] = {-1, -1};
+    if (check_shape(a[PRE], "resid_pre", "(T, d)", 2, any2) < 0 ||
+        check_nonempty(a[PRE], "resid_pre") < 0)
+        goto done;
+    const npy_intp T = PyArray_DIM(a[PRE], 0), d = PyArray_DIM(a[PRE], 1);
+    npy_intp td[2] = {T, d}, t1[1] = {T};
+    if ((a[MID] != NULL && check_shape(a[MID], "resid_mid", "(T, d)", 2, td) < 0) ||
+        check_shape(a[POST], "resid_post", "(T, d)", 2, td) < 0 ||
+        check_shape(a[FFN], "ffn_out", "(T, d)", 2, td) < 0 ||
+        check_shape(a[ROWS], "rows", "(R,)", 1, any1) < 0 || check_nonempty(a[ROWS], "rows") < 0 ||
+        check_shape(a[Z], "z", "(d, k)", 2, (npy_intp[2]){d, -1}) < 0 ||
+        check_nonempty(a[Z], "z") < 0)
+        goto done;
+    const npy_intp R = PyArray_DIM(a[ROWS], 0), k = PyArray_DIM(a[Z], 1);
+    if (k > 16) {
+        PyErr_Format(PyExc_ValueError, "z must have at most 16 directions (k), got %zd",
+                     (Py_ssize_t)k);
+        goto done;
+    }
+    if (check_shape(a[PROBS], "probs", "(H, R, T)", 3, (npy_intp[3]){-1, R, T}) < 0 ||
+        check_nonempty(a[PROBS], "probs") < 0 ||
+        check_shape(a[VALUES], "values", "(T, G, d_h)", 3, (npy_intp[3]){T, -1, -1}) < 0 ||
+        check_nonempty(a[VALUES], "values") < 0 ||
+        check_shape(a[ACT], "act", "(T, F)", 2, (npy_intp[2]){T, -1}) < 0 ||
+        check_nonempty(a[ACT], "act") < 0)
+        goto done;
+    const npy_intp H = PyArray_DIM(a[PROBS], 0), G = PyArray_DIM(a[VALUES], 1),
+                   dh = PyArray_DIM(a[VALUES], 2), F = PyArray_DIM(a[ACT], 1);
+    if (H % G != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "values has %zd kv groups, which do not divide the %zd heads of probs",
+                     (Py_ssize_t)G, (Py_ssize_t)H);
+        goto done;
+    }
+    if (check_shape(a[O], "o", "(H, d_h, k)", 3, (npy_intp[3]){H, dh, k}) < 0 ||
+        check_shape(a[DOWN], "down", "(F, k)", 2, (npy_intp[2]){F, k}) < 0 ||
+        (a[A_ROW] != NULL && check_shape(a[A_ROW], "attn_row_scale", "(T,)", 1, t1) < 0) ||
+        (a[F_ROW] != NULL && check_shape(a[F_ROW], "ffn_row_scale", "(T,)", 1, t1) < 0) ||
+        (a[A_BIAS] != NULL && check_shape(a[A_BIAS], "attn_bias", "(T, d)", 2, td) < 0) ||
+        (a[F_BIAS] != NULL && check_shape(a[F_BIAS], "ffn_bias", "(T, d)", 2, td) < 0))
+        goto done;
+    const int64_t *rows = (const int64_t *)PyArray_DATA(a[ROWS]);
+    for (npy_intp j = 0; j < R; j++)
+        if (rows[j] < 0 || rows[j] >= T) {
+            PyErr_Format(PyExc_ValueError, "rows must be in [0, %zd) (T), got %lld at index %zd",
+                         (Py_ssize_t)T, (long long)rows[j], (Py_ssize_t)j);
+            goto done;
+        }
+    static const int row_args[] = {PRE, MID, POST, FFN, ACT, A_ROW, A_BIAS, F_ROW, F_BIAS};
+    for (size_t i = 0; i < sizeof row_args / sizeof row_args[0]; i++)
+        if (require_finite_rows(a[row_args[i]], spec[row_args[i]].name, rows, R) < 0)
+            goto done;
+    ltt_probe_inputs in = {T, R, H, G, dh, d, F, k, rows, fdata(a[PROBS]), fdata(a[VALUES]),
+                           fdata(a[O]), (const double *)PyArray_DATA(a[DOWN]),
+                           (const double *)PyArray_DATA(a[Z]), fdata(a[PRE]), fdata(a[MID]),
+                           fdata(a[POST]), fdata(a[FFN]), fdata(a[ACT]), fdata(a[A_ROW]),
+                           fdata(a[A_BIAS]), fdata(a[F_ROW]), fdata(a[F_BIAS])};
+    double errors[3] = {0.0, 0.0, 0.0};
+    Py_BEGIN_ALLOW_THREADS;
+    st = ltt_probe_check(&in, errors);
+    Py_END_ALLOW_THREADS;
+    if (check_status(st, "probe_check") < 0)
+        goto done;
+    ret = a[MID] == NULL
+              ? Py_BuildValue("{s:d,s:d}", "attn", errors[0], "neurons", errors[2])
+              : Py_BuildValue("{s:d,s:d,s:d}", "attn", errors[0], "ffn", errors[1], "neurons",
+                              errors[2]);
+done:
+    return cleanup(ret, N_ARGS, a, 0, NULL);
+}
+
 /* ---- build information --------------------------------------------------------------------- */
 
 PyDoc_STRVAR(build_info_doc, "build_info()\n--\n\n"
@@ -1270,6 +1409,8 @@ static PyMethodDef methods[] = {
      prune_sparse_doc},
     {"renormalize_sparse", (PyCFunction)(void (*)(void))py_renormalize_sparse,
      METH_VARARGS | METH_KEYWORDS, renormalize_sparse_doc},
+    {"probe_check", (PyCFunction)(void (*)(void))py_probe_check, METH_VARARGS | METH_KEYWORDS,
+     probe_check_doc},
     {"build_info", py_build_info, METH_NOARGS, build_info_doc},
     {NULL, NULL, 0, NULL}};
 

@@ -100,6 +100,32 @@ ltt_status ltt_ffn_neuron_contrib_f32(int64_t N, int64_t F, int64_t d, int64_t w
                                       const float *restrict bias, ltt_norm_fix fix);
 
 /*
+ * The running exactness check of one layer (see ltt/_reference probe_check): the decomposition
+ * rebuilt at rows and compared with the model's states along the directions z [d, k], k <= 16.
+ */
+typedef struct {
+    int64_t T, R, H, G, d_h, d, F, k;
+    const int64_t *rows;           /* [R], each in [0, T) */
+    const float *probs;            /* [H, R, T]: the rows' attention probabilities */
+    const float *values;           /* [T, G, d_h] */
+    const float *o;                /* [H, d_h, k]: w_o[h] along the directions (post-norm pulled back) */
+    const double *down;            /* [F, k]: w_down along the directions */
+    const double *z;               /* [d, k] */
+    const float *resid_pre;        /* [T, d] */
+    const float *resid_mid;        /* [T, d], NULL for a parallel block */
+    const float *resid_post;       /* [T, d] */
+    const float *ffn_out;          /* [T, d] */
+    const float *act;              /* [T, F] */
+    const float *attn_row_scale;   /* [T] or NULL */
+    const float *attn_bias;        /* [T, d] or NULL */
+    const float *ffn_row_scale;    /* [T] or NULL */
+    const float *ffn_bias;         /* [T, d] or NULL */
+} ltt_probe_inputs;
+
+/* errors [3]: attention branch, FFN sum (0 for a parallel block), neurons. */
+ltt_status ltt_probe_check(const ltt_probe_inputs *p, double *restrict errors);
+
+/*
  * Threshold mode renormalize=True: heads [K, T, S], single [E, T] -> edges [T, S], single_out
  * [E, T]. threshold in [0, 1).
  */

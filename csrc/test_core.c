@@ -544,6 +544,41 @@ static void test_status(void)
     CHECK(strcmp(v, "avx512") == 0 || strcmp(v, "avx2") == 0 || strcmp(v, "scalar") == 0);
 }
 
+/* A two-token layer whose decomposition is exact in binary: every error is 0; one spoiled state
+ * shows at its exact size; bad sizes, rows and pointers give their status. */
+static void test_probe_check(void)
+{
+    const int64_t rows[2] = {0, 1};
+    const float probs[4] = {1.0f, 0.0f, 0.5f, 0.5f}; /* [H=1, R=2, T=2] */
+    const float values[2] = {1.0f, 3.0f};            /* [T, G=1, d_h=1] */
+    const float o[1] = {1.0f};                       /* w_o = [1, 0] along z = [1, 2] */
+    const double down[1] = {2.0}, z[2] = {1.0, 2.0}; /* w_down = [0, 1] along z */
+    const float pre[4] = {1, 1, 1, 1}, mid[4] = {2, 1, 3, 1}, ffn[4] = {0, 2, 0, 1},
+                act[2] = {2, 1};
+    float post[4] = {2, 3, 3, 2};
+    ltt_probe_inputs in = {2,    2,   1,    1,   1,    2,   1,    1,    rows, probs, values, o,
+                           down, z,   pre,  mid, post, ffn, act,  NULL, NULL, NULL,  NULL};
+    double e[3] = {-1, -1, -1};
+    CHECK(ltt_probe_check(&in, e) == LTT_OK);
+    CHECK(e[0] == 0.0 && e[1] == 0.0 && e[2] == 0.0);
+    post[2] += 1.0f; /* token 1's output [4, 2]: the FFN sum is off by 1 of 4 */
+    CHECK(ltt_probe_check(&in, e) == LTT_OK);
+    CHECK(e[0] == 0.0 && fabs(e[1] - 0.25) < 1e-12 && e[2] == 0.0);
+    in.resid_mid = NULL; /* a parallel block: pre + attn + ffn against post */
+    CHECK(ltt_probe_check(&in, e) == LTT_OK);
+    CHECK(e[0] > 0.1 && e[1] == 0.0);
+    in.resid_mid = mid;
+    in.k = 17;
+    CHECK(ltt_probe_check(&in, e) == LTT_ERR_SIZE);
+    in.k = 1;
+    const int64_t bad[2] = {0, 2};
+    in.rows = bad;
+    CHECK(ltt_probe_check(&in, e) == LTT_ERR_INDEX);
+    in.rows = rows;
+    in.act = NULL;
+    CHECK(ltt_probe_check(&in, e) == LTT_ERR_NULL);
+}
+
 int main(void)
 {
     test_contributions_figure();
@@ -554,6 +589,7 @@ int main(void)
     test_prune();
     test_threads_agree();
     test_sparse();
+    test_probe_check();
     test_status();
     if (failures) {
         fprintf(stderr, "test_core (%s): %d failure(s)\n", ltt_simd_variant(), failures);

@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ltt import kernels
+
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` in torch's thread pool when torch is loaded (as while a model is traced):
@@ -326,48 +328,17 @@ class LayerBuffers:
                      z: np.ndarray) -> dict[str, float]:
         """The running check of a trace: :meth:`check` at target ``rows`` (``probs [H, len(rows),
         T]``), with the branches compared along directions ``z [d, k]`` of the residual stream
-        (``proj``: :meth:`probe_weights` of ``z``) instead of in full. Per row and direction
-        ``|(lhs - rhs) . z| / |rhs|_2``, the max over rows and directions: for standard normal
-        ``z`` an error ``e`` of a row shows as ``|e|_2 / |rhs|_2`` times a standard normal
-        factor (Freivalds' check; with k directions and several rows a real error is missed
-        with negligible odds). Costs ``O(rows (H T + F + d) k + H T d_h k)``: no pass over a
-        weight (those are in ``proj``). Keys as in :meth:`check`; ``ffn`` (a sum of two
-        recorded states) is compared in full."""
-        idx = np.asarray(rows)
-
-        def rel(lhs: np.ndarray, state: np.ndarray) -> float:  # lhs [r, k] against the state's rows [r, d]
-            state = state.astype(np.float64)
-            scale = np.sqrt((state * state).sum(axis=-1)) + 1e-12
-            return float((np.abs(lhs - state @ z).max(axis=-1) / scale).max())
-
-        def along(a: np.ndarray) -> np.ndarray:
-            return a[idx].astype(np.float64) @ z
-
-        values, o = self.values, proj["o"]  # [T, G, d_h], [H, d_h, k]
-        H, G, k = o.shape[0], values.shape[1], o.shape[2]
-        T = values.shape[0]
-        # each head's values along its directions, [H, T, k]; then the rows' mixing
-        vp = np.matmul(values.transpose(1, 0, 2)[:, None], o.reshape(G, H // G, *o.shape[1:])).reshape(H, T, k)
-        attn = np.matmul(probs.astype(np.float64), vp.astype(np.float64)).sum(axis=0)  # [r, k]
-        if self.attn_norm.row_scale is not None:
-            attn *= self.attn_norm.row_scale[idx].astype(np.float64)[:, None]
-        if self.attn_bias is not None:
-            attn += along(self.attn_bias)
-        x = along(self.resid_pre)
-        out: dict[str, float] = {}
-        if self.parallel:
-            out["attn"] = rel(x + attn + along(self.ffn_out), self.resid_post[idx])
-        else:
-            mid = self.resid_mid[idx].astype(np.float64)
-            out["attn"] = rel(x + attn, mid)
-            post = self.resid_post[idx].astype(np.float64)
-            rebuilt = mid + self.ffn_out[idx]
-            scale = np.abs(post).max(axis=-1) + 1e-12
-            out["ffn"] = float((np.abs(rebuilt - post).max(axis=-1) / scale).max())
-        neurons = self.act[idx].astype(np.float64) @ proj["down"]  # [r, k]
-        if self.ffn_norm.row_scale is not None:
-            neurons *= self.ffn_norm.row_scale[idx].astype(np.float64)[:, None]
-        if self.ffn_bias is not None:
-            neurons += along(self.ffn_bias)
-        out["neurons"] = rel(neurons, self.ffn_out[idx])
-        return out
+        (``proj``: :meth:`probe_weights` of ``z``) instead of in full, in the C core
+        (:func:`ltt.kernels.probe_check`; its twin :func:`ltt._reference.probe_check` defines
+        it). Per row and direction ``|(lhs - rhs) . z| / |rhs|_2``, the max over rows and
+        directions: for standard normal ``z`` an error ``e`` of a row shows as ``|e|_2 /
+        |rhs|_2`` times a standard normal factor (Freivalds' check; with k directions and
+        several rows a real error is missed with negligible odds). Costs ``O(rows (H T + F + d)
+        k + H T d_h k)``: no pass over a weight (those are in ``proj``). Keys as in
+        :meth:`check`; ``ffn`` (a sum of two recorded states) is compared in full."""
+        return kernels.probe_check(
+            np.asarray(rows, dtype=np.int64), probs, self.values, proj["o"], proj["down"], z,
+            self.resid_pre, None if self.parallel else self.resid_mid, self.resid_post,
+            self.ffn_out, self.act, attn_row_scale=self.attn_norm.row_scale,
+            attn_bias=self.attn_bias, ffn_row_scale=self.ffn_norm.row_scale, ffn_bias=self.ffn_bias,
+        )  # fmt: skip

@@ -34,6 +34,7 @@ __all__ = [
     "prune",
     "prune_sparse",
     "renormalize_sparse",
+    "probe_check",
     "build_info",
     "set_num_threads",
     "get_num_threads",
@@ -207,6 +208,49 @@ def ffn_neuron_contrib(
         _arr(act), _arr(w_down), _arr(resid), _arr(whole), bias=_arr(bias),
         row_scale=_arr(row_scale), col_scale=_arr(col_scale), center=bool(center),
         norm=_norm(norm),
+    )  # fmt: skip
+
+
+def probe_check(
+    rows: ArrayLike,
+    probs: ArrayLike,
+    values: ArrayLike,
+    o: ArrayLike,
+    down: ArrayLike,
+    z: ArrayLike,
+    resid_pre: ArrayLike,
+    resid_mid: ArrayLike | None,
+    resid_post: ArrayLike,
+    ffn_out: ArrayLike,
+    act: ArrayLike,
+    attn_row_scale: ArrayLike | None = None,
+    attn_bias: ArrayLike | None = None,
+    ffn_row_scale: ArrayLike | None = None,
+    ffn_bias: ArrayLike | None = None,
+) -> dict[str, float]:
+    """One layer's running exactness check at ``rows [R]`` (int64) along directions ``z [d, k]``:
+    the relative errors ``attn``, ``ffn`` (sequential blocks only) and ``neurons``. ``down``
+    and ``z`` are float64, the rest float32; the states are read (and checked finite) at
+    ``rows`` only. See :func:`ltt._reference.probe_check` for the definition.
+
+    >>> import numpy as np
+    >>> from ltt.kernels import probe_check
+    >>> rng = np.random.default_rng(0)
+    >>> T, H, dh, d, F, k = 3, 2, 2, 4, 5, 2
+    >>> x, v, wo = rng.normal(size=(T, d)), rng.normal(size=(T, 1, dh)), rng.normal(size=(H, dh, d))
+    >>> a = np.tril(np.ones((H, T, T))) / np.arange(1, T + 1)[None, :, None]
+    >>> act, wd, z = rng.normal(size=(T, F)), rng.normal(size=(F, d)), rng.normal(size=(d, k))
+    >>> mid = x + np.einsum("hts,hsd->td", a, np.einsum("sk,hkd->hsd", v[:, 0], wo))
+    >>> rows = np.array([0, 2])
+    >>> e = probe_check(rows, a[:, rows], v, wo @ z, wd @ z, z, x, mid, mid + act @ wd, act @ wd, act)
+    >>> max(e.values()) < 1e-5
+    True
+    """
+    return _core.probe_check(
+        _arr(rows), _arr(probs), _arr(values), _arr(o), _arr(down), _arr(z), _arr(resid_pre),
+        _arr(resid_mid), _arr(resid_post), _arr(ffn_out), _arr(act),
+        attn_row_scale=_arr(attn_row_scale), attn_bias=_arr(attn_bias),
+        ffn_row_scale=_arr(ffn_row_scale), ffn_bias=_arr(ffn_bias),
     )  # fmt: skip
 
 

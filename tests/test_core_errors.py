@@ -70,6 +70,14 @@ def base(name: str) -> dict:
                     ffn_resid=rng.random((L, T)).astype(np.float32),
                     parallel=np.array([False, True, False]), targets=np.array([T - 1, 0]),
                     threshold=0.1)
+    if name == "probe_check":
+        rows = np.array([0, 2, T - 1], np.int64)  # the last row is read (the non-finite tests)
+        return dict(rows=rows, probs=attn[:, rows], values=_f32(rng, T, G, DH), o=_f32(rng, H, DH, 4),
+                    down=rng.standard_normal((F, 4)), z=rng.standard_normal((D, 4)),
+                    resid_pre=_f32(rng, T, D), resid_mid=_f32(rng, T, D), resid_post=_f32(rng, T, D),
+                    ffn_out=_f32(rng, T, D), act=_f32(rng, T, F), attn_row_scale=np.ones(T, np.float32),
+                    attn_bias=_f32(rng, T, D), ffn_row_scale=np.ones(T, np.float32),
+                    ffn_bias=_f32(rng, T, D))
     raise KeyError(name)
 
 
@@ -188,6 +196,19 @@ BAD_SHAPES = [
     ("prune", "attn_resid", (L, T + 1), ("attn_resid", "attn")),
     ("prune", "ffn", (L - 1, T), ("ffn", "attn")),
     ("prune", "ffn_resid", (L, T - 1), ("ffn_resid", "attn")),
+    ("probe_check", "resid_mid", (T + 1, D), ("resid_mid",)),
+    ("probe_check", "resid_post", (T, D + 1), ("resid_post",)),
+    ("probe_check", "ffn_out", (T - 1, D), ("ffn_out",)),
+    ("probe_check", "probs", (H, 3, T + 1), ("probs",)),
+    ("probe_check", "probs", (H, 2, T), ("probs",)),  # not one row per checked row
+    ("probe_check", "values", (T, 3, DH), ("values", "probs")),  # 3 groups do not divide H=4
+    ("probe_check", "o", (H, DH + 1, 4), ("o",)),
+    ("probe_check", "o", (H, DH, 3), ("o",)),
+    ("probe_check", "down", (F + 1, 4), ("down",)),
+    ("probe_check", "z", (D + 1, 4), ("z",)),
+    ("probe_check", "act", (T + 1, F), ("act",)),
+    ("probe_check", "attn_row_scale", (T + 1,), ("attn_row_scale",)),
+    ("probe_check", "ffn_bias", (T, D - 1), ("ffn_bias",)),
 ]
 
 
@@ -289,6 +310,12 @@ EMPTY = [
                    ffn=np.zeros((0, T), np.float32), ffn_resid=np.zeros((0, T), np.float32),
                    parallel=np.zeros(0, bool), targets=np.array([0]), threshold=0.1),
      ("attn", "attn_resid", "ffn", "ffn_resid", "parallel")),
+    ("probe_check", dict(base("probe_check"), rows=np.zeros(0, np.int64), probs=np.zeros((H, 0, T), np.float32)),
+     ("rows",)),
+    ("probe_check", dict(base("probe_check"), act=np.zeros((T, 0), np.float32), down=np.zeros((0, 4))),
+     ("act",)),
+    ("probe_check", dict(base("probe_check"), z=np.zeros((D, 0)), o=np.zeros((H, DH, 0), np.float32),
+                         down=np.zeros((F, 0))), ("z",)),
     ("prune", dict(attn=np.zeros((L, 0, 0), np.float32), attn_resid=np.zeros((L, 0), np.float32),
                    ffn=np.zeros((L, 0), np.float32), ffn_resid=np.zeros((L, 0), np.float32),
                    parallel=np.zeros(L, bool), targets=np.array([0]), threshold=0.1),

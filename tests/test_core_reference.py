@@ -664,6 +664,9 @@ def _leak_calls():
               parallel=np.array([False, True, False, True]), targets=np.array([T - 1, 3]),
               threshold=0.1)
     parts = np.random.default_rng(2).standard_normal((5, 8, 32))
+    from test_probe_check import probe_case  # that file imports this one
+
+    probe = probe_case(3, T=16, H=4, G=2, d=32, F=64)
     return {
         "attn_contrib": lambda: A.attn_contrib(**kw, keep_heads=True),
         "attn_contrib_f64_cast": lambda: A.attn_contrib(**kw64),
@@ -673,6 +676,7 @@ def _leak_calls():
         "contributions": lambda: A.contributions(parts, parts.sum(axis=0)),
         "renormalize": lambda: A.renormalize(heads, single, 0.04),
         "prune": lambda: A.prune(**pr),
+        "probe_check": lambda: A.probe_check(**probe),
     }
 
 

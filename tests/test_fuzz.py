@@ -381,3 +381,38 @@ def test_fuzz_prune_sparse(data, L, T, floor, threshold):
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
         np.testing.assert_array_equal(got[key], dense[key], err_msg=f"{key} vs dense")
+
+
+# --------------------------------------------------------------------------------------------
+# the running exactness check
+
+
+@FUZZ
+@given(data=st.data(), T=st.integers(1, 6), H=st.integers(1, 4), d_h=st.integers(1, 4),
+       d=st.integers(1, 8), F=st.integers(1, 6), k=st.integers(1, 5), scale=SCALES, how=LAYOUTS,
+       parallel=st.booleans())
+def test_fuzz_probe_check(data, T, H, d_h, d, F, k, scale, how, parallel):
+    # any values (not a decomposition): the two must compute the same errors
+    G = data.draw(st.sampled_from([g for g in range(1, H + 1) if H % g == 0]))
+    rows = np.array(sorted(data.draw(st.sets(st.integers(0, T - 1), min_size=1))), np.int64)
+    s = np.float32(scale)
+    kw = dict(rows=rows, probs=data.draw(f32((H, len(rows), T), 0, 1)), values=data.draw(f32((T, G, d_h))) * s,
+              o=data.draw(f32((H, d_h, k))), down=data.draw(f32((F, k))).astype(np.float64),
+              z=data.draw(f32((d, k))).astype(np.float64), resid_pre=data.draw(f32((T, d))) * s,
+              resid_mid=None if parallel else data.draw(f32((T, d))) * s,
+              resid_post=data.draw(f32((T, d))) * s, ffn_out=data.draw(f32((T, d))) * s,
+              act=data.draw(f32((T, F))) * s)
+    for name, shape in (("attn_row_scale", (T,)), ("attn_bias", (T, d)), ("ffn_row_scale", (T,)),
+                        ("ffn_bias", (T, d))):
+        if data.draw(st.booleans()):
+            kw[name] = data.draw(f32(shape, 0.25, 2.0) if len(shape) == 1 else f32(shape)) * (
+                1 if len(shape) == 1 else s)
+    kw = {key: layout(v, how) if isinstance(v, np.ndarray) and v.dtype == np.float32 else v
+          for key, v in kw.items()}
+    res = run_both("probe_check", kw)
+    assert res is not None
+    want, got = res
+    assert set(got) == set(want)
+    for key in want:  # errors relative to each state's norm: float64 in both, another order
+        assert np.isclose(got[key], want[key], rtol=1e-7, atol=1e-9) or (
+            np.isinf(got[key]) and np.isinf(want[key])), (key, got[key], want[key])

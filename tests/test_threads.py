@@ -16,6 +16,7 @@ from ltt import _reference as R
 from ltt import kernels as A
 
 from test_core_reference import attn_case, ffn_case
+from test_probe_check import probe_case
 
 
 @pytest.fixture
@@ -50,6 +51,7 @@ def _calls() -> dict:
               attn_resid=rng.random((L, T)).astype(np.float32), ffn=rng.random((L, T)).astype(np.float32),
               ffn_resid=rng.random((L, T)).astype(np.float32), parallel=np.arange(L) % 2 == 1,
               targets=np.array([T - 1, 17]), threshold=0.2)
+    probe = probe_case(5, T=128, H=6, G=2, d_h=16, d=160, F=512)
     sparse_pr = dict({k: v for k, v in pr.items() if k != "attn"}, **R.sparsify(pr["attn"], 0.01))
     calls = {
         "contributions": [lambda: A.contributions(parts, parts.sum(axis=0))],
@@ -64,6 +66,7 @@ def _calls() -> dict:
         "prune_sparse": [lambda: A.prune_sparse(**sparse_pr)],
         "renormalize_sparse": [lambda: A.renormalize_sparse(**R.sparsify(sp_heads, 0.0, heads=True),
                                                             single=sp_single, threshold=0.001)],
+        "probe_check": [lambda: A.probe_check(**probe)],  # one thread whatever the count: the same
     }
     assert set(calls) == set(R.KERNELS)
     return calls

@@ -29,6 +29,7 @@ from ltt._reference.dense import (
     contributions,
     ffn_neuron_contrib,
     head_vectors,
+    probe_check,
     prune,
     renormalize,
 )

@@ -1,4 +1,5 @@
-"""The dense twins: the proximity primitive, attention and FFN contributions, renormalize, prune.
+"""The dense twins: the proximity primitive, attention and FFN contributions, renormalize, prune,
+the running exactness check.
 
 Part of :mod:`ltt._reference` (read its docstring for the conventions every twin shares).
 """
@@ -15,7 +16,7 @@ EPS = 1e-5
 # The twins of the dense C entry points. Each twin repeats its entry point's signature on
 # purpose (same names, same arguments), so the partial views' signatures look alike.
 KERNELS = ("contributions", "attn_contrib", "attn_head_map", "attn_edge_heads", "ffn_neuron_contrib",
-           "renormalize", "prune")
+           "renormalize", "prune", "probe_check")
 
 
 def _norm(x: np.ndarray, norm: int, axis: int = -1) -> np.ndarray:
@@ -373,3 +374,86 @@ def prune(
         reached_out = reached_in
     edges = np.array(sorted(kept_attn), dtype=np.int64).reshape(-1, 3)
     return {"attn_edges": edges, "attn_resid": keep_ar, "ffn": keep_f, "ffn_resid": keep_fr}
+
+
+def probe_check(
+    rows: np.ndarray,
+    probs: np.ndarray,
+    values: np.ndarray,
+    o: np.ndarray,
+    down: np.ndarray,
+    z: np.ndarray,
+    resid_pre: np.ndarray,
+    resid_mid: np.ndarray | None,
+    resid_post: np.ndarray,
+    ffn_out: np.ndarray,
+    act: np.ndarray,
+    attn_row_scale: np.ndarray | None = None,
+    attn_bias: np.ndarray | None = None,
+    ffn_row_scale: np.ndarray | None = None,
+    ffn_bias: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The running exactness check of one layer of a trace, at target ``rows [R]`` and along
+    directions ``z [d, k]`` of the residual stream (Freivalds' check).
+
+    Inputs: ``probs [H, R, T]`` the rows' attention probabilities, ``values [T, G, d_h]``,
+    ``o [H, d_h, k]`` each head's ``w_o[h]`` along the directions pulled back through the
+    attention's post-norm, ``down [F, k]`` the same of ``w_down``; the states ``[T, d]``
+    (``resid_mid`` None for a parallel block), ``act [T, F]``; each branch's optional row scale
+    ``[T]`` and bias ``[T, d]`` (already through its post-norm).
+
+    Per row and direction the rebuilt branch is compared with the state it must equal,
+    ``|lhs . z_c - state . z_c| / ||state||_2``, and the max over rows and directions is kept:
+
+    * ``attn``: ``resid_pre + row_scale * sum_h probs[h] @ (values[:, g(h)] @ w_o[h]) + bias``
+      against ``resid_mid`` (a parallel block: plus ``ffn_out``, against ``resid_post``);
+    * ``ffn`` (sequential only, in full): ``max_i |resid_mid + ffn_out - resid_post|_i /
+      max_i |resid_post|_i``;
+    * ``neurons``: ``row_scale * act @ w_down + bias`` against ``ffn_out``.
+
+    An error ``e`` of a row shows as ``|e|_2 / |state|_2`` times a standard normal factor per
+    direction for standard normal ``z``.
+    """
+    idx = np.asarray(rows, dtype=np.int64)
+    f64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
+    read = dict(probs=probs, values=values, o=o, down=down, z=z)  # read whole; the states at rows
+    states = dict(resid_pre=resid_pre, resid_mid=resid_mid, resid_post=resid_post, ffn_out=ffn_out,
+                  act=act, attn_row_scale=attn_row_scale, attn_bias=attn_bias,
+                  ffn_row_scale=ffn_row_scale, ffn_bias=ffn_bias)
+    for name, arr in [*read.items(), *((k, None if v is None else f64(v)[idx]) for k, v in states.items())]:
+        if arr is not None and not np.isfinite(f64(arr)).all():
+            raise ValueError(f"{name} contains NaN or inf")
+    z = f64(z)
+    p, v, o = f64(probs), f64(values), f64(o)
+    H, G = p.shape[0], v.shape[1]
+
+    def along(a: np.ndarray) -> np.ndarray:
+        return f64(a)[idx] @ z
+
+    def rel(lhs: np.ndarray, state: np.ndarray) -> float:
+        s = f64(state)[idx]
+        return float((np.abs(lhs - s @ z).max(axis=-1) / (np.sqrt((s * s).sum(axis=-1)) + 1e-12)).max())
+
+    attn = np.zeros((len(idx), z.shape[1]))
+    for h in range(H):
+        attn += p[h] @ (v[:, h // (H // G)] @ o[h])
+    if attn_row_scale is not None:
+        attn *= f64(attn_row_scale)[idx][:, None]
+    if attn_bias is not None:
+        attn += along(attn_bias)
+    lhs = along(resid_pre) + attn
+    out: dict[str, float] = {}
+    if resid_mid is None:
+        out["attn"] = rel(lhs + along(ffn_out), resid_post)
+    else:
+        out["attn"] = rel(lhs, resid_mid)
+        post = f64(resid_post)[idx]
+        rebuilt = f64(resid_mid)[idx] + f64(ffn_out)[idx]
+        out["ffn"] = float((np.abs(rebuilt - post).max(axis=-1) / (np.abs(post).max(axis=-1) + 1e-12)).max())
+    neurons = f64(act)[idx] @ f64(down)
+    if ffn_row_scale is not None:
+        neurons *= f64(ffn_row_scale)[idx][:, None]
+    if ffn_bias is not None:
+        neurons += along(ffn_bias)
+    out["neurons"] = rel(neurons, ffn_out)
+    return out

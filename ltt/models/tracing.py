@@ -78,7 +78,14 @@ def _running_check(model: Any, l: int, lb: LayerBuffers, stamp: tuple, rows: np.
     the weights under the same stamp."""
     z = probe_directions(lb.resid_pre.shape[1])
     proj, cached = _probe_weights(model, l, lb, stamp)
-    errors = lb.check_probes(rows, probs, proj, z)
+    try:
+        errors = lb.check_probes(rows, probs, proj, z)
+    except ValueError as exc:  # NaN or inf in what the layer recorded (kernels.probe_check)
+        raise RuntimeError(
+            f"layer {l} of {model.name!r} produced NaN or inf during the trace ({exc}): the "
+            "model's own forward overflowed (a half-precision model on a long or unusual prompt) "
+            "or a hook on it wrote non-finite values; nothing can be attributed"
+        ) from exc
     if cached and not all(e <= tol for e in errors.values()):
         proj, _ = _probe_weights(model, l, lb, stamp, fresh=True)
         errors = lb.check_probes(rows, probs, proj, z)
@@ -372,7 +379,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
     # each weight's stamp taken once in this trace (hooks, branch parameters, layer stamps)
     with stamp_scope(), record.Recording(model, T, on_layer, stream_heads=stream) as recording:
         record.point("forward")
-        out = recording.forward(input_ids=torch.tensor([list(ids)], device=device), **kwargs)
+        out = recording.forward(input_ids=torch.tensor([list(ids)], device=device), inference=True, **kwargs)
         record.point("forward-done")
     total = time.perf_counter() - started
     missing = [l for l, lb in enumerate(layers) if lb is None]

@@ -75,11 +75,14 @@ class SparseRows:
         [0.5, 0.25]
         """
         per_head = dense.ndim == 3
-        stack = dense if per_head else dense[None]  # [H, T, S]
-        H, T = stack.shape[0], stack.shape[1]
-        # the kept entries found in (target, head, source) order: already the rows' order
-        t, h, s = np.nonzero(stack.transpose(1, 0, 2) >= floor)
-        v = stack[h, t, s].astype(np.float32)
+        stack = np.ascontiguousarray(dense if per_head else dense[None])  # [H, T, S]
+        H, T, S = stack.shape
+        # the kept entries found in (target, head, source) order, already the rows' order: one
+        # flat index each (a boolean mask read in that order), split into its three parts
+        flat = np.flatnonzero((stack >= floor).transpose(1, 0, 2))
+        t, rest = np.divmod(flat, H * S)
+        h, s = np.divmod(rest, S)
+        v = stack.reshape(-1)[(h * T + t) * S + s].astype(np.float32)
         best_s = stack.argmax(axis=2)  # [H, T], each head's first largest
         best_v = np.take_along_axis(stack, best_s[:, :, None], axis=2)[:, :, 0]
         rows = np.arange(T)

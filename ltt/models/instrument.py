@@ -281,6 +281,11 @@ class Run:
 
     # -- what clients use ----------------------------------------------------------------------
 
+    @property
+    def modules(self) -> list[Any]:
+        """The model's modules, listed once on entry (empty before)."""
+        return self._modules
+
     def tag(self, fn: Callable) -> Callable:
         """``fn`` as a hook of this run: it acts only in the run's own forward pass (returns
         None, changing nothing, in any other) and is tagged for the clean-up's safety net."""

@@ -58,10 +58,12 @@ class Recording(Run):
         return self
 
     def _keep(self, l: int, key: str, read: tensors.Reader) -> Callable:
-        """A hook storing the items ``read(module, args, out_or_kwargs)`` in layer ``l``'s record."""
-        def hook(module, args, out):
+        """A hook storing the items ``read(module, *hook_args)`` in layer ``l``'s record (torch's
+        hook arguments after the module: ``args`` and the output or kwargs, or for a forward
+        hook with kwargs ``args, kwargs, output``)."""
+        def hook(module, *rest):
             point(f"hook:{l}:{key}")
-            self.records[l].update(read(module, args, out))
+            self.records[l].update(read(module, *rest))
         return hook
 
     def _layer_out(self, l: int) -> Callable:
@@ -111,8 +113,7 @@ class Recording(Run):
                     self.added(handle)
                 hook(experts, keep(l, "w_down", tensors.weight_of(model, l, "w_down", T, output=False)))
             else:
-                hook(sub(layer, fam.down), keep(l, "act", tensors.input_of("act", T)), pre=True, with_kwargs=True)
-                hook(sub(layer, fam.down), keep(l, "w_down", tensors.weight_of(model, l, "w_down", T)))
+                hook(sub(layer, fam.down), keep(l, "w_down", tensors.down_of(model, l, T)), with_kwargs=True)
             if fam.ffn_post_norm:
                 hook(sub(layer, fam.ffn_post_norm), keep(l, "ffn", tensors.output_of("ffn", T)))
             if not model.parallel[l]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ltt.models.families import split_values
 
-Reader = Callable[[Any, Any, Any], dict[str, Any]]
+Reader = Callable[..., dict[str, Any]]
 
 
 def to_numpy(t: Any) -> np.ndarray:
@@ -77,3 +77,15 @@ def weight_of(model: Any, layer: int, key: str, T: int, output: bool = True) -> 
     module's forward has it in place) and, with ``output``, its output rows (``out_o``, ...)."""
     out = output_of(key.replace("w_", "out_"), T)
     return lambda m, args, o: {key: model.module_weight(layer, key, m), **(out(m, args, o) if output else {})}
+
+
+def down_of(model: Any, layer: int, T: int) -> Reader:
+    """A forward-hook reader (with kwargs) on a dense down projection: its input rows ``act``,
+    its weight ``w_down`` and its output rows ``out_down``, in one hook (the module does not
+    change its input)."""
+    weight = weight_of(model, layer, "w_down", T)
+
+    def read(m, args, kw, o):
+        act = args[0] if args else kw.get("hidden_states", kw.get("input"))
+        return {"act": rows(to_numpy(act), T), **weight(m, args, o)}
+    return read

@@ -14,6 +14,7 @@ layer at a time, inside its output hook. Nothing kept grows like ``L H T^2``.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -377,9 +378,9 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
         kwargs["logits_to_keep"] = 1
     started = time.perf_counter()
     # each weight's stamp taken once in this trace (hooks, branch parameters, layer stamps)
-    with stamp_scope(), record.Recording(model, T, on_layer, stream_heads=stream) as recording:
+    with record.Recording(model, T, on_layer, stream_heads=stream) as recording, stamp_scope(recording.modules):
         record.point("forward")
-        out = recording.forward(input_ids=torch.tensor([list(ids)], device=device), inference=True, **kwargs)
+        out = recording.forward(input_ids=torch.tensor([list(ids)], device=device), **kwargs)
         record.point("forward-done")
     total = time.perf_counter() - started
     missing = [l for l, lb in enumerate(layers) if lb is None]
@@ -403,9 +404,19 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
 
 
 def _accepts(hf: Any, name: str) -> bool:
+    fn = hf.forward
+    try:
+        return _parameter_names(getattr(fn, "__func__", fn)).__contains__(name)
+    except TypeError:  # not hashable: read its signature each time
+        return name in _parameter_names.__wrapped__(fn)
+
+
+@functools.lru_cache(maxsize=64)
+def _parameter_names(fn: Any) -> frozenset:
+    """The parameter names of a forward function (its signature read once per function)."""
     import inspect
 
     try:
-        return name in inspect.signature(hf.forward).parameters
+        return frozenset(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
-        return False
+        return frozenset()

@@ -87,14 +87,22 @@ def _sample_hash(p: Any) -> int | None:
 _MEMO: "contextvars.ContextVar[dict | None]" = contextvars.ContextVar("ltt_weight_stamps", default=None)
 
 
+#: False within a :func:`stamp_scope` whose model has no accelerate hooks: nothing to page in.
+_HOOKED: "contextvars.ContextVar[bool | None]" = contextvars.ContextVar("ltt_hooked", default=None)
+
+
 @contextlib.contextmanager
-def stamp_scope() -> Iterator[None]:
+def stamp_scope(modules: Any = None) -> Iterator[None]:
     """Within the scope (one trace), each parameter's stamp is taken once and reused while its
-    version counter and storage stay the same."""
+    version counter and storage stay the same. Given the model's ``modules``, a model none of
+    which carries an accelerate hook skips :func:`_on_device`'s search of each layer."""
     token = _MEMO.set({})
+    hooked = None if modules is None else any("_hf_hook" in m.__dict__ for m in modules)
+    token_hooked = _HOOKED.set(hooked)
     try:
         yield
     finally:
+        _HOOKED.reset(token_hooked)
         _MEMO.reset(token)
 
 
@@ -131,6 +139,8 @@ def _on_device(module: Any):
     offload) are paged in, as the model's own forward pages them."""
     from contextlib import ExitStack, nullcontext
 
+    if _HOOKED.get() is False:  # in a trace of a model without accelerate hooks
+        return nullcontext()
     hooked = [m for m in module.modules() if "_hf_hook" in m.__dict__]  # accelerate's, set as a plain attribute
     if not hooked:
         return nullcontext()

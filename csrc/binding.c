@@ -1223,10 +1223,10 @@ PyDoc_STRVAR(probe_check_doc,
 
 static PyObject *py_probe_check(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"rows",       "probs",   "values",         "o",         "down",
-                             "z",          "resid_pre", "resid_mid",    "resid_post", "ffn_out",
-                             "act",        "attn_row_scale", "attn_bias", "ffn_row_scale",
-                             "ffn_bias",   NULL};
+    static char *kwlist[] = {"rows",       "probs",          "values",    "o",
+                             "down",       "z",              "resid_pre", "resid_mid",
+                             "resid_post", "ffn_out",        "act",       "attn_row_scale",
+                             "attn_bias",  "ffn_row_scale",  "ffn_bias",  NULL};
     enum { ROWS, PROBS, VALUES, O, DOWN, Z, PRE, MID, POST, FFN, ACT, A_ROW, A_BIAS, F_ROW, F_BIAS,
            N_ARGS };
     /* the states are read at rows only: their finiteness is checked there, below */

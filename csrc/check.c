@@ -7,48 +7,37 @@
 
 #include "ltt_internal.h"
 
-/* out[c] = sum_i v[i] * m[i * k + c] for c < k, in double (m is [n, k], row-major, float or
- * double). Inlined with k = 4 (the trace's directions) so the k sums stay in registers. */
-#define ALONG_BODY(M)                                                                              \
-    do {                                                                                           \
-        double acc[16] = {0.0};                                                                    \
-        for (int64_t i = 0; i < n; i++) {                                                          \
-            const double x = (double)v[i];                                                         \
-            for (int64_t c = 0; c < k; c++)                                                        \
-                acc[c] += x * (double)(M)[i * k + c];                                              \
-        }                                                                                          \
-        for (int64_t c = 0; c < k; c++)                                                            \
-            out[c] = acc[c];                                                                       \
-    } while (0)
-
-static inline void along_k(int64_t n, int64_t k, const float *restrict v, const double *restrict z,
+/* out[c] = sum_i v[i] * m[i * k + c] for c < k, in double (m is [n, k], row-major). Inlined with
+ * k = 4 (the trace's directions) so that the k sums stay in registers. */
+static inline void along_k(int64_t n, int64_t k, const float *restrict v, const double *restrict m,
                            double *restrict out)
 {
-    ALONG_BODY(z);
+    double acc[16] = {0.0};
+    for (int64_t i = 0; i < n; i++) {
+        const double x = (double)v[i];
+        for (int64_t c = 0; c < k; c++)
+            acc[c] += x * m[i * k + c];
+    }
+    for (int64_t c = 0; c < k; c++)
+        out[c] = acc[c];
 }
 
-static inline void along_kf(int64_t n, int64_t k, const float *restrict v, const float *restrict m,
-                            double *restrict out)
-{
-    ALONG_BODY(m);
-}
-
-static void along(int64_t n, int64_t k, const float *restrict v, const double *restrict z,
+static void along(int64_t n, int64_t k, const float *restrict v, const double *restrict m,
                   double *restrict out)
 {
     if (k == 4)
-        along_k(n, 4, v, z, out);
+        along_k(n, 4, v, m, out);
     else
-        along_k(n, k, v, z, out);
+        along_k(n, k, v, m, out);
 }
 
-static void along_f(int64_t n, int64_t k, const float *restrict v, const float *restrict m,
-                    double *restrict out)
+/* lhs[c] += v . m[:, c] for c < k (tmp: k scratch doubles). */
+static void add_along(int64_t n, int64_t k, const float *restrict v, const double *restrict m,
+                      double *restrict lhs, double *restrict tmp)
 {
-    if (k == 4)
-        along_kf(n, 4, v, m, out);
-    else
-        along_kf(n, k, v, m, out);
+    along(n, k, v, m, tmp);
+    for (int64_t c = 0; c < k; c++)
+        lhs[c] += tmp[c];
 }
 
 static double norm2(int64_t n, const float *restrict v)
@@ -88,45 +77,33 @@ ltt_status ltt_probe_check(const ltt_probe_inputs *p, double *restrict errors)
     for (int64_t j = 0; j < R; j++)
         if (p->rows[j] < 0 || p->rows[j] >= T)
             return LTT_ERR_INDEX;
-    /* each head's values along its directions, vp [H, T, k] */
-    double *vp = malloc((size_t)(H * T * k + 3 * k) * sizeof(double));
+    /* each head's values along its directions, vp [H, T, k], from o in double od [H, d_h, k] */
+    double *vp = malloc((size_t)(H * T * k + H * dh * k + 3 * k) * sizeof(double));
     if (vp == NULL)
         return LTT_ERR_NOMEM;
-    double *lhs = vp + H * T * k, *tmp = lhs + k, *tmp2 = tmp + k;
+    double *od = vp + H * T * k, *lhs = od + H * dh * k, *tmp = lhs + k, *tmp2 = tmp + k;
+    for (int64_t i = 0; i < H * dh * k; i++)
+        od[i] = (double)p->o[i];
     const int64_t per = H / G;
-    for (int64_t h = 0; h < H; h++) {
-        const float *restrict oh = p->o + h * dh * k;
-        for (int64_t s = 0; s < T; s++) {
-            const float *restrict v = p->values + (s * G + h / per) * dh;
-            along_f(dh, k, v, oh, vp + (h * T + s) * k);
-        }
-    }
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t s = 0; s < T; s++)
+            along(dh, k, p->values + (s * G + h / per) * dh, od + h * dh * k, vp + (h * T + s) * k);
     double attn_err = 0.0, ffn_err = 0.0, neuron_err = 0.0;
     for (int64_t j = 0; j < R; j++) {
         const int64_t t = p->rows[j];
         /* the attention branch along z: heads, then its row scale and bias, plus the residual */
         for (int64_t c = 0; c < k; c++)
             lhs[c] = 0.0;
-        for (int64_t h = 0; h < H; h++) {
-            along(T, k, p->probs + (h * R + j) * T, vp + h * T * k, tmp);
-            for (int64_t c = 0; c < k; c++)
-                lhs[c] += tmp[c];
-        }
+        for (int64_t h = 0; h < H; h++)
+            add_along(T, k, p->probs + (h * R + j) * T, vp + h * T * k, lhs, tmp);
         if (p->attn_row_scale != NULL)
             for (int64_t c = 0; c < k; c++)
                 lhs[c] *= (double)p->attn_row_scale[t];
-        if (p->attn_bias != NULL) {
-            along(d, k, p->attn_bias + t * d, p->z, tmp);
-            for (int64_t c = 0; c < k; c++)
-                lhs[c] += tmp[c];
-        }
-        along(d, k, p->resid_pre + t * d, p->z, tmp);
-        for (int64_t c = 0; c < k; c++)
-            lhs[c] += tmp[c];
+        if (p->attn_bias != NULL)
+            add_along(d, k, p->attn_bias + t * d, p->z, lhs, tmp);
+        add_along(d, k, p->resid_pre + t * d, p->z, lhs, tmp);
         if (p->resid_mid == NULL) { /* a parallel block: both branches against the layer's output */
-            along(d, k, p->ffn_out + t * d, p->z, tmp);
-            for (int64_t c = 0; c < k; c++)
-                lhs[c] += tmp[c];
+            add_along(d, k, p->ffn_out + t * d, p->z, lhs, tmp);
             compare(p, lhs, p->resid_post + t * d, tmp2, &attn_err);
         } else {
             compare(p, lhs, p->resid_mid + t * d, tmp2, &attn_err);
@@ -144,11 +121,8 @@ ltt_status ltt_probe_check(const ltt_probe_inputs *p, double *restrict errors)
         if (p->ffn_row_scale != NULL)
             for (int64_t c = 0; c < k; c++)
                 lhs[c] *= (double)p->ffn_row_scale[t];
-        if (p->ffn_bias != NULL) {
-            along(d, k, p->ffn_bias + t * d, p->z, tmp);
-            for (int64_t c = 0; c < k; c++)
-                lhs[c] += tmp[c];
-        }
+        if (p->ffn_bias != NULL)
+            add_along(d, k, p->ffn_bias + t * d, p->z, lhs, tmp);
         compare(p, lhs, p->ffn_out + t * d, tmp2, &neuron_err);
     }
     free(vp);

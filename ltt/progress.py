@@ -12,6 +12,8 @@ it as ``show`` (True or False decides; None follows the rule). Depends on nothin
 from __future__ import annotations
 
 import sys
+import threading
+import weakref
 from typing import Any
 
 
@@ -69,7 +71,9 @@ class Steps:
     seconds (default 2): a tqdm bar when stderr is a terminal (or in a Jupyter kernel), plain
     lines on any other stderr (a log, a pipe: one line at most every ``every`` seconds and one
     at the end), nothing with ``LTT_QUIET`` set. ``step(note)`` counts one step; ``note`` says
-    what is running now.
+    what is running now. A step that runs long (one rerun of the model) still gets a line, or a
+    refreshed bar, every ``every`` seconds: a daemon thread watches, until :meth:`close` or
+    until the object is dropped.
 
     >>> with Steps(3, "writing the report") as steps:      # doctest: +SKIP
     ...     for layer in range(3):
@@ -92,6 +96,11 @@ class Steps:
         else:  # a stream of the caller's: a bar only on a terminal
             isatty = getattr(stream, "isatty", None)
             self._terminal = bool(isatty and isatty())
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        if not self._off and self.every > 0:
+            threading.Thread(target=_watch, args=(weakref.ref(self), self._stop, min(self.every, 1.0)),
+                             name="ltt-progress", daemon=True).start()
 
     @property
     def stream(self) -> Any:
@@ -101,6 +110,10 @@ class Steps:
         return self._clock() - self._start
 
     def step(self, note: str = "", n: int = 1) -> None:
+        with self._lock:
+            self._step(note, n)
+
+    def _step(self, note: str, n: int) -> None:
         self.done = min(self.total, self.done + int(n))
         self.note = note or self.note
         if self._off or self.elapsed() < self.delay:
@@ -116,6 +129,17 @@ class Steps:
         elif self._last is None or self._clock() - self._last >= self.every:
             self._line(f"{self.done}/{self.total}" + (f", {self.note}" if self.note else ""))
 
+    def _tick(self) -> None:
+        """The watcher's turn: a line (or a refreshed bar) when none came for ``every`` seconds."""
+        with self._lock:
+            if self._off or self.elapsed() < self.delay:
+                return
+            if self._terminal:
+                if self._bar is not None:
+                    self._bar.refresh()
+            elif self._last is None or self._clock() - self._last >= self.every:
+                self._line(f"{self.done}/{self.total}" + (f", {self.note}" if self.note else ""))
+
     def _line(self, text: str) -> None:
         self._last = self._clock()
         try:
@@ -124,6 +148,11 @@ class Steps:
             self._off = True
 
     def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -135,3 +164,13 @@ class Steps:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _watch(ref: Any, stop: threading.Event, every: float) -> None:
+    """The watcher thread of one :class:`Steps`: ticks until it is closed or dropped."""
+    while not stop.wait(every):
+        steps = ref()
+        if steps is None:
+            return
+        steps._tick()
+        del steps

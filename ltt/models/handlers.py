@@ -41,10 +41,20 @@ then recomputes ``(A * keep) @ V`` for the rows with removals (exact zeros). GPT
 do not call the interface; there a forward hook on the attention module subtracts
 ``W_O ((A * (1 - keep)) @ V)`` from its output (no bias), which equals the removal to float
 rounding. FFN blocks are removed by a forward hook on the branch's last module.
+
+Only what a row can use is computed in the FFN: where a dense FFN is one module applied
+position by position (the parent of the down projection, called with the layer's state alone;
+not OPT's flattened MLP, Bloom's or MPT's, which add the residual inside, nor a MoE block), its
+input is cut to the (row, position) pairs whose block acts (every position of row 0, and of
+the counterfactual's row when patching) and its down projection's output put back in place,
+zeros elsewhere, which the removal replaces anyway (:func:`_gather_hooks`). A graph's row keeps
+a few blocks, so the batch's FFN work shrinks to about the full and the removed rows'. The
+kept blocks compute what they would in the whole batch (the same modules on the same states).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 import numpy as np
@@ -85,9 +95,23 @@ def install(run: Any, model: Any, rows: Sequence[Any], T: int, mean: bool, spec:
             values_hook, attn_hook = _subtract_hooks(model, layer, rows, l, T, mean, B, spec)
             run.hook(model.submodule(layer, model.spec.qkv), values_hook)
             run.hook(attn, attn_hook)
+        gather = _ffn_module(model, layer) if COMPACT_FFN and spec.capture is None else None
+        if gather is not None:
+            keep = _keep(rows, lambda r: r.ffn.get(l), (T,)) > 0
+            if spec.mode == "patch":
+                keep[1] = True  # the counterfactual's row runs in full: removed blocks take its terms
+            if not keep.all():
+                pre, post = _gather_hooks(keep, l)
+                run.hook(gather, pre, pre=True)
+                run.hook(model.submodule(layer, model.spec.down), post)  # before the removal's hook
         for i, branch in enumerate(_ffn_branches(model, layer)):
             run.hook(branch, _ffn_hook(rows, l, T, mean, B, spec, i))
     return interface
+
+
+#: compute each FFN only at the (row, position) pairs whose block acts (False: every pair, the
+#: plain batched run; the tests compare the two)
+COMPACT_FFN = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,6 +274,58 @@ def _ffn_hook(rows, layer, T, mean, B, spec, branch=0):
         return replace(output)
 
     return hook
+
+
+def _ffn_module(model: Any, layer: Any) -> Any:
+    """The module that computes ``layer``'s dense FFN branch position by position (the parent of
+    its down projection, whose forward takes the state alone), or None: a MoE block, OPT's
+    MLP inside the layer itself, Bloom's and MPT's (which take the residual too)."""
+    fam = model.spec
+    if moe.experts_module(fam, layer) is not None or "." not in fam.down:
+        return None
+    module = get_module(layer, fam.down.rsplit(".", 1)[0])
+    if module is None or module is layer:
+        return None
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in params if p.kind in positional and p.default is inspect.Parameter.empty]
+    return module if len(required) == 1 else None
+
+
+def _gather_hooks(keep: np.ndarray, layer: int) -> tuple[Any, Any]:
+    """(pre-hook of the FFN module, hook of its down projection): the module runs on the
+    ``keep [B, T]`` pairs alone (``[1, n, d]``) and the down projection's output comes back as
+    ``[B, T, d]`` with zeros at the others. A call that does not look like the layer's own
+    (another shape, keywords) runs in full."""
+    import torch
+
+    B, T = keep.shape
+    n = int(keep.sum())
+    mask = torch.from_numpy(keep)
+    state = {"on": False}
+
+    def pre(module, args):
+        x = args[0] if args else None
+        state["on"] = torch.is_tensor(x) and x.dim() == 3 and tuple(x.shape[:2]) == (B, T)
+        if not state["on"]:
+            return None
+        return (x[mask.to(x.device)][None],) + tuple(args[1:])
+
+    def post(module, args, output):
+        if not state["on"]:
+            return None
+        state["on"] = False
+        if not torch.is_tensor(output) or output.dim() != 3 or tuple(output.shape[:2]) != (1, n):
+            raise RuntimeError(f"layer {layer}: the FFN's down projection returned shape "
+                               f"{tuple(getattr(output, 'shape', ()))} for {n} gathered positions")
+        full = output.new_zeros((B, T, output.shape[-1]))
+        full[mask.to(output.device)] = output[0]
+        return full
+
+    return pre, post
 
 
 def _ffn_branches(model: Any, layer: Any) -> list[Any]:

@@ -1,6 +1,6 @@
-"""The faithfulness rerun's shortcuts against the plain batched rerun: every FFN computed at every
-(row, position) pair (``handlers.COMPACT_FFN = False``) and the full model's row rerun in the
-batch. Same numbers, every family, every ablation."""
+"""The faithfulness rerun's shortcuts against the plain batched rerun (``handlers.COMPACT =
+False``: every FFN at every (row, position) pair, every row's attention at every query). Same
+numbers, every family, every ablation."""
 
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ def _numbers(f) -> np.ndarray:
 
 def _both(monkeypatch, trace, graph, **kw):
     fast = trace.faithfulness(graph, **kw)
-    monkeypatch.setattr(handlers, "COMPACT_FFN", False)
+    monkeypatch.setattr(handlers, "COMPACT", False)
     slow = trace.faithfulness(graph, **kw)
-    monkeypatch.setattr(handlers, "COMPACT_FFN", True)
+    monkeypatch.setattr(handlers, "COMPACT", True)
     return fast, slow
 
 
@@ -51,13 +51,19 @@ def test_compact_ffn_gives_the_plain_rerun_s_numbers(monkeypatch, traced, key, a
 
 
 @pytest.mark.parametrize("key", ["llama", "gemma2", "gpt2", "falcon"])
-def test_compact_ffn_when_patching(monkeypatch, traced, key):
+def test_patching_runs_whole(monkeypatch, traced, key):
+    """Patching takes neither shortcut (patched from the prompt itself, it gives the full row's
+    numbers bit for bit only with every product in one shape): the plain run's numbers exactly."""
     model, trace = traced(key)
     ids = [int(i) for i in trace.token_ids]
     cf = ids[:-2] + [ids[-1], ids[-2]]  # the same length, two tokens swapped
     g = trace.graph(threshold=0.05)
+    called = []
+    monkeypatch.setattr(handlers, "_gather_hooks", lambda *a: called.append(1))
+    monkeypatch.setattr(handlers, "_by_queries", lambda *a: called.append(1))
     fast, slow = _both(monkeypatch, trace, g, baselines=2, counterfactual=cf, tokens=[5, 7])
-    _same(fast, slow)
+    assert called == []
+    np.testing.assert_array_equal(_numbers(fast), _numbers(slow))
 
 
 def test_which_ffns_are_compacted(tiny_model):
@@ -68,3 +74,22 @@ def test_which_ffns_are_compacted(tiny_model):
         model = tiny_model(key)
         got = handlers._ffn_module(model, model.decoder_layers[0]) is not None
         assert got == want, key
+
+
+def test_graph_rows_run_their_attention_at_their_edges_queries(monkeypatch, traced):
+    """The shortcut is taken (zero ablation, every layer), and not where every query's output
+    matters (mean ablation)."""
+    model, trace = traced("llama")
+    seen = []
+    plain = handlers._by_queries
+
+    def spy(call, plan, *rest):
+        seen.append(int(plan[3].sum(axis=1).max()))  # the most queries a graph row needs
+        return plain(call, plan, *rest)
+
+    monkeypatch.setattr(handlers, "_by_queries", spy)
+    trace.faithfulness(trace.graph(threshold=0.05), baselines=2)
+    assert len(seen) == model.n_layers and max(seen) < trace.n_tokens
+    seen.clear()
+    trace.faithfulness(trace.graph(threshold=0.05), baselines=2, ablation="mean")
+    assert seen == []

@@ -186,15 +186,18 @@ class Steps:
 
 
 def steps(total: int, desc: str, unit: str = "step", *, leave: bool = True, delay: float = 2.0) -> Steps | None:
-    """A :class:`Steps` for work that may run long (a trace of a long prompt), None with
-    ``LTT_QUIET``: a bar on a terminal, plain lines on any other stderr, once it has run
-    ``delay`` seconds. Used like a tqdm bar: ``update(n)``, ``close()``.
+    """Progress of work that may run long (a trace of a long prompt), used like a tqdm bar
+    (``update(n)``, ``close()``): on a terminal or in a Jupyter kernel tqdm's bar at once (as
+    :func:`bar`), on any other stderr a :class:`Steps` writing plain lines once it has run
+    ``delay`` seconds; None with ``LTT_QUIET``.
 
     >>> s = steps(30, "tracing 4096 tokens", "layer", leave=False)   # doctest: +SKIP
     >>> s.update(1); s.close()                                       # doctest: +SKIP
     """
     if quiet_requested():
         return None
+    if not quiet():
+        return bar(total, desc, unit, leave=leave)
     return Steps(total, desc, unit=unit, leave=leave, delay=delay)
 
 

@@ -13,8 +13,14 @@ a user sees them:
   size and the time to write it (the trace itself not counted), wall and CPU seconds (on a
   shared machine the CPU seconds say more about the work than the wall clock).
 
-    python benchmarks/bench_report.py            # both, a few minutes on two shared cores
+* ``faithfulness``: the report's faithfulness rerun alone on that prompt (the shown graph, 8
+  random graphs), the plain batched rerun (``ltt.models.handlers.COMPACT = False``) and the
+  shortcuts alternately, 2 runs each, in one process; prints both times and the largest
+  difference between their numbers.
+
+    python benchmarks/bench_report.py            # load and report, a few minutes on two shared cores
     python benchmarks/bench_report.py --only report
+    python benchmarks/bench_report.py --only faithfulness
 
 Targets (reported, not asserted): a load from the cache within 3 s; the report within 30 s
 and 6 MB.
@@ -71,6 +77,34 @@ print(json.dumps({"tokens": trace.n_tokens, "layers": trace.n_layers, "write_s":
 """
 
 
+FAITHFULNESS = """
+import json, os, sys, time
+import numpy as np
+sys.path.insert(0, os.path.join(%r, "tests"))
+import ltt
+from ltt.models import handlers
+from test_report import LONG_PROMPT
+head, tail = LONG_PROMPT.split(" When Mary")
+trace = ltt.load("smollm2-135m").trace(head + " " + %r + "When Mary" + tail)
+g = trace.graph()
+
+def numbers(f):
+    return np.array([x for t in f.targets for s in [t.full, t.kept, t.removed, *t.random]
+                     for x in (*s.prob, *s.logit, s.kl)])
+
+times = {"plain": [], "shortcuts": []}
+got = {}
+for name in ["plain", "shortcuts"] * 2:
+    handlers.COMPACT = name == "shortcuts"
+    t0 = time.perf_counter()
+    got[name] = numbers(trace.faithfulness(g, baselines=8, seed=0))
+    times[name].append(round(time.perf_counter() - t0, 2))
+diff = np.abs(got["plain"] - got["shortcuts"])
+print(json.dumps({"tokens": trace.n_tokens, "plain_s": times["plain"], "shortcuts_s": times["shortcuts"],
+                  "max_abs_diff": float(diff.max()), "differing": int((diff > 0).sum()), "of": int(diff.size)}))
+"""
+
+
 def _run(code: str, env: dict[str, str]) -> dict:
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200)
@@ -104,7 +138,7 @@ def bench_report(env: dict[str, str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["load", "report"])
+    ap.add_argument("--only", choices=["load", "report", "faithfulness"])
     args = ap.parse_args()
     env = dict(os.environ, LTT_QUIET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     results = {}
@@ -114,6 +148,9 @@ def main() -> None:
     if args.only in (None, "report"):
         results["report"] = bench_report(env)
         print("report", results["report"], flush=True)
+    if args.only == "faithfulness":
+        results["faithfulness"] = _run(FAITHFULNESS % (ROOT, REPORT_EXTRA), env)
+        print("faithfulness", results["faithfulness"], flush=True)
     print(json.dumps(results))
 
 

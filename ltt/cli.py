@@ -162,7 +162,12 @@ def _print_faithfulness(trace, graph, args: argparse.Namespace):
     kw = {} if ex is None else {"counterfactual": ex.cf_ids, "tokens": [ex.answer, ex.cf_answer]}
     measured = None
     if args.baselines:
-        measured = trace.faithfulness(graph, baselines=args.baselines, **kw)
+        from ltt.progress import Steps
+
+        with Steps(1, "measuring faithfulness") as steps:  # a line every few seconds on any stderr
+            steps.note = f"the model rerun with the graph, without it and with {args.baselines} random graphs"
+            measured = trace.faithfulness(graph, baselines=args.baselines, **kw)
+            steps.step()
         print("faithfulness: " + summary_line(measured))
     if ex is not None:
         measured = None  # patched from a counterfactual: not the report's zero-ablation line

@@ -113,10 +113,13 @@ class Graph:
 
         >>> data = json.loads(g.to_json())                   # doctest: +SKIP
         """
+        from ltt.output import check_output_path, write_whole
+
+        if path is not None:
+            path = check_output_path(path, "path")  # before any work: an error naming path
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(text)
+            write_whole(path, text)
         return text
 
     @classmethod

@@ -247,7 +247,11 @@ def report_data(
     """
     T = len(trace.token_ids)
     settings = GraphSettings(threshold, renormalize, targets)  # every argument checked here, once
-    progress = _progress if _progress is not None else Steps(len(trace.layers) + REPORT_STEPS, "writing the report")
+    if _progress is None:  # its own progress, closed (its watcher ended) however this ends
+        with Steps(len(trace.layers) + REPORT_STEPS, "writing the report") as progress:
+            return report_data(trace, threshold, renormalize, targets, normalize, k, heads_per_edge, max_map_bytes,
+                               slider, with_panels, carry, floor, max_extra_states, faithfulness, _progress=progress)
+    progress = _progress
     tgt, renormalize = settings.positions(T), settings.renormalize
     carried = _carried(carry, T, tgt)
     with_model = getattr(trace, "model", None) is not None

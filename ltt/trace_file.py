@@ -89,7 +89,9 @@ def save_trace(trace: Any, path: str | os.PathLike) -> str:
 
     if not (hasattr(trace, "layers") and hasattr(trace, "token_ids")):
         raise TypeError(f"trace must be a Trace (model.trace(prompt)), got {type(trace).__name__}")
-    path = os.fspath(path)
+    from ltt.output import check_output_path
+
+    path = check_output_path(path, "path")  # before any work: an error naming path
     arrays, meta = _arrays(trace)
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     tmp = f"{path}.{os.getpid()}.tmp"

@@ -139,3 +139,42 @@ def test_to_html_keeps_the_old_file_on_failure(traced, monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="injected"):
         trace.to_html(str(out))
     assert out.read_text() == "the user's own file" and os.listdir(tmp_path) == ["report.html"]
+
+
+@pytest.mark.parametrize("option", ["--out", "--json"])
+@pytest.mark.parametrize("bad", ["/proc/ltt-no-such.html", "/ltt-nonexistent-dir/x.html"])
+def test_cli_trace_unwritable_path_before_the_model(option, bad, tiny_dir, no_work, capsys, monkeypatch):
+    monkeypatch.setattr(ltt, "load", lambda *a, **k: no_work.append("load"))
+    err = _cli_error(capsys, "trace", "--model", tiny_dir("llama"), "--prompt", "a b c", option, bad)
+    assert err.startswith(f"ltt: error: {option} {bad!r}: cannot write"), err
+    assert no_work == []
+
+
+def test_graph_json_and_trace_file_paths_checked_before_any_work(traced, monkeypatch, tmp_path):
+    from ltt import trace_file
+    from ltt.graph import Graph
+
+    _, trace = traced("llama")
+    g = trace.graph()
+    calls = []
+    monkeypatch.setattr(Graph, "to_dict", lambda self: calls.append("to_dict"))
+    monkeypatch.setattr(trace_file, "_arrays", lambda *a: calls.append("arrays"))
+    for bad, why in (("/proc/ltt-no-such.json", "cannot write"), (str(tmp_path / "no" / "g.json"), "does not exist")):
+        with pytest.raises(ValueError, match=why) as info:
+            g.to_json(bad)
+        assert str(info.value).startswith(f"path {bad!r}")
+        with pytest.raises(ValueError, match=why) as info:
+            trace.save(bad)
+        assert str(info.value).startswith(f"path {bad!r}")
+    assert calls == [] and os.listdir(tmp_path) == []
+
+
+def test_graph_json_written_whole(traced, tmp_path):
+    import json
+
+    _, trace = traced("llama")
+    g = trace.graph()
+    path = tmp_path / "g.json"
+    text = g.to_json(str(path))
+    assert path.read_text(encoding="utf-8") == text and json.loads(text)["edges"]
+    assert os.listdir(tmp_path) == ["g.json"]  # no temporary file left beside it

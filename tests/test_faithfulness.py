@@ -439,6 +439,15 @@ def test_trace_many_records_and_routeset_summarises(tiny_model, tmp_path):
         R.trace_many(model, prompts, faithfulness=-1)
 
 
+def _settled(w, timeout: float = 120.0) -> None:
+    """Wait (bounded) until the widget's faithfulness thread has set its line."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while w.faithfulness_state == "computing" and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_widget_and_report_carry_the_line(traced):
     from ltt.report import report_data
     from ltt.widget import GraphWidget
@@ -446,8 +455,10 @@ def test_widget_and_report_carry_the_line(traced):
     model, trace = traced("llama")
     w = GraphWidget(trace, threshold=0.05)
     want = summary_line(trace.faithfulness(trace.graph(threshold=0.05), baselines=w.faithfulness_baselines))
+    _settled(w)  # the widget's own check runs in its thread: whichever took the model first
     assert w.faithfulness == want and LINE.fullmatch(want)
     w.threshold = 0.2
+    _settled(w)
     assert w.faithfulness == summary_line(trace.faithfulness(trace.graph(threshold=0.2), baselines=8))
     w.faithfulness_baselines = 0
     w.threshold = 0.1

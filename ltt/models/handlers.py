@@ -41,10 +41,24 @@ then recomputes ``(A * keep) @ V`` for the rows with removals (exact zeros). GPT
 do not call the interface; there a forward hook on the attention module subtracts
 ``W_O ((A * (1 - keep)) @ V)`` from its output (no bias), which equals the removal to float
 rounding. FFN blocks are removed by a forward hook on the branch's last module.
+
+Only what a row can use is computed in the FFN: where a dense FFN is one module applied
+position by position (the parent of the down projection, called with the layer's state alone;
+not OPT's flattened MLP, Bloom's or MPT's, which add the residual inside, nor a MoE block), its
+input is cut to the (row, position) pairs whose block acts (every position of row 0; not when
+patching, which runs whole) and its down projection's output put back in place,
+zeros elsewhere, which the removal replaces anyway (:func:`_gather_hooks`). A graph's row keeps
+a few blocks, so the batch's FFN work shrinks to about the full and the removed rows'. The
+kept blocks compute what they would in the whole batch (the same modules on the same states).
+Likewise with ``ablation="zero"`` a graph's row runs the module's own eager attention only at
+the queries its edges reach in that layer (:func:`_by_queries`; every other query's output is
+exactly 0 there), row 0 and the removed row at every query. The numbers are the plain batched
+run's to float rounding (smaller matrix products; tests/test_faithfulness_fast.py).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 import numpy as np
@@ -80,14 +94,34 @@ def install(run: Any, model: Any, rows: Sequence[Any], T: int, mean: bool, spec:
         attn = model.submodule(layer, model.spec.attn)
         if interface:
             handle = _interface_handler(rows, l, T, mean, spec)
-            run.attention(attn, lambda call, handle=handle: handle(*call.eager(), call.value))
+            plan = _query_plan(rows, l) if COMPACT and not mean and spec.mode == "zero" and \
+                spec.stats is None and spec.capture is None else None
+            if plan is not None:
+                run.attention(attn, lambda call, handle=handle, plan=plan, l=l: _by_queries(call, plan, handle, rows, l, T))
+            else:
+                run.attention(attn, lambda call, handle=handle: handle(*call.eager(), call.value))
         else:
             values_hook, attn_hook = _subtract_hooks(model, layer, rows, l, T, mean, B, spec)
             run.hook(model.submodule(layer, model.spec.qkv), values_hook)
             run.hook(attn, attn_hook)
+        # patching runs whole: patched from the prompt itself it must give the full row's numbers
+        # bit for bit (the same products in one shape)
+        gather = _ffn_module(model, layer) if COMPACT and spec.capture is None and spec.mode != "patch" else None
+        if gather is not None:
+            keep = _keep(rows, lambda r: r.ffn.get(l), (T,)) > 0
+            if not keep.all():
+                pre, post = _gather_hooks(keep, l)
+                run.hook(gather, pre, pre=True)
+                run.hook(model.submodule(layer, model.spec.down), post)  # before the removal's hook
         for i, branch in enumerate(_ffn_branches(model, layer)):
             run.hook(branch, _ffn_hook(rows, l, T, mean, B, spec, i))
     return interface
+
+
+#: compute each FFN only at the (row, position) pairs whose block acts, and a graph's rows'
+#: attention only at the queries its edges reach (False: everything, the plain batched run; the
+#: tests compare the two)
+COMPACT = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,13 +185,13 @@ def _capture(spec: Any, key: tuple, out: Any, **kept: Any) -> Any:
 def _interface_handler(rows, layer, T, mean, spec):
     import torch
 
-    def handle(out, weights, value):
+    def handle(out, weights, value, sub=None):  # sub: the rows of the batch when not all (row 0 first)
         v = _heads_of(value, weights.shape[1])
         if spec.stats is not None:
             spec.observe(("v", layer), v[0].sum(dim=1), v.shape[2])
         if spec.capture is not None:  # delta on the attention output before its projection
             return _capture(spec, ("attn", layer), out, probs=weights.detach(), v=v.detach(), at="z"), weights
-        keep = _attn_keep(rows, layer, T, weights)
+        keep = _attn_keep(rows if sub is None else sub, layer, T, weights)
         if spec.mode == "patch":
             z = _patch_difference(weights, v, keep)  # [B, H, T, d_h], exactly 0 in rows 0 and 1
             return out + z.transpose(1, 2).to(out.dtype), weights
@@ -170,6 +204,71 @@ def _interface_handler(rows, layer, T, mean, spec):
         return new, kept_w
 
     return handle
+
+
+def _query_plan(rows: Sequence[Any], layer: int) -> tuple[list[int], list[int], np.ndarray, np.ndarray] | None:
+    """Zero ablation: which rows run their whole attention (row 0 and every ``only=False`` row)
+    and, for the ``only=True`` rows (a graph's own parts), the queries their edges of ``layer``
+    reach: ``(dense rows, graph rows, queries [n, m] padded with their last, valid [n, m])``.
+    Every other query of a graph's row has no edge and its attention output is exactly 0. None
+    when no row is a graph's."""
+    dense = [0] + [i for i, r in enumerate(rows, 1) if not r.only]
+    only = [i for i, r in enumerate(rows, 1) if r.only]
+    if not only:
+        return None
+    queries = [np.unique(rows[i - 1].edges[layer][0]) if layer in rows[i - 1].edges else np.zeros(0, np.int64)
+               for i in only]
+    m = max(len(q) for q in queries)
+    idx = np.zeros((len(only), max(m, 1)), np.int64)
+    valid = np.zeros(idx.shape, bool)
+    for j, q in enumerate(queries):
+        if len(q):
+            idx[j, : len(q)], idx[j, len(q):], valid[j, : len(q)] = q, q[-1], True
+    return dense, only, idx, valid
+
+
+def _by_queries(call: Any, plan: tuple, handle: Any, rows: Sequence[Any], layer: int, T: int) -> Any:
+    """The zero-ablation attention of a batch with the graph's rows run at their edges' queries
+    alone (:func:`_query_plan`): the module's own eager attention on the dense rows (row 0 and
+    the removed row, exactly as :func:`_interface_handler` does them) and on each graph row's
+    queries, whose kept probabilities times the values give its output there; 0 elsewhere. A
+    call not shaped like the layer's own (``[B, H, T, d_h]`` queries, a ``[B or 1, *, T, T]``
+    mask) runs whole."""
+    import torch
+
+    q, k, v, mask = call.query, call.key, call.value, call.mask
+    B = 1 + len(rows)
+    if (q.dim() != 4 or tuple(q.shape[::2]) != (B, T) or mask is None or mask.dim() != 4
+            or mask.shape[0] not in (1, B) or tuple(mask.shape[2:]) != (T, T)):
+        return handle(*call.eager(), call.value)
+    dense, only, idx, valid = plan
+    H, dh = q.shape[1], q.shape[3]
+
+    def rows_of(x, which):
+        return x[torch.tensor(which, device=x.device)]
+
+    d_mask = mask if mask.shape[0] == 1 else rows_of(mask, dense)
+    out_d, w_d = call.eager_fn(call.module, rows_of(q, dense), rows_of(k, dense), rows_of(v, dense), d_mask,
+                               *call.args, **call.kwargs)
+    if out_d.dim() != 4 or tuple(out_d.shape) != (len(dense), T, H, dh):
+        return handle(*call.eager(), call.value)
+    new_d, _ = handle(out_d, w_d, rows_of(v, dense), [rows[i - 1] for i in dense[1:]])
+    new = torch.zeros((B, T, H, dh), dtype=new_d.dtype, device=new_d.device)
+    new[torch.tensor(dense, device=new.device)] = new_d
+    if valid.any():
+        n, m = idx.shape
+        at = torch.from_numpy(idx).to(q.device)
+        q_o = torch.gather(rows_of(q, only), 2, at[:, None, :, None].expand(n, H, m, dh))
+        m_o = mask.expand(n, *mask.shape[1:]) if mask.shape[0] == 1 else rows_of(mask, only)
+        m_o = torch.gather(m_o, 2, at[:, None, :, None].expand(n, m_o.shape[1], m, T))
+        _, w_o = call.eager_fn(call.module, q_o, rows_of(k, only), rows_of(v, only), m_o, *call.args, **call.kwargs)
+        keep = _attn_keep([rows[i - 1] for i in only], layer, T, w_o)[1:]  # [n, T, T] of the graph rows
+        keep = torch.gather(keep, 1, at[:, :, None].expand(n, m, T))
+        z = torch.matmul(w_o * keep[:, None], _heads_of(rows_of(v, only), H)).transpose(1, 2)  # [n, m, H, d_h]
+        ok = torch.from_numpy(valid).to(q.device)
+        row_ids = torch.tensor(only, device=q.device)[:, None].expand(n, m)
+        new[row_ids[ok], at[ok]] = z[ok].to(new.dtype)
+    return new, None
 
 
 def _project(module: Any, z: Any) -> Any:
@@ -250,6 +349,58 @@ def _ffn_hook(rows, layer, T, mean, B, spec, branch=0):
         return replace(output)
 
     return hook
+
+
+def _ffn_module(model: Any, layer: Any) -> Any:
+    """The module that computes ``layer``'s dense FFN branch position by position (the parent of
+    its down projection, whose forward takes the state alone), or None: a MoE block, OPT's
+    MLP inside the layer itself, Bloom's and MPT's (which take the residual too)."""
+    fam = model.spec
+    if moe.experts_module(fam, layer) is not None or "." not in fam.down:
+        return None
+    module = get_module(layer, fam.down.rsplit(".", 1)[0])
+    if module is None or module is layer:
+        return None
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in params if p.kind in positional and p.default is inspect.Parameter.empty]
+    return module if len(required) == 1 else None
+
+
+def _gather_hooks(keep: np.ndarray, layer: int) -> tuple[Any, Any]:
+    """(pre-hook of the FFN module, hook of its down projection): the module runs on the
+    ``keep [B, T]`` pairs alone (``[1, n, d]``) and the down projection's output comes back as
+    ``[B, T, d]`` with zeros at the others. A call that does not look like the layer's own
+    (another shape, keywords) runs in full."""
+    import torch
+
+    B, T = keep.shape
+    n = int(keep.sum())
+    mask = torch.from_numpy(keep)
+    state = {"on": False}
+
+    def pre(module, args):
+        x = args[0] if args else None
+        state["on"] = torch.is_tensor(x) and x.dim() == 3 and tuple(x.shape[:2]) == (B, T)
+        if not state["on"]:
+            return None
+        return (x[mask.to(x.device)][None],) + tuple(args[1:])
+
+    def post(module, args, output):
+        if not state["on"]:
+            return None
+        state["on"] = False
+        if not torch.is_tensor(output) or output.dim() != 3 or tuple(output.shape[:2]) != (1, n):
+            raise RuntimeError(f"layer {layer}: the FFN's down projection returned shape "
+                               f"{tuple(getattr(output, 'shape', ()))} for {n} gathered positions")
+        full = output.new_zeros((B, T, output.shape[-1]))
+        full[mask.to(output.device)] = output[0]
+        return full
+
+    return pre, post
 
 
 def _ffn_branches(model: Any, layer: Any) -> list[Any]:

@@ -434,8 +434,9 @@ class Model:
         prompt = self._prompt_text(prompt, ids)
         bar = None
         try:
-            if self.n_layers * len(ids) >= 2048:  # a bar only where a trace takes a while
-                bar = progress.bar(self.n_layers, f"tracing {len(ids)} tokens", "layer", leave=False)
+            if self.n_layers * len(ids) >= 2048:  # only where a trace may take a while: a bar on a
+                # terminal, plain lines (after 2 s) on any other stderr, nothing with LTT_QUIET
+                bar = progress.steps(self.n_layers, f"tracing {len(ids)} tokens", "layer", leave=False)
             return run_trace(self, ids, prompt, progress=bar, **opts)
         finally:
             if bar is not None:

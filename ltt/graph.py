@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from ltt import kernels
-from ltt import scores
+from ltt import kernels, scores
 from ltt.checks import (DEFAULT_THRESHOLD, Targets, check_norm, check_renormalize, check_targets, check_threshold,
                         resolve_targets)
 from ltt.nodes import ATTENTION, FFN, RESIDUAL, Edge, Node, Stage, attention_state, endpoints, node_name
+from ltt.output import check_output_path, write_whole
 from ltt.scores import TraceScores, SparseRows, attribute
 
 __all__ = ["GraphSettings", "Graph", "Node", "Edge", "Stage", "build", "build_graph", "edge_weights",
@@ -113,10 +113,7 @@ class Graph:
 
         >>> data = json.loads(g.to_json())                   # doctest: +SKIP
         """
-        from ltt.output import check_output_path, write_whole
-
-        if path is not None:
-            path = check_output_path(path, "path")  # before any work: an error naming path
+        path = None if path is None else check_output_path(path, "path")  # before any work
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
             write_whole(path, text)

@@ -68,8 +68,8 @@ class SparseRows:
     def from_dense(cls, dense: np.ndarray, floor: float) -> "SparseRows":
         """``dense [T, S]`` (edges) or ``[H, T, S]`` (per-head parts): every entry ``>= floor``
         plus each row's largest (the first in (head, source) order), so that the threshold
-        modes' "keep the largest" rules stay exact above the floor. No copy of ``dense`` is
-        made (a boolean mask and the kept entries only).
+        modes' "keep the largest" rules stay exact above the floor. No copy of a C-contiguous
+        ``dense`` is made (a boolean mask, its (target, head, source) copy and the kept entries).
 
         >>> SparseRows.from_dense(np.array([[0.5, 0.0], [0.25, 0.0005]], np.float32), 0.01).values.tolist()
         [0.5, 0.25]

@@ -404,11 +404,12 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
 
 
 def _accepts(hf: Any, name: str) -> bool:
-    fn = hf.forward
+    fn = getattr(hf.forward, "__func__", hf.forward)
     try:
-        return _parameter_names(getattr(fn, "__func__", fn)).__contains__(name)
-    except TypeError:  # not hashable: read its signature each time
-        return name in _parameter_names.__wrapped__(fn)
+        names = _parameter_names(fn)
+    except TypeError:  # not hashable: its signature read each time
+        names = _parameter_names.__wrapped__(fn)
+    return name in names
 
 
 @functools.lru_cache(maxsize=64)

@@ -7,11 +7,15 @@
 
 #include "ltt_internal.h"
 
-/* out[c] = sum_i v[i] * m[i * k + c] for c < k, in double (m is [n, k], row-major). Inlined with
- * k = 4 (the trace's directions) so that the k sums stay in registers. */
-static inline void along_k(int64_t n, int64_t k, const float *restrict v, const double *restrict m,
-                           double *restrict out)
+/* out[c] = sum_i v[i] * m[i * k + c] for c < k, in double (m is [n, k], row-major); with k = 4
+ * (the trace's directions) the SIMD kernel of simd.c. */
+static void along(int64_t n, int64_t k, const float *restrict v, const double *restrict m,
+                  double *restrict out)
 {
+    if (k == 4) {
+        ltt__along4(n, v, m, out);
+        return;
+    }
     double acc[16] = {0.0};
     for (int64_t i = 0; i < n; i++) {
         const double x = (double)v[i];
@@ -22,15 +26,6 @@ static inline void along_k(int64_t n, int64_t k, const float *restrict v, const 
         out[c] = acc[c];
 }
 
-static void along(int64_t n, int64_t k, const float *restrict v, const double *restrict m,
-                  double *restrict out)
-{
-    if (k == 4)
-        along_k(n, 4, v, m, out);
-    else
-        along_k(n, k, v, m, out);
-}
-
 /* lhs[c] += v . m[:, c] for c < k (tmp: k scratch doubles). */
 static void add_along(int64_t n, int64_t k, const float *restrict v, const double *restrict m,
                       double *restrict lhs, double *restrict tmp)
@@ -38,14 +33,6 @@ static void add_along(int64_t n, int64_t k, const float *restrict v, const doubl
     along(n, k, v, m, tmp);
     for (int64_t c = 0; c < k; c++)
         lhs[c] += tmp[c];
-}
-
-static double norm2(int64_t n, const float *restrict v)
-{
-    double s = 0.0;
-    for (int64_t i = 0; i < n; i++)
-        s += (double)v[i] * (double)v[i];
-    return sqrt(s);
 }
 
 /* The larger of the two; a NaN on either side stays (an error that is NaN is never hidden). */
@@ -59,7 +46,7 @@ static void compare(const ltt_probe_inputs *p, const double *restrict lhs, const
                     double *restrict tmp, double *restrict worst)
 {
     along(p->d, p->k, state, p->z, tmp);
-    const double scale = norm2(p->d, state) + 1e-12;
+    const double scale = ltt__norm(p->d, state, 2) + 1e-12;
     for (int64_t c = 0; c < p->k; c++)
         *worst = worse(*worst, fabs(lhs[c] - tmp[c]) / scale);
 }

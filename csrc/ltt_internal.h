@@ -51,6 +51,9 @@ int ltt__threads(double work);
 void ltt__l1_cols(int64_t n, int64_t nf, int64_t ld, double *restrict acc, const float *restrict w,
                   const float *restrict m, const float *restrict c);
 
+/* out[c] = sum_i v[i] m[4 i + c] for c < 4: a float vector along 4 directions (m [n, 4] double). */
+void ltt__along4(int64_t n, const float *restrict v, const double *restrict m, double *restrict out);
+
 /* Norm of a float vector in double: sum |x| (norm 1) or sqrt(sum x^2) (norm 2). */
 double ltt__norm(int64_t n, const float *restrict x, int norm);
 

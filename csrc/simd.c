@@ -117,6 +117,23 @@ static double dist_sum_scalar(int64_t n, const float *restrict w, const float *r
     return s;
 }
 
+/* out[c] = sum_i v[i] m[4 i + c] for c < 4, in double (four partial sums, i mod 4). */
+static void along4_scalar(int64_t n, const float *restrict v, const double *restrict m,
+                          double *restrict out)
+{
+    double acc[4][4] = {{0.0}};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int64_t u = 0; u < 4; u++)
+            for (int c = 0; c < 4; c++)
+                acc[u][c] += (double)v[i + u] * m[4 * (i + u) + c];
+    for (; i < n; i++)
+        for (int c = 0; c < 4; c++)
+            acc[0][c] += (double)v[i] * m[4 * i + c];
+    for (int c = 0; c < 4; c++)
+        out[c] = (acc[0][c] + acc[1][c]) + (acc[2][c] + acc[3][c]);
+}
+
 #ifdef LTT_X86
 /*
  * Keeps a freshly loaded vector in a register, so the compiler does not fold the load into the
@@ -150,12 +167,16 @@ typedef struct {
                     const float *restrict, const float *restrict);
     double (*raw_row)(int64_t, double, const double *restrict, double *restrict, float *restrict);
     double (*dist_sum)(int64_t, const float *restrict, const float *restrict, double, int);
+    void (*along4)(int64_t, const float *restrict, const double *restrict, double *restrict);
 } kernels;
 
-static const kernels k_scalar = {l1_rows_scalar, l1_cols_scalar, raw_row_scalar, dist_sum_scalar};
+static const kernels k_scalar = {l1_rows_scalar, l1_cols_scalar, raw_row_scalar, dist_sum_scalar,
+                                   along4_scalar};
 #ifdef LTT_X86
-static const kernels k_avx2 = {l1_rows_avx2, l1_cols_avx2, raw_row_avx2, dist_sum_avx2};
-static const kernels k_avx512 = {l1_rows_avx512, l1_cols_avx512, raw_row_avx512, dist_sum_avx512};
+static const kernels k_avx2 = {l1_rows_avx2, l1_cols_avx2, raw_row_avx2, dist_sum_avx2,
+                                 along4_avx2};
+static const kernels k_avx512 = {l1_rows_avx512, l1_cols_avx512, raw_row_avx512,
+                                   dist_sum_avx512, along4_avx512};
 #endif
 
 static const kernels *pick_kernels(void)
@@ -190,6 +211,11 @@ double ltt__raw_row(int64_t n, double nw, const double *restrict dist, double *r
                     float *restrict hrow)
 {
     return pick_kernels()->raw_row(n, nw, dist, er, hrow);
+}
+
+void ltt__along4(int64_t n, const float *restrict v, const double *restrict m, double *restrict out)
+{
+    pick_kernels()->along4(n, v, m, out);
 }
 
 /* ---- norms and distances in double ------------------------------------------------------ */

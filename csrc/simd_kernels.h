@@ -211,3 +211,28 @@ VEC_TARGET static double VFN(dist_sum)(int64_t n, const float *restrict w,
     return VFN(vd_sum)(t) +
            dist_sum_scalar(n - j, w + j, p != NULL ? p + j : NULL, a, norm); /* scalar tail */
 }
+
+/* along4: out[c] = sum_i v[i] m[4 i + c] for c < 4 (m [n, 4] double, row-major): VD_W / 4 rows
+ * of m per vector, four accumulators; the lanes of each direction are added in a fixed order. */
+VEC_TARGET static void VFN(along4)(int64_t n, const float *restrict v, const double *restrict m,
+                                   double *restrict out)
+{
+    enum { R = VD_W / 4 }; /* rows of m per vector */
+    VD s[4];
+    for (int k = 0; k < 4; k++)
+        s[k] = VD_ZERO();
+    int64_t i = 0;
+    for (; i + 4 * R <= n; i += 4 * R)
+        for (int k = 0; k < 4; k++)
+            s[k] = VD_FMADD(VD_SPREAD4(v + i + R * k), VD_LOAD(m + 4 * (i + R * k)), s[k]);
+    double lanes[VD_W];
+    VD_STORE(lanes, VD_ADD(VD_ADD(s[0], s[1]), VD_ADD(s[2], s[3])));
+    double tail[4];
+    along4_scalar(n - i, v + i, m + 4 * i, tail);
+    for (int c = 0; c < 4; c++) {
+        double x = tail[c];
+        for (int r = 0; r < R; r++)
+            x += lanes[4 * r + c];
+        out[c] = x;
+    }
+}

@@ -9,7 +9,8 @@
  *   VEC_W, VEC_TILE  floats per vector; vectors summed at once by VFN(hsum_tile)
  *   VF, VF_*         float vectors: ZERO, SET1, LOAD, STORE, ADD, ABS, FNMADD(a, b, c) = c - a b
  *   VD, VD_*         double vectors of VD_W lanes: the same, SUB, MAX, FMADD(a, b, c) = a b + c,
- *                    LOAD_F / STORE_F (VD_W floats widened / narrowed), VFN(vd_sum) (all lanes)
+ *                    LOAD_F / STORE_F (VD_W floats widened / narrowed), VFN(vd_sum) (all lanes),
+ *                    SPREAD4(p) (VD_W / 4 floats p[0], p[1], ... widened, each in 4 lanes)
  */
 #undef VEC_SUFFIX
 #undef VEC_TARGET
@@ -37,6 +38,7 @@
 #undef VD_ABS
 #undef VD_FMADD
 #undef VD_FNMADD
+#undef VD_SPREAD4
 
 #define VEC_CAT_(a, b) a##_##b
 #define VEC_CAT(a, b) VEC_CAT_(a, b)
@@ -70,6 +72,8 @@
 #define VD_ABS(x) _mm512_abs_pd(x)
 #define VD_FMADD(a, b, c) _mm512_fmadd_pd(a, b, c)
 #define VD_FNMADD(a, b, c) _mm512_fnmadd_pd(a, b, c)
+#define VD_SPREAD4(p) \
+    _mm512_insertf64x4(_mm512_set1_pd((double)(p)[0]), _mm256_set1_pd((double)(p)[1]), 1)
 
 VEC_TARGET static inline double VFN(vd_sum)(VD v)
 {
@@ -129,6 +133,7 @@ VEC_TARGET static inline void VFN(hsum_tile)(const VF *s, double *tot)
 #define VD_ABS(x) _mm256_andnot_pd(_mm256_set1_pd(-0.0), x)
 #define VD_FMADD(a, b, c) _mm256_fmadd_pd(a, b, c)
 #define VD_FNMADD(a, b, c) _mm256_fnmadd_pd(a, b, c)
+#define VD_SPREAD4(p) _mm256_set1_pd((double)(p)[0])
 
 VEC_TARGET static inline double VFN(vd_sum)(VD v)
 {

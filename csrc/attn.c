@@ -46,6 +46,7 @@ typedef struct {
     int64_t T, H, G, d_h, d;
     int norm;
     const float *whole, *attn, *values, *w_o;
+    int64_t wsr, wsj; /* w_o's element strides (wo_layout) */
     ltt_norm_fix fix;
     const double *wn2; /* [T] ||w_t||^2, L2 only */
 } layer;
@@ -80,17 +81,40 @@ static int finish_vectors(int64_t d, int64_t s0, int64_t s1, float *restrict u,
 }
 
 /*
+ * The two layouts of w_o the kernels read in place: head h's row r, coordinate j at
+ * w_o[(h d_h + r) wsr + j wsj], either [H, d_h, d] in C order (wsr = d, wsj = 1) or the output
+ * projection's own weight [d, >= H d_h] (wsr = 1, wsj its row length: the .T viewed as
+ * [H, d_h, d], of every head or of a run of heads).
+ */
+static int wo_layout(int64_t H, int64_t d_h, int64_t d, int64_t wsr, int64_t wsj)
+{
+    return (wsr == d && wsj == 1) || (wsr == 1 && wsj >= H * d_h);
+}
+
+/* w_o[h] [d_h, d] as the B operand of a product: its start, its leading dimension and whether it
+ * is stored transposed. */
+static const float *head_weights(const float *w_o, int64_t h, int64_t d_h, int64_t wsr,
+                                 int64_t wsj, int *trans, int64_t *ldb)
+{
+    *trans = wsr == 1 && wsj != 1;
+    *ldb = *trans ? wsj : wsr;
+    return w_o + h * d_h * wsr;
+}
+
+/*
  * u[i] = transform(values_i[g(h)] @ w_o[h]) for n sources whose value rows start at `values`
  * (rows of G * d_h), into u [n, d]; un2[i] = ||u[i]||^2 unless un2 is NULL. Single-threaded.
  * Returns nonzero when a value is not finite.
  */
-static int head_vectors(int64_t H, int64_t G, int64_t d_h, int64_t d, int64_t h, int64_t n,
-                        float *restrict u, double *restrict un2, const float *restrict values,
-                        const float *restrict w_o, ltt_norm_fix fix)
+static int head_vectors(const layer *L, int64_t h, int64_t n, float *restrict u,
+                        double *restrict un2, const float *restrict values)
 {
-    const int64_t g = h / (H / G);
-    ltt__sgemm(1, 0, n, d, d_h, values + g * d_h, G * d_h, w_o + h * d_h * d, d, u, d);
-    return finish_vectors(d, 0, n, u, un2, fix);
+    const int64_t g = h / (L->H / L->G), d = L->d, d_h = L->d_h;
+    int trans;
+    int64_t ldb;
+    const float *b = head_weights(L->w_o, h, d_h, L->wsr, L->wsj, &trans, &ldb);
+    ltt__sgemm(1, trans, n, d, d_h, values + g * d_h, L->G * d_h, b, ldb, u, d);
+    return finish_vectors(d, 0, n, u, un2, L->fix);
 }
 
 /* Block b of the product values[:, g(h)] @ w_o[h] into ws->u (the fixed blocks of
@@ -98,8 +122,11 @@ static int head_vectors(int64_t H, int64_t G, int64_t d_h, int64_t d, int64_t h,
 static void vector_block(const layer *L, int64_t h, int64_t b, workspace *ws)
 {
     const int64_t g = h / (L->H / L->G);
-    ltt__sgemm_block(b, 0, L->T, L->d, L->d_h, L->values + g * L->d_h, L->G * L->d_h,
-                     L->w_o + h * L->d_h * L->d, L->d, ws->u, L->d);
+    int trans;
+    int64_t ldb;
+    const float *w = head_weights(L->w_o, h, L->d_h, L->wsr, L->wsj, &trans, &ldb);
+    ltt__sgemm_block(b, trans, L->T, L->d, L->d_h, L->values + g * L->d_h, L->G * L->d_h, w, ldb,
+                     ws->u, L->d);
 }
 
 /* Rows [s0, s1) of head h's vectors in ws after their product (u and, L2, un2). */
@@ -113,22 +140,26 @@ static int vector_rows(const layer *L, int64_t s0, int64_t s1, workspace *ws)
  * projection: mean_j (v W)_j = v mean_j(W_kj), so u - mean(u) = v (W - rowmean(W)) exactly. The
  * centred vectors then come from one float product of centred weights instead of the difference
  * of two large float numbers (a head whose vectors are nearly constant across coordinates lost
- * its digits there: 7.5e-4 of a share). Returns a new [H * d_h, d] array (means in double), or
- * NULL when out of memory; the caller frees it and clears fix.center.
+ * its digits there: 7.5e-4 of a share). Returns a new [H * d_h, d] array in C order (means in
+ * double) from w_o in either layout, or NULL when out of memory; the caller frees it, clears
+ * fix.center and reads it with strides (d, 1).
  */
-static float *centred_weights(int64_t rows, int64_t d, const float *restrict w_o)
+static float *centred_weights(int64_t rows, int64_t d, const float *restrict w_o, int64_t wsr,
+                              int64_t wsj)
 {
     float *wc = malloc((size_t)rows * (size_t)d * sizeof(float));
     if (wc == NULL)
         return NULL;
     for (int64_t k = 0; k < rows; k++) {
-        const float *w = w_o + k * d;
+        float *w = wc + k * d;
         double mean = 0.0;
-        for (int64_t j = 0; j < d; j++)
+        for (int64_t j = 0; j < d; j++) {
+            w[j] = w_o[k * wsr + j * wsj];
             mean += w[j];
+        }
         mean /= (double)d;
         for (int64_t j = 0; j < d; j++)
-            wc[k * d + j] = (float)((double)w[j] - mean);
+            w[j] = (float)((double)w[j] - mean);
     }
     return wc;
 }
@@ -370,7 +401,8 @@ static double head_work(int64_t T, int64_t d_h, int64_t d)
     return (double)T * (double)d * ((double)(T + 1) / 2.0 + (double)d_h / 4.0);
 }
 
-ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d, int64_t E,
+ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
+                                int64_t wo_stride_r, int64_t wo_stride_j, int64_t E,
                                 int64_t bias_row_stride, int norm, float *restrict edges,
                                 float *restrict resid_out, float *restrict bias_out,
                                 float *restrict extra_out, double *restrict total,
@@ -383,16 +415,18 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
     ltt_status st = check_sizes(T, H, G, d_h, d, norm);
     if (st != LTT_OK)
         return st;
-    if (E < 0 || bias_row_stride < 0)
+    if (E < 0 || bias_row_stride < 0 || !wo_layout(H, d_h, d, wo_stride_r, wo_stride_j))
         return LTT_ERR_SIZE;
     if (!edges || !resid_out || !bias_out || (E > 0 && (!extra_out || !extra)) || !total ||
         !resid || !whole || !attn || !values || !w_o)
         return LTT_ERR_NULL;
     float *wc = NULL;
     if (fix.center) {
-        if ((wc = centred_weights(H * d_h, d, w_o)) == NULL)
+        if ((wc = centred_weights(H * d_h, d, w_o, wo_stride_r, wo_stride_j)) == NULL)
             return LTT_ERR_NOMEM;
         w_o = wc;
+        wo_stride_r = d;
+        wo_stride_j = 1;
         fix.center = 0;
     }
 
@@ -419,7 +453,8 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
         st = LTT_ERR_NOMEM;
         goto done;
     }
-    const layer L = {T, H, G, d_h, d, norm, whole, attn, values, w_o, fix, wn2};
+    const layer L = {T,      H,    G,           d_h,         d,   norm, whole,
+                     attn,   values, w_o, wo_stride_r, wo_stride_j, fix, wn2};
     int bad = 0;
 
     /* Norms and raws of the node parts per target (T d (3 + E) operations, on this thread). */
@@ -505,13 +540,16 @@ done:
 
 /* The checks of a partial view (one head, one edge): sizes, then its index (bad_index: out of
  * range), then the pointers. */
-static ltt_status check_view(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d, int norm,
-                             int bad_index, const float *out, const float *whole, const float *attn,
-                             const float *values, const float *w_o, const double *total)
+static ltt_status check_view(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
+                             int64_t wsr, int64_t wsj, int norm, int bad_index, const float *out,
+                             const float *whole, const float *attn, const float *values,
+                             const float *w_o, const double *total)
 {
     const ltt_status st = check_sizes(T, H, G, d_h, d, norm);
     if (st != LTT_OK)
         return st;
+    if (!wo_layout(H, d_h, d, wsr, wsj))
+        return LTT_ERR_SIZE;
     if (bad_index)
         return LTT_ERR_INDEX;
     if (!out || !whole || !attn || !values || !w_o || !total)
@@ -520,20 +558,21 @@ static ltt_status check_view(int64_t T, int64_t H, int64_t G, int64_t d_h, int64
 }
 
 ltt_status ltt_attn_head_map_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
-                                 int64_t head, int norm, float *restrict out,
+                                 int64_t wo_stride_r, int64_t wo_stride_j, int64_t head, int norm,
+                                 float *restrict out,
                                  const float *restrict whole, const float *restrict attn,
                                  const float *restrict values, const float *restrict w_o,
                                  const double *restrict total, ltt_norm_fix fix)
 {
-    ltt_status st = check_view(T, H, G, d_h, d, norm, head < 0 || head >= H, out, whole, attn,
-                               values, w_o, total);
+    ltt_status st = check_view(T, H, G, d_h, d, wo_stride_r, wo_stride_j, norm, head < 0 || head >= H,
+                               out, whole, attn, values, w_o, total);
     if (st != LTT_OK)
         return st;
     workspace ws;
     const int ws_bad = ws_alloc(&ws, 1, T, d, norm);
     double *wn = malloc((size_t)T * sizeof(double));
     double *wn2 = malloc((size_t)T * sizeof(double));
-    float *wc = fix.center ? centred_weights(H * d_h, d, w_o) : NULL;
+    float *wc = fix.center ? centred_weights(H * d_h, d, w_o, wo_stride_r, wo_stride_j) : NULL;
     if (ws_bad || !wn || !wn2 || (fix.center && wc == NULL)) {
         ws_free(&ws);
         free(wn);
@@ -543,9 +582,12 @@ ltt_status ltt_attn_head_map_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, i
     }
     if (wc != NULL) {
         w_o = wc;
+        wo_stride_r = d;
+        wo_stride_j = 1;
         fix.center = 0;
     }
-    const layer L = {T, H, G, d_h, d, norm, whole, attn, values, w_o, fix, wn2};
+    const layer L = {T,      H,    G,           d_h,         d,   norm, whole,
+                     attn,   values, w_o, wo_stride_r, wo_stride_j, fix, wn2};
     for (int64_t t = 0; t < T; t++) {
         wn[t] = ltt__norm(d, whole + t * d, norm);
         wn2[t] = wn[t] * wn[t]; /* read in L2 mode only */
@@ -567,18 +609,20 @@ ltt_status ltt_attn_head_map_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, i
 }
 
 ltt_status ltt_attn_edge_heads_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
-                                   int64_t target, int64_t source, int norm, float *restrict out,
+                                   int64_t wo_stride_r, int64_t wo_stride_j, int64_t target,
+                                   int64_t source, int norm, float *restrict out,
                                    const float *restrict whole, const float *restrict attn,
                                    const float *restrict values, const float *restrict w_o,
                                    const double *restrict total, ltt_norm_fix fix)
 {
     ltt_status st =
-        check_view(T, H, G, d_h, d, norm, target < 0 || target >= T || source < 0 || source > target,
-                   out, whole, attn, values, w_o, total);
+        check_view(T, H, G, d_h, d, wo_stride_r, wo_stride_j, norm,
+                   target < 0 || target >= T || source < 0 || source > target, out, whole, attn,
+                   values, w_o, total);
     if (st != LTT_OK)
         return st;
     float *u = malloc((size_t)d * sizeof(float));
-    float *wc = fix.center ? centred_weights(H * d_h, d, w_o) : NULL;
+    float *wc = fix.center ? centred_weights(H * d_h, d, w_o, wo_stride_r, wo_stride_j) : NULL;
     if (u == NULL || (fix.center && wc == NULL)) {
         free(u);
         free(wc);
@@ -586,13 +630,17 @@ ltt_status ltt_attn_edge_heads_f32(int64_t T, int64_t H, int64_t G, int64_t d_h,
     }
     if (wc != NULL) { /* the same centred vectors as ltt_attn_contrib_f32's */
         w_o = wc;
+        wo_stride_r = d;
+        wo_stride_j = 1;
         fix.center = 0;
     }
     const float *w = whole + target * d;
     const double nw = ltt__norm(d, w, norm);
+    const layer L = {T,      H,    G,           d_h,         d,   norm, whole,
+                     attn,   values, w_o, wo_stride_r, wo_stride_j, fix, NULL};
     for (int64_t h = 0; h < H; h++) {
         /* One source: a [1, d_h] x [d_h, d] product. */
-        if (head_vectors(H, G, d_h, d, h, 1, u, NULL, values + source * G * d_h, w_o, fix)) {
+        if (head_vectors(&L, h, 1, u, NULL, values + source * G * d_h)) {
             st = LTT_ERR_OVERFLOW;
             break;
         }

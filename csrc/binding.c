@@ -435,6 +435,55 @@ static int check_attn_inputs(attn_dims *D, PyArrayObject *whole, PyArrayObject *
     return 0;
 }
 
+/*
+ * w_o [H, d_h, d] as the kernels read it in place: C order (element strides (d, 1)), or the .T
+ * of the output projection's own weight [d, >= H d_h] viewed as [H, d_h, d] (strides (1, ld):
+ * every head of the weight, or a run of them); any other layout is replaced by a C-order copy.
+ */
+static int wo_strides(PyArrayObject **w_o, const attn_dims *D, int64_t *sr, int64_t *sj)
+{
+    const npy_intp fs = sizeof(float), *st = PyArray_STRIDES(*w_o);
+    if (PyArray_IS_C_CONTIGUOUS(*w_o)) {
+        *sr = D->d;
+        *sj = 1;
+    } else if (st[0] == fs * D->dh && st[1] == fs && st[2] >= fs * D->H * D->dh && st[2] % fs == 0) {
+        *sr = 1;
+        *sj = st[2] / fs;
+    } else {
+        PyArrayObject *c = (PyArrayObject *)PyArray_NewCopy(*w_o, NPY_CORDER);
+        if (c == NULL)
+            return -1;
+        Py_SETREF(*w_o, c);
+        *sr = D->d;
+        *sj = 1;
+    }
+    return 0;
+}
+
+/* require_finite for w_o in either layout of wo_strides; the flat index is that of [H, d_h, d]. */
+static int wo_require_finite(PyArrayObject *w_o, const attn_dims *D, int64_t sr, int64_t sj)
+{
+    if (sj == 1)
+        return require_finite(w_o, "w_o");
+    const float *x = fdata(w_o);
+    const npy_intp k = D->H * D->dh;
+    for (npy_intp j = 0; j < D->d; j++) {
+        const float *row = x + j * sj; /* coordinate j of every head's rows */
+        if (!any_nonfinite(row, k, 0))
+            continue;
+        for (npy_intp i = 0; i < k; i++)
+            if (!isfinite(row[i])) {
+                char v[64];
+                PyErr_Format(PyExc_ValueError,
+                             "w_o contains NaN or inf after the cast to float32 (flat index %zd: %s)",
+                             (Py_ssize_t)(i * D->d + j), fmt_double(v, sizeof v, (double)row[i]));
+                return -1;
+            }
+    }
+    (void)sr;
+    return 0;
+}
+
 /* bias: [d] (row stride 0) or [n, d]. */
 static int check_bias(PyArrayObject *bias, npy_intp n, npy_intp d, const char *nsym,
                       int64_t *row_stride)
@@ -664,7 +713,7 @@ static int sparse_rows_status(ltt_status st, const char *fn, PyArrayObject *indp
 /* The head-vector inputs every attention entry point reads, in this order in its table. */
 #define HEAD_INPUTS                                                                                \
     {"whole", NPY_FLOAT32, 0}, {"attn", NPY_FLOAT32, 0}, {"values", NPY_FLOAT32, 0},               \
-        {"w_o", NPY_FLOAT32, 0}
+        {"w_o", NPY_FLOAT32, ARG_STRIDED | ARG_UNCHECKED} /* wo_strides, then checked */
 #define NORM_SCALES {"row_scale", NPY_FLOAT32, ARG_OPTIONAL}, {"col_scale", NPY_FLOAT32, ARG_OPTIONAL}
 
 PyDoc_STRVAR(contributions_doc,
@@ -730,8 +779,16 @@ static PyObject *py_attn_contrib(PyObject *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"resid", "whole",      "attn",      "values",    "w_o",
                              "bias",  "extra",      "row_scale", "col_scale", "center",
                              "norm",  "keep_heads", NULL};
-    static const arg_spec spec[] = {{"resid", NPY_FLOAT32, 0},           HEAD_INPUTS,
-                                    {"bias", NPY_FLOAT32, ARG_OPTIONAL}, {"extra", NPY_FLOAT32, ARG_OPTIONAL},
+    /* w_o [H, d_h, d] (every head's weights, the largest input) is not scanned up front: a NaN
+     * or inf in it makes head vectors non-finite, which the kernel reports (LTT_ERR_OVERFLOW);
+     * only then is w_o scanned, for the error that names it */
+    static const arg_spec spec[] = {{"resid", NPY_FLOAT32, 0},
+                                    {"whole", NPY_FLOAT32, 0},
+                                    {"attn", NPY_FLOAT32, 0},
+                                    {"values", NPY_FLOAT32, 0},
+                                    {"w_o", NPY_FLOAT32, ARG_STRIDED | ARG_UNCHECKED},
+                                    {"bias", NPY_FLOAT32, ARG_OPTIONAL},
+                                    {"extra", NPY_FLOAT32, ARG_OPTIONAL},
                                     NORM_SCALES};
     enum { RESID, WHOLE, ATTN, VALUES, W_O, BIAS, EXTRA, ROW_SCALE, COL_SCALE, N_ARGS };
     PyObject *o[N_ARGS] = {NULL}, *ret = NULL;
@@ -745,7 +802,9 @@ static PyObject *py_attn_contrib(PyObject *self, PyObject *args, PyObject *kwds)
     if (convert_args(N_ARGS, spec, o, a) < 0 || check_norm(norm) < 0)
         goto done;
     attn_dims D;
-    if (check_attn_inputs(&D, a[WHOLE], a[ATTN], a[VALUES], a[W_O], a[ROW_SCALE], a[COL_SCALE]) < 0)
+    int64_t wsr, wsj;
+    if (check_attn_inputs(&D, a[WHOLE], a[ATTN], a[VALUES], a[W_O], a[ROW_SCALE], a[COL_SCALE]) < 0 ||
+        wo_strides(&a[W_O], &D, &wsr, &wsj) < 0)
         goto done;
     npy_intp wr[2] = {D.T, D.d};
     if (check_shape(a[RESID], "resid", "(T, d)", 2, wr) < 0)
@@ -772,12 +831,14 @@ static PyObject *py_attn_contrib(PyObject *self, PyObject *args, PyObject *kwds)
     ltt_norm_fix fix = {fdata(a[ROW_SCALE]), fdata(a[COL_SCALE]), center};
     Py_BEGIN_ALLOW_THREADS;
     st = ltt_attn_contrib_f32(
-        D.T, D.H, D.G, D.dh, D.d, E, bias_stride, norm, (float *)PyArray_DATA(outs[0]),
+        D.T, D.H, D.G, D.dh, D.d, wsr, wsj, E, bias_stride, norm, (float *)PyArray_DATA(outs[0]),
         (float *)PyArray_DATA(outs[1]), (float *)PyArray_DATA(outs[2]),
         (float *)PyArray_DATA(outs[3]), (double *)PyArray_DATA(outs[4]),
         keep_heads ? (float *)PyArray_DATA(outs[5]) : NULL, fdata(a[RESID]), fdata(a[WHOLE]),
         fdata(a[ATTN]), fdata(a[VALUES]), fdata(a[W_O]), fdata(a[BIAS]), fdata(a[EXTRA]), fix);
     Py_END_ALLOW_THREADS;
+    if (st == LTT_ERR_OVERFLOW && wo_require_finite(a[W_O], &D, wsr, wsj) < 0)
+        goto done;
     ret = check_status(st, "attn_contrib") < 0 ? NULL : outputs_dict(n_out, os, outs);
 done:
     return cleanup(ret, N_ARGS, a, 6, outs);
@@ -805,8 +866,10 @@ static PyObject *head_run(int edge, long long i0, long long i1, PyObject **o, in
     if (convert_args(N_ARGS, spec, o, a) < 0 || check_norm(norm) < 0)
         goto done;
     attn_dims D;
+    int64_t wsr, wsj;
     if (check_attn_inputs(&D, a[WHOLE], a[ATTN], a[VALUES], a[W_O], a[ROW_SCALE], a[COL_SCALE]) <
             0 ||
+        wo_strides(&a[W_O], &D, &wsr, &wsj) < 0 || wo_require_finite(a[W_O], &D, wsr, wsj) < 0 ||
         check_total(a[TOTAL], D.T) < 0)
         goto done;
     ltt_norm_fix fix = {fdata(a[ROW_SCALE]), fdata(a[COL_SCALE]), center};
@@ -825,7 +888,7 @@ static PyObject *head_run(int edge, long long i0, long long i1, PyObject **o, in
         if (alloc_outputs(1, &os, out) < 0)
             goto done;
         Py_BEGIN_ALLOW_THREADS;
-        st = ltt_attn_edge_heads_f32(D.T, D.H, D.G, D.dh, D.d, i0, i1, norm,
+        st = ltt_attn_edge_heads_f32(D.T, D.H, D.G, D.dh, D.d, wsr, wsj, i0, i1, norm,
                                      (float *)PyArray_DATA(out[0]), fdata(a[WHOLE]),
                                      fdata(a[ATTN]), fdata(a[VALUES]), fdata(a[W_O]), total, fix);
         Py_END_ALLOW_THREADS;
@@ -836,7 +899,7 @@ static PyObject *head_run(int edge, long long i0, long long i1, PyObject **o, in
         if (alloc_outputs(1, &os, out) < 0)
             goto done;
         Py_BEGIN_ALLOW_THREADS;
-        st = ltt_attn_head_map_f32(D.T, D.H, D.G, D.dh, D.d, i0, norm,
+        st = ltt_attn_head_map_f32(D.T, D.H, D.G, D.dh, D.d, wsr, wsj, i0, norm,
                                    (float *)PyArray_DATA(out[0]), fdata(a[WHOLE]), fdata(a[ATTN]),
                                    fdata(a[VALUES]), fdata(a[W_O]), total, fix);
         Py_END_ALLOW_THREADS;

@@ -54,13 +54,17 @@ ltt_status ltt_contributions_f32(int64_t K, int64_t M, int64_t d, int norm, floa
 
 /*
  * One attention layer's contributions (see ltt/_reference.py attn_contrib).
- *   resid [T, d], whole [T, d], attn [H, T, T], values [T, G, d_h], w_o [H, d_h, d],
+ *   resid [T, d], whole [T, d], attn [H, T, T], values [T, G, d_h], w_o [H, d_h, d]: head h's
+ *   row r, coordinate j at w_o[(h * d_h + r) * wo_stride_r + j * wo_stride_j] (element strides:
+ *   (d, 1) for C order, or (1, ld >= H * d_h) for the output projection's own weight [d, ld]
+ *   read in place, all its heads or a run of them; any other pair is LTT_ERR_SIZE),
  *   bias [T, d] rows with stride bias_row_stride (0 for a [d] bias) or NULL,
  *   extra [E, T, d] or NULL (E = 0).
  * Outputs: edges [T, T], resid_out [T], bias_out [T], extra_out [E, T], total [T] (double),
  *   heads [H, T, T] or NULL (not kept).
  */
-ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d, int64_t E,
+ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
+                                int64_t wo_stride_r, int64_t wo_stride_j, int64_t E,
                                 int64_t bias_row_stride, int norm, float *restrict edges,
                                 float *restrict resid_out, float *restrict bias_out,
                                 float *restrict extra_out, double *restrict total,
@@ -70,16 +74,20 @@ ltt_status ltt_attn_contrib_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, in
                                 const float *restrict bias, const float *restrict extra,
                                 ltt_norm_fix fix);
 
-/* One head's share map out [T, T] (zero above the diagonal) from kept normalisers total [T]. */
+/* One head's share map out [T, T] (zero above the diagonal) from kept normalisers total [T];
+ * w_o as in ltt_attn_contrib_f32. */
 ltt_status ltt_attn_head_map_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
-                                 int64_t head, int norm, float *restrict out,
+                                 int64_t wo_stride_r, int64_t wo_stride_j, int64_t head, int norm,
+                                 float *restrict out,
                                  const float *restrict whole, const float *restrict attn,
                                  const float *restrict values, const float *restrict w_o,
                                  const double *restrict total, ltt_norm_fix fix);
 
-/* Every head's share out [H] of the edge source -> target (source <= target). */
+/* Every head's share out [H] of the edge source -> target (source <= target); w_o as in
+ * ltt_attn_contrib_f32. */
 ltt_status ltt_attn_edge_heads_f32(int64_t T, int64_t H, int64_t G, int64_t d_h, int64_t d,
-                                   int64_t target, int64_t source, int norm, float *restrict out,
+                                   int64_t wo_stride_r, int64_t wo_stride_j, int64_t target,
+                                   int64_t source, int norm, float *restrict out,
                                    const float *restrict whole, const float *restrict attn,
                                    const float *restrict values, const float *restrict w_o,
                                    const double *restrict total, ltt_norm_fix fix);

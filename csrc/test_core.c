@@ -69,7 +69,7 @@ static void test_attn_figure(void)
     float edges[1], r[1], b[1], ex[1], heads[1];
     double total[1];
     for (int norm = 1; norm <= 2; norm++) {
-        CHECK(ltt_attn_contrib_f32(1, 1, 1, 1, 2, 1, 0, norm, edges, r, b, ex, total, heads, resid,
+        CHECK(ltt_attn_contrib_f32(1, 1, 1, 1, 2, 2, 1, 1, 0, norm, edges, r, b, ex, total, heads, resid,
                                    whole, attn, values, w_o, NULL, extra, NOFIX) == LTT_OK);
         if (norm == 2) {
             NEAR(edges[0], 0.43613, 1e-5);
@@ -83,10 +83,10 @@ static void test_attn_figure(void)
         NEAR(b[0], 0.0, 0.0);
         NEAR(heads[0], edges[0], 1e-7);
         float map[1], eh[1];
-        CHECK(ltt_attn_head_map_f32(1, 1, 1, 1, 2, 0, norm, map, whole, attn, values, w_o, total,
+        CHECK(ltt_attn_head_map_f32(1, 1, 1, 1, 2, 2, 1, 0, norm, map, whole, attn, values, w_o, total,
                                     NOFIX) == LTT_OK);
         NEAR(map[0], edges[0], 1e-6);
-        CHECK(ltt_attn_edge_heads_f32(1, 1, 1, 1, 2, 0, 0, norm, eh, whole, attn, values, w_o,
+        CHECK(ltt_attn_edge_heads_f32(1, 1, 1, 1, 2, 2, 1, 0, 0, norm, eh, whole, attn, values, w_o,
                                       total, NOFIX) == LTT_OK);
         NEAR(eh[0], edges[0], 1e-6);
     }
@@ -153,7 +153,7 @@ static void test_attn_random(void)
         rs[t] = 1.0f + 0.25f * frand(&st);
     const ltt_norm_fix fix = {rs, NULL, 0};
     for (int norm = 1; norm <= 2; norm++) {
-        CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, E, 0, norm, edges, r, b, ex, total, heads, resid,
+        CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, d, 1, E, 0, norm, edges, r, b, ex, total, heads, resid,
                                    whole, attn, values, w_o, bias, extra, fix) == LTT_OK);
         double worst = 0.0;
         for (int64_t t = 0; t < T; t++) {
@@ -180,35 +180,73 @@ static void test_attn_random(void)
         }
         NEAR(worst, 0.0, 2e-6);
         for (int64_t h = 0; h < H; h++) {
-            CHECK(ltt_attn_head_map_f32(T, H, G, dh, d, h, norm, map, whole, attn, values, w_o,
+            CHECK(ltt_attn_head_map_f32(T, H, G, dh, d, d, 1, h, norm, map, whole, attn, values, w_o,
                                         total, fix) == LTT_OK);
             for (int64_t i = 0; i < T * T; i++)
                 NEAR(map[i], heads[h * T * T + i], 1e-6);
         }
         float eh[4];
-        CHECK(ltt_attn_edge_heads_f32(T, H, G, dh, d, T - 1, 3, norm, eh, whole, attn, values, w_o,
+        CHECK(ltt_attn_edge_heads_f32(T, H, G, dh, d, d, 1, T - 1, 3, norm, eh, whole, attn, values, w_o,
                                       total, fix) == LTT_OK);
         for (int64_t h = 0; h < H; h++)
             NEAR(eh[h], heads[(h * T + T - 1) * T + 3], 1e-6);
     }
+    /* w_o read in place as the output projection's own weight [d, H dh] (strides (1, H dh)):
+     * the same shares as from its [H, dh, d] copy, also with the centring that copies it. */
+    float *w_lin = malloc(H * dh * d * sizeof(float)), *edges2 = malloc(T * T * sizeof(float));
+    float *heads2 = malloc(H * T * T * sizeof(float)), eh1[4], eh2[4];
+    double *total2 = malloc(T * sizeof(double));
+    for (int64_t k = 0; k < H * dh; k++)
+        for (int64_t j = 0; j < d; j++)
+            w_lin[j * H * dh + k] = w_o[k * d + j];
+    for (int center = 0; center <= 1; center++) {
+        const ltt_norm_fix fc = {rs, NULL, center};
+        CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, d, 1, E, 0, 1, edges, r, b, ex, total, heads,
+                                   resid, whole, attn, values, w_o, bias, extra, fc) == LTT_OK);
+        CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, 1, H * dh, E, 0, 1, edges2, r, b, ex, total2,
+                                   heads2, resid, whole, attn, values, w_lin, bias, extra,
+                                   fc) == LTT_OK);
+        for (int64_t i = 0; i < T * T; i++)
+            NEAR(edges2[i], edges[i], 1e-6);
+        for (int64_t i = 0; i < H * T * T; i++)
+            NEAR(heads2[i], heads[i], 1e-6);
+        CHECK(ltt_attn_head_map_f32(T, H, G, dh, d, 1, H * dh, 1, 1, map, whole, attn, values,
+                                    w_lin, total, fc) == LTT_OK);
+        for (int64_t i = 0; i < T * T; i++)
+            NEAR(map[i], heads[T * T + i], 1e-6);
+        CHECK(ltt_attn_edge_heads_f32(T, H, G, dh, d, d, 1, T - 1, 3, 1, eh1, whole, attn, values,
+                                      w_o, total, fc) == LTT_OK);
+        CHECK(ltt_attn_edge_heads_f32(T, H, G, dh, d, 1, H * dh, T - 1, 3, 1, eh2, whole, attn,
+                                      values, w_lin, total, fc) == LTT_OK);
+        for (int64_t h = 0; h < H; h++)
+            NEAR(eh2[h], eh1[h], 1e-6);
+    }
+    /* Strides of neither layout. */
+    CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, d + 1, 1, 0, 0, 1, edges, r, b, ex, total, NULL,
+                               resid, whole, attn, values, w_o, NULL, NULL, NOFIX) == LTT_ERR_SIZE);
+    CHECK(ltt_attn_head_map_f32(T, H, G, dh, d, 1, H * dh - 1, 0, 1, map, whole, attn, values, w_o, total,
+                                NOFIX) == LTT_ERR_SIZE);
+    CHECK(ltt_attn_edge_heads_f32(T, H, G, dh, d, 2, 2, 2, 1, 1, map, whole, attn, values, w_o,
+                                  total, NOFIX) == LTT_ERR_SIZE);
+    free_all(4, w_lin, edges2, heads2, total2);
     /* Bad arguments. */
-    CHECK(ltt_attn_contrib_f32(T, 3, 2, dh, d, 0, 0, 1, edges, r, b, ex, total, NULL, resid, whole,
+    CHECK(ltt_attn_contrib_f32(T, 3, 2, dh, d, d, 1, 0, 0, 1, edges, r, b, ex, total, NULL, resid, whole,
                                attn, values, w_o, NULL, NULL, NOFIX) == LTT_ERR_SIZE);
-    CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, 0, 0, 3, edges, r, b, ex, total, NULL, resid, whole,
+    CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, d, 1, 0, 0, 3, edges, r, b, ex, total, NULL, resid, whole,
                                attn, values, w_o, NULL, NULL, NOFIX) == LTT_ERR_NORM);
-    CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, 0, 0, 1, edges, r, b, ex, total, NULL, NULL, whole,
+    CHECK(ltt_attn_contrib_f32(T, H, G, dh, d, d, 1, 0, 0, 1, edges, r, b, ex, total, NULL, NULL, whole,
                                attn, values, w_o, NULL, NULL, NOFIX) == LTT_ERR_NULL);
-    CHECK(ltt_attn_head_map_f32(T, H, G, dh, d, H, 1, map, whole, attn, values, w_o, total,
+    CHECK(ltt_attn_head_map_f32(T, H, G, dh, d, d, 1, H, 1, map, whole, attn, values, w_o, total,
                                 NOFIX) == LTT_ERR_INDEX);
-    CHECK(ltt_attn_edge_heads_f32(T, H, G, dh, d, 2, 3, 1, map, whole, attn, values, w_o, total,
+    CHECK(ltt_attn_edge_heads_f32(T, H, G, dh, d, d, 1, 2, 3, 1, map, whole, attn, values, w_o, total,
                                   NOFIX) == LTT_ERR_INDEX);
-    CHECK(ltt_attn_edge_heads_f32(T, H, G, dh, d, T, 0, 1, map, whole, attn, values, w_o, total,
+    CHECK(ltt_attn_edge_heads_f32(T, H, G, dh, d, d, 1, T, 0, 1, map, whole, attn, values, w_o, total,
                                   NOFIX) == LTT_ERR_INDEX);
     /* A head vector that overflows float32. */
     float big_v[1] = {3e38f}, big_w[2] = {10.0f, 1.0f}, w1[2] = {1, 1}, a1[1] = {1};
     float e1[1], r1[1], b1[1];
     double z1[1];
-    CHECK(ltt_attn_contrib_f32(1, 1, 1, 1, 2, 0, 0, 1, e1, r1, b1, NULL, z1, NULL, w1, w1, a1,
+    CHECK(ltt_attn_contrib_f32(1, 1, 1, 1, 2, 2, 1, 0, 0, 1, e1, r1, b1, NULL, z1, NULL, w1, w1, a1,
                                big_v, big_w, NULL, NULL, NOFIX) == LTT_ERR_OVERFLOW);
     free_all(15, resid, whole, attn, values, w_o, extra, bias, rs, edges, heads, r, b, ex, map,
              total);
@@ -354,10 +392,10 @@ static void test_threads_agree(void)
             const int H = Hs[hi];
             for (int k = 0; k < 3; k++) {
                 CHECK(ltt_set_num_threads(k + 1) == LTT_OK);
-                CHECK(ltt_attn_contrib_f32(T, H, G, DH, D, E, 0, norm, edges[k], ro[k], bo[k],
+                CHECK(ltt_attn_contrib_f32(T, H, G, DH, D, D, 1, E, 0, norm, edges[k], ro[k], bo[k],
                                            xo[k], total[k], heads[k], resid, whole, attn, values,
                                            w_o, bias, extra, fix) == LTT_OK);
-                CHECK(ltt_attn_head_map_f32(T, H, G, DH, D, H - 1, norm, map[k], whole, attn,
+                CHECK(ltt_attn_head_map_f32(T, H, G, DH, D, D, 1, H - 1, norm, map[k], whole, attn,
                                             values, w_o, total[k], fix) == LTT_OK);
                 float r1[N], b1[N];
                 double t1[N];

@@ -118,7 +118,8 @@ class AttentionState:
 
         H, T = self.query.shape[0], self.key.shape[1]
         heads = range(H) if heads is None else [int(h) for h in heads]
-        rows_t = None if rows is None else torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        # a copy (rows may be a read-only array)
+        rows_t = None if rows is None else torch.tensor(np.asarray(rows, dtype=np.int64))
         per_group = H // self.key.shape[0]
         out = []
         with torch.no_grad():

@@ -44,6 +44,9 @@ class Recording(Run):
         self.on_layer = on_layer
         self.records: list[dict[str, Any]] = [dict() for _ in range(model.n_layers)]
         self.masks: dict[tuple, Any] = {}
+        #: (layer, output tensor, its version counter, its rows as read) of the last layer that
+        #: finished: the next layer's input is usually that very tensor, unchanged
+        self._last_out: tuple | None = None
 
     def __enter__(self) -> "Recording":
         super().__enter__()
@@ -66,11 +69,29 @@ class Recording(Run):
             self.records[l].update(read(module, *rest))
         return hook
 
+    def _layer_in(self, l: int) -> Callable:
+        """The pre-hook (with kwargs) reading layer ``l``'s input ``x``: the previous layer's
+        output array when the input is that layer's output tensor with the same version counter
+        (not written since it was read), else a copy of the input."""
+        read = tensors.input_of("x", self.T)
+
+        def hook(module, args, kwargs):
+            point(f"hook:{l}:x")
+            last, self._last_out = self._last_out, None
+            x = args[0] if args else kwargs.get("hidden_states")
+            if last is not None and last[0] == l - 1 and last[1] is x and x._version == last[2]:
+                self.records[l]["x"] = last[3]
+            else:
+                self.records[l].update(read(module, args, kwargs))
+        return hook
+
     def _layer_out(self, l: int) -> Callable:
         def hook(module, args, output):
             point(f"hook:{l}:y")
             rec = self.records[l]
-            rec["y"] = tensors.rows(tensors.to_numpy(tensors.first(output)), self.T)
+            y = tensors.first(output)
+            rec["y"] = tensors.rows(tensors.to_numpy(y), self.T)
+            self._last_out = (l, y, y._version, rec["y"])
             self.on_layer(l, rec)
             rec.clear()  # what the trace keeps is in the layer's buffers now
         return hook
@@ -97,7 +118,7 @@ class Recording(Run):
         interface = attn_capture.eager_function(sub(model.decoder_layers[0], fam.attn)) is not None
         for l, layer in enumerate(model.decoder_layers):
             attn = sub(layer, fam.attn)
-            hook(layer, keep(l, "x", tensors.input_of("x", T)), pre=True, with_kwargs=True)
+            hook(layer, self._layer_in(l), pre=True, with_kwargs=True)
             hook(layer, self._layer_out(l))
             if interface:
                 self.attention(attn, self._capture(l))

@@ -21,7 +21,10 @@ def to_numpy(t: Any) -> np.ndarray:
     """A float32 CPU copy of a tensor."""
     import torch
 
-    return t.detach().to(device="cpu", dtype=torch.float32, copy=True).numpy()
+    t = t.detach()
+    if type(t) is torch.Tensor and t.dtype == torch.float32 and t.device.type == "cpu" and not t.is_neg():
+        return t.numpy().copy()  # the same copy without the conversion's dispatch (short prompts)
+    return t.to(device="cpu", dtype=torch.float32, copy=True).numpy()
 
 
 def probs_numpy(weights: Any) -> np.ndarray:

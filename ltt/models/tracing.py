@@ -40,9 +40,13 @@ def dtype_name(model: Any) -> str:
     return "float32" if p is None else str(p.dtype).replace("torch.", "")
 
 
+@functools.lru_cache(maxsize=64)
 def _sample_rows(T: int, k: int = 8) -> np.ndarray:
-    """Rows the running exactness check looks at: the first, the last and ``k`` spread between."""
-    return np.unique(np.linspace(0, T - 1, num=min(T, k + 2)).round().astype(np.int64))
+    """Rows the running exactness check looks at: the first, the last and ``k`` spread between
+    (int64, read-only: one array per length)."""
+    rows = np.unique(np.linspace(0, T - 1, num=min(T, k + 2)).round().astype(np.int64))
+    rows.setflags(write=False)
+    return rows
 
 
 #: Per model, each layer's weights along the running check's directions
@@ -324,7 +328,7 @@ def run_trace(model: Any, ids: Sequence[int], prompt: str, *, all_logits: bool =
         shared = False
         if l > 0 and layers[l - 1] is not None:
             prev = layers[l - 1].resid_post
-            if prev.shape == rec["x"].shape and np.array_equal(prev, rec["x"]):
+            if prev is rec["x"] or (prev.shape == rec["x"].shape and np.array_equal(prev, rec["x"])):
                 rec["x"], shared = prev, True  # one array for the state between two layers
         streamed = stream and rec.get("probs") is None  # the attention ran one kv group at a time
         if rec.get("probs") is None and rec.get("attention") is not None and not streamed:

@@ -234,6 +234,8 @@ class Run:
         self._pending = False
         self._gated = False
         self._modules: list[Any] = []  # the model's modules, listed once on entry
+        self._hooked: list[Any] = []  # the modules given hooks through hook() or _gate()
+        self._tagged_elsewhere = False  # tag() was called by a client: its modules are unknown
 
     # -- entering -----------------------------------------------------------------------------
 
@@ -288,7 +290,12 @@ class Run:
 
     def tag(self, fn: Callable) -> Callable:
         """``fn`` as a hook of this run: it acts only in the run's own forward pass (returns
-        None, changing nothing, in any other) and is tagged for the clean-up's safety net."""
+        None, changing nothing, in any other) and is tagged for the clean-up's safety net
+        (which then looks at every module of the model)."""
+        self._tagged_elsewhere = True
+        return self._tag(fn)
+
+    def _tag(self, fn: Callable) -> Callable:
         run = self
 
         def hook(*args: Any, **kwargs: Any) -> Any:
@@ -302,8 +309,9 @@ class Run:
     def hook(self, module: Any, fn: Callable, pre: bool = False, with_kwargs: bool = False) -> Any:
         """Register ``fn`` (see :meth:`tag`) on ``module``: a forward hook, or a forward
         pre-hook with ``pre=True``; removed on exit."""
-        self.added(module.register_forward_pre_hook(self.tag(fn), with_kwargs=with_kwargs) if pre
-                   else module.register_forward_hook(self.tag(fn), with_kwargs=with_kwargs))
+        self._hooked.append(module)  # before registering: the safety net looks here
+        self.added(module.register_forward_pre_hook(self._tag(fn), with_kwargs=with_kwargs) if pre
+                   else module.register_forward_hook(self._tag(fn), with_kwargs=with_kwargs))
 
     def added(self, handle: Any) -> None:
         """Keep the handle of a hook registered with a function from :meth:`tag`."""
@@ -361,6 +369,7 @@ class Run:
                     pass
 
         wait._ltt_token = self.token
+        self._hooked.append(self.hf)
         self.added(self.hf.register_forward_pre_hook(wait))
         self._gated = True
 
@@ -418,7 +427,10 @@ class Run:
     def _remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
-        for m in self._modules or self.hf.modules():  # a hook registered just before an interrupt, its handle lost
+        # a hook registered just before an interrupt, its handle lost: on a module given one by
+        # hook() or _gate() (listed before registering), or on any module after tag()
+        scan = (self._modules or list(self.hf.modules())) if self._tagged_elsewhere else self._hooked
+        for m in dict.fromkeys(scan):
             for name in ("_forward_hooks", "_forward_pre_hooks"):
                 hooks = getattr(m, name, None)
                 for hid, fn in list(hooks.items()) if hooks else ():

@@ -28,6 +28,10 @@ from ltt.routes.run import trace_many as _trace_many
 from ltt.trace import Trace
 
 
+def _cpu_float32(p: Any) -> bool:
+    return p.dtype == _float32() and p.device.type == "cpu"
+
+
 def _own_params(modules: Sequence[Any]) -> list[Any]:
     """The parameters of ``modules`` themselves (``parameters(recurse=False)``, read directly)."""
     return [p for m in modules if m is not None for p in m._parameters.values() if p is not None]
@@ -129,7 +133,7 @@ class Model:
         if hit is not None and hit[0] == stamp:
             return hit[1]
         value = make()
-        if all(p.dtype == _float32() and p.device.type == "cpu" for p in params) and not any(
+        if all(_cpu_float32(p) for p in params) and not any(
                 _offloaded(m) for m in modules if m is not None):
             self._weights[key] = (stamp, value)
         else:
@@ -150,11 +154,14 @@ class Model:
 
     def module_weight(self, layer: int, key: str, module: Any) -> np.ndarray:
         """``w_o [H, d_h, d]`` or ``w_down [F, d]`` float32 of a module, read while the module's
-        forward has its weights in place (accelerate offload pages them in for the forward)."""
+        forward has its weights in place (accelerate offload pages them in for the forward).
+        ``w_down`` is a view of the float32 weight; ``w_o`` is a C-order copy for float32 CPU
+        weights (cached: the C core's products are fastest from it), else a view of the
+        weight's float32 conversion (made on each use), which the core reads in place."""
         if key == "w_o":
             def make():
-                return np.ascontiguousarray(
-                    _linear_in_out(module).reshape(self.n_heads, self.d_head, self.d_model), dtype=np.float32)
+                w = _linear_in_out(module).reshape(self.n_heads, self.d_head, self.d_model)
+                return np.ascontiguousarray(w) if _cpu_float32(module.weight) else w
         elif moe.experts_module(self.spec, self.decoder_layers[layer]) is module:
             def make():  # every expert's down rows (and the shared experts'), stacked
                 return moe.down_weights(self.spec, self.decoder_layers[layer], _param_numpy)[0]
@@ -165,7 +172,7 @@ class Model:
             return self._cached((layer, key), [module], make)
 
     def layer_weights(self, layer: int) -> dict[str, Any]:
-        """The float32 weights of a layer: ``w_o [H, d_h, d]`` (C-contiguous), ``b_o``,
+        """The float32 weights of a layer: ``w_o [H, d_h, d]`` (see :meth:`module_weight`), ``b_o``,
         ``w_down [F, d]`` (a view of the weight where possible), ``b_down``, and the post-branch
         norms (:class:`NormParams` or None). Cached for float32 CPU weights until they change;
         converted on each call for other dtypes, and paged in for offloaded layers."""
@@ -447,18 +454,18 @@ class Model:
         post-branch norms (see :meth:`layer_weights`)."""
         o, down, post_a, post_f = self._layer_modules(layer)
         fam = self.spec
-        with _on_device(self.decoder_layers[layer]):
-            return {
-                "b_o": self._cached((layer, "b_o"), [o], lambda: _bias(o)),
-                "b_down": self._cached((layer, "b_down"), [down], lambda: _bias(down)),
-                "attn_post_norm": self._cached((layer, "post_a"), [post_a], lambda: None if post_a is None
-                                               else NormParams.of(post_a, fam.norm_offset, fam.norm_kind,
-                                                                  fam.norm_eps)),
-                "ffn_post_norm": self._cached((layer, "post_f"), [post_f], lambda: None if post_f is None
-                                              else NormParams.of(post_f, fam.norm_offset, fam.norm_kind,
-                                                                 fam.norm_eps)),
-                "branch_scale": float(fam.branch_scale(self.hf_model.config)),
-            }
+
+        def norm(m: Any) -> "NormParams | None":
+            return None if m is None else NormParams.of(m, fam.norm_offset, fam.norm_kind, fam.norm_eps)
+
+        def make() -> dict[str, Any]:
+            return {"b_o": _bias(o), "b_down": _bias(down), "attn_post_norm": norm(post_a),
+                    "ffn_post_norm": norm(post_f)}
+
+        with _on_device(self.decoder_layers[layer]):  # one cache entry for the four parts
+            out = dict(self._cached((layer, "branch"), [o, down, post_a, post_f], make))
+        out["branch_scale"] = float(fam.branch_scale(self.hf_model.config))
+        return out
 
     def __repr__(self) -> str:
         kind = "parallel" if all(self.parallel) else "sequential"

@@ -730,3 +730,33 @@ def test_both_raise_on_mismatched_width():
     kw["resid"] = np.ones((3, 5), np.float32)
     assert both("attn_contrib", **kw) is None
     assert both("contributions", parts=np.ones((2, 3, 4)), whole=np.ones((3, 5))) is None
+
+
+def test_w_o_read_in_place_as_the_linear_weight():
+    # w_o as the .T of the output projection's own weight [d, H d_h] (read in place, no copy),
+    # a run of its heads, and a NaN in it reported by name with the [H, d_h, d] flat index
+    rng = np.random.default_rng(7)
+    T, H, G, dh, d = 6, 4, 2, 3, 10
+    x = rng.normal(size=(T, d)).astype(np.float32)
+    v = rng.normal(size=(T, G, dh)).astype(np.float32)
+    lin = rng.normal(size=(d, H * dh)).astype(np.float32)  # torch's Linear weight [out, in]
+    w_o = lin.T.reshape(H, dh, d)
+    assert not w_o.flags.c_contiguous and np.shares_memory(w_o, lin)
+    a = np.tril(rng.random((H, T, T))).astype(np.float32)
+    a /= a.sum(-1, keepdims=True)
+    whole = x + np.einsum("hts,shd->td", a, np.einsum("sgk,hkd->shd", v[:, np.arange(H) // (H // G)], w_o))
+    for center in (False, True):
+        got = A.attn_contrib(x, whole, a, v, w_o, center=center, keep_heads=True)
+        want = A.attn_contrib(x, whole, a, v, np.ascontiguousarray(w_o), center=center, keep_heads=True)
+        for key in ("edges", "heads", "resid", "total"):
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
+        part = A.attn_head_map(0, whole, a[2:4], v[:, 1:2], w_o[2:4], got["total"], center=center)
+        np.testing.assert_allclose(part, want["heads"][2], rtol=1e-5, atol=1e-6)
+        eh = A.attn_edge_heads(T - 1, 2, whole, a, v, w_o, got["total"], center=center)
+        np.testing.assert_allclose(eh, want["heads"][:, T - 1, 2], rtol=1e-5, atol=1e-6)
+    bad = lin.copy()
+    bad[5, 7] = np.nan  # coordinate j=5 of head 2, row 1: flat index (2 * dh + 1) * d + 5
+    with pytest.raises(ValueError, match=r"w_o contains NaN or inf .*flat index 75"):
+        A.attn_contrib(x, whole, a, v, bad.T.reshape(H, dh, d))
+    with pytest.raises(ValueError, match=r"w_o contains NaN or inf .*flat index 75"):
+        A.attn_edge_heads(T - 1, 2, whole, a, v, bad.T.reshape(H, dh, d), got["total"])

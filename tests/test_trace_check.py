@@ -96,3 +96,21 @@ def test_a_stale_cached_weight_copy_is_still_refused(llama, monkeypatch):
     finally:
         w.detach().numpy().reshape(-1)[step // 2] -= 5.0
     assert max(model.trace(PROMPT).check().values()) < 1e-4
+
+
+def test_a_layer_input_is_its_predecessors_output_unless_written_in_between(llama):
+    model = llama
+    tr = model.trace(PROMPT)
+    assert all(tr.layers[l].resid_pre is tr.layers[l - 1].resid_post for l in range(1, model.n_layers))
+    layer = model.hf_model.model.layers[1]
+
+    def shift(module, args, kwargs):  # a user's pre-hook writing the input in place
+        (args[0] if args else kwargs["hidden_states"]).add_(0.25)
+
+    handle = layer.register_forward_pre_hook(shift, with_kwargs=True)
+    try:
+        tr = model.trace(PROMPT)
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(tr.layers[1].resid_pre, tr.layers[0].resid_post + 0.25, rtol=1e-6, atol=1e-6)
+    assert max(tr.check().values()) < 1e-4

@@ -461,7 +461,7 @@ static int wo_strides(PyArrayObject **w_o, const attn_dims *D, int64_t *sr, int6
 }
 
 /* require_finite for w_o in either layout of wo_strides; the flat index is that of [H, d_h, d]. */
-static int wo_require_finite(PyArrayObject *w_o, const attn_dims *D, int64_t sr, int64_t sj)
+static int wo_require_finite(PyArrayObject *w_o, const attn_dims *D, int64_t sj)
 {
     if (sj == 1)
         return require_finite(w_o, "w_o");
@@ -480,7 +480,6 @@ static int wo_require_finite(PyArrayObject *w_o, const attn_dims *D, int64_t sr,
                 return -1;
             }
     }
-    (void)sr;
     return 0;
 }
 
@@ -837,7 +836,7 @@ static PyObject *py_attn_contrib(PyObject *self, PyObject *args, PyObject *kwds)
         keep_heads ? (float *)PyArray_DATA(outs[5]) : NULL, fdata(a[RESID]), fdata(a[WHOLE]),
         fdata(a[ATTN]), fdata(a[VALUES]), fdata(a[W_O]), fdata(a[BIAS]), fdata(a[EXTRA]), fix);
     Py_END_ALLOW_THREADS;
-    if (st == LTT_ERR_OVERFLOW && wo_require_finite(a[W_O], &D, wsr, wsj) < 0)
+    if (st == LTT_ERR_OVERFLOW && wo_require_finite(a[W_O], &D, wsj) < 0)
         goto done;
     ret = check_status(st, "attn_contrib") < 0 ? NULL : outputs_dict(n_out, os, outs);
 done:
@@ -869,7 +868,7 @@ static PyObject *head_run(int edge, long long i0, long long i1, PyObject **o, in
     int64_t wsr, wsj;
     if (check_attn_inputs(&D, a[WHOLE], a[ATTN], a[VALUES], a[W_O], a[ROW_SCALE], a[COL_SCALE]) <
             0 ||
-        wo_strides(&a[W_O], &D, &wsr, &wsj) < 0 || wo_require_finite(a[W_O], &D, wsr, wsj) < 0 ||
+        wo_strides(&a[W_O], &D, &wsr, &wsj) < 0 || wo_require_finite(a[W_O], &D, wsj) < 0 ||
         check_total(a[TOTAL], D.T) < 0)
         goto done;
     ltt_norm_fix fix = {fdata(a[ROW_SCALE]), fdata(a[COL_SCALE]), center};

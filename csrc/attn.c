@@ -140,28 +140,13 @@ static int vector_rows(const layer *L, int64_t s0, int64_t s1, workspace *ws)
  * projection: mean_j (v W)_j = v mean_j(W_kj), so u - mean(u) = v (W - rowmean(W)) exactly. The
  * centred vectors then come from one float product of centred weights instead of the difference
  * of two large float numbers (a head whose vectors are nearly constant across coordinates lost
- * its digits there: 7.5e-4 of a share). Returns a new [H * d_h, d] array in C order (means in
- * double) from w_o in either layout, or NULL when out of memory; the caller frees it, clears
- * fix.center and reads it with strides (d, 1).
+ * its digits there: 7.5e-4 of a share). The centred [H * d_h, d] copy (ltt__fold_rows, from w_o
+ * in either layout) is read with strides (d, 1), with fix.center cleared.
  */
 static float *centred_weights(int64_t rows, int64_t d, const float *restrict w_o, int64_t wsr,
                               int64_t wsj)
 {
-    float *wc = malloc((size_t)rows * (size_t)d * sizeof(float));
-    if (wc == NULL)
-        return NULL;
-    for (int64_t k = 0; k < rows; k++) {
-        float *w = wc + k * d;
-        double mean = 0.0;
-        for (int64_t j = 0; j < d; j++) {
-            w[j] = w_o[k * wsr + j * wsj];
-            mean += w[j];
-        }
-        mean /= (double)d;
-        for (int64_t j = 0; j < d; j++)
-            w[j] = (float)((double)w[j] - mean);
-    }
-    return wc;
+    return ltt__fold_rows(rows, d, w_o, wsr, wsj, 1, NULL);
 }
 
 /* a[t, s] times the target's row scale, in float as the kernels use it. */

@@ -1,4 +1,5 @@
-/* contrib.c: the proximity primitive, shares of K parts in M wholes. */
+/* contrib.c: the proximity primitive, shares of K parts in M wholes; output vectors under a
+ * post-branch norm (attn.c and ffn.c). */
 #include <stdlib.h>
 
 #include "ltt_internal.h"
@@ -32,4 +33,26 @@ ltt_status ltt_contributions_f32(int64_t K, int64_t M, int64_t d, int norm, floa
     }
     free(raw);
     return LTT_OK;
+}
+
+float *ltt__fold_rows(int64_t rows, int64_t d, const float *restrict w, int64_t sr, int64_t sj,
+                      int center, const float *restrict col_scale)
+{
+    float *out = malloc((size_t)rows * (size_t)d * sizeof(float));
+    if (out == NULL)
+        return NULL;
+    for (int64_t k = 0; k < rows; k++) {
+        float *o = out + k * d;
+        double mean = 0.0;
+        for (int64_t j = 0; j < d; j++) {
+            o[j] = w[k * sr + j * sj];
+            mean += o[j];
+        }
+        mean = center ? mean / (double)d : 0.0;
+        for (int64_t j = 0; j < d; j++) {
+            const double x = (double)o[j] - mean;
+            o[j] = (float)(col_scale != NULL ? x * col_scale[j] : x);
+        }
+    }
+    return out;
 }

@@ -116,22 +116,10 @@ ltt_status ltt_ffn_neuron_contrib_f32(int64_t N, int64_t F, int64_t d, int64_t w
     const float *m = w_down;
     if (fix.center || fix.col_scale != NULL) {
         /* A post-branch norm: transform each neuron vector once, into [F, d]. */
-        if ((wt = malloc((size_t)(F * d) * sizeof(float))) == NULL) {
+        if ((wt = ltt__fold_rows(F, d, w_down, wd_stride_i, wd_stride_j, fix.center,
+                                 fix.col_scale)) == NULL) {
             st = LTT_ERR_NOMEM;
             goto done;
-        }
-        for (int64_t i = 0; i < F; i++) {
-            float *wi = wt + i * d;
-            double mean = 0.0;
-            for (int64_t j = 0; j < d; j++) {
-                wi[j] = w_down[i * wd_stride_i + j * wd_stride_j];
-                mean += wi[j];
-            }
-            mean = fix.center ? mean / (double)d : 0.0;
-            for (int64_t j = 0; j < d; j++) {
-                const double x = (double)wi[j] - mean;
-                wi[j] = (float)(fix.col_scale != NULL ? x * fix.col_scale[j] : x);
-            }
         }
         m = wt;
         rows = 1;

@@ -74,4 +74,13 @@ static inline double ltt__raw(double nw, double dist)
 double ltt__raw_row(int64_t n, double nw, const double *restrict dist, double *restrict er,
                     float *restrict hrow);
 
+/*
+ * A post-branch norm folded into output vectors (rows of w, read with strides (sr, sj)):
+ * out[k, j] = (w[k, j] - mean_k) * col_scale[j], mean_k the row's mean in double when center is
+ * set (else 0), col_scale NULL for none. Returns a new [rows, d] array in C order, or NULL when
+ * out of memory; the caller frees it.
+ */
+float *ltt__fold_rows(int64_t rows, int64_t d, const float *restrict w, int64_t sr, int64_t sj,
+                      int center, const float *restrict col_scale);
+
 #endif /* LTT_INTERNAL_H */

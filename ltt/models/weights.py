@@ -61,10 +61,11 @@ def _float32():
 
 
 #: How many evenly strided elements of each parameter :func:`weights_stamp` hashes. Each lies on
-#: its own cache line of a large weight, read cold after the forward pass (about 10 ns each):
-#: 1024 keep a trace's stamps of a 135M model under a millisecond. Every row of a square
-#: weight up to 1024 x 1024 still holds a sample; a smaller edit between the samples is refused
-#: by the trace's exactness check (the error says to load the model again).
+#: its own cache line of a large weight, read cold after the forward pass; a trace of the
+#: 135M model stamps 60 weights (measured at ~2.8 ms per trace at T=16 with py-spy, sampling
+#: overhead included: docs/benchmarks.md). Every row of a square weight up to 1024 x 1024 still
+#: holds a sample; a smaller edit between the samples is refused by the trace's exactness check
+#: (the error says to load the model again).
 SAMPLE = 1024
 
 
